@@ -1,0 +1,1 @@
+//! End-to-end test support (the suites arrive with the walking-skeleton issue).

@@ -1,0 +1,27 @@
+//! Generates the Rust SDK from `palisade/v1/*.proto` with protox (no system protoc).
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message as _;
+
+const PROTOS: &[&str] = &[
+    "palisade/v1/policy.proto",
+    "palisade/v1/event.proto",
+    "palisade/v1/agent.proto",
+    "palisade/v1/node.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let fds = protox::compile(PROTOS, ["."])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    // The descriptor set feeds gRPC reflection on the server.
+    fs::write(out.join("palisade_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        // BTreeMap keeps map encoding deterministic, so policy digests are stable.
+        .btree_map(".")
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,510 @@
+//! The human policy format: strict YAML/JSON documents that convert to and from
+//! [`crate::v1::Policy`].
+//!
+//! Parsing is syntactic and strict — unknown fields, wrong enum names and malformed port
+//! specs are errors naming their field path — while semantic validation (CIDR syntax, port
+//! bounds, id uniqueness, …) is the server's job, so that documents and protobuf clients get
+//! exactly the same checks.
+
+use std::{collections::BTreeMap, fmt};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+use crate::v1;
+
+/// Largest document the parser accepts, in bytes. The server applies the same limit.
+pub const MAX_DOCUMENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// A document that could not be turned into a policy.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{path}: {message}")]
+pub struct DocumentError {
+    /// Field path in the document (`network.connect.rules[0].action`), or `.` for the whole
+    /// document.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl DocumentError {
+    fn whole(message: impl Into<String>) -> Self {
+        Self { path: ".".to_owned(), message: message.into() }
+    }
+}
+
+/// A policy document (see `docs/policy-reference.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDocument {
+    /// Policy name.
+    pub name: String,
+    /// Free-form labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Human description.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// enforce | audit | disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Which nodes get the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<NodeSelector>,
+    /// Which processes it applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+    /// Network sections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+}
+
+/// Policy mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Decisions are enforced.
+    Enforce,
+    /// Would-deny decisions are reported, nothing is denied.
+    Audit,
+    /// Stored but not compiled.
+    Disabled,
+}
+
+/// Rule or default action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Allow.
+    Allow,
+    /// Deny.
+    Deny,
+    /// Report, do not decide.
+    Audit,
+}
+
+/// Transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// Node selector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSelector {
+    /// Labels every selected node must carry.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// Workload selector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// cgroup v2 subtree.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cgroup: String,
+    /// Effective uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+}
+
+/// Network sections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Outgoing connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<Section>,
+}
+
+/// A rule section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Section {
+    /// Action for operations no rule decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Action>,
+    /// Rules in order.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+/// A network rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Stable rule id.
+    pub id: String,
+    /// What a match does.
+    pub action: Action,
+    /// Destination CIDRs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cidrs: Vec<String>,
+    /// Destination ports and ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Ports>,
+    /// Protocols.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protocols: Vec<Protocol>,
+    /// Human description.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// A port (`443`) or an inclusive range (`"8000-8080"`). Bounds are checked by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// First port.
+    pub first: u32,
+    /// Last port (equal to `first` for a single port).
+    pub last: u32,
+}
+
+impl fmt::Display for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+impl Serialize for Ports {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.first == self.last {
+            s.serialize_u32(self.first)
+        } else {
+            s.collect_str(self)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Ports {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct PortsVisitor;
+        impl de::Visitor<'_> for PortsVisitor {
+            type Value = Ports;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number or a range \"FIRST-LAST\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Ports, E> {
+                let port = u32::try_from(v).map_err(|_| E::custom(format!("port {v} is above 65535")))?;
+                Ok(Ports { first: port, last: port })
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ports, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("port {v} is negative")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Ports, E> {
+                let parse = |s: &str| {
+                    s.trim().parse::<u32>().map_err(|_| E::custom(format!("{v:?} is not a port or a range FIRST-LAST")))
+                };
+                match v.split_once('-') {
+                    Some((first, last)) => Ok(Ports { first: parse(first)?, last: parse(last)? }),
+                    None => parse(v).map(|p| Ports { first: p, last: p }),
+                }
+            }
+        }
+        d.deserialize_any(PortsVisitor)
+    }
+}
+
+/// Parses one YAML or JSON document (JSON is YAML).
+pub fn parse(text: &str) -> Result<PolicyDocument, DocumentError> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(DocumentError::whole(format!(
+            "document is {} bytes, the limit is {MAX_DOCUMENT_BYTES}",
+            text.len()
+        )));
+    }
+    from_deserializer(serde_yaml::Deserializer::from_str(text))
+}
+
+/// Parses a stream of YAML documents separated by `---` (empty documents are skipped).
+pub fn parse_all(text: &str) -> Vec<Result<PolicyDocument, DocumentError>> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return vec![parse(text)];
+    }
+    serde_yaml::Deserializer::from_str(text)
+        .filter_map(|d| {
+            // An empty document (a trailing `---`) deserializes as unit.
+            match serde_yaml::Value::deserialize(d) {
+                Ok(serde_yaml::Value::Null) => None,
+                Ok(value) => Some(from_deserializer(value)),
+                Err(e) => Some(Err(DocumentError::whole(e.to_string()))),
+            }
+        })
+        .collect()
+}
+
+fn from_deserializer<'de, D>(d: D) -> Result<PolicyDocument, DocumentError>
+where
+    D: Deserializer<'de>,
+    D::Error: fmt::Display,
+{
+    serde_path_to_error::deserialize(d).map_err(|e| {
+        let path = e.path().to_string();
+        DocumentError { path, message: e.into_inner().to_string() }
+    })
+}
+
+impl PolicyDocument {
+    /// Converts to the wire message. Lossless.
+    pub fn to_proto(&self) -> v1::Policy {
+        v1::Policy {
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            mode: self.mode.map_or(v1::Mode::Unspecified, |m| match m {
+                Mode::Enforce => v1::Mode::Enforce,
+                Mode::Audit => v1::Mode::Audit,
+                Mode::Disabled => v1::Mode::Disabled,
+            }) as i32,
+            node_selector: self
+                .node_selector
+                .as_ref()
+                .map(|s| v1::NodeSelector { match_labels: s.match_labels.clone() }),
+            workload: self
+                .workload
+                .as_ref()
+                .map(|w| v1::WorkloadSelector { cgroup: w.cgroup.clone(), uid: w.uid }),
+            network: self.network.as_ref().map(|n| v1::NetworkPolicy {
+                connect: n.connect.as_ref().map(Section::to_proto),
+            }),
+            description: self.description.clone(),
+        }
+    }
+
+    /// Converts from the wire message. Fails only on enum values this version does not know.
+    pub fn from_proto(p: &v1::Policy) -> Result<Self, DocumentError> {
+        let mode = match v1::Mode::try_from(p.mode) {
+            Ok(v1::Mode::Unspecified) => None,
+            Ok(v1::Mode::Enforce) => Some(Mode::Enforce),
+            Ok(v1::Mode::Audit) => Some(Mode::Audit),
+            Ok(v1::Mode::Disabled) => Some(Mode::Disabled),
+            Err(_) => return Err(unknown_enum("mode", p.mode)),
+        };
+        Ok(Self {
+            name: p.name.clone(),
+            labels: p.labels.clone(),
+            description: p.description.clone(),
+            mode,
+            node_selector: p
+                .node_selector
+                .as_ref()
+                .map(|s| NodeSelector { match_labels: s.match_labels.clone() }),
+            workload: p.workload.as_ref().map(|w| Workload { cgroup: w.cgroup.clone(), uid: w.uid }),
+            network: match &p.network {
+                None => None,
+                Some(n) => Some(Network {
+                    connect: n
+                        .connect
+                        .as_ref()
+                        .map(|s| Section::from_proto(s, "network.connect"))
+                        .transpose()?,
+                }),
+            },
+        })
+    }
+
+    /// Renders as YAML.
+    pub fn to_yaml(&self) -> String {
+        // Serializing plain data with string keys cannot fail.
+        serde_yaml::to_string(self).unwrap_or_default()
+    }
+
+    /// Renders as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+impl Section {
+    fn to_proto(&self) -> v1::RuleSection {
+        v1::RuleSection {
+            default: self.default.map_or(v1::Action::Unspecified, Action::to_proto) as i32,
+            rules: self
+                .rules
+                .iter()
+                .map(|r| v1::NetworkRule {
+                    id: r.id.clone(),
+                    action: r.action.to_proto() as i32,
+                    cidrs: r.cidrs.clone(),
+                    ports: r
+                        .ports
+                        .iter()
+                        .map(|p| v1::PortRange {
+                            first: p.first,
+                            last: if p.last == p.first { 0 } else { p.last },
+                        })
+                        .collect(),
+                    protocols: r
+                        .protocols
+                        .iter()
+                        .map(|p| match p {
+                            Protocol::Tcp => v1::Protocol::Tcp as i32,
+                            Protocol::Udp => v1::Protocol::Udp as i32,
+                        })
+                        .collect(),
+                    description: r.description.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn from_proto(s: &v1::RuleSection, path: &str) -> Result<Self, DocumentError> {
+        let default = match v1::Action::try_from(s.default) {
+            Ok(v1::Action::Unspecified) => None,
+            Ok(a) => Some(Action::from_proto(a)),
+            Err(_) => return Err(unknown_enum(&format!("{path}.default"), s.default)),
+        };
+        let rules = s
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let rule_path = format!("{path}.rules[{i}]");
+                let action = match v1::Action::try_from(r.action) {
+                    Ok(v1::Action::Unspecified) | Err(_) => {
+                        return Err(unknown_enum(&format!("{rule_path}.action"), r.action));
+                    }
+                    Ok(a) => Action::from_proto(a),
+                };
+                let protocols = r
+                    .protocols
+                    .iter()
+                    .enumerate()
+                    .map(|(j, p)| match v1::Protocol::try_from(*p) {
+                        Ok(v1::Protocol::Tcp) => Ok(Protocol::Tcp),
+                        Ok(v1::Protocol::Udp) => Ok(Protocol::Udp),
+                        _ => Err(unknown_enum(&format!("{rule_path}.protocols[{j}]"), *p)),
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Rule {
+                    id: r.id.clone(),
+                    action,
+                    cidrs: r.cidrs.clone(),
+                    ports: r
+                        .ports
+                        .iter()
+                        .map(|p| Ports { first: p.first, last: if p.last == 0 { p.first } else { p.last } })
+                        .collect(),
+                    protocols,
+                    description: r.description.clone(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { default, rules })
+    }
+}
+
+impl Action {
+    fn to_proto(self) -> v1::Action {
+        match self {
+            Self::Allow => v1::Action::Allow,
+            Self::Deny => v1::Action::Deny,
+            Self::Audit => v1::Action::Audit,
+        }
+    }
+
+    fn from_proto(a: v1::Action) -> Self {
+        match a {
+            v1::Action::Deny => Self::Deny,
+            v1::Action::Audit => Self::Audit,
+            v1::Action::Allow | v1::Action::Unspecified => Self::Allow,
+        }
+    }
+}
+
+fn unknown_enum(path: &str, value: i32) -> DocumentError {
+    DocumentError { path: path.to_owned(), message: format!("unknown enum value {value}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+name: web
+labels: {team: web}
+mode: audit
+node_selector: {match_labels: {role: edge}}
+workload: {cgroup: /demo, uid: 1000}
+network:
+  connect:
+    default: deny
+    rules:
+      - id: dns
+        action: allow
+        cidrs: [10.0.0.53/32, "2001:db8::/32"]
+        ports: [53, "8000-8080"]
+        protocols: [udp, tcp]
+"#;
+
+    #[test]
+    fn parse_full_document_round_trips_through_proto() {
+        let doc = parse(FULL).expect("valid document");
+        let proto = doc.to_proto();
+        assert_eq!(proto.network.as_ref().and_then(|n| n.connect.as_ref()).map(|c| c.rules[0].ports.len()), Some(2));
+        assert_eq!(proto.network.as_ref().and_then(|n| n.connect.as_ref()).map(|c| c.rules[0].ports[1].last), Some(8080));
+        let back = PolicyDocument::from_proto(&proto).expect("known enums");
+        assert_eq!(back, doc);
+        assert_eq!(parse(&back.to_yaml()).expect("own yaml parses"), doc);
+        assert_eq!(parse(&back.to_json()).expect("own json parses"), doc);
+    }
+
+    #[test]
+    fn parse_unknown_field_reports_its_path() {
+        let err = parse("name: a\nnetwork:\n  connect:\n    rules:\n      - {id: r, action: deny, portz: [1]}\n")
+            .expect_err("unknown field");
+        assert_eq!(err.path, "network.connect.rules[0]");
+        assert!(err.message.contains("portz"), "{err}");
+    }
+
+    #[test]
+    fn parse_wrong_enum_reports_its_path() {
+        let err = parse("name: a\nmode: enforcing\n").expect_err("bad enum");
+        assert_eq!(err.path, "mode");
+        let err = parse("name: a\nnetwork: {connect: {rules: [{id: r, action: permit}]}}").expect_err("bad enum");
+        assert_eq!(err.path, "network.connect.rules[0].action");
+    }
+
+    #[test]
+    fn parse_bad_port_spec_reports_its_path() {
+        let err = parse("name: a\nnetwork: {connect: {rules: [{id: r, action: deny, ports: [80, http]}]}}")
+            .expect_err("bad port");
+        assert_eq!(err.path, "network.connect.rules[0].ports[1]");
+        let err = parse("name: a\nnetwork: {connect: {rules: [{id: r, action: deny, ports: [-1]}]}}")
+            .expect_err("negative port");
+        assert!(err.message.contains("negative"), "{err}");
+    }
+
+    #[test]
+    fn parse_oversized_document_is_rejected() {
+        let big = format!("name: a\ndescription: \"{}\"\n", "x".repeat(MAX_DOCUMENT_BYTES));
+        let err = parse(&big).expect_err("too big");
+        assert!(err.message.contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn parse_all_splits_documents_and_skips_empty_ones() {
+        let docs = parse_all("name: a\n---\nname: b\nmode: nope\n---\n");
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].as_ref().map(|d| d.name.as_str()), Ok("a"));
+        assert_eq!(docs[1].as_ref().map_err(|e| e.path.as_str()), Err("mode"));
+    }
+
+    #[test]
+    fn from_proto_rejects_unknown_enum_values() {
+        let mut p = parse(FULL).expect("valid").to_proto();
+        p.network.as_mut().and_then(|n| n.connect.as_mut()).expect("section").rules[0].action = 42;
+        let err = PolicyDocument::from_proto(&p).expect_err("unknown action");
+        assert_eq!(err.path, "network.connect.rules[0].action");
+    }
+}

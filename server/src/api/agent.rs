@@ -1,0 +1,173 @@
+//! `AgentService`: the agents' control stream and event ingest.
+
+use std::{pin::Pin, time::Duration};
+
+use futures::Stream;
+use palisade_proto::v1::{self, agent_service_server::AgentService, sync_request::Message as Inbound};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{error::ApiError, store::Store, validate};
+
+/// How often the server sends a heartbeat on each Sync stream.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// Most events in one ReportEvents message.
+pub const MAX_EVENTS_PER_MESSAGE: usize = 10_000;
+/// Longest error text stored from a NACK.
+const MAX_NACK_ERROR: usize = 64 * 1024;
+
+/// Serves agents.
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    store: Store,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl AgentApi {
+    /// Serves agents from `store`; stream tasks run on `tracker` and end at `shutdown`.
+    pub fn new(store: Store, shutdown: CancellationToken, tracker: TaskTracker) -> Self {
+        Self { store, shutdown, tracker }
+    }
+}
+
+type SyncStream = Pin<Box<dyn Stream<Item = Result<v1::SyncResponse, Status>> + Send>>;
+
+fn heartbeat() -> v1::SyncResponse {
+    let now = crate::store::timestamp(chrono::Utc::now());
+    v1::SyncResponse { message: Some(v1::sync_response::Message::Heartbeat(v1::Heartbeat { sent_at: Some(now) })) }
+}
+
+/// Drives one Sync stream after its hello: records heartbeats, ACKs and NACKs, sends
+/// heartbeats, and marks the node disconnected when the stream ends.
+async fn drive(
+    store: Store,
+    node: String,
+    mut inbound: Streaming<v1::SyncRequest>,
+    outbound: mpsc::Sender<Result<v1::SyncResponse, Status>>,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
+    ticker.tick().await;
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticker.tick() => {
+                if outbound.send(Ok(heartbeat())).await.is_err() { break; }
+                continue;
+            }
+            m = inbound.message() => m,
+        };
+        let result = match message {
+            Ok(Some(v1::SyncRequest { message: Some(Inbound::Heartbeat(_)) })) => store.node_seen(&node).await,
+            Ok(Some(v1::SyncRequest { message: Some(Inbound::Ack(ack)) })) => {
+                tracing::info!(node, generation = ack.generation, digest = ack.digest, "bundle acknowledged");
+                store.node_ack(&node, ack.generation, &ack.digest).await
+            }
+            Ok(Some(v1::SyncRequest { message: Some(Inbound::Nack(nack)) })) => {
+                tracing::warn!(node, generation = nack.generation, error = nack.error, "bundle rejected");
+                let error: String = nack.error.chars().take(MAX_NACK_ERROR).collect();
+                store.node_nack(&node, nack.generation, &nack.digest, &error).await
+            }
+            Ok(Some(v1::SyncRequest { message: Some(Inbound::Hello(_)) | None })) => {
+                let _ = outbound
+                    .send(Err(Status::invalid_argument("hello is only valid as the first message of a stream")))
+                    .await;
+                break;
+            }
+            Ok(None) => break,
+            Err(status) => {
+                tracing::debug!(node, %status, "sync stream ended with an error");
+                break;
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!(node, %error, "could not record sync message");
+        }
+    }
+    if let Err(error) = store.node_disconnected(&node).await {
+        tracing::warn!(node, %error, "could not mark node disconnected");
+    }
+    tracing::info!(node, "agent disconnected");
+}
+
+fn check_event(i: usize, e: &v1::DecisionEvent) -> Vec<crate::error::Violation> {
+    use crate::error::Violation;
+    let mut v = Vec::new();
+    let mut text = |field: &str, value: &str, max: usize, required: bool| {
+        if required && value.is_empty() {
+            v.push(Violation::new(format!("events[{i}].{field}"), "must not be empty"));
+        } else if value.len() > max {
+            v.push(Violation::new(format!("events[{i}].{field}"), format!("is longer than {max} bytes")));
+        }
+    };
+    text("policy", &e.policy, 63, true);
+    text("rule_id", &e.rule_id, 63, true);
+    text("hook", &e.hook, 64, true);
+    text("comm", &e.comm, 64, false);
+    text("address", &e.address, 64, false);
+    text("bundle_digest", &e.bundle_digest, 64, false);
+    if !matches!(v1::Verdict::try_from(e.verdict), Ok(v1::Verdict::Allow | v1::Verdict::Deny | v1::Verdict::Audit)) {
+        v.push(Violation::new(format!("events[{i}].verdict"), format!("unknown verdict {}", e.verdict)));
+    }
+    if v1::Protocol::try_from(e.protocol).is_err() {
+        v.push(Violation::new(format!("events[{i}].protocol"), format!("unknown protocol {}", e.protocol)));
+    }
+    if e.port > 65_535 {
+        v.push(Violation::new(format!("events[{i}].port"), format!("port {} is above 65535", e.port)));
+    }
+    v
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    type SyncStream = SyncStream;
+
+    async fn sync(&self, request: Request<Streaming<v1::SyncRequest>>) -> Result<Response<SyncStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(v1::SyncRequest { message: Some(Inbound::Hello(hello)) }) => hello,
+            _ => return Err(Status::invalid_argument("the first message of a Sync stream must be a hello")),
+        };
+        validate::node_name("hello.node_name", &hello.node_name).map_err(ApiError::Invalid)?;
+        validate::selector("hello.labels", &hello.labels).map_err(ApiError::Invalid)?;
+        self.store.node_hello(&hello).await?;
+        tracing::info!(node = hello.node_name, digest = hello.bundle_digest, "agent connected");
+        let (sender, receiver) = mpsc::channel(16);
+        self.tracker.spawn(drive(self.store.clone(), hello.node_name, inbound, sender, self.shutdown.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn report_events(
+        &self,
+        request: Request<Streaming<v1::ReportEventsRequest>>,
+    ) -> Result<Response<v1::ReportEventsResponse>, Status> {
+        let mut inbound = request.into_inner();
+        let mut node: Option<String> = None;
+        let mut accepted = 0;
+        while let Some(message) = inbound.message().await? {
+            let node = match &node {
+                Some(node) => node.clone(),
+                None => {
+                    validate::node_name("node_name", &message.node_name).map_err(ApiError::Invalid)?;
+                    node.insert(message.node_name.clone()).clone()
+                }
+            };
+            if message.events.len() > MAX_EVENTS_PER_MESSAGE {
+                return Err(ApiError::invalid(
+                    "events",
+                    format!("{} events in one message, the limit is {MAX_EVENTS_PER_MESSAGE}", message.events.len()),
+                )
+                .into());
+            }
+            let violations: Vec<_> = message.events.iter().enumerate().flat_map(|(i, e)| check_event(i, e)).take(100).collect();
+            if !violations.is_empty() {
+                return Err(ApiError::Invalid(violations).into());
+            }
+            accepted += self.store.insert_events(&node, &message.events).await?;
+        }
+        Ok(Response::new(v1::ReportEventsResponse { accepted }))
+    }
+}

@@ -1,0 +1,115 @@
+//! `PolicyService`.
+
+use palisade_proto::{
+    document,
+    v1::{self, apply_policy_request::Source, policy_service_server::PolicyService},
+};
+use tonic::{Request, Response, Status};
+
+use super::{actor, decode_number_token, decode_token, encode_token, page_size};
+use crate::{error::ApiError, store::Store, validate};
+
+/// Policy CRUD over the store.
+#[derive(Debug, Clone)]
+pub struct PolicyApi {
+    store: Store,
+}
+
+impl PolicyApi {
+    /// Serves policies from `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+/// Parses a document source; parse errors become violations with the document's path.
+pub fn parse_document(text: &str) -> Result<v1::Policy, ApiError> {
+    document::parse(text).map(|d| d.to_proto()).map_err(|e| {
+        let field = if e.path == "." { "document".to_owned() } else { e.path };
+        ApiError::invalid(field, e.message)
+    })
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() { Err(ApiError::invalid("name", "must not be empty")) } else { Ok(()) }
+}
+
+#[tonic::async_trait]
+impl PolicyService for PolicyApi {
+    async fn apply_policy(
+        &self,
+        request: Request<v1::ApplyPolicyRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        let actor = actor(&request);
+        let request = request.into_inner();
+        let policy = match request.source {
+            Some(Source::Policy(policy)) => policy,
+            Some(Source::Document(text)) => parse_document(&text)?,
+            None => return Err(ApiError::invalid("source", "a policy or a document is required").into()),
+        };
+        let policy = validate::policy(&policy).map_err(ApiError::Invalid)?;
+        let outcome = self.store.apply_policy(&policy, request.expected_revision, request.dry_run, &actor).await?;
+        Ok(Response::new(v1::ApplyPolicyResponse {
+            policy: Some(outcome.stored),
+            changed: outcome.changed,
+            created: outcome.created,
+        }))
+    }
+
+    async fn get_policy(&self, request: Request<v1::GetPolicyRequest>) -> Result<Response<v1::GetPolicyResponse>, Status> {
+        let request = request.into_inner();
+        check_name(&request.name)?;
+        let policy = self.store.get_policy(&request.name, request.revision).await?;
+        Ok(Response::new(v1::GetPolicyResponse { policy: Some(policy) }))
+    }
+
+    async fn list_policies(
+        &self,
+        request: Request<v1::ListPoliciesRequest>,
+    ) -> Result<Response<v1::ListPoliciesResponse>, Status> {
+        let request = request.into_inner();
+        let limit = page_size(request.page_size)?;
+        validate::selector("label_selector", &request.label_selector).map_err(ApiError::Invalid)?;
+        let after = decode_token("policy", &request.page_token)?;
+        let (policies, more) = self.store.list_policies(&request.label_selector, after.as_deref(), limit).await?;
+        let next_page_token = match (more, policies.last().and_then(|p| p.policy.as_ref())) {
+            (true, Some(last)) => encode_token("policy", &last.name),
+            _ => String::new(),
+        };
+        Ok(Response::new(v1::ListPoliciesResponse { policies, next_page_token }))
+    }
+
+    async fn delete_policy(
+        &self,
+        request: Request<v1::DeletePolicyRequest>,
+    ) -> Result<Response<v1::DeletePolicyResponse>, Status> {
+        let actor = actor(&request);
+        let request = request.into_inner();
+        check_name(&request.name)?;
+        let revision = self.store.delete_policy(&request.name, request.expected_revision, &actor).await?;
+        Ok(Response::new(v1::DeletePolicyResponse { revision }))
+    }
+
+    async fn list_policy_revisions(
+        &self,
+        request: Request<v1::ListPolicyRevisionsRequest>,
+    ) -> Result<Response<v1::ListPolicyRevisionsResponse>, Status> {
+        let request = request.into_inner();
+        check_name(&request.name)?;
+        let limit = page_size(request.page_size)?;
+        let before = decode_number_token("revision", &request.page_token)?;
+        let (revisions, more) = self.store.list_revisions(&request.name, before, limit).await?;
+        let next_page_token = match (more, revisions.last()) {
+            (true, Some(last)) => encode_token("revision", &last.revision.to_string()),
+            _ => String::new(),
+        };
+        Ok(Response::new(v1::ListPolicyRevisionsResponse { revisions, next_page_token }))
+    }
+
+    async fn compile_policy(
+        &self,
+        _request: Request<v1::CompilePolicyRequest>,
+    ) -> Result<Response<v1::CompilePolicyResponse>, Status> {
+        Err(ApiError::Unimplemented("CompilePolicy (it arrives with the compiler)").into())
+    }
+}

@@ -1,0 +1,183 @@
+//! Palisade control plane: the gRPC services operators and agents talk to, backed by
+//! PostgreSQL. `main.rs` is a thin wrapper around [`run`]; tests call [`serve`] with their
+//! own database and a listener on port 0.
+
+pub mod api;
+pub mod error;
+pub mod hub;
+pub mod store;
+pub mod validate;
+
+use std::{net::SocketAddr, time::Duration};
+
+use palisade_proto::{
+    FILE_DESCRIPTOR_SET,
+    v1::{
+        agent_service_server::AgentServiceServer, event_service_server::EventServiceServer,
+        node_service_server::NodeServiceServer, policy_service_server::PolicyServiceServer,
+    },
+};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use store::MIGRATOR;
+
+use crate::{
+    api::{agent::AgentApi, event::EventApi, node::NodeApi, policy::PolicyApi},
+    hub::EventHub,
+    store::Store,
+};
+
+/// Largest gRPC message the server decodes. Above the 8 MiB document limit, so oversized
+/// documents get a field violation rather than a transport error.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// How long shutdown waits for stream tasks to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Server configuration (flags with environment fallbacks).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "palisade-server", version, about = "Palisade control plane: policies, nodes and events over gRPC")]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "PALISADE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// PostgreSQL connection URL, e.g. postgres://postgres@127.0.0.1:5432/palisade.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// Maximum PostgreSQL connections.
+    #[arg(long, env = "PALISADE_DB_CONNECTIONS", default_value_t = 16)]
+    pub db_connections: u32,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "PALISADE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Failures that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The database could not be reached.
+    #[error("cannot connect to PostgreSQL")]
+    Connect(#[source] sqlx::Error),
+    /// Migrations failed.
+    #[error("database migration failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The event hub could not start.
+    #[error("cannot start the event hub")]
+    Hub(#[source] error::ApiError),
+    /// Reflection could not be built from the descriptor set.
+    #[error("cannot build gRPC reflection")]
+    Reflection(#[source] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("gRPC transport failed")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+/// Connects to the database, migrates it, binds `config.listen` and serves until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(config.db_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&config.database_url)
+        .await
+        .map_err(ServeError::Connect)?;
+    MIGRATOR.run(&pool).await.map_err(ServeError::Migrate)?;
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    serve(pool, listener, shutdown).await
+}
+
+/// Serves every service on `listener` from a migrated `pool` until `shutdown` is cancelled:
+/// health turns NOT_SERVING first, then in-flight calls and stream tasks drain.
+pub async fn serve(pool: PgPool, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let tracker = TaskTracker::new();
+    let store = Store::new(pool);
+    let hub = EventHub::start(store.clone(), shutdown.clone(), &tracker).await.map_err(ServeError::Hub)?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<PolicyServiceServer<PolicyApi>>().await;
+    health.set_serving::<AgentServiceServer<AgentApi>>().await;
+    health.set_serving::<NodeServiceServer<NodeApi>>().await;
+    health.set_serving::<EventServiceServer<EventApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(ServeError::Reflection)?;
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "serving gRPC");
+    let signal = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            tracing::info!("shutting down: health NOT_SERVING, draining");
+            health.set_not_serving::<PolicyServiceServer<PolicyApi>>().await;
+            health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
+            health.set_not_serving::<NodeServiceServer<NodeApi>>().await;
+            health.set_not_serving::<EventServiceServer<EventApi>>().await;
+        }
+    };
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(PolicyServiceServer::new(PolicyApi::new(store.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(
+            AgentServiceServer::new(AgentApi::new(store.clone(), shutdown.clone(), tracker.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(NodeServiceServer::new(NodeApi::new(store.clone())))
+        .add_service(EventServiceServer::new(EventApi::new(store, hub, shutdown.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await
+        .map_err(ServeError::Transport);
+    // The transport may also stop on its own (error): make sure stream tasks see it.
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("stream tasks did not finish within the grace period");
+    }
+    result
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot install SIGTERM handler");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminate => {}
+        }
+        tracing::info!("signal received");
+        token.cancel();
+    });
+}
+
+/// Installs the tracing subscriber: `PALISADE_LOG` filter (default `info`), text or JSON.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,175 @@
+//! Nodes and their sync state.
+
+use std::collections::BTreeMap;
+
+use palisade_proto::v1;
+use prost::Message as _;
+use sqlx::{Row as _, postgres::PgRow};
+
+use super::{Store, timestamp};
+use crate::error::ApiError;
+
+/// A node counts as connected only if it was heard from this recently, so a replica that
+/// died without marking its streams closed does not leave nodes "connected" forever.
+const LIVENESS_SECONDS: i64 = 90;
+
+const NODE_COLUMNS: &str = "name, labels, features, agent_version, registered_at, last_seen, \
+     desired_generation, desired_digest, applied_generation, applied_digest, \
+     last_error, last_error_generation, last_error_digest, last_error_at, \
+     (connected AND last_seen > now() - make_interval(secs => $LIVE)) AS connected_now";
+
+fn columns() -> String {
+    NODE_COLUMNS.replace("$LIVE", &LIVENESS_SECONDS.to_string())
+}
+
+fn node_from_row(row: &PgRow) -> Result<v1::Node, ApiError> {
+    let name: String = row.try_get("name")?;
+    let labels: serde_json::Value = row.try_get("labels")?;
+    let labels: BTreeMap<String, String> =
+        serde_json::from_value(labels).map_err(|e| ApiError::Corrupt(format!("node {name} labels: {e}")))?;
+    let features: Option<Vec<u8>> = row.try_get("features")?;
+    let features = features
+        .map(|f| v1::KernelFeatures::decode(f.as_slice()))
+        .transpose()
+        .map_err(|e| ApiError::Corrupt(format!("node {name} features: {e}")))?;
+    let last_error = match row.try_get::<Option<String>, _>("last_error")? {
+        None => None,
+        Some(message) => Some(v1::NodeError {
+            generation: row.try_get::<Option<i64>, _>("last_error_generation")?.unwrap_or_default() as u64,
+            digest: row.try_get::<Option<String>, _>("last_error_digest")?.unwrap_or_default(),
+            message,
+            at: row.try_get::<Option<_>, _>("last_error_at")?.map(timestamp),
+        }),
+    };
+    Ok(v1::Node {
+        name,
+        labels,
+        features,
+        agent_version: row.try_get("agent_version")?,
+        connected: row.try_get("connected_now")?,
+        last_seen: Some(timestamp(row.try_get("last_seen")?)),
+        registered_at: Some(timestamp(row.try_get("registered_at")?)),
+        desired_generation: row.try_get::<i64, _>("desired_generation")? as u64,
+        desired_digest: row.try_get("desired_digest")?,
+        applied_generation: row.try_get::<i64, _>("applied_generation")? as u64,
+        applied_digest: row.try_get("applied_digest")?,
+        last_error,
+    })
+}
+
+impl Store {
+    /// Records an agent's hello: registers the node or refreshes its labels, features and
+    /// the bundle it says it enforces, and marks it connected.
+    pub async fn node_hello(&self, hello: &v1::AgentHello) -> Result<(), ApiError> {
+        let labels = serde_json::to_value(&hello.labels).map_err(|e| ApiError::Corrupt(e.to_string()))?;
+        let features = hello.features.as_ref().map(prost::Message::encode_to_vec);
+        let mut tx = self.pool.begin().await?;
+        let inserted: bool = sqlx::query_scalar(
+            "INSERT INTO nodes (name, labels, features, agent_version, connected, last_seen, applied_generation, applied_digest) \
+             VALUES ($1, $2, $3, $4, true, now(), $5, $6) \
+             ON CONFLICT (name) DO UPDATE SET labels = $2, features = $3, agent_version = $4, connected = true, \
+               last_seen = now(), applied_generation = $5, applied_digest = $6 \
+             RETURNING (xmax = 0)",
+        )
+        .bind(&hello.node_name)
+        .bind(labels.clone())
+        .bind(features)
+        .bind(&hello.agent_version)
+        .bind(hello.bundle_generation as i64)
+        .bind(&hello.bundle_digest)
+        .fetch_one(&mut *tx)
+        .await?;
+        if inserted {
+            sqlx::query(
+                "INSERT INTO audit_log (actor, action, object_kind, object_name, details) \
+                 VALUES ($1, 'node.registered', 'node', $1, $2)",
+            )
+            .bind(&hello.node_name)
+            .bind(serde_json::json!({ "labels": labels, "agent_version": hello.agent_version }))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records that the node was heard from.
+    pub async fn node_seen(&self, name: &str) -> Result<(), ApiError> {
+        sqlx::query("UPDATE nodes SET last_seen = now(), connected = true WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records an ACK: the node enforces `generation`/`digest`; an older NACK is cleared.
+    pub async fn node_ack(&self, name: &str, generation: u64, digest: &str) -> Result<(), ApiError> {
+        sqlx::query(
+            "UPDATE nodes SET last_seen = now(), applied_generation = $2, applied_digest = $3, \
+               last_error = CASE WHEN last_error_generation <= $2 THEN NULL ELSE last_error END, \
+               last_error_generation = CASE WHEN last_error_generation <= $2 THEN NULL ELSE last_error_generation END, \
+               last_error_digest = CASE WHEN last_error_generation <= $2 THEN NULL ELSE last_error_digest END, \
+               last_error_at = CASE WHEN last_error_generation <= $2 THEN NULL ELSE last_error_at END \
+             WHERE name = $1",
+        )
+        .bind(name)
+        .bind(generation as i64)
+        .bind(digest)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a NACK with the loader's error.
+    pub async fn node_nack(&self, name: &str, generation: u64, digest: &str, error: &str) -> Result<(), ApiError> {
+        sqlx::query(
+            "UPDATE nodes SET last_seen = now(), last_error = $4, last_error_generation = $2, \
+               last_error_digest = $3, last_error_at = now() WHERE name = $1",
+        )
+        .bind(name)
+        .bind(generation as i64)
+        .bind(digest)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks the node's Sync stream as closed.
+    pub async fn node_disconnected(&self, name: &str) -> Result<(), ApiError> {
+        sqlx::query("UPDATE nodes SET connected = false WHERE name = $1").bind(name).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// One node.
+    pub async fn get_node(&self, name: &str) -> Result<v1::Node, ApiError> {
+        let row = sqlx::query(dynamic_sql!("SELECT {} FROM nodes WHERE name = $1", columns()))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| ApiError::NotFound { kind: "node", name: name.to_owned() })?;
+        node_from_row(&row)
+    }
+
+    /// Nodes with names after `after` whose labels contain `selector`, ordered by name.
+    pub async fn list_nodes(
+        &self,
+        selector: &BTreeMap<String, String>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<v1::Node>, bool), ApiError> {
+        let selector = serde_json::to_value(selector).map_err(|e| ApiError::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(dynamic_sql!(
+            "SELECT {} FROM nodes WHERE labels @> $1 AND ($2::text IS NULL OR name > $2) ORDER BY name LIMIT $3",
+            columns()
+        ))
+        .bind(selector)
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let more = rows.len() > limit as usize;
+        let nodes = rows.iter().take(limit as usize).map(node_from_row).collect::<Result<_, _>>()?;
+        Ok((nodes, more))
+    }
+}

@@ -1,0 +1,350 @@
+//! Policies and their immutable revisions.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use palisade_proto::{document::PolicyDocument, v1};
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
+use sqlx::{Postgres, Row as _, Transaction, postgres::PgRow};
+
+use super::{GENERATION_CHANNEL, Store, timestamp};
+use crate::error::ApiError;
+
+/// Result of an apply.
+#[derive(Debug, Clone)]
+pub struct ApplyOutcome {
+    /// The policy as stored (or as it would be stored, for a dry run).
+    pub stored: v1::StoredPolicy,
+    /// Whether a new revision was (or would be) written.
+    pub changed: bool,
+    /// Whether the name was not live before.
+    pub created: bool,
+}
+
+/// Canonical encoding and its hex SHA-256. Maps are BTreeMaps, so the encoding is stable.
+fn canonical(policy: &v1::Policy) -> (Vec<u8>, String) {
+    let bytes = policy.encode_to_vec();
+    let digest = hex(&Sha256::digest(&bytes));
+    (bytes, digest)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode(name: &str, bytes: &[u8]) -> Result<v1::Policy, ApiError> {
+    v1::Policy::decode(bytes).map_err(|e| ApiError::Corrupt(format!("policy {name}: {e}")))
+}
+
+fn to_json(policy: &v1::Policy) -> Result<serde_json::Value, ApiError> {
+    let doc = PolicyDocument::from_proto(policy).map_err(|e| ApiError::Corrupt(e.to_string()))?;
+    serde_json::to_value(doc).map_err(|e| ApiError::Corrupt(e.to_string()))
+}
+
+const STORED_COLUMNS: &str = "p.name, p.created_at, r.revision, r.spec, r.digest, r.created_at AS updated_at, r.created_by";
+
+fn stored_from_row(row: &PgRow) -> Result<v1::StoredPolicy, ApiError> {
+    let name: String = row.try_get("name")?;
+    let spec: Vec<u8> = row.try_get("spec")?;
+    Ok(v1::StoredPolicy {
+        policy: Some(decode(&name, &spec)?),
+        revision: row.try_get::<i64, _>("revision")? as u64,
+        digest: row.try_get("digest")?,
+        created_at: Some(timestamp(row.try_get("created_at")?)),
+        updated_at: Some(timestamp(row.try_get("updated_at")?)),
+        updated_by: row.try_get("created_by")?,
+    })
+}
+
+/// Bumps the global generation and announces it at commit.
+pub(super) async fn bump_generation(tx: &mut Transaction<'_, Postgres>) -> Result<i64, sqlx::Error> {
+    let generation: i64 =
+        sqlx::query_scalar("UPDATE policy_generation SET generation = generation + 1 RETURNING generation")
+            .fetch_one(&mut **tx)
+            .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(GENERATION_CHANNEL)
+        .bind(generation.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(generation)
+}
+
+async fn audit(
+    tx: &mut Transaction<'_, Postgres>,
+    actor: &str,
+    action: &str,
+    name: &str,
+    revision: i64,
+    details: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_log (actor, action, object_kind, object_name, revision, details) \
+         VALUES ($1, $2, 'policy', $3, $4, $5)",
+    )
+    .bind(actor)
+    .bind(action)
+    .bind(name)
+    .bind(revision)
+    .bind(details)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn check_expected(name: &str, expected: Option<u64>, actual: u64) -> Result<(), ApiError> {
+    match expected {
+        Some(expected) if expected != actual => {
+            Err(ApiError::RevisionMismatch { name: name.to_owned(), expected, actual })
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Store {
+    /// Stores `policy` (already validated and normalised) as a new revision of its name,
+    /// unless it equals the current revision. One transaction; a dry run rolls it back.
+    pub async fn apply_policy(
+        &self,
+        policy: &v1::Policy,
+        expected_revision: Option<u64>,
+        dry_run: bool,
+        actor: &str,
+    ) -> Result<ApplyOutcome, ApiError> {
+        let name = policy.name.as_str();
+        let (spec, digest) = canonical(policy);
+        let mut tx = self.pool.begin().await?;
+        // Insert a placeholder (revision 0, deleted) so that concurrent creates of the same
+        // name serialise on the row; it disappears if this transaction rolls back.
+        let inserted = sqlx::query(
+            "INSERT INTO policies (name, current_revision, deleted) VALUES ($1, 0, true) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let current = if inserted {
+            None
+        } else {
+            sqlx::query(dynamic_sql!(
+                "SELECT {STORED_COLUMNS}, p.deleted FROM policies p \
+                 JOIN policy_revisions r ON r.policy_name = p.name AND r.revision = p.current_revision \
+                 WHERE p.name = $1 FOR UPDATE OF p"
+            ))
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+        };
+        let (current_revision, live_digest) = match &current {
+            None => (0_i64, None),
+            Some(row) => {
+                let deleted: bool = row.try_get("deleted")?;
+                let digest: Option<String> = row.try_get("digest")?;
+                (row.try_get("revision")?, if deleted { None } else { digest })
+            }
+        };
+        let live = live_digest.is_some();
+        check_expected(name, expected_revision, if live { current_revision as u64 } else { 0 })?;
+        if live_digest.as_deref() == Some(digest.as_str()) {
+            let row = current.as_ref().ok_or_else(|| ApiError::Corrupt("live policy without row".into()))?;
+            return Ok(ApplyOutcome { stored: stored_from_row(row)?, changed: false, created: false });
+        }
+        let revision = current_revision + 1;
+        let kind = if live { "updated" } else { "created" };
+        let generation = bump_generation(&mut tx).await?;
+        let labels = serde_json::to_value(&policy.labels).map_err(|e| ApiError::Corrupt(e.to_string()))?;
+        let created_at: DateTime<Utc> = sqlx::query_scalar(
+            "UPDATE policies SET current_revision = $2, deleted = false, labels = $3, updated_at = now() \
+             WHERE name = $1 RETURNING created_at",
+        )
+        .bind(name)
+        .bind(revision)
+        .bind(labels)
+        .fetch_one(&mut *tx)
+        .await?;
+        let updated_at: DateTime<Utc> = sqlx::query_scalar(
+            "INSERT INTO policy_revisions (policy_name, revision, kind, spec, spec_json, digest, created_by, generation) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING created_at",
+        )
+        .bind(name)
+        .bind(revision)
+        .bind(kind)
+        .bind(&spec)
+        .bind(to_json(policy)?)
+        .bind(&digest)
+        .bind(actor)
+        .bind(generation)
+        .fetch_one(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            actor,
+            &format!("policy.{kind}"),
+            name,
+            revision,
+            serde_json::json!({ "digest": digest, "generation": generation }),
+        )
+        .await?;
+        if dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+            tracing::info!(policy = name, revision, generation, actor, kind, "policy stored");
+        }
+        Ok(ApplyOutcome {
+            stored: v1::StoredPolicy {
+                policy: Some(policy.clone()),
+                revision: revision as u64,
+                digest,
+                created_at: Some(timestamp(created_at)),
+                updated_at: Some(timestamp(updated_at)),
+                updated_by: actor.to_owned(),
+            },
+            changed: true,
+            created: !live,
+        })
+    }
+
+    /// The current revision of a live policy, or a given non-deletion revision.
+    pub async fn get_policy(&self, name: &str, revision: Option<u64>) -> Result<v1::StoredPolicy, ApiError> {
+        let row = match revision {
+            None => {
+                sqlx::query(dynamic_sql!(
+                    "SELECT {STORED_COLUMNS} FROM policies p \
+                     JOIN policy_revisions r ON r.policy_name = p.name AND r.revision = p.current_revision \
+                     WHERE p.name = $1 AND NOT p.deleted"
+                ))
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            Some(revision) => {
+                sqlx::query(dynamic_sql!(
+                    "SELECT {STORED_COLUMNS} FROM policies p \
+                     JOIN policy_revisions r ON r.policy_name = p.name \
+                     WHERE p.name = $1 AND r.revision = $2 AND r.kind <> 'deleted'"
+                ))
+                .bind(name)
+                .bind(revision as i64)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        let row = row.ok_or_else(|| ApiError::NotFound { kind: "policy", name: name.to_owned() })?;
+        stored_from_row(&row)
+    }
+
+    /// Live policies with names after `after`, ordered by name, whose labels contain
+    /// `selector`. Returns at most `limit` and whether more exist.
+    pub async fn list_policies(
+        &self,
+        selector: &BTreeMap<String, String>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<v1::StoredPolicy>, bool), ApiError> {
+        let selector = serde_json::to_value(selector).map_err(|e| ApiError::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(dynamic_sql!(
+            "SELECT {STORED_COLUMNS} FROM policies p \
+             JOIN policy_revisions r ON r.policy_name = p.name AND r.revision = p.current_revision \
+             WHERE NOT p.deleted AND p.labels @> $1 AND ($2::text IS NULL OR p.name > $2) \
+             ORDER BY p.name LIMIT $3"
+        ))
+        .bind(selector)
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let more = rows.len() > limit as usize;
+        let policies = rows.iter().take(limit as usize).map(stored_from_row).collect::<Result<_, _>>()?;
+        Ok((policies, more))
+    }
+
+    /// Deletes a live policy, recording a deletion revision. Returns its revision number.
+    pub async fn delete_policy(&self, name: &str, expected_revision: Option<u64>, actor: &str) -> Result<u64, ApiError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(i64, bool)> =
+            sqlx::query_as("SELECT current_revision, deleted FROM policies WHERE name = $1 FOR UPDATE")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let current = match row {
+            Some((revision, false)) => revision,
+            _ => return Err(ApiError::NotFound { kind: "policy", name: name.to_owned() }),
+        };
+        check_expected(name, expected_revision, current as u64)?;
+        let revision = current + 1;
+        let generation = bump_generation(&mut tx).await?;
+        sqlx::query("UPDATE policies SET current_revision = $2, deleted = true, updated_at = now() WHERE name = $1")
+            .bind(name)
+            .bind(revision)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO policy_revisions (policy_name, revision, kind, created_by, generation) \
+             VALUES ($1, $2, 'deleted', $3, $4)",
+        )
+        .bind(name)
+        .bind(revision)
+        .bind(actor)
+        .bind(generation)
+        .execute(&mut *tx)
+        .await?;
+        audit(&mut tx, actor, "policy.deleted", name, revision, serde_json::json!({ "generation": generation })).await?;
+        tx.commit().await?;
+        tracing::info!(policy = name, revision, generation, actor, "policy deleted");
+        Ok(revision as u64)
+    }
+
+    /// Revisions of a policy (live or deleted) older than `before`, newest first.
+    pub async fn list_revisions(
+        &self,
+        name: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<(Vec<v1::PolicyRevision>, bool), ApiError> {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM policies WHERE name = $1)")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        if !exists {
+            return Err(ApiError::NotFound { kind: "policy", name: name.to_owned() });
+        }
+        let rows = sqlx::query(
+            "SELECT revision, kind, spec, digest, created_at, created_by FROM policy_revisions \
+             WHERE policy_name = $1 AND ($2::bigint IS NULL OR revision < $2) \
+             ORDER BY revision DESC LIMIT $3",
+        )
+        .bind(name)
+        .bind(before.map(|b| b as i64))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let more = rows.len() > limit as usize;
+        let revisions = rows
+            .iter()
+            .take(limit as usize)
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                let spec: Option<Vec<u8>> = row.try_get("spec")?;
+                Ok(v1::PolicyRevision {
+                    revision: row.try_get::<i64, _>("revision")? as u64,
+                    kind: match kind.as_str() {
+                        "created" => v1::RevisionKind::Created,
+                        "updated" => v1::RevisionKind::Updated,
+                        _ => v1::RevisionKind::Deleted,
+                    } as i32,
+                    policy: spec.map(|s| decode(name, &s)).transpose()?,
+                    digest: row.try_get::<Option<String>, _>("digest")?.unwrap_or_default(),
+                    created_at: Some(timestamp(row.try_get("created_at")?)),
+                    created_by: row.try_get("created_by")?,
+                })
+            })
+            .collect::<Result<_, ApiError>>()?;
+        Ok((revisions, more))
+    }
+}
+
+#[cfg(test)]
+mod tests;

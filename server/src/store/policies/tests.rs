@@ -1,0 +1,1 @@
+//! Store tests for policies (filled below).

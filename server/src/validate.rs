@@ -1,0 +1,271 @@
+//! Semantic validation and normalisation of policies.
+//!
+//! Every problem is reported with its field path relative to the policy (the same paths the
+//! document parser uses), all at once, so an author fixes a policy in one round trip.
+//! Normalisation fills defaults so stored policies are explicit and digests are canonical.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use palisade_proto::v1;
+
+use crate::error::Violation;
+
+/// Most labels a policy (or selector) may carry.
+pub const MAX_LABELS: usize = 64;
+/// Most rules in one section.
+pub const MAX_RULES: usize = 65_536;
+/// Most CIDRs in one rule.
+pub const MAX_CIDRS: usize = 4096;
+/// Most port entries in one rule.
+pub const MAX_PORTS: usize = 1024;
+/// Longest description.
+pub const MAX_DESCRIPTION: usize = 1024;
+/// Longest cgroup path.
+pub const MAX_CGROUP_PATH: usize = 4096;
+/// Reported violations are capped so a pathological document cannot produce a huge error.
+pub const MAX_VIOLATIONS: usize = 100;
+/// Rule id reserved for section defaults in events.
+pub const DEFAULT_RULE_ID: &str = "default";
+
+/// Validates `policy` and returns its normalised form, or every violation found (at most
+/// [`MAX_VIOLATIONS`]).
+pub fn policy(policy: &v1::Policy) -> Result<v1::Policy, Vec<Violation>> {
+    let mut v = Violations::default();
+    check_name(&mut v, "name", &policy.name, 63, "a DNS label");
+    check_labels(&mut v, "labels", &policy.labels);
+    check_description(&mut v, "description", &policy.description);
+    let mut out = policy.clone();
+    out.mode = match v1::Mode::try_from(policy.mode) {
+        Ok(v1::Mode::Unspecified) => v1::Mode::Enforce as i32,
+        Ok(m) => m as i32,
+        Err(_) => {
+            v.push("mode", format!("unknown mode {}", policy.mode));
+            policy.mode
+        }
+    };
+    if let Some(selector) = &policy.node_selector {
+        check_labels(&mut v, "node_selector.match_labels", &selector.match_labels);
+    }
+    if let Some(workload) = &mut out.workload {
+        workload.cgroup = check_cgroup(&mut v, "workload.cgroup", &workload.cgroup);
+        if workload.uid == Some(u32::MAX) {
+            v.push("workload.uid", "4294967295 is (uid_t)-1, not a user");
+        }
+    }
+    let mut rule_ids = HashSet::new();
+    if let Some(connect) = out.network.as_mut().and_then(|n| n.connect.as_mut()) {
+        check_section(&mut v, "network.connect", connect, &mut rule_ids);
+    }
+    v.finish().map(|()| out)
+}
+
+/// Validates a node name as agents report it (DNS subdomain: up to 253 characters).
+pub fn node_name(field: &str, name: &str) -> Result<(), Vec<Violation>> {
+    let mut v = Violations::default();
+    check_name(&mut v, field, name, 253, "a DNS subdomain");
+    v.finish()
+}
+
+/// Validates a label map used as a selector in a list request.
+pub fn selector(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Vec<Violation>> {
+    let mut v = Violations::default();
+    check_labels(&mut v, field, labels);
+    v.finish()
+}
+
+#[derive(Default)]
+struct Violations(Vec<Violation>);
+
+impl Violations {
+    fn push(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        if self.0.len() < MAX_VIOLATIONS {
+            self.0.push(Violation::new(field, description));
+        }
+    }
+
+    fn finish(self) -> Result<(), Vec<Violation>> {
+        if self.0.is_empty() { Ok(()) } else { Err(self.0) }
+    }
+}
+
+fn check_name(v: &mut Violations, field: &str, name: &str, max: usize, what: &str) {
+    if name.is_empty() {
+        v.push(field, "must not be empty");
+    } else if name.len() > max {
+        v.push(field, format!("is {} characters, the limit is {max}", name.len()));
+    } else {
+        let dots_allowed = max > 63;
+        let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots_allowed && c == '.');
+        let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !name.chars().all(ok_char) || !edge_ok(name.chars().next()) || !edge_ok(name.chars().last()) {
+            let chars = if dots_allowed { "[a-z0-9.-]" } else { "[a-z0-9-]" };
+            v.push(field, format!("{name:?} is not {what}: use {chars}, starting and ending with a letter or digit"));
+        }
+    }
+}
+
+fn check_labels(v: &mut Violations, field: &str, labels: &BTreeMap<String, String>) {
+    if labels.len() > MAX_LABELS {
+        v.push(field, format!("has {} labels, the limit is {MAX_LABELS}", labels.len()));
+    }
+    for (key, value) in labels {
+        let path = format!("{field}[{key:?}]");
+        let key_ok = !key.is_empty()
+            && key.len() <= 63
+            && key.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+        if !key_ok {
+            v.push(&path, "label keys are 1–63 characters of [A-Za-z0-9._/-], starting with a letter or digit");
+        }
+        let value_ok = value.len() <= 63 && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !value_ok {
+            v.push(&path, "label values are at most 63 characters of [A-Za-z0-9._-]");
+        }
+    }
+}
+
+fn check_description(v: &mut Violations, field: &str, description: &str) {
+    if description.len() > MAX_DESCRIPTION {
+        v.push(field, format!("is {} bytes, the limit is {MAX_DESCRIPTION}", description.len()));
+    }
+}
+
+/// Returns the normalised path (no trailing '/', except for the root).
+fn check_cgroup(v: &mut Violations, field: &str, path: &str) -> String {
+    if path.is_empty() {
+        return String::new();
+    }
+    if path.len() > MAX_CGROUP_PATH {
+        v.push(field, format!("is {} bytes, the limit is {MAX_CGROUP_PATH}", path.len()));
+        return path.to_owned();
+    }
+    if !path.starts_with('/') {
+        v.push(field, format!("{path:?} must be absolute (start with '/'), relative to the cgroup2 mount"));
+        return path.to_owned();
+    }
+    if path.contains('\0') {
+        v.push(field, "must not contain NUL bytes");
+        return path.to_owned();
+    }
+    let trimmed = path.trim_end_matches('/');
+    for component in trimmed.split('/').skip(1) {
+        if component.is_empty() || component == "." || component == ".." {
+            v.push(field, format!("{path:?} has an empty, '.' or '..' component"));
+            break;
+        }
+    }
+    if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() }
+}
+
+fn check_section(v: &mut Violations, field: &str, section: &mut v1::RuleSection, ids: &mut HashSet<String>) {
+    section.default = match v1::Action::try_from(section.default) {
+        Ok(v1::Action::Unspecified) => v1::Action::Allow as i32,
+        Ok(a) => a as i32,
+        Err(_) => {
+            v.push(format!("{field}.default"), format!("unknown action {}", section.default));
+            section.default
+        }
+    };
+    if section.rules.len() > MAX_RULES {
+        v.push(format!("{field}.rules"), format!("has {} rules, the limit is {MAX_RULES}", section.rules.len()));
+        return;
+    }
+    for (i, rule) in section.rules.iter_mut().enumerate() {
+        check_rule(v, &format!("{field}.rules[{i}]"), rule, ids);
+    }
+}
+
+fn check_rule(v: &mut Violations, field: &str, rule: &mut v1::NetworkRule, ids: &mut HashSet<String>) {
+    let id_field = format!("{field}.id");
+    check_rule_id(v, &id_field, &rule.id);
+    if !ids.insert(rule.id.clone()) && !rule.id.is_empty() {
+        v.push(&id_field, format!("duplicate rule id {:?}: ids must be unique within the policy", rule.id));
+    }
+    match v1::Action::try_from(rule.action) {
+        Ok(v1::Action::Unspecified) => v.push(format!("{field}.action"), "is required: allow, deny or audit"),
+        Ok(_) => {}
+        Err(_) => v.push(format!("{field}.action"), format!("unknown action {}", rule.action)),
+    }
+    if rule.cidrs.len() > MAX_CIDRS {
+        v.push(format!("{field}.cidrs"), format!("has {} entries, the limit is {MAX_CIDRS}", rule.cidrs.len()));
+    } else {
+        for (j, cidr) in rule.cidrs.iter().enumerate() {
+            if let Err(reason) = check_cidr(cidr) {
+                v.push(format!("{field}.cidrs[{j}]"), reason);
+            }
+        }
+    }
+    if rule.ports.len() > MAX_PORTS {
+        v.push(format!("{field}.ports"), format!("has {} entries, the limit is {MAX_PORTS}", rule.ports.len()));
+    } else {
+        for (j, range) in rule.ports.iter_mut().enumerate() {
+            if let Err(reason) = check_ports(range) {
+                v.push(format!("{field}.ports[{j}]"), reason);
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    for (j, protocol) in rule.protocols.iter().enumerate() {
+        let path = format!("{field}.protocols[{j}]");
+        match v1::Protocol::try_from(*protocol) {
+            Ok(v1::Protocol::Tcp | v1::Protocol::Udp) => {
+                if !seen.insert(*protocol) {
+                    v.push(path, "duplicate protocol");
+                }
+            }
+            _ => v.push(path, format!("unknown protocol {protocol}: use tcp or udp")),
+        }
+    }
+    check_description(v, &format!("{field}.description"), &rule.description);
+}
+
+fn check_rule_id(v: &mut Violations, field: &str, id: &str) {
+    if id.is_empty() {
+        v.push(field, "must not be empty");
+    } else if id.len() > 63 {
+        v.push(field, format!("is {} characters, the limit is 63", id.len()));
+    } else if id == DEFAULT_RULE_ID {
+        v.push(field, "\"default\" is reserved for section defaults");
+    } else if !id.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        || !id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+    {
+        v.push(field, format!("{id:?} must be [a-z0-9._-], starting with a letter or digit"));
+    }
+}
+
+fn check_cidr(cidr: &str) -> Result<(), String> {
+    if cidr.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let net: IpNet = cidr.parse().map_err(|_| format!("{cidr:?} is not an IPv4 or IPv6 address or CIDR"))?;
+    if net.trunc() != net {
+        return Err(format!("{cidr:?} has host bits set; did you mean {}?", net.trunc()));
+    }
+    Ok(())
+}
+
+fn check_ports(range: &mut v1::PortRange) -> Result<(), String> {
+    let check = |p: u32| match p {
+        0 => Err("port 0 cannot be connected to; ports are 1–65535".to_owned()),
+        65_536.. => Err(format!("port {p} is above 65535")),
+        _ => Ok(()),
+    };
+    check(range.first)?;
+    if range.last == range.first {
+        range.last = 0;
+    }
+    if range.last != 0 {
+        check(range.last)?;
+        if range.last < range.first {
+            return Err(format!("range {}-{} is inverted: the first port must not exceed the last", range.first, range.last));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -463,7 +463,7 @@ network:
     fn parse_unknown_field_reports_its_path() {
         let err = parse("name: a\nnetwork:\n  connect:\n    rules:\n      - {id: r, action: deny, portz: [1]}\n")
             .expect_err("unknown field");
-        assert_eq!(err.path, "network.connect.rules[0]");
+        assert_eq!(err.path, "network.connect.rules[0].portz");
         assert!(err.message.contains("portz"), "{err}");
     }
 

@@ -106,7 +106,6 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic_types::StatusExt as _;
 
     #[test]
     fn invalid_maps_to_invalid_argument_with_field_violations() {

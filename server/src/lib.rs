@@ -3,6 +3,7 @@
 //! own database and a listener on port 0.
 
 pub mod api;
+pub mod embedded;
 pub mod error;
 pub mod hub;
 pub mod store;

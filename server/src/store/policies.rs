@@ -128,10 +128,14 @@ impl Store {
         let current = if inserted {
             None
         } else {
+            // Lock first, read second: under READ COMMITTED a locking join would re-check
+            // the join against the pre-lock revision row and return nothing after a
+            // concurrent update. The next statement takes a fresh snapshot.
+            sqlx::query("SELECT 1 FROM policies WHERE name = $1 FOR UPDATE").bind(name).execute(&mut *tx).await?;
             sqlx::query(dynamic_sql!(
                 "SELECT {STORED_COLUMNS}, p.deleted FROM policies p \
                  JOIN policy_revisions r ON r.policy_name = p.name AND r.revision = p.current_revision \
-                 WHERE p.name = $1 FOR UPDATE OF p"
+                 WHERE p.name = $1"
             ))
             .bind(name)
             .fetch_optional(&mut *tx)

@@ -1,0 +1,54 @@
+//! Running a server inside another process: tests, the CLI's tests and tools start the
+//! real server on `127.0.0.1:0` with a database they own.
+
+use std::net::SocketAddr;
+
+use sqlx::PgPool;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::ServeError;
+
+/// A server running on a background task; dropping it shuts the server down.
+#[derive(Debug)]
+pub struct EmbeddedServer {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl EmbeddedServer {
+    /// Serves a migrated `pool` on an ephemeral loopback port.
+    pub async fn start(pool: PgPool) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(crate::serve(pool, listener, shutdown.clone()));
+        Ok(Self { addr, shutdown, task: Some(task) })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, for gRPC clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Shuts down gracefully and returns how serving ended.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        self.shutdown.cancel();
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for EmbeddedServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,442 @@
+//! gRPC tests: the real server on 127.0.0.1:0, the generated client, real PostgreSQL.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use palisade_proto::v1::{
+    self, agent_service_client::AgentServiceClient, apply_policy_request::Source,
+    event_service_client::EventServiceClient, node_service_client::NodeServiceClient,
+    policy_service_client::PolicyServiceClient,
+};
+use palisade_server::embedded::EmbeddedServer;
+use sqlx::PgPool;
+use tokio_stream::StreamExt as _;
+use tonic::{Code, Request, transport::Channel};
+use tonic_types::StatusExt as _;
+
+struct Harness {
+    server: EmbeddedServer,
+    channel: Channel,
+}
+
+impl Harness {
+    async fn start(pool: PgPool) -> Self {
+        let server = EmbeddedServer::start(pool).await.expect("server starts");
+        let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+        Self { server, channel }
+    }
+    fn policies(&self) -> PolicyServiceClient<Channel> {
+        PolicyServiceClient::new(self.channel.clone()).max_encoding_message_size(64 << 20)
+    }
+    fn agents(&self) -> AgentServiceClient<Channel> {
+        AgentServiceClient::new(self.channel.clone())
+    }
+    fn nodes(&self) -> NodeServiceClient<Channel> {
+        NodeServiceClient::new(self.channel.clone())
+    }
+    fn events(&self) -> EventServiceClient<Channel> {
+        EventServiceClient::new(self.channel.clone())
+    }
+}
+
+fn apply_doc(doc: &str) -> v1::ApplyPolicyRequest {
+    v1::ApplyPolicyRequest { source: Some(Source::Document(doc.to_owned())), ..Default::default() }
+}
+
+fn deny_doc(name: &str, port: u32) -> String {
+    format!(
+        "name: {name}\nlabels: {{team: web}}\nworkload: {{cgroup: /demo}}\nnetwork:\n  connect:\n    rules:\n      - {{id: block, action: deny, cidrs: [127.0.0.0/8, \"::1\"], ports: [{port}], protocols: [tcp]}}\n"
+    )
+}
+
+async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}"))).fetch_one(pool).await.expect("count")
+}
+
+/// Polls `check` until it returns true or 10 s pass.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn policy_crud_round_trip_records_history_and_audit(pool: PgPool) {
+    let h = Harness::start(pool.clone()).await;
+    let mut client = h.policies();
+    let mut request = Request::new(apply_doc(&deny_doc("web", 9999)));
+    request.metadata_mut().insert("palisade-actor", "alice".parse().expect("ascii"));
+    let applied = client.apply_policy(request).await.expect("apply").into_inner();
+    assert!(applied.created && applied.changed);
+    let stored = applied.policy.expect("stored");
+    assert_eq!(stored.revision, 1);
+    assert_eq!(stored.updated_by, "alice");
+
+    let got = client.get_policy(v1::GetPolicyRequest { name: "web".into(), revision: None }).await.expect("get");
+    let got = got.into_inner().policy.expect("policy");
+    let policy = got.policy.expect("content");
+    assert_eq!(policy.mode, v1::Mode::Enforce as i32, "defaults are filled");
+    assert_eq!(policy.network.and_then(|n| n.connect).map(|c| c.default), Some(v1::Action::Allow as i32));
+
+    let updated = client.apply_policy(apply_doc(&deny_doc("web", 8080))).await.expect("update").into_inner();
+    assert_eq!(updated.policy.map(|p| p.revision), Some(2));
+    let deleted = client
+        .delete_policy(v1::DeletePolicyRequest { name: "web".into(), expected_revision: Some(2) })
+        .await
+        .expect("delete");
+    assert_eq!(deleted.into_inner().revision, 3);
+    let err = client.get_policy(v1::GetPolicyRequest { name: "web".into(), revision: None }).await.expect_err("gone");
+    assert_eq!(err.code(), Code::NotFound);
+
+    let history = client
+        .list_policy_revisions(v1::ListPolicyRevisionsRequest { name: "web".into(), page_size: 2, page_token: String::new() })
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(history.revisions.iter().map(|r| r.revision).collect::<Vec<_>>(), [3, 2]);
+    let rest = client
+        .list_policy_revisions(v1::ListPolicyRevisionsRequest {
+            name: "web".into(),
+            page_size: 2,
+            page_token: history.next_page_token,
+        })
+        .await
+        .expect("history page 2")
+        .into_inner();
+    assert_eq!(rest.revisions.iter().map(|r| r.revision).collect::<Vec<_>>(), [1]);
+    assert!(rest.next_page_token.is_empty());
+
+    let audit: Vec<(String, String)> =
+        sqlx::query_as("SELECT action, actor FROM audit_log WHERE object_kind = 'policy' ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("audit");
+    assert_eq!(audit.len(), 3);
+    assert_eq!(audit[0], ("policy.created".to_owned(), "alice".to_owned()));
+    assert_eq!(audit[2].0, "policy.deleted");
+    assert!(audit[1].1.starts_with("anonymous@127.0.0.1:"), "{audit:?}");
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn list_policies_filters_labels_and_paginates(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let mut client = h.policies();
+    for i in 0..7 {
+        let tier = if i < 5 { "gold" } else { "silver" };
+        client.apply_policy(apply_doc(&format!("name: p{i}\nlabels: {{tier: {tier}}}"))).await.expect("apply");
+    }
+    let selector = BTreeMap::from([("tier".to_owned(), "gold".to_owned())]);
+    let mut names = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = client
+            .list_policies(v1::ListPoliciesRequest { label_selector: selector.clone(), page_size: 2, page_token: token })
+            .await
+            .expect("list")
+            .into_inner();
+        pages += 1;
+        names.extend(page.policies.into_iter().filter_map(|p| p.policy).map(|p| p.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"]);
+    assert_eq!(pages, 3);
+    let err = client
+        .list_policies(v1::ListPoliciesRequest { page_token: "garbage".into(), ..Default::default() })
+        .await
+        .expect_err("bad token");
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn apply_policy_bad_input_is_rejected_with_field_paths_and_stores_nothing(pool: PgPool) {
+    let h = Harness::start(pool.clone()).await;
+    let mut client = h.policies();
+    let rule = |r: &str| format!("name: bad\nnetwork: {{connect: {{rules: [{r}]}}}}");
+    let long_name = format!("name: {}", "a".repeat(64));
+    let oversized = format!("name: big\ndescription: \"{}\"", "x".repeat(9 << 20));
+    let cases: Vec<(String, &str)> = vec![
+        (rule("{id: r, action: deny, cidrs: [10.0.0.0/33]}"), "network.connect.rules[0].cidrs[0]"),
+        (rule("{id: r, action: deny, cidrs: [\"fe80::/200\"]}"), "network.connect.rules[0].cidrs[0]"),
+        (rule("{id: r, action: deny, ports: [65536]}"), "network.connect.rules[0].ports[0]"),
+        (rule("{id: r, action: deny, ports: [\"90-80\"]}"), "network.connect.rules[0].ports[0]"),
+        (rule("{id: r, action: deny, colour: red}"), "network.connect.rules[0].colour"),
+        ("name: bad\nmode: strict".to_owned(), "mode"),
+        (rule("{id: r, action: block}"), "network.connect.rules[0].action"),
+        (rule("{id: r, action: deny, protocols: [icmp]}"), "network.connect.rules[0].protocols[0]"),
+        ("name: \"\"".to_owned(), "name"),
+        (long_name, "name"),
+        (rule("{id: r, action: deny}, {id: r, action: allow}"), "network.connect.rules[1].id"),
+        (oversized, "document"),
+        ("[not, a, mapping]".to_owned(), "document"),
+    ];
+    for (doc, field) in cases {
+        let status = client.apply_policy(apply_doc(&doc)).await.expect_err("must be rejected");
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        let bad = status.get_details_bad_request().expect("field violations");
+        assert_eq!(bad.field_violations[0].field, field, "{:?}", bad.field_violations);
+        assert!(!bad.field_violations[0].description.is_empty());
+    }
+    // The structured source gets the same checks, including unknown enum numbers.
+    let mut policy = palisade_proto::document::parse(&rule("{id: r, action: deny}")).expect("doc").to_proto();
+    policy.network.as_mut().and_then(|n| n.connect.as_mut()).expect("connect").rules[0].action = 17;
+    let status = client
+        .apply_policy(v1::ApplyPolicyRequest { source: Some(Source::Policy(policy)), ..Default::default() })
+        .await
+        .expect_err("unknown enum");
+    assert_eq!(status.get_details_bad_request().expect("violations").field_violations[0].field, "network.connect.rules[0].action");
+    let status = client.apply_policy(v1::ApplyPolicyRequest::default()).await.expect_err("no source");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    for table in ["policies", "policy_revisions", "audit_log"] {
+        assert_eq!(count(&pool, table).await, 0, "{table} must stay empty");
+    }
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn apply_policy_concurrency_one_stale_writer_loses_and_fifty_creates_land(pool: PgPool) {
+    let h = Harness::start(pool.clone()).await;
+    let mut client = h.policies();
+    client.apply_policy(apply_doc(&deny_doc("shared", 1))).await.expect("create");
+    let stale = |port| {
+        let mut c = h.policies();
+        async move {
+            let mut req = apply_doc(&deny_doc("shared", port));
+            req.expected_revision = Some(1);
+            c.apply_policy(req).await
+        }
+    };
+    let (a, b) = tokio::join!(stale(2), stale(3));
+    let codes: Vec<_> = [&a, &b].iter().map(|r| r.as_ref().err().map(tonic::Status::code)).collect();
+    assert!(codes.contains(&None) && codes.contains(&Some(Code::Aborted)), "{codes:?}");
+
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let mut c = h.policies();
+            tokio::spawn(async move { c.apply_policy(apply_doc(&deny_doc(&format!("bulk-{i}"), 1000 + i))).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task").expect("every concurrent apply lands");
+    }
+    let bulk: i64 = sqlx::query_scalar("SELECT count(*) FROM policies WHERE name LIKE 'bulk-%' AND NOT deleted")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(bulk, 50);
+    let generation: i64 = sqlx::query_scalar("SELECT generation FROM policy_generation").fetch_one(&pool).await.expect("gen");
+    assert_eq!(generation, 52, "one generation per change");
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn apply_policy_dry_run_reports_without_storing(pool: PgPool) {
+    let h = Harness::start(pool.clone()).await;
+    let mut req = apply_doc(&deny_doc("web", 1));
+    req.dry_run = true;
+    let out = h.policies().apply_policy(req).await.expect("dry run").into_inner();
+    assert!(out.created && out.changed);
+    assert_eq!(count(&pool, "policies").await, 0);
+}
+
+fn hello(name: &str) -> v1::SyncRequest {
+    v1::SyncRequest {
+        message: Some(v1::sync_request::Message::Hello(v1::AgentHello {
+            node_name: name.to_owned(),
+            labels: BTreeMap::from([("zone".to_owned(), "a".to_owned())]),
+            features: Some(v1::KernelFeatures {
+                kernel_release: "6.18.0".into(),
+                cgroup_sock_addr: true,
+                ..Default::default()
+            }),
+            agent_version: "test".into(),
+            ..Default::default()
+        })),
+    }
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn sync_hello_registers_node_and_records_ack_and_nack(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(hello("node-1")).await.expect("send hello");
+    let _responses = h.agents().sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("sync");
+    let nodes = h.nodes().list_nodes(v1::ListNodesRequest::default()).await.expect("list").into_inner().nodes;
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].name, "node-1");
+    assert!(nodes[0].connected);
+    assert_eq!(nodes[0].features.as_ref().map(|f| f.kernel_release.as_str()), Some("6.18.0"));
+
+    let nack = v1::BundleNack { generation: 4, digest: "d4".into(), error: "verifier: R1 invalid mem access".into() };
+    tx.send(v1::SyncRequest { message: Some(v1::sync_request::Message::Nack(nack)) }).await.expect("nack");
+    let mut nodes = h.nodes();
+    eventually("the NACK to be recorded", || {
+        let mut nodes = nodes.clone();
+        async move {
+            let node = nodes.get_node(v1::GetNodeRequest { name: "node-1".into() }).await.expect("get").into_inner().node;
+            node.and_then(|n| n.last_error).is_some_and(|e| e.generation == 4 && e.message.contains("verifier"))
+        }
+    })
+    .await;
+    let ack = v1::BundleAck { generation: 5, digest: "d5".into() };
+    tx.send(v1::SyncRequest { message: Some(v1::sync_request::Message::Ack(ack)) }).await.expect("ack");
+    eventually("the ACK to be recorded and clear the older NACK", || {
+        let mut nodes = nodes.clone();
+        async move {
+            let node = nodes.get_node(v1::GetNodeRequest { name: "node-1".into() }).await.expect("get").into_inner().node;
+            node.is_some_and(|n| n.applied_generation == 5 && n.applied_digest == "d5" && n.last_error.is_none())
+        }
+    })
+    .await;
+    drop(tx);
+    eventually("the node to show as disconnected", || {
+        let mut nodes = nodes.clone();
+        async move {
+            let node = nodes.get_node(v1::GetNodeRequest { name: "node-1".into() }).await.expect("get").into_inner().node;
+            node.is_some_and(|n| !n.connected)
+        }
+    })
+    .await;
+    let err = nodes.get_node(v1::GetNodeRequest { name: "nope".into() }).await.expect_err("unknown node");
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn sync_without_hello_or_with_bad_name_is_rejected(pool: PgPool) {
+    let h = Harness::start(pool.clone()).await;
+    let heartbeat = v1::SyncRequest { message: Some(v1::sync_request::Message::Heartbeat(v1::Heartbeat::default())) };
+    let err = h.agents().sync(tokio_stream::iter(vec![heartbeat])).await.expect_err("no hello");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = h.agents().sync(tokio_stream::iter(vec![hello("Bad_Name")])).await.expect_err("bad name");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(count(&pool, "nodes").await, 0);
+}
+
+fn event(policy: &str, verdict: v1::Verdict, port: u32) -> v1::DecisionEvent {
+    v1::DecisionEvent {
+        policy: policy.to_owned(),
+        revision: 1,
+        rule_id: "block".into(),
+        verdict: verdict as i32,
+        hook: "cgroup/connect4".into(),
+        pid: 42,
+        comm: "curl".into(),
+        uid: 1000,
+        cgroup_id: u64::MAX - 1,
+        address: "127.0.0.1".into(),
+        port,
+        protocol: v1::Protocol::Tcp as i32,
+        bundle_digest: "abc".into(),
+        ..Default::default()
+    }
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn report_events_are_stored_listed_with_filters_and_watched(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let watch_filter = v1::EventFilter { policy: "web".into(), verdict: v1::Verdict::Deny as i32, ..Default::default() };
+    let mut watch = h
+        .events()
+        .watch_events(v1::WatchEventsRequest { filter: Some(watch_filter) })
+        .await
+        .expect("watch")
+        .into_inner();
+
+    let batch = vec![
+        v1::ReportEventsRequest {
+            node_name: "node-1".into(),
+            events: vec![event("web", v1::Verdict::Deny, 1), event("web", v1::Verdict::Audit, 2)],
+        },
+        v1::ReportEventsRequest { node_name: String::new(), events: vec![event("db", v1::Verdict::Deny, 3)] },
+    ];
+    let accepted = h.agents().report_events(tokio_stream::iter(batch)).await.expect("report").into_inner().accepted;
+    assert_eq!(accepted, 3);
+    let other = v1::ReportEventsRequest { node_name: "node-2".into(), events: vec![event("web", v1::Verdict::Deny, 4)] };
+    h.agents().report_events(tokio_stream::iter(vec![other])).await.expect("report node-2");
+
+    let watched = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut ports = Vec::new();
+        while ports.len() < 2 {
+            let e = watch.next().await.expect("stream open").expect("event");
+            assert_eq!((e.policy.as_str(), e.verdict), ("web", v1::Verdict::Deny as i32));
+            ports.push(e.port);
+        }
+        ports
+    })
+    .await
+    .expect("watched events arrive");
+    assert_eq!(watched, [1, 4]);
+
+    let mut events = h.events();
+    let list = |filter: v1::EventFilter, page_size: u32, page_token: String| {
+        let mut events = events.clone();
+        async move {
+            events
+                .list_events(v1::ListEventsRequest { filter: Some(filter), page_size, page_token })
+                .await
+                .expect("list")
+                .into_inner()
+        }
+    };
+    let all = list(v1::EventFilter::default(), 0, String::new()).await;
+    assert_eq!(all.events.iter().map(|e| e.port).collect::<Vec<_>>(), [4, 3, 2, 1], "newest first");
+    let first = &all.events[3];
+    assert_eq!((first.node.as_str(), first.cgroup_id, first.comm.as_str()), ("node-1", u64::MAX - 1, "curl"));
+    assert!(first.id > 0 && first.received_at.is_some());
+    let by_node = list(v1::EventFilter { node: "node-2".into(), ..Default::default() }, 0, String::new()).await;
+    assert_eq!(by_node.events.iter().map(|e| e.port).collect::<Vec<_>>(), [4]);
+    let by_policy_verdict = list(
+        v1::EventFilter { policy: "web".into(), verdict: v1::Verdict::Audit as i32, ..Default::default() },
+        0,
+        String::new(),
+    )
+    .await;
+    assert_eq!(by_policy_verdict.events.iter().map(|e| e.port).collect::<Vec<_>>(), [2]);
+    let page1 = list(v1::EventFilter::default(), 3, String::new()).await;
+    assert_eq!(page1.events.len(), 3);
+    let page2 = list(v1::EventFilter::default(), 3, page1.next_page_token).await;
+    assert_eq!(page2.events.iter().map(|e| e.port).collect::<Vec<_>>(), [1]);
+    assert!(page2.next_page_token.is_empty());
+    let future = prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() + 3600, nanos: 0 };
+    let since_future = list(v1::EventFilter { since: Some(future), ..Default::default() }, 0, String::new()).await;
+    assert!(since_future.events.is_empty());
+    let err = events
+        .list_events(v1::ListEventsRequest { page_size: 5000, ..Default::default() })
+        .await
+        .expect_err("page too large");
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn report_events_invalid_batch_is_rejected_whole(pool: PgPool) {
+    let h = Harness::start(pool.clone()).await;
+    let mut bad = event("web", v1::Verdict::Deny, 1);
+    bad.verdict = 99;
+    let req = v1::ReportEventsRequest { node_name: "node-1".into(), events: vec![event("web", v1::Verdict::Deny, 1), bad] };
+    let err = h.agents().report_events(tokio_stream::iter(vec![req])).await.expect_err("invalid");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.get_details_bad_request().expect("violations").field_violations[0].field, "events[1].verdict");
+    assert_eq!(count(&pool, "events").await, 0);
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn health_reports_serving_and_compile_is_not_built_yet(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "palisade.v1.PolicyService".into() })
+        .await
+        .expect("health")
+        .into_inner()
+        .status;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let err = h.policies().compile_policy(v1::CompilePolicyRequest::default()).await.expect_err("not yet");
+    assert_eq!(err.code(), Code::Unimplemented);
+    h.server.stop().await.expect("graceful stop");
+}

@@ -1,1 +1,115 @@
-fn main() {}
+//! `palisade`: the operator's command line for the Palisade control plane.
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool prints its results")]
+
+mod commands;
+mod table;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Palisade: fleet-wide eBPF network and security policy.
+#[derive(Debug, Parser)]
+#[command(name = "palisade", version)]
+struct Cli {
+    /// Server address (http://HOST:PORT or HOST:PORT).
+    #[arg(long, env = "PALISADE_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Output format of `get`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or update policies from a YAML/JSON file (several documents separated by
+    /// `---`) or from every *.yaml, *.yml and *.json file in a directory.
+    Apply {
+        /// File or directory.
+        #[arg(short = 'f', long = "filename")]
+        path: PathBuf,
+        /// Validate and show what would change without storing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only apply if the policy is at this revision (0: it must not exist yet).
+        #[arg(long)]
+        expected_revision: Option<u64>,
+    },
+    /// Print a policy as stored (defaults filled in).
+    Get {
+        /// Policy name.
+        name: String,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Yaml)]
+        output: Format,
+        /// A past revision instead of the current one.
+        #[arg(long)]
+        revision: Option<u64>,
+    },
+    /// List policies.
+    List {
+        /// Only policies with these labels (KEY=VALUE, repeatable or comma-separated).
+        #[arg(short = 'l', long = "selector", value_delimiter = ',')]
+        selector: Vec<String>,
+    },
+    /// Delete a policy (its history stays).
+    Delete {
+        /// Policy name.
+        name: String,
+        /// Only delete if the policy is at this revision.
+        #[arg(long)]
+        expected_revision: Option<u64>,
+    },
+    /// Show every revision of a policy, newest first.
+    History {
+        /// Policy name.
+        name: String,
+    },
+    /// Compile a policy file without storing it and show program statistics.
+    Compile {
+        /// Policy file (one document).
+        #[arg(short = 'f', long = "filename")]
+        path: PathBuf,
+        /// Print the disassembly with rule ids as comments.
+        #[arg(long)]
+        disasm: bool,
+    },
+    /// List nodes and their sync state.
+    Nodes,
+    /// Show decision events, newest first; --follow streams new ones.
+    Events {
+        /// Only events of this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Only events from this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only events with this verdict.
+        #[arg(long, value_enum)]
+        verdict: Option<commands::VerdictArg>,
+        /// How many stored events to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Keep streaming new events until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}

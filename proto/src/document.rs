@@ -167,21 +167,13 @@ pub struct Ports {
 
 impl fmt::Display for Ports {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.first == self.last {
-            write!(f, "{}", self.first)
-        } else {
-            write!(f, "{}-{}", self.first, self.last)
-        }
+        if self.first == self.last { write!(f, "{}", self.first) } else { write!(f, "{}-{}", self.first, self.last) }
     }
 }
 
 impl Serialize for Ports {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.first == self.last {
-            s.serialize_u32(self.first)
-        } else {
-            s.collect_str(self)
-        }
+        if self.first == self.last { s.serialize_u32(self.first) } else { s.collect_str(self) }
     }
 }
 
@@ -198,9 +190,7 @@ impl<'de> Deserialize<'de> for Ports {
                 Ok(Ports { first: port, last: port })
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ports, E> {
-                u64::try_from(v)
-                    .map_err(|_| E::custom(format!("port {v} is negative")))
-                    .and_then(|v| self.visit_u64(v))
+                u64::try_from(v).map_err(|_| E::custom(format!("port {v} is negative"))).and_then(|v| self.visit_u64(v))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Ports, E> {
                 let parse = |s: &str| {
@@ -217,6 +207,14 @@ impl<'de> Deserialize<'de> for Ports {
 }
 
 /// Parses one YAML or JSON document (JSON is YAML).
+///
+/// ```
+/// let doc = palisade_proto::document::parse("name: web\nmode: audit\n")?;
+/// assert_eq!(doc.mode, Some(palisade_proto::document::Mode::Audit));
+/// let err = palisade_proto::document::parse("name: web\nmode: loud\n").unwrap_err();
+/// assert_eq!(err.path, "mode");
+/// # Ok::<(), palisade_proto::document::DocumentError>(())
+/// ```
 pub fn parse(text: &str) -> Result<PolicyDocument, DocumentError> {
     if text.len() > MAX_DOCUMENT_BYTES {
         return Err(DocumentError::whole(format!(
@@ -270,13 +268,11 @@ impl PolicyDocument {
                 .node_selector
                 .as_ref()
                 .map(|s| v1::NodeSelector { match_labels: s.match_labels.clone() }),
-            workload: self
-                .workload
+            workload: self.workload.as_ref().map(|w| v1::WorkloadSelector { cgroup: w.cgroup.clone(), uid: w.uid }),
+            network: self
+                .network
                 .as_ref()
-                .map(|w| v1::WorkloadSelector { cgroup: w.cgroup.clone(), uid: w.uid }),
-            network: self.network.as_ref().map(|n| v1::NetworkPolicy {
-                connect: n.connect.as_ref().map(Section::to_proto),
-            }),
+                .map(|n| v1::NetworkPolicy { connect: n.connect.as_ref().map(Section::to_proto) }),
             description: self.description.clone(),
         }
     }
@@ -295,19 +291,12 @@ impl PolicyDocument {
             labels: p.labels.clone(),
             description: p.description.clone(),
             mode,
-            node_selector: p
-                .node_selector
-                .as_ref()
-                .map(|s| NodeSelector { match_labels: s.match_labels.clone() }),
+            node_selector: p.node_selector.as_ref().map(|s| NodeSelector { match_labels: s.match_labels.clone() }),
             workload: p.workload.as_ref().map(|w| Workload { cgroup: w.cgroup.clone(), uid: w.uid }),
             network: match &p.network {
                 None => None,
                 Some(n) => Some(Network {
-                    connect: n
-                        .connect
-                        .as_ref()
-                        .map(|s| Section::from_proto(s, "network.connect"))
-                        .transpose()?,
+                    connect: n.connect.as_ref().map(|s| Section::from_proto(s, "network.connect")).transpose()?,
                 }),
             },
         })
@@ -339,10 +328,7 @@ impl Section {
                     ports: r
                         .ports
                         .iter()
-                        .map(|p| v1::PortRange {
-                            first: p.first,
-                            last: if p.last == p.first { 0 } else { p.last },
-                        })
+                        .map(|p| v1::PortRange { first: p.first, last: if p.last == p.first { 0 } else { p.last } })
                         .collect(),
                     protocols: r
                         .protocols
@@ -452,7 +438,10 @@ network:
         let doc = parse(FULL).expect("valid document");
         let proto = doc.to_proto();
         assert_eq!(proto.network.as_ref().and_then(|n| n.connect.as_ref()).map(|c| c.rules[0].ports.len()), Some(2));
-        assert_eq!(proto.network.as_ref().and_then(|n| n.connect.as_ref()).map(|c| c.rules[0].ports[1].last), Some(8080));
+        assert_eq!(
+            proto.network.as_ref().and_then(|n| n.connect.as_ref()).map(|c| c.rules[0].ports[1].last),
+            Some(8080)
+        );
         let back = PolicyDocument::from_proto(&proto).expect("known enums");
         assert_eq!(back, doc);
         assert_eq!(parse(&back.to_yaml()).expect("own yaml parses"), doc);

@@ -44,7 +44,7 @@ pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "PALISADE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// PostgreSQL connection URL, e.g. postgres://postgres@127.0.0.1:5432/palisade.
+    /// PostgreSQL connection URL, e.g. `postgres://postgres@127.0.0.1:5432/palisade`.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
     /// Maximum PostgreSQL connections.
@@ -129,7 +129,9 @@ pub async fn serve(pool: PgPool, listener: TcpListener, shutdown: CancellationTo
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(PolicyServiceServer::new(PolicyApi::new(store.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(
+            PolicyServiceServer::new(PolicyApi::new(store.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .add_service(
             AgentServiceServer::new(AgentApi::new(store.clone(), shutdown.clone(), tracker.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -45,7 +45,8 @@ impl Store {
 
     /// The current global policy generation.
     pub async fn generation(&self) -> Result<u64, sqlx::Error> {
-        let generation: i64 = sqlx::query_scalar("SELECT generation FROM policy_generation").fetch_one(&self.pool).await?;
+        let generation: i64 =
+            sqlx::query_scalar("SELECT generation FROM policy_generation").fetch_one(&self.pool).await?;
         Ok(generation as u64)
     }
 }

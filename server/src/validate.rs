@@ -121,7 +121,8 @@ fn check_labels(v: &mut Violations, field: &str, labels: &BTreeMap<String, Strin
         if !key_ok {
             v.push(&path, "label keys are 1–63 characters of [A-Za-z0-9._/-], starting with a letter or digit");
         }
-        let value_ok = value.len() <= 63 && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        let value_ok =
+            value.len() <= 63 && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !value_ok {
             v.push(&path, "label values are at most 63 characters of [A-Za-z0-9._-]");
         }
@@ -261,7 +262,10 @@ fn check_ports(range: &mut v1::PortRange) -> Result<(), String> {
     if range.last != 0 {
         check(range.last)?;
         if range.last < range.first {
-            return Err(format!("range {}-{} is inverted: the first port must not exceed the last", range.first, range.last));
+            return Err(format!(
+                "range {}-{} is inverted: the first port must not exceed the last",
+                range.first, range.last
+            ));
         }
     }
     Ok(())

@@ -49,7 +49,10 @@ fn deny_doc(name: &str, port: u32) -> String {
 }
 
 async fn count(pool: &PgPool, table: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}"))).fetch_one(pool).await.expect("count")
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(pool)
+        .await
+        .expect("count")
 }
 
 /// Polls `check` until it returns true or 10 s pass.
@@ -94,7 +97,11 @@ async fn policy_crud_round_trip_records_history_and_audit(pool: PgPool) {
     assert_eq!(err.code(), Code::NotFound);
 
     let history = client
-        .list_policy_revisions(v1::ListPolicyRevisionsRequest { name: "web".into(), page_size: 2, page_token: String::new() })
+        .list_policy_revisions(v1::ListPolicyRevisionsRequest {
+            name: "web".into(),
+            page_size: 2,
+            page_token: String::new(),
+        })
         .await
         .expect("history")
         .into_inner();
@@ -136,7 +143,11 @@ async fn list_policies_filters_labels_and_paginates(pool: PgPool) {
     let mut pages = 0;
     loop {
         let page = client
-            .list_policies(v1::ListPoliciesRequest { label_selector: selector.clone(), page_size: 2, page_token: token })
+            .list_policies(v1::ListPoliciesRequest {
+                label_selector: selector.clone(),
+                page_size: 2,
+                page_token: token,
+            })
             .await
             .expect("list")
             .into_inner();
@@ -192,7 +203,10 @@ async fn apply_policy_bad_input_is_rejected_with_field_paths_and_stores_nothing(
         .apply_policy(v1::ApplyPolicyRequest { source: Some(Source::Policy(policy)), ..Default::default() })
         .await
         .expect_err("unknown enum");
-    assert_eq!(status.get_details_bad_request().expect("violations").field_violations[0].field, "network.connect.rules[0].action");
+    assert_eq!(
+        status.get_details_bad_request().expect("violations").field_violations[0].field,
+        "network.connect.rules[0].action"
+    );
     let status = client.apply_policy(v1::ApplyPolicyRequest::default()).await.expect_err("no source");
     assert_eq!(status.code(), Code::InvalidArgument);
     for table in ["policies", "policy_revisions", "audit_log"] {
@@ -231,7 +245,8 @@ async fn apply_policy_concurrency_one_stale_writer_loses_and_fifty_creates_land(
         .await
         .expect("count");
     assert_eq!(bulk, 50);
-    let generation: i64 = sqlx::query_scalar("SELECT generation FROM policy_generation").fetch_one(&pool).await.expect("gen");
+    let generation: i64 =
+        sqlx::query_scalar("SELECT generation FROM policy_generation").fetch_one(&pool).await.expect("gen");
     assert_eq!(generation, 52, "one generation per change");
 }
 
@@ -279,7 +294,8 @@ async fn sync_hello_registers_node_and_records_ack_and_nack(pool: PgPool) {
     eventually("the NACK to be recorded", || {
         let mut nodes = nodes.clone();
         async move {
-            let node = nodes.get_node(v1::GetNodeRequest { name: "node-1".into() }).await.expect("get").into_inner().node;
+            let node =
+                nodes.get_node(v1::GetNodeRequest { name: "node-1".into() }).await.expect("get").into_inner().node;
             node.and_then(|n| n.last_error).is_some_and(|e| e.generation == 4 && e.message.contains("verifier"))
         }
     })
@@ -289,7 +305,8 @@ async fn sync_hello_registers_node_and_records_ack_and_nack(pool: PgPool) {
     eventually("the ACK to be recorded and clear the older NACK", || {
         let mut nodes = nodes.clone();
         async move {
-            let node = nodes.get_node(v1::GetNodeRequest { name: "node-1".into() }).await.expect("get").into_inner().node;
+            let node =
+                nodes.get_node(v1::GetNodeRequest { name: "node-1".into() }).await.expect("get").into_inner().node;
             node.is_some_and(|n| n.applied_generation == 5 && n.applied_digest == "d5" && n.last_error.is_none())
         }
     })
@@ -298,7 +315,8 @@ async fn sync_hello_registers_node_and_records_ack_and_nack(pool: PgPool) {
     eventually("the node to show as disconnected", || {
         let mut nodes = nodes.clone();
         async move {
-            let node = nodes.get_node(v1::GetNodeRequest { name: "node-1".into() }).await.expect("get").into_inner().node;
+            let node =
+                nodes.get_node(v1::GetNodeRequest { name: "node-1".into() }).await.expect("get").into_inner().node;
             node.is_some_and(|n| !n.connected)
         }
     })
@@ -340,7 +358,8 @@ fn event(policy: &str, verdict: v1::Verdict, port: u32) -> v1::DecisionEvent {
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
 async fn report_events_are_stored_listed_with_filters_and_watched(pool: PgPool) {
     let h = Harness::start(pool).await;
-    let watch_filter = v1::EventFilter { policy: "web".into(), verdict: v1::Verdict::Deny as i32, ..Default::default() };
+    let watch_filter =
+        v1::EventFilter { policy: "web".into(), verdict: v1::Verdict::Deny as i32, ..Default::default() };
     let mut watch = h
         .events()
         .watch_events(v1::WatchEventsRequest { filter: Some(watch_filter) })
@@ -357,7 +376,8 @@ async fn report_events_are_stored_listed_with_filters_and_watched(pool: PgPool) 
     ];
     let accepted = h.agents().report_events(tokio_stream::iter(batch)).await.expect("report").into_inner().accepted;
     assert_eq!(accepted, 3);
-    let other = v1::ReportEventsRequest { node_name: "node-2".into(), events: vec![event("web", v1::Verdict::Deny, 4)] };
+    let other =
+        v1::ReportEventsRequest { node_name: "node-2".into(), events: vec![event("web", v1::Verdict::Deny, 4)] };
     h.agents().report_events(tokio_stream::iter(vec![other])).await.expect("report node-2");
 
     let watched = tokio::time::timeout(Duration::from_secs(10), async {
@@ -418,7 +438,8 @@ async fn report_events_invalid_batch_is_rejected_whole(pool: PgPool) {
     let h = Harness::start(pool.clone()).await;
     let mut bad = event("web", v1::Verdict::Deny, 1);
     bad.verdict = 99;
-    let req = v1::ReportEventsRequest { node_name: "node-1".into(), events: vec![event("web", v1::Verdict::Deny, 1), bad] };
+    let req =
+        v1::ReportEventsRequest { node_name: "node-1".into(), events: vec![event("web", v1::Verdict::Deny, 1), bad] };
     let err = h.agents().report_events(tokio_stream::iter(vec![req])).await.expect_err("invalid");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(err.get_details_bad_request().expect("violations").field_violations[0].field, "events[1].verdict");

@@ -13,7 +13,7 @@ use crate::{error::ApiError, store::Store, validate};
 
 /// How often the server sends a heartbeat on each Sync stream.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
-/// Most events in one ReportEvents message.
+/// Most events in one `ReportEvents` message.
 pub const MAX_EVENTS_PER_MESSAGE: usize = 10_000;
 /// Longest error text stored from a NACK.
 const MAX_NACK_ERROR: usize = 64 * 1024;
@@ -127,9 +127,8 @@ impl AgentService for AgentApi {
 
     async fn sync(&self, request: Request<Streaming<v1::SyncRequest>>) -> Result<Response<SyncStream>, Status> {
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
-            Some(v1::SyncRequest { message: Some(Inbound::Hello(hello)) }) => hello,
-            _ => return Err(Status::invalid_argument("the first message of a Sync stream must be a hello")),
+        let Some(v1::SyncRequest { message: Some(Inbound::Hello(hello)) }) = inbound.message().await? else {
+            return Err(Status::invalid_argument("the first message of a Sync stream must be a hello"));
         };
         validate::node_name("hello.node_name", &hello.node_name).map_err(ApiError::Invalid)?;
         validate::selector("hello.labels", &hello.labels).map_err(ApiError::Invalid)?;
@@ -148,12 +147,11 @@ impl AgentService for AgentApi {
         let mut node: Option<String> = None;
         let mut accepted = 0;
         while let Some(message) = inbound.message().await? {
-            let node = match &node {
-                Some(node) => node.clone(),
-                None => {
-                    validate::node_name("node_name", &message.node_name).map_err(ApiError::Invalid)?;
-                    node.insert(message.node_name.clone()).clone()
-                }
+            let node = if let Some(node) = &node {
+                node.clone()
+            } else {
+                validate::node_name("node_name", &message.node_name).map_err(ApiError::Invalid)?;
+                node.insert(message.node_name.clone()).clone()
             };
             if message.events.len() > MAX_EVENTS_PER_MESSAGE {
                 return Err(ApiError::invalid(
@@ -162,7 +160,8 @@ impl AgentService for AgentApi {
                 )
                 .into());
             }
-            let violations: Vec<_> = message.events.iter().enumerate().flat_map(|(i, e)| check_event(i, e)).take(100).collect();
+            let violations: Vec<_> =
+                message.events.iter().enumerate().flat_map(|(i, e)| check_event(i, e)).take(100).collect();
             if !violations.is_empty() {
                 return Err(ApiError::Invalid(violations).into());
             }

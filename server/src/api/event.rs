@@ -66,7 +66,10 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<v1::DecisionEvent, Status>> 
 impl EventService for EventApi {
     type WatchEventsStream = EventStream;
 
-    async fn list_events(&self, request: Request<v1::ListEventsRequest>) -> Result<Response<v1::ListEventsResponse>, Status> {
+    async fn list_events(
+        &self,
+        request: Request<v1::ListEventsRequest>,
+    ) -> Result<Response<v1::ListEventsResponse>, Status> {
         let request = request.into_inner();
         let limit = page_size(request.page_size)?;
         let mut q = query(request.filter.as_ref())?;

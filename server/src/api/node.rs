@@ -21,7 +21,10 @@ impl NodeApi {
 
 #[tonic::async_trait]
 impl NodeService for NodeApi {
-    async fn list_nodes(&self, request: Request<v1::ListNodesRequest>) -> Result<Response<v1::ListNodesResponse>, Status> {
+    async fn list_nodes(
+        &self,
+        request: Request<v1::ListNodesRequest>,
+    ) -> Result<Response<v1::ListNodesResponse>, Status> {
         let request = request.into_inner();
         let limit = page_size(request.page_size)?;
         validate::selector("label_selector", &request.label_selector).map_err(ApiError::Invalid)?;

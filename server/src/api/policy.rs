@@ -56,7 +56,10 @@ impl PolicyService for PolicyApi {
         }))
     }
 
-    async fn get_policy(&self, request: Request<v1::GetPolicyRequest>) -> Result<Response<v1::GetPolicyResponse>, Status> {
+    async fn get_policy(
+        &self,
+        request: Request<v1::GetPolicyRequest>,
+    ) -> Result<Response<v1::GetPolicyResponse>, Status> {
         let request = request.into_inner();
         check_name(&request.name)?;
         let policy = self.store.get_policy(&request.name, request.revision).await?;

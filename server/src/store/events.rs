@@ -7,7 +7,7 @@ use sqlx::{Postgres, QueryBuilder, Row as _, postgres::PgRow};
 use super::{EVENTS_CHANNEL, Store, from_timestamp, timestamp};
 use crate::error::ApiError;
 
-/// Rows per INSERT statement: 17 binds each stays far below PostgreSQL's 65535 limit.
+/// Rows per `INSERT` statement: 17 binds each stays far below PostgreSQL's 65535 limit.
 const INSERT_CHUNK: usize = 1000;
 
 /// Advisory lock key serialising event ingest ("palisade" in ASCII, truncated).
@@ -100,11 +100,7 @@ impl Store {
             let ids: Vec<i64> = query.build_query_scalar().fetch_all(&mut *tx).await?;
             max_id = ids.into_iter().fold(max_id, i64::max);
         }
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(EVENTS_CHANNEL)
-            .bind(max_id.to_string())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("SELECT pg_notify($1, $2)").bind(EVENTS_CHANNEL).bind(max_id.to_string()).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(events.len() as u64)
     }
@@ -112,7 +108,8 @@ impl Store {
     /// Events matching `q`, ordered by id: descending for listing, ascending when
     /// `q.after_id` is set (catch-up). At most `limit`; the flag says whether more exist.
     pub async fn list_events(&self, q: &EventQuery, limit: u32) -> Result<(Vec<v1::DecisionEvent>, bool), ApiError> {
-        let mut query: QueryBuilder<Postgres> = QueryBuilder::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE true"));
+        let mut query: QueryBuilder<Postgres> =
+            QueryBuilder::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE true"));
         if let Some(node) = &q.node {
             query.push(" AND node = ").push_bind(node);
         }

@@ -30,7 +30,11 @@ fn canonical(policy: &v1::Policy) -> (Vec<u8>, String) {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 fn decode(name: &str, bytes: &[u8]) -> Result<v1::Policy, ApiError> {
@@ -42,7 +46,8 @@ fn to_json(policy: &v1::Policy) -> Result<serde_json::Value, ApiError> {
     serde_json::to_value(doc).map_err(|e| ApiError::Corrupt(e.to_string()))
 }
 
-const STORED_COLUMNS: &str = "p.name, p.created_at, r.revision, r.spec, r.digest, r.created_at AS updated_at, r.created_by";
+const STORED_COLUMNS: &str =
+    "p.name, p.created_at, r.revision, r.spec, r.digest, r.created_at AS updated_at, r.created_by";
 
 fn stored_from_row(row: &PgRow) -> Result<v1::StoredPolicy, ApiError> {
     let name: String = row.try_get("name")?;
@@ -266,16 +271,20 @@ impl Store {
     }
 
     /// Deletes a live policy, recording a deletion revision. Returns its revision number.
-    pub async fn delete_policy(&self, name: &str, expected_revision: Option<u64>, actor: &str) -> Result<u64, ApiError> {
+    pub async fn delete_policy(
+        &self,
+        name: &str,
+        expected_revision: Option<u64>,
+        actor: &str,
+    ) -> Result<u64, ApiError> {
         let mut tx = self.pool.begin().await?;
         let row: Option<(i64, bool)> =
             sqlx::query_as("SELECT current_revision, deleted FROM policies WHERE name = $1 FOR UPDATE")
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let current = match row {
-            Some((revision, false)) => revision,
-            _ => return Err(ApiError::NotFound { kind: "policy", name: name.to_owned() }),
+        let Some((current, false)) = row else {
+            return Err(ApiError::NotFound { kind: "policy", name: name.to_owned() });
         };
         check_expected(name, expected_revision, current as u64)?;
         let revision = current + 1;
@@ -295,7 +304,8 @@ impl Store {
         .bind(generation)
         .execute(&mut *tx)
         .await?;
-        audit(&mut tx, actor, "policy.deleted", name, revision, serde_json::json!({ "generation": generation })).await?;
+        audit(&mut tx, actor, "policy.deleted", name, revision, serde_json::json!({ "generation": generation }))
+            .await?;
         tx.commit().await?;
         tracing::info!(policy = name, revision, generation, actor, "policy deleted");
         Ok(revision as u64)

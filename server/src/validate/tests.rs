@@ -18,8 +18,8 @@ fn fields(result: Result<v1::Policy, Vec<Violation>>) -> Vec<String> {
 
 #[test]
 fn policy_valid_is_normalised_with_defaults() {
-    let p = policy(&rule_doc("{id: r1, action: deny, cidrs: [10.0.0.0/8, \"::1\"], ports: [80, 80-80]}"))
-        .expect("valid");
+    let p =
+        policy(&rule_doc("{id: r1, action: deny, cidrs: [10.0.0.0/8, \"::1\"], ports: [80, 80-80]}")).expect("valid");
     assert_eq!(p.mode, v1::Mode::Enforce as i32);
     let connect = p.network.and_then(|n| n.connect).expect("connect");
     assert_eq!(connect.default, v1::Action::Allow as i32);
@@ -63,7 +63,9 @@ fn policy_bad_names_and_labels_are_rejected() {
 
 #[test]
 fn policy_duplicate_rule_ids_are_rejected() {
-    let p = doc("name: p\nnetwork: {connect: {rules: [{id: a, action: deny}, {id: b, action: allow}, {id: a, action: allow}]}}");
+    let p = doc(
+        "name: p\nnetwork: {connect: {rules: [{id: a, action: deny}, {id: b, action: allow}, {id: a, action: allow}]}}",
+    );
     assert_eq!(fields(policy(&p)), vec!["network.connect.rules[2].id"]);
 }
 

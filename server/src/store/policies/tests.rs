@@ -18,7 +18,10 @@ fn web(port: u32) -> v1::Policy {
 }
 
 async fn count(pool: &PgPool, table: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}"))).fetch_one(pool).await.expect("count")
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(pool)
+        .await
+        .expect("count")
 }
 
 #[sqlx::test(migrator = "crate::MIGRATOR")]
@@ -32,7 +35,10 @@ async fn apply_policy_new_name_creates_revision_one_with_audit(pool: PgPool) {
     assert_eq!(got.digest, out.stored.digest);
     assert_eq!(got.updated_by, "alice");
     let audit: (String, String, String, i64) =
-        sqlx::query_as("SELECT actor, action, object_name, revision FROM audit_log").fetch_one(&pool).await.expect("audit");
+        sqlx::query_as("SELECT actor, action, object_name, revision FROM audit_log")
+            .fetch_one(&pool)
+            .await
+            .expect("audit");
     assert_eq!(audit, ("alice".into(), "policy.created".into(), "web".into(), 1));
     assert_eq!(store.generation().await.expect("generation"), 1);
 }
@@ -113,7 +119,10 @@ async fn list_policies_filters_by_labels_and_pages(pool: PgPool) {
     let store = Store::new(pool.clone());
     for i in 0..5 {
         let team = if i % 2 == 0 { "a" } else { "b" };
-        store.apply_policy(&policy(&format!("name: p{i}\nlabels: {{team: {team}}}")), None, false, "t").await.expect("apply");
+        store
+            .apply_policy(&policy(&format!("name: p{i}\nlabels: {{team: {team}}}")), None, false, "t")
+            .await
+            .expect("apply");
     }
     let team_a = BTreeMap::from([("team".to_owned(), "a".to_owned())]);
     let (page, more) = store.list_policies(&team_a, None, 2).await.expect("page 1");
@@ -132,10 +141,8 @@ async fn apply_policy_concurrent_same_expected_revision_one_wins(pool: PgPool) {
     let store = Store::new(pool.clone());
     store.apply_policy(&web(80), None, false, "alice").await.expect("create");
     let (p81, p82) = (web(81), web(82));
-    let (a, b) = tokio::join!(
-        store.apply_policy(&p81, Some(1), false, "a"),
-        store.apply_policy(&p82, Some(1), false, "b")
-    );
+    let (a, b) =
+        tokio::join!(store.apply_policy(&p81, Some(1), false, "a"), store.apply_policy(&p82, Some(1), false, "b"));
     let wins = [&a, &b].iter().filter(|r| r.is_ok()).count();
     assert_eq!(wins, 1, "a={a:?} b={b:?}");
     assert!([a, b].into_iter().any(|r| matches!(r, Err(ApiError::RevisionMismatch { expected: 1, actual: 2, .. }))));

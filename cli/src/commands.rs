@@ -1,0 +1,446 @@
+//! The commands: each turns arguments into gRPC calls and prints the result.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use palisade_proto::{
+    ACTOR_METADATA_KEY,
+    document::{self, PolicyDocument},
+    v1::{
+        self, event_service_client::EventServiceClient, node_service_client::NodeServiceClient,
+        policy_service_client::PolicyServiceClient,
+    },
+};
+use tokio_stream::StreamExt as _;
+use tonic::{Request, Status, transport::Channel};
+use tonic_types::StatusExt as _;
+
+use crate::{Cli, Command, Format, table::Table};
+
+/// Verdict filter for `events`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum VerdictArg {
+    /// Denied operations.
+    Deny,
+    /// Audit reports.
+    Audit,
+    /// Reported allows.
+    Allow,
+}
+
+/// Largest message the CLI sends or accepts.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let channel = connect(&cli.server).await?;
+    match cli.command {
+        Command::Apply { path, dry_run, expected_revision } => apply(&channel, &path, dry_run, expected_revision).await,
+        Command::Get { name, output, revision } => get(&channel, &name, output, revision).await,
+        Command::List { selector } => list(&channel, &selector).await,
+        Command::Delete { name, expected_revision } => delete(&channel, &name, expected_revision).await,
+        Command::History { name } => history(&channel, &name).await,
+        Command::Compile { path, disasm } => compile(&channel, &path, disasm).await,
+        Command::Nodes => nodes(&channel).await,
+        Command::Events { policy, node, verdict, limit, follow } => {
+            let filter = v1::EventFilter {
+                policy: policy.unwrap_or_default(),
+                node: node.unwrap_or_default(),
+                verdict: verdict.map_or(v1::Verdict::Unspecified, |v| match v {
+                    VerdictArg::Deny => v1::Verdict::Deny,
+                    VerdictArg::Audit => v1::Verdict::Audit,
+                    VerdictArg::Allow => v1::Verdict::Allow,
+                }) as i32,
+                ..Default::default()
+            };
+            events(&channel, filter, limit, follow).await
+        }
+    }
+}
+
+async fn connect(server: &str) -> anyhow::Result<Channel> {
+    let url = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
+    Channel::from_shared(url.clone())
+        .with_context(|| format!("invalid server address {server:?}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the Palisade server at {url}"))
+}
+
+fn policies(channel: &Channel) -> PolicyServiceClient<Channel> {
+    PolicyServiceClient::new(channel.clone())
+        .max_encoding_message_size(MAX_MESSAGE)
+        .max_decoding_message_size(MAX_MESSAGE)
+}
+
+/// Wraps a message with the actor metadata the audit log records.
+fn request<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
+    if let Ok(value) = format!("{user} (palisade cli)").parse() {
+        request.metadata_mut().insert(ACTOR_METADATA_KEY, value);
+    }
+    request
+}
+
+/// A server error as a human reads it: the message plus one line per field violation.
+fn describe(status: &Status) -> String {
+    let mut out = format!("{} ({:?})", status.message(), status.code());
+    if let Some(bad) = status.get_details_bad_request() {
+        out = format!("invalid ({:?}):", status.code());
+        for violation in bad.field_violations {
+            let _ = write!(out, "\n  {}: {}", violation.field, violation.description);
+        }
+    }
+    out
+}
+
+fn failed(context: &str, status: &Status) -> anyhow::Error {
+    anyhow::anyhow!("error: {context}: {}", describe(status))
+}
+
+/// Policy files under `path`: the file itself, or a directory's YAML/JSON files by name.
+fn policy_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("cannot read directory {}", path.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("error: {} has no .yaml, .yml or .json files", path.display());
+    }
+    Ok(files)
+}
+
+/// Parses every document in every file first, so a typo anywhere applies nothing.
+fn load_documents(path: &Path) -> anyhow::Result<Vec<(String, PolicyDocument)>> {
+    let mut documents = Vec::new();
+    let mut errors = Vec::new();
+    for file in policy_files(path)? {
+        let text = std::fs::read_to_string(&file).with_context(|| format!("error: cannot read {}", file.display()))?;
+        for (i, parsed) in document::parse_all(&text).into_iter().enumerate() {
+            let origin = format!("{} (document {})", file.display(), i + 1);
+            match parsed {
+                Ok(doc) => documents.push((origin, doc)),
+                Err(e) => errors.push(format!("  {origin}: {}: {}", e.path, e.message)),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        bail!("error: invalid policy documents, nothing applied:\n{}", errors.join("\n"));
+    }
+    if documents.is_empty() {
+        bail!("error: {} contains no policy documents", path.display());
+    }
+    Ok(documents)
+}
+
+async fn apply(channel: &Channel, path: &Path, dry_run: bool, expected_revision: Option<u64>) -> anyhow::Result<()> {
+    let documents = load_documents(path)?;
+    let mut client = policies(channel);
+    let mut failures = 0;
+    for (origin, doc) in documents {
+        let message = v1::ApplyPolicyRequest {
+            source: Some(v1::apply_policy_request::Source::Policy(doc.to_proto())),
+            expected_revision,
+            dry_run,
+        };
+        match client.apply_policy(request(message)).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                let revision = response.policy.map_or(0, |p| p.revision);
+                let what = match (response.changed, response.created) {
+                    (false, _) => "unchanged".to_owned(),
+                    (true, true) => format!("created (revision {revision})"),
+                    (true, false) => format!("updated (revision {revision})"),
+                };
+                let suffix = if dry_run { " [dry run]" } else { "" };
+                println!("policy/{} {what}{suffix}", doc.name);
+            }
+            Err(status) => {
+                failures += 1;
+                eprintln!("{}", failed(&format!("{origin}: policy/{}", doc.name), &status));
+            }
+        }
+    }
+    if failures > 0 {
+        bail!("error: {failures} policy document(s) were not applied");
+    }
+    Ok(())
+}
+
+async fn get(channel: &Channel, name: &str, output: Format, revision: Option<u64>) -> anyhow::Result<()> {
+    let response = policies(channel)
+        .get_policy(v1::GetPolicyRequest { name: name.to_owned(), revision })
+        .await
+        .map_err(|s| failed(&format!("policy/{name}"), &s))?;
+    let policy = response.into_inner().policy.and_then(|p| p.policy).context("error: server sent no policy")?;
+    let doc = PolicyDocument::from_proto(&policy).map_err(|e| anyhow::anyhow!("error: server sent {e}"))?;
+    match output {
+        Format::Yaml => print!("{}", doc.to_yaml()),
+        Format::Json => println!("{}", doc.to_json()),
+    }
+    Ok(())
+}
+
+fn parse_selector(selector: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    selector
+        .iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
+            None => bail!("error: selector {s:?} must be KEY=VALUE"),
+        })
+        .collect()
+}
+
+fn when(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+        .map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+}
+
+fn mode_name(mode: i32) -> &'static str {
+    match v1::Mode::try_from(mode) {
+        Ok(v1::Mode::Audit) => "audit",
+        Ok(v1::Mode::Disabled) => "disabled",
+        _ => "enforce",
+    }
+}
+
+async fn list(channel: &Channel, selector: &[String]) -> anyhow::Result<()> {
+    let label_selector = parse_selector(selector)?;
+    let mut client = policies(channel);
+    let mut table = Table::new(&["NAME", "REVISION", "MODE", "CONNECT RULES", "UPDATED", "BY"]);
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_policies(v1::ListPoliciesRequest {
+                label_selector: label_selector.clone(),
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .map_err(|s| failed("list policies", &s))?
+            .into_inner();
+        for stored in page.policies {
+            let Some(policy) = &stored.policy else { continue };
+            let rules = policy.network.as_ref().and_then(|n| n.connect.as_ref()).map_or(0, |c| c.rules.len());
+            table.row(vec![
+                policy.name.clone(),
+                stored.revision.to_string(),
+                mode_name(policy.mode).to_owned(),
+                rules.to_string(),
+                when(stored.updated_at.as_ref()),
+                stored.updated_by.clone(),
+            ]);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+async fn delete(channel: &Channel, name: &str, expected_revision: Option<u64>) -> anyhow::Result<()> {
+    let response = policies(channel)
+        .delete_policy(request(v1::DeletePolicyRequest { name: name.to_owned(), expected_revision }))
+        .await
+        .map_err(|s| failed(&format!("policy/{name}"), &s))?;
+    println!("policy/{name} deleted (revision {})", response.into_inner().revision);
+    Ok(())
+}
+
+async fn history(channel: &Channel, name: &str) -> anyhow::Result<()> {
+    let mut client = policies(channel);
+    let mut table = Table::new(&["REVISION", "KIND", "DIGEST", "WHEN", "BY"]);
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_policy_revisions(v1::ListPolicyRevisionsRequest {
+                name: name.to_owned(),
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .map_err(|s| failed(&format!("policy/{name}"), &s))?
+            .into_inner();
+        for r in page.revisions {
+            let kind = match v1::RevisionKind::try_from(r.kind) {
+                Ok(v1::RevisionKind::Created) => "created",
+                Ok(v1::RevisionKind::Updated) => "updated",
+                Ok(v1::RevisionKind::Deleted) => "deleted",
+                _ => "?",
+            };
+            let digest: String = r.digest.chars().take(12).collect();
+            table.row(vec![r.revision.to_string(), kind.to_owned(), digest, when(r.created_at.as_ref()), r.created_by]);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+async fn compile(channel: &Channel, path: &Path, disasm: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("error: cannot read {}", path.display()))?;
+    let doc =
+        document::parse(&text).map_err(|e| anyhow::anyhow!("error: {}: {}: {}", path.display(), e.path, e.message))?;
+    let response = policies(channel)
+        .compile_policy(v1::CompilePolicyRequest {
+            target: Some(v1::compile_policy_request::Target::Policy(doc.to_proto())),
+            disassemble: disasm,
+        })
+        .await
+        .map_err(|s| failed(&format!("compile {}", path.display()), &s))?
+        .into_inner();
+    let mut programs = Table::new(&["PROGRAM", "SECTION", "INSTRUCTIONS", "MAX PATH JUMPS"]);
+    for p in &response.programs {
+        programs.row(vec![p.name.clone(), p.section.clone(), p.instructions.to_string(), p.max_path_jumps.to_string()]);
+    }
+    print!("{}", programs.render());
+    let mut maps = Table::new(&["MAP", "KIND", "KEY", "VALUE", "MAX ENTRIES", "ENTRIES"]);
+    for m in &response.maps {
+        maps.row(vec![
+            m.name.clone(),
+            m.kind.clone(),
+            m.key_size.to_string(),
+            m.value_size.to_string(),
+            m.max_entries.to_string(),
+            m.entries.to_string(),
+        ]);
+    }
+    println!();
+    print!("{}", maps.render());
+    println!("\ndigest {}  elf {} bytes", response.digest, response.elf_size);
+    for warning in &response.warnings {
+        println!("warning: {warning}");
+    }
+    if disasm {
+        println!("\n{}", response.disassembly);
+    }
+    Ok(())
+}
+
+async fn nodes(channel: &Channel) -> anyhow::Result<()> {
+    let mut client = NodeServiceClient::new(channel.clone());
+    let mut table =
+        Table::new(&["NAME", "CONNECTED", "LAST SEEN", "KERNEL", "BPF-LSM", "DESIRED", "APPLIED", "LAST ERROR"]);
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_nodes(v1::ListNodesRequest { page_size: 1000, page_token, ..Default::default() })
+            .await
+            .map_err(|s| failed("list nodes", &s))?
+            .into_inner();
+        for n in page.nodes {
+            let features = n.features.unwrap_or_default();
+            let error = n.last_error.map_or_else(|| "-".to_owned(), |e| format!("gen {}: {}", e.generation, e.message));
+            table.row(vec![
+                n.name,
+                if n.connected { "yes" } else { "no" }.to_owned(),
+                when(n.last_seen.as_ref()),
+                features.kernel_release,
+                if features.bpf_lsm { "yes" } else { "no" }.to_owned(),
+                n.desired_generation.to_string(),
+                n.applied_generation.to_string(),
+                error.lines().next().unwrap_or_default().to_owned(),
+            ]);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+const EVENT_HEADERS: &[&str] =
+    &["TIME", "NODE", "VERDICT", "POLICY", "REV", "RULE", "COMM", "PID", "UID", "DESTINATION"];
+
+fn event_row(e: &v1::DecisionEvent) -> Vec<String> {
+    let verdict = match v1::Verdict::try_from(e.verdict) {
+        Ok(v1::Verdict::Deny) => "DENY",
+        Ok(v1::Verdict::Audit) if e.would_deny => "AUDIT(would deny)",
+        Ok(v1::Verdict::Audit) => "AUDIT",
+        Ok(v1::Verdict::Allow) => "ALLOW",
+        _ => "?",
+    };
+    let protocol = match v1::Protocol::try_from(e.protocol) {
+        Ok(v1::Protocol::Udp) => "udp",
+        Ok(v1::Protocol::Tcp) => "tcp",
+        _ => "",
+    };
+    let destination = if e.address.contains(':') {
+        format!("[{}]:{}/{protocol}", e.address, e.port)
+    } else {
+        format!("{}:{}/{protocol}", e.address, e.port)
+    };
+    vec![
+        when(e.time.as_ref()),
+        e.node.clone(),
+        verdict.to_owned(),
+        e.policy.clone(),
+        e.revision.to_string(),
+        e.rule_id.clone(),
+        e.comm.clone(),
+        e.pid.to_string(),
+        e.uid.to_string(),
+        destination,
+    ]
+}
+
+async fn events(channel: &Channel, filter: v1::EventFilter, limit: u32, follow: bool) -> anyhow::Result<()> {
+    let mut client = EventServiceClient::new(channel.clone());
+    // Subscribe first so nothing stored between the listing and the watch is missed.
+    let watch = if follow {
+        Some(
+            client
+                .watch_events(v1::WatchEventsRequest { filter: Some(filter.clone()) })
+                .await
+                .map_err(|s| failed("watch events", &s))?
+                .into_inner(),
+        )
+    } else {
+        None
+    };
+    let page = client
+        .list_events(v1::ListEventsRequest {
+            filter: Some(filter),
+            page_size: limit.clamp(1, 1000),
+            page_token: String::new(),
+        })
+        .await
+        .map_err(|s| failed("list events", &s))?
+        .into_inner();
+    let mut table = Table::new(EVENT_HEADERS);
+    let newest = page.events.first().map_or(0, |e| e.id);
+    for e in page.events.iter().rev() {
+        table.row(event_row(e));
+    }
+    print!("{}", table.render());
+    if let Some(mut watch) = watch {
+        while let Some(item) = watch.next().await {
+            let e = item.map_err(|s| failed("watch events", &s))?;
+            if e.id <= newest {
+                continue;
+            }
+            let mut line = Table::default();
+            line.row(event_row(&e));
+            print!("{}", line.render());
+        }
+    }
+    Ok(())
+}

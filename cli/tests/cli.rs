@@ -1,0 +1,203 @@
+//! The `palisade` binary against a real server and PostgreSQL.
+
+use std::{path::Path, process::Output, time::Duration};
+
+use palisade_proto::{document, v1};
+use palisade_server::embedded::EmbeddedServer;
+use sqlx::PgPool;
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    process::Command,
+};
+
+async fn palisade(server: &EmbeddedServer, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(args)
+        .env("PALISADE_SERVER", server.addr().to_string())
+        .output()
+        .await
+        .expect("palisade runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn example() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/deny-demo-port.yaml").display().to_string()
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn apply_then_get_yaml_round_trips_up_to_defaults(pool: PgPool) {
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    let out = palisade(&server, &["apply", "-f", &example()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "policy/deny-demo-port created (revision 1)\n");
+
+    let out = palisade(&server, &["get", "deny-demo-port", "-o", "yaml"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = document::parse(&stdout(&out)).expect("get prints a valid document");
+    let mut want = document::parse(&std::fs::read_to_string(example()).expect("example")).expect("example parses");
+    assert_eq!(want.mode, None, "the example relies on defaults");
+    want.mode = Some(document::Mode::Enforce);
+    want.network.as_mut().and_then(|n| n.connect.as_mut()).expect("connect").default = Some(document::Action::Allow);
+    assert_eq!(got, want);
+
+    let out = palisade(&server, &["get", "deny-demo-port", "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json output");
+    assert_eq!(json["network"]["connect"]["rules"][0]["id"], "block-demo-port");
+
+    let out = palisade(&server, &["apply", "-f", &example()]).await;
+    assert_eq!(stdout(&out), "policy/deny-demo-port unchanged\n");
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn apply_invalid_policy_prints_field_paths_and_exits_nonzero(pool: PgPool) {
+    let server = EmbeddedServer::start(pool.clone()).await.expect("server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "name: bad\nnetwork:\n  connect:\n    rules:\n      - {id: r1, action: deny, cidrs: [10.0.0.0/40], ports: [\"90-80\"]}\n",
+    )
+    .expect("write");
+    let out = palisade(&server, &["apply", "-f", &file.display().to_string()]).await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("network.connect.rules[0].cidrs[0]:"), "{err}");
+    assert!(err.contains("network.connect.rules[0].ports[0]:"), "{err}");
+
+    // A syntax error in a second file stops the whole directory before anything is sent.
+    std::fs::write(&file, "name: good\n").expect("write");
+    std::fs::write(dir.path().join("worse.yaml"), "name: worse\nmode: sometimes\n").expect("write");
+    let out = palisade(&server, &["apply", "-f", &dir.path().display().to_string()]).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("worse.yaml (document 1): mode:"), "{}", stderr(&out));
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM policy_revisions").fetch_one(&pool).await.expect("count");
+    assert_eq!(stored, 0);
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn list_history_and_delete_show_readable_tables(pool: PgPool) {
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("p.yaml");
+    std::fs::write(&file, "name: alpha\nlabels: {tier: gold}\n---\nname: beta\nlabels: {tier: silver}\n")
+        .expect("write");
+    let out = palisade(&server, &["apply", "-f", &file.display().to_string()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(&file, "name: alpha\nlabels: {tier: gold}\nmode: audit\n").expect("write");
+    assert!(palisade(&server, &["apply", "-f", &file.display().to_string()]).await.status.success());
+
+    let out = palisade(&server, &["list", "-l", "tier=gold"]).await;
+    let text = stdout(&out);
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(text.contains("alpha") && text.contains("audit") && !text.contains("beta"), "{text}");
+
+    let out = palisade(&server, &["delete", "alpha"]).await;
+    assert_eq!(stdout(&out), "policy/alpha deleted (revision 3)\n");
+    let out = palisade(&server, &["history", "alpha"]).await;
+    let kinds: Vec<_> =
+        stdout(&out).lines().skip(1).filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned)).collect();
+    assert_eq!(kinds, ["deleted", "updated", "created"]);
+    let out = palisade(&server, &["get", "alpha"]).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("NotFound"), "{}", stderr(&out));
+}
+
+fn deny_event(port: u32) -> v1::DecisionEvent {
+    v1::DecisionEvent {
+        policy: "deny-demo-port".into(),
+        revision: 1,
+        rule_id: "block-demo-port".into(),
+        verdict: v1::Verdict::Deny as i32,
+        hook: "cgroup/connect4".into(),
+        pid: 4242,
+        comm: "nc".into(),
+        address: "127.0.0.1".into(),
+        port,
+        protocol: v1::Protocol::Tcp as i32,
+        ..Default::default()
+    }
+}
+
+async fn report(server: &EmbeddedServer, port: u32) {
+    let mut agents = v1::agent_service_client::AgentServiceClient::connect(server.url()).await.expect("connect");
+    let batch = v1::ReportEventsRequest { node_name: "node-a".into(), events: vec![deny_event(port)] };
+    agents.report_events(tokio_stream::iter(vec![batch])).await.expect("report");
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn events_lists_and_follows_decisions(pool: PgPool) {
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    report(&server, 9999).await;
+    let out = palisade(&server, &["events", "--policy", "deny-demo-port"]).await;
+    let text = stdout(&out);
+    assert!(text.contains("DENY") && text.contains("block-demo-port") && text.contains("127.0.0.1:9999/tcp"), "{text}");
+    let out = palisade(&server, &["events", "--policy", "other"]).await;
+    assert_eq!(stdout(&out).lines().count(), 1, "header only");
+
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["events", "--follow", "--node", "node-a"])
+        .env("PALISADE_SERVER", server.addr().to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(follow.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    // Header and the stored event come first; the new one arrives through the watch.
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut reported = false;
+        while let Some(line) = lines.next_line().await.expect("read") {
+            seen.push(line.clone());
+            if line.contains(":9999/") && !reported {
+                report(&server, 7777).await;
+                reported = true;
+            }
+            if line.contains(":7777/") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "{seen:?}");
+    follow.kill().await.expect("kill");
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn nodes_shows_registered_agents(pool: PgPool) {
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    let mut agents = v1::agent_service_client::AgentServiceClient::connect(server.url()).await.expect("connect");
+    let hello = v1::SyncRequest {
+        message: Some(v1::sync_request::Message::Hello(v1::AgentHello {
+            node_name: "node-a".into(),
+            features: Some(v1::KernelFeatures { kernel_release: "6.18.9".into(), ..Default::default() }),
+            ..Default::default()
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(hello).await.expect("send");
+    let _stream = agents.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("sync");
+    let out = palisade(&server, &["nodes"]).await;
+    let text = stdout(&out);
+    let row = text.lines().find(|l| l.starts_with("node-a")).unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("yes") && row.contains("6.18.9"), "{row}");
+}
+
+#[tokio::test]
+async fn unreachable_server_fails_with_a_clear_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["--server", "127.0.0.1:1", "list"])
+        .output()
+        .await
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the Palisade server"));
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints, and every test (unit, PostgreSQL, gRPC, CLI) in the
+# order STYLE.md sets. Starts or installs PostgreSQL when none is reachable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATABASE_URL=$(scripts/ensure-postgres.sh)
+export DATABASE_URL
+echo "test: using $DATABASE_URL" >&2
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked --doc
+# Last, so the run's closing line is the full suite's summary.
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  echo "test: cargo-nextest not found, using cargo test" >&2
+  cargo test --workspace --locked --no-fail-fast --lib --bins --tests
+fi

@@ -197,6 +197,10 @@ impl<'de> Deserialize<'de> for Ports {
                     s.trim().parse::<u32>().map_err(|_| E::custom(format!("{v:?} is not a port or a range FIRST-LAST")))
                 };
                 match v.split_once('-') {
+                    // "N-0" would read back as the single port N: reject it here.
+                    Some((_, last)) if last.trim() == "0" => {
+                        Err(E::custom(format!("{v:?}: a range cannot end at port 0")))
+                    }
                     Some((first, last)) => Ok(Ports { first: parse(first)?, last: parse(last)? }),
                     None => parse(v).map(|p| Ports { first: p, last: p }),
                 }
@@ -469,6 +473,9 @@ network:
         let err = parse("name: a\nnetwork: {connect: {rules: [{id: r, action: deny, ports: [80, http]}]}}")
             .expect_err("bad port");
         assert_eq!(err.path, "network.connect.rules[0].ports[1]");
+        let err = parse("name: a\nnetwork: {connect: {rules: [{id: r, action: deny, ports: [\"8000-0\"]}]}}")
+            .expect_err("range ending at 0");
+        assert_eq!(err.path, "network.connect.rules[0].ports[0]");
         let err = parse("name: a\nnetwork: {connect: {rules: [{id: r, action: deny, ports: [-1]}]}}")
             .expect_err("negative port");
         assert!(err.message.contains("negative"), "{err}");

@@ -56,6 +56,13 @@ pub fn policy(policy: &v1::Policy) -> Result<v1::Policy, Vec<Violation>> {
             v.push("workload.uid", "4294967295 is (uid_t)-1, not a user");
         }
     }
+    // Empty sub-messages mean the same as absent ones: store one form so digests agree.
+    if out.workload.as_ref().is_some_and(|w| w.cgroup.is_empty() && w.uid.is_none()) {
+        out.workload = None;
+    }
+    if out.network.as_ref().is_some_and(|n| n.connect.is_none()) {
+        out.network = None;
+    }
     let mut rule_ids = HashSet::new();
     if let Some(connect) = out.network.as_mut().and_then(|n| n.connect.as_mut()) {
         check_section(&mut v, "network.connect", connect, &mut rule_ids);
@@ -113,7 +120,7 @@ fn check_labels(v: &mut Violations, field: &str, labels: &BTreeMap<String, Strin
         v.push(field, format!("has {} labels, the limit is {MAX_LABELS}", labels.len()));
     }
     for (key, value) in labels {
-        let path = format!("{field}[{key:?}]");
+        let path = format!("{field}.{key}");
         let key_ok = !key.is_empty()
             && key.len() <= 63
             && key.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -159,7 +166,8 @@ fn check_cgroup(v: &mut Violations, field: &str, path: &str) -> String {
             break;
         }
     }
-    if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() }
+    // "/" and "" both mean every process: store one spelling so digests agree.
+    trimmed.to_owned()
 }
 
 fn check_section(v: &mut Violations, field: &str, section: &mut v1::RuleSection, ids: &mut HashSet<String>) {

@@ -56,9 +56,9 @@ fn policy_bad_names_and_labels_are_rejected() {
         assert_eq!(fields(policy(&p)), vec!["name"], "name {name:?}");
     }
     let p = doc("name: ok\nlabels: {\"bad key!\": v}");
-    assert_eq!(fields(policy(&p)), vec!["labels[\"bad key!\"]"]);
+    assert_eq!(fields(policy(&p)), vec!["labels.bad key!"]);
     let p = doc("name: ok\nnode_selector: {match_labels: {k: \"spaces are bad\"}}");
-    assert_eq!(fields(policy(&p)), vec!["node_selector.match_labels[\"k\"]"]);
+    assert_eq!(fields(policy(&p)), vec!["node_selector.match_labels.k"]);
 }
 
 #[test]
@@ -96,6 +96,10 @@ fn policy_cgroup_paths_are_checked_and_normalised() {
     }
     let p = policy(&doc("name: p\nworkload: {cgroup: /demo/}")).expect("valid");
     assert_eq!(p.workload.map(|w| w.cgroup).as_deref(), Some("/demo"));
+    let root = policy(&doc("name: p\nworkload: {cgroup: /}")).expect("valid");
+    let none = policy(&doc("name: p\nnetwork: {}")).expect("valid");
+    assert_eq!(root, none, "every-process spellings normalise to one form");
+    assert_eq!(root.workload, None);
 }
 
 #[test]

@@ -1,1 +1,13 @@
-//! Palisade policy compiler: policy model → eBPF bytecode → BPF ELF (built in the walking-skeleton issue; empty until then).
+//! Palisade policy compiler: policy set → decision partition → eBPF programs → BPF ELF
+//! bundle. Pure library: no I/O, no async, no database. Also the reference evaluator (the
+//! executable specification of `docs/policy-semantics.md`) and the disassembler.
+
+pub mod asm;
+pub mod bundle;
+pub mod codegen;
+pub mod disasm;
+pub mod elf;
+pub mod eval;
+pub mod insn;
+pub mod model;
+pub mod plan;

@@ -1,0 +1,277 @@
+//! Assembling a bundle: programs, ELF, map contents and attribution tables, encoded as
+//! `palisade.v1.BundleContent` and addressed by SHA-256.
+
+use std::fmt::Write as _;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use palisade_proto::v1;
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
+
+use crate::{
+    asm::Program,
+    codegen::{self, Hook, KernelOffsets, maps},
+    elf::{self, ElfProgram, MapDef},
+    eval::RuleName,
+    model::PolicySet,
+    plan::{self, Plan, Region},
+};
+
+/// `BundleContent.format` this compiler writes.
+pub const FORMAT: u32 = 1;
+/// Ring buffer size: 256 KiB holds ~3600 events while the agent is away.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
+const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+/// LPM tries must not be preallocated (`kernel/bpf/lpm_trie.c`).
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Why a policy set could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// A program could not be assembled (a compiler bug).
+    #[error("assembling {hook:?}")]
+    Assemble {
+        /// Hook.
+        hook: Hook,
+        /// Cause.
+        #[source]
+        source: crate::asm::AsmError,
+    },
+    /// The ELF writer failed (a compiler bug).
+    #[error("writing the ELF object")]
+    Elf(#[source] elf::ElfError),
+}
+
+/// A compiled bundle.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The structured content.
+    pub content: v1::BundleContent,
+    /// Its canonical encoding (what is signed, shipped and hashed).
+    pub bytes: Vec<u8>,
+    /// Hex SHA-256 of `bytes`.
+    pub digest: String,
+    /// The partition (for tools and tests).
+    pub plan: Plan,
+    /// Generated programs, with comments, in [`Hook::ALL`] order.
+    pub programs: Vec<(Hook, Program)>,
+}
+
+fn lpm_key(prefixlen: u32, id: u32, data: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + data.len());
+    key.extend_from_slice(&prefixlen.to_le_bytes());
+    key.extend_from_slice(&id.to_le_bytes());
+    key.extend_from_slice(data);
+    key
+}
+
+fn pair(a: u32, b: u32) -> Vec<u8> {
+    let mut v = a.to_le_bytes().to_vec();
+    v.extend_from_slice(&b.to_le_bytes());
+    v
+}
+
+fn entry(key: Vec<u8>, value: Vec<u8>) -> v1::MapEntry {
+    v1::MapEntry { key, value }
+}
+
+fn map(
+    name: &str,
+    role: v1::MapRole,
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    entries: Vec<v1::MapEntry>,
+) -> v1::BundleMap {
+    v1::BundleMap {
+        name: name.to_owned(),
+        role: role as i32,
+        map_type,
+        key_size,
+        value_size,
+        max_entries: u32::try_from(entries.len()).unwrap_or(u32::MAX).max(1),
+        entries,
+    }
+}
+
+fn regions4(regions: &[Region<Ipv4Net>]) -> Vec<v1::MapEntry> {
+    regions
+        .iter()
+        .map(|r| {
+            let key = lpm_key(32 + u32::from(r.net.prefix_len()), r.workload, &r.net.network().octets());
+            entry(key, pair(r.tables[0], r.tables[1]))
+        })
+        .collect()
+}
+
+fn regions6(regions: &[Region<Ipv6Net>]) -> Vec<v1::MapEntry> {
+    regions
+        .iter()
+        .map(|r| {
+            let key = lpm_key(32 + u32::from(r.net.prefix_len()), r.workload, &r.net.network().octets());
+            entry(key, pair(r.tables[0], r.tables[1]))
+        })
+        .collect()
+}
+
+/// Compiles a policy set for kernels with the given struct offsets.
+pub fn compile(set: &PolicySet, offsets: KernelOffsets) -> Result<Compiled, CompileError> {
+    let plan = plan::plan(set);
+    let programs = Hook::ALL
+        .iter()
+        .map(|&hook| {
+            codegen::program(hook, &plan, offsets)
+                .map(|p| (hook, p))
+                .map_err(|source| CompileError::Assemble { hook, source })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let workloads =
+        plan.workloads.iter().map(|((s, uid), w)| entry(pair(*s, *uid), w.to_le_bytes().to_vec())).collect();
+    let ports = plan
+        .ports
+        .iter()
+        .map(|b| {
+            entry(lpm_key(32 + u32::from(b.len), b.table, &b.port.to_be_bytes()), pair(b.value.rule, b.value.flags))
+        })
+        .collect();
+    let mut maps_out = vec![
+        map(maps::CGROUPS, v1::MapRole::Cgroups, BPF_MAP_TYPE_HASH, 8, 4, Vec::new()),
+        map(maps::WORKLOADS, v1::MapRole::Static, BPF_MAP_TYPE_HASH, 8, 4, workloads),
+        map(maps::ADDR4, v1::MapRole::Static, BPF_MAP_TYPE_LPM_TRIE, 12, 8, regions4(&plan.regions4)),
+        map(maps::ADDR6, v1::MapRole::Static, BPF_MAP_TYPE_LPM_TRIE, 24, 8, regions6(&plan.regions6)),
+        map(maps::PORTS, v1::MapRole::Static, BPF_MAP_TYPE_LPM_TRIE, 10, 8, ports),
+        map(maps::EVENTS, v1::MapRole::Events, BPF_MAP_TYPE_RINGBUF, 0, 0, Vec::new()),
+    ];
+    maps_out[0].max_entries = u32::try_from(plan.cgroups.len()).unwrap_or(u32::MAX).max(1);
+    maps_out[5].max_entries = EVENTS_BYTES;
+    let defs: Vec<MapDef> = maps_out
+        .iter()
+        .map(|m| MapDef {
+            name: m.name.clone(),
+            map_type: m.map_type,
+            key_size: m.key_size,
+            value_size: m.value_size,
+            max_entries: m.max_entries,
+            flags: if m.map_type == BPF_MAP_TYPE_LPM_TRIE { BPF_F_NO_PREALLOC } else { 0 },
+        })
+        .collect();
+    let elf_programs: Vec<ElfProgram<'_>> = programs
+        .iter()
+        .map(|(hook, p)| ElfProgram { name: hook.symbol(), section: hook.section(), program: p })
+        .collect();
+    let elf = elf::write(&elf_programs, &defs).map_err(CompileError::Elf)?;
+    let content = v1::BundleContent {
+        format: FORMAT,
+        elf,
+        programs: programs
+            .iter()
+            .map(|(hook, p)| v1::BundleProgram {
+                name: hook.symbol().to_owned(),
+                section: hook.section().to_owned(),
+                hook: hook.id(),
+                instructions: p.insns.len() as u32,
+            })
+            .collect(),
+        maps: maps_out,
+        policies: set
+            .policies
+            .iter()
+            .map(|p| v1::BundlePolicy { name: p.name.clone(), revision: p.revision })
+            .collect(),
+        rules: plan
+            .rules
+            .iter()
+            .map(|r| match (set.policies.get(r.policy), r.rule) {
+                (Some(p), RuleName::Rule(i)) => v1::BundleRule {
+                    policy: r.policy as u32,
+                    rule_id: p.connect.as_ref().map(|s| s.rules[i].id.clone()).unwrap_or_default(),
+                },
+                (Some(_), RuleName::Default) => {
+                    v1::BundleRule { policy: r.policy as u32, rule_id: "default".to_owned() }
+                }
+                (None, _) => v1::BundleRule { policy: u32::MAX, rule_id: String::new() },
+            })
+            .collect(),
+        cgroups: plan
+            .cgroups
+            .iter()
+            .map(|c| v1::BundleCgroup { path: c.path.clone(), level: c.level, class: c.class })
+            .collect(),
+    };
+    let bytes = content.encode_to_vec();
+    let digest = hex(&Sha256::digest(&bytes));
+    Ok(Compiled { content, bytes, digest, plan, programs })
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_proto::document;
+
+    use super::*;
+    use crate::insn::R0;
+
+    const OFFSETS: KernelOffsets = KernelOffsets { socket_type: 4 };
+
+    fn set(yaml: &str) -> PolicySet {
+        let docs: Vec<_> = document::parse_all(yaml).into_iter().map(|d| d.expect("parses").to_proto()).collect();
+        PolicySet::new(docs.iter().map(|p| (p, 7)), Vec::new()).expect("model")
+    }
+
+    const DEMO: &str = "name: demo\nworkload: {cgroup: /palisade-demo}\nnetwork:\n  connect:\n    rules:\n      - {id: block, action: deny, cidrs: [127.0.0.0/8, \"::1\"], ports: [9999], protocols: [tcp]}\n";
+
+    #[test]
+    fn compile_is_deterministic_and_parses_as_aya_expects() {
+        let a = compile(&set(DEMO), OFFSETS).expect("compiles");
+        let b = compile(&set(DEMO), OFFSETS).expect("compiles");
+        assert_eq!(a.bytes, b.bytes);
+        assert_eq!(a.digest, b.digest);
+        let obj = aya_obj::Object::parse(&a.content.elf).expect("aya parses the ELF");
+        for hook in Hook::ALL {
+            assert!(obj.programs.contains_key(hook.symbol()), "{hook:?}");
+        }
+        for m in &a.content.maps {
+            assert!(obj.maps.contains_key(&m.name), "{}", m.name);
+        }
+        assert_eq!(a.content.cgroups.len(), 1);
+        assert_eq!(a.content.cgroups[0].path, "/palisade-demo");
+        let rule_ids: Vec<_> = a.content.rules.iter().map(|r| r.rule_id.as_str()).collect();
+        assert!(rule_ids.contains(&"block"), "{rule_ids:?}");
+        let other = compile(&set(&DEMO.replace("9999", "9998")), OFFSETS).expect("compiles");
+        assert_ne!(other.digest, a.digest);
+    }
+
+    #[test]
+    fn compile_every_exit_returns_the_hooks_allow_or_deny_constant() {
+        for yaml in [DEMO, "name: e\nnetwork: {connect: {default: deny}}", "name: f"] {
+            let compiled = compile(&set(yaml), OFFSETS).expect("compiles");
+            for (hook, program) in &compiled.programs {
+                let mut exits = 0;
+                for (i, insn) in program.insns.iter().enumerate() {
+                    if insn.code != crate::insn::exit().code {
+                        continue;
+                    }
+                    exits += 1;
+                    let prev = program.insns[i - 1];
+                    let mov = crate::insn::mov64_imm(R0, prev.imm);
+                    assert_eq!(prev, mov, "{hook:?}: exit at {i} not preceded by r0 = imm");
+                    assert!(prev.imm == hook.allow() || prev.imm == hook.deny(), "{hook:?} returns {}", prev.imm);
+                    if *hook == Hook::LsmSocketConnect {
+                        assert!(prev.imm <= 0, "LSM programs return 0 or a negative errno, never {}", prev.imm);
+                    }
+                }
+                assert_eq!(exits, 2, "{hook:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Code generation: one shared decision core behind per-hook adapters.
+//!
+//! An adapter reads the hook's context into a fixed stack layout (destination address in the
+//! address key, port in r7, protocol in r8); the core computes the workload class, looks up
+//! the address region and the port decision (see [`crate::plan`]), writes an event when the
+//! decision asks for one, and returns the hook's allow or deny value. Every exit goes
+//! through `allow:`/`deny:`, so the return values are exactly two constants per hook.
+
+use crate::{
+    asm::{Asm, AsmError, Label, Program},
+    insn::{self, Alu, Jmp, R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Size, helper},
+    plan::{FLAG_DENY, FLAG_EVENT, Plan},
+};
+
+/// Map names (ELF symbols and kernel names, ≤ 15 bytes).
+pub mod maps {
+    /// cgroup id → selected-cgroup class.
+    pub const CGROUPS: &str = "pal_cgroups";
+    /// (class, uid) → workload class.
+    pub const WORKLOADS: &str = "pal_workloads";
+    /// (workload, IPv4 prefix) → port tables.
+    pub const ADDR4: &str = "pal_addr4";
+    /// (workload, IPv6 prefix) → port tables.
+    pub const ADDR6: &str = "pal_addr6";
+    /// (port table, port prefix) → decision.
+    pub const PORTS: &str = "pal_ports";
+    /// Ring buffer of events.
+    pub const EVENTS: &str = "pal_events";
+}
+
+/// The hooks the compiler generates programs for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// cgroup/connect4.
+    Connect4,
+    /// cgroup/connect6.
+    Connect6,
+    /// `lsm/socket_connect`.
+    LsmSocketConnect,
+}
+
+impl Hook {
+    /// Every hook, in bundle order.
+    pub const ALL: [Self; 3] = [Self::Connect4, Self::Connect6, Self::LsmSocketConnect];
+
+    /// ELF section (program type for aya).
+    pub fn section(self) -> &'static str {
+        match self {
+            Self::Connect4 => "cgroup/connect4",
+            Self::Connect6 => "cgroup/connect6",
+            Self::LsmSocketConnect => "lsm/socket_connect",
+        }
+    }
+
+    /// ELF symbol name.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Self::Connect4 => "pal_connect4",
+            Self::Connect6 => "pal_connect6",
+            Self::LsmSocketConnect => "pal_lsm_connect",
+        }
+    }
+
+    /// Value of `palisade.v1.Hook`, also written into events.
+    pub fn id(self) -> i32 {
+        match self {
+            Self::Connect4 => 1,
+            Self::Connect6 => 2,
+            Self::LsmSocketConnect => 3,
+        }
+    }
+
+    /// What the program returns to allow.
+    pub fn allow(self) -> i32 {
+        match self {
+            // cgroup sock_addr: 1 lets the call proceed (kernel/bpf/cgroup.c).
+            Self::Connect4 | Self::Connect6 => 1,
+            // LSM: 0 allows.
+            Self::LsmSocketConnect => 0,
+        }
+    }
+
+    /// What the program returns to deny.
+    pub fn deny(self) -> i32 {
+        match self {
+            // cgroup sock_addr: 0 makes connect(2) fail with EPERM.
+            Self::Connect4 | Self::Connect6 => 0,
+            // LSM: a negative errno; never 1 (6.1 accepts it and connect then returns 1).
+            Self::LsmSocketConnect => -libc_eperm(),
+        }
+    }
+}
+
+const fn libc_eperm() -> i32 {
+    1
+}
+
+/// Kernel struct offsets an adapter needs, from the node's BTF (DESIGN.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KernelOffsets {
+    /// `offsetof(struct socket, type)`.
+    pub socket_type: u32,
+}
+
+impl KernelOffsets {
+    /// The BTF key of each field, as agents report them.
+    pub const SOCKET_TYPE: &'static str = "socket.type";
+}
+
+// Stack layout (offsets from r10). Everything passed to a helper is fully written first.
+const EVENT: i16 = -72; // 72-byte event record
+const ADDR_KEY: i16 = -104; // prefixlen u32, workload u32, address (4 or 16 bytes)
+const PORT_KEY: i16 = -120; // prefixlen u32, table u32, port u16 (network order)
+const UID_KEY: i16 = -128; // class u32, uid u32
+const CGROUP_KEY: i16 = -136; // cgroup id u64
+const SOCKADDR: i16 = -168; // 28 bytes of sockaddr_in6 (LSM adapter)
+const SCRATCH: i16 = -176; // 8 bytes (LSM adapter)
+
+/// Event record size.
+pub const EVENT_SIZE: i32 = 72;
+
+const AF_INET: i32 = 2;
+const AF_INET6: i32 = 10;
+const IPPROTO_TCP: i32 = 6;
+const IPPROTO_UDP: i32 = 17;
+const SOCK_STREAM: i32 = 1;
+const SOCK_DGRAM: i32 = 2;
+
+/// Generates the program for `hook`.
+pub fn program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result<Program, AsmError> {
+    let mut a = Asm::new();
+    let allow = a.label();
+    let deny = a.label();
+    let v6 = a.label();
+    let core4 = a.label();
+    let core6 = a.label();
+    a.comment(format!("palisade {} — adapter", hook.section()));
+    a.push(insn::mov64_reg(R6, R1));
+    match hook {
+        Hook::Connect4 | Hook::Connect6 => {
+            // struct bpf_sock_addr: protocol at 36, user_ip4 at 4, user_ip6 at 8, user_port at 24.
+            a.push(insn::ldx(Size::W, R1, R6, 36));
+            protocol_to_r8(&mut a, IPPROTO_TCP, IPPROTO_UDP, allow);
+            a.push(insn::ldx(Size::W, R7, R6, 24));
+            if hook == Hook::Connect4 {
+                a.push(insn::ldx(Size::W, R1, R6, 4));
+                a.push(insn::stx(Size::W, R10, R1, ADDR_KEY + 8));
+                a.ja(core4);
+            } else {
+                for i in 0..4 {
+                    a.push(insn::ldx(Size::W, R1, R6, 8 + 4 * i));
+                    a.push(insn::stx(Size::W, R10, R1, ADDR_KEY + 8 + 4 * i));
+                }
+                a.ja(core6);
+            }
+        }
+        Hook::LsmSocketConnect => {
+            // socket_connect(struct socket *sock, struct sockaddr *address, int addrlen):
+            // r1 points at the arguments as u64s. The sockaddr lives in a kernel
+            // sockaddr_storage (move_addr_to_kernel), so reading 28 bytes stays inside it.
+            a.push(insn::mov64_reg(R1, R10));
+            a.push(insn::alu64_imm(Alu::Add, R1, i32::from(SOCKADDR)));
+            a.push(insn::mov64_imm(R2, 28));
+            a.push(insn::ldx(Size::DW, R3, R6, 8));
+            a.push(insn::call(helper::PROBE_READ_KERNEL));
+            a.jmp_imm(Jmp::Jne, R0, 0, allow);
+            // sock->type decides the protocol (stream = tcp, datagram = udp).
+            a.push(insn::mov64_reg(R1, R10));
+            a.push(insn::alu64_imm(Alu::Add, R1, i32::from(SCRATCH)));
+            a.push(insn::mov64_imm(R2, 2));
+            a.push(insn::ldx(Size::DW, R3, R6, 0));
+            a.push(insn::alu64_imm(Alu::Add, R3, offsets.socket_type as i32));
+            a.push(insn::call(helper::PROBE_READ_KERNEL));
+            a.jmp_imm(Jmp::Jne, R0, 0, allow);
+            a.push(insn::ldx(Size::H, R1, R10, SCRATCH));
+            protocol_to_r8(&mut a, SOCK_STREAM, SOCK_DGRAM, allow);
+            a.push(insn::ldx(Size::H, R7, R10, SOCKADDR + 2));
+            a.push(insn::ldx(Size::H, R1, R10, SOCKADDR));
+            a.jmp_imm(Jmp::Jeq, R1, AF_INET6, v6);
+            a.jmp_imm(Jmp::Jne, R1, AF_INET, allow);
+            a.push(insn::ldx(Size::W, R1, R10, SOCKADDR + 4));
+            a.push(insn::stx(Size::W, R10, R1, ADDR_KEY + 8));
+            a.ja(core4);
+            a.bind(v6);
+            for i in 0..4 {
+                a.push(insn::ldx(Size::W, R1, R10, SOCKADDR + 8 + 4 * i));
+                a.push(insn::stx(Size::W, R10, R1, ADDR_KEY + 8 + 4 * i));
+            }
+            a.ja(core6);
+        }
+    }
+    // r7 = port in network order (low 16 bits).
+    let emit_v4 = matches!(hook, Hook::Connect4 | Hook::LsmSocketConnect);
+    let emit_v6 = matches!(hook, Hook::Connect6 | Hook::LsmSocketConnect);
+    if emit_v4 {
+        a.bind(core4);
+        core(&mut a, hook, plan, false, allow, deny);
+    } else {
+        a.bind(core4);
+        a.ja(allow);
+    }
+    if emit_v6 {
+        a.bind(core6);
+        core(&mut a, hook, plan, true, allow, deny);
+    } else {
+        a.bind(core6);
+        a.ja(allow);
+    }
+    if hook != Hook::LsmSocketConnect {
+        a.bind(v6);
+    }
+    a.bind(allow);
+    a.comment("allow");
+    a.push(insn::mov64_imm(R0, hook.allow()));
+    a.push(insn::exit());
+    a.bind(deny);
+    a.comment("deny");
+    a.push(insn::mov64_imm(R0, hook.deny()));
+    a.push(insn::exit());
+    a.finish()
+}
+
+/// r1 holds a protocol or socket type: r8 = 1 for `tcp`, 2 for `udp`, else go to `other`.
+fn protocol_to_r8(a: &mut Asm, tcp: i32, udp: i32, other: Label) {
+    let is_udp = a.label();
+    let done = a.label();
+    a.push(insn::mov64_imm(R8, 1));
+    a.jmp_imm(Jmp::Jeq, R1, tcp, done);
+    a.jmp_imm(Jmp::Jne, R1, udp, other);
+    a.bind(is_udp);
+    a.push(insn::mov64_imm(R8, 2));
+    a.bind(done);
+}
+
+fn lookup(a: &mut Asm, map: &str, key: i16) {
+    a.ld_map(R1, map);
+    a.push(insn::mov64_reg(R2, R10));
+    a.push(insn::alu64_imm(Alu::Add, R2, i32::from(key)));
+    a.push(insn::call(helper::MAP_LOOKUP_ELEM));
+}
+
+/// The shared decision core for one address family.
+fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Label) {
+    let have_class = a.label();
+    let have_workload = a.label();
+    let udp = a.label();
+    let have_table = a.label();
+    let verdict = a.label();
+    a.comment(format!("core ({}): workload class", if v6 { "IPv6" } else { "IPv4" }));
+    a.push(insn::mov64_imm(R9, 0));
+    for &level in &plan.levels {
+        let next = a.label();
+        a.comment(format!("selected cgroups at depth {level}"));
+        a.push(insn::mov64_imm(R1, level as i32));
+        a.push(insn::call(helper::GET_CURRENT_ANCESTOR_CGROUP_ID));
+        a.jmp_imm(Jmp::Jeq, R0, 0, next);
+        a.push(insn::stx(Size::DW, R10, R0, CGROUP_KEY));
+        lookup(a, crate::codegen::maps::CGROUPS, CGROUP_KEY);
+        a.jmp_imm(Jmp::Jeq, R0, 0, next);
+        a.push(insn::ldx(Size::W, R9, R0, 0));
+        a.ja(have_class);
+        a.bind(next);
+    }
+    a.bind(have_class);
+    a.push(insn::stx(Size::W, R10, R9, UID_KEY));
+    a.push(insn::call(helper::GET_CURRENT_UID_GID));
+    a.push(insn::stx(Size::W, R10, R0, UID_KEY + 4));
+    lookup(a, maps::WORKLOADS, UID_KEY);
+    a.jmp_imm(Jmp::Jne, R0, 0, have_workload);
+    a.push(insn::st(Size::W, R10, UID_KEY + 4, -1));
+    lookup(a, maps::WORKLOADS, UID_KEY);
+    a.comment("no policy applies to this workload");
+    a.jmp_imm(Jmp::Jeq, R0, 0, allow);
+    a.bind(have_workload);
+    a.comment("address region");
+    a.push(insn::ldx(Size::W, R1, R0, 0));
+    a.push(insn::stx(Size::W, R10, R1, ADDR_KEY + 4));
+    a.push(insn::st(Size::W, R10, ADDR_KEY, if v6 { 32 + 128 } else { 32 + 32 }));
+    lookup(a, if v6 { maps::ADDR6 } else { maps::ADDR4 }, ADDR_KEY);
+    a.jmp_imm(Jmp::Jeq, R0, 0, allow);
+    a.jmp_imm(Jmp::Jeq, R8, 2, udp);
+    a.push(insn::ldx(Size::W, R1, R0, 0));
+    a.ja(have_table);
+    a.bind(udp);
+    a.push(insn::ldx(Size::W, R1, R0, 4));
+    a.bind(have_table);
+    a.comment("port decision");
+    a.push(insn::stx(Size::W, R10, R1, PORT_KEY + 4));
+    a.push(insn::stx(Size::H, R10, R7, PORT_KEY + 8));
+    a.push(insn::st(Size::W, R10, PORT_KEY, 32 + 16));
+    lookup(a, maps::PORTS, PORT_KEY);
+    a.jmp_imm(Jmp::Jeq, R0, 0, allow);
+    a.push(insn::mov64_reg(R9, R0));
+    a.push(insn::ldx(Size::W, R1, R9, 4));
+    a.push(insn::alu64_imm(Alu::And, R1, FLAG_EVENT as i32));
+    a.jmp_imm(Jmp::Jeq, R1, 0, verdict);
+    event(a, hook, v6);
+    a.bind(verdict);
+    a.push(insn::ldx(Size::W, R1, R9, 4));
+    a.push(insn::alu64_imm(Alu::And, R1, FLAG_DENY as i32));
+    a.jmp_imm(Jmp::Jne, R1, 0, deny);
+    a.ja(allow);
+}
+
+/// Writes the 72-byte event record (layout in bundle.proto) and outputs it.
+fn event(a: &mut Asm, hook: Hook, v6: bool) {
+    a.comment("event record");
+    a.push(insn::call(helper::KTIME_GET_NS));
+    a.push(insn::stx(Size::DW, R10, R0, EVENT));
+    a.push(insn::call(helper::GET_CURRENT_CGROUP_ID));
+    a.push(insn::stx(Size::DW, R10, R0, EVENT + 8));
+    a.push(insn::call(helper::GET_CURRENT_PID_TGID));
+    a.push(insn::alu64_imm(Alu::Rsh, R0, 32));
+    a.push(insn::stx(Size::W, R10, R0, EVENT + 16));
+    a.push(insn::call(helper::GET_CURRENT_UID_GID));
+    a.push(insn::stx(Size::W, R10, R0, EVENT + 20));
+    a.push(insn::ldx(Size::W, R1, R9, 0));
+    a.push(insn::stx(Size::W, R10, R1, EVENT + 24));
+    a.push(insn::ldx(Size::W, R1, R9, 4));
+    a.push(insn::stx(Size::W, R10, R1, EVENT + 28));
+    if v6 {
+        for i in 0..2 {
+            a.push(insn::ldx(Size::DW, R1, R10, ADDR_KEY + 8 + 8 * i));
+            a.push(insn::stx(Size::DW, R10, R1, EVENT + 32 + 8 * i));
+        }
+    } else {
+        a.push(insn::st(Size::DW, R10, EVENT + 32, 0));
+        a.push(insn::st(Size::DW, R10, EVENT + 40, 0));
+        a.push(insn::ldx(Size::W, R1, R10, ADDR_KEY + 8));
+        a.push(insn::stx(Size::W, R10, R1, EVENT + 32));
+    }
+    a.push(insn::stx(Size::H, R10, R7, EVENT + 48));
+    a.push(insn::st(Size::B, R10, EVENT + 50, if v6 { 6 } else { 4 }));
+    a.push(insn::stx(Size::B, R10, R8, EVENT + 51));
+    a.push(insn::st(Size::W, R10, EVENT + 52, hook.id()));
+    a.push(insn::mov64_reg(R1, R10));
+    a.push(insn::alu64_imm(Alu::Add, R1, i32::from(EVENT + 56)));
+    a.push(insn::mov64_imm(R2, 16));
+    a.push(insn::call(helper::GET_CURRENT_COMM));
+    a.ld_map(R1, maps::EVENTS);
+    a.push(insn::mov64_reg(R2, R10));
+    a.push(insn::alu64_imm(Alu::Add, R2, i32::from(EVENT)));
+    a.push(insn::mov64_imm(R3, EVENT_SIZE));
+    a.push(insn::mov64_imm(R4, 0));
+    a.push(insn::call(helper::RINGBUF_OUTPUT));
+}

@@ -1,0 +1,293 @@
+//! The compiler's view of a policy set: validated protobuf policies turned into typed,
+//! parsed values (networks, port ranges, protocol sets), in the order the semantics need.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use ipnet::IpNet;
+use palisade_proto::v1;
+
+/// Why a policy cannot enter the model (it was not validated by the server).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("policy {policy:?}: {field}: {reason}")]
+pub struct ModelError {
+    /// Policy name.
+    pub policy: String,
+    /// Field path.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Policy mode (disabled policies never enter a set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mode {
+    /// Decides.
+    Enforce,
+    /// Only reports.
+    Audit,
+}
+
+/// Rule action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    /// Allow.
+    Allow,
+    /// Deny.
+    Deny,
+    /// Report.
+    Audit,
+}
+
+/// Transport protocol of an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// Both protocols, in a fixed order.
+    pub const ALL: [Self; 2] = [Self::Tcp, Self::Udp];
+}
+
+/// An inclusive port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ports {
+    /// First port.
+    pub first: u16,
+    /// Last port.
+    pub last: u16,
+}
+
+impl Ports {
+    /// Whether `port` is in the range.
+    pub fn contains(self, port: u16) -> bool {
+        self.first <= port && port <= self.last
+    }
+}
+
+/// One network rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Stable id.
+    pub id: String,
+    /// Action.
+    pub action: Action,
+    /// Destination networks; empty matches every address.
+    pub nets: Vec<IpNet>,
+    /// Destination ports; empty matches every port (including 0).
+    pub ports: Vec<Ports>,
+    /// Protocols; empty matches both.
+    pub protocols: Vec<Protocol>,
+}
+
+impl Rule {
+    /// Whether the rule matches the protocol (§3.6).
+    pub fn matches_protocol(&self, protocol: Protocol) -> bool {
+        self.protocols.is_empty() || self.protocols.contains(&protocol)
+    }
+
+    /// Whether the rule matches the port (§3.5).
+    pub fn matches_port(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.iter().any(|p| p.contains(port))
+    }
+
+    /// Whether the rule matches the destination address (§3.3, §3.4).
+    pub fn matches_address(&self, addr: IpAddr) -> bool {
+        if self.nets.is_empty() {
+            return true;
+        }
+        let mapped = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        self.nets.iter().any(|net| net.contains(&addr) || mapped.is_some_and(|m| net.contains(&m)))
+    }
+}
+
+/// Section default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Default {
+    /// Allow unmatched operations.
+    Allow,
+    /// Deny unmatched operations.
+    Deny,
+    /// Allow them and report.
+    Audit,
+}
+
+/// A rule section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    /// Default for operations no allow or deny rule matches.
+    pub default: Default,
+    /// Rules in order.
+    pub rules: Vec<Rule>,
+}
+
+/// One policy of a set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Name.
+    pub name: String,
+    /// Stored revision.
+    pub revision: u64,
+    /// Mode.
+    pub mode: Mode,
+    /// Workload cgroup path components (empty: every process).
+    pub cgroup: Vec<String>,
+    /// Required uid.
+    pub uid: Option<u32>,
+    /// `network.connect`.
+    pub connect: Option<Section>,
+}
+
+impl Policy {
+    /// Whether the workload selector covers a process in `cgroup` (components) with `uid`
+    /// (§2.1 items 3–4).
+    pub fn selects(&self, cgroup: &[String], uid: u32) -> bool {
+        cgroup.starts_with(&self.cgroup) && self.uid.is_none_or(|u| u == uid)
+    }
+}
+
+/// An operation that is never denied (§8): destination network and/or port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Failsafe {
+    /// Destination network; `None` matches every address.
+    pub net: Option<IpNet>,
+    /// Destination port; `None` matches every port.
+    pub port: Option<u16>,
+}
+
+impl Failsafe {
+    /// Whether the failsafe covers the destination.
+    pub fn covers(&self, addr: IpAddr, port: u16) -> bool {
+        let mapped = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        self.port.is_none_or(|p| p == port)
+            && self.net.is_none_or(|n| n.contains(&addr) || mapped.is_some_and(|m| n.contains(&m)))
+    }
+}
+
+/// The policies one node holds, sorted by name (§1.3), plus the failsafe list.
+#[derive(Debug, Clone, PartialEq, Eq, std::default::Default)]
+pub struct PolicySet {
+    /// Policies sorted by name; disabled ones are not included.
+    pub policies: Vec<Policy>,
+    /// Failsafe destinations.
+    pub failsafe: Vec<Failsafe>,
+}
+
+/// Splits a validated cgroup path into components ("" and "/" → none).
+pub fn cgroup_components(path: &str) -> Vec<String> {
+    path.split('/').filter(|c| !c.is_empty()).map(str::to_owned).collect()
+}
+
+/// Whether a node selector matches node labels (§2.1 item 2).
+pub fn node_selected(policy: &v1::Policy, node_labels: &BTreeMap<String, String>) -> bool {
+    policy.node_selector.as_ref().is_none_or(|s| s.match_labels.iter().all(|(k, v)| node_labels.get(k) == Some(v)))
+}
+
+fn err(policy: &str, field: impl Into<String>, reason: impl Into<String>) -> ModelError {
+    ModelError { policy: policy.to_owned(), field: field.into(), reason: reason.into() }
+}
+
+fn rule(policy: &str, path: &str, r: &v1::NetworkRule) -> Result<Rule, ModelError> {
+    let action = match v1::Action::try_from(r.action) {
+        Ok(v1::Action::Allow) => Action::Allow,
+        Ok(v1::Action::Deny) => Action::Deny,
+        Ok(v1::Action::Audit) => Action::Audit,
+        _ => return Err(err(policy, format!("{path}.action"), "not allow, deny or audit")),
+    };
+    let nets = r
+        .cidrs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.parse::<IpNet>()
+                .or_else(|_| c.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| err(policy, format!("{path}.cidrs[{i}]"), "not a CIDR"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ports = r
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let last = if p.last == 0 { p.first } else { p.last };
+            match (u16::try_from(p.first), u16::try_from(last)) {
+                (Ok(first @ 1..), Ok(last)) if first <= last => Ok(Ports { first, last }),
+                _ => Err(err(policy, format!("{path}.ports[{i}]"), "not a port range within 1–65535")),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let protocols = r
+        .protocols
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match v1::Protocol::try_from(*p) {
+            Ok(v1::Protocol::Tcp) => Ok(Protocol::Tcp),
+            Ok(v1::Protocol::Udp) => Ok(Protocol::Udp),
+            _ => Err(err(policy, format!("{path}.protocols[{i}]"), "not tcp or udp")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Rule { id: r.id.clone(), action, nets, ports, protocols })
+}
+
+/// Builds the model of one validated policy at a revision; `None` if it is disabled.
+pub fn policy(p: &v1::Policy, revision: u64) -> Result<Option<Policy>, ModelError> {
+    let mode = match v1::Mode::try_from(p.mode) {
+        Ok(v1::Mode::Enforce | v1::Mode::Unspecified) => Mode::Enforce,
+        Ok(v1::Mode::Audit) => Mode::Audit,
+        Ok(v1::Mode::Disabled) => return Ok(None),
+        Err(_) => return Err(err(&p.name, "mode", "unknown mode")),
+    };
+    let connect = match p.network.as_ref().and_then(|n| n.connect.as_ref()) {
+        None => None,
+        Some(s) => Some(Section {
+            default: match v1::Action::try_from(s.default) {
+                Ok(v1::Action::Allow | v1::Action::Unspecified) => Default::Allow,
+                Ok(v1::Action::Deny) => Default::Deny,
+                Ok(v1::Action::Audit) => Default::Audit,
+                Err(_) => return Err(err(&p.name, "network.connect.default", "unknown action")),
+            },
+            rules: s
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| rule(&p.name, &format!("network.connect.rules[{i}]"), r))
+                .collect::<Result<_, _>>()?,
+        }),
+    };
+    let workload = p.workload.as_ref();
+    Ok(Some(Policy {
+        name: p.name.clone(),
+        revision,
+        mode,
+        cgroup: workload.map(|w| cgroup_components(&w.cgroup)).unwrap_or_default(),
+        uid: workload.and_then(|w| w.uid),
+        connect,
+    }))
+}
+
+impl PolicySet {
+    /// Builds a set from (policy, revision) pairs, dropping disabled policies and sorting by
+    /// name.
+    pub fn new<'a>(
+        policies: impl IntoIterator<Item = (&'a v1::Policy, u64)>,
+        failsafe: Vec<Failsafe>,
+    ) -> Result<Self, ModelError> {
+        let mut out = Vec::new();
+        for (p, revision) in policies {
+            if let Some(p) = policy(p, revision)? {
+                out.push(p);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Self { policies: out, failsafe })
+    }
+}

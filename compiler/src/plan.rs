@@ -1,0 +1,436 @@
+//! The decision partition: everything the kernel programs look up, computed at compile time.
+//!
+//! Per connect the programs do a constant number of lookups, whatever the rule count
+//! (DESIGN.md §4):
+//! 1. *workload class* `W`: the deepest selected cgroup among the task's ancestors (one
+//!    `bpf_get_current_ancestor_cgroup_id` + hash lookup per distinct selector depth), then
+//!    `(S, uid)` and `(S, any uid)` in a hash map;
+//! 2. *address region*: an LPM trie keyed by `(W, address)` returns one port-table id per
+//!    protocol — every address whose longest matching prefix is the same has the same set of
+//!    matching rules;
+//! 3. *decision*: an LPM trie keyed by `(port table, port)` returns the decision; port
+//!    intervals are split into aligned blocks, so ranges cost no extra lookups.
+//!
+//! Each cell's decision comes from [`crate::eval::decide`], the same code the reference
+//! evaluator uses, so the bytecode can only differ from the specification through matching,
+//! which the differential tests check.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::{
+    eval::{Decision, Matches, ReportKind, RuleName, Verdict, decide},
+    model::{Failsafe, PolicySet, Protocol},
+};
+
+/// uid value meaning "any uid not listed" in the uid map (`(uid_t)-1` is not a user).
+pub const ANY_UID: u32 = u32::MAX;
+/// Decision flag: deny.
+pub const FLAG_DENY: u32 = 1;
+/// Decision flag: emit an event.
+pub const FLAG_EVENT: u32 = 2;
+/// Decision flag: the event is an audit report.
+pub const FLAG_AUDIT: u32 = 4;
+/// Decision flag: the audit report is a would-deny of an audit-mode policy.
+pub const FLAG_WOULD_DENY: u32 = 8;
+
+/// A selected cgroup the agent resolves to a cgroup id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupClass {
+    /// Path relative to the cgroup2 root, e.g. `/demo/api`.
+    pub path: String,
+    /// Depth (number of components): the ancestor level to look up.
+    pub level: u32,
+    /// Class id `S` (≥ 1; 0 is "no selected ancestor").
+    pub class: u32,
+}
+
+/// A rule as events name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleRef {
+    /// Policy index in the set.
+    pub policy: usize,
+    /// Rule or default.
+    pub rule: RuleName,
+}
+
+/// A decision as the kernel sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Value {
+    /// Index into [`Plan::rules`] (0 when there is no event).
+    pub rule: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+}
+
+/// One port block of a port table: ports whose top `len` bits equal `port`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortBlock {
+    /// Port table id.
+    pub table: u32,
+    /// First port of the block.
+    pub port: u16,
+    /// Prefix length in bits (0–16).
+    pub len: u8,
+    /// Decision.
+    pub value: Value,
+}
+
+/// An address prefix of one workload class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region<N> {
+    /// Workload class.
+    pub workload: u32,
+    /// Prefix.
+    pub net: N,
+    /// Port table per protocol (TCP, UDP).
+    pub tables: [u32; 2],
+}
+
+/// The whole partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Selected cgroups.
+    pub cgroups: Vec<CgroupClass>,
+    /// Distinct levels of `cgroups`, deepest first.
+    pub levels: Vec<u32>,
+    /// `(S, uid) → W` entries (uid [`ANY_UID`] for the fallback).
+    pub workloads: Vec<((u32, u32), u32)>,
+    /// IPv4 regions.
+    pub regions4: Vec<Region<Ipv4Net>>,
+    /// IPv6 regions (IPv4 prefixes appear here as IPv4-mapped prefixes, §3.4).
+    pub regions6: Vec<Region<Ipv6Net>>,
+    /// Port blocks of every port table.
+    pub ports: Vec<PortBlock>,
+    /// Rules named by events, index = `Value::rule`.
+    pub rules: Vec<RuleRef>,
+}
+
+/// Encodes a decision.
+fn value(decision: &Decision, rules: &mut Vec<RuleRef>, rule_ids: &mut HashMap<RuleRef, u32>) -> Value {
+    let mut flags = if decision.verdict == Verdict::Deny { FLAG_DENY } else { 0 };
+    let mut rule = 0;
+    if let Some(report) = decision.report {
+        flags |= FLAG_EVENT;
+        match report.kind {
+            ReportKind::Deny => {}
+            ReportKind::WouldDeny => flags |= FLAG_AUDIT | FLAG_WOULD_DENY,
+            ReportKind::Audit => flags |= FLAG_AUDIT,
+        }
+        let r = RuleRef { policy: report.policy, rule: report.rule };
+        rule = *rule_ids.entry(r).or_insert_with(|| {
+            rules.push(r);
+            (rules.len() - 1) as u32
+        });
+    }
+    Value { rule, flags }
+}
+
+/// A rule (or failsafe) that matches some address region, in set order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Member {
+    /// `(policy, rule)`.
+    Rule(usize, usize),
+    /// Failsafe index.
+    Failsafe(usize),
+}
+
+fn mapped(net: Ipv4Net) -> Ipv6Net {
+    let v6 = net.network().to_ipv6_mapped();
+    // A valid v4 prefix length plus 96 is a valid v6 prefix length.
+    Ipv6Net::new(v6, net.prefix_len() + 96).unwrap_or_default()
+}
+
+/// Groups every member by the exact prefix it was written with; returns the prefixes sorted
+/// so that every prefix comes after the prefixes containing it.
+fn members_by_prefix(set: &PolicySet, applying: &[usize], v6: bool) -> (PrefixMembers, Vec<Member>) {
+    let mut by_prefix: BTreeMap<(IpNet, u8), Vec<Member>> = BTreeMap::new();
+    let mut anywhere = Vec::new();
+    let root: IpNet = if v6 { Ipv6Net::default().into() } else { Ipv4Net::default().into() };
+    by_prefix.insert((root, 0), Vec::new());
+    let mut add = |net: IpNet, member: Member| {
+        let net = match (net.trunc(), v6) {
+            (IpNet::V4(n), true) => IpNet::V6(mapped(n)),
+            (net @ IpNet::V4(_), false) | (net @ IpNet::V6(_), true) => net,
+            // An IPv4 destination never matches an IPv6 element (§3.4).
+            (IpNet::V6(_), false) => return,
+        };
+        by_prefix.entry((net, net.prefix_len())).or_default().push(member);
+    };
+    for &p in applying {
+        let Some(section) = &set.policies[p].connect else { continue };
+        for (r, rule) in section.rules.iter().enumerate() {
+            if rule.nets.is_empty() {
+                anywhere.push(Member::Rule(p, r));
+            }
+            for net in &rule.nets {
+                add(*net, Member::Rule(p, r));
+            }
+        }
+    }
+    for (i, f) in set.failsafe.iter().enumerate() {
+        match f.net {
+            None => anywhere.push(Member::Failsafe(i)),
+            Some(net) => add(net, Member::Failsafe(i)),
+        }
+    }
+    (by_prefix, anywhere)
+}
+
+/// Members keyed by the prefix they were written with.
+type PrefixMembers = BTreeMap<(IpNet, u8), Vec<Member>>;
+
+fn contains(outer: &IpNet, inner: &IpNet) -> bool {
+    outer.prefix_len() <= inner.prefix_len() && outer.contains(&inner.network())
+}
+
+/// Builds port tables, interning identical ones.
+#[derive(Default)]
+struct Tables {
+    ids: HashMap<Vec<(u32, Value)>, u32>,
+    blocks: Vec<PortBlock>,
+    rules: Vec<RuleRef>,
+    rule_ids: HashMap<RuleRef, u32>,
+}
+
+impl Tables {
+    /// The port table of one region and protocol.
+    fn table(&mut self, set: &PolicySet, applying: &[usize], members: &[Member], protocol: Protocol) -> u32 {
+        let mut bounds: BTreeSet<u32> = BTreeSet::from([0, 65_536]);
+        for m in members {
+            match *m {
+                Member::Rule(p, r) => {
+                    let rule = &set.policies[p].connect.as_ref().expect("member policies have a section").rules[r];
+                    if rule.matches_protocol(protocol) {
+                        for range in &rule.ports {
+                            bounds.insert(u32::from(range.first));
+                            bounds.insert(u32::from(range.last) + 1);
+                        }
+                    }
+                }
+                Member::Failsafe(i) => {
+                    if let Some(port) = set.failsafe[i].port {
+                        bounds.insert(u32::from(port));
+                        bounds.insert(u32::from(port) + 1);
+                    }
+                }
+            }
+        }
+        let bounds: Vec<u32> = bounds.into_iter().collect();
+        let mut intervals: Vec<(u32, Value)> = Vec::new();
+        for window in bounds.windows(2) {
+            let port = window[0] as u16;
+            let decision = cell(set, applying, members, protocol, port);
+            let v = value(&decision, &mut self.rules, &mut self.rule_ids);
+            if intervals.last().is_none_or(|(_, last)| *last != v) {
+                intervals.push((window[0], v));
+            }
+        }
+        let next = self.ids.len() as u32;
+        let id = *self.ids.entry(intervals.clone()).or_insert(next);
+        if id == next {
+            self.emit(id, &intervals);
+        }
+        id
+    }
+
+    /// LPM entries for a table: a /0 entry with the widest decision, blocks for the rest.
+    fn emit(&mut self, table: u32, intervals: &[(u32, Value)]) {
+        let mut span: HashMap<Value, u32> = HashMap::new();
+        for (i, (start, v)) in intervals.iter().enumerate() {
+            let end = intervals.get(i + 1).map_or(65_536, |(s, _)| *s);
+            *span.entry(*v).or_default() += end - start;
+        }
+        let base = intervals
+            .iter()
+            .map(|(_, v)| *v)
+            .max_by_key(|v| (span[v], std::cmp::Reverse((v.flags, v.rule))))
+            .unwrap_or(Value { rule: 0, flags: 0 });
+        self.blocks.push(PortBlock { table, port: 0, len: 0, value: base });
+        for (i, (start, v)) in intervals.iter().enumerate() {
+            if *v == base {
+                continue;
+            }
+            let end = intervals.get(i + 1).map_or(65_536, |(s, _)| *s);
+            let mut at = *start;
+            while at < end {
+                // Largest aligned block starting at `at` that fits before `end`.
+                let mut size = if at == 0 { 65_536 } else { 1 << at.trailing_zeros() };
+                while at + size > end {
+                    size >>= 1;
+                }
+                let len = 16 - size.trailing_zeros() as u8;
+                self.blocks.push(PortBlock { table, port: at as u16, len, value: *v });
+                at += size;
+            }
+        }
+    }
+}
+
+/// The decision for one cell: a protocol, a port, and the members matching its region.
+fn cell(set: &PolicySet, applying: &[usize], members: &[Member], protocol: Protocol, port: u16) -> Decision {
+    // Only policies with a match, or whose default says something without one, can affect
+    // the decision; starting from those keeps a cell's cost independent of policy count.
+    let mut matches: BTreeMap<usize, Matches> = applying
+        .iter()
+        .filter(|&&p| set.policies[p].connect.as_ref().is_some_and(|s| s.default != crate::model::Default::Allow))
+        .map(|&p| (p, Matches::default()))
+        .collect();
+    for m in members {
+        match *m {
+            Member::Failsafe(i) => {
+                if set.failsafe[i].port.is_none_or(|p| p == port) {
+                    return Decision::ALLOW;
+                }
+            }
+            Member::Rule(p, r) => {
+                let rule = &set.policies[p].connect.as_ref().expect("member policies have a section").rules[r];
+                if rule.matches_protocol(protocol) && rule.matches_port(port) {
+                    matches.entry(p).or_default().add(r, rule.action);
+                }
+            }
+        }
+    }
+    decide(set, matches)
+}
+
+/// Selected cgroups, `(S, uid) → W` entries, and the applying policies of each `W`.
+type Workloads = (Vec<CgroupClass>, Vec<((u32, u32), u32)>, Vec<Vec<usize>>);
+
+/// Workload classes: `S` per selected cgroup, `W` per distinct set of applying policies.
+fn workloads(set: &PolicySet) -> Workloads {
+    let sectioned: Vec<usize> =
+        set.policies.iter().enumerate().filter(|(_, p)| p.connect.is_some()).map(|(i, _)| i).collect();
+    let paths: BTreeSet<&Vec<String>> =
+        sectioned.iter().map(|&i| &set.policies[i].cgroup).filter(|c| !c.is_empty()).collect();
+    let cgroups: Vec<CgroupClass> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, c)| CgroupClass { path: format!("/{}", c.join("/")), level: c.len() as u32, class: i as u32 + 1 })
+        .collect();
+    let uids: BTreeSet<u32> = sectioned.iter().filter_map(|&i| set.policies[i].uid).collect();
+    let mut classes: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut class_ids: HashMap<Vec<usize>, u32> = HashMap::from([(Vec::new(), 0)]);
+    let mut entries = Vec::new();
+    let empty = Vec::new();
+    let selected: Vec<(u32, &Vec<String>)> =
+        std::iter::once((0, &empty)).chain(paths.iter().enumerate().map(|(i, c)| (i as u32 + 1, *c))).collect();
+    for (s, path) in selected {
+        let mut intern = |policies: Vec<usize>| {
+            let next = classes.len() as u32;
+            *class_ids.entry(policies.clone()).or_insert_with(|| {
+                classes.push(policies);
+                next
+            })
+        };
+        let applying = |uid: Option<u32>| -> Vec<usize> {
+            sectioned
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let p = &set.policies[i];
+                    path.starts_with(&p.cgroup) && (p.uid.is_none() || p.uid == uid)
+                })
+                .collect()
+        };
+        let any = intern(applying(None));
+        if any != 0 {
+            entries.push(((s, ANY_UID), any));
+        }
+        for &uid in &uids {
+            let w = intern(applying(Some(uid)));
+            if w != any {
+                entries.push(((s, uid), w));
+            }
+        }
+    }
+    (cgroups, entries, classes)
+}
+
+/// Computes the partition of a policy set.
+pub fn plan(set: &PolicySet) -> Plan {
+    let (cgroups, workload_entries, classes) = workloads(set);
+    let mut levels: Vec<u32> = cgroups.iter().map(|c| c.level).collect::<BTreeSet<_>>().into_iter().collect();
+    levels.reverse();
+    let mut tables = Tables::default();
+    // Rule index 0 is reserved so that "no event" never aliases a real rule.
+    tables.rules.push(RuleRef { policy: usize::MAX, rule: RuleName::Default });
+    let mut plan = Plan { cgroups, levels, workloads: workload_entries, ..Plan::default() };
+    for (w, applying) in classes.iter().enumerate().skip(1) {
+        for v6 in [false, true] {
+            let (by_prefix, anywhere) = members_by_prefix(set, applying, v6);
+            // Prefixes sorted by (network, length) visit containers before contents; a stack
+            // of the chain of containing prefixes gives each prefix its members.
+            let mut chain: Vec<(IpNet, Vec<Member>)> = Vec::new();
+            for ((net, _), own) in &by_prefix {
+                while chain.last().is_some_and(|(outer, _)| !contains(outer, net)) {
+                    chain.pop();
+                }
+                let mut members: Vec<Member> = chain.last().map_or_else(|| anywhere.clone(), |(_, m)| m.clone());
+                members.extend(own.iter().copied());
+                members.sort_unstable();
+                members.dedup();
+                let t = [
+                    tables.table(set, applying, &members, Protocol::Tcp),
+                    tables.table(set, applying, &members, Protocol::Udp),
+                ];
+                match net {
+                    IpNet::V4(n) => plan.regions4.push(Region { workload: w as u32, net: *n, tables: t }),
+                    IpNet::V6(n) => plan.regions6.push(Region { workload: w as u32, net: *n, tables: t }),
+                }
+                chain.push((*net, members));
+            }
+        }
+    }
+    plan.ports = tables.blocks;
+    plan.rules = tables.rules;
+    plan
+}
+
+impl Plan {
+    /// Looks a decision up exactly as the kernel programs do (for tests and tools).
+    pub fn lookup(&self, s: u32, uid: u32, addr: IpAddr, port: u16, protocol: Protocol) -> Option<Value> {
+        let find = |key| self.workloads.iter().find(|(k, _)| *k == key).map(|(_, w)| *w);
+        let w = find((s, uid)).or_else(|| find((s, ANY_UID))).unwrap_or(0);
+        if w == 0 {
+            return None;
+        }
+        let tables = match addr {
+            IpAddr::V4(a) => {
+                longest(self.regions4.iter().filter(|r| r.workload == w && r.net.contains(&a)), |r| r.net.prefix_len())?
+                    .tables
+            }
+            IpAddr::V6(a) => {
+                longest(self.regions6.iter().filter(|r| r.workload == w && r.net.contains(&a)), |r| r.net.prefix_len())?
+                    .tables
+            }
+        };
+        let table = tables[usize::from(protocol == Protocol::Udp)];
+        let block = longest(
+            self.ports
+                .iter()
+                .filter(|b| b.table == table && (b.len == 0 || (port >> (16 - b.len)) == (b.port >> (16 - b.len)))),
+            |b| b.len,
+        )?;
+        Some(block.value)
+    }
+}
+
+fn longest<'a, T, K: Ord>(items: impl Iterator<Item = &'a T>, key: impl Fn(&T) -> K) -> Option<&'a T> {
+    items.max_by_key(|i| key(i))
+}
+
+/// An unspecified address of the family, for tests that need one.
+pub fn unspecified(v6: bool) -> IpAddr {
+    if v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) }
+}
+
+/// Failsafe entries are part of [`PolicySet`]; re-exported for callers building plans.
+pub type FailsafeEntry = Failsafe;
+
+#[cfg(test)]
+mod tests;

@@ -4,8 +4,13 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message as _;
 
-const PROTOS: &[&str] =
-    &["palisade/v1/policy.proto", "palisade/v1/event.proto", "palisade/v1/agent.proto", "palisade/v1/node.proto", "palisade/v1/bundle.proto"];
+const PROTOS: &[&str] = &[
+    "palisade/v1/policy.proto",
+    "palisade/v1/event.proto",
+    "palisade/v1/agent.proto",
+    "palisade/v1/node.proto",
+    "palisade/v1/bundle.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

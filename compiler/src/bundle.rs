@@ -1,12 +1,9 @@
 //! Assembling a bundle: programs, ELF, map contents and attribution tables, encoded as
 //! `palisade.v1.BundleContent` and addressed by SHA-256.
 
-use std::fmt::Write as _;
-
 use ipnet::{Ipv4Net, Ipv6Net};
 use palisade_proto::v1;
 use prost::Message as _;
-use sha2::{Digest as _, Sha256};
 
 use crate::{
     asm::Program,
@@ -202,16 +199,8 @@ pub fn compile(set: &PolicySet, offsets: KernelOffsets) -> Result<Compiled, Comp
             .collect(),
     };
     let bytes = content.encode_to_vec();
-    let digest = hex(&Sha256::digest(&bytes));
+    let digest = palisade_proto::sha256_hex(&bytes);
     Ok(Compiled { content, bytes, digest, plan, programs })
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 #[cfg(test)]

@@ -192,22 +192,14 @@ pub fn program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result<Progra
     // r7 = port in network order (low 16 bits).
     let emit_v4 = matches!(hook, Hook::Connect4 | Hook::LsmSocketConnect);
     let emit_v6 = matches!(hook, Hook::Connect6 | Hook::LsmSocketConnect);
+    // Only reachable code: the verifier rejects unreachable instructions.
     if emit_v4 {
         a.bind(core4);
         core(&mut a, hook, plan, false, allow, deny);
-    } else {
-        a.bind(core4);
-        a.ja(allow);
     }
     if emit_v6 {
         a.bind(core6);
         core(&mut a, hook, plan, true, allow, deny);
-    } else {
-        a.bind(core6);
-        a.ja(allow);
-    }
-    if hook != Hook::LsmSocketConnect {
-        a.bind(v6);
     }
     a.bind(allow);
     a.comment("allow");

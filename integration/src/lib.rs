@@ -1,1 +1,132 @@
-//! End-to-end test support (the suites arrive with the walking-skeleton issue).
+//! End-to-end test support: cgroups the tests own, a connect probe run inside them, and
+//! polling helpers. Kernel tests need root; outside CI they skip loudly, under `CI=true`
+//! they fail (STYLE.md).
+#![allow(clippy::print_stderr, reason = "tests say loudly why they skip")]
+#![allow(clippy::missing_panics_doc, reason = "test support: panicking is how it reports failure")]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+/// Whether kernel tests can run here; panics under CI when they cannot.
+pub fn kernel_tests_enabled(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "{test}: kernel tests need root, and CI runs as root");
+    eprintln!("SKIPPED {test}: kernel tests need root (they fail instead under CI=true)");
+    false
+}
+
+/// The cgroup2 mount point.
+pub fn cgroup2() -> PathBuf {
+    palisade_agent::probe::cgroup2_mount().expect("this machine has a cgroup2 hierarchy")
+}
+
+/// A cgroup created for one test and removed (with its children, after moving their
+/// processes out) on drop.
+#[derive(Debug)]
+pub struct TestCgroup {
+    root: PathBuf,
+    path: String,
+}
+
+impl TestCgroup {
+    /// Creates `/palisade-test-<name>-<pid>` under the cgroup2 mount.
+    pub fn new(name: &str) -> Self {
+        let path = format!("/palisade-test-{name}-{}", std::process::id());
+        let root = cgroup2();
+        let dir = root.join(path.trim_start_matches('/'));
+        let _ = std::fs::create_dir_all(&dir);
+        Self { root, path }
+    }
+
+    /// Path relative to the cgroup2 mount (what policies name).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// A child path (not created).
+    pub fn child_path(&self, name: &str) -> String {
+        format!("{}/{name}", self.path)
+    }
+
+    /// Absolute directory of a path relative to the cgroup2 mount.
+    pub fn dir_of(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+
+    /// Absolute directory.
+    pub fn dir(&self) -> PathBuf {
+        self.dir_of(&self.path)
+    }
+
+    /// Creates a child cgroup and returns its path.
+    pub fn create_child(&self, name: &str) -> String {
+        let path = self.child_path(name);
+        std::fs::create_dir_all(self.dir_of(&path)).expect("create child cgroup");
+        path
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        remove_tree(&self.dir());
+    }
+}
+
+fn remove_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    // Probes exit right away; anything left is moved to the root before rmdir.
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines() {
+            let _ = std::fs::write(cgroup2().join("cgroup.procs"), pid);
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Outcome of one probe connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connect {
+    /// Connected.
+    Ok,
+    /// connect(2) failed with EPERM.
+    Denied,
+    /// Anything else (the text the probe printed).
+    Other(String),
+}
+
+/// Runs the connect probe, inside `cgroup_dir` when given.
+pub fn probe(probe_bin: &str, cgroup_dir: Option<&Path>, proto: &str, addr: &str, port: u16) -> Connect {
+    let mut cmd = Command::new(probe_bin);
+    if let Some(dir) = cgroup_dir {
+        cmd.arg("--cgroup").arg(dir);
+    }
+    let out = cmd.args([proto, addr, &port.to_string()]).output().expect("connect-probe runs");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    match out.status.code() {
+        Some(0) => Connect::Ok,
+        Some(1) => Connect::Denied,
+        _ => Connect::Other(text),
+    }
+}
+
+/// Polls `check` every 20 ms until it returns true; panics after `timeout`.
+pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

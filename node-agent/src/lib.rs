@@ -1,1 +1,250 @@
-//! Palisade node agent: sync client, kernel probe and loader (built in the walking-skeleton issue; empty until then).
+//! Palisade node agent: holds the `Sync` stream to the server, loads the node's bundle into
+//! the kernel with no enforcement gap, keeps the cgroup selectors current and streams
+//! decision events back. `main.rs` wraps [`run`]; tests run [`Agent`] in-process.
+
+pub mod btf;
+pub mod events;
+pub mod loader;
+pub mod probe;
+pub mod sync;
+pub mod sys;
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use palisade_proto::v1;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::loader::{Datapath, Paths};
+
+/// Agent configuration (flags with environment fallbacks).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "palisade-agent", version, about = "Palisade node agent: enforces the node's policy bundle")]
+pub struct Config {
+    /// Server address (`http://HOST:PORT` or `HOST:PORT`).
+    #[arg(long, env = "PALISADE_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Node name (default: the hostname).
+    #[arg(long, env = "PALISADE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Node labels, `KEY=VALUE,...`, matched by policies' node selectors.
+    #[arg(long, env = "PALISADE_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// bpffs directory for pins (mounted if no bpffs is there).
+    #[arg(long, env = "PALISADE_BPFFS", default_value = "/sys/fs/bpf/palisade")]
+    pub bpffs: PathBuf,
+    /// Directory for the agent's state.
+    #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade/agent")]
+    pub state_dir: PathBuf,
+    /// cgroup (path relative to the cgroup2 mount) to attach cgroup programs to; its whole
+    /// subtree is covered. Policies still select workloads by their own cgroup.
+    #[arg(long, env = "PALISADE_ATTACH_CGROUP", default_value = "/")]
+    pub attach_cgroup: String,
+    /// Destination ports never denied, whatever the policies say (failsafe).
+    #[arg(long, env = "PALISADE_FAILSAFE_PORTS", value_delimiter = ',', default_value = "22")]
+    pub failsafe_ports: Vec<u16>,
+    /// Seconds between heartbeats on the Sync stream.
+    #[arg(long, env = "PALISADE_HEARTBEAT_SECONDS", default_value_t = 30)]
+    pub heartbeat_seconds: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "PALISADE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Failures that stop the agent before it can run.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The node has no cgroup2 hierarchy.
+    #[error("no cgroup2 mount found in /proc/self/mountinfo")]
+    NoCgroup2,
+    /// bpffs could not be mounted.
+    #[error("cannot use bpffs at {path}")]
+    Bpffs {
+        /// Directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The datapath thread did not start.
+    #[error("the datapath thread failed to start")]
+    Datapath,
+}
+
+/// Commands for the datapath thread.
+enum Command {
+    Apply(v1::Bundle, oneshot::Sender<Result<(), String>>),
+}
+
+/// What the datapath currently enforces (generation, digest).
+pub type Enforcing = watch::Receiver<Option<(u64, String)>>;
+
+/// A running agent.
+pub struct Agent {
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    enforcing: Enforcing,
+}
+
+impl Agent {
+    /// Starts the datapath, adopts pinned state, and starts syncing and reporting.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
+        let node_name = match &config.node_name {
+            Some(n) => n.clone(),
+            None => hostname::get()
+                .map_err(|e| StartError::Config(format!("hostname: {e}")))?
+                .to_string_lossy()
+                .to_lowercase(),
+        };
+        let labels: BTreeMap<String, String> = config
+            .labels
+            .iter()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect::<Option<_>>()
+            .ok_or_else(|| StartError::Config("labels must be KEY=VALUE".into()))?;
+        let features = tokio::task::spawn_blocking(probe::probe).await.map_err(|_| StartError::Datapath)?;
+        tracing::info!(
+            kernel = features.kernel_release,
+            bpf_lsm = features.bpf_lsm,
+            cgroup_sock_addr = features.cgroup_sock_addr,
+            "kernel probed"
+        );
+        let cgroup2 = probe::cgroup2_mount().ok_or(StartError::NoCgroup2)?;
+        let paths = Paths {
+            attach: cgroup2.join(config.attach_cgroup.trim_start_matches('/')),
+            bpffs: config.bpffs.clone(),
+            state_dir: config.state_dir.clone(),
+            cgroup2,
+        };
+        let bpffs_root = paths.bpffs.parent().map_or_else(|| paths.bpffs.clone(), PathBuf::from);
+        sys::ensure_bpffs(&bpffs_root).map_err(|source| StartError::Bpffs { path: bpffs_root.clone(), source })?;
+        let (commands, command_rx) = std::sync::mpsc::channel();
+        let (events_tx, events_rx) = mpsc::channel(16 * 1024);
+        let (enforcing_tx, enforcing) = watch::channel(None);
+        let tracker = TaskTracker::new();
+        let stop = shutdown.clone();
+        let handle = std::thread::Builder::new()
+            .name("palisade-datapath".into())
+            .spawn(move || datapath_thread(paths, &command_rx, &events_tx, &enforcing_tx, &stop))
+            .map_err(|_| StartError::Datapath)?;
+        // The thread owns kernel objects; join it on a blocking task so shutdown waits.
+        tracker.spawn_blocking(move || {
+            if handle.join().is_err() {
+                tracing::error!("datapath thread panicked");
+            }
+        });
+        let sync = sync::SyncClient {
+            server: config.server.clone(),
+            node_name: node_name.clone(),
+            labels,
+            features,
+            failsafe_ports: config.failsafe_ports.iter().map(|&p| u32::from(p)).collect(),
+            heartbeat: Duration::from_secs(config.heartbeat_seconds.max(1)),
+        };
+        let apply = move |bundle: v1::Bundle| {
+            let commands = commands.clone();
+            async move {
+                let (tx, rx) = oneshot::channel();
+                commands.send(Command::Apply(bundle, tx)).map_err(|_| "the datapath has stopped".to_owned())?;
+                rx.await.map_err(|_| "the datapath has stopped".to_owned())?
+            }
+        };
+        tracker.spawn(sync::run_sync(sync, apply, enforcing.clone(), shutdown.clone()));
+        tracker.spawn(sync::run_reporter(config.server.clone(), node_name, events_rx, shutdown.clone()));
+        tracker.close();
+        Ok(Self { tracker, shutdown, enforcing })
+    }
+
+    /// What the datapath enforces now.
+    pub fn enforcing(&self) -> Enforcing {
+        self.enforcing.clone()
+    }
+
+    /// Waits until the agent has stopped (after the shutdown token is cancelled).
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.tracker.wait().await;
+    }
+}
+
+/// The datapath thread: applies bundles, polls the ring buffer, keeps the cgroup map current.
+fn datapath_thread(
+    paths: Paths,
+    commands: &std::sync::mpsc::Receiver<Command>,
+    events: &mpsc::Sender<v1::DecisionEvent>,
+    enforcing: &watch::Sender<Option<(u64, String)>>,
+    shutdown: &CancellationToken,
+) {
+    let mut datapath = Datapath::new(paths);
+    match datapath.adopt() {
+        Ok(true) => {}
+        Ok(false) => tracing::info!("no pinned bundle to adopt; waiting for the server"),
+        Err(error) => tracing::warn!(%error, "could not adopt the pinned bundle; waiting for the server"),
+    }
+    let publish = |d: &Datapath| {
+        enforcing.send_replace(d.active().map(|(g, digest)| (g, digest.to_owned())));
+    };
+    publish(&datapath);
+    let mut batch = Vec::new();
+    let mut last_cgroup_sync = std::time::Instant::now();
+    let mut dropped = 0_u64;
+    while !shutdown.is_cancelled() {
+        match commands.try_recv() {
+            Ok(Command::Apply(bundle, reply)) => {
+                let generation = bundle.generation;
+                let result = datapath.apply(bundle, &mut batch).map_err(|e| {
+                    tracing::warn!(generation, error = %e, "bundle rejected; the previous one keeps enforcing");
+                    e.to_string()
+                });
+                publish(&datapath);
+                let _ = reply.send(result);
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+        }
+        if let Some(fd) = datapath.events_fd() {
+            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd; a 50 ms timeout bounds command latency.
+            unsafe { libc::poll(&raw mut pfd, 1, 50) };
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        datapath.drain(&mut batch);
+        for event in batch.drain(..) {
+            if events.try_send(event).is_err() {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 && dropped.is_power_of_two() {
+            tracing::warn!(dropped, "event queue full; events dropped");
+        }
+        if last_cgroup_sync.elapsed() >= Duration::from_millis(200) {
+            last_cgroup_sync = std::time::Instant::now();
+            if let Err(error) = datapath.sync_cgroups() {
+                tracing::warn!(%error, "cgroup map update failed");
+            }
+        }
+    }
+    tracing::info!("datapath stopped; pinned programs keep enforcing");
+}
+
+/// Parses a server address into a URL with a scheme.
+pub fn server_url(server: &str) -> String {
+    if server.contains("://") { server.to_owned() } else { format!("http://{server}") }
+}
+
+/// Installs the tracing subscriber (`PALISADE_LOG`, default `info`).
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

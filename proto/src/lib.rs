@@ -17,5 +17,15 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every Palisade proto file, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("palisade_descriptor");
 
+/// Hex SHA-256: how the protocol names content (policy digests, `Bundle.digest`).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    sha2::Sha256::digest(bytes).iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
 /// Request metadata key naming who performs a change; recorded in the audit log.
 pub const ACTOR_METADATA_KEY: &str = "palisade-actor";

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use palisade_proto::{document::PolicyDocument, v1};
 use prost::Message as _;
-use sha2::{Digest as _, Sha256};
 use sqlx::{Postgres, Row as _, Transaction, postgres::PgRow};
 
 use super::{GENERATION_CHANNEL, Store, timestamp};
@@ -25,16 +24,8 @@ pub struct ApplyOutcome {
 /// Canonical encoding and its hex SHA-256. Maps are BTreeMaps, so the encoding is stable.
 fn canonical(policy: &v1::Policy) -> (Vec<u8>, String) {
     let bytes = policy.encode_to_vec();
-    let digest = hex(&Sha256::digest(&bytes));
+    let digest = palisade_proto::sha256_hex(&bytes);
     (bytes, digest)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 fn decode(name: &str, bytes: &[u8]) -> Result<v1::Policy, ApiError> {

@@ -1,0 +1,119 @@
+//! The compiler's bundles in the real kernel through the agent's datapath: real programs,
+//! real cgroup links, real connects from a cgroup this test owns.
+
+use std::{net::TcpListener, path::PathBuf, time::Duration};
+
+use palisade_agent::loader::{Datapath, Paths};
+use palisade_compiler::{
+    bundle::{Compiled, compile},
+    codegen::KernelOffsets,
+    model::PolicySet,
+};
+use palisade_integration::{Connect, TestCgroup, cgroup2, eventually, kernel_tests_enabled, probe};
+use palisade_proto::{document, v1};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_connect-probe");
+const OFFSETS: KernelOffsets = KernelOffsets { socket_type: 4 };
+
+/// Removes the test's pins (and so detaches its links) even when the test panics.
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Listeners on `127.0.0.1:P` and `[::1]:P` for one port `P`.
+fn dual_listeners() -> (TcpListener, TcpListener, u16) {
+    for _ in 0..50 {
+        let v4 = TcpListener::bind("127.0.0.1:0").expect("bind v4");
+        let port = v4.local_addr().expect("addr").port();
+        if let Ok(v6) = TcpListener::bind(("::1", port)) {
+            return (v4, v6, port);
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and ::1");
+}
+
+fn bundle(yaml: &str, generation: u64) -> (Compiled, v1::Bundle) {
+    let policies: Vec<_> = document::parse_all(yaml).into_iter().map(|d| d.expect("parses").to_proto()).collect();
+    let set = PolicySet::new(policies.iter().map(|p| (p, generation)), Vec::new()).expect("model");
+    let compiled = compile(&set, OFFSETS).expect("compiles");
+    let bundle = v1::Bundle {
+        generation,
+        digest: compiled.digest.clone(),
+        content: compiled.bytes.clone(),
+        signature: Vec::new(),
+    };
+    (compiled, bundle)
+}
+
+fn policy(cgroup: &str, port: u16, action: &str) -> String {
+    format!(
+        "name: dp-test\nworkload: {{cgroup: \"{cgroup}\"}}\nnetwork:\n  connect:\n    rules:\n      - {{id: block, action: {action}, cidrs: [127.0.0.0/8, \"::1\"], ports: [{port}], protocols: [tcp]}}\n"
+    )
+}
+
+#[test]
+fn datapath_enforces_denies_reports_events_and_swaps_generations() {
+    if !kernel_tests_enabled("datapath_enforces_denies_reports_events_and_swaps_generations") {
+        return;
+    }
+    let cg = TestCgroup::new("dp");
+    let work = cg.create_child("work");
+    let bystander = cg.create_child("bystander");
+    let (_v4, _v6, port) = dual_listeners();
+    let allowed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let allowed_port = allowed.local_addr().expect("addr").port();
+    let state = tempfile::tempdir().expect("tempdir");
+    palisade_agent::sys::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
+    let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/palisade-test-dp-{}", std::process::id())));
+    let mut datapath = Datapath::new(Paths {
+        bpffs: pins.0.clone(),
+        state_dir: state.path().to_owned(),
+        cgroup2: cgroup2(),
+        attach: cg.dir(),
+    });
+
+    let (_, deny) = bundle(&policy(&work, port, "deny"), 1);
+    let mut drained = Vec::new();
+    datapath.apply(deny, &mut drained).expect("the kernel accepts the bundle");
+
+    let in_work = Some(cg.dir_of(&work));
+    assert_eq!(probe(PROBE, in_work.as_deref(), "tcp", "127.0.0.1", port), Connect::Denied, "IPv4 denied");
+    assert_eq!(probe(PROBE, in_work.as_deref(), "tcp", "::1", port), Connect::Denied, "IPv6 denied");
+    assert_eq!(probe(PROBE, in_work.as_deref(), "tcp", "127.0.0.1", allowed_port), Connect::Ok, "other port allowed");
+    let in_bystander = Some(cg.dir_of(&bystander));
+    assert_eq!(probe(PROBE, in_bystander.as_deref(), "tcp", "127.0.0.1", port), Connect::Ok, "other cgroup unaffected");
+    assert_eq!(probe(PROBE, None, "tcp", "127.0.0.1", port), Connect::Ok, "outside the attach point unaffected");
+
+    let mut events = Vec::new();
+    eventually("two deny events", Duration::from_secs(5), || {
+        datapath.drain(&mut events);
+        events.len() >= 2
+    });
+    assert_eq!(events.len(), 2, "one event per denied connect: {events:?}");
+    for (event, address) in events.iter().zip(["127.0.0.1", "::1"]) {
+        assert_eq!((event.policy.as_str(), event.revision, event.rule_id.as_str()), ("dp-test", 1, "block"));
+        assert_eq!(event.verdict, v1::Verdict::Deny as i32);
+        assert_eq!((event.address.as_str(), event.port), (address, u32::from(port)));
+        assert_eq!(event.comm, "connect-probe");
+        assert!(event.pid > 0 && event.cgroup_id > 0);
+    }
+
+    // A new generation that allows: swapped in place through BPF_LINK_UPDATE.
+    let (_, allow) = bundle(&policy(&work, port, "allow"), 2);
+    datapath.apply(allow, &mut drained).expect("swap");
+    assert_eq!(probe(PROBE, in_work.as_deref(), "tcp", "127.0.0.1", port), Connect::Ok, "allowed after the swap");
+
+    // A cgroup created after the bundle arrived is covered (under the selected subtree).
+    let (_, deny_again) = bundle(&policy(&work, port, "deny"), 3);
+    datapath.apply(deny_again, &mut drained).expect("swap back");
+    let late = format!("{work}/late");
+    std::fs::create_dir_all(cg.dir_of(&late)).expect("late cgroup");
+    assert_eq!(probe(PROBE, Some(&cg.dir_of(&late)), "tcp", "127.0.0.1", port), Connect::Denied);
+
+    datapath.remove_all().expect("cleanup");
+    assert_eq!(probe(PROBE, in_work.as_deref(), "tcp", "127.0.0.1", port), Connect::Ok, "removing pins detaches");
+}

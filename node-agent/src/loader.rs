@@ -1,0 +1,481 @@
+//! The datapath: loads bundles into the kernel, swaps generations without a gap, keeps the
+//! cgroup map current and reads decision events.
+//!
+//! Everything it creates is pinned under the bpffs directory, so enforcement survives the
+//! agent: `links/<program>` are the stable cgroup links, `gen-<generation>-<digest>/` holds a
+//! generation's programs and maps, and `<state_dir>/active.bundle` records which generation
+//! the links run. A restarted agent adopts that state instead of reloading anything.
+//! All calls here are blocking syscalls: run them on the datapath thread.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    EbpfLoader, VerifierLogLevel,
+    maps::{Map, MapData, RingBuf},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
+};
+use palisade_proto::v1;
+use prost::Message as _;
+
+use crate::{events, sys};
+
+/// Where the datapath keeps things.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// bpffs directory for pins (e.g. /sys/fs/bpf/palisade).
+    pub bpffs: PathBuf,
+    /// Directory for the agent's state file.
+    pub state_dir: PathBuf,
+    /// cgroup2 mount point.
+    pub cgroup2: PathBuf,
+    /// cgroup directory the cgroup programs attach to (its subtree is covered).
+    pub attach: PathBuf,
+}
+
+impl Paths {
+    fn links(&self) -> PathBuf {
+        self.bpffs.join("links")
+    }
+
+    fn link(&self, program: &str) -> PathBuf {
+        self.links().join(program)
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.state_dir.join("active.bundle")
+    }
+}
+
+/// Why a bundle was not (or not entirely) applied. The message is what the NACK carries.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The content does not hash to the digest.
+    #[error("bundle digest mismatch: content hashes to {actual}, bundle says {expected}")]
+    Digest {
+        /// Announced digest.
+        expected: String,
+        /// Computed digest.
+        actual: String,
+    },
+    /// The content is not a `BundleContent` this agent understands.
+    #[error("bundle content does not decode: {0}")]
+    Decode(String),
+    /// The kernel or aya refused the ELF or a map.
+    #[error("loading the bundle failed: {0}")]
+    Load(String),
+    /// The verifier rejected a program.
+    #[error("the kernel rejected program {program}: {error}\nverifier log:\n{log}")]
+    Verifier {
+        /// Program name.
+        program: String,
+        /// Syscall error.
+        error: String,
+        /// Verifier log.
+        log: String,
+    },
+    /// A pin, link or map operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The bundle needs something this node does not have.
+    #[error("not enforceable on this node: {0}")]
+    Unsupported(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> LoadError {
+    let what = what.into();
+    move |source| LoadError::Io { what, source }
+}
+
+/// The generation the links currently run.
+pub struct Active {
+    /// The bundle as received.
+    pub bundle: v1::Bundle,
+    /// Its decoded content.
+    pub content: v1::BundleContent,
+    gen_dir: PathBuf,
+    cgroup_map: Option<OwnedFd>,
+    cgroup_ids: BTreeMap<String, u64>,
+    events: Option<RingBuf<MapData>>,
+}
+
+impl std::fmt::Debug for Active {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Active")
+            .field("generation", &self.bundle.generation)
+            .field("digest", &self.bundle.digest)
+            .field("gen_dir", &self.gen_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The datapath state.
+#[derive(Debug)]
+pub struct Datapath {
+    paths: Paths,
+    active: Option<Active>,
+    clock_offset: i128,
+}
+
+/// The cgroup programs a bundle carries, in attach order.
+const CGROUP_HOOKS: [(i32, &str); 2] =
+    [(v1::Hook::CgroupConnect4 as i32, "cgroup/connect4"), (v1::Hook::CgroupConnect6 as i32, "cgroup/connect6")];
+
+fn map_fd(map: &Map) -> Option<RawFd> {
+    match map {
+        Map::HashMap(m) | Map::LpmTrie(m) | Map::RingBuf(m) => Some(m.fd().as_fd().as_raw_fd()),
+        _ => None,
+    }
+}
+
+fn aligned(bytes: &[u8]) -> Vec<u64> {
+    // aya parses the ELF in place and wants it aligned; a Vec<u64> is 8-aligned.
+    let mut words = vec![0_u64; bytes.len().div_ceil(8)];
+    for (i, chunk) in bytes.chunks(8).enumerate() {
+        let mut w = [0_u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        words[i] = u64::from_ne_bytes(w);
+    }
+    words
+}
+
+fn as_bytes(words: &[u64], len: usize) -> &[u8] {
+    // SAFETY: u64 has no padding and any byte pattern is a valid u8; `len` ≤ words * 8.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), len) }
+}
+
+/// Resolves a selected cgroup path to its cgroup id (the inode number of its directory on
+/// cgroup2, which is what `bpf_get_current_ancestor_cgroup_id` returns).
+pub fn cgroup_id(cgroup2: &Path, path: &str) -> Option<u64> {
+    std::fs::metadata(cgroup2.join(path.trim_start_matches('/')))
+        .ok()
+        .filter(std::fs::Metadata::is_dir)
+        .map(|m| m.ino())
+}
+
+/// Writes the cgroup map so it matches the paths that exist now; returns the new id table.
+fn sync_cgroup_map(
+    cgroup2: &Path,
+    map: std::os::fd::BorrowedFd<'_>,
+    selected: &[v1::BundleCgroup],
+    current: &BTreeMap<String, u64>,
+) -> io::Result<BTreeMap<String, u64>> {
+    let mut next = BTreeMap::new();
+    for c in selected {
+        let old = current.get(&c.path).copied();
+        let new = cgroup_id(cgroup2, &c.path);
+        if old != new {
+            if let Some(old) = old {
+                sys::map_delete(map, &old.to_le_bytes())?;
+            }
+            if let Some(new) = new {
+                sys::map_update(map, &new.to_le_bytes(), &c.class.to_le_bytes())?;
+            }
+        }
+        if let Some(new) = new {
+            next.insert(c.path.clone(), new);
+        }
+    }
+    Ok(next)
+}
+
+impl Datapath {
+    /// A datapath with nothing loaded yet.
+    pub fn new(paths: Paths) -> Self {
+        Self { paths, active: None, clock_offset: events::monotonic_to_unix_offset() }
+    }
+
+    /// The active generation and digest, if any.
+    pub fn active(&self) -> Option<(u64, &str)> {
+        self.active.as_ref().map(|a| (a.bundle.generation, a.bundle.digest.as_str()))
+    }
+
+    /// Adopts the pinned state of a previous agent: the links keep running; this only
+    /// reopens the maps it needs. Returns false when there is nothing (consistent) to adopt.
+    pub fn adopt(&mut self) -> Result<bool, LoadError> {
+        let Ok(bytes) = std::fs::read(self.paths.state_file()) else { return Ok(false) };
+        let bundle = v1::Bundle::decode(bytes.as_slice()).map_err(|e| LoadError::Decode(e.to_string()))?;
+        let content = verify(&bundle)?;
+        let gen_dir = self.gen_dir(&bundle);
+        for (_, section) in CGROUP_HOOKS {
+            let Some(program) = content.programs.iter().find(|p| p.section == section) else { continue };
+            if !self.paths.link(&program.name).exists() || !gen_dir.join(format!("prog_{}", program.name)).exists() {
+                tracing::warn!(program = program.name, "pinned state is incomplete; not adopting");
+                return Ok(false);
+            }
+        }
+        let mut active =
+            Active { bundle, content, gen_dir, cgroup_map: None, cgroup_ids: BTreeMap::new(), events: None };
+        self.open_maps(&mut active)?;
+        tracing::info!(generation = active.bundle.generation, digest = active.bundle.digest, "adopted pinned bundle");
+        self.active = Some(active);
+        Ok(true)
+    }
+
+    fn gen_dir(&self, bundle: &v1::Bundle) -> PathBuf {
+        let short: String = bundle.digest.chars().take(16).collect();
+        self.paths.bpffs.join(format!("gen-{}-{short}", bundle.generation))
+    }
+
+    /// Opens the cgroup map and ring buffer of `active` from their pins.
+    fn open_maps(&self, active: &mut Active) -> Result<(), LoadError> {
+        for m in &active.content.maps {
+            let pin = active.gen_dir.join(format!("map_{}", m.name));
+            if m.role == v1::MapRole::Cgroups as i32 {
+                let fd = sys::obj_get(&pin).map_err(io_err(format!("opening pinned map {}", pin.display())))?;
+                // Re-read the ids from the cgroups themselves on the next sync.
+                let ids: BTreeMap<String, u64> = BTreeMap::new();
+                active.cgroup_ids = sync_cgroup_map(&self.paths.cgroup2, fd.as_fd(), &active.content.cgroups, &ids)
+                    .map_err(io_err("filling the cgroup map"))?;
+                active.cgroup_map = Some(fd);
+            } else if m.role == v1::MapRole::Events as i32 {
+                let data = MapData::from_pin(&pin).map_err(|e| LoadError::Load(format!("events map: {e}")))?;
+                let map = Map::from_map_data(data).map_err(|e| LoadError::Load(format!("events map: {e}")))?;
+                active.events = Some(RingBuf::try_from(map).map_err(|e| LoadError::Load(format!("events map: {e}")))?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a bundle: load, fill maps, pin, then swap every link to the new programs
+    /// (`BPF_LINK_UPDATE`, atomic per hook). On any error nothing the links run changes and
+    /// the previous generation keeps enforcing. Events still queued in the previous
+    /// generation's ring buffer are drained into `drained` first.
+    pub fn apply(&mut self, bundle: v1::Bundle, drained: &mut Vec<v1::DecisionEvent>) -> Result<(), LoadError> {
+        let content = verify(&bundle)?;
+        if let Some(active) = &mut self.active
+            && active.bundle.digest == bundle.digest
+        {
+            // Same content under a new generation number: nothing to load.
+            active.bundle.generation = bundle.generation;
+            let encoded = active.bundle.encode_to_vec();
+            write_state(&self.paths, &encoded)?;
+            return Ok(());
+        }
+        let gen_dir = self.gen_dir(&bundle);
+        let staged = self.stage(&bundle, &content, &gen_dir);
+        let mut active = match staged {
+            Ok(active) => active,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&gen_dir);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.swap(&content, &gen_dir) {
+            let _ = std::fs::remove_dir_all(&gen_dir);
+            return Err(e);
+        }
+        write_state(&self.paths, &bundle.encode_to_vec())?;
+        self.drain(drained);
+        if let Some(old) = self.active.take()
+            && old.gen_dir != gen_dir
+            && let Err(error) = std::fs::remove_dir_all(&old.gen_dir)
+        {
+            tracing::warn!(%error, dir = %old.gen_dir.display(), "could not remove the previous generation's pins");
+        }
+        active.bundle = bundle;
+        tracing::info!(generation = active.bundle.generation, digest = active.bundle.digest, "bundle enforcing");
+        self.active = Some(active);
+        Ok(())
+    }
+
+    /// Loads and pins a generation without touching the links.
+    fn stage(&self, bundle: &v1::Bundle, content: &v1::BundleContent, gen_dir: &Path) -> Result<Active, LoadError> {
+        let _ = std::fs::remove_dir_all(gen_dir);
+        std::fs::create_dir_all(gen_dir).map_err(io_err(format!("creating {}", gen_dir.display())))?;
+        let words = aligned(&content.elf);
+        let mut ebpf = EbpfLoader::new()
+            .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
+            .load(as_bytes(&words, content.elf.len()))
+            .map_err(|e| LoadError::Load(format!("{e}")))?;
+        let mut cgroup_map = None;
+        for m in &content.maps {
+            let map =
+                ebpf.map(&m.name).ok_or_else(|| LoadError::Load(format!("map {} missing from the ELF", m.name)))?;
+            let fd = map_fd(map).ok_or_else(|| LoadError::Load(format!("map {} has an unexpected type", m.name)))?;
+            // SAFETY: `fd` belongs to `map`, which outlives this borrow.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            for e in &m.entries {
+                sys::map_update(fd, &e.key, &e.value).map_err(io_err(format!("filling map {}", m.name)))?;
+            }
+            map.pin(gen_dir.join(format!("map_{}", m.name)))
+                .map_err(|e| LoadError::Load(format!("pinning {}: {e}", m.name)))?;
+            if m.role == v1::MapRole::Cgroups as i32 {
+                cgroup_map = Some(m.name.clone());
+            }
+        }
+        for (_, section) in CGROUP_HOOKS {
+            let Some(p) = content.programs.iter().find(|p| p.section == section) else { continue };
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(&p.name)
+                .ok_or_else(|| LoadError::Load(format!("program {} missing from the ELF", p.name)))?
+                .try_into()
+                .map_err(|e: ProgramError| LoadError::Load(format!("{}: {e}", p.name)))?;
+            program.load().map_err(|e| match e {
+                ProgramError::LoadError { io_error, verifier_log } => LoadError::Verifier {
+                    program: p.name.clone(),
+                    error: io_error.to_string(),
+                    log: verifier_log.to_string(),
+                },
+                other => LoadError::Load(format!("{}: {other}", p.name)),
+            })?;
+            program
+                .pin(gen_dir.join(format!("prog_{}", p.name)))
+                .map_err(|e| LoadError::Load(format!("pinning {}: {e}", p.name)))?;
+        }
+        let mut active = Active {
+            bundle: bundle.clone(),
+            content: content.clone(),
+            gen_dir: gen_dir.to_owned(),
+            cgroup_map: None,
+            cgroup_ids: BTreeMap::new(),
+            events: None,
+        };
+        if cgroup_map.is_some() || content.maps.iter().any(|m| m.role == v1::MapRole::Events as i32) {
+            self.open_maps(&mut active)?;
+        }
+        Ok(active)
+    }
+
+    /// Points every link at the programs pinned in `gen_dir`, creating links that do not
+    /// exist yet. On failure, links already moved are moved back.
+    fn swap(&self, content: &v1::BundleContent, gen_dir: &Path) -> Result<(), LoadError> {
+        std::fs::create_dir_all(self.paths.links()).map_err(io_err("creating the links directory"))?;
+        let mut moved: Vec<(OwnedFd, OwnedFd, Option<OwnedFd>)> = Vec::new();
+        let result = (|| {
+            for (hook, section) in CGROUP_HOOKS {
+                let Some(p) = content.programs.iter().find(|p| p.section == section && p.hook == hook) else {
+                    continue;
+                };
+                let new_prog = sys::obj_get(&gen_dir.join(format!("prog_{}", p.name)))
+                    .map_err(io_err(format!("opening pinned program {}", p.name)))?;
+                let link_pin = self.paths.link(&p.name);
+                if link_pin.exists() {
+                    let link =
+                        sys::obj_get(&link_pin).map_err(io_err(format!("opening link {}", link_pin.display())))?;
+                    let old_prog = self
+                        .active
+                        .as_ref()
+                        .and_then(|a| sys::obj_get(&a.gen_dir.join(format!("prog_{}", p.name))).ok());
+                    sys::link_update(link.as_fd(), new_prog.as_fd(), old_prog.as_ref().map(|f| f.as_fd()))
+                        .map_err(io_err(format!("BPF_LINK_UPDATE on {}", p.name)))?;
+                    moved.push((link, new_prog, old_prog));
+                } else {
+                    self.attach(p, gen_dir, &link_pin)?;
+                }
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            for (link, new_prog, old_prog) in moved.into_iter().rev() {
+                if let Some(old) = old_prog
+                    && let Err(error) = sys::link_update(link.as_fd(), old.as_fd(), Some(new_prog.as_fd()))
+                {
+                    tracing::error!(%error, "could not move a link back to the previous generation");
+                }
+            }
+        }
+        result
+    }
+
+    /// Creates and pins the cgroup link for a program that has none yet.
+    fn attach(&self, p: &v1::BundleProgram, gen_dir: &Path, link_pin: &Path) -> Result<(), LoadError> {
+        let attach_type = if p.hook == v1::Hook::CgroupConnect4 as i32 {
+            aya::programs::cgroup_sock_addr::CgroupSockAddrAttachType::Connect4
+        } else {
+            aya::programs::cgroup_sock_addr::CgroupSockAddrAttachType::Connect6
+        };
+        let mut program = CgroupSockAddr::from_pin(gen_dir.join(format!("prog_{}", p.name)), attach_type)
+            .map_err(|e| LoadError::Load(format!("reopening {}: {e}", p.name)))?;
+        let cgroup =
+            File::open(&self.paths.attach).map_err(io_err(format!("opening {}", self.paths.attach.display())))?;
+        // aya 0.14 passes the mode as link flags; only Single is accepted by link_create.
+        let id = program
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|e| LoadError::Load(format!("attaching {}: {e}", p.name)))?;
+        let link: FdLink = program
+            .take_link(id)
+            .map_err(|e| LoadError::Load(format!("{}: {e}", p.name)))?
+            .try_into()
+            .map_err(|e| LoadError::Load(format!("{}: not a bpf_link: {e}", p.name)))?;
+        link.pin(link_pin).map_err(|e| LoadError::Load(format!("pinning link {}: {e}", link_pin.display())))?;
+        Ok(())
+    }
+
+    /// Brings the cgroup map in line with the cgroups that exist now (new cgroups under a
+    /// selected path, or a selected cgroup created after the policy arrived).
+    pub fn sync_cgroups(&mut self) -> Result<(), LoadError> {
+        let Some(active) = &mut self.active else { return Ok(()) };
+        let Some(map) = &active.cgroup_map else { return Ok(()) };
+        active.cgroup_ids =
+            sync_cgroup_map(&self.paths.cgroup2, map.as_fd(), &active.content.cgroups, &active.cgroup_ids)
+                .map_err(io_err("updating the cgroup map"))?;
+        Ok(())
+    }
+
+    /// The ring buffer's fd, to poll for readability.
+    pub fn events_fd(&self) -> Option<RawFd> {
+        self.active.as_ref().and_then(|a| a.events.as_ref()).map(|r| r.as_fd().as_raw_fd())
+    }
+
+    /// Moves every queued event record into `out`.
+    pub fn drain(&mut self, out: &mut Vec<v1::DecisionEvent>) {
+        let offset = self.clock_offset;
+        let Some(active) = &mut self.active else { return };
+        let Some(ring) = &mut active.events else { return };
+        while let Some(item) = ring.next() {
+            match events::decode(&item, &active.content, &active.bundle.digest, offset) {
+                Ok(event) => out.push(event),
+                Err(error) => tracing::warn!(%error, "dropping an undecodable event record"),
+            }
+        }
+    }
+
+    /// Detaches everything this agent attached and removes its pins and state (used by tests
+    /// and `--uninstall`).
+    pub fn remove_all(&mut self) -> io::Result<()> {
+        self.active = None;
+        match std::fs::remove_dir_all(&self.paths.bpffs) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        match std::fs::remove_file(self.paths.state_file()) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Checks the digest and decodes the content.
+pub fn verify(bundle: &v1::Bundle) -> Result<v1::BundleContent, LoadError> {
+    let actual = palisade_proto::sha256_hex(&bundle.content);
+    if actual != bundle.digest {
+        return Err(LoadError::Digest { expected: bundle.digest.clone(), actual });
+    }
+    let content = v1::BundleContent::decode(bundle.content.as_slice()).map_err(|e| LoadError::Decode(e.to_string()))?;
+    if content.format != 1 {
+        return Err(LoadError::Unsupported(format!("bundle format {} (this agent reads format 1)", content.format)));
+    }
+    Ok(content)
+}
+
+fn write_state(paths: &Paths, encoded: &[u8]) -> Result<(), LoadError> {
+    std::fs::create_dir_all(&paths.state_dir).map_err(io_err(format!("creating {}", paths.state_dir.display())))?;
+    let tmp = paths.state_dir.join("active.bundle.tmp");
+    std::fs::write(&tmp, encoded).map_err(io_err("writing the state file"))?;
+    std::fs::rename(&tmp, paths.state_file()).map_err(io_err("replacing the state file"))
+}

@@ -1,0 +1,30 @@
+//! `palisade-agent`: parse flags, start logging, enforce until SIGINT/SIGTERM. Pinned
+//! programs keep enforcing after the agent exits.
+
+use clap::Parser as _;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = palisade_agent::Config::parse();
+    palisade_agent::init_logging(config.log_json);
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%error, "cannot install SIGTERM handler");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        signal.cancel();
+    });
+    let agent = palisade_agent::Agent::start(config, shutdown).await?;
+    agent.wait().await;
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! The agent's side of the protocol: the `Sync` control stream (hello, bundles, ACK/NACK,
+//! heartbeats) and event reporting, both reconnecting with jittered backoff.
+
+use std::{collections::BTreeMap, future::Future, time::Duration};
+
+use palisade_proto::v1::{self, agent_service_client::AgentServiceClient, sync_request, sync_response};
+use rand::Rng as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{Enforcing, server_url};
+
+/// Everything the Sync loop needs to say hello.
+#[derive(Debug, Clone)]
+pub struct SyncClient {
+    /// Server address.
+    pub server: String,
+    /// Node name.
+    pub node_name: String,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// Probed kernel features.
+    pub features: v1::KernelFeatures,
+    /// Failsafe ports.
+    pub failsafe_ports: Vec<u32>,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+}
+
+/// Exponential backoff from 200 ms to 10 s with ±50 % jitter, so a fleet that lost the
+/// server does not reconnect in lockstep.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(10);
+
+    /// The next delay.
+    pub fn delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        base.mul_f64(rand::rng().random_range(0.5..1.5))
+    }
+
+    /// Back to the first delay (after a successful session).
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+async fn connect(server: &str) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(server_url(server))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+        .connect()
+        .await
+}
+
+/// Resolves the server's addresses so the compiler can exempt them (failsafe).
+async fn server_endpoints(server: &str) -> Vec<String> {
+    let url = server_url(server);
+    let authority = url.split("://").nth(1).unwrap_or(&url).split('/').next().unwrap_or_default().to_owned();
+    match tokio::net::lookup_host(authority.as_str()).await {
+        Ok(addrs) => addrs.map(|a| a.to_string()).collect(),
+        Err(error) => {
+            tracing::warn!(%error, server, "cannot resolve the server for the failsafe list");
+            Vec::new()
+        }
+    }
+}
+
+/// Holds the Sync stream until `shutdown`: says hello with what is enforced, hands every
+/// bundle to `apply` and ACKs or NACKs it, sends heartbeats, reconnects on failure.
+pub async fn run_sync<A, F>(client: SyncClient, apply: A, enforcing: Enforcing, shutdown: CancellationToken)
+where
+    A: Fn(v1::Bundle) -> F,
+    F: Future<Output = Result<(), String>>,
+{
+    let mut backoff = Backoff::default();
+    while !shutdown.is_cancelled() {
+        match session(&client, &apply, &enforcing, &shutdown, &mut backoff).await {
+            Ok(()) => return,
+            Err(error) => tracing::warn!(%error, "sync stream ended"),
+        }
+        let delay = backoff.delay();
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn session<A, F>(
+    client: &SyncClient,
+    apply: &A,
+    enforcing: &Enforcing,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<(), String>
+where
+    A: Fn(v1::Bundle) -> F,
+    F: Future<Output = Result<(), String>>,
+{
+    let channel = connect(&client.server).await.map_err(|e| format!("connect: {e}"))?;
+    let (generation, digest) = enforcing.borrow().clone().unwrap_or_default();
+    let hello = v1::AgentHello {
+        node_name: client.node_name.clone(),
+        labels: client.labels.clone(),
+        features: Some(client.features.clone()),
+        bundle_digest: digest,
+        bundle_generation: generation,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        server_endpoints: server_endpoints(&client.server).await,
+        failsafe_ports: client.failsafe_ports.clone(),
+    };
+    let (out, out_rx) = mpsc::channel(16);
+    let send = |m: sync_request::Message| {
+        let out = out.clone();
+        async move { out.send(v1::SyncRequest { message: Some(m) }).await.map_err(|_| "stream closed".to_owned()) }
+    };
+    send(sync_request::Message::Hello(hello)).await?;
+    let mut inbound = AgentServiceClient::new(channel)
+        .max_decoding_message_size(256 << 20)
+        .sync(ReceiverStream::new(out_rx))
+        .await
+        .map_err(|s| format!("hello rejected: {} ({:?})", s.message(), s.code()))?
+        .into_inner();
+    tracing::info!(node = client.node_name, "sync stream open");
+    backoff.reset();
+    let mut heartbeat = tokio::time::interval(client.heartbeat);
+    heartbeat.tick().await;
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = heartbeat.tick() => {
+                let now = std::time::SystemTime::now();
+                send(sync_request::Message::Heartbeat(v1::Heartbeat { sent_at: Some(now.into()) })).await?;
+                continue;
+            }
+            m = inbound.message() => m.map_err(|s| format!("{} ({:?})", s.message(), s.code()))?,
+        };
+        let Some(message) = message else { return Err("server closed the stream".to_owned()) };
+        match message.message {
+            Some(sync_response::Message::Bundle(bundle)) => {
+                let (generation, digest) = (bundle.generation, bundle.digest.clone());
+                tracing::info!(generation, digest, "bundle received");
+                let reply = match apply(bundle).await {
+                    Ok(()) => sync_request::Message::Ack(v1::BundleAck { generation, digest }),
+                    Err(error) => sync_request::Message::Nack(v1::BundleNack { generation, digest, error }),
+                };
+                send(reply).await?;
+            }
+            Some(sync_response::Message::Heartbeat(_)) | None => {}
+        }
+    }
+}
+
+/// Streams events to the server in batches; keeps (a bounded number of) events across
+/// reconnects so a server restart loses nothing the agent has not already dropped.
+pub async fn run_reporter(
+    server: String,
+    node_name: String,
+    mut events: mpsc::Receiver<v1::DecisionEvent>,
+    shutdown: CancellationToken,
+) {
+    const BATCH: usize = 1000;
+    const MAX_PENDING: usize = 100_000;
+    let mut pending: Vec<v1::DecisionEvent> = Vec::new();
+    let mut client: Option<AgentServiceClient<Channel>> = None;
+    let mut backoff = Backoff::default();
+    loop {
+        if pending.is_empty() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                e = events.recv() => match e {
+                    Some(e) => pending.push(e),
+                    None => return,
+                },
+            }
+        }
+        // Gather what is already queued, up to a batch.
+        while pending.len() < BATCH {
+            match events.try_recv() {
+                Ok(e) => pending.push(e),
+                Err(_) => break,
+            }
+        }
+        if client.is_none() {
+            match connect(&server).await {
+                Ok(channel) => client = Some(AgentServiceClient::new(channel)),
+                Err(error) => {
+                    tracing::debug!(%error, "event reporter cannot connect");
+                }
+            }
+        }
+        let batch: Vec<_> = pending.iter().take(BATCH).cloned().collect();
+        let sent = match &mut client {
+            Some(c) => {
+                let request = v1::ReportEventsRequest { node_name: node_name.clone(), events: batch.clone() };
+                c.report_events(tokio_stream::iter(vec![request])).await.map_err(|s| s.to_string())
+            }
+            None => Err("not connected".to_owned()),
+        };
+        match sent {
+            Ok(_) => {
+                pending.drain(..batch.len());
+                backoff.reset();
+            }
+            Err(error) => {
+                tracing::warn!(error, pending = pending.len(), "reporting events failed; will retry");
+                client = None;
+                if pending.len() > MAX_PENDING {
+                    let excess = pending.len() - MAX_PENDING;
+                    pending.drain(..excess);
+                    tracing::warn!(dropped = excess, "event backlog full; oldest events dropped");
+                }
+                let delay = backoff.delay();
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::default();
+        let first = b.delay();
+        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(300), "{first:?}");
+        for _ in 0..10 {
+            let d = b.delay();
+            assert!(d <= Duration::from_secs(15), "{d:?}");
+        }
+        assert!(b.delay() >= Duration::from_secs(5));
+        b.reset();
+        assert!(b.delay() <= Duration::from_millis(300));
+    }
+}

@@ -1,0 +1,238 @@
+//! The few raw `bpf(2)` commands aya 0.14 has no public API for: map updates with runtime
+//! key/value sizes, opening pins, and `BPF_LINK_UPDATE` (KERNEL.md "Links, pins, swaps").
+//! Attribute layouts are the UAPI's (`include/uapi/linux/bpf.h`, `union bpf_attr`).
+
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+/// `BPF_F_REPLACE`: the update fails unless the link holds `old_prog_fd`.
+const BPF_F_REPLACE: u32 = 1 << 2;
+
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+#[repr(C)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+#[repr(C)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
+    // SAFETY: `attr` is a live, properly sized #[repr(C)] prefix of `union bpf_attr` for
+    // `cmd`; the kernel reads (and for some commands writes) at most `size_of::<T>()` bytes.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+/// `BPF_MAP_UPDATE_ELEM` with `BPF_ANY`. Key and value lengths must match the map.
+pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key.as_ptr() as u64,
+        value: value.as_ptr() as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// `BPF_MAP_DELETE_ELEM`; a missing key is not an error.
+pub fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<()> {
+    let mut attr =
+        MapElemAttr { map_fd: map.as_raw_fd() as u32, _pad: 0, key: key.as_ptr() as u64, value: 0, flags: 0 };
+    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// `BPF_MAP_LOOKUP_ELEM` into `value`; `Ok(false)` when the key is absent.
+pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key.as_ptr() as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `BPF_OBJ_GET`: opens a pinned program, map or link.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pin path contains NUL"))?;
+    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_LINK_UPDATE`: atomically swaps the link's program to `new_prog`. With `old_prog`
+/// (`BPF_F_REPLACE`) the update fails with EPERM unless the link holds exactly that program.
+pub fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>, old_prog: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let mut attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: new_prog.as_raw_fd() as u32,
+        flags: if old_prog.is_some() { BPF_F_REPLACE } else { 0 },
+        old_prog_fd: old_prog.map_or(0, |f| f.as_raw_fd() as u32),
+    };
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// Mounts bpffs at `dir` unless a bpffs is already mounted there.
+pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
+    if is_bpffs(dir)? {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let target = CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: all arguments are valid NUL-terminated strings or null; mount(2) copies them.
+    let ret = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `dir` is on a bpffs (statfs magic `BPF_FS_MAGIC`).
+pub fn is_bpffs(dir: &Path) -> io::Result<bool> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c) = CString::new(dir.as_os_str().as_encoded_bytes()) else { return Ok(false) };
+    // SAFETY: statfs is plain old data; zeroed is a valid initial value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is a valid out-pointer.
+    let ret = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
+    if ret != 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::NotFound { Ok(false) } else { Err(e) };
+    }
+    Ok(st.f_type == BPF_FS_MAGIC)
+}
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_PROG_LOAD: libc::c_long = 5;
+
+/// `BPF_PROG_TYPE_*` values used by the feature probe.
+pub mod prog_type {
+    /// Socket filter.
+    pub const SOCKET_FILTER: u32 = 1;
+    /// cgroup sock_addr.
+    pub const CGROUP_SOCK_ADDR: u32 = 18;
+    /// sock_ops.
+    pub const SOCK_OPS: u32 = 13;
+    /// BPF-LSM.
+    pub const LSM: u32 = 29;
+}
+
+/// `BPF_CGROUP_INET4_CONNECT`.
+pub const ATTACH_INET4_CONNECT: u32 = 10;
+/// `BPF_LSM_MAC`.
+pub const ATTACH_LSM_MAC: u32 = 27;
+
+#[repr(C)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+}
+
+/// Loads `r0 = ret; exit` as a program of `prog_type` and closes it: the feature probe. An
+/// error means the kernel refuses the type (e.g. EPERM for BPF-LSM on kernels without it).
+pub fn trial_load(prog_type: u32, expected_attach_type: u32, attach_btf_id: u32, ret: i32) -> io::Result<()> {
+    // mov64 r0, ret; exit
+    let mut insns = [0_u8; 16];
+    insns[0] = 0xb7;
+    insns[4..8].copy_from_slice(&ret.to_le_bytes());
+    insns[8] = 0x95;
+    let license = c"GPL";
+    let mut attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name: *b"palisade_probe\0\0",
+        prog_ifindex: 0,
+        expected_attach_type,
+        prog_btf_fd: 0,
+        func_info_rec_size: 0,
+        func_info: 0,
+        func_info_cnt: 0,
+        line_info_rec_size: 0,
+        line_info: 0,
+        line_info_cnt: 0,
+        attach_btf_id,
+    };
+    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    // SAFETY: the kernel returned a new fd we own; closing it unloads the probe.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    Ok(())
+}
+
+#[repr(C)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+/// Creates and closes a map of `map_type`: the feature probe for ring buffers.
+pub fn trial_map(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> io::Result<()> {
+    let mut attr = MapCreateAttr { map_type, key_size, value_size, max_entries };
+    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new fd we own.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    Ok(())
+}

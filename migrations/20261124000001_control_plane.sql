@@ -55,7 +55,9 @@ CREATE TABLE nodes (
     last_error           text,
     last_error_generation bigint,
     last_error_digest    text,
-    last_error_at        timestamptz
+    last_error_at        timestamptz,
+    -- Failsafe destinations from the latest hello: server endpoints and ports (§8).
+    failsafe             jsonb NOT NULL DEFAULT '{}'::jsonb
 );
 CREATE INDEX nodes_labels_idx ON nodes USING gin (labels);
 

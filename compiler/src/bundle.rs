@@ -1,6 +1,8 @@
 //! Assembling a bundle: programs, ELF, map contents and attribution tables, encoded as
 //! `palisade.v1.BundleContent` and addressed by SHA-256.
 
+use std::fmt::Write as _;
+
 use ipnet::{Ipv4Net, Ipv6Net};
 use palisade_proto::v1;
 use prost::Message as _;
@@ -203,6 +205,69 @@ pub fn compile(set: &PolicySet, offsets: KernelOffsets) -> Result<Compiled, Comp
     Ok(Compiled { content, bytes, digest, plan, programs })
 }
 
+/// Renders a compiled bundle for humans: every program's assembly (with the generator's
+/// comments), then the decision tables the programs look up, with each decision's rule named
+/// as `policy@revision/rule`.
+pub fn render(compiled: &Compiled, set: &PolicySet) -> String {
+    let mut out = String::new();
+    for (hook, program) in &compiled.programs {
+        let _ = writeln!(out, "; ---- {} ({}), {} instructions", hook.symbol(), hook.section(), program.insns.len());
+        out.push_str(&crate::disasm::disassemble(program));
+        out.push('\n');
+    }
+    let plan = &compiled.plan;
+    let rule_name = |index: u32| -> String {
+        match plan.rules.get(index as usize).and_then(|r| set.policies.get(r.policy).map(|p| (p, r.rule))) {
+            Some((p, RuleName::Rule(i))) => {
+                format!("{}@{}/{}", p.name, p.revision, p.connect.as_ref().map_or("?", |s| s.rules[i].id.as_str()))
+            }
+            Some((p, RuleName::Default)) => format!("{}@{}/default", p.name, p.revision),
+            None => "-".to_owned(),
+        }
+    };
+    let _ = writeln!(out, "; ---- selected cgroups ({} map)", maps::CGROUPS);
+    for c in &plan.cgroups {
+        let _ = writeln!(out, ";   {} (depth {}) -> class {}", c.path, c.level, c.class);
+    }
+    let _ = writeln!(out, "; ---- workload classes ({})", maps::WORKLOADS);
+    for ((s, uid), w) in &plan.workloads {
+        let uid = if *uid == plan::ANY_UID { "any".to_owned() } else { uid.to_string() };
+        let _ = writeln!(out, ";   class {s}, uid {uid} -> workload {w}");
+    }
+    let _ = writeln!(out, "; ---- address regions ({}, {})", maps::ADDR4, maps::ADDR6);
+    for r in &plan.regions4 {
+        let _ = writeln!(
+            out,
+            ";   workload {} {} -> tcp table {}, udp table {}",
+            r.workload, r.net, r.tables[0], r.tables[1]
+        );
+    }
+    for r in &plan.regions6 {
+        let _ = writeln!(
+            out,
+            ";   workload {} {} -> tcp table {}, udp table {}",
+            r.workload, r.net, r.tables[0], r.tables[1]
+        );
+    }
+    let _ = writeln!(out, "; ---- port decisions ({})", maps::PORTS);
+    for b in &plan.ports {
+        let size = 1_u32 << (16 - u32::from(b.len));
+        let last = u32::from(b.port) + size - 1;
+        let verdict = if b.value.flags & plan::FLAG_DENY != 0 { "DENY" } else { "ALLOW" };
+        let event = if b.value.flags & plan::FLAG_EVENT == 0 {
+            String::new()
+        } else if b.value.flags & plan::FLAG_WOULD_DENY != 0 {
+            format!(", AUDIT would-deny event: {}", rule_name(b.value.rule))
+        } else if b.value.flags & plan::FLAG_AUDIT != 0 {
+            format!(", AUDIT event: {}", rule_name(b.value.rule))
+        } else {
+            format!(", DENY event: {}", rule_name(b.value.rule))
+        };
+        let _ = writeln!(out, ";   table {} ports {}-{last} -> {verdict}{event}", b.table, b.port);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use palisade_proto::document;
@@ -236,6 +301,9 @@ mod tests {
         assert_eq!(a.content.cgroups[0].path, "/palisade-demo");
         let rule_ids: Vec<_> = a.content.rules.iter().map(|r| r.rule_id.as_str()).collect();
         assert!(rule_ids.contains(&"block"), "{rule_ids:?}");
+        let text = render(&a, &set(DEMO));
+        assert!(text.contains("demo@7/block"), "{text}");
+        assert!(text.contains("ports 9999-9999 -> DENY"), "{text}");
         let other = compile(&set(&DEMO.replace("9999", "9998")), OFFSETS).expect("compiles");
         assert_ne!(other.digest, a.digest);
     }

@@ -130,3 +130,82 @@ pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// An agent running in-process against a server, scoped to a test cgroup: its programs
+/// attach to that cgroup, its pins and state are unique to the test.
+pub struct TestAgent {
+    /// The configuration (reused to restart the agent).
+    pub config: palisade_agent::Config,
+    shutdown: tokio_util::sync::CancellationToken,
+    agent: Option<palisade_agent::Agent>,
+}
+
+impl TestAgent {
+    /// Configuration for an agent named `node` attached at `attach` (cgroup path).
+    pub fn config(server: &str, node: &str, attach: &str, state_dir: &Path) -> palisade_agent::Config {
+        palisade_agent::Config {
+            server: server.to_owned(),
+            node_name: Some(node.to_owned()),
+            labels: vec!["suite=integration".to_owned()],
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/palisade-test-{node}")),
+            state_dir: state_dir.to_owned(),
+            attach_cgroup: attach.to_owned(),
+            failsafe_ports: vec![22],
+            heartbeat_seconds: 30,
+            log_json: false,
+        }
+    }
+
+    /// Starts an agent.
+    pub async fn start(config: palisade_agent::Config) -> Self {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let agent = palisade_agent::Agent::start(config.clone(), shutdown.clone()).await.expect("agent starts");
+        Self { config, shutdown, agent: Some(agent) }
+    }
+
+    /// Stops the agent (pinned programs keep enforcing).
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(agent) = self.agent.take() {
+            agent.wait().await;
+        }
+    }
+
+    /// Removes the agent's pins, detaching its programs.
+    pub fn remove_pins(&self) {
+        let _ = std::fs::remove_dir_all(&self.config.bpffs);
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.remove_pins();
+    }
+}
+
+/// Number of programs attached to a cgroup for `attach_type` (`BPF_PROG_QUERY`).
+pub fn attached_programs(cgroup_dir: &Path, attach_type: u32) -> u32 {
+    #[repr(C)]
+    struct QueryAttr {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+    }
+    let dir = std::fs::File::open(cgroup_dir).expect("open cgroup");
+    let mut attr = QueryAttr {
+        target_fd: std::os::fd::AsRawFd::as_raw_fd(&dir) as u32,
+        attach_type,
+        query_flags: 0,
+        attach_flags: 0,
+        prog_ids: 0,
+        prog_cnt: 0,
+    };
+    // SAFETY: a valid BPF_PROG_QUERY (16) attribute prefix; the kernel writes prog_cnt.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, 16, std::ptr::from_mut(&mut attr), size_of::<QueryAttr>()) };
+    assert!(ret == 0, "BPF_PROG_QUERY failed: {}", std::io::Error::last_os_error());
+    attr.prog_cnt
+}

@@ -20,10 +20,15 @@ pub struct EmbeddedServer {
 impl EmbeddedServer {
     /// Serves a migrated `pool` on an ephemeral loopback port.
     pub async fn start(pool: PgPool) -> std::io::Result<Self> {
+        Self::start_with(pool, crate::Options::default()).await
+    }
+
+    /// [`Self::start`] with options.
+    pub async fn start_with(pool: PgPool, options: crate::Options) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(crate::serve(pool, listener, shutdown.clone()));
+        let task = tokio::spawn(crate::serve_with(pool, listener, shutdown.clone(), options));
         Ok(Self { addr, shutdown, task: Some(task) })
     }
 

@@ -1,9 +1,10 @@
-//! Fan-out of newly stored events to `WatchEvents` subscribers.
+//! Fan-out of database changes to this replica: newly stored events to `WatchEvents`
+//! subscribers, and the global policy generation to Sync streams.
 //!
-//! Ingest may happen on any server replica, so the hub does not trust in-process calls:
-//! it LISTENs on [`EVENTS_CHANNEL`] and, on every notification (and after every listener
-//! reconnect, since notifications sent while disconnected are lost), reads the events
-//! stored after the last one it broadcast.
+//! Writes may happen on any server replica, so the hub does not trust in-process calls: it
+//! LISTENs on [`EVENTS_CHANNEL`] and [`GENERATION_CHANNEL`] and, on every notification, after
+//! every listener reconnect (notifications sent while disconnected are lost) and every
+//! [`REREAD`] as a backstop, re-reads what changed.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,10 +13,15 @@ use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use tokio::sync::watch;
+
 use crate::{
     error::ApiError,
-    store::{EVENTS_CHANNEL, EventQuery, Store},
+    store::{EVENTS_CHANNEL, EventQuery, GENERATION_CHANNEL, Store},
 };
+
+/// How often the hub re-reads even without notifications.
+pub const REREAD: Duration = Duration::from_secs(30);
 
 /// Events buffered per subscriber before it counts as lagging.
 const SUBSCRIBER_BUFFER: usize = 4096;
@@ -26,18 +32,25 @@ const CATCH_UP_BATCH: u32 = 1000;
 #[derive(Clone, Debug)]
 pub struct EventHub {
     sender: broadcast::Sender<Arc<v1::DecisionEvent>>,
+    generation: watch::Receiver<u64>,
 }
 
 impl EventHub {
     /// Starts listening. Events stored after this returns are broadcast.
     pub async fn start(store: Store, shutdown: CancellationToken, tracker: &TaskTracker) -> Result<Self, ApiError> {
         let mut listener = PgListener::connect_with(store.pool()).await?;
-        listener.listen(EVENTS_CHANNEL).await?;
+        listener.listen_all([EVENTS_CHANNEL, GENERATION_CHANNEL]).await?;
         let last = store.max_event_id().await?;
         let (sender, _) = broadcast::channel(SUBSCRIBER_BUFFER);
-        let hub = Self { sender: sender.clone() };
-        tracker.spawn(run(store, listener, sender, last, shutdown));
+        let (generation_tx, generation) = watch::channel(store.generation().await?);
+        let hub = Self { sender: sender.clone(), generation };
+        tracker.spawn(run(store, listener, sender, generation_tx, last, shutdown));
         Ok(hub)
+    }
+
+    /// The global policy generation, updated as it moves.
+    pub fn generation(&self) -> watch::Receiver<u64> {
+        self.generation.clone()
     }
 
     /// A receiver of every event stored from now on.
@@ -50,25 +63,45 @@ async fn run(
     store: Store,
     mut listener: PgListener,
     sender: broadcast::Sender<Arc<v1::DecisionEvent>>,
+    generation: watch::Sender<u64>,
     mut last: i64,
     shutdown: CancellationToken,
 ) {
     loop {
         let notified = tokio::select! {
             () = shutdown.cancelled() => return,
-            n = listener.recv() => n,
+            () = tokio::time::sleep(REREAD) => None,
+            n = listener.recv() => Some(n),
         };
-        if let Err(error) = notified {
-            // PgListener reconnects on the next recv; catch up below either way.
-            tracing::warn!(%error, "event listener lost its connection");
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        let channel = match notified {
+            Some(Ok(n)) => Some(n.channel().to_owned()),
+            Some(Err(error)) => {
+                // PgListener reconnects on the next recv; re-read everything below.
+                tracing::warn!(%error, "database listener lost its connection");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                None
             }
+            None => None,
+        };
+        if channel.as_deref() != Some(GENERATION_CHANNEL)
+            && let Err(error) = catch_up(&store, &sender, &mut last).await
+        {
+            tracing::warn!(%error, "event catch-up failed; retrying on the next notification");
         }
-        match catch_up(&store, &sender, &mut last).await {
-            Ok(()) => {}
-            Err(error) => tracing::warn!(%error, "event catch-up failed; retrying on the next notification"),
+        if channel.as_deref() != Some(EVENTS_CHANNEL) {
+            match store.generation().await {
+                Ok(g) => {
+                    generation.send_if_modified(|current| {
+                        let moved = *current != g;
+                        *current = g;
+                        moved
+                    });
+                }
+                Err(error) => tracing::warn!(%error, "cannot read the policy generation"),
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! own database and a listener on port 0.
 
 pub mod api;
+pub mod bundler;
 pub mod embedded;
 pub mod error;
 pub mod hub;
@@ -101,8 +102,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 /// Serves every service on `listener` from a migrated `pool` until `shutdown` is cancelled:
 /// health turns NOT_SERVING first, then in-flight calls and stream tasks drain.
 pub async fn serve(pool: PgPool, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
+    serve_with(pool, listener, shutdown, Options::default()).await
+}
+
+/// Server options beyond the listener and database.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Test seam: changes every compiled bundle before it is stored and pushed (to hand an
+    /// agent a bundle its kernel rejects). Never set by `palisade-server`.
+    pub bundle_mutator: Option<bundler::BundleMutator>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options").field("bundle_mutator", &self.bundle_mutator.is_some()).finish()
+    }
+}
+
+/// [`serve`] with options.
+pub async fn serve_with(
+    pool: PgPool,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    options: Options,
+) -> Result<(), ServeError> {
     let tracker = TaskTracker::new();
     let store = Store::new(pool);
+    let bundler = bundler::Bundler::new(store.clone(), options.bundle_mutator);
     let hub = EventHub::start(store.clone(), shutdown.clone(), &tracker).await.map_err(ServeError::Hub)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<PolicyServiceServer<PolicyApi>>().await;
@@ -133,8 +159,14 @@ pub async fn serve(pool: PgPool, listener: TcpListener, shutdown: CancellationTo
             PolicyServiceServer::new(PolicyApi::new(store.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            AgentServiceServer::new(AgentApi::new(store.clone(), shutdown.clone(), tracker.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            AgentServiceServer::new(AgentApi::new(
+                store.clone(),
+                bundler,
+                hub.generation(),
+                shutdown.clone(),
+                tracker.clone(),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(NodeServiceServer::new(NodeApi::new(store.clone())))
         .add_service(EventServiceServer::new(EventApi::new(store, hub, shutdown.clone())))

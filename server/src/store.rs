@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 pub use events::EventQuery;
+pub use nodes::NodeContext;
 pub use policies::ApplyOutcome;
 
 /// The one migrator: run by the server at start and by every `#[sqlx::test]`.

@@ -447,8 +447,8 @@ async fn report_events_invalid_batch_is_rejected_whole(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
-async fn health_reports_serving_and_compile_is_not_built_yet(pool: PgPool) {
-    let h = Harness::start(pool).await;
+async fn health_reports_serving_and_compile_policy_reports_programs(pool: PgPool) {
+    let h = Harness::start(pool.clone()).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
     let status = health
         .check(tonic_health::pb::HealthCheckRequest { service: "palisade.v1.PolicyService".into() })
@@ -457,7 +457,31 @@ async fn health_reports_serving_and_compile_is_not_built_yet(pool: PgPool) {
         .into_inner()
         .status;
     assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
-    let err = h.policies().compile_policy(v1::CompilePolicyRequest::default()).await.expect_err("not yet");
-    assert_eq!(err.code(), Code::Unimplemented);
+    let compiled = h
+        .policies()
+        .compile_policy(v1::CompilePolicyRequest {
+            target: Some(v1::compile_policy_request::Target::Document(deny_doc("web", 9999))),
+            disassemble: true,
+        })
+        .await
+        .expect("compile")
+        .into_inner();
+    let sections: Vec<_> = compiled.programs.iter().map(|p| p.section.as_str()).collect();
+    assert_eq!(sections, ["cgroup/connect4", "cgroup/connect6", "lsm/socket_connect"]);
+    assert!(compiled.programs.iter().all(|p| p.instructions > 10));
+    assert!(compiled.disassembly.contains("web@0/block"), "{}", compiled.disassembly);
+    assert_eq!(compiled.digest.len(), 64);
+    assert_eq!(count(&pool, "policies").await, 0, "compiling stores nothing");
+    let err = h.policies().compile_policy(v1::CompilePolicyRequest::default()).await.expect_err("no target");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = h
+        .policies()
+        .compile_policy(v1::CompilePolicyRequest {
+            target: Some(v1::compile_policy_request::Target::NodeName("nowhere".into())),
+            disassemble: false,
+        })
+        .await
+        .expect_err("unknown node");
+    assert_eq!(err.code(), Code::NotFound);
     h.server.stop().await.expect("graceful stop");
 }

@@ -4,12 +4,12 @@ use std::{pin::Pin, time::Duration};
 
 use futures::Stream;
 use palisade_proto::v1::{self, agent_service_server::AgentService, sync_request::Message as Inbound};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{error::ApiError, store::Store, validate};
+use crate::{bundler::Bundler, error::ApiError, store::Store, validate};
 
 /// How often the server sends a heartbeat on each Sync stream.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -22,14 +22,23 @@ const MAX_NACK_ERROR: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct AgentApi {
     store: Store,
+    bundler: Bundler,
+    generation: watch::Receiver<u64>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
 
 impl AgentApi {
-    /// Serves agents from `store`; stream tasks run on `tracker` and end at `shutdown`.
-    pub fn new(store: Store, shutdown: CancellationToken, tracker: TaskTracker) -> Self {
-        Self { store, shutdown, tracker }
+    /// Serves agents from `store`, pushing bundles from `bundler` whenever `generation`
+    /// moves; stream tasks run on `tracker` and end at `shutdown`.
+    pub fn new(
+        store: Store,
+        bundler: Bundler,
+        generation: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        Self { store, bundler, generation, shutdown, tracker }
     }
 }
 
@@ -40,22 +49,76 @@ fn heartbeat() -> v1::SyncResponse {
     v1::SyncResponse { message: Some(v1::sync_response::Message::Heartbeat(v1::Heartbeat { sent_at: Some(now) })) }
 }
 
-/// Drives one Sync stream after its hello: records heartbeats, ACKs and NACKs, sends
-/// heartbeats, and marks the node disconnected when the stream ends.
-async fn drive(
+/// One Sync stream after its hello.
+struct Session {
     store: Store,
+    bundler: Bundler,
     node: String,
-    mut inbound: Streaming<v1::SyncRequest>,
     outbound: mpsc::Sender<Result<v1::SyncResponse, Status>>,
+    /// Digest the agent runs or was last sent.
+    sent: String,
+}
+
+impl Session {
+    /// Computes the node's bundle and pushes it if the agent does not have it yet.
+    async fn push(&mut self) -> Result<(), ()> {
+        let built = match self.bundler.for_node(&self.node).await {
+            Ok(built) => built,
+            Err(error) => {
+                tracing::error!(node = self.node, %error, "cannot compile the node's bundle");
+                return Ok(());
+            }
+        };
+        let generation = match self.store.node_set_desired(&self.node, &built.digest).await {
+            Ok(g) => g,
+            Err(error) => {
+                tracing::warn!(node = self.node, %error, "cannot record the desired bundle");
+                return Ok(());
+            }
+        };
+        if built.digest == self.sent {
+            return Ok(());
+        }
+        tracing::info!(node = self.node, generation, digest = built.digest, "pushing bundle");
+        let bundle = v1::Bundle {
+            generation,
+            digest: built.digest.clone(),
+            content: built.bytes.clone(),
+            signature: Vec::new(),
+        };
+        let message = v1::SyncResponse { message: Some(v1::sync_response::Message::Bundle(bundle)) };
+        self.outbound.send(Ok(message)).await.map_err(drop)?;
+        self.sent.clone_from(&built.digest);
+        Ok(())
+    }
+}
+
+/// Drives one Sync stream after its hello: pushes the node's bundle now and whenever the
+/// policy generation moves, records heartbeats, ACKs and NACKs, sends heartbeats, and marks
+/// the node disconnected when the stream ends.
+async fn drive(
+    mut session: Session,
+    mut inbound: Streaming<v1::SyncRequest>,
+    mut generation: watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) {
+    let store = session.store.clone();
+    let node = session.node.clone();
     let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
     ticker.tick().await;
+    generation.mark_unchanged();
+    if session.push().await.is_err() {
+        return;
+    }
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {
-                if outbound.send(Ok(heartbeat())).await.is_err() { break; }
+                if session.outbound.send(Ok(heartbeat())).await.is_err() { break; }
+                continue;
+            }
+            changed = generation.changed() => {
+                if changed.is_err() || session.push().await.is_err() { break; }
                 continue;
             }
             m = inbound.message() => m,
@@ -72,7 +135,8 @@ async fn drive(
                 store.node_nack(&node, nack.generation, &nack.digest, &error).await
             }
             Ok(Some(v1::SyncRequest { message: Some(Inbound::Hello(_)) | None })) => {
-                let _ = outbound
+                let _ = session
+                    .outbound
                     .send(Err(Status::invalid_argument("hello is only valid as the first message of a stream")))
                     .await;
                 break;
@@ -91,6 +155,21 @@ async fn drive(
         tracing::warn!(node, %error, "could not mark node disconnected");
     }
     tracing::info!(node, "agent disconnected");
+}
+
+fn check_failsafe(hello: &v1::AgentHello) -> Result<(), ApiError> {
+    let mut violations = Vec::new();
+    for (i, e) in hello.server_endpoints.iter().enumerate() {
+        if e.parse::<std::net::SocketAddr>().is_err() {
+            violations.push(crate::error::Violation::new(format!("hello.server_endpoints[{i}]"), "not IP:PORT"));
+        }
+    }
+    for (i, p) in hello.failsafe_ports.iter().enumerate() {
+        if *p == 0 || *p > 65_535 {
+            violations.push(crate::error::Violation::new(format!("hello.failsafe_ports[{i}]"), "not a port 1–65535"));
+        }
+    }
+    if violations.is_empty() { Ok(()) } else { Err(ApiError::Invalid(violations)) }
 }
 
 fn check_event(i: usize, e: &v1::DecisionEvent) -> Vec<crate::error::Violation> {
@@ -132,10 +211,18 @@ impl AgentService for AgentApi {
         };
         validate::node_name("hello.node_name", &hello.node_name).map_err(ApiError::Invalid)?;
         validate::selector("hello.labels", &hello.labels).map_err(ApiError::Invalid)?;
+        check_failsafe(&hello)?;
         self.store.node_hello(&hello).await?;
         tracing::info!(node = hello.node_name, digest = hello.bundle_digest, "agent connected");
         let (sender, receiver) = mpsc::channel(16);
-        self.tracker.spawn(drive(self.store.clone(), hello.node_name, inbound, sender, self.shutdown.clone()));
+        let session = Session {
+            store: self.store.clone(),
+            bundler: self.bundler.clone(),
+            node: hello.node_name,
+            outbound: sender,
+            sent: hello.bundle_digest,
+        };
+        self.tracker.spawn(drive(session, inbound, self.generation.clone(), self.shutdown.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 

@@ -2,12 +2,19 @@
 
 use palisade_proto::{
     document,
-    v1::{self, apply_policy_request::Source, policy_service_server::PolicyService},
+    v1::{self, apply_policy_request::Source, compile_policy_request::Target, policy_service_server::PolicyService},
 };
 use tonic::{Request, Response, Status};
 
 use super::{actor, decode_number_token, decode_token, encode_token, page_size};
-use crate::{error::ApiError, store::Store, validate};
+use palisade_compiler::{bundle::render, model};
+
+use crate::{
+    bundler::{self, DEFAULT_OFFSETS},
+    error::ApiError,
+    store::Store,
+    validate,
+};
 
 /// Policy CRUD over the store.
 #[derive(Debug, Clone)]
@@ -111,8 +118,70 @@ impl PolicyService for PolicyApi {
 
     async fn compile_policy(
         &self,
-        _request: Request<v1::CompilePolicyRequest>,
+        request: Request<v1::CompilePolicyRequest>,
     ) -> Result<Response<v1::CompilePolicyResponse>, Status> {
-        Err(ApiError::Unimplemented("CompilePolicy (it arrives with the compiler)").into())
+        let request = request.into_inner();
+        let (policies, failsafe, offsets) = match request.target {
+            Some(Target::Policy(policy)) => {
+                (vec![(validate::policy(&policy).map_err(ApiError::Invalid)?, 0)], Vec::new(), DEFAULT_OFFSETS)
+            }
+            Some(Target::Document(text)) => {
+                let policy = validate::policy(&parse_document(&text)?).map_err(ApiError::Invalid)?;
+                (vec![(policy, 0)], Vec::new(), DEFAULT_OFFSETS)
+            }
+            Some(Target::NodeName(node)) => {
+                let context = self.store.node_context(&node).await?;
+                let (_, all) = self.store.live_policies().await?;
+                let held = all.into_iter().filter(|(p, _)| model::node_selected(p, &context.labels)).collect();
+                (held, bundler::failsafe(&context), bundler::offsets(context.features.as_ref()))
+            }
+            None => return Err(ApiError::invalid("target", "a policy, a document or a node name is required").into()),
+        };
+        let disassemble = request.disassemble;
+        let response = tokio::task::spawn_blocking(move || {
+            let (set, compiled) = bundler::compile_set(&policies, failsafe, offsets)?;
+            Ok::<_, ApiError>(v1::CompilePolicyResponse {
+                programs: compiled
+                    .programs
+                    .iter()
+                    .map(|(hook, p)| v1::ProgramStats {
+                        name: hook.symbol().to_owned(),
+                        section: hook.section().to_owned(),
+                        instructions: p.insns.len() as u64,
+                        max_path_jumps: p.max_path_jumps(),
+                    })
+                    .collect(),
+                maps: compiled
+                    .content
+                    .maps
+                    .iter()
+                    .map(|m| v1::MapStats {
+                        name: m.name.clone(),
+                        kind: map_kind(m.map_type).to_owned(),
+                        key_size: m.key_size,
+                        value_size: m.value_size,
+                        max_entries: m.max_entries,
+                        entries: m.entries.len() as u32,
+                    })
+                    .collect(),
+                digest: compiled.digest.clone(),
+                elf_size: compiled.content.elf.len() as u64,
+                warnings: Vec::new(),
+                disassembly: if disassemble { render(&compiled, &set) } else { String::new() },
+            })
+        })
+        .await
+        .map_err(|e| ApiError::FailedPrecondition(format!("compiler task failed: {e}")))??;
+        Ok(Response::new(response))
+    }
+}
+
+fn map_kind(map_type: u32) -> &'static str {
+    match map_type {
+        1 => "hash",
+        2 => "array",
+        11 => "lpm_trie",
+        27 => "ringbuf",
+        _ => "other",
     }
 }

@@ -9,6 +9,19 @@ use sqlx::{Row as _, postgres::PgRow};
 use super::{Store, timestamp};
 use crate::error::ApiError;
 
+/// What the server knows about a node that bundles depend on.
+#[derive(Debug, Clone, Default)]
+pub struct NodeContext {
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Kernel features.
+    pub features: Option<v1::KernelFeatures>,
+    /// Server endpoints the agent reaches (`IP:PORT`).
+    pub endpoints: Vec<String>,
+    /// Failsafe ports.
+    pub ports: Vec<u32>,
+}
+
 /// A node counts as connected only if it was heard from this recently, so a replica that
 /// died without marking its streams closed does not leave nodes "connected" forever.
 const LIVENESS_SECONDS: i64 = 90;
@@ -63,12 +76,13 @@ impl Store {
     pub async fn node_hello(&self, hello: &v1::AgentHello) -> Result<(), ApiError> {
         let labels = serde_json::to_value(&hello.labels).map_err(|e| ApiError::Corrupt(e.to_string()))?;
         let features = hello.features.as_ref().map(prost::Message::encode_to_vec);
+        let failsafe = serde_json::json!({ "endpoints": hello.server_endpoints, "ports": hello.failsafe_ports });
         let mut tx = self.pool.begin().await?;
         let inserted: bool = sqlx::query_scalar(
-            "INSERT INTO nodes (name, labels, features, agent_version, connected, last_seen, applied_generation, applied_digest) \
-             VALUES ($1, $2, $3, $4, true, now(), $5, $6) \
+            "INSERT INTO nodes (name, labels, features, agent_version, connected, last_seen, applied_generation, applied_digest, failsafe) \
+             VALUES ($1, $2, $3, $4, true, now(), $5, $6, $7) \
              ON CONFLICT (name) DO UPDATE SET labels = $2, features = $3, agent_version = $4, connected = true, \
-               last_seen = now(), applied_generation = $5, applied_digest = $6 \
+               last_seen = now(), applied_generation = $5, applied_digest = $6, failsafe = $7 \
              RETURNING (xmax = 0)",
         )
         .bind(&hello.node_name)
@@ -77,6 +91,7 @@ impl Store {
         .bind(&hello.agent_version)
         .bind(hello.bundle_generation as i64)
         .bind(&hello.bundle_digest)
+        .bind(failsafe)
         .fetch_one(&mut *tx)
         .await?;
         if inserted {
@@ -90,6 +105,56 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// What compiling a bundle for the node needs: labels, features and failsafe list.
+    pub async fn node_context(&self, name: &str) -> Result<NodeContext, ApiError> {
+        let row: Option<(serde_json::Value, Option<Vec<u8>>, serde_json::Value)> =
+            sqlx::query_as("SELECT labels, features, failsafe FROM nodes WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (labels, features, failsafe) =
+            row.ok_or_else(|| ApiError::NotFound { kind: "node", name: name.to_owned() })?;
+        let corrupt = |e: &dyn std::fmt::Display| ApiError::Corrupt(format!("node {name}: {e}"));
+        Ok(NodeContext {
+            labels: serde_json::from_value(labels).map_err(|e| corrupt(&e))?,
+            features: features
+                .map(|f| v1::KernelFeatures::decode(f.as_slice()))
+                .transpose()
+                .map_err(|e| corrupt(&e))?,
+            endpoints: serde_json::from_value(failsafe.get("endpoints").cloned().unwrap_or_default())
+                .unwrap_or_default(),
+            ports: serde_json::from_value(failsafe.get("ports").cloned().unwrap_or_default()).unwrap_or_default(),
+        })
+    }
+
+    /// Records the bundle the node should run; the node's generation moves only when the
+    /// digest changes. Returns the desired generation.
+    pub async fn node_set_desired(&self, name: &str, digest: &str) -> Result<u64, ApiError> {
+        let generation: i64 = sqlx::query_scalar(
+            "UPDATE nodes SET desired_generation = CASE WHEN desired_digest = $2 THEN desired_generation \
+               ELSE desired_generation + 1 END, desired_digest = $2 WHERE name = $1 RETURNING desired_generation",
+        )
+        .bind(name)
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| ApiError::NotFound { kind: "node", name: name.to_owned() })?;
+        Ok(generation as u64)
+    }
+
+    /// Stores a compiled bundle (content-addressed; storing it again is a no-op).
+    pub async fn save_bundle(&self, digest: &str, content: &[u8], stats: serde_json::Value) -> Result<(), ApiError> {
+        sqlx::query(
+            "INSERT INTO bundles (digest, content, signature, stats) VALUES ($1, $2, '', $3) ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(digest)
+        .bind(content)
+        .bind(stats)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -302,6 +302,27 @@ impl Store {
         Ok(revision as u64)
     }
 
+    /// The global generation and every live policy with its revision, read in one snapshot.
+    pub async fn live_policies(&self) -> Result<(u64, Vec<(v1::Policy, u64)>), ApiError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        let generation: i64 =
+            sqlx::query_scalar("SELECT generation FROM policy_generation").fetch_one(&mut *tx).await?;
+        let rows: Vec<(String, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT p.name, r.spec, r.revision FROM policies p \
+             JOIN policy_revisions r ON r.policy_name = p.name AND r.revision = p.current_revision \
+             WHERE NOT p.deleted ORDER BY p.name",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let policies = rows
+            .iter()
+            .map(|(name, spec, revision)| Ok((decode(name, spec)?, *revision as u64)))
+            .collect::<Result<_, ApiError>>()?;
+        Ok((generation as u64, policies))
+    }
+
     /// Revisions of a policy (live or deleted) older than `before`, newest first.
     pub async fn list_revisions(
         &self,

@@ -1,0 +1,268 @@
+//! End to end, all real: PostgreSQL, the server, the agent, the kernel. A policy applied
+//! through the SDK is enforced on connects from a cgroup this test owns, its events come
+//! back through ListEvents and WatchEvents, and the node's status follows.
+
+use std::{net::TcpListener, time::Duration};
+
+use palisade_compiler::{
+    asm::Asm,
+    elf::{ElfProgram, MapDef, write},
+    insn,
+};
+use palisade_integration::{Connect, TestAgent, TestCgroup, attached_programs, kernel_tests_enabled, probe};
+use palisade_proto::v1::{
+    self, apply_policy_request::Source, event_service_client::EventServiceClient,
+    node_service_client::NodeServiceClient, policy_service_client::PolicyServiceClient,
+};
+use palisade_server::embedded::EmbeddedServer;
+use sqlx::PgPool;
+use tokio_stream::StreamExt as _;
+use tonic::transport::Channel;
+
+const PROBE: &str = env!("CARGO_BIN_EXE_connect-probe");
+const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+
+fn dual_listeners() -> (TcpListener, TcpListener, u16) {
+    for _ in 0..50 {
+        let v4 = TcpListener::bind("127.0.0.1:0").expect("bind v4");
+        let port = v4.local_addr().expect("addr").port();
+        if let Ok(v6) = TcpListener::bind(("::1", port)) {
+            return (v4, v6, port);
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and ::1");
+}
+
+fn policy(name: &str, cgroup: &str, port: u16, action: &str) -> v1::ApplyPolicyRequest {
+    let doc = format!(
+        "name: {name}\nworkload: {{cgroup: \"{cgroup}\"}}\nnetwork:\n  connect:\n    rules:\n      - {{id: block-port, action: {action}, cidrs: [127.0.0.0/8, \"::1\"], ports: [{port}], protocols: [tcp]}}\n"
+    );
+    v1::ApplyPolicyRequest { source: Some(Source::Document(doc)), ..Default::default() }
+}
+
+async fn node(channel: &Channel, name: &str) -> Option<v1::Node> {
+    NodeServiceClient::new(channel.clone())
+        .get_node(v1::GetNodeRequest { name: name.to_owned() })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().node)
+}
+
+/// Waits until the node has acknowledged a desired generation above `after`; returns it.
+async fn applied_after(channel: &Channel, name: &str, after: u64) -> v1::Node {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(n) = node(channel, name).await
+            && n.desired_generation > after
+            && n.applied_generation == n.desired_generation
+            && n.applied_digest == n.desired_digest
+        {
+            return n;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node {name} did not apply a generation after {after}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn connect(cgroup: &std::path::Path, addr: &str, port: u16) -> Connect {
+    let (dir, addr) = (cgroup.to_owned(), addr.to_owned());
+    tokio::task::spawn_blocking(move || probe(PROBE, Some(&dir), "tcp", &addr, port)).await.expect("probe task")
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn policy_applied_through_the_sdk_is_enforced_reported_updated_and_removed(pool: PgPool) {
+    if !kernel_tests_enabled("e2e") {
+        return;
+    }
+    let cg = TestCgroup::new("e2e");
+    let work = cg.create_child("work");
+    let bystander = cg.create_child("bystander");
+    let (_v4, _v6, port) = dual_listeners();
+    let other = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let other_port = other.local_addr().expect("addr").port();
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let state = tempfile::tempdir().expect("tempdir");
+    let node_name = format!("e2e-{}", std::process::id());
+    let _agent = TestAgent::start(TestAgent::config(&server.url(), &node_name, cg.path(), state.path())).await;
+    let first = applied_after(&channel, &node_name, 0).await;
+
+    let mut policies = PolicyServiceClient::new(channel.clone());
+    let mut watch = EventServiceClient::new(channel.clone())
+        .watch_events(v1::WatchEventsRequest {
+            filter: Some(v1::EventFilter { node: node_name.clone(), ..Default::default() }),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    policies.apply_policy(policy("e2e-deny", &work, port, "deny")).await.expect("apply");
+    let denied = applied_after(&channel, &node_name, first.desired_generation).await;
+
+    let work_dir = cg.dir_of(&work);
+    assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Denied, "IPv4 denied");
+    assert_eq!(connect(&work_dir, "::1", port).await, Connect::Denied, "IPv6 denied");
+    assert_eq!(connect(&work_dir, "127.0.0.1", other_port).await, Connect::Ok, "other port still connects");
+    assert_eq!(connect(&cg.dir_of(&bystander), "127.0.0.1", port).await, Connect::Ok, "other cgroup unaffected");
+
+    let watched = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            seen.push(watch.next().await.expect("stream open").expect("event"));
+        }
+        seen
+    })
+    .await
+    .expect("both deny events are pushed to the watcher");
+    for (event, address) in watched.iter().zip(["127.0.0.1", "::1"]) {
+        assert_eq!((event.policy.as_str(), event.revision, event.rule_id.as_str()), ("e2e-deny", 1, "block-port"));
+        assert_eq!(
+            (event.verdict, event.address.as_str(), event.port),
+            (v1::Verdict::Deny as i32, address, u32::from(port))
+        );
+        assert_eq!(event.node, node_name);
+        assert_eq!(event.bundle_digest, denied.applied_digest);
+    }
+    let listed = EventServiceClient::new(channel.clone())
+        .list_events(v1::ListEventsRequest {
+            filter: Some(v1::EventFilter { policy: "e2e-deny".into(), ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .events;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+
+    // Changing the rule to allow lets the same connect through.
+    policies.apply_policy(policy("e2e-deny", &work, port, "allow")).await.expect("update");
+    let allowed = applied_after(&channel, &node_name, denied.desired_generation).await;
+    assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Ok, "allowed after update");
+
+    // Deny again, then delete: access comes back.
+    policies.apply_policy(policy("e2e-deny", &work, port, "deny")).await.expect("deny again");
+    let again = applied_after(&channel, &node_name, allowed.desired_generation).await;
+    assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Denied);
+    policies
+        .delete_policy(v1::DeletePolicyRequest { name: "e2e-deny".into(), expected_revision: None })
+        .await
+        .expect("delete");
+    let removed = applied_after(&channel, &node_name, again.desired_generation).await;
+    assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Ok, "deleting the policy restores access");
+    assert!(removed.last_error.is_none());
+    assert!(removed.connected);
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn agent_restart_keeps_enforcing_and_adopts_pinned_state(pool: PgPool) {
+    if !kernel_tests_enabled("agent restart") {
+        return;
+    }
+    let cg = TestCgroup::new("restart");
+    let work = cg.create_child("work");
+    let (_v4, _v6, port) = dual_listeners();
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let state = tempfile::tempdir().expect("tempdir");
+    let node_name = format!("restart-{}", std::process::id());
+    PolicyServiceClient::new(channel.clone())
+        .apply_policy(policy("restart-deny", &work, port, "deny"))
+        .await
+        .expect("apply");
+    let config = TestAgent::config(&server.url(), &node_name, cg.path(), state.path());
+    let mut agent = TestAgent::start(config.clone()).await;
+    let enforced = applied_after(&channel, &node_name, 0).await;
+    let work_dir = cg.dir_of(&work);
+    assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Denied);
+
+    agent.stop().await;
+    for _ in 0..20 {
+        assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Denied, "denied while the agent is down");
+    }
+    // Restart while a loop of connects runs: none may slip through.
+    let prober = {
+        let dir = work_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            (0..60)
+                .map(|_| probe(PROBE, Some(&dir), "tcp", "127.0.0.1", port))
+                .filter(|c| *c != Connect::Denied)
+                .count()
+        })
+    };
+    let restarted = TestAgent::start(config).await;
+    assert_eq!(prober.await.expect("prober"), 0, "no connect got through across the restart");
+    // The server sees the same digest and pushes nothing new; the node reconnects.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = node(&channel, &node_name).await.expect("node");
+    assert_eq!(after.applied_digest, enforced.applied_digest, "adopted, not reloaded");
+    assert_eq!(after.desired_generation, enforced.desired_generation);
+    assert!(after.connected);
+    assert_eq!(attached_programs(&cg.dir(), BPF_CGROUP_INET4_CONNECT), 1, "no duplicate connect4 attachment");
+    assert_eq!(attached_programs(&cg.dir(), BPF_CGROUP_INET6_CONNECT), 1, "no duplicate connect6 attachment");
+    assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Denied);
+    drop(restarted);
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn bundle_the_kernel_rejects_is_nacked_and_the_previous_one_keeps_enforcing(pool: PgPool) {
+    if !kernel_tests_enabled("nack") {
+        return;
+    }
+    // Any bundle containing a policy named "nack-me" gets programs that exit without
+    // setting r0, which every verifier rejects ("R0 !read_ok").
+    let mutator: palisade_server::bundler::BundleMutator = std::sync::Arc::new(|content: &mut v1::BundleContent| {
+        if !content.policies.iter().any(|p| p.name == "nack-me") {
+            return;
+        }
+        let mut a = Asm::new();
+        a.push(insn::exit());
+        let bad = a.finish().expect("assembles");
+        let programs: Vec<_> =
+            content.programs.iter().map(|p| ElfProgram { name: &p.name, section: &p.section, program: &bad }).collect();
+        let maps: Vec<_> = content
+            .maps
+            .iter()
+            .map(|m| MapDef {
+                name: m.name.clone(),
+                map_type: m.map_type,
+                key_size: m.key_size,
+                value_size: m.value_size,
+                max_entries: m.max_entries,
+                flags: u32::from(m.map_type == 11),
+            })
+            .collect();
+        content.elf = write(&programs, &maps).expect("writes");
+    });
+    let cg = TestCgroup::new("nack");
+    let work = cg.create_child("work");
+    let (_v4, _v6, port) = dual_listeners();
+    let options = palisade_server::Options { bundle_mutator: Some(mutator) };
+    let server = EmbeddedServer::start_with(pool, options).await.expect("server");
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let state = tempfile::tempdir().expect("tempdir");
+    let node_name = format!("nack-{}", std::process::id());
+    let mut policies = PolicyServiceClient::new(channel.clone());
+    policies.apply_policy(policy("nack-deny", &work, port, "deny")).await.expect("apply");
+    let _agent = TestAgent::start(TestAgent::config(&server.url(), &node_name, cg.path(), state.path())).await;
+    let good = applied_after(&channel, &node_name, 0).await;
+    let work_dir = cg.dir_of(&work);
+    assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Denied);
+
+    policies.apply_policy(policy("nack-me", "/nowhere", 1, "deny")).await.expect("apply the trigger");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let n = node(&channel, &node_name).await.expect("node");
+        if let Some(error) = &n.last_error {
+            break (n.clone(), error.clone());
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no NACK recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (n, error) = failed;
+    assert!(error.message.contains("rejected program"), "{}", error.message);
+    assert!(error.message.contains("R0"), "the verifier log comes back: {}", error.message);
+    assert_eq!(error.generation, n.desired_generation);
+    assert_eq!(n.applied_generation, good.applied_generation, "the previous generation stays applied");
+    assert_eq!(n.applied_digest, good.applied_digest);
+    assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Denied, "the previous bundle keeps enforcing");
+}

@@ -2,6 +2,8 @@
 //! bundle. Pure library: no I/O, no async, no database. Also the reference evaluator (the
 //! executable specification of `docs/policy-semantics.md`) and the disassembler.
 
+#[cfg(any(test, feature = "arbitrary"))]
+pub mod arbitrary;
 pub mod asm;
 pub mod bundle;
 pub mod codegen;

@@ -6,108 +6,10 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::{
-    eval::{Attempt, evaluate},
+    arbitrary::{self, Space},
+    eval::evaluate,
     model::{Action, Default, Mode, Policy, Ports, Rule, Section, cgroup_components},
 };
-
-const NETS: &[&str] = &[
-    "0.0.0.0/0",
-    "10.0.0.0/8",
-    "10.1.0.0/16",
-    "10.1.2.0/24",
-    "10.1.2.3/32",
-    "192.168.0.0/16",
-    "::/0",
-    "2001:db8::/32",
-    "2001:db8:1::/48",
-    "::ffff:10.1.0.0/112",
-    "::1/128",
-];
-const ADDRS: &[&str] = &[
-    "10.1.2.3",
-    "10.1.2.4",
-    "10.1.3.1",
-    "10.2.0.1",
-    "192.168.1.1",
-    "8.8.8.8",
-    "2001:db8::1",
-    "2001:db8:1::5",
-    "2001:db9::1",
-    "::ffff:10.1.2.3",
-    "::ffff:10.1.9.9",
-    "::ffff:8.8.8.8",
-    "::1",
-];
-const CGROUPS: &[&str] = &["", "/a", "/a/b", "/c"];
-const TASK_CGROUPS: &[&str] = &["/", "/a", "/a/b", "/a/b/c", "/c", "/d"];
-const PORTS: &[(u16, u16)] = &[(22, 22), (53, 53), (80, 80), (80, 90), (1, 1023), (443, 443), (8000, 8080), (1, 65535)];
-const ATTEMPT_PORTS: &[u16] = &[0, 1, 22, 53, 79, 80, 85, 90, 91, 443, 1023, 1024, 8000, 8080, 8081, 65535];
-
-fn rule_strategy(id: usize) -> impl Strategy<Value = Rule> {
-    (
-        prop::sample::select(vec![Action::Allow, Action::Deny, Action::Audit]),
-        prop::collection::vec(prop::sample::select(NETS), 0..3),
-        prop::collection::vec(prop::sample::select(PORTS), 0..3),
-        prop::sample::select(vec![vec![], vec![Protocol::Tcp], vec![Protocol::Udp]]),
-    )
-        .prop_map(move |(action, nets, ports, protocols)| Rule {
-            id: format!("r{id}"),
-            action,
-            nets: nets.iter().map(|n| n.parse().expect("net")).collect(),
-            ports: ports.iter().map(|&(first, last)| Ports { first, last }).collect(),
-            protocols,
-        })
-}
-
-fn policy_strategy(index: usize) -> impl Strategy<Value = Policy> {
-    (
-        prop::sample::select(vec![Mode::Enforce, Mode::Enforce, Mode::Audit]),
-        prop::sample::select(CGROUPS),
-        prop::sample::select(vec![None, None, Some(0_u32), Some(1000)]),
-        prop::sample::select(vec![Default::Allow, Default::Allow, Default::Deny, Default::Audit]),
-        (0_usize..5).prop_flat_map(|n| (0..n).map(rule_strategy).collect::<Vec<_>>()),
-        any::<bool>(),
-    )
-        .prop_map(move |(mode, cgroup, uid, default, rules, has_section)| Policy {
-            name: format!("p{index}"),
-            revision: 1,
-            mode,
-            cgroup: cgroup_components(cgroup),
-            uid,
-            connect: has_section.then_some(Section { default, rules }),
-        })
-}
-
-fn set_strategy() -> impl Strategy<Value = PolicySet> {
-    (1_usize..5).prop_flat_map(|n| {
-        let policies: Vec<_> = (0..n).map(policy_strategy).collect();
-        (policies, prop::sample::select(vec![None, Some(("10.1.2.3/32", Some(443))), Some(("::/0", Some(22)))]))
-            .prop_map(|(policies, failsafe)| PolicySet {
-                policies,
-                failsafe: failsafe
-                    .into_iter()
-                    .map(|(n, port)| Failsafe { net: Some(n.parse().expect("net")), port })
-                    .collect(),
-            })
-    })
-}
-
-fn attempt_strategy() -> impl Strategy<Value = Attempt> {
-    (
-        prop::sample::select(TASK_CGROUPS),
-        prop::sample::select(vec![0_u32, 1000, 5]),
-        prop::sample::select(ADDRS),
-        prop::sample::select(ATTEMPT_PORTS),
-        prop::sample::select(vec![Protocol::Tcp, Protocol::Udp]),
-    )
-        .prop_map(|(cgroup, uid, addr, port, protocol)| Attempt {
-            cgroup: cgroup_components(cgroup),
-            uid,
-            addr: addr.parse::<IpAddr>().expect("addr"),
-            port,
-            protocol,
-        })
-}
 
 /// The selected-cgroup class the kernel would find: the deepest selected ancestor.
 fn class_of(plan: &Plan, cgroup: &[String]) -> u32 {
@@ -122,7 +24,10 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn plan_lookup_equals_reference(set in set_strategy(), attempts in prop::collection::vec(attempt_strategy(), 20)) {
+    fn plan_lookup_equals_reference(
+        set in arbitrary::policy_set(&Space::under("")),
+        attempts in prop::collection::vec(arbitrary::attempt(&Space::under("")), 20),
+    ) {
         let plan = plan(&set);
         for attempt in attempts {
             let want = evaluate(&set, &attempt);

@@ -1,0 +1,145 @@
+//! Random policy sets and connect attempts for property tests (feature `arbitrary`): the
+//! partition tests here and the differential tests against the kernel share these
+//! generators. Values come from small pools with deliberate overlaps — nested prefixes,
+//! IPv4-mapped IPv6, adjacent and overlapping port ranges, nested cgroups — so random cases
+//! hit the interesting boundaries instead of missing everything.
+
+use std::net::IpAddr;
+
+use proptest::prelude::*;
+
+use crate::{
+    eval::Attempt,
+    model::{Action, Default, Failsafe, Mode, Policy, PolicySet, Ports, Protocol, Rule, Section, cgroup_components},
+};
+
+/// Prefixes rules draw from.
+pub const NETS: &[&str] = &[
+    "0.0.0.0/0",
+    "10.0.0.0/8",
+    "10.1.0.0/16",
+    "10.1.2.0/24",
+    "10.1.2.3/32",
+    "192.168.0.0/16",
+    "127.0.0.0/8",
+    "::/0",
+    "2001:db8::/32",
+    "2001:db8:1::/48",
+    "::ffff:10.1.0.0/112",
+    "::1/128",
+];
+/// Destinations attempts draw from (inside, outside and on the edges of `NETS`).
+pub const ADDRS: &[&str] = &[
+    "10.1.2.3",
+    "10.1.2.4",
+    "10.1.3.1",
+    "10.2.0.1",
+    "192.168.1.1",
+    "8.8.8.8",
+    "127.0.0.1",
+    "2001:db8::1",
+    "2001:db8:1::5",
+    "2001:db9::1",
+    "::ffff:10.1.2.3",
+    "::ffff:10.1.9.9",
+    "::ffff:8.8.8.8",
+    "::1",
+];
+/// Port specs rules draw from.
+pub const PORTS: &[(u16, u16)] =
+    &[(22, 22), (53, 53), (80, 80), (80, 90), (1, 1023), (443, 443), (8000, 8080), (1, 65535), (65535, 65535)];
+/// Destination ports attempts draw from.
+pub const ATTEMPT_PORTS: &[u16] = &[0, 1, 22, 53, 79, 80, 85, 90, 91, 443, 1023, 1024, 8000, 8080, 8081, 65534, 65535];
+
+/// Where policies and tasks live.
+#[derive(Debug, Clone)]
+pub struct Space {
+    /// Workload cgroups policies may select ("" = every process).
+    pub policy_cgroups: Vec<String>,
+    /// cgroups attempts come from.
+    pub task_cgroups: Vec<String>,
+    /// uids policies may require and attempts run as.
+    pub uids: Vec<u32>,
+}
+
+impl Space {
+    /// Nested cgroups under `root` (a cgroup path such as `/palisade-test-x`).
+    pub fn under(root: &str) -> Self {
+        let c = |s: &str| format!("{root}{s}");
+        Self {
+            policy_cgroups: vec![String::new(), c("/a"), c("/a/b"), c("/c")],
+            task_cgroups: vec![c("/a"), c("/a/b"), c("/a/b/c"), c("/c"), c("/d")],
+            uids: vec![0, 1000],
+        }
+    }
+}
+
+fn rule(id: usize) -> impl Strategy<Value = Rule> {
+    (
+        prop::sample::select(vec![Action::Allow, Action::Deny, Action::Audit]),
+        prop::collection::vec(prop::sample::select(NETS), 0..3),
+        prop::collection::vec(prop::sample::select(PORTS), 0..3),
+        prop::sample::select(vec![vec![], vec![Protocol::Tcp], vec![Protocol::Udp]]),
+    )
+        .prop_map(move |(action, nets, ports, protocols)| Rule {
+            id: format!("r{id}"),
+            action,
+            nets: nets.iter().filter_map(|n| n.parse().ok()).collect(),
+            ports: ports.iter().map(|&(first, last)| Ports { first, last }).collect(),
+            protocols,
+        })
+}
+
+fn policy(index: usize, space: &Space) -> impl Strategy<Value = Policy> + use<> {
+    let uids: Vec<Option<u32>> = std::iter::repeat_n(None, 2).chain(space.uids.iter().copied().map(Some)).collect();
+    (
+        prop::sample::select(vec![Mode::Enforce, Mode::Enforce, Mode::Audit]),
+        prop::sample::select(space.policy_cgroups.clone()),
+        prop::sample::select(uids),
+        prop::sample::select(vec![Default::Allow, Default::Allow, Default::Deny, Default::Audit]),
+        (0_usize..6).prop_flat_map(|n| (0..n).map(rule).collect::<Vec<_>>()),
+        prop::bool::weighted(0.9),
+    )
+        .prop_map(move |(mode, cgroup, uid, default, rules, has_section)| Policy {
+            name: format!("p{index}"),
+            revision: 1 + index as u64,
+            mode,
+            cgroup: cgroup_components(&cgroup),
+            uid,
+            connect: has_section.then_some(Section { default, rules }),
+        })
+}
+
+/// Policy sets of 1–4 policies, sometimes with a failsafe entry.
+pub fn policy_set(space: &Space) -> impl Strategy<Value = PolicySet> + use<> {
+    let space = space.clone();
+    (1_usize..5).prop_flat_map(move |n| {
+        let policies: Vec<_> = (0..n).map(|i| policy(i, &space)).collect();
+        let failsafe = prop::sample::select(vec![None, Some(("10.1.2.3/32", 443)), Some(("::/0", 22))]);
+        (policies, failsafe).prop_map(|(policies, failsafe)| PolicySet {
+            policies,
+            failsafe: failsafe
+                .into_iter()
+                .filter_map(|(n, port)| Some(Failsafe { net: Some(n.parse().ok()?), port: Some(port) }))
+                .collect(),
+        })
+    })
+}
+
+/// One attempt from a task in `space`.
+pub fn attempt(space: &Space) -> impl Strategy<Value = Attempt> + use<> {
+    (
+        prop::sample::select(space.task_cgroups.clone()),
+        prop::sample::select(space.uids.iter().copied().chain([5]).collect::<Vec<_>>()),
+        prop::sample::select(ADDRS),
+        prop::sample::select(ATTEMPT_PORTS),
+        prop::sample::select(vec![Protocol::Tcp, Protocol::Udp]),
+    )
+        .prop_map(|(cgroup, uid, addr, port, protocol)| Attempt {
+            cgroup: cgroup_components(&cgroup),
+            uid,
+            addr: addr.parse::<IpAddr>().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            port,
+            protocol,
+        })
+}

@@ -11,5 +11,6 @@ pub mod disasm;
 pub mod elf;
 pub mod eval;
 pub mod insn;
+pub mod limits;
 pub mod model;
 pub mod plan;

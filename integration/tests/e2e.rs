@@ -236,7 +236,7 @@ async fn bundle_the_kernel_rejects_is_nacked_and_the_previous_one_keeps_enforcin
     let cg = TestCgroup::new("nack");
     let work = cg.create_child("work");
     let (_v4, _v6, port) = dual_listeners();
-    let options = palisade_server::Options { bundle_mutator: Some(mutator) };
+    let options = palisade_server::Options { bundle_mutator: Some(mutator), ..palisade_server::Options::default() };
     let server = EmbeddedServer::start_with(pool, options).await.expect("server");
     let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
     let state = tempfile::tempdir().expect("tempdir");

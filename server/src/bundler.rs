@@ -12,6 +12,7 @@ use std::{
 use palisade_compiler::{
     bundle::{Compiled, compile},
     codegen::KernelOffsets,
+    limits::{self, Limits},
     model::{self, Failsafe, PolicySet},
 };
 use palisade_proto::v1;
@@ -42,12 +43,16 @@ pub struct Built {
     pub bytes: Vec<u8>,
 }
 
+/// A policy set to check: (what it is, policies, failsafe, offsets).
+type CheckTarget = (String, Vec<(v1::Policy, u64)>, Vec<Failsafe>, KernelOffsets);
+
 /// Compiles and caches bundles.
 #[derive(Clone)]
 pub struct Bundler {
     store: Store,
     cache: Arc<Mutex<HashMap<String, Arc<Built>>>>,
     mutator: Option<BundleMutator>,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Bundler {
@@ -103,9 +108,51 @@ pub fn stats(compiled: &Compiled) -> serde_json::Value {
 }
 
 impl Bundler {
-    /// A bundler over `store`.
-    pub fn new(store: Store, mutator: Option<BundleMutator>) -> Self {
-        Self { store, cache: Arc::new(Mutex::new(HashMap::new())), mutator }
+    /// A bundler over `store` enforcing `limits`.
+    pub fn new(store: Store, mutator: Option<BundleMutator>, limits: Limits) -> Self {
+        Self { store, cache: Arc::new(Mutex::new(HashMap::new())), mutator, limits }
+    }
+
+    /// The capacity limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Rejects `policy` if it, or the policy set of any registered node it would join, would
+    /// compile to a bundle over capacity — so the failure happens at apply time, with the
+    /// numbers, never on the node.
+    pub async fn check_apply(&self, policy: &v1::Policy) -> Result<(), ApiError> {
+        let (_, live) = self.store.live_policies().await?;
+        let mut sets: Vec<CheckTarget> =
+            vec![("the policy alone".to_owned(), vec![(policy.clone(), 0)], Vec::new(), DEFAULT_OFFSETS)];
+        let mut seen = std::collections::HashSet::new();
+        for (name, context) in self.store.node_contexts().await? {
+            if !model::node_selected(policy, &context.labels) {
+                continue;
+            }
+            let mut held: Vec<(v1::Policy, u64)> = live
+                .iter()
+                .filter(|(p, _)| p.name != policy.name && model::node_selected(p, &context.labels))
+                .cloned()
+                .collect();
+            held.push((policy.clone(), 0));
+            let key = format!("{:?}", context.labels);
+            // Nodes with the same labels hold the same set: check it once.
+            if seen.insert(key) {
+                sets.push((format!("node {name}"), held, failsafe(&context), offsets(context.features.as_ref())));
+            }
+        }
+        let limits = self.limits;
+        tokio::task::spawn_blocking(move || {
+            for (target, policies, failsafe, offsets) in sets {
+                let (_, compiled) = compile_set(&policies, failsafe, offsets)?;
+                limits::check(&compiled, &limits)
+                    .map_err(|e| ApiError::FailedPrecondition(format!("for {target}: {e}")))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ApiError::FailedPrecondition(format!("compiler task failed: {e}")))?
     }
 
     /// The bundle `node` should run now.
@@ -124,8 +171,10 @@ impl Bundler {
             return Ok(built);
         }
         let mutator = self.mutator.clone();
+        let limits = self.limits;
         let (built, stats) = tokio::task::spawn_blocking(move || {
             let (_, compiled) = compile_set(&held, failsafe, offsets)?;
+            limits::check(&compiled, &limits).map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
             let stats = stats(&compiled);
             let mut mutated = compiled.content;
             let bytes = match mutator {

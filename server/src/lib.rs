@@ -54,6 +54,10 @@ pub struct Config {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "PALISADE_LOG_JSON")]
     pub log_json: bool,
+    /// Most entries one map of a compiled bundle may have; policies that would exceed it on
+    /// any node are rejected at apply time.
+    #[arg(long, env = "PALISADE_MAX_MAP_ENTRIES", default_value_t = palisade_compiler::limits::Limits::DEFAULT.max_map_entries)]
+    pub max_map_entries: u32,
 }
 
 /// Failures that stop the server.
@@ -96,7 +100,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     MIGRATOR.run(&pool).await.map_err(ServeError::Migrate)?;
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-    serve(pool, listener, shutdown).await
+    let limits = palisade_compiler::limits::Limits {
+        max_map_entries: config.max_map_entries,
+        ..palisade_compiler::limits::Limits::DEFAULT
+    };
+    serve_with(pool, listener, shutdown, Options { limits, ..Options::default() }).await
 }
 
 /// Serves every service on `listener` from a migrated `pool` until `shutdown` is cancelled:
@@ -111,11 +119,16 @@ pub struct Options {
     /// Test seam: changes every compiled bundle before it is stored and pushed (to hand an
     /// agent a bundle its kernel rejects). Never set by `palisade-server`.
     pub bundle_mutator: Option<bundler::BundleMutator>,
+    /// Capacity limits for compiled bundles.
+    pub limits: palisade_compiler::limits::Limits,
 }
 
 impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Options").field("bundle_mutator", &self.bundle_mutator.is_some()).finish()
+        f.debug_struct("Options")
+            .field("bundle_mutator", &self.bundle_mutator.is_some())
+            .field("limits", &self.limits)
+            .finish()
     }
 }
 
@@ -128,7 +141,7 @@ pub async fn serve_with(
 ) -> Result<(), ServeError> {
     let tracker = TaskTracker::new();
     let store = Store::new(pool);
-    let bundler = bundler::Bundler::new(store.clone(), options.bundle_mutator);
+    let bundler = bundler::Bundler::new(store.clone(), options.bundle_mutator, options.limits);
     let hub = EventHub::start(store.clone(), shutdown.clone(), &tracker).await.map_err(ServeError::Hub)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<PolicyServiceServer<PolicyApi>>().await;
@@ -156,7 +169,8 @@ pub async fn serve_with(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            PolicyServiceServer::new(PolicyApi::new(store.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            PolicyServiceServer::new(PolicyApi::new(store.clone(), bundler.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
             AgentServiceServer::new(AgentApi::new(

@@ -20,12 +20,13 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct PolicyApi {
     store: Store,
+    bundler: bundler::Bundler,
 }
 
 impl PolicyApi {
-    /// Serves policies from `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// Serves policies from `store`, checking capacity with `bundler`.
+    pub fn new(store: Store, bundler: bundler::Bundler) -> Self {
+        Self { store, bundler }
     }
 }
 
@@ -55,6 +56,7 @@ impl PolicyService for PolicyApi {
             None => return Err(ApiError::invalid("source", "a policy or a document is required").into()),
         };
         let policy = validate::policy(&policy).map_err(ApiError::Invalid)?;
+        self.bundler.check_apply(&policy).await?;
         let outcome = self.store.apply_policy(&policy, request.expected_revision, request.dry_run, &actor).await?;
         Ok(Response::new(v1::ApplyPolicyResponse {
             policy: Some(outcome.stored),
@@ -138,8 +140,11 @@ impl PolicyService for PolicyApi {
             None => return Err(ApiError::invalid("target", "a policy, a document or a node name is required").into()),
         };
         let disassemble = request.disassemble;
+        let limits = self.bundler.limits();
         let response = tokio::task::spawn_blocking(move || {
             let (set, compiled) = bundler::compile_set(&policies, failsafe, offsets)?;
+            palisade_compiler::limits::check(&compiled, &limits)
+                .map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
             Ok::<_, ApiError>(v1::CompilePolicyResponse {
                 programs: compiled
                     .programs

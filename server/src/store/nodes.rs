@@ -130,6 +130,18 @@ impl Store {
         })
     }
 
+    /// Every registered node's context, by name.
+    pub async fn node_contexts(&self) -> Result<Vec<(String, NodeContext)>, ApiError> {
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM nodes ORDER BY name").fetch_all(&self.pool).await?;
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let context = self.node_context(&name).await?;
+            out.push((name, context));
+        }
+        Ok(out)
+    }
+
     /// Records the bundle the node should run; the node's generation moves only when the
     /// digest changes. Returns the desired generation.
     pub async fn node_set_desired(&self, name: &str, digest: &str) -> Result<u64, ApiError> {

@@ -1,0 +1,120 @@
+//! Capacity limits: a bundle that would not load on a node is rejected when the policy is
+//! applied, with the numbers, instead of failing in the kernel later.
+
+use std::fmt;
+
+use crate::bundle::Compiled;
+
+/// Limits a bundle must stay within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most entries in any one map (memory on the node grows with this).
+    pub max_map_entries: u32,
+    /// Most instruction slots in one program (the verifier's hard limit is 1,000,000
+    /// processed instructions; ours are straight-line apart from a few branches).
+    pub max_instructions: u32,
+    /// Largest encoded bundle (it travels in one gRPC message).
+    pub max_bundle_bytes: usize,
+}
+
+impl Limits {
+    /// The defaults the server enforces.
+    pub const DEFAULT: Self = Self { max_map_entries: 1 << 20, max_instructions: 100_000, max_bundle_bytes: 128 << 20 };
+}
+
+impl std::default::Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// One exceeded limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Excess {
+    /// What (a map or program name, or "bundle").
+    pub what: String,
+    /// The measured value.
+    pub value: u64,
+    /// The limit.
+    pub limit: u64,
+    /// Unit ("entries", "instructions", "bytes").
+    pub unit: &'static str,
+}
+
+/// Every limit a bundle exceeds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct CapacityError(pub Vec<Excess>);
+
+impl fmt::Display for CapacityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|e| format!("{} needs {} {}, the limit is {}", e.what, e.value, e.unit, e.limit))
+            .collect();
+        write!(f, "bundle exceeds capacity: {}", parts.join("; "))
+    }
+}
+
+/// Checks a compiled bundle against `limits`.
+pub fn check(compiled: &Compiled, limits: &Limits) -> Result<(), CapacityError> {
+    let mut excess = Vec::new();
+    for m in &compiled.content.maps {
+        let entries = m.entries.len() as u64;
+        if entries > u64::from(limits.max_map_entries) {
+            excess.push(Excess {
+                what: format!("map {}", m.name),
+                value: entries,
+                limit: u64::from(limits.max_map_entries),
+                unit: "entries",
+            });
+        }
+    }
+    for (hook, program) in &compiled.programs {
+        let n = program.insns.len() as u64;
+        if n > u64::from(limits.max_instructions) {
+            excess.push(Excess {
+                what: format!("program {}", hook.symbol()),
+                value: n,
+                limit: u64::from(limits.max_instructions),
+                unit: "instructions",
+            });
+        }
+    }
+    if compiled.bytes.len() > limits.max_bundle_bytes {
+        excess.push(Excess {
+            what: "bundle".to_owned(),
+            value: compiled.bytes.len() as u64,
+            limit: limits.max_bundle_bytes as u64,
+            unit: "bytes",
+        });
+    }
+    if excess.is_empty() { Ok(()) } else { Err(CapacityError(excess)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_proto::document;
+
+    use super::*;
+    use crate::{bundle::compile, codegen::KernelOffsets, model::PolicySet};
+
+    #[test]
+    fn check_reports_every_exceeded_limit_with_numbers() {
+        let doc = document::parse(
+            "name: p\nnetwork: {connect: {rules: [{id: r, action: deny, cidrs: [10.0.0.0/8, 10.1.0.0/16, \"::1\"], ports: [\"1000-2000\"]}]}}",
+        )
+        .expect("parses")
+        .to_proto();
+        let set = PolicySet::new([(&doc, 1)], Vec::new()).expect("model");
+        let compiled = compile(&set, KernelOffsets { socket_type: 4 }).expect("compiles");
+        assert_eq!(check(&compiled, &Limits::DEFAULT), Ok(()));
+        let tight = Limits { max_map_entries: 3, max_instructions: 150, max_bundle_bytes: 100 };
+        let err = check(&compiled, &tight).expect_err("over the tight limits");
+        let whats: Vec<&str> = err.0.iter().map(|e| e.what.as_str()).collect();
+        assert!(whats.contains(&"map pal_ports"), "{whats:?}");
+        assert!(whats.contains(&"program pal_lsm_connect"), "{whats:?}");
+        assert!(whats.contains(&"bundle"), "{whats:?}");
+        assert!(err.to_string().contains("the limit is 3"), "{err}");
+    }
+}

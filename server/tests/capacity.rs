@@ -1,0 +1,79 @@
+//! Capacity-aware apply: a policy whose bundle would exceed a limit — alone, or together with
+//! the policies a registered node already holds — is rejected at apply time with the numbers.
+
+use std::collections::BTreeMap;
+
+use palisade_compiler::{bundle::compile, codegen::KernelOffsets, model::PolicySet};
+use palisade_proto::{
+    document,
+    v1::{self, agent_service_client::AgentServiceClient, policy_service_client::PolicyServiceClient},
+};
+use palisade_server::embedded::EmbeddedServer;
+use sqlx::PgPool;
+use tonic::Code;
+
+fn doc(name: &str, base_port: u32, ranges: u32) -> String {
+    // Odd-sized ranges decompose into several aligned blocks each.
+    let ports: Vec<String> =
+        (0..ranges).map(|i| format!("\"{}-{}\"", base_port + i * 100 + 1, base_port + i * 100 + 77)).collect();
+    format!(
+        "name: {name}\nnode_selector: {{match_labels: {{role: web}}}}\nnetwork: {{connect: {{rules: [{{id: r, action: deny, cidrs: [10.0.0.0/8], ports: [{}]}}]}}}}",
+        ports.join(", ")
+    )
+}
+
+fn port_entries(docs: &[&str]) -> u32 {
+    let policies: Vec<v1::Policy> = docs.iter().map(|d| document::parse(d).expect("parses").to_proto()).collect();
+    let set = PolicySet::new(policies.iter().map(|p| (p, 1)), Vec::new()).expect("model");
+    let compiled = compile(&set, KernelOffsets { socket_type: 4 }).expect("compiles");
+    compiled.content.maps.iter().find(|m| m.name == "pal_ports").map_or(0, |m| m.entries.len() as u32)
+}
+
+fn apply(document: String) -> v1::ApplyPolicyRequest {
+    v1::ApplyPolicyRequest { source: Some(v1::apply_policy_request::Source::Document(document)), ..Default::default() }
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn apply_policy_over_capacity_is_rejected_with_numbers_alone_and_on_a_node(pool: PgPool) {
+    let (a, b) = (doc("a", 1000, 8), doc("b", 5000, 8));
+    let (alone_a, alone_b, together) = (port_entries(&[&a]), port_entries(&[&b]), port_entries(&[&a, &b]));
+    assert!(together > alone_a.max(alone_b), "the combined set must be larger");
+    let limit = alone_a.max(alone_b);
+    let mut options = palisade_server::Options::default();
+    options.limits.max_map_entries = limit;
+    let server = EmbeddedServer::start_with(pool.clone(), options).await.expect("server");
+    let mut policies = PolicyServiceClient::connect(server.url()).await.expect("connect");
+
+    // Too big on its own.
+    let big = doc("big", 10_000, 16);
+    assert!(port_entries(&[&big]) > limit);
+    let err = policies.apply_policy(apply(big)).await.expect_err("over capacity");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("the policy alone"), "{}", err.message());
+    assert!(err.message().contains(&format!("the limit is {limit}")), "{}", err.message());
+
+    // Each fits alone; a node with role=web would hold both, which does not fit.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let hello = v1::AgentHello {
+        node_name: "web-1".into(),
+        labels: BTreeMap::from([("role".to_owned(), "web".to_owned())]),
+        ..Default::default()
+    };
+    tx.send(v1::SyncRequest { message: Some(v1::sync_request::Message::Hello(hello)) }).await.expect("hello");
+    let _stream = AgentServiceClient::connect(server.url())
+        .await
+        .expect("connect")
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("sync");
+    policies.apply_policy(apply(a)).await.expect("a fits");
+    let err = policies.apply_policy(apply(b.clone())).await.expect_err("a + b does not fit on web-1");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("node web-1"), "{}", err.message());
+    assert!(err.message().contains(&format!("map pal_ports needs {together} entries")), "{}", err.message());
+    let stored: Vec<String> = sqlx::query_scalar("SELECT name FROM policies").fetch_all(&pool).await.expect("names");
+    assert_eq!(stored, ["a"], "nothing of the rejected policy is stored");
+    // Without the node selector match it fits.
+    let elsewhere = b.replace("role: web", "role: db");
+    policies.apply_policy(apply(elsewhere)).await.expect("b on other nodes fits");
+}

@@ -239,7 +239,7 @@ fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Labe
     let have_table = a.label();
     let verdict = a.label();
     a.comment(format!("core ({}): workload class", if v6 { "IPv6" } else { "IPv4" }));
-    a.push(insn::mov64_imm(R9, 0));
+    a.push(insn::mov64_imm(R9, if plan.direct { plan.root_workload as i32 } else { 0 }));
     for &level in &plan.levels {
         let next = a.label();
         a.comment(format!("selected cgroups at depth {level}"));
@@ -254,19 +254,25 @@ fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Labe
         a.bind(next);
     }
     a.bind(have_class);
-    a.push(insn::stx(Size::W, R10, R9, UID_KEY));
-    a.push(insn::call(helper::GET_CURRENT_UID_GID));
-    a.push(insn::stx(Size::W, R10, R0, UID_KEY + 4));
-    lookup(a, maps::WORKLOADS, UID_KEY);
-    a.jmp_imm(Jmp::Jne, R0, 0, have_workload);
-    a.push(insn::st(Size::W, R10, UID_KEY + 4, -1));
-    lookup(a, maps::WORKLOADS, UID_KEY);
-    a.comment("no policy applies to this workload");
-    a.jmp_imm(Jmp::Jeq, R0, 0, allow);
-    a.bind(have_workload);
+    if plan.direct {
+        // No uid-specific policy: the cgroups map already gave the workload class.
+        a.comment("no policy applies to this workload");
+        a.jmp_imm(Jmp::Jeq, R9, 0, allow);
+    } else {
+        a.push(insn::stx(Size::W, R10, R9, UID_KEY));
+        a.push(insn::call(helper::GET_CURRENT_UID_GID));
+        a.push(insn::stx(Size::W, R10, R0, UID_KEY + 4));
+        lookup(a, maps::WORKLOADS, UID_KEY);
+        a.jmp_imm(Jmp::Jne, R0, 0, have_workload);
+        a.push(insn::st(Size::W, R10, UID_KEY + 4, -1));
+        lookup(a, maps::WORKLOADS, UID_KEY);
+        a.comment("no policy applies to this workload");
+        a.jmp_imm(Jmp::Jeq, R0, 0, allow);
+        a.bind(have_workload);
+        a.push(insn::ldx(Size::W, R9, R0, 0));
+    }
     a.comment("address region");
-    a.push(insn::ldx(Size::W, R1, R0, 0));
-    a.push(insn::stx(Size::W, R10, R1, ADDR_KEY + 4));
+    a.push(insn::stx(Size::W, R10, R9, ADDR_KEY + 4));
     a.push(insn::st(Size::W, R10, ADDR_KEY, if v6 { 32 + 128 } else { 32 + 32 }));
     lookup(a, if v6 { maps::ADDR6 } else { maps::ADDR4 }, ADDR_KEY);
     a.jmp_imm(Jmp::Jeq, R0, 0, allow);

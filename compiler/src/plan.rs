@@ -98,8 +98,14 @@ pub struct Plan {
     pub cgroups: Vec<CgroupClass>,
     /// Distinct levels of `cgroups`, deepest first.
     pub levels: Vec<u32>,
-    /// `(S, uid) → W` entries (uid [`ANY_UID`] for the fallback).
+    /// `(S, uid) → W` entries (uid [`ANY_UID`] for the fallback). Empty in direct mode.
     pub workloads: Vec<((u32, u32), u32)>,
+    /// Direct mode: no policy restricts uids, so the cgroups map holds `W` itself (in
+    /// [`CgroupClass::class`]) and tasks in no selected cgroup have [`Plan::root_workload`];
+    /// the programs then skip the uid helper and the workloads map.
+    pub direct: bool,
+    /// `W` of tasks in no selected cgroup, in direct mode (0: no policy applies).
+    pub root_workload: u32,
     /// IPv4 regions.
     pub regions4: Vec<Region<Ipv4Net>>,
     /// IPv6 regions (IPv4 prefixes appear here as IPv4-mapped prefixes, §3.4).
@@ -360,6 +366,16 @@ pub fn plan(set: &PolicySet) -> Plan {
     // Rule index 0 is reserved so that "no event" never aliases a real rule.
     tables.rules.push(RuleRef { policy: usize::MAX, rule: RuleName::Default });
     let mut plan = Plan { cgroups, levels, workloads: workload_entries, ..Plan::default() };
+    if plan.workloads.iter().all(|((_, uid), _)| *uid == ANY_UID) {
+        let any = |s: u32| plan.workloads.iter().find(|((c, _), _)| *c == s).map_or(0, |(_, w)| *w);
+        plan.root_workload = any(0);
+        let classes: Vec<u32> = plan.cgroups.iter().map(|c| any(c.class)).collect();
+        for (c, w) in plan.cgroups.iter_mut().zip(classes) {
+            c.class = w;
+        }
+        plan.workloads.clear();
+        plan.direct = true;
+    }
     for (w, applying) in classes.iter().enumerate().skip(1) {
         for v6 in [false, true] {
             let (by_prefix, anywhere) = members_by_prefix(set, applying, v6);
@@ -393,9 +409,14 @@ pub fn plan(set: &PolicySet) -> Plan {
 
 impl Plan {
     /// Looks a decision up exactly as the kernel programs do (for tests and tools).
+    /// `s` is the cgroups-map value of the task's deepest selected cgroup (0 if none).
     pub fn lookup(&self, s: u32, uid: u32, addr: IpAddr, port: u16, protocol: Protocol) -> Option<Value> {
         let find = |key| self.workloads.iter().find(|(k, _)| *k == key).map(|(_, w)| *w);
-        let w = find((s, uid)).or_else(|| find((s, ANY_UID))).unwrap_or(0);
+        let w = match (self.direct, s) {
+            (true, 0) => self.root_workload,
+            (true, w) => w,
+            (false, _) => find((s, uid)).or_else(|| find((s, ANY_UID))).unwrap_or(0),
+        };
         if w == 0 {
             return None;
         }

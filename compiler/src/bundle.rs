@@ -96,22 +96,27 @@ fn map(
     }
 }
 
-fn regions4(regions: &[Region<Ipv4Net>]) -> Vec<v1::MapEntry> {
+/// Address-region entries: key `(32 + prefix length, workload, network bytes)`.
+fn regions<N>(regions: &[Region<N>], prefix: impl Fn(&N) -> (u8, Vec<u8>)) -> Vec<v1::MapEntry> {
     regions
         .iter()
         .map(|r| {
-            let key = lpm_key(32 + u32::from(r.net.prefix_len()), r.workload, &r.net.network().octets());
-            entry(key, pair(r.tables[0], r.tables[1]))
+            let (len, network) = prefix(&r.net);
+            entry(lpm_key(32 + u32::from(len), r.workload, &network), pair(r.tables[0], r.tables[1]))
         })
         .collect()
 }
 
-fn regions6(regions: &[Region<Ipv6Net>]) -> Vec<v1::MapEntry> {
-    regions
-        .iter()
-        .map(|r| {
-            let key = lpm_key(32 + u32::from(r.net.prefix_len()), r.workload, &r.net.network().octets());
-            entry(key, pair(r.tables[0], r.tables[1]))
+/// The ELF map definitions of a bundle's maps.
+pub fn map_defs(maps: &[v1::BundleMap]) -> Vec<MapDef> {
+    maps.iter()
+        .map(|m| MapDef {
+            name: m.name.clone(),
+            map_type: m.map_type,
+            key_size: m.key_size,
+            value_size: m.value_size,
+            max_entries: m.max_entries,
+            flags: if m.map_type == BPF_MAP_TYPE_LPM_TRIE { BPF_F_NO_PREALLOC } else { 0 },
         })
         .collect()
 }
@@ -139,24 +144,28 @@ pub fn compile(set: &PolicySet, offsets: KernelOffsets) -> Result<Compiled, Comp
     let mut maps_out = vec![
         map(maps::CGROUPS, v1::MapRole::Cgroups, BPF_MAP_TYPE_HASH, 8, 4, Vec::new()),
         map(maps::WORKLOADS, v1::MapRole::Static, BPF_MAP_TYPE_HASH, 8, 4, workloads),
-        map(maps::ADDR4, v1::MapRole::Static, BPF_MAP_TYPE_LPM_TRIE, 12, 8, regions4(&plan.regions4)),
-        map(maps::ADDR6, v1::MapRole::Static, BPF_MAP_TYPE_LPM_TRIE, 24, 8, regions6(&plan.regions6)),
+        map(
+            maps::ADDR4,
+            v1::MapRole::Static,
+            BPF_MAP_TYPE_LPM_TRIE,
+            12,
+            8,
+            regions(&plan.regions4, |n: &Ipv4Net| (n.prefix_len(), n.network().octets().to_vec())),
+        ),
+        map(
+            maps::ADDR6,
+            v1::MapRole::Static,
+            BPF_MAP_TYPE_LPM_TRIE,
+            24,
+            8,
+            regions(&plan.regions6, |n: &Ipv6Net| (n.prefix_len(), n.network().octets().to_vec())),
+        ),
         map(maps::PORTS, v1::MapRole::Static, BPF_MAP_TYPE_LPM_TRIE, 10, 8, ports),
         map(maps::EVENTS, v1::MapRole::Events, BPF_MAP_TYPE_RINGBUF, 0, 0, Vec::new()),
     ];
     maps_out[0].max_entries = u32::try_from(plan.cgroups.len()).unwrap_or(u32::MAX).max(1);
     maps_out[5].max_entries = EVENTS_BYTES;
-    let defs: Vec<MapDef> = maps_out
-        .iter()
-        .map(|m| MapDef {
-            name: m.name.clone(),
-            map_type: m.map_type,
-            key_size: m.key_size,
-            value_size: m.value_size,
-            max_entries: m.max_entries,
-            flags: if m.map_type == BPF_MAP_TYPE_LPM_TRIE { BPF_F_NO_PREALLOC } else { 0 },
-        })
-        .collect();
+    let defs = map_defs(&maps_out);
     let elf_programs: Vec<ElfProgram<'_>> = programs
         .iter()
         .map(|(hook, p)| ElfProgram { name: hook.symbol(), section: hook.section(), program: p })

@@ -122,6 +122,18 @@ pub fn probe(probe_bin: &str, cgroup_dir: Option<&Path>, proto: &str, addr: &str
     }
 }
 
+/// Listeners on `127.0.0.1:P` and `[::1]:P` for one port `P`.
+pub fn dual_listeners() -> (std::net::TcpListener, std::net::TcpListener, u16) {
+    for _ in 0..50 {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").expect("bind v4");
+        let port = v4.local_addr().expect("addr").port();
+        if let Ok(v6) = std::net::TcpListener::bind(("::1", port)) {
+            return (v4, v6, port);
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and ::1");
+}
+
 /// Polls `check` every 20 ms until it returns true; panics after `timeout`.
 pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

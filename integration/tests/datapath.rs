@@ -9,7 +9,7 @@ use palisade_compiler::{
     codegen::KernelOffsets,
     model::PolicySet,
 };
-use palisade_integration::{Connect, TestCgroup, cgroup2, eventually, kernel_tests_enabled, probe};
+use palisade_integration::{Connect, TestCgroup, cgroup2, dual_listeners, eventually, kernel_tests_enabled, probe};
 use palisade_proto::{document, v1};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_connect-probe");
@@ -22,18 +22,6 @@ impl Drop for Pins {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Listeners on `127.0.0.1:P` and `[::1]:P` for one port `P`.
-fn dual_listeners() -> (TcpListener, TcpListener, u16) {
-    for _ in 0..50 {
-        let v4 = TcpListener::bind("127.0.0.1:0").expect("bind v4");
-        let port = v4.local_addr().expect("addr").port();
-        if let Ok(v6) = TcpListener::bind(("::1", port)) {
-            return (v4, v6, port);
-        }
-    }
-    panic!("no port free on both 127.0.0.1 and ::1");
 }
 
 fn bundle(yaml: &str, generation: u64) -> (Compiled, v1::Bundle) {

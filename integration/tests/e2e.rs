@@ -6,10 +6,12 @@ use std::{net::TcpListener, time::Duration};
 
 use palisade_compiler::{
     asm::Asm,
-    elf::{ElfProgram, MapDef, write},
+    elf::{ElfProgram, write},
     insn,
 };
-use palisade_integration::{Connect, TestAgent, TestCgroup, attached_programs, kernel_tests_enabled, probe};
+use palisade_integration::{
+    Connect, TestAgent, TestCgroup, attached_programs, dual_listeners, kernel_tests_enabled, probe,
+};
 use palisade_proto::v1::{
     self, apply_policy_request::Source, event_service_client::EventServiceClient,
     node_service_client::NodeServiceClient, policy_service_client::PolicyServiceClient,
@@ -22,17 +24,6 @@ use tonic::transport::Channel;
 const PROBE: &str = env!("CARGO_BIN_EXE_connect-probe");
 const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 const BPF_CGROUP_INET6_CONNECT: u32 = 11;
-
-fn dual_listeners() -> (TcpListener, TcpListener, u16) {
-    for _ in 0..50 {
-        let v4 = TcpListener::bind("127.0.0.1:0").expect("bind v4");
-        let port = v4.local_addr().expect("addr").port();
-        if let Ok(v6) = TcpListener::bind(("::1", port)) {
-            return (v4, v6, port);
-        }
-    }
-    panic!("no port free on both 127.0.0.1 and ::1");
-}
 
 fn policy(name: &str, cgroup: &str, port: u16, action: &str) -> v1::ApplyPolicyRequest {
     let doc = format!(
@@ -219,18 +210,7 @@ async fn bundle_the_kernel_rejects_is_nacked_and_the_previous_one_keeps_enforcin
         let bad = a.finish().expect("assembles");
         let programs: Vec<_> =
             content.programs.iter().map(|p| ElfProgram { name: &p.name, section: &p.section, program: &bad }).collect();
-        let maps: Vec<_> = content
-            .maps
-            .iter()
-            .map(|m| MapDef {
-                name: m.name.clone(),
-                map_type: m.map_type,
-                key_size: m.key_size,
-                value_size: m.value_size,
-                max_entries: m.max_entries,
-                flags: u32::from(m.map_type == 11),
-            })
-            .collect();
+        let maps = palisade_compiler::bundle::map_defs(&content.maps);
         content.elf = write(&programs, &maps).expect("writes");
     });
     let cg = TestCgroup::new("nack");

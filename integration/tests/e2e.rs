@@ -182,9 +182,17 @@ async fn agent_restart_keeps_enforcing_and_adopts_pinned_state(pool: PgPool) {
     };
     let restarted = TestAgent::start(config).await;
     assert_eq!(prober.await.expect("prober"), 0, "no connect got through across the restart");
-    // The server sees the same digest and pushes nothing new; the node reconnects.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = node(&channel, &node_name).await.expect("node");
+    // The node reconnects; the server sees the same digest and pushes nothing new.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let n = node(&channel, &node_name).await.expect("node");
+        let seen = |n: &v1::Node| n.last_seen.map(|t| (t.seconds, t.nanos));
+        if n.connected && seen(&n) > seen(&enforced) {
+            break n;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the restarted agent did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(after.applied_digest, enforced.applied_digest, "adopted, not reloaded");
     assert_eq!(after.desired_generation, enforced.desired_generation);
     assert!(after.connected);

@@ -127,9 +127,10 @@ impl Agent {
         let (enforcing_tx, enforcing) = watch::channel(None);
         let tracker = TaskTracker::new();
         let stop = shutdown.clone();
+        let (ready_tx, ready) = oneshot::channel();
         let handle = std::thread::Builder::new()
             .name("palisade-datapath".into())
-            .spawn(move || datapath_thread(paths, &command_rx, &events_tx, &enforcing_tx, &stop))
+            .spawn(move || datapath_thread(paths, &command_rx, &events_tx, &enforcing_tx, ready_tx, &stop))
             .map_err(|_| StartError::Datapath)?;
         // The thread owns kernel objects; join it on a blocking task so shutdown waits.
         tracker.spawn_blocking(move || {
@@ -153,6 +154,8 @@ impl Agent {
                 rx.await.map_err(|_| "the datapath has stopped".to_owned())?
             }
         };
+        // Say hello only after adoption, so the hello names the bundle the kernel runs.
+        ready.await.map_err(|_| StartError::Datapath)?;
         tracker.spawn(sync::run_sync(sync, apply, enforcing.clone(), shutdown.clone()));
         tracker.spawn(sync::run_reporter(config.server.clone(), node_name, events_rx, shutdown.clone()));
         tracker.close();
@@ -177,6 +180,7 @@ fn datapath_thread(
     commands: &std::sync::mpsc::Receiver<Command>,
     events: &mpsc::Sender<v1::DecisionEvent>,
     enforcing: &watch::Sender<Option<(u64, String)>>,
+    ready: oneshot::Sender<()>,
     shutdown: &CancellationToken,
 ) {
     let mut datapath = Datapath::new(paths);
@@ -189,6 +193,7 @@ fn datapath_thread(
         enforcing.send_replace(d.active().map(|(g, digest)| (g, digest.to_owned())));
     };
     publish(&datapath);
+    let _ = ready.send(());
     let mut batch = Vec::new();
     let mut last_cgroup_sync = std::time::Instant::now();
     let mut dropped = 0_u64;

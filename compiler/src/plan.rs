@@ -206,35 +206,62 @@ struct Tables {
 impl Tables {
     /// The port table of one region and protocol.
     fn table(&mut self, set: &PolicySet, applying: &[usize], members: &[Member], protocol: Protocol) -> u32 {
-        let mut bounds: BTreeSet<u32> = BTreeSet::from([0, 65_536]);
+        // Sweep the port axis: a member enters the active set where one of its ranges starts
+        // and leaves after it ends, so each interval's decision looks only at the members
+        // matching there, not at every member of the region.
+        let mut always: Vec<Member> = Vec::new();
+        let mut events: Vec<(u32, bool, Member)> = Vec::new();
         for m in members {
             match *m {
                 Member::Rule(p, r) => {
                     let rule = &set.policies[p].connect.as_ref().expect("member policies have a section").rules[r];
-                    if rule.matches_protocol(protocol) {
-                        for range in &rule.ports {
-                            bounds.insert(u32::from(range.first));
-                            bounds.insert(u32::from(range.last) + 1);
-                        }
+                    if !rule.matches_protocol(protocol) {
+                        continue;
+                    }
+                    if rule.ports.is_empty() {
+                        always.push(*m);
+                    }
+                    for range in &rule.ports {
+                        events.push((u32::from(range.first), true, *m));
+                        events.push((u32::from(range.last) + 1, false, *m));
                     }
                 }
-                Member::Failsafe(i) => {
-                    if let Some(port) = set.failsafe[i].port {
-                        bounds.insert(u32::from(port));
-                        bounds.insert(u32::from(port) + 1);
+                Member::Failsafe(i) => match set.failsafe[i].port {
+                    None => always.push(*m),
+                    Some(port) => {
+                        events.push((u32::from(port), true, *m));
+                        events.push((u32::from(port) + 1, false, *m));
                     }
-                }
+                },
             }
         }
-        let bounds: Vec<u32> = bounds.into_iter().collect();
+        events.sort_unstable();
+        let mut active: BTreeMap<Member, u32> = always.iter().map(|m| (*m, 1)).collect();
         let mut intervals: Vec<(u32, Value)> = Vec::new();
-        for window in bounds.windows(2) {
-            let port = window[0] as u16;
-            let decision = cell(set, applying, members, protocol, port);
+        let mut at = 0;
+        let mut e = 0;
+        while at < 65_536 {
+            while e < events.len() && events[e].0 == at {
+                let (_, enter, m) = events[e];
+                let count = active.entry(m).or_insert(0);
+                if enter {
+                    *count += 1;
+                } else {
+                    *count -= 1;
+                    if *count == 0 {
+                        active.remove(&m);
+                    }
+                }
+                e += 1;
+            }
+            let next = events.get(e).map_or(65_536, |ev| ev.0);
+            let here: Vec<Member> = active.keys().copied().collect();
+            let decision = cell(set, applying, &here, protocol, at as u16);
             let v = value(&decision, &mut self.rules, &mut self.rule_ids);
             if intervals.last().is_none_or(|(_, last)| *last != v) {
-                intervals.push((window[0], v));
+                intervals.push((at, v));
             }
+            at = next;
         }
         let next = self.ids.len() as u32;
         let id = *self.ids.entry(intervals.clone()).or_insert(next);

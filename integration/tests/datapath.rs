@@ -102,6 +102,43 @@ fn datapath_enforces_denies_reports_events_and_swaps_generations() {
     std::fs::create_dir_all(cg.dir_of(&late)).expect("late cgroup");
     assert_eq!(probe(PROBE, Some(&cg.dir_of(&late)), "tcp", "127.0.0.1", port), Connect::Denied);
 
+    // Swaps between two denying generations under a loop of connects: none slips through.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (stop, dir) = (stop.clone(), cg.dir_of(&work));
+        std::thread::spawn(move || {
+            let (mut tries, mut through) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tries += 1;
+                if probe(PROBE, Some(&dir), "tcp", "127.0.0.1", port) != Connect::Denied {
+                    through += 1;
+                }
+            }
+            (tries, through)
+        })
+    };
+    for generation in 4..24 {
+        // Alternate rule ids so every generation is a different bundle.
+        let id = if generation % 2 == 0 { "id: block" } else { "id: block-again" };
+        let yaml = policy(&work, port, "deny").replace("id: block", id);
+        let (_, next) = bundle(&yaml, generation);
+        datapath.apply(next, &mut drained).expect("swap under load");
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (tries, through) = prober.join().expect("prober");
+    assert!(tries > 10, "the prober ran ({tries} connects)");
+    assert_eq!(through, 0, "{through} of {tries} connects got through during 20 swaps");
+
+    // A selected cgroup that does not exist yet is enforced once it appears.
+    let future = format!("{}/future", cg.path());
+    let (_, pending) = bundle(&policy(&future, port, "deny"), 30);
+    datapath.apply(pending, &mut drained).expect("apply for a missing cgroup");
+    std::fs::create_dir_all(cg.dir_of(&future)).expect("create the selected cgroup");
+    datapath.sync_cgroups().expect("rescan");
+    assert_eq!(probe(PROBE, Some(&cg.dir_of(&future)), "tcp", "127.0.0.1", port), Connect::Denied);
+    assert_eq!(probe(PROBE, in_work.as_deref(), "tcp", "127.0.0.1", port), Connect::Ok, "work is no longer selected");
+
     datapath.remove_all().expect("cleanup");
     assert_eq!(probe(PROBE, in_work.as_deref(), "tcp", "127.0.0.1", port), Connect::Ok, "removing pins detaches");
 }

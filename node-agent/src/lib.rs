@@ -127,10 +127,12 @@ impl Agent {
         let (enforcing_tx, enforcing) = watch::channel(None);
         let tracker = TaskTracker::new();
         let stop = shutdown.clone();
+        // Network policy goes through BPF-LSM where the kernel allows it, else cgroup hooks.
+        let datapath = Datapath::new(paths).with_lsm(features.bpf_lsm);
         let (ready_tx, ready) = oneshot::channel();
         let handle = std::thread::Builder::new()
             .name("palisade-datapath".into())
-            .spawn(move || datapath_thread(paths, &command_rx, &events_tx, &enforcing_tx, ready_tx, &stop))
+            .spawn(move || datapath_thread(datapath, &command_rx, &events_tx, &enforcing_tx, ready_tx, &stop))
             .map_err(|_| StartError::Datapath)?;
         // The thread owns kernel objects; join it on a blocking task so shutdown waits.
         tracker.spawn_blocking(move || {
@@ -176,14 +178,13 @@ impl Agent {
 
 /// The datapath thread: applies bundles, polls the ring buffer, keeps the cgroup map current.
 fn datapath_thread(
-    paths: Paths,
+    mut datapath: Datapath,
     commands: &std::sync::mpsc::Receiver<Command>,
     events: &mpsc::Sender<v1::DecisionEvent>,
     enforcing: &watch::Sender<Option<(u64, String)>>,
     ready: oneshot::Sender<()>,
     shutdown: &CancellationToken,
 ) {
-    let mut datapath = Datapath::new(paths);
     match datapath.adopt() {
         Ok(true) => {}
         Ok(false) => tracing::info!("no pinned bundle to adopt; waiting for the server"),

@@ -129,7 +129,11 @@ pub struct Datapath {
     paths: Paths,
     active: Option<Active>,
     clock_offset: i128,
+    lsm: bool,
 }
+
+/// The BPF-LSM programs a bundle carries: (hook enum value, LSM hook name).
+const LSM_HOOKS: [(i32, &str); 1] = [(v1::Hook::LsmSocketConnect as i32, "socket_connect")];
 
 /// The cgroup programs a bundle carries, in attach order.
 const CGROUP_HOOKS: [(i32, &str); 2] =
@@ -196,7 +200,22 @@ fn sync_cgroup_map(
 impl Datapath {
     /// A datapath with nothing loaded yet.
     pub fn new(paths: Paths) -> Self {
-        Self { paths, active: None, clock_offset: events::monotonic_to_unix_offset() }
+        Self { paths, active: None, clock_offset: events::monotonic_to_unix_offset(), lsm: false }
+    }
+
+    /// Enforces through BPF-LSM programs instead of cgroup hooks (for kernels where the probe
+    /// found BPF-LSM). LSM links cannot be updated in place, so each generation's links are
+    /// pinned in its own directory: the new generation attaches before the old one's pins
+    /// are removed (make-before-break; during the overlap denies are the union).
+    #[must_use]
+    pub fn with_lsm(mut self, lsm: bool) -> Self {
+        self.lsm = lsm;
+        self
+    }
+
+    /// Whether programs are pinned link-per-generation (LSM) or swapped in stable links.
+    fn link_pin(&self, gen_dir: &Path, program: &str) -> PathBuf {
+        if self.lsm { gen_dir.join(format!("link_{program}")) } else { self.paths.link(program) }
     }
 
     /// The active generation and digest, if any.
@@ -211,9 +230,16 @@ impl Datapath {
         let bundle = v1::Bundle::decode(bytes.as_slice()).map_err(|e| LoadError::Decode(e.to_string()))?;
         let content = verify(&bundle)?;
         let gen_dir = self.gen_dir(&bundle);
-        for (_, section) in CGROUP_HOOKS {
-            let Some(program) = content.programs.iter().find(|p| p.section == section) else { continue };
-            if !self.paths.link(&program.name).exists() || !gen_dir.join(format!("prog_{}", program.name)).exists() {
+        let hooks: Vec<i32> = if self.lsm {
+            LSM_HOOKS.iter().map(|(h, _)| *h).collect()
+        } else {
+            CGROUP_HOOKS.iter().map(|(h, _)| *h).collect()
+        };
+        for hook in hooks {
+            let Some(program) = content.programs.iter().find(|p| p.hook == hook) else { continue };
+            if !self.link_pin(&gen_dir, &program.name).exists()
+                || !gen_dir.join(format!("prog_{}", program.name)).exists()
+            {
                 tracing::warn!(program = program.name, "pinned state is incomplete; not adopting");
                 return Ok(false);
             }
@@ -318,8 +344,11 @@ impl Datapath {
                 cgroup_map = Some(m.name.clone());
             }
         }
-        for (_, section) in CGROUP_HOOKS {
-            let Some(p) = content.programs.iter().find(|p| p.section == section) else { continue };
+        if self.lsm {
+            self.stage_lsm(&mut ebpf, content, gen_dir)?;
+        }
+        for (_, section) in CGROUP_HOOKS.iter().filter(|_| !self.lsm) {
+            let Some(p) = content.programs.iter().find(|p| p.section == *section) else { continue };
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(&p.name)
                 .ok_or_else(|| LoadError::Load(format!("program {} missing from the ELF", p.name)))?
@@ -351,9 +380,43 @@ impl Datapath {
         Ok(active)
     }
 
+    /// Loads, attaches and pins the LSM programs of a generation (they enforce from here on,
+    /// alongside the previous generation until its pins are removed).
+    fn stage_lsm(&self, ebpf: &mut aya::Ebpf, content: &v1::BundleContent, gen_dir: &Path) -> Result<(), LoadError> {
+        let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Unsupported(format!("kernel BTF: {e}")))?;
+        for (hook, name) in LSM_HOOKS {
+            let Some(p) = content.programs.iter().find(|p| p.hook == hook) else { continue };
+            let program: &mut aya::programs::Lsm = ebpf
+                .program_mut(&p.name)
+                .ok_or_else(|| LoadError::Load(format!("program {} missing from the ELF", p.name)))?
+                .try_into()
+                .map_err(|e: ProgramError| LoadError::Load(format!("{}: {e}", p.name)))?;
+            program.load(name, &btf).map_err(|e| match e {
+                ProgramError::LoadError { io_error, verifier_log } => LoadError::Verifier {
+                    program: p.name.clone(),
+                    error: io_error.to_string(),
+                    log: verifier_log.to_string(),
+                },
+                other => LoadError::Load(format!("{}: {other}", p.name)),
+            })?;
+            program
+                .pin(gen_dir.join(format!("prog_{}", p.name)))
+                .map_err(|e| LoadError::Load(format!("pinning {}: {e}", p.name)))?;
+            let id = program.attach().map_err(|e| LoadError::Load(format!("attaching {}: {e}", p.name)))?;
+            let link: FdLink = program.take_link(id).map_err(|e| LoadError::Load(format!("{}: {e}", p.name)))?.into();
+            link.pin(self.link_pin(gen_dir, &p.name))
+                .map_err(|e| LoadError::Load(format!("pinning the {} link: {e}", p.name)))?;
+        }
+        Ok(())
+    }
+
     /// Points every link at the programs pinned in `gen_dir`, creating links that do not
     /// exist yet. On failure, links already moved are moved back.
     fn swap(&self, content: &v1::BundleContent, gen_dir: &Path) -> Result<(), LoadError> {
+        if self.lsm {
+            // LSM links were attached in `stage_lsm`; removing the old generation detaches.
+            return Ok(());
+        }
         std::fs::create_dir_all(self.paths.links()).map_err(io_err("creating the links directory"))?;
         let mut moved: Vec<(OwnedFd, OwnedFd, Option<OwnedFd>)> = Vec::new();
         let result = (|| {

@@ -1,0 +1,209 @@
+//! `lsm-guest`: the BPF-LSM suite, run as root inside a qemu guest booted from a stock Debian
+//! kernel (scripts/lsm-suite.sh builds the initramfs and boots it). It compiles policies with
+//! the real compiler, loads them through the agent's real datapath in BPF-LSM mode and makes
+//! real connects from cgroups it creates. It prints `RESULT <name> PASS|FAIL <detail>` lines
+//! and a final `DONE <passed> <failed>` for the host to collect.
+#![allow(clippy::print_stdout, reason = "results go to the serial console")]
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use palisade_agent::{
+    btf,
+    loader::{Datapath, Paths},
+    probe,
+};
+use palisade_compiler::{bundle::compile, codegen::KernelOffsets, model::PolicySet};
+use palisade_proto::{document, v1};
+
+const PROBE: &str = "/bin/connect-probe";
+
+struct Suite {
+    passed: u32,
+    failed: u32,
+}
+
+impl Suite {
+    fn check(&mut self, name: &str, ok: bool, detail: impl std::fmt::Display) {
+        if ok {
+            self.passed += 1;
+            println!("RESULT {name} PASS {detail}");
+        } else {
+            self.failed += 1;
+            println!("RESULT {name} FAIL {detail}");
+        }
+    }
+}
+
+fn offsets() -> KernelOffsets {
+    let blob = std::fs::read("/sys/kernel/btf/vmlinux").unwrap_or_default();
+    let found = btf::member_offsets(&blob, btf::FIELDS).unwrap_or_default();
+    KernelOffsets { socket_type: found.get(KernelOffsets::SOCKET_TYPE).copied().unwrap_or(4) }
+}
+
+fn bundle(yaml: &str, generation: u64) -> Result<v1::Bundle, String> {
+    let policies: Vec<v1::Policy> = document::parse_all(yaml)
+        .into_iter()
+        .map(|d| d.map(|d| d.to_proto()).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let set = PolicySet::new(policies.iter().map(|p| (p, generation)), Vec::new()).map_err(|e| e.to_string())?;
+    let compiled = compile(&set, offsets()).map_err(|e| e.to_string())?;
+    Ok(v1::Bundle { generation, digest: compiled.digest, content: compiled.bytes, signature: Vec::new() })
+}
+
+/// Runs the connect probe in `cgroup`: "ok", "EPERM" or the error text.
+fn connect(cgroup: &Path, proto: &str, addr: &str, port: u16) -> String {
+    match Command::new(PROBE).arg("--cgroup").arg(cgroup).args([proto, addr, &port.to_string()]).output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        Err(e) => format!("probe: {e}"),
+    }
+}
+
+fn deny_policy(cgroup: &str, port: u16, mode: &str, default: &str, action: &str) -> String {
+    format!(
+        "name: lsm-test\nmode: {mode}\nworkload: {{cgroup: \"{cgroup}\"}}\nnetwork:\n  connect:\n    default: {default}\n    rules:\n      - {{id: rule-{port}, action: {action}, cidrs: [127.0.0.0/8, \"::1\"], ports: [{port}], protocols: [tcp]}}\n"
+    )
+}
+
+fn main() {
+    let mut suite = Suite { passed: 0, failed: 0 };
+    let features = probe::probe();
+    println!(
+        "INFO kernel {} bpf_lsm={} btf={} offsets={:?}",
+        features.kernel_release, features.bpf_lsm, features.btf, features.btf_offsets
+    );
+    suite.check("probe_reports_bpf_lsm", features.bpf_lsm, format!("kernel {}", features.kernel_release));
+    let Some(cgroup2) = probe::cgroup2_mount() else {
+        suite.check("cgroup2_mounted", false, "no cgroup2");
+        println!("DONE {} {}", suite.passed, suite.failed);
+        return;
+    };
+    let work = cgroup2.join("work");
+    let other = cgroup2.join("other");
+    for dir in [&work, &other] {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let listener4 = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener4.local_addr().expect("addr").port();
+    let _listener6 = TcpListener::bind(("::1", port)).ok();
+    let other_listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let other_port = other_listener.local_addr().expect("addr").port();
+    let paths = Paths {
+        bpffs: PathBuf::from("/sys/fs/bpf/palisade"),
+        state_dir: PathBuf::from("/tmp/palisade-state"),
+        cgroup2: cgroup2.clone(),
+        attach: cgroup2.clone(),
+    };
+    let mut datapath = Datapath::new(paths).with_lsm(true);
+    let mut drained = Vec::new();
+    let mut generation = 1;
+    let mut apply = |datapath: &mut Datapath, yaml: &str, drained: &mut Vec<v1::DecisionEvent>| -> Result<(), String> {
+        generation += 1;
+        let started = Instant::now();
+        let b = bundle(yaml, generation)?;
+        datapath.apply(b, drained).map_err(|e| e.to_string())?;
+        println!("INFO generation {generation} loaded in {} ms", started.elapsed().as_millis());
+        Ok(())
+    };
+
+    // Deny, enforce mode.
+    let loaded = apply(&mut datapath, &deny_policy("/work", port, "enforce", "allow", "deny"), &mut drained);
+    suite.check("lsm_bundle_loads", loaded.is_ok(), format!("{loaded:?}"));
+    let v4 = connect(&work, "tcp", "127.0.0.1", port);
+    suite.check("connect_v4_denied_with_eperm", v4 == "EPERM", &v4);
+    let v6 = connect(&work, "tcp", "::1", port);
+    suite.check("connect_v6_denied_with_eperm", v6 == "EPERM", &v6);
+    let other_port_result = connect(&work, "tcp", "127.0.0.1", other_port);
+    suite.check("connect_other_port_allowed", other_port_result == "ok", &other_port_result);
+    let outside = connect(&other, "tcp", "127.0.0.1", port);
+    suite.check("process_outside_cgroup_unaffected", outside == "ok", &outside);
+    let mut events = Vec::new();
+    datapath.drain(&mut events);
+    let named: Vec<String> =
+        events.iter().map(|e| format!("{}/{}:{}:{}", e.rule_id, e.verdict, e.address, e.hook)).collect();
+    let want = [format!("rule-{port}/2:127.0.0.1:lsm/socket_connect"), format!("rule-{port}/2:::1:lsm/socket_connect")];
+    suite.check("deny_events_name_the_rule", named == want, format!("{named:?}"));
+
+    // Audit mode: would-deny events, nothing denied.
+    let loaded = apply(&mut datapath, &deny_policy("/work", port, "audit", "allow", "deny"), &mut drained);
+    let audited = connect(&work, "tcp", "127.0.0.1", port);
+    let mut events = Vec::new();
+    datapath.drain(&mut events);
+    let would_deny = events.iter().any(|e| e.verdict == v1::Verdict::Audit as i32 && e.would_deny);
+    suite.check(
+        "audit_mode_reports_without_denying",
+        loaded.is_ok() && audited == "ok" && would_deny,
+        format!("{audited} {events:?}"),
+    );
+
+    // Default deny allow-lists.
+    let loaded = apply(&mut datapath, &deny_policy("/work", port, "enforce", "deny", "allow"), &mut drained);
+    let listed = connect(&work, "tcp", "127.0.0.1", port);
+    let unlisted = connect(&work, "tcp", "127.0.0.1", other_port);
+    suite.check(
+        "default_deny_allow_lists",
+        loaded.is_ok() && listed == "ok" && unlisted == "EPERM",
+        format!("listed={listed} unlisted={unlisted}"),
+    );
+
+    swap_under_load(&mut suite, &mut datapath, &mut apply, &work, port);
+
+    let _ = datapath.remove_all();
+    // Detaching after the last pin goes away completes asynchronously: poll.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut after = connect(&work, "tcp", "127.0.0.1", port);
+    while after != "ok" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        after = connect(&work, "tcp", "127.0.0.1", port);
+    }
+    suite.check("removing_pins_detaches", after == "ok", &after);
+    println!("DONE {} {}", suite.passed, suite.failed);
+}
+
+/// Generation swaps under a loop of attempts: zero denied attempts may get through.
+fn swap_under_load(
+    suite: &mut Suite,
+    datapath: &mut Datapath,
+    apply: &mut impl FnMut(&mut Datapath, &str, &mut Vec<v1::DecisionEvent>) -> Result<(), String>,
+    work: &Path,
+    port: u16,
+) {
+    let mut drained = Vec::new();
+    let _ = apply(datapath, &deny_policy("/work", port, "enforce", "allow", "deny"), &mut drained);
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (stop, work) = (stop.clone(), work.to_owned());
+        std::thread::spawn(move || {
+            let (mut tries, mut through) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                tries += 1;
+                if connect(&work, "tcp", "127.0.0.1", port) != "EPERM" {
+                    through += 1;
+                }
+            }
+            (tries, through)
+        })
+    };
+    let mut swaps_ok = true;
+    for i in 0..6 {
+        let yaml =
+            deny_policy("/work", port, "enforce", "allow", "deny").replace("id: rule", &format!("id: swap{i}-rule"));
+        swaps_ok &= apply(datapath, &yaml, &mut drained).is_ok();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (tries, through) = prober.join().unwrap_or((0, 1));
+    suite.check(
+        "swap_lets_no_denied_attempt_through",
+        swaps_ok && tries > 0 && through == 0,
+        format!("{through} of {tries} through"),
+    );
+}

@@ -10,7 +10,10 @@ use proptest::prelude::*;
 
 use crate::{
     eval::Attempt,
-    model::{Action, Default, Failsafe, Mode, Policy, PolicySet, Ports, Protocol, Rule, Section, cgroup_components},
+    model::{
+        Action, Default, Failsafe, Mode, Operation, Policy, PolicySet, Ports, Protocol, Rule, Section,
+        cgroup_components,
+    },
 };
 
 /// Prefixes rules draw from.
@@ -90,23 +93,38 @@ fn rule(id: usize) -> impl Strategy<Value = Rule> {
         })
 }
 
+fn section() -> impl Strategy<Value = Option<Section>> {
+    (
+        prop::sample::select(vec![Default::Allow, Default::Allow, Default::Deny, Default::Audit]),
+        (0_usize..6).prop_flat_map(|n| (0..n).map(rule).collect::<Vec<_>>()),
+        prop::bool::weighted(0.8),
+    )
+        .prop_map(|(default, rules, present)| present.then_some(Section { default, rules }))
+}
+
 fn policy(index: usize, space: &Space) -> impl Strategy<Value = Policy> + use<> {
     let uids: Vec<Option<u32>> = std::iter::repeat_n(None, 2).chain(space.uids.iter().copied().map(Some)).collect();
     (
         prop::sample::select(vec![Mode::Enforce, Mode::Enforce, Mode::Audit]),
         prop::sample::select(space.policy_cgroups.clone()),
         prop::sample::select(uids),
-        prop::sample::select(vec![Default::Allow, Default::Allow, Default::Deny, Default::Audit]),
-        (0_usize..6).prop_flat_map(|n| (0..n).map(rule).collect::<Vec<_>>()),
-        prop::bool::weighted(0.9),
+        section(),
+        section(),
     )
-        .prop_map(move |(mode, cgroup, uid, default, rules, has_section)| Policy {
+        .prop_map(move |(mode, cgroup, uid, connect, bind)| Policy {
             name: format!("p{index}"),
             revision: 1 + index as u64,
             mode,
             cgroup: cgroup_components(&cgroup),
             uid,
-            connect: has_section.then_some(Section { default, rules }),
+            connect,
+            bind: bind.map(|mut s| {
+                // Rule ids are unique across a policy's sections.
+                for r in &mut s.rules {
+                    r.id = format!("b{}", r.id);
+                }
+                s
+            }),
         })
 }
 
@@ -126,16 +144,18 @@ pub fn policy_set(space: &Space) -> impl Strategy<Value = PolicySet> + use<> {
     })
 }
 
-/// One attempt from a task in `space`.
+/// One attempt (connect or bind) from a task in `space`.
 pub fn attempt(space: &Space) -> impl Strategy<Value = Attempt> + use<> {
     (
+        prop::sample::select(vec![Operation::Connect, Operation::Connect, Operation::Bind]),
         prop::sample::select(space.task_cgroups.clone()),
         prop::sample::select(space.uids.iter().copied().chain([5]).collect::<Vec<_>>()),
         prop::sample::select(ADDRS),
         prop::sample::select(ATTEMPT_PORTS),
         prop::sample::select(vec![Protocol::Tcp, Protocol::Udp]),
     )
-        .prop_map(|(cgroup, uid, addr, port, protocol)| Attempt {
+        .prop_map(|(operation, cgroup, uid, addr, port, protocol)| Attempt {
+            operation,
             cgroup: cgroup_components(&cgroup),
             uid,
             addr: addr.parse::<IpAddr>().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),

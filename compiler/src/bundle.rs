@@ -12,7 +12,7 @@ use crate::{
     codegen::{self, Hook, KernelOffsets, maps},
     elf::{self, ElfProgram, MapDef},
     eval::RuleName,
-    model::PolicySet,
+    model::{Operation, PolicySet},
     plan::{self, Plan, Region},
 };
 
@@ -53,8 +53,8 @@ pub struct Compiled {
     pub bytes: Vec<u8>,
     /// Hex SHA-256 of `bytes`.
     pub digest: String,
-    /// The partition (for tools and tests).
-    pub plan: Plan,
+    /// The partition of each operation, in [`Operation::ALL`] order (for tools and tests).
+    pub plans: Vec<Plan>,
     /// Generated programs, with comments, in [`Hook::ALL`] order.
     pub programs: Vec<(Hook, Program)>,
 }
@@ -123,48 +123,76 @@ pub fn map_defs(maps: &[v1::BundleMap]) -> Vec<MapDef> {
 
 /// Compiles a policy set for kernels with the given struct offsets.
 pub fn compile(set: &PolicySet, offsets: KernelOffsets) -> Result<Compiled, CompileError> {
-    let plan = plan::plan(set);
+    let plans: Vec<Plan> = Operation::ALL.iter().map(|&op| plan::plan(set, op)).collect();
     let programs = Hook::ALL
         .iter()
         .map(|&hook| {
-            codegen::program(hook, &plan, offsets)
+            let plan = &plans[Operation::ALL.iter().position(|op| *op == hook.operation()).unwrap_or(0)];
+            codegen::program(hook, plan, offsets)
                 .map(|p| (hook, p))
                 .map_err(|source| CompileError::Assemble { hook, source })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let workloads =
-        plan.workloads.iter().map(|((s, uid), w)| entry(pair(*s, *uid), w.to_le_bytes().to_vec())).collect();
-    let ports = plan
-        .ports
-        .iter()
-        .map(|b| {
-            entry(lpm_key(32 + u32::from(b.len), b.table, &b.port.to_be_bytes()), pair(b.value.rule, b.value.flags))
-        })
-        .collect();
-    let mut maps_out = vec![
-        map(maps::CGROUPS, v1::MapRole::Cgroups, BPF_MAP_TYPE_HASH, 8, 4, Vec::new()),
-        map(maps::WORKLOADS, v1::MapRole::Static, BPF_MAP_TYPE_HASH, 8, 4, workloads),
-        map(
-            maps::ADDR4,
-            v1::MapRole::Static,
-            BPF_MAP_TYPE_LPM_TRIE,
-            12,
-            8,
-            regions(&plan.regions4, |n: &Ipv4Net| (n.prefix_len(), n.network().octets().to_vec())),
-        ),
-        map(
-            maps::ADDR6,
-            v1::MapRole::Static,
-            BPF_MAP_TYPE_LPM_TRIE,
-            24,
-            8,
-            regions(&plan.regions6, |n: &Ipv6Net| (n.prefix_len(), n.network().octets().to_vec())),
-        ),
-        map(maps::PORTS, v1::MapRole::Static, BPF_MAP_TYPE_LPM_TRIE, 10, 8, ports),
-        map(maps::EVENTS, v1::MapRole::Events, BPF_MAP_TYPE_RINGBUF, 0, 0, Vec::new()),
-    ];
-    maps_out[0].max_entries = u32::try_from(plan.cgroups.len()).unwrap_or(u32::MAX).max(1);
-    maps_out[5].max_entries = EVENTS_BYTES;
+    // One rule table for the bundle: entry 0 is "no rule", then every operation's rules; each
+    // plan's rule indices are shifted into it.
+    let mut rules = vec![v1::BundleRule { policy: u32::MAX, rule_id: String::new() }];
+    let mut maps_out = Vec::new();
+    let mut cgroups = Vec::new();
+    for plan in &plans {
+        let names = maps::of(plan.operation);
+        let shift = (rules.len() - 1) as u32;
+        rules.extend(plan.rules.iter().skip(1).map(|r| {
+            let rule_id = match (set.policies.get(r.policy), r.rule) {
+                (Some(p), RuleName::Rule(i)) => {
+                    p.section(plan.operation).map(|s| s.rules[i].id.clone()).unwrap_or_default()
+                }
+                (_, RuleName::Default) | (None, _) => "default".to_owned(),
+            };
+            v1::BundleRule { policy: r.policy as u32, rule_id }
+        }));
+        let workloads =
+            plan.workloads.iter().map(|((s, uid), w)| entry(pair(*s, *uid), w.to_le_bytes().to_vec())).collect();
+        let ports = plan
+            .ports
+            .iter()
+            .map(|b| {
+                let rule = if b.value.rule == 0 { 0 } else { b.value.rule + shift };
+                entry(lpm_key(32 + u32::from(b.len), b.table, &b.port.to_be_bytes()), pair(rule, b.value.flags))
+            })
+            .collect();
+        let mut cgroup_map = map(names.cgroups, v1::MapRole::Cgroups, BPF_MAP_TYPE_HASH, 8, 4, Vec::new());
+        cgroup_map.max_entries = u32::try_from(plan.cgroups.len()).unwrap_or(u32::MAX).max(1);
+        maps_out.extend([
+            cgroup_map,
+            map(names.workloads, v1::MapRole::Static, BPF_MAP_TYPE_HASH, 8, 4, workloads),
+            map(
+                names.addr4,
+                v1::MapRole::Static,
+                BPF_MAP_TYPE_LPM_TRIE,
+                12,
+                8,
+                regions(&plan.regions4, |n: &Ipv4Net| (n.prefix_len(), n.network().octets().to_vec())),
+            ),
+            map(
+                names.addr6,
+                v1::MapRole::Static,
+                BPF_MAP_TYPE_LPM_TRIE,
+                24,
+                8,
+                regions(&plan.regions6, |n: &Ipv6Net| (n.prefix_len(), n.network().octets().to_vec())),
+            ),
+            map(names.ports, v1::MapRole::Static, BPF_MAP_TYPE_LPM_TRIE, 10, 8, ports),
+        ]);
+        cgroups.extend(plan.cgroups.iter().map(|c| v1::BundleCgroup {
+            path: c.path.clone(),
+            level: c.level,
+            class: c.class,
+            map: names.cgroups.to_owned(),
+        }));
+    }
+    let mut events = map(maps::EVENTS, v1::MapRole::Events, BPF_MAP_TYPE_RINGBUF, 0, 0, Vec::new());
+    events.max_entries = EVENTS_BYTES;
+    maps_out.push(events);
     let defs = map_defs(&maps_out);
     let elf_programs: Vec<ElfProgram<'_>> = programs
         .iter()
@@ -189,29 +217,19 @@ pub fn compile(set: &PolicySet, offsets: KernelOffsets) -> Result<Compiled, Comp
             .iter()
             .map(|p| v1::BundlePolicy { name: p.name.clone(), revision: p.revision })
             .collect(),
-        rules: plan
-            .rules
-            .iter()
-            .map(|r| match (set.policies.get(r.policy), r.rule) {
-                (Some(p), RuleName::Rule(i)) => v1::BundleRule {
-                    policy: r.policy as u32,
-                    rule_id: p.connect.as_ref().map(|s| s.rules[i].id.clone()).unwrap_or_default(),
-                },
-                (Some(_), RuleName::Default) => {
-                    v1::BundleRule { policy: r.policy as u32, rule_id: "default".to_owned() }
-                }
-                (None, _) => v1::BundleRule { policy: u32::MAX, rule_id: String::new() },
-            })
-            .collect(),
-        cgroups: plan
-            .cgroups
-            .iter()
-            .map(|c| v1::BundleCgroup { path: c.path.clone(), level: c.level, class: c.class })
-            .collect(),
+        rules,
+        cgroups,
     };
     let bytes = content.encode_to_vec();
     let digest = palisade_proto::sha256_hex(&bytes);
-    Ok(Compiled { content, bytes, digest, plan, programs })
+    Ok(Compiled { content, bytes, digest, plans, programs })
+}
+
+impl Compiled {
+    /// The partition of one operation.
+    pub fn plan(&self, op: Operation) -> &Plan {
+        self.plans.iter().find(|p| p.operation == op).unwrap_or(&self.plans[0])
+    }
 }
 
 /// Renders a compiled bundle for humans: every program's assembly (with the generator's
@@ -224,26 +242,42 @@ pub fn render(compiled: &Compiled, set: &PolicySet) -> String {
         out.push_str(&crate::disasm::disassemble(program));
         out.push('\n');
     }
-    let plan = &compiled.plan;
+    for plan in &compiled.plans {
+        render_plan(&mut out, plan, set);
+    }
+    out
+}
+
+fn render_plan(out: &mut String, plan: &Plan, set: &PolicySet) {
+    let names = maps::of(plan.operation);
+    let op = plan.operation;
     let rule_name = |index: u32| -> String {
         match plan.rules.get(index as usize).and_then(|r| set.policies.get(r.policy).map(|p| (p, r.rule))) {
             Some((p, RuleName::Rule(i))) => {
-                format!("{}@{}/{}", p.name, p.revision, p.connect.as_ref().map_or("?", |s| s.rules[i].id.as_str()))
+                format!("{}@{}/{}", p.name, p.revision, p.section(op).map_or("?", |s| s.rules[i].id.as_str()))
             }
             Some((p, RuleName::Default)) => format!("{}@{}/default", p.name, p.revision),
             None => "-".to_owned(),
         }
     };
-    let _ = writeln!(out, "; ---- selected cgroups ({} map)", maps::CGROUPS);
+    let _ = writeln!(out, "; ==== {} ====", op.section_path());
+    let _ = writeln!(out, "; ---- selected cgroups ({})", names.cgroups);
     for c in &plan.cgroups {
         let _ = writeln!(out, ";   {} (depth {}) -> class {}", c.path, c.level, c.class);
     }
-    let _ = writeln!(out, "; ---- workload classes ({})", maps::WORKLOADS);
+    let _ = writeln!(out, "; ---- workload classes ({})", names.workloads);
+    if plan.direct {
+        let _ = writeln!(
+            out,
+            ";   direct: cgroup classes are workloads; no selected cgroup -> workload {}",
+            plan.root_workload
+        );
+    }
     for ((s, uid), w) in &plan.workloads {
         let uid = if *uid == plan::ANY_UID { "any".to_owned() } else { uid.to_string() };
         let _ = writeln!(out, ";   class {s}, uid {uid} -> workload {w}");
     }
-    let _ = writeln!(out, "; ---- address regions ({}, {})", maps::ADDR4, maps::ADDR6);
+    let _ = writeln!(out, "; ---- address regions ({}, {})", names.addr4, names.addr6);
     for r in &plan.regions4 {
         let _ = writeln!(
             out,
@@ -258,7 +292,7 @@ pub fn render(compiled: &Compiled, set: &PolicySet) -> String {
             r.workload, r.net, r.tables[0], r.tables[1]
         );
     }
-    let _ = writeln!(out, "; ---- port decisions ({})", maps::PORTS);
+    let _ = writeln!(out, "; ---- port decisions ({})", names.ports);
     for b in &plan.ports {
         let size = 1_u32 << (16 - u32::from(b.len));
         let last = u32::from(b.port) + size - 1;
@@ -274,7 +308,6 @@ pub fn render(compiled: &Compiled, set: &PolicySet) -> String {
         };
         let _ = writeln!(out, ";   table {} ports {}-{last} -> {verdict}{event}", b.table, b.port);
     }
-    out
 }
 
 #[cfg(test)]

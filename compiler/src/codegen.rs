@@ -9,23 +9,57 @@
 use crate::{
     asm::{Asm, AsmError, Label, Program},
     insn::{self, Alu, Jmp, R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Size, helper},
+    model::Operation,
     plan::{FLAG_DENY, FLAG_EVENT, Plan},
 };
 
 /// Map names (ELF symbols and kernel names, ≤ 15 bytes).
 pub mod maps {
-    /// cgroup id → selected-cgroup class.
-    pub const CGROUPS: &str = "pal_cgroups";
-    /// (class, uid) → workload class.
-    pub const WORKLOADS: &str = "pal_workloads";
-    /// (workload, IPv4 prefix) → port tables.
-    pub const ADDR4: &str = "pal_addr4";
-    /// (workload, IPv6 prefix) → port tables.
-    pub const ADDR6: &str = "pal_addr6";
-    /// (port table, port prefix) → decision.
-    pub const PORTS: &str = "pal_ports";
-    /// Ring buffer of events.
+    use crate::model::Operation;
+
+    /// Ring buffer of events (shared by every program).
     pub const EVENTS: &str = "pal_events";
+
+    /// The maps of one operation's partition.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Names {
+        /// cgroup id → selected-cgroup class.
+        pub cgroups: &'static str,
+        /// (class, uid) → workload class.
+        pub workloads: &'static str,
+        /// (workload, IPv4 prefix) → port tables.
+        pub addr4: &'static str,
+        /// (workload, IPv6 prefix) → port tables.
+        pub addr6: &'static str,
+        /// (port table, port prefix) → decision.
+        pub ports: &'static str,
+    }
+
+    /// `network.connect`.
+    pub const CONNECT: Names = Names {
+        cgroups: "pal_cgroups",
+        workloads: "pal_workloads",
+        addr4: "pal_addr4",
+        addr6: "pal_addr6",
+        ports: "pal_ports",
+    };
+
+    /// `network.bind`.
+    pub const BIND: Names = Names {
+        cgroups: "palb_cgroups",
+        workloads: "palb_workloads",
+        addr4: "palb_addr4",
+        addr6: "palb_addr6",
+        ports: "palb_ports",
+    };
+
+    /// The maps of `op`.
+    pub fn of(op: Operation) -> Names {
+        match op {
+            Operation::Connect => CONNECT,
+            Operation::Bind => BIND,
+        }
+    }
 }
 
 /// The hooks the compiler generates programs for.
@@ -37,11 +71,31 @@ pub enum Hook {
     Connect6,
     /// `lsm/socket_connect`.
     LsmSocketConnect,
+    /// cgroup/bind4.
+    Bind4,
+    /// cgroup/bind6.
+    Bind6,
+    /// `lsm/socket_bind`.
+    LsmSocketBind,
 }
 
 impl Hook {
     /// Every hook, in bundle order.
-    pub const ALL: [Self; 3] = [Self::Connect4, Self::Connect6, Self::LsmSocketConnect];
+    pub const ALL: [Self; 6] =
+        [Self::Connect4, Self::Connect6, Self::LsmSocketConnect, Self::Bind4, Self::Bind6, Self::LsmSocketBind];
+
+    /// The operation (policy section) the hook decides.
+    pub fn operation(self) -> Operation {
+        match self {
+            Self::Connect4 | Self::Connect6 | Self::LsmSocketConnect => Operation::Connect,
+            Self::Bind4 | Self::Bind6 | Self::LsmSocketBind => Operation::Bind,
+        }
+    }
+
+    /// Whether this is a BPF-LSM program (else a cgroup sock_addr program).
+    pub fn is_lsm(self) -> bool {
+        matches!(self, Self::LsmSocketConnect | Self::LsmSocketBind)
+    }
 
     /// ELF section (program type for aya).
     pub fn section(self) -> &'static str {
@@ -49,6 +103,9 @@ impl Hook {
             Self::Connect4 => "cgroup/connect4",
             Self::Connect6 => "cgroup/connect6",
             Self::LsmSocketConnect => "lsm/socket_connect",
+            Self::Bind4 => "cgroup/bind4",
+            Self::Bind6 => "cgroup/bind6",
+            Self::LsmSocketBind => "lsm/socket_bind",
         }
     }
 
@@ -58,6 +115,9 @@ impl Hook {
             Self::Connect4 => "pal_connect4",
             Self::Connect6 => "pal_connect6",
             Self::LsmSocketConnect => "pal_lsm_connect",
+            Self::Bind4 => "pal_bind4",
+            Self::Bind6 => "pal_bind6",
+            Self::LsmSocketBind => "pal_lsm_bind",
         }
     }
 
@@ -67,6 +127,9 @@ impl Hook {
             Self::Connect4 => 1,
             Self::Connect6 => 2,
             Self::LsmSocketConnect => 3,
+            Self::Bind4 => 4,
+            Self::Bind6 => 5,
+            Self::LsmSocketBind => 6,
         }
     }
 
@@ -74,19 +137,19 @@ impl Hook {
     pub fn allow(self) -> i32 {
         match self {
             // cgroup sock_addr: 1 lets the call proceed (kernel/bpf/cgroup.c).
-            Self::Connect4 | Self::Connect6 => 1,
+            Self::Connect4 | Self::Connect6 | Self::Bind4 | Self::Bind6 => 1,
             // LSM: 0 allows.
-            Self::LsmSocketConnect => 0,
+            Self::LsmSocketConnect | Self::LsmSocketBind => 0,
         }
     }
 
     /// What the program returns to deny.
     pub fn deny(self) -> i32 {
         match self {
-            // cgroup sock_addr: 0 makes connect(2) fail with EPERM.
-            Self::Connect4 | Self::Connect6 => 0,
+            // cgroup sock_addr: 0 makes connect(2)/bind(2) fail with EPERM.
+            Self::Connect4 | Self::Connect6 | Self::Bind4 | Self::Bind6 => 0,
             // LSM: a negative errno; never 1 (6.1 accepts it and connect then returns 1).
-            Self::LsmSocketConnect => -libc_eperm(),
+            Self::LsmSocketConnect | Self::LsmSocketBind => -libc_eperm(),
         }
     }
 }
@@ -126,8 +189,9 @@ const IPPROTO_UDP: i32 = 17;
 const SOCK_STREAM: i32 = 1;
 const SOCK_DGRAM: i32 = 2;
 
-/// Generates the program for `hook`.
+/// Generates the program for `hook` from the partition of its operation.
 pub fn program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result<Program, AsmError> {
+    debug_assert_eq!(plan.operation, hook.operation());
     let mut a = Asm::new();
     let allow = a.label();
     let deny = a.label();
@@ -137,12 +201,12 @@ pub fn program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result<Progra
     a.comment(format!("palisade {} — adapter", hook.section()));
     a.push(insn::mov64_reg(R6, R1));
     match hook {
-        Hook::Connect4 | Hook::Connect6 => {
+        Hook::Connect4 | Hook::Connect6 | Hook::Bind4 | Hook::Bind6 => {
             // struct bpf_sock_addr: protocol at 36, user_ip4 at 4, user_ip6 at 8, user_port at 24.
             a.push(insn::ldx(Size::W, R1, R6, 36));
             protocol_to_r8(&mut a, IPPROTO_TCP, IPPROTO_UDP, allow);
             a.push(insn::ldx(Size::W, R7, R6, 24));
-            if hook == Hook::Connect4 {
+            if matches!(hook, Hook::Connect4 | Hook::Bind4) {
                 a.push(insn::ldx(Size::W, R1, R6, 4));
                 a.push(insn::stx(Size::W, R10, R1, ADDR_KEY + 8));
                 a.ja(core4);
@@ -154,8 +218,9 @@ pub fn program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result<Progra
                 a.ja(core6);
             }
         }
-        Hook::LsmSocketConnect => {
-            // socket_connect(struct socket *sock, struct sockaddr *address, int addrlen):
+        Hook::LsmSocketConnect | Hook::LsmSocketBind => {
+            // socket_connect and socket_bind(struct socket *sock, struct sockaddr *address,
+            // int addrlen):
             // r1 points at the arguments as u64s. The sockaddr lives in a kernel
             // sockaddr_storage (move_addr_to_kernel), so reading 28 bytes stays inside it.
             a.push(insn::mov64_reg(R1, R10));
@@ -190,8 +255,8 @@ pub fn program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result<Progra
         }
     }
     // r7 = port in network order (low 16 bits).
-    let emit_v4 = matches!(hook, Hook::Connect4 | Hook::LsmSocketConnect);
-    let emit_v6 = matches!(hook, Hook::Connect6 | Hook::LsmSocketConnect);
+    let emit_v4 = matches!(hook, Hook::Connect4 | Hook::Bind4) || hook.is_lsm();
+    let emit_v6 = matches!(hook, Hook::Connect6 | Hook::Bind6) || hook.is_lsm();
     // Only reachable code: the verifier rejects unreachable instructions.
     if emit_v4 {
         a.bind(core4);
@@ -247,7 +312,7 @@ fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Labe
         a.push(insn::call(helper::GET_CURRENT_ANCESTOR_CGROUP_ID));
         a.jmp_imm(Jmp::Jeq, R0, 0, next);
         a.push(insn::stx(Size::DW, R10, R0, CGROUP_KEY));
-        lookup(a, crate::codegen::maps::CGROUPS, CGROUP_KEY);
+        lookup(a, maps::of(plan.operation).cgroups, CGROUP_KEY);
         a.jmp_imm(Jmp::Jeq, R0, 0, next);
         a.push(insn::ldx(Size::W, R9, R0, 0));
         a.ja(have_class);
@@ -262,10 +327,10 @@ fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Labe
         a.push(insn::stx(Size::W, R10, R9, UID_KEY));
         a.push(insn::call(helper::GET_CURRENT_UID_GID));
         a.push(insn::stx(Size::W, R10, R0, UID_KEY + 4));
-        lookup(a, maps::WORKLOADS, UID_KEY);
+        lookup(a, maps::of(plan.operation).workloads, UID_KEY);
         a.jmp_imm(Jmp::Jne, R0, 0, have_workload);
         a.push(insn::st(Size::W, R10, UID_KEY + 4, -1));
-        lookup(a, maps::WORKLOADS, UID_KEY);
+        lookup(a, maps::of(plan.operation).workloads, UID_KEY);
         a.comment("no policy applies to this workload");
         a.jmp_imm(Jmp::Jeq, R0, 0, allow);
         a.bind(have_workload);
@@ -274,7 +339,8 @@ fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Labe
     a.comment("address region");
     a.push(insn::stx(Size::W, R10, R9, ADDR_KEY + 4));
     a.push(insn::st(Size::W, R10, ADDR_KEY, if v6 { 32 + 128 } else { 32 + 32 }));
-    lookup(a, if v6 { maps::ADDR6 } else { maps::ADDR4 }, ADDR_KEY);
+    let names = maps::of(plan.operation);
+    lookup(a, if v6 { names.addr6 } else { names.addr4 }, ADDR_KEY);
     a.jmp_imm(Jmp::Jeq, R0, 0, allow);
     a.jmp_imm(Jmp::Jeq, R8, 2, udp);
     a.push(insn::ldx(Size::W, R1, R0, 0));
@@ -286,7 +352,7 @@ fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Labe
     a.push(insn::stx(Size::W, R10, R1, PORT_KEY + 4));
     a.push(insn::stx(Size::H, R10, R7, PORT_KEY + 8));
     a.push(insn::st(Size::W, R10, PORT_KEY, 32 + 16));
-    lookup(a, maps::PORTS, PORT_KEY);
+    lookup(a, names.ports, PORT_KEY);
     a.jmp_imm(Jmp::Jeq, R0, 0, allow);
     a.push(insn::mov64_reg(R9, R0));
     a.push(insn::ldx(Size::W, R1, R9, 4));

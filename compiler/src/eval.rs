@@ -6,18 +6,21 @@
 
 use std::net::IpAddr;
 
-use crate::model::{Action, Default, Mode, PolicySet, Protocol};
+use crate::model::{Action, Default, Mode, Operation, PolicySet, Protocol};
 
-/// One connect attempt (§1.2).
+/// One operation attempt (§1.2): a connect (destination address and port) or a bind (local
+/// address and port).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
+    /// Which operation.
+    pub operation: Operation,
     /// cgroup path components of the calling task.
     pub cgroup: Vec<String>,
     /// Real uid.
     pub uid: u32,
-    /// Destination address.
+    /// Destination (connect) or local (bind) address.
     pub addr: IpAddr,
-    /// Destination port.
+    /// Destination (connect) or local (bind) port.
     pub port: u16,
     /// Protocol.
     pub protocol: Protocol,
@@ -102,14 +105,14 @@ impl Matches {
     }
 }
 
-/// Decides from the matches of the applying policies (§4–§6). `applying` yields
+/// Decides an `op` from the matches of the applying policies (§4–§6). `applying` yields
 /// `(policy index, matches)` for every policy that applies (§2) in set (name) order.
-pub fn decide(set: &PolicySet, applying: impl IntoIterator<Item = (usize, Matches)>) -> Decision {
+pub fn decide(set: &PolicySet, op: Operation, applying: impl IntoIterator<Item = (usize, Matches)>) -> Decision {
     let mut would_deny = None;
     let mut audit = None;
     for (index, m) in applying {
         let policy = &set.policies[index];
-        let Some(section) = &policy.connect else { continue };
+        let Some(section) = policy.section(op) else { continue };
         // §4.2
         let deny = match (m.deny, m.allow, section.default) {
             (Some(d), _, _) => Some(RuleName::Rule(d)),
@@ -142,12 +145,12 @@ pub fn decide(set: &PolicySet, applying: impl IntoIterator<Item = (usize, Matche
 
 /// Decides one operation exactly as the specification says.
 pub fn evaluate(set: &PolicySet, attempt: &Attempt) -> Decision {
-    // §8: failsafe first, no evaluation, no event.
-    if set.failsafe.iter().any(|f| f.covers(attempt.addr, attempt.port)) {
+    // §8: failsafe first, no evaluation, no event (it protects connections, not binds).
+    if attempt.operation == Operation::Connect && set.failsafe.iter().any(|f| f.covers(attempt.addr, attempt.port)) {
         return Decision::ALLOW;
     }
     let applying = set.policies.iter().enumerate().filter_map(|(index, policy)| {
-        let section = policy.connect.as_ref()?;
+        let section = policy.section(attempt.operation)?;
         if !policy.selects(&attempt.cgroup, attempt.uid) {
             return None;
         }
@@ -162,7 +165,7 @@ pub fn evaluate(set: &PolicySet, attempt: &Attempt) -> Decision {
         }
         Some((index, matches))
     });
-    decide(set, applying)
+    decide(set, attempt.operation, applying)
 }
 
 #[cfg(test)]

@@ -142,9 +142,41 @@ pub struct Policy {
     pub uid: Option<u32>,
     /// `network.connect`.
     pub connect: Option<Section>,
+    /// `network.bind`.
+    pub bind: Option<Section>,
+}
+
+/// The kinds of operation policies govern, one section each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Operation {
+    /// connect(2): `network.connect`, matched on the destination.
+    Connect,
+    /// bind(2): `network.bind`, matched on the local address and port.
+    Bind,
+}
+
+impl Operation {
+    /// Every operation, in bundle order.
+    pub const ALL: [Self; 2] = [Self::Connect, Self::Bind];
+
+    /// The section's field path.
+    pub fn section_path(self) -> &'static str {
+        match self {
+            Self::Connect => "network.connect",
+            Self::Bind => "network.bind",
+        }
+    }
 }
 
 impl Policy {
+    /// The section governing `op`, if the policy has it.
+    pub fn section(&self, op: Operation) -> Option<&Section> {
+        match op {
+            Operation::Connect => self.connect.as_ref(),
+            Operation::Bind => self.bind.as_ref(),
+        }
+    }
+
     /// Whether the workload selector covers a process in `cgroup` (components) with `uid`
     /// (§2.1 items 3–4).
     pub fn selects(&self, cgroup: &[String], uid: u32) -> bool {
@@ -246,23 +278,26 @@ pub fn policy(p: &v1::Policy, revision: u64) -> Result<Option<Policy>, ModelErro
         Ok(v1::Mode::Disabled) => return Ok(None),
         Err(_) => return Err(err(&p.name, "mode", "unknown mode")),
     };
-    let connect = match p.network.as_ref().and_then(|n| n.connect.as_ref()) {
-        None => None,
-        Some(s) => Some(Section {
+    let section = |s: Option<&v1::RuleSection>, path: &str| -> Result<Option<Section>, ModelError> {
+        let Some(s) = s else { return Ok(None) };
+        Ok(Some(Section {
             default: match v1::Action::try_from(s.default) {
                 Ok(v1::Action::Allow | v1::Action::Unspecified) => Default::Allow,
                 Ok(v1::Action::Deny) => Default::Deny,
                 Ok(v1::Action::Audit) => Default::Audit,
-                Err(_) => return Err(err(&p.name, "network.connect.default", "unknown action")),
+                Err(_) => return Err(err(&p.name, format!("{path}.default"), "unknown action")),
             },
             rules: s
                 .rules
                 .iter()
                 .enumerate()
-                .map(|(i, r)| rule(&p.name, &format!("network.connect.rules[{i}]"), r))
+                .map(|(i, r)| rule(&p.name, &format!("{path}.rules[{i}]"), r))
                 .collect::<Result<_, _>>()?,
-        }),
+        }))
     };
+    let network = p.network.as_ref();
+    let connect = section(network.and_then(|n| n.connect.as_ref()), "network.connect")?;
+    let bind = section(network.and_then(|n| n.bind.as_ref()), "network.bind")?;
     let workload = p.workload.as_ref();
     Ok(Some(Policy {
         name: p.name.clone(),
@@ -271,6 +306,7 @@ pub fn policy(p: &v1::Policy, revision: u64) -> Result<Option<Policy>, ModelErro
         cgroup: workload.map(|w| cgroup_components(&w.cgroup)).unwrap_or_default(),
         uid: workload.and_then(|w| w.uid),
         connect,
+        bind,
     }))
 }
 

@@ -24,7 +24,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::{
     eval::{Decision, Matches, ReportKind, RuleName, Verdict, decide},
-    model::{Failsafe, PolicySet, Protocol},
+    model::{Failsafe, Operation, PolicySet, Protocol},
 };
 
 /// uid value meaning "any uid not listed" in the uid map (`(uid_t)-1` is not a user).
@@ -91,9 +91,11 @@ pub struct Region<N> {
     pub tables: [u32; 2],
 }
 
-/// The whole partition.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The whole partition for one operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
+    /// The operation (section) this partition decides.
+    pub operation: Operation,
     /// Selected cgroups.
     pub cgroups: Vec<CgroupClass>,
     /// Distinct levels of `cgroups`, deepest first.
@@ -114,6 +116,23 @@ pub struct Plan {
     pub ports: Vec<PortBlock>,
     /// Rules named by events, index = `Value::rule`.
     pub rules: Vec<RuleRef>,
+}
+
+impl std::default::Default for Plan {
+    fn default() -> Self {
+        Self {
+            operation: Operation::Connect,
+            cgroups: Vec::new(),
+            levels: Vec::new(),
+            workloads: Vec::new(),
+            direct: false,
+            root_workload: 0,
+            regions4: Vec::new(),
+            regions6: Vec::new(),
+            ports: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
 }
 
 /// Encodes a decision.
@@ -153,7 +172,7 @@ fn mapped(net: Ipv4Net) -> Ipv6Net {
 
 /// Groups every member by the exact prefix it was written with; returns the prefixes sorted
 /// so that every prefix comes after the prefixes containing it.
-fn members_by_prefix(set: &PolicySet, applying: &[usize], v6: bool) -> (PrefixMembers, Vec<Member>) {
+fn members_by_prefix(set: &PolicySet, op: Operation, applying: &[usize], v6: bool) -> (PrefixMembers, Vec<Member>) {
     let mut by_prefix: BTreeMap<(IpNet, u8), Vec<Member>> = BTreeMap::new();
     let mut anywhere = Vec::new();
     let root: IpNet = if v6 { Ipv6Net::default().into() } else { Ipv4Net::default().into() };
@@ -168,7 +187,7 @@ fn members_by_prefix(set: &PolicySet, applying: &[usize], v6: bool) -> (PrefixMe
         by_prefix.entry((net, net.prefix_len())).or_default().push(member);
     };
     for &p in applying {
-        let Some(section) = &set.policies[p].connect else { continue };
+        let Some(section) = set.policies[p].section(op) else { continue };
         for (r, rule) in section.rules.iter().enumerate() {
             if rule.nets.is_empty() {
                 anywhere.push(Member::Rule(p, r));
@@ -178,7 +197,8 @@ fn members_by_prefix(set: &PolicySet, applying: &[usize], v6: bool) -> (PrefixMe
             }
         }
     }
-    for (i, f) in set.failsafe.iter().enumerate() {
+    // The failsafe protects connections (§8); binds have none.
+    for (i, f) in set.failsafe.iter().enumerate().filter(|_| op == Operation::Connect) {
         match f.net {
             None => anywhere.push(Member::Failsafe(i)),
             Some(net) => add(net, Member::Failsafe(i)),
@@ -205,7 +225,14 @@ struct Tables {
 
 impl Tables {
     /// The port table of one region and protocol.
-    fn table(&mut self, set: &PolicySet, applying: &[usize], members: &[Member], protocol: Protocol) -> u32 {
+    fn table(
+        &mut self,
+        set: &PolicySet,
+        op: Operation,
+        applying: &[usize],
+        members: &[Member],
+        protocol: Protocol,
+    ) -> u32 {
         // Sweep the port axis: a member enters the active set where one of its ranges starts
         // and leaves after it ends, so each interval's decision looks only at the members
         // matching there, not at every member of the region.
@@ -214,7 +241,7 @@ impl Tables {
         for m in members {
             match *m {
                 Member::Rule(p, r) => {
-                    let rule = &set.policies[p].connect.as_ref().expect("member policies have a section").rules[r];
+                    let rule = &set.policies[p].section(op).expect("member policies have a section").rules[r];
                     if !rule.matches_protocol(protocol) {
                         continue;
                     }
@@ -256,7 +283,7 @@ impl Tables {
             }
             let next = events.get(e).map_or(65_536, |ev| ev.0);
             let here: Vec<Member> = active.keys().copied().collect();
-            let decision = cell(set, applying, &here, protocol, at as u16);
+            let decision = cell(set, op, applying, &here, protocol, at as u16);
             let v = value(&decision, &mut self.rules, &mut self.rule_ids);
             if intervals.last().is_none_or(|(_, last)| *last != v) {
                 intervals.push((at, v));
@@ -305,12 +332,19 @@ impl Tables {
 }
 
 /// The decision for one cell: a protocol, a port, and the members matching its region.
-fn cell(set: &PolicySet, applying: &[usize], members: &[Member], protocol: Protocol, port: u16) -> Decision {
+fn cell(
+    set: &PolicySet,
+    op: Operation,
+    applying: &[usize],
+    members: &[Member],
+    protocol: Protocol,
+    port: u16,
+) -> Decision {
     // Only policies with a match, or whose default says something without one, can affect
     // the decision; starting from those keeps a cell's cost independent of policy count.
     let mut matches: BTreeMap<usize, Matches> = applying
         .iter()
-        .filter(|&&p| set.policies[p].connect.as_ref().is_some_and(|s| s.default != crate::model::Default::Allow))
+        .filter(|&&p| set.policies[p].section(op).is_some_and(|s| s.default != crate::model::Default::Allow))
         .map(|&p| (p, Matches::default()))
         .collect();
     for m in members {
@@ -321,23 +355,23 @@ fn cell(set: &PolicySet, applying: &[usize], members: &[Member], protocol: Proto
                 }
             }
             Member::Rule(p, r) => {
-                let rule = &set.policies[p].connect.as_ref().expect("member policies have a section").rules[r];
+                let rule = &set.policies[p].section(op).expect("member policies have a section").rules[r];
                 if rule.matches_protocol(protocol) && rule.matches_port(port) {
                     matches.entry(p).or_default().add(r, rule.action);
                 }
             }
         }
     }
-    decide(set, matches)
+    decide(set, op, matches)
 }
 
 /// Selected cgroups, `(S, uid) → W` entries, and the applying policies of each `W`.
 type Workloads = (Vec<CgroupClass>, Vec<((u32, u32), u32)>, Vec<Vec<usize>>);
 
 /// Workload classes: `S` per selected cgroup, `W` per distinct set of applying policies.
-fn workloads(set: &PolicySet) -> Workloads {
+fn workloads(set: &PolicySet, op: Operation) -> Workloads {
     let sectioned: Vec<usize> =
-        set.policies.iter().enumerate().filter(|(_, p)| p.connect.is_some()).map(|(i, _)| i).collect();
+        set.policies.iter().enumerate().filter(|(_, p)| p.section(op).is_some()).map(|(i, _)| i).collect();
     let paths: BTreeSet<&Vec<String>> =
         sectioned.iter().map(|&i| &set.policies[i].cgroup).filter(|c| !c.is_empty()).collect();
     let cgroups: Vec<CgroupClass> = paths
@@ -384,15 +418,15 @@ fn workloads(set: &PolicySet) -> Workloads {
     (cgroups, entries, classes)
 }
 
-/// Computes the partition of a policy set.
-pub fn plan(set: &PolicySet) -> Plan {
-    let (cgroups, workload_entries, classes) = workloads(set);
+/// Computes the partition of a policy set for one operation.
+pub fn plan(set: &PolicySet, op: Operation) -> Plan {
+    let (cgroups, workload_entries, classes) = workloads(set, op);
     let mut levels: Vec<u32> = cgroups.iter().map(|c| c.level).collect::<BTreeSet<_>>().into_iter().collect();
     levels.reverse();
     let mut tables = Tables::default();
     // Rule index 0 is reserved so that "no event" never aliases a real rule.
     tables.rules.push(RuleRef { policy: usize::MAX, rule: RuleName::Default });
-    let mut plan = Plan { cgroups, levels, workloads: workload_entries, ..Plan::default() };
+    let mut plan = Plan { operation: op, cgroups, levels, workloads: workload_entries, ..Plan::default() };
     if plan.workloads.iter().all(|((_, uid), _)| *uid == ANY_UID) {
         let any = |s: u32| plan.workloads.iter().find(|((c, _), _)| *c == s).map_or(0, |(_, w)| *w);
         plan.root_workload = any(0);
@@ -405,7 +439,7 @@ pub fn plan(set: &PolicySet) -> Plan {
     }
     for (w, applying) in classes.iter().enumerate().skip(1) {
         for v6 in [false, true] {
-            let (by_prefix, anywhere) = members_by_prefix(set, applying, v6);
+            let (by_prefix, anywhere) = members_by_prefix(set, op, applying, v6);
             // Prefixes sorted by (network, length) visit containers before contents; a stack
             // of the chain of containing prefixes gives each prefix its members.
             let mut chain: Vec<(IpNet, Vec<Member>)> = Vec::new();
@@ -418,8 +452,8 @@ pub fn plan(set: &PolicySet) -> Plan {
                 members.sort_unstable();
                 members.dedup();
                 let t = [
-                    tables.table(set, applying, &members, Protocol::Tcp),
-                    tables.table(set, applying, &members, Protocol::Udp),
+                    tables.table(set, op, applying, &members, Protocol::Tcp),
+                    tables.table(set, op, applying, &members, Protocol::Udp),
                 ];
                 match net {
                     IpNet::V4(n) => plan.regions4.push(Region { workload: w as u32, net: *n, tables: t }),

@@ -21,7 +21,7 @@ use palisade_compiler::{
     bundle::compile,
     codegen::KernelOffsets,
     eval::{Attempt, Decision, ReportKind, RuleName, Verdict, evaluate},
-    model::{PolicySet, Protocol},
+    model::{Operation, PolicySet, Protocol},
 };
 use palisade_integration::{TestCgroup, cgroup2, kernel_tests_enabled};
 use palisade_proto::v1;
@@ -63,7 +63,8 @@ impl Worker {
 
     fn ask(&mut self, a: &Attempt) -> Verdict {
         let proto = if a.protocol == Protocol::Tcp { "tcp" } else { "udp" };
-        writeln!(self.stdin, "{proto} {} {}", a.addr, a.port).expect("write to worker");
+        let op = if a.operation == Operation::Bind { "bind" } else { "connect" };
+        writeln!(self.stdin, "{op} {proto} {} {}", a.addr, a.port).expect("write to worker");
         let mut line = String::new();
         self.stdout.read_line(&mut line).expect("read from worker");
         match line.trim() {
@@ -95,7 +96,7 @@ fn expected_event(set: &PolicySet, attempt: &Attempt, d: &Decision) -> Option<St
     let policy = &set.policies[report.policy];
     let rule = match report.rule {
         RuleName::Default => "default".to_owned(),
-        RuleName::Rule(i) => policy.connect.as_ref().map(|s| s.rules[i].id.clone()).unwrap_or_default(),
+        RuleName::Rule(i) => policy.section(attempt.operation).map(|s| s.rules[i].id.clone()).unwrap_or_default(),
     };
     let (verdict, would_deny) = match report.kind {
         ReportKind::Deny => (v1::Verdict::Deny, false),

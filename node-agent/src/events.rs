@@ -71,6 +71,9 @@ pub fn decode(
         1 => "cgroup/connect4",
         2 => "cgroup/connect6",
         3 => "lsm/socket_connect",
+        4 => "cgroup/bind4",
+        5 => "cgroup/bind6",
+        6 => "lsm/socket_bind",
         _ => "unknown",
     };
     let comm_bytes = &record[56..72];

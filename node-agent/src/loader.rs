@@ -108,8 +108,8 @@ pub struct Active {
     /// Its decoded content.
     pub content: v1::BundleContent,
     gen_dir: PathBuf,
-    cgroup_map: Option<OwnedFd>,
-    cgroup_ids: BTreeMap<String, u64>,
+    /// Per cgroups map (one per policy section): its fd and the ids it holds by path.
+    cgroup_maps: BTreeMap<String, (OwnedFd, BTreeMap<String, u64>)>,
     events: Option<RingBuf<MapData>>,
 }
 
@@ -133,11 +133,16 @@ pub struct Datapath {
 }
 
 /// The BPF-LSM programs a bundle carries: (hook enum value, LSM hook name).
-const LSM_HOOKS: [(i32, &str); 1] = [(v1::Hook::LsmSocketConnect as i32, "socket_connect")];
+const LSM_HOOKS: [(i32, &str); 2] =
+    [(v1::Hook::LsmSocketConnect as i32, "socket_connect"), (v1::Hook::LsmSocketBind as i32, "socket_bind")];
 
 /// The cgroup programs a bundle carries, in attach order.
-const CGROUP_HOOKS: [(i32, &str); 2] =
-    [(v1::Hook::CgroupConnect4 as i32, "cgroup/connect4"), (v1::Hook::CgroupConnect6 as i32, "cgroup/connect6")];
+const CGROUP_HOOKS: [(i32, &str); 4] = [
+    (v1::Hook::CgroupConnect4 as i32, "cgroup/connect4"),
+    (v1::Hook::CgroupConnect6 as i32, "cgroup/connect6"),
+    (v1::Hook::CgroupBind4 as i32, "cgroup/bind4"),
+    (v1::Hook::CgroupBind6 as i32, "cgroup/bind6"),
+];
 
 fn map_fd(map: &Map) -> Option<RawFd> {
     match map {
@@ -244,8 +249,7 @@ impl Datapath {
                 return Ok(false);
             }
         }
-        let mut active =
-            Active { bundle, content, gen_dir, cgroup_map: None, cgroup_ids: BTreeMap::new(), events: None };
+        let mut active = Active { bundle, content, gen_dir, cgroup_maps: BTreeMap::new(), events: None };
         self.open_maps(&mut active)?;
         tracing::info!(generation = active.bundle.generation, digest = active.bundle.digest, "adopted pinned bundle");
         self.active = Some(active);
@@ -263,11 +267,12 @@ impl Datapath {
             let pin = active.gen_dir.join(format!("map_{}", m.name));
             if m.role == v1::MapRole::Cgroups as i32 {
                 let fd = sys::obj_get(&pin).map_err(io_err(format!("opening pinned map {}", pin.display())))?;
-                // Re-read the ids from the cgroups themselves on the next sync.
-                let ids: BTreeMap<String, u64> = BTreeMap::new();
-                active.cgroup_ids = sync_cgroup_map(&self.paths.cgroup2, fd.as_fd(), &active.content.cgroups, &ids)
+                // Read the ids from the cgroups themselves.
+                let selected: Vec<v1::BundleCgroup> =
+                    active.content.cgroups.iter().filter(|c| c.map == m.name).cloned().collect();
+                let ids = sync_cgroup_map(&self.paths.cgroup2, fd.as_fd(), &selected, &BTreeMap::new())
                     .map_err(io_err("filling the cgroup map"))?;
-                active.cgroup_map = Some(fd);
+                active.cgroup_maps.insert(m.name.clone(), (fd, ids));
             } else if m.role == v1::MapRole::Events as i32 {
                 let data = MapData::from_pin(&pin).map_err(|e| LoadError::Load(format!("events map: {e}")))?;
                 let map = Map::from_map_data(data).map_err(|e| LoadError::Load(format!("events map: {e}")))?;
@@ -328,7 +333,6 @@ impl Datapath {
             .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
             .load(as_bytes(&words, content.elf.len()))
             .map_err(|e| LoadError::Load(format!("{e}")))?;
-        let mut cgroup_map = None;
         for m in &content.maps {
             let map =
                 ebpf.map(&m.name).ok_or_else(|| LoadError::Load(format!("map {} missing from the ELF", m.name)))?;
@@ -340,9 +344,6 @@ impl Datapath {
             }
             map.pin(gen_dir.join(format!("map_{}", m.name)))
                 .map_err(|e| LoadError::Load(format!("pinning {}: {e}", m.name)))?;
-            if m.role == v1::MapRole::Cgroups as i32 {
-                cgroup_map = Some(m.name.clone());
-            }
         }
         if self.lsm {
             self.stage_lsm(&mut ebpf, content, gen_dir)?;
@@ -370,13 +371,10 @@ impl Datapath {
             bundle: bundle.clone(),
             content: content.clone(),
             gen_dir: gen_dir.to_owned(),
-            cgroup_map: None,
-            cgroup_ids: BTreeMap::new(),
+            cgroup_maps: BTreeMap::new(),
             events: None,
         };
-        if cgroup_map.is_some() || content.maps.iter().any(|m| m.role == v1::MapRole::Events as i32) {
-            self.open_maps(&mut active)?;
-        }
+        self.open_maps(&mut active)?;
         Ok(active)
     }
 
@@ -457,10 +455,13 @@ impl Datapath {
 
     /// Creates and pins the cgroup link for a program that has none yet.
     fn attach(&self, p: &v1::BundleProgram, gen_dir: &Path, link_pin: &Path) -> Result<(), LoadError> {
-        let attach_type = if p.hook == v1::Hook::CgroupConnect4 as i32 {
-            aya::programs::cgroup_sock_addr::CgroupSockAddrAttachType::Connect4
-        } else {
-            aya::programs::cgroup_sock_addr::CgroupSockAddrAttachType::Connect6
+        use aya::programs::cgroup_sock_addr::CgroupSockAddrAttachType as T;
+        let attach_type = match v1::Hook::try_from(p.hook) {
+            Ok(v1::Hook::CgroupConnect4) => T::Connect4,
+            Ok(v1::Hook::CgroupConnect6) => T::Connect6,
+            Ok(v1::Hook::CgroupBind4) => T::Bind4,
+            Ok(v1::Hook::CgroupBind6) => T::Bind6,
+            _ => return Err(LoadError::Unsupported(format!("program {} has no cgroup hook", p.name))),
         };
         let mut program = CgroupSockAddr::from_pin(gen_dir.join(format!("prog_{}", p.name)), attach_type)
             .map_err(|e| LoadError::Load(format!("reopening {}: {e}", p.name)))?;
@@ -483,10 +484,12 @@ impl Datapath {
     /// selected path, or a selected cgroup created after the policy arrived).
     pub fn sync_cgroups(&mut self) -> Result<(), LoadError> {
         let Some(active) = &mut self.active else { return Ok(()) };
-        let Some(map) = &active.cgroup_map else { return Ok(()) };
-        active.cgroup_ids =
-            sync_cgroup_map(&self.paths.cgroup2, map.as_fd(), &active.content.cgroups, &active.cgroup_ids)
+        for (name, (fd, ids)) in &mut active.cgroup_maps {
+            let selected: Vec<v1::BundleCgroup> =
+                active.content.cgroups.iter().filter(|c| c.map == *name).cloned().collect();
+            *ids = sync_cgroup_map(&self.paths.cgroup2, fd.as_fd(), &selected, ids)
                 .map_err(io_err("updating the cgroup map"))?;
+        }
         Ok(())
     }
 

@@ -120,6 +120,9 @@ pub struct Network {
     /// Outgoing connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect: Option<Section>,
+    /// Local endpoints (bind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<Section>,
 }
 
 /// A rule section.
@@ -273,10 +276,10 @@ impl PolicyDocument {
                 .as_ref()
                 .map(|s| v1::NodeSelector { match_labels: s.match_labels.clone() }),
             workload: self.workload.as_ref().map(|w| v1::WorkloadSelector { cgroup: w.cgroup.clone(), uid: w.uid }),
-            network: self
-                .network
-                .as_ref()
-                .map(|n| v1::NetworkPolicy { connect: n.connect.as_ref().map(Section::to_proto) }),
+            network: self.network.as_ref().map(|n| v1::NetworkPolicy {
+                connect: n.connect.as_ref().map(Section::to_proto),
+                bind: n.bind.as_ref().map(Section::to_proto),
+            }),
             description: self.description.clone(),
         }
     }
@@ -301,6 +304,7 @@ impl PolicyDocument {
                 None => None,
                 Some(n) => Some(Network {
                     connect: n.connect.as_ref().map(|s| Section::from_proto(s, "network.connect")).transpose()?,
+                    bind: n.bind.as_ref().map(|s| Section::from_proto(s, "network.bind")).transpose()?,
                 }),
             },
         })

@@ -60,12 +60,15 @@ pub fn policy(policy: &v1::Policy) -> Result<v1::Policy, Vec<Violation>> {
     if out.workload.as_ref().is_some_and(|w| w.cgroup.is_empty() && w.uid.is_none()) {
         out.workload = None;
     }
-    if out.network.as_ref().is_some_and(|n| n.connect.is_none()) {
+    if out.network.as_ref().is_some_and(|n| n.connect.is_none() && n.bind.is_none()) {
         out.network = None;
     }
     let mut rule_ids = HashSet::new();
     if let Some(connect) = out.network.as_mut().and_then(|n| n.connect.as_mut()) {
         check_section(&mut v, "network.connect", connect, &mut rule_ids);
+    }
+    if let Some(bind) = out.network.as_mut().and_then(|n| n.bind.as_mut()) {
+        check_section(&mut v, "network.bind", bind, &mut rule_ids);
     }
     v.finish().map(|()| out)
 }

@@ -467,7 +467,10 @@ async fn health_reports_serving_and_compile_policy_reports_programs(pool: PgPool
         .expect("compile")
         .into_inner();
     let sections: Vec<_> = compiled.programs.iter().map(|p| p.section.as_str()).collect();
-    assert_eq!(sections, ["cgroup/connect4", "cgroup/connect6", "lsm/socket_connect"]);
+    assert_eq!(
+        sections,
+        ["cgroup/connect4", "cgroup/connect6", "lsm/socket_connect", "cgroup/bind4", "cgroup/bind6", "lsm/socket_bind"]
+    );
     assert!(compiled.programs.iter().all(|p| p.instructions > 10));
     assert!(compiled.disassembly.contains("web@0/block"), "{}", compiled.disassembly);
     assert_eq!(compiled.digest.len(), 64);

@@ -70,6 +70,7 @@ fn run_row(example: &Example, row: &[String]) -> (Decision, PolicySet) {
     let held = example.policies.iter().filter(|p| model::node_selected(p, &labels)).map(|p| (p, 1));
     let set = PolicySet::new(held, Vec::new()).expect("model");
     let attempt = Attempt {
+        operation: crate::model::Operation::Connect,
         cgroup: model::cgroup_components(&context["cgroup"]),
         uid: context["uid"].parse().expect("uid"),
         addr: destination.ip(),
@@ -126,7 +127,14 @@ fn set(yaml: &str) -> PolicySet {
 }
 
 fn attempt(addr: &str, port: u16) -> Attempt {
-    Attempt { cgroup: vec!["demo".into()], uid: 0, addr: addr.parse().expect("ip"), port, protocol: Protocol::Tcp }
+    Attempt {
+        operation: crate::model::Operation::Connect,
+        cgroup: vec!["demo".into()],
+        uid: 0,
+        addr: addr.parse().expect("ip"),
+        port,
+        protocol: Protocol::Tcp,
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ use super::*;
 use crate::{
     arbitrary::{self, Space},
     eval::evaluate,
-    model::{Action, Default, Mode, Policy, Ports, Rule, Section, cgroup_components},
+    model::{Action, Default, Mode, Operation, Policy, Ports, Rule, Section, cgroup_components},
 };
 
 /// The selected-cgroup class the kernel would find: the deepest selected ancestor.
@@ -28,10 +28,11 @@ proptest! {
         set in arbitrary::policy_set(&Space::under("")),
         attempts in prop::collection::vec(arbitrary::attempt(&Space::under("")), 20),
     ) {
-        let plan = plan(&set);
+        let plans: Vec<Plan> = Operation::ALL.iter().map(|&op| plan(&set, op)).collect();
         for attempt in attempts {
+            let plan = plans.iter().find(|p| p.operation == attempt.operation).expect("a plan per operation");
             let want = evaluate(&set, &attempt);
-            let got = plan.lookup(class_of(&plan, &attempt.cgroup), attempt.uid, attempt.addr, attempt.port, attempt.protocol);
+            let got = plan.lookup(class_of(plan, &attempt.cgroup), attempt.uid, attempt.addr, attempt.port, attempt.protocol);
             let got_verdict = if got.is_some_and(|v| v.flags & FLAG_DENY != 0) { Verdict::Deny } else { Verdict::Allow };
             prop_assert_eq!(got_verdict, want.verdict, "attempt {:?}", attempt);
             let got_report = got.filter(|v| v.flags & FLAG_EVENT != 0).map(|v| (plan.rules[v.rule as usize], v.flags));
@@ -58,6 +59,7 @@ fn plan_port_ranges_become_aligned_blocks() {
             mode: Mode::Enforce,
             cgroup: Vec::new(),
             uid: None,
+            bind: None,
             connect: Some(Section {
                 default: Default::Allow,
                 rules: vec![Rule {
@@ -71,7 +73,7 @@ fn plan_port_ranges_become_aligned_blocks() {
         }],
         failsafe: Vec::new(),
     };
-    let plan = plan(&set);
+    let plan = plan(&set, Operation::Connect);
     // 8000-8080 = 8000/12 (8000-8015) ... decomposes into a handful of aligned blocks.
     let deny_blocks: Vec<_> = plan.ports.iter().filter(|b| b.value.flags & FLAG_DENY != 0).collect();
     assert!(!deny_blocks.is_empty() && deny_blocks.len() <= 16, "{deny_blocks:?}");

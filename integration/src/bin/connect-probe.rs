@@ -1,5 +1,5 @@
-//! `connect-probe [--cgroup DIR] (tcp|udp) ADDR PORT`: moves itself into a cgroup, makes one
-//! connect(2) and prints `ok` or the errno name; the exit code is 0 for ok, 1 for EPERM, 2
+//! `connect-probe [--cgroup DIR] (tcp|udp|bind-tcp|bind-udp) ADDR PORT`: moves itself into a
+//! cgroup, makes one connect(2) (or bind(2)) and prints `ok` or the errno name; the exit code is 0 for ok, 1 for EPERM, 2
 //! for anything else. Tests use it to act as a workload in a cgroup they created.
 #![allow(clippy::print_stdout, reason = "the probe reports on stdout")]
 
@@ -34,7 +34,11 @@ fn main() -> ExitCode {
         return ExitCode::from(3);
     };
     let target = SocketAddr::new(ip, port);
-    let result: io::Result<()> = if proto == "tcp" {
+    let result: io::Result<()> = if proto == "bind-tcp" {
+        std::net::TcpListener::bind(target).map(drop)
+    } else if proto == "bind-udp" {
+        UdpSocket::bind(target).map(drop)
+    } else if proto == "tcp" {
         TcpStream::connect_timeout(&target, Duration::from_secs(3)).map(drop)
     } else {
         let bind: SocketAddr = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap_or(target);

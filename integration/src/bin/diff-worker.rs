@@ -1,8 +1,9 @@
 //! `diff-worker`: a workload for the differential test. Started by the test (root) in its own
 //! empty network namespace — so no connect can send a packet anywhere — with the real uid
-//! the test asks for; the test then moves it into a cgroup. It reads `PROTO ADDR PORT` lines
-//! and answers each with `D` (connect failed with EPERM: denied by the hook) or `A` (any
-//! other outcome: the hook allowed it and routing failed or the connect proceeded).
+//! the test asks for; the test then moves it into a cgroup. It reads `OP PROTO ADDR PORT`
+//! lines (OP: `connect` or `bind`) and answers each with `D` (the call failed with EPERM:
+//! denied by the hook) or `A` (any other outcome: the hook allowed it, and routing or address
+//! checks decided the rest).
 #![allow(clippy::print_stdout, reason = "the worker answers on stdout")]
 
 use std::{
@@ -11,7 +12,7 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-fn attempt(proto: &str, addr: SocketAddr) -> char {
+fn attempt(op: &str, proto: &str, addr: SocketAddr) -> char {
     let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     let kind = if proto == "tcp" { libc::SOCK_STREAM } else { libc::SOCK_DGRAM } | libc::SOCK_NONBLOCK;
     // SAFETY: plain socket(2); the fd is owned right away.
@@ -22,8 +23,13 @@ fn attempt(proto: &str, addr: SocketAddr) -> char {
     // SAFETY: fd is a new socket nobody else owns.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     let (storage, len) = sockaddr(addr);
-    // SAFETY: storage holds a valid sockaddr of `len` bytes.
-    let ret = unsafe { libc::connect(socket.as_raw_fd(), (&raw const storage).cast(), len) };
+    let ret = if op == "bind" {
+        // SAFETY: storage holds a valid sockaddr of `len` bytes.
+        unsafe { libc::bind(socket.as_raw_fd(), (&raw const storage).cast(), len) }
+    } else {
+        // SAFETY: storage holds a valid sockaddr of `len` bytes.
+        unsafe { libc::connect(socket.as_raw_fd(), (&raw const storage).cast(), len) }
+    };
     if ret == 0 {
         return 'A';
     }
@@ -62,12 +68,13 @@ fn main() {
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         let mut parts = line.split_whitespace();
-        let (Some(proto), Some(ip), Some(port)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(op), Some(proto), Some(ip), Some(port)) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             let _ = writeln!(stdout, "?");
             continue;
         };
         let answer = match (ip.parse::<IpAddr>(), port.parse::<u16>()) {
-            (Ok(ip), Ok(port)) => attempt(proto, SocketAddr::new(ip, port)),
+            (Ok(ip), Ok(port)) => attempt(op, proto, SocketAddr::new(ip, port)),
             _ => '?',
         };
         if writeln!(stdout, "{answer}").and_then(|()| stdout.flush()).is_err() {

@@ -156,6 +156,8 @@ fn main() {
 
     swap_under_load(&mut suite, &mut datapath, &mut apply, &work, port);
 
+    bind_denied(&mut suite, &mut datapath, &mut apply, &work, &other, other_port);
+
     let _ = datapath.remove_all();
     // Detaching after the last pin goes away completes asynchronously: poll.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -205,5 +207,36 @@ fn swap_under_load(
         "swap_lets_no_denied_attempt_through",
         swaps_ok && tries > 0 && through == 0,
         format!("{through} of {tries} through"),
+    );
+}
+
+/// `network.bind` through `lsm/socket_bind`: the listed local port is refused with EPERM and
+/// reported; another port and another cgroup are unaffected.
+fn bind_denied(
+    suite: &mut Suite,
+    datapath: &mut Datapath,
+    apply: &mut impl FnMut(&mut Datapath, &str, &mut Vec<v1::DecisionEvent>) -> Result<(), String>,
+    work: &Path,
+    other: &Path,
+    free_port: u16,
+) {
+    let mut drained = Vec::new();
+    let bind_port = free_port.wrapping_add(1).max(1024);
+    let yaml = format!(
+        "name: lsm-bind\nworkload: {{cgroup: /work}}\nnetwork:\n  bind:\n    rules:\n      - {{id: no-listen, action: deny, cidrs: [127.0.0.0/8], ports: [{bind_port}], protocols: [tcp]}}\n"
+    );
+    let loaded = apply(datapath, &yaml, &mut drained);
+    let denied = connect(work, "bind-tcp", "127.0.0.1", bind_port);
+    let elsewhere = connect(work, "bind-tcp", "127.0.0.1", bind_port.wrapping_add(1));
+    let outside = connect(other, "bind-tcp", "127.0.0.1", bind_port);
+    let mut events = Vec::new();
+    datapath.drain(&mut events);
+    let event_ok = events
+        .iter()
+        .any(|e| e.rule_id == "no-listen" && e.hook == "lsm/socket_bind" && e.port == u32::from(bind_port));
+    suite.check(
+        "bind_denied_with_eperm_and_reported",
+        loaded.is_ok() && denied == "EPERM" && elsewhere == "ok" && outside == "ok" && event_ok,
+        format!("loaded={loaded:?} denied={denied} elsewhere={elsewhere} outside={outside} events={}", events.len()),
     );
 }

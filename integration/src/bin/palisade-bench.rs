@@ -135,6 +135,7 @@ fn set(n: usize, profile: Profile, cgroup: &str) -> PolicySet {
             cgroup: palisade_compiler::model::cgroup_components(cgroup),
             uid: None,
             connect: Some(Section { default: Default::Allow, rules: rules(n, profile) }),
+            bind: None,
         }],
         failsafe: Vec::new(),
     }

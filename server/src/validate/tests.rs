@@ -115,3 +115,14 @@ fn node_name_allows_dns_subdomains_only() {
     assert!(node_name("node_name", "Node_1").is_err());
     assert!(node_name("node_name", "").is_err());
 }
+
+#[test]
+fn policy_bind_section_is_validated_like_connect_and_shares_rule_ids() {
+    let p = doc(
+        "name: p\nnetwork:\n  connect: {rules: [{id: a, action: deny}]}\n  bind: {rules: [{id: a, action: deny}, {id: b, action: deny, ports: [70000]}]}",
+    );
+    assert_eq!(fields(policy(&p)), vec!["network.bind.rules[0].id", "network.bind.rules[1].ports[0]"]);
+    let ok = policy(&doc("name: p\nnetwork: {bind: {default: deny, rules: [{id: web, action: allow, ports: [443]}]}}"))
+        .expect("valid");
+    assert_eq!(ok.network.and_then(|n| n.bind).map(|b| b.default), Some(v1::Action::Deny as i32));
+}

@@ -254,3 +254,38 @@ async fn bundle_the_kernel_rejects_is_nacked_and_the_previous_one_keeps_enforcin
     assert_eq!(n.applied_digest, good.applied_digest);
     assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Denied, "the previous bundle keeps enforcing");
 }
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn agent_reconnects_after_a_server_restart_and_keeps_enforcing(pool: PgPool) {
+    if !kernel_tests_enabled("server restart") {
+        return;
+    }
+    let cg = TestCgroup::new("reconnect");
+    let work = cg.create_child("work");
+    let (_v4, _v6, port) = dual_listeners();
+    let server = EmbeddedServer::start(pool.clone()).await.expect("server");
+    let addr = server.addr();
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let state = tempfile::tempdir().expect("tempdir");
+    let node_name = format!("reconnect-{}", std::process::id());
+    PolicyServiceClient::new(channel.clone())
+        .apply_policy(policy("reconnect-deny", &work, port, "deny"))
+        .await
+        .expect("apply");
+    let _agent = TestAgent::start(TestAgent::config(&server.url(), &node_name, cg.path(), state.path())).await;
+    let first = applied_after(&channel, &node_name, 0).await;
+    let work_dir = cg.dir_of(&work);
+
+    server.stop().await.expect("stop");
+    assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Denied, "denied while the server is down");
+    // A new server on the same address and database; a policy change made meanwhile.
+    let server = EmbeddedServer::start_on(pool, addr, palisade_server::Options::default()).await.expect("restart");
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    PolicyServiceClient::new(channel.clone())
+        .apply_policy(policy("reconnect-deny", &work, port, "allow"))
+        .await
+        .expect("update");
+    let updated = applied_after(&channel, &node_name, first.desired_generation).await;
+    assert!(updated.connected);
+    assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Ok, "the reconnected agent got the update");
+}

@@ -25,7 +25,12 @@ impl EmbeddedServer {
 
     /// [`Self::start`] with options.
     pub async fn start_with(pool: PgPool, options: crate::Options) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(pool, "127.0.0.1:0".parse().map_err(std::io::Error::other)?, options).await
+    }
+
+    /// Serves on a given address (e.g. to restart a server where its agents expect it).
+    pub async fn start_on(pool: PgPool, addr: SocketAddr, options: crate::Options) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(crate::serve_with(pool, listener, shutdown.clone(), options));

@@ -58,14 +58,18 @@ cleanup() {
 trap cleanup EXIT
 
 say "Starting palisade-server on 127.0.0.1:50151"
+rm -f "$work/bundle.key" "$work/bundle.key.pub"
 PALISADE_LOG=warn "$bin/palisade-server" --listen 127.0.0.1:50151 --database-url "$server_url" \
+  --bundle-signing-key "$work/bundle.key" \
   >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 100); do "$bin/palisade" list >/dev/null 2>&1 && break; sleep 0.1; done
 
 say "Starting palisade-agent (node quickstart, programs attached at the demo cgroup)"
 mkdir -p "$demo"
+for _ in $(seq 1 50); do [[ -s $work/bundle.key.pub ]] && break; sleep 0.1; done
 PALISADE_LOG=info "$bin/palisade-agent" --node-name quickstart --labels env=demo \
+  --bundle-public-key "$work/bundle.key.pub" \
   --attach-cgroup /palisade-demo --bpffs "$pins" --state-dir "$work/agent" \
   >"$work/agent.log" 2>&1 &
 agent_pid=$!

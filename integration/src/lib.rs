@@ -153,10 +153,18 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
-    /// Configuration for an agent named `node` attached at `attach` (cgroup path).
-    pub fn config(server: &str, node: &str, attach: &str, state_dir: &Path) -> palisade_agent::Config {
+    /// Configuration for an agent of `server` named `node` attached at `attach` (cgroup
+    /// path), pinning the server's bundle key.
+    pub fn config(
+        server: &palisade_server::embedded::EmbeddedServer,
+        node: &str,
+        attach: &str,
+        state_dir: &Path,
+    ) -> palisade_agent::Config {
         palisade_agent::Config {
-            server: server.to_owned(),
+            server: server.url(),
+            bundle_public_key: Some(server.public_key_hex().to_owned()),
+            insecure_skip_bundle_signature: false,
             node_name: Some(node.to_owned()),
             labels: vec!["suite=integration".to_owned()],
             bpffs: PathBuf::from(format!("/sys/fs/bpf/palisade-test-{node}")),

@@ -76,7 +76,7 @@ async fn policy_applied_through_the_sdk_is_enforced_reported_updated_and_removed
     let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
     let state = tempfile::tempdir().expect("tempdir");
     let node_name = format!("e2e-{}", std::process::id());
-    let _agent = TestAgent::start(TestAgent::config(&server.url(), &node_name, cg.path(), state.path())).await;
+    let _agent = TestAgent::start(TestAgent::config(&server, &node_name, cg.path(), state.path())).await;
     let first = applied_after(&channel, &node_name, 0).await;
 
     let mut policies = PolicyServiceClient::new(channel.clone());
@@ -160,7 +160,7 @@ async fn agent_restart_keeps_enforcing_and_adopts_pinned_state(pool: PgPool) {
         .apply_policy(policy("restart-deny", &work, port, "deny"))
         .await
         .expect("apply");
-    let config = TestAgent::config(&server.url(), &node_name, cg.path(), state.path());
+    let config = TestAgent::config(&server, &node_name, cg.path(), state.path());
     let mut agent = TestAgent::start(config.clone()).await;
     let enforced = applied_after(&channel, &node_name, 0).await;
     let work_dir = cg.dir_of(&work);
@@ -231,7 +231,7 @@ async fn bundle_the_kernel_rejects_is_nacked_and_the_previous_one_keeps_enforcin
     let node_name = format!("nack-{}", std::process::id());
     let mut policies = PolicyServiceClient::new(channel.clone());
     policies.apply_policy(policy("nack-deny", &work, port, "deny")).await.expect("apply");
-    let _agent = TestAgent::start(TestAgent::config(&server.url(), &node_name, cg.path(), state.path())).await;
+    let _agent = TestAgent::start(TestAgent::config(&server, &node_name, cg.path(), state.path())).await;
     let good = applied_after(&channel, &node_name, 0).await;
     let work_dir = cg.dir_of(&work);
     assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Denied);
@@ -263,7 +263,9 @@ async fn agent_reconnects_after_a_server_restart_and_keeps_enforcing(pool: PgPoo
     let cg = TestCgroup::new("reconnect");
     let work = cg.create_child("work");
     let (_v4, _v6, port) = dual_listeners();
-    let server = EmbeddedServer::start(pool.clone()).await.expect("server");
+    let options = palisade_server::Options::default();
+    let signer = options.signer.clone();
+    let server = EmbeddedServer::start_with(pool.clone(), options).await.expect("server");
     let addr = server.addr();
     let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
     let state = tempfile::tempdir().expect("tempdir");
@@ -272,14 +274,16 @@ async fn agent_reconnects_after_a_server_restart_and_keeps_enforcing(pool: PgPoo
         .apply_policy(policy("reconnect-deny", &work, port, "deny"))
         .await
         .expect("apply");
-    let _agent = TestAgent::start(TestAgent::config(&server.url(), &node_name, cg.path(), state.path())).await;
+    let _agent = TestAgent::start(TestAgent::config(&server, &node_name, cg.path(), state.path())).await;
     let first = applied_after(&channel, &node_name, 0).await;
     let work_dir = cg.dir_of(&work);
 
     server.stop().await.expect("stop");
     assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Denied, "denied while the server is down");
     // A new server on the same address and database; a policy change made meanwhile.
-    let server = EmbeddedServer::start_on(pool, addr, palisade_server::Options::default()).await.expect("restart");
+    // Same signing key: agents pin it across server restarts.
+    let options = palisade_server::Options { signer, ..palisade_server::Options::default() };
+    let server = EmbeddedServer::start_on(pool, addr, options).await.expect("restart");
     let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
     PolicyServiceClient::new(channel.clone())
         .apply_policy(policy("reconnect-deny", &work, port, "allow"))
@@ -288,4 +292,41 @@ async fn agent_reconnects_after_a_server_restart_and_keeps_enforcing(pool: PgPoo
     let updated = applied_after(&channel, &node_name, first.desired_generation).await;
     assert!(updated.connected);
     assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Ok, "the reconnected agent got the update");
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn bundle_signed_with_another_key_is_nacked_and_never_loaded(pool: PgPool) {
+    if !kernel_tests_enabled("signature") {
+        return;
+    }
+    let cg = TestCgroup::new("signature");
+    let work = cg.create_child("work");
+    let (_v4, _v6, port) = dual_listeners();
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    PolicyServiceClient::new(channel.clone())
+        .apply_policy(policy("signature-deny", &work, port, "deny"))
+        .await
+        .expect("apply");
+    let state = tempfile::tempdir().expect("tempdir");
+    let node_name = format!("signature-{}", std::process::id());
+    let mut config = TestAgent::config(&server, &node_name, cg.path(), state.path());
+    config.bundle_public_key = Some(palisade_server::signing::BundleSigner::generate().public_key_hex());
+    let _agent = TestAgent::start(config).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let error = loop {
+        if let Some(e) = node(&channel, &node_name).await.and_then(|n| n.last_error) {
+            break e;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no NACK recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(error.message.contains("signature"), "{}", error.message);
+    let n = node(&channel, &node_name).await.expect("node");
+    assert_eq!(n.applied_generation, 0, "nothing was loaded");
+    assert_eq!(
+        connect(&cg.dir_of(&work), "127.0.0.1", port).await,
+        Connect::Ok,
+        "the unverified bundle never enforced"
+    );
 }

@@ -49,6 +49,27 @@ pub struct Config {
     /// Log as JSON lines.
     #[arg(long, env = "PALISADE_LOG_JSON")]
     pub log_json: bool,
+    /// The server's bundle public key (64 hex characters, or a file holding them — the
+    /// server writes one next to its `--bundle-signing-key`). Bundles whose signature does
+    /// not verify are rejected (NACK) and never loaded.
+    #[arg(long, env = "PALISADE_BUNDLE_PUBLIC_KEY")]
+    pub bundle_public_key: Option<String>,
+    /// Load bundles without verifying signatures (development only).
+    #[arg(long, env = "PALISADE_INSECURE_SKIP_BUNDLE_SIGNATURE")]
+    pub insecure_skip_bundle_signature: bool,
+}
+
+/// Parses `--bundle-public-key`: hex, or a file holding hex.
+pub fn public_key(value: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+    let text = if palisade_proto::from_hex(value).is_some_and(|b| b.len() == 32) {
+        value.to_owned()
+    } else {
+        std::fs::read_to_string(value).map_err(|e| format!("--bundle-public-key {value}: {e}"))?
+    };
+    let bytes: [u8; 32] = palisade_proto::from_hex(&text)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("--bundle-public-key: expected 64 hex characters, got {:?}", text.trim()))?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| format!("--bundle-public-key: {e}"))
 }
 
 /// Failures that stop the agent before it can run.
@@ -106,6 +127,19 @@ impl Agent {
             .map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
             .collect::<Option<_>>()
             .ok_or_else(|| StartError::Config("labels must be KEY=VALUE".into()))?;
+        let public_key = match (&config.bundle_public_key, config.insecure_skip_bundle_signature) {
+            (Some(value), _) => Some(public_key(value).map_err(StartError::Config)?),
+            (None, true) => {
+                tracing::warn!("bundle signatures are NOT verified (--insecure-skip-bundle-signature)");
+                None
+            }
+            (None, false) => {
+                return Err(StartError::Config(
+                    "set --bundle-public-key (the server's bundle public key), or --insecure-skip-bundle-signature"
+                        .into(),
+                ));
+            }
+        };
         let features = tokio::task::spawn_blocking(probe::probe).await.map_err(|_| StartError::Datapath)?;
         tracing::info!(
             kernel = features.kernel_release,
@@ -128,7 +162,7 @@ impl Agent {
         let tracker = TaskTracker::new();
         let stop = shutdown.clone();
         // Network policy goes through BPF-LSM where the kernel allows it, else cgroup hooks.
-        let datapath = Datapath::new(paths).with_lsm(features.bpf_lsm);
+        let datapath = Datapath::new(paths).with_lsm(features.bpf_lsm).with_public_key(public_key);
         let (ready_tx, ready) = oneshot::channel();
         let handle = std::thread::Builder::new()
             .name("palisade-datapath".into())

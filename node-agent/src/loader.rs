@@ -66,6 +66,9 @@ pub enum LoadError {
         /// Computed digest.
         actual: String,
     },
+    /// The signature does not verify against the pinned public key.
+    #[error("bundle signature does not verify against the pinned public key")]
+    Signature,
     /// The content is not a `BundleContent` this agent understands.
     #[error("bundle content does not decode: {0}")]
     Decode(String),
@@ -130,6 +133,7 @@ pub struct Datapath {
     active: Option<Active>,
     clock_offset: i128,
     lsm: bool,
+    public_key: Option<ed25519_dalek::VerifyingKey>,
 }
 
 /// The BPF-LSM programs a bundle carries: (hook enum value, LSM hook name).
@@ -205,7 +209,15 @@ fn sync_cgroup_map(
 impl Datapath {
     /// A datapath with nothing loaded yet.
     pub fn new(paths: Paths) -> Self {
-        Self { paths, active: None, clock_offset: events::monotonic_to_unix_offset(), lsm: false }
+        Self { paths, active: None, clock_offset: events::monotonic_to_unix_offset(), lsm: false, public_key: None }
+    }
+
+    /// Verifies every bundle's ed25519 signature against `key` before loading it (and before
+    /// adopting pinned state). Without a key, signatures are not checked.
+    #[must_use]
+    pub fn with_public_key(mut self, key: Option<ed25519_dalek::VerifyingKey>) -> Self {
+        self.public_key = key;
+        self
     }
 
     /// Enforces through BPF-LSM programs instead of cgroup hooks (for kernels where the probe
@@ -233,7 +245,7 @@ impl Datapath {
     pub fn adopt(&mut self) -> Result<bool, LoadError> {
         let Ok(bytes) = std::fs::read(self.paths.state_file()) else { return Ok(false) };
         let bundle = v1::Bundle::decode(bytes.as_slice()).map_err(|e| LoadError::Decode(e.to_string()))?;
-        let content = verify(&bundle)?;
+        let content = verify(&bundle, self.public_key.as_ref())?;
         let gen_dir = self.gen_dir(&bundle);
         let hooks: Vec<i32> = if self.lsm {
             LSM_HOOKS.iter().map(|(h, _)| *h).collect()
@@ -287,7 +299,7 @@ impl Datapath {
     /// the previous generation keeps enforcing. Events still queued in the previous
     /// generation's ring buffer are drained into `drained` first.
     pub fn apply(&mut self, bundle: v1::Bundle, drained: &mut Vec<v1::DecisionEvent>) -> Result<(), LoadError> {
-        let content = verify(&bundle)?;
+        let content = verify(&bundle, self.public_key.as_ref())?;
         if let Some(active) = &mut self.active
             && active.bundle.digest == bundle.digest
         {
@@ -526,8 +538,12 @@ impl Datapath {
     }
 }
 
-/// Checks the digest and decodes the content.
-pub fn verify(bundle: &v1::Bundle) -> Result<v1::BundleContent, LoadError> {
+/// Checks the signature (when a key is pinned) and the digest, and decodes the content.
+pub fn verify(bundle: &v1::Bundle, key: Option<&ed25519_dalek::VerifyingKey>) -> Result<v1::BundleContent, LoadError> {
+    if let Some(key) = key {
+        let signature = ed25519_dalek::Signature::from_slice(&bundle.signature).map_err(|_| LoadError::Signature)?;
+        key.verify_strict(&bundle.content, &signature).map_err(|_| LoadError::Signature)?;
+    }
     let actual = palisade_proto::sha256_hex(&bundle.content);
     if actual != bundle.digest {
         return Err(LoadError::Digest { expected: bundle.digest.clone(), actual });
@@ -544,4 +560,43 @@ fn write_state(paths: &Paths, encoded: &[u8]) -> Result<(), LoadError> {
     let tmp = paths.state_dir.join("active.bundle.tmp");
     std::fs::write(&tmp, encoded).map_err(io_err("writing the state file"))?;
     std::fs::rename(&tmp, paths.state_file()).map_err(io_err("replacing the state file"))
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::{Signer as _, SigningKey};
+
+    use super::*;
+
+    fn signed(content: &[u8], key: &SigningKey) -> v1::Bundle {
+        let content = v1::BundleContent { format: 1, ..Default::default() }
+            .encode_to_vec()
+            .into_iter()
+            .chain(content.iter().copied())
+            .collect::<Vec<u8>>();
+        v1::Bundle {
+            generation: 1,
+            digest: palisade_proto::sha256_hex(&content),
+            signature: key.sign(&content).to_bytes().to_vec(),
+            content,
+        }
+    }
+
+    #[test]
+    fn verify_accepts_only_bundles_signed_by_the_pinned_key() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let other = SigningKey::from_bytes(&[8; 32]);
+        let bundle = signed(b"", &key);
+        assert!(verify(&bundle, Some(&key.verifying_key())).is_ok());
+        assert!(matches!(verify(&bundle, Some(&other.verifying_key())), Err(LoadError::Signature)));
+        let mut tampered = bundle.clone();
+        tampered.content.push(0);
+        tampered.digest = palisade_proto::sha256_hex(&tampered.content);
+        assert!(matches!(verify(&tampered, Some(&key.verifying_key())), Err(LoadError::Signature)));
+        let unsigned = v1::Bundle { signature: Vec::new(), ..bundle.clone() };
+        assert!(matches!(verify(&unsigned, Some(&key.verifying_key())), Err(LoadError::Signature)));
+        assert!(verify(&unsigned, None).is_ok(), "no pinned key: only the digest is checked");
+        let wrong_digest = v1::Bundle { digest: "00".into(), ..bundle };
+        assert!(matches!(verify(&wrong_digest, Some(&key.verifying_key())), Err(LoadError::Digest { .. })));
+    }
 }

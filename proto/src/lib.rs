@@ -17,15 +17,43 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every Palisade proto file, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("palisade_descriptor");
 
-/// Hex SHA-256: how the protocol names content (policy digests, `Bundle.digest`).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
+/// Lower-case hex of `bytes`.
+pub fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    sha2::Sha256::digest(bytes).iter().fold(String::with_capacity(64), |mut s, b| {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
     })
 }
 
+/// Hex SHA-256: how the protocol names content (policy digests, `Bundle.digest`).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    to_hex(&sha2::Sha256::digest(bytes))
+}
+
+/// Decodes lower- or upper-case hex (e.g. a bundle key); `None` if malformed.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim();
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
 /// Request metadata key naming who performs a change; recorded in the audit log.
 pub const ACTOR_METADATA_KEY: &str = "palisade-actor";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_rejects_garbage() {
+        assert_eq!(from_hex(&to_hex(&[0, 1, 0xab, 0xff])), Some(vec![0, 1, 0xab, 0xff]));
+        assert_eq!(from_hex("ABcd"), Some(vec![0xab, 0xcd]));
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex("zz"), None);
+        assert_eq!(sha256_hex(b"").len(), 64);
+    }
+}

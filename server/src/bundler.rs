@@ -41,6 +41,8 @@ pub struct Built {
     pub digest: String,
     /// Encoded `BundleContent`.
     pub bytes: Vec<u8>,
+    /// ed25519 signature of `bytes`.
+    pub signature: Vec<u8>,
 }
 
 /// A policy set to check: (what it is, policies, failsafe, offsets).
@@ -53,6 +55,7 @@ pub struct Bundler {
     cache: Arc<Mutex<HashMap<String, Arc<Built>>>>,
     mutator: Option<BundleMutator>,
     limits: Limits,
+    signer: crate::signing::BundleSigner,
 }
 
 impl std::fmt::Debug for Bundler {
@@ -109,8 +112,13 @@ pub fn stats(compiled: &Compiled) -> serde_json::Value {
 
 impl Bundler {
     /// A bundler over `store` enforcing `limits`.
-    pub fn new(store: Store, mutator: Option<BundleMutator>, limits: Limits) -> Self {
-        Self { store, cache: Arc::new(Mutex::new(HashMap::new())), mutator, limits }
+    pub fn new(
+        store: Store,
+        mutator: Option<BundleMutator>,
+        limits: Limits,
+        signer: crate::signing::BundleSigner,
+    ) -> Self {
+        Self { store, cache: Arc::new(Mutex::new(HashMap::new())), mutator, limits, signer }
     }
 
     /// The capacity limits.
@@ -172,6 +180,7 @@ impl Bundler {
         }
         let mutator = self.mutator.clone();
         let limits = self.limits;
+        let signer = self.signer.clone();
         let (built, stats) = tokio::task::spawn_blocking(move || {
             let (_, compiled) = compile_set(&held, failsafe, offsets)?;
             limits::check(&compiled, &limits).map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
@@ -184,11 +193,12 @@ impl Bundler {
                 }
                 None => compiled.bytes,
             };
-            Ok::<_, ApiError>((Built { digest: palisade_proto::sha256_hex(&bytes), bytes }, stats))
+            let signature = signer.sign(&bytes);
+            Ok::<_, ApiError>((Built { digest: palisade_proto::sha256_hex(&bytes), bytes, signature }, stats))
         })
         .await
         .map_err(|e| ApiError::FailedPrecondition(format!("compiler task failed: {e}")))??;
-        self.store.save_bundle(&built.digest, &built.bytes, stats).await?;
+        self.store.save_bundle(&built.digest, &built.bytes, &built.signature, stats).await?;
         let built = Arc::new(built);
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_ENTRIES {

@@ -13,6 +13,7 @@ use crate::ServeError;
 #[derive(Debug)]
 pub struct EmbeddedServer {
     addr: SocketAddr,
+    public_key: String,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -33,8 +34,14 @@ impl EmbeddedServer {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
+        let public_key = options.signer.public_key_hex();
         let task = tokio::spawn(crate::serve_with(pool, listener, shutdown.clone(), options));
-        Ok(Self { addr, shutdown, task: Some(task) })
+        Ok(Self { addr, public_key, shutdown, task: Some(task) })
+    }
+
+    /// The public key agents of this server must pin (hex).
+    pub fn public_key_hex(&self) -> &str {
+        &self.public_key
     }
 
     /// The bound address.

@@ -7,6 +7,7 @@ pub mod bundler;
 pub mod embedded;
 pub mod error;
 pub mod hub;
+pub mod signing;
 pub mod store;
 pub mod validate;
 
@@ -54,6 +55,11 @@ pub struct Config {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "PALISADE_LOG_JSON")]
     pub log_json: bool,
+    /// File holding the ed25519 seed bundles are signed with (hex); created, with a `.pub`
+    /// file holding the public key agents pin, if missing. Without it a random key is used
+    /// and its public half is logged (agents must be given it again after every restart).
+    #[arg(long, env = "PALISADE_BUNDLE_SIGNING_KEY")]
+    pub bundle_signing_key: Option<std::path::PathBuf>,
     /// Most entries one map of a compiled bundle may have; policies that would exceed it on
     /// any node are rejected at apply time.
     #[arg(long, env = "PALISADE_MAX_MAP_ENTRIES", default_value_t = palisade_compiler::limits::Limits::DEFAULT.max_map_entries)]
@@ -87,6 +93,9 @@ pub enum ServeError {
     /// The transport failed.
     #[error("gRPC transport failed")]
     Transport(#[source] tonic::transport::Error),
+    /// The bundle signing key cannot be used.
+    #[error("bundle signing key")]
+    Signing(#[source] signing::SigningError),
 }
 
 /// Connects to the database, migrates it, binds `config.listen` and serves until `shutdown`.
@@ -104,7 +113,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         max_map_entries: config.max_map_entries,
         ..palisade_compiler::limits::Limits::DEFAULT
     };
-    serve_with(pool, listener, shutdown, Options { limits, ..Options::default() }).await
+    let signer = if let Some(path) = &config.bundle_signing_key {
+        signing::BundleSigner::load_or_create(path).map_err(ServeError::Signing)?
+    } else {
+        let signer = signing::BundleSigner::generate();
+        tracing::warn!(
+            public_key = signer.public_key_hex(),
+            "no --bundle-signing-key: using a random key for this run"
+        );
+        signer
+    };
+    tracing::info!(public_key = signer.public_key_hex(), "bundles are signed; agents pin this key");
+    serve_with(pool, listener, shutdown, Options { limits, signer, bundle_mutator: None }).await
 }
 
 /// Serves every service on `listener` from a migrated `pool` until `shutdown` is cancelled:
@@ -114,13 +134,25 @@ pub async fn serve(pool: PgPool, listener: TcpListener, shutdown: CancellationTo
 }
 
 /// Server options beyond the listener and database.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// Test seam: changes every compiled bundle before it is stored and pushed (to hand an
     /// agent a bundle its kernel rejects). Never set by `palisade-server`.
     pub bundle_mutator: Option<bundler::BundleMutator>,
     /// Capacity limits for compiled bundles.
     pub limits: palisade_compiler::limits::Limits,
+    /// The key bundles are signed with.
+    pub signer: signing::BundleSigner,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            bundle_mutator: None,
+            limits: palisade_compiler::limits::Limits::DEFAULT,
+            signer: signing::BundleSigner::generate(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Options {
@@ -128,6 +160,7 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("bundle_mutator", &self.bundle_mutator.is_some())
             .field("limits", &self.limits)
+            .field("signer", &self.signer)
             .finish()
     }
 }
@@ -141,7 +174,7 @@ pub async fn serve_with(
 ) -> Result<(), ServeError> {
     let tracker = TaskTracker::new();
     let store = Store::new(pool);
-    let bundler = bundler::Bundler::new(store.clone(), options.bundle_mutator, options.limits);
+    let bundler = bundler::Bundler::new(store.clone(), options.bundle_mutator, options.limits, options.signer);
     let hub = EventHub::start(store.clone(), shutdown.clone(), &tracker).await.map_err(ServeError::Hub)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<PolicyServiceServer<PolicyApi>>().await;

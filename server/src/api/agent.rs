@@ -84,7 +84,7 @@ impl Session {
             generation,
             digest: built.digest.clone(),
             content: built.bytes.clone(),
-            signature: Vec::new(),
+            signature: built.signature.clone(),
         };
         let message = v1::SyncResponse { message: Some(v1::sync_response::Message::Bundle(bundle)) };
         self.outbound.send(Ok(message)).await.map_err(drop)?;

@@ -158,12 +158,19 @@ impl Store {
     }
 
     /// Stores a compiled bundle (content-addressed; storing it again is a no-op).
-    pub async fn save_bundle(&self, digest: &str, content: &[u8], stats: serde_json::Value) -> Result<(), ApiError> {
+    pub async fn save_bundle(
+        &self,
+        digest: &str,
+        content: &[u8],
+        signature: &[u8],
+        stats: serde_json::Value,
+    ) -> Result<(), ApiError> {
         sqlx::query(
-            "INSERT INTO bundles (digest, content, signature, stats) VALUES ($1, $2, '', $3) ON CONFLICT (digest) DO NOTHING",
+            "INSERT INTO bundles (digest, content, signature, stats) VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING",
         )
         .bind(digest)
         .bind(content)
+        .bind(signature)
         .bind(stats)
         .execute(&self.pool)
         .await?;

@@ -17,14 +17,14 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
 };
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::{
     eval::{Decision, Matches, ReportKind, RuleName, Verdict, decide},
-    model::{Failsafe, Operation, PolicySet, Protocol},
+    model::{Operation, PolicySet, Protocol},
 };
 
 /// uid value meaning "any uid not listed" in the uid map (`(uid_t)-1` is not a user).
@@ -505,14 +505,6 @@ impl Plan {
 fn longest<'a, T, K: Ord>(items: impl Iterator<Item = &'a T>, key: impl Fn(&T) -> K) -> Option<&'a T> {
     items.max_by_key(|i| key(i))
 }
-
-/// An unspecified address of the family, for tests that need one.
-pub fn unspecified(v6: bool) -> IpAddr {
-    if v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) }
-}
-
-/// Failsafe entries are part of [`PolicySet`]; re-exported for callers building plans.
-pub type FailsafeEntry = Failsafe;
 
 #[cfg(test)]
 mod tests;

@@ -77,3 +77,40 @@ async fn apply_policy_over_capacity_is_rejected_with_numbers_alone_and_on_a_node
     let elsewhere = b.replace("role: web", "role: db");
     policies.apply_policy(apply(elsewhere)).await.expect("b on other nodes fits");
 }
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn node_whose_policy_set_is_over_capacity_shows_why_it_gets_no_bundle(pool: PgPool) {
+    let (a, b) = (doc("a", 1000, 8), doc("b", 5000, 8));
+    let mut options = palisade_server::Options::default();
+    options.limits.max_map_entries = port_entries(&[&a]).max(port_entries(&[&b]));
+    let server = EmbeddedServer::start_with(pool, options).await.expect("server");
+    let mut policies = PolicyServiceClient::connect(server.url()).await.expect("connect");
+    // No node is registered yet, so each policy only has to fit alone.
+    policies.apply_policy(apply(a)).await.expect("a fits");
+    policies.apply_policy(apply(b)).await.expect("b fits");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let hello = v1::AgentHello {
+        node_name: "web-2".into(),
+        labels: BTreeMap::from([("role".to_owned(), "web".to_owned())]),
+        ..Default::default()
+    };
+    tx.send(v1::SyncRequest { message: Some(v1::sync_request::Message::Hello(hello)) }).await.expect("hello");
+    let _stream = AgentServiceClient::connect(server.url())
+        .await
+        .expect("connect")
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("sync");
+    let mut nodes = v1::node_service_client::NodeServiceClient::connect(server.url()).await.expect("connect");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let node = nodes.get_node(v1::GetNodeRequest { name: "web-2".into() }).await.expect("get").into_inner().node;
+        if let Some(error) = node.and_then(|n| n.last_error) {
+            assert!(error.message.contains("could not build"), "{}", error.message);
+            assert!(error.message.contains("pal_ports"), "{}", error.message);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the build failure was not recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

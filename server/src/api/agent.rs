@@ -65,7 +65,13 @@ impl Session {
         let built = match self.bundler.for_node(&self.node).await {
             Ok(built) => built,
             Err(error) => {
+                // Shown as the node's last error, so "why does this node not run the current
+                // policy" has an answer without reading server logs.
                 tracing::error!(node = self.node, %error, "cannot compile the node's bundle");
+                let message = format!("server could not build this node's bundle: {error}");
+                if let Err(e) = self.store.node_nack(&self.node, 0, "", &message).await {
+                    tracing::warn!(node = self.node, error = %e, "cannot record the build failure");
+                }
                 return Ok(());
             }
         };

@@ -278,7 +278,12 @@ fn compile_table(cgroup: &str) -> anyhow::Result<()> {
         "| profile | rules | compile (ms, median of 3) | bundle bytes | instructions per program (connect4/connect6/lsm connect/bind4/bind6/lsm bind) | map entries (addr4+addr6+ports) |"
     );
     println!("|---|---:|---:|---:|---|---:|");
+    // `--profile hosts|uniform` limits the table to one profile (handy under a profiler).
+    let only = std::env::args().skip_while(|a| a != "--profile").nth(1);
     for profile in [Profile::Hosts, Profile::Uniform] {
+        if only.as_deref().is_some_and(|o| o != profile.name()) {
+            continue;
+        }
         for n in [10_usize, 1_000, 10_000] {
             let s = set(n, profile, cgroup);
             let c = compile(&s, OFFSETS)?;

@@ -201,3 +201,23 @@ async fn unreachable_server_fails_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the Palisade server"));
 }
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn compile_prints_program_stats_and_the_annotated_disassembly(pool: PgPool) {
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    let out = palisade(&server, &["compile", "-f", &example(), "--disasm"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for section in ["cgroup/connect4", "cgroup/connect6", "lsm/socket_connect", "cgroup/bind4", "lsm/socket_bind"] {
+        assert!(text.contains(section), "{section} missing:\n{text}");
+    }
+    assert!(text.contains("pal_ports") && text.contains("lpm_trie"), "{text}");
+    assert!(text.contains("DENY event: deny-demo-port@0/block-demo-port"), "{text}");
+    assert!(text.contains("call bpf_map_lookup_elem"), "{text}");
+    let bad = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(bad.path(), "name: x\nnetwork: {connect: {rules: [{id: r, action: deny, ports: [0]}]}}")
+        .expect("write");
+    let out = palisade(&server, &["compile", "-f", &bad.path().display().to_string()]).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("network.connect.rules[0].ports[0]"), "{}", stderr(&out));
+}

@@ -367,14 +367,7 @@ impl Datapath {
                 .ok_or_else(|| LoadError::Load(format!("program {} missing from the ELF", p.name)))?
                 .try_into()
                 .map_err(|e: ProgramError| LoadError::Load(format!("{}: {e}", p.name)))?;
-            program.load().map_err(|e| match e {
-                ProgramError::LoadError { io_error, verifier_log } => LoadError::Verifier {
-                    program: p.name.clone(),
-                    error: io_error.to_string(),
-                    log: verifier_log.to_string(),
-                },
-                other => LoadError::Load(format!("{}: {other}", p.name)),
-            })?;
+            program.load().map_err(|e| program_error(&p.name, e))?;
             program
                 .pin(gen_dir.join(format!("prog_{}", p.name)))
                 .map_err(|e| LoadError::Load(format!("pinning {}: {e}", p.name)))?;
@@ -401,14 +394,7 @@ impl Datapath {
                 .ok_or_else(|| LoadError::Load(format!("program {} missing from the ELF", p.name)))?
                 .try_into()
                 .map_err(|e: ProgramError| LoadError::Load(format!("{}: {e}", p.name)))?;
-            program.load(name, &btf).map_err(|e| match e {
-                ProgramError::LoadError { io_error, verifier_log } => LoadError::Verifier {
-                    program: p.name.clone(),
-                    error: io_error.to_string(),
-                    log: verifier_log.to_string(),
-                },
-                other => LoadError::Load(format!("{}: {other}", p.name)),
-            })?;
+            program.load(name, &btf).map_err(|e| program_error(&p.name, e))?;
             program
                 .pin(gen_dir.join(format!("prog_{}", p.name)))
                 .map_err(|e| LoadError::Load(format!("pinning {}: {e}", p.name)))?;
@@ -535,6 +521,16 @@ impl Datapath {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// A program load failure, with the verifier log when the verifier refused it.
+fn program_error(name: &str, e: ProgramError) -> LoadError {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            LoadError::Verifier { program: name.to_owned(), error: io_error.to_string(), log: verifier_log.to_string() }
+        }
+        other => LoadError::Load(format!("{name}: {other}")),
     }
 }
 

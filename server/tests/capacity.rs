@@ -29,6 +29,27 @@ fn port_entries(docs: &[&str]) -> u32 {
     compiled.content.maps.iter().find(|m| m.name == "pal_ports").map_or(0, |m| m.entries.len() as u32)
 }
 
+/// Registers a node labelled role=web; keep the result alive to hold the stream.
+async fn hello_web(
+    server: &EmbeddedServer,
+    name: &str,
+) -> (tokio::sync::mpsc::Sender<v1::SyncRequest>, tonic::Response<tonic::Streaming<v1::SyncResponse>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let hello = v1::AgentHello {
+        node_name: name.into(),
+        labels: BTreeMap::from([("role".to_owned(), "web".to_owned())]),
+        ..Default::default()
+    };
+    tx.send(v1::SyncRequest { message: Some(v1::sync_request::Message::Hello(hello)) }).await.expect("hello");
+    let stream = AgentServiceClient::connect(server.url())
+        .await
+        .expect("connect")
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("sync");
+    (tx, stream)
+}
+
 fn apply(document: String) -> v1::ApplyPolicyRequest {
     v1::ApplyPolicyRequest { source: Some(v1::apply_policy_request::Source::Document(document)), ..Default::default() }
 }
@@ -53,19 +74,7 @@ async fn apply_policy_over_capacity_is_rejected_with_numbers_alone_and_on_a_node
     assert!(err.message().contains(&format!("the limit is {limit}")), "{}", err.message());
 
     // Each fits alone; a node with role=web would hold both, which does not fit.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let hello = v1::AgentHello {
-        node_name: "web-1".into(),
-        labels: BTreeMap::from([("role".to_owned(), "web".to_owned())]),
-        ..Default::default()
-    };
-    tx.send(v1::SyncRequest { message: Some(v1::sync_request::Message::Hello(hello)) }).await.expect("hello");
-    let _stream = AgentServiceClient::connect(server.url())
-        .await
-        .expect("connect")
-        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("sync");
+    let _session = hello_web(&server, "web-1").await;
     policies.apply_policy(apply(a)).await.expect("a fits");
     let err = policies.apply_policy(apply(b.clone())).await.expect_err("a + b does not fit on web-1");
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -88,19 +97,7 @@ async fn node_whose_policy_set_is_over_capacity_shows_why_it_gets_no_bundle(pool
     // No node is registered yet, so each policy only has to fit alone.
     policies.apply_policy(apply(a)).await.expect("a fits");
     policies.apply_policy(apply(b)).await.expect("b fits");
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let hello = v1::AgentHello {
-        node_name: "web-2".into(),
-        labels: BTreeMap::from([("role".to_owned(), "web".to_owned())]),
-        ..Default::default()
-    };
-    tx.send(v1::SyncRequest { message: Some(v1::sync_request::Message::Hello(hello)) }).await.expect("hello");
-    let _stream = AgentServiceClient::connect(server.url())
-        .await
-        .expect("connect")
-        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("sync");
+    let _session = hello_web(&server, "web-2").await;
     let mut nodes = v1::node_service_client::NodeServiceClient::connect(server.url()).await.expect("connect");
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {

@@ -330,3 +330,32 @@ async fn bundle_signed_with_another_key_is_nacked_and_never_loaded(pool: PgPool)
         "the unverified bundle never enforced"
     );
 }
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn selected_cgroup_created_after_the_policy_is_enforced_within_a_second(pool: PgPool) {
+    if !kernel_tests_enabled("late cgroup") {
+        return;
+    }
+    let cg = TestCgroup::new("late");
+    let late = cg.child_path("late");
+    let (_v4, _v6, port) = dual_listeners();
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    PolicyServiceClient::new(channel.clone())
+        .apply_policy(policy("late-deny", &late, port, "deny"))
+        .await
+        .expect("apply");
+    let state = tempfile::tempdir().expect("tempdir");
+    let node_name = format!("late-{}", std::process::id());
+    let _agent = TestAgent::start(TestAgent::config(&server, &node_name, cg.path(), state.path())).await;
+    applied_after(&channel, &node_name, 0).await;
+    assert!(!cg.dir_of(&late).exists());
+
+    // The agent's periodic rescan is 5 s; inotify must make this much faster.
+    std::fs::create_dir(cg.dir_of(&late)).expect("create the selected cgroup");
+    let created = tokio::time::Instant::now();
+    while connect(&cg.dir_of(&late), "127.0.0.1", port).await != Connect::Denied {
+        assert!(created.elapsed() < Duration::from_secs(1), "not enforced within 1 s of the cgroup's creation");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -3,6 +3,7 @@
 //! decision events back. `main.rs` wraps [`run`]; tests run [`Agent`] in-process.
 
 pub mod btf;
+pub mod cgroups;
 pub mod events;
 pub mod loader;
 pub mod probe;
@@ -94,6 +95,9 @@ pub enum StartError {
     #[error("the datapath thread failed to start")]
     Datapath,
 }
+
+/// Backstop rescan of selected cgroups (inotify normally reports changes at once).
+const CGROUP_RESCAN: Duration = Duration::from_secs(5);
 
 /// Commands for the datapath thread.
 enum Command {
@@ -230,6 +234,15 @@ fn datapath_thread(
     publish(&datapath);
     let _ = ready.send(());
     let mut batch = Vec::new();
+    let mut watch = cgroups::CgroupWatch::new()
+        .map_err(|error| tracing::warn!(%error, "no inotify; selected cgroups are only rescanned every few seconds"))
+        .ok();
+    let rearm = |watch: &mut Option<cgroups::CgroupWatch>, d: &Datapath| {
+        if let Some(w) = watch {
+            w.rearm(d.cgroup2(), &d.selected_cgroups());
+        }
+    };
+    rearm(&mut watch, &datapath);
     let mut last_cgroup_sync = std::time::Instant::now();
     let mut dropped = 0_u64;
     while !shutdown.is_cancelled() {
@@ -241,18 +254,21 @@ fn datapath_thread(
                     e.to_string()
                 });
                 publish(&datapath);
+                rearm(&mut watch, &datapath);
                 let _ = reply.send(result);
             }
             Err(std::sync::mpsc::TryRecvError::Empty) => {}
             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
         }
+        let mut fds = Vec::with_capacity(2);
         if let Some(fd) = datapath.events_fd() {
-            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd; a 50 ms timeout bounds command latency.
-            unsafe { libc::poll(&raw mut pfd, 1, 50) };
-        } else {
-            std::thread::sleep(Duration::from_millis(50));
+            fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
         }
+        if let Some(w) = &watch {
+            fds.push(libc::pollfd { fd: w.fd(), events: libc::POLLIN, revents: 0 });
+        }
+        // SAFETY: a valid array of pollfds; a 50 ms timeout bounds command latency.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
         datapath.drain(&mut batch);
         for event in batch.drain(..) {
             if events.try_send(event).is_err() {
@@ -262,11 +278,14 @@ fn datapath_thread(
         if dropped > 0 && dropped.is_power_of_two() {
             tracing::warn!(dropped, "event queue full; events dropped");
         }
-        if last_cgroup_sync.elapsed() >= Duration::from_millis(200) {
+        let changed = watch.as_ref().is_some_and(cgroups::CgroupWatch::drain);
+        // The periodic rescan is only a backstop for missed or unsupported notifications.
+        if changed || last_cgroup_sync.elapsed() >= CGROUP_RESCAN {
             last_cgroup_sync = std::time::Instant::now();
             if let Err(error) = datapath.sync_cgroups() {
                 tracing::warn!(%error, "cgroup map update failed");
             }
+            rearm(&mut watch, &datapath);
         }
     }
     tracing::info!("datapath stopped; pinned programs keep enforcing");

@@ -491,6 +491,16 @@ impl Datapath {
         Ok(())
     }
 
+    /// The cgroup2 mount.
+    pub fn cgroup2(&self) -> &Path {
+        &self.paths.cgroup2
+    }
+
+    /// Paths of every selected cgroup of the active bundle.
+    pub fn selected_cgroups(&self) -> Vec<String> {
+        self.active.as_ref().map(|a| a.content.cgroups.iter().map(|c| c.path.clone()).collect()).unwrap_or_default()
+    }
+
     /// The ring buffer's fd, to poll for readability.
     pub fn events_fd(&self) -> Option<RawFd> {
         self.active.as_ref().and_then(|a| a.events.as_ref()).map(|r| r.as_fd().as_raw_fd())

@@ -165,6 +165,7 @@ impl TestAgent {
             server: server.url(),
             bundle_public_key: Some(server.public_key_hex().to_owned()),
             insecure_skip_bundle_signature: false,
+            uninstall: false,
             node_name: Some(node.to_owned()),
             labels: vec!["suite=integration".to_owned()],
             bpffs: PathBuf::from(format!("/sys/fs/bpf/palisade-test-{node}")),

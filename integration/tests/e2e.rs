@@ -199,7 +199,19 @@ async fn agent_restart_keeps_enforcing_and_adopts_pinned_state(pool: PgPool) {
     assert_eq!(attached_programs(&cg.dir(), BPF_CGROUP_INET4_CONNECT), 1, "no duplicate connect4 attachment");
     assert_eq!(attached_programs(&cg.dir(), BPF_CGROUP_INET6_CONNECT), 1, "no duplicate connect6 attachment");
     assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Denied);
-    drop(restarted);
+
+    // --uninstall removes what the agent left and so detaches it.
+    let mut restarted = restarted;
+    restarted.stop().await;
+    palisade_agent::uninstall(&restarted.config).expect("uninstall");
+    // The kernel frees a link whose last pin went away on a workqueue: poll.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while attached_programs(&cg.dir(), BPF_CGROUP_INET4_CONNECT) != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "programs still attached after --uninstall");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(attached_programs(&cg.dir(), BPF_CGROUP_INET6_CONNECT), 0);
+    assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Ok, "uninstalled: access restored");
 }
 
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]

@@ -58,6 +58,25 @@ pub struct Config {
     /// Load bundles without verifying signatures (development only).
     #[arg(long, env = "PALISADE_INSECURE_SKIP_BUNDLE_SIGNATURE")]
     pub insecure_skip_bundle_signature: bool,
+    /// Detach everything this agent attached (remove its pins under `--bpffs` and its state
+    /// file) and exit, instead of running.
+    #[arg(long)]
+    pub uninstall: bool,
+}
+
+/// Detaches every program of a previous agent by removing its pins and state; returns what
+/// was removed. Enforcement stops when the last pin of each link goes.
+pub fn uninstall(config: &Config) -> Result<(), StartError> {
+    let cgroup2 = probe::cgroup2_mount().ok_or(StartError::NoCgroup2)?;
+    let paths = Paths {
+        attach: cgroup2.join(config.attach_cgroup.trim_start_matches('/')),
+        bpffs: config.bpffs.clone(),
+        state_dir: config.state_dir.clone(),
+        cgroup2,
+    };
+    Datapath::new(paths).remove_all().map_err(|source| StartError::Bpffs { path: config.bpffs.clone(), source })?;
+    tracing::info!(bpffs = %config.bpffs.display(), "removed pins and state; programs detached");
+    Ok(())
 }
 
 /// Parses `--bundle-public-key`: hex, or a file holding hex.

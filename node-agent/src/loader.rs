@@ -520,7 +520,7 @@ impl Datapath {
     }
 
     /// Detaches everything this agent attached and removes its pins and state (used by tests
-    /// and `--uninstall`).
+    /// and `palisade-agent --uninstall`).
     pub fn remove_all(&mut self) -> io::Result<()> {
         self.active = None;
         match std::fs::remove_dir_all(&self.paths.bpffs) {

@@ -8,6 +8,10 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let config = palisade_agent::Config::parse();
     palisade_agent::init_logging(config.log_json);
+    if config.uninstall {
+        palisade_agent::uninstall(&config)?;
+        return Ok(());
+    }
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

@@ -157,6 +157,7 @@ fn main() {
     swap_under_load(&mut suite, &mut datapath, &mut apply, &work, port);
 
     bind_denied(&mut suite, &mut datapath, &mut apply, &work, &other, other_port);
+    datapath = restart_and_reject(&mut suite, datapath, &mut apply, &work, port);
 
     let _ = datapath.remove_all();
     // Detaching after the last pin goes away completes asynchronously: poll.
@@ -239,4 +240,67 @@ fn bind_denied(
         loaded.is_ok() && denied == "EPERM" && elsewhere == "ok" && outside == "ok" && event_ok,
         format!("loaded={loaded:?} denied={denied} elsewhere={elsewhere} outside={outside} events={}", events.len()),
     );
+}
+
+/// An agent restart adopts the pinned LSM generation (still denying, nothing reloaded), and
+/// a bundle the verifier rejects leaves the previous generation enforcing.
+fn restart_and_reject(
+    suite: &mut Suite,
+    datapath: Datapath,
+    apply: &mut impl FnMut(&mut Datapath, &str, &mut Vec<v1::DecisionEvent>) -> Result<(), String>,
+    work: &Path,
+    port: u16,
+) -> Datapath {
+    let mut drained = Vec::new();
+    let loaded = apply(&mut { datapath }, &deny_policy("/work", port, "enforce", "allow", "deny"), &mut drained);
+    // The datapath above was dropped (the agent "stopped"); a new one adopts the pins.
+    let cgroup2 = probe::cgroup2_mount().unwrap_or_default();
+    let paths = Paths {
+        bpffs: PathBuf::from("/sys/fs/bpf/palisade"),
+        state_dir: PathBuf::from("/tmp/palisade-state"),
+        attach: cgroup2.clone(),
+        cgroup2,
+    };
+    let down = connect(work, "tcp", "127.0.0.1", port);
+    let mut restarted = Datapath::new(paths).with_lsm(true);
+    let adopted = restarted.adopt();
+    let after = connect(work, "tcp", "127.0.0.1", port);
+    suite.check(
+        "restart_adopts_pinned_lsm_generation",
+        loaded.is_ok() && matches!(adopted, Ok(true)) && down == "EPERM" && after == "EPERM",
+        format!("loaded={loaded:?} adopted={adopted:?} while_down={down} after={after}"),
+    );
+    // A bundle whose programs the verifier rejects (exit without setting r0).
+    let mut bad = match bundle(&deny_policy("/work", port, "enforce", "allow", "allow"), 99) {
+        Ok(b) => b,
+        Err(e) => {
+            suite.check("rejected_bundle_keeps_previous_generation", false, e);
+            return restarted;
+        }
+    };
+    let mut content = <v1::BundleContent as prost::Message>::decode(bad.content.as_slice()).unwrap_or_default();
+    let mut a = palisade_compiler::asm::Asm::new();
+    a.push(palisade_compiler::insn::exit());
+    let exit_only = a.finish().unwrap_or_else(|_| palisade_compiler::asm::Asm::new().finish().unwrap_or_default());
+    let programs: Vec<_> = content
+        .programs
+        .iter()
+        .map(|p| palisade_compiler::elf::ElfProgram { name: &p.name, section: &p.section, program: &exit_only })
+        .collect();
+    content.elf = palisade_compiler::elf::write(&programs, &palisade_compiler::bundle::map_defs(&content.maps))
+        .unwrap_or_default();
+    bad.content = prost::Message::encode_to_vec(&content);
+    bad.digest = palisade_proto::sha256_hex(&bad.content);
+    let result = restarted.apply(bad, &mut drained);
+    let still = connect(work, "tcp", "127.0.0.1", port);
+    let verifier = matches!(&result, Err(palisade_agent::loader::LoadError::Verifier { .. }));
+    suite.check(
+        "rejected_bundle_keeps_previous_generation",
+        verifier && still == "EPERM",
+        format!(
+            "result={} still={still}",
+            result.map_or_else(|e| e.to_string().lines().next().unwrap_or("").to_owned(), |()| "loaded".into())
+        ),
+    );
+    restarted
 }

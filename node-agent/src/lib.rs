@@ -64,17 +64,25 @@ pub struct Config {
     pub uninstall: bool,
 }
 
-/// Detaches every program of a previous agent by removing its pins and state; returns what
-/// was removed. Enforcement stops when the last pin of each link goes.
+impl Config {
+    /// Where the datapath keeps things, with the cgroup2 mount found on this node.
+    pub fn paths(&self) -> Result<Paths, StartError> {
+        let cgroup2 = probe::cgroup2_mount().ok_or(StartError::NoCgroup2)?;
+        Ok(Paths {
+            attach: cgroup2.join(self.attach_cgroup.trim_start_matches('/')),
+            bpffs: self.bpffs.clone(),
+            state_dir: self.state_dir.clone(),
+            cgroup2,
+        })
+    }
+}
+
+/// Detaches every program of a previous agent by removing its pins and state. Enforcement
+/// stops when the kernel releases the last link (asynchronously, within milliseconds).
 pub fn uninstall(config: &Config) -> Result<(), StartError> {
-    let cgroup2 = probe::cgroup2_mount().ok_or(StartError::NoCgroup2)?;
-    let paths = Paths {
-        attach: cgroup2.join(config.attach_cgroup.trim_start_matches('/')),
-        bpffs: config.bpffs.clone(),
-        state_dir: config.state_dir.clone(),
-        cgroup2,
-    };
-    Datapath::new(paths).remove_all().map_err(|source| StartError::Bpffs { path: config.bpffs.clone(), source })?;
+    Datapath::new(config.paths()?)
+        .remove_all()
+        .map_err(|source| StartError::Bpffs { path: config.bpffs.clone(), source })?;
     tracing::info!(bpffs = %config.bpffs.display(), "removed pins and state; programs detached");
     Ok(())
 }
@@ -170,13 +178,7 @@ impl Agent {
             cgroup_sock_addr = features.cgroup_sock_addr,
             "kernel probed"
         );
-        let cgroup2 = probe::cgroup2_mount().ok_or(StartError::NoCgroup2)?;
-        let paths = Paths {
-            attach: cgroup2.join(config.attach_cgroup.trim_start_matches('/')),
-            bpffs: config.bpffs.clone(),
-            state_dir: config.state_dir.clone(),
-            cgroup2,
-        };
+        let paths = config.paths()?;
         let bpffs_root = paths.bpffs.parent().map_or_else(|| paths.bpffs.clone(), PathBuf::from);
         sys::ensure_bpffs(&bpffs_root).map_err(|source| StartError::Bpffs { path: bpffs_root.clone(), source })?;
         let (commands, command_rx) = std::sync::mpsc::channel();

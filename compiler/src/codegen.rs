@@ -149,14 +149,13 @@ impl Hook {
             // cgroup sock_addr: 0 makes connect(2)/bind(2) fail with EPERM.
             Self::Connect4 | Self::Connect6 | Self::Bind4 | Self::Bind6 => 0,
             // LSM: a negative errno; never 1 (6.1 accepts it and connect then returns 1).
-            Self::LsmSocketConnect | Self::LsmSocketBind => -libc_eperm(),
+            Self::LsmSocketConnect | Self::LsmSocketBind => -EPERM,
         }
     }
 }
 
-const fn libc_eperm() -> i32 {
-    1
-}
+/// `EPERM` from include/uapi/asm-generic/errno-base.h (the compiler links no libc).
+const EPERM: i32 = 1;
 
 /// Kernel struct offsets an adapter needs, from the node's BTF (DESIGN.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -209,14 +208,13 @@ pub fn program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result<Progra
             if matches!(hook, Hook::Connect4 | Hook::Bind4) {
                 a.push(insn::ldx(Size::W, R1, R6, 4));
                 a.push(insn::stx(Size::W, R10, R1, ADDR_KEY + 8));
-                a.ja(core4);
             } else {
                 for i in 0..4 {
                     a.push(insn::ldx(Size::W, R1, R6, 8 + 4 * i));
                     a.push(insn::stx(Size::W, R10, R1, ADDR_KEY + 8 + 4 * i));
                 }
-                a.ja(core6);
             }
+            // A cgroup program has one family, whose core follows directly: no jump.
         }
         Hook::LsmSocketConnect | Hook::LsmSocketBind => {
             // socket_connect and socket_bind(struct socket *sock, struct sockaddr *address,
@@ -305,7 +303,7 @@ fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Labe
     let verdict = a.label();
     a.comment(format!("core ({}): workload class", if v6 { "IPv6" } else { "IPv4" }));
     a.push(insn::mov64_imm(R9, if plan.direct { plan.root_workload as i32 } else { 0 }));
-    for &level in &plan.levels {
+    for (n, &level) in plan.levels.iter().enumerate() {
         let next = a.label();
         a.comment(format!("selected cgroups at depth {level}"));
         a.push(insn::mov64_imm(R1, level as i32));
@@ -315,7 +313,10 @@ fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Labe
         lookup(a, maps::of(plan.operation).cgroups, CGROUP_KEY);
         a.jmp_imm(Jmp::Jeq, R0, 0, next);
         a.push(insn::ldx(Size::W, R9, R0, 0));
-        a.ja(have_class);
+        // The last depth falls through to `have_class` anyway.
+        if n + 1 < plan.levels.len() {
+            a.ja(have_class);
+        }
         a.bind(next);
     }
     a.bind(have_class);

@@ -128,17 +128,7 @@ fn alu(i: &Insn) -> Option<String> {
     if op == Alu::Neg {
         return (!by_reg && i.src == 0 && i.imm == 0).then(|| format!("{r}{dst} = -{r}{dst}"));
     }
-    let operand = if by_reg {
-        if !valid_reg(i.src) || i.imm != 0 {
-            return None;
-        }
-        format!("{r}{}", i.src)
-    } else {
-        if i.src != 0 {
-            return None;
-        }
-        i.imm.to_string()
-    };
+    let operand = operand(i, by_reg, r, i.imm.to_string())?;
     let sym = match op {
         Alu::Add => "+=",
         Alu::Sub => "-=",
@@ -249,18 +239,18 @@ fn jump(i: &Insn) -> Option<String> {
     if !valid_reg(i.dst) {
         return None;
     }
-    let operand = if by_reg {
-        if !valid_reg(i.src) || i.imm != 0 {
-            return None;
-        }
-        format!("{r}{}", i.src)
-    } else {
-        if i.src != 0 {
-            return None;
-        }
-        format!("{:#x}", i.imm)
-    };
+    let operand = operand(i, by_reg, r, format!("{:#x}", i.imm))?;
     Some(format!("if {r}{} {cmp} {operand} goto {:+}", i.dst, i.off))
+}
+
+/// The source operand of an ALU or jump instruction: register `{r}N` (imm must be 0) or the
+/// immediate as `imm_text` (src must be 0); `None` for encodings the encoder never emits.
+fn operand(i: &Insn, by_reg: bool, r: char, imm_text: String) -> Option<String> {
+    if by_reg {
+        (valid_reg(i.src) && i.imm == 0).then(|| format!("{r}{}", i.src))
+    } else {
+        (i.src == 0).then_some(imm_text)
+    }
 }
 
 #[cfg(test)]

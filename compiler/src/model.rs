@@ -147,9 +147,10 @@ pub struct Policy {
 }
 
 /// The kinds of operation policies govern, one section each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, std::default::Default)]
 pub enum Operation {
     /// connect(2): `network.connect`, matched on the destination.
+    #[default]
     Connect,
     /// bind(2): `network.bind`, matched on the local address and port.
     Bind,

@@ -93,7 +93,7 @@ pub struct Region<N> {
 }
 
 /// The whole partition for one operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     /// The operation (section) this partition decides.
     pub operation: Operation,
@@ -117,23 +117,6 @@ pub struct Plan {
     pub ports: Vec<PortBlock>,
     /// Rules named by events, index = `Value::rule`.
     pub rules: Vec<RuleRef>,
-}
-
-impl std::default::Default for Plan {
-    fn default() -> Self {
-        Self {
-            operation: Operation::Connect,
-            cgroups: Vec::new(),
-            levels: Vec::new(),
-            workloads: Vec::new(),
-            direct: false,
-            root_workload: 0,
-            regions4: Vec::new(),
-            regions6: Vec::new(),
-            ports: Vec::new(),
-            rules: Vec::new(),
-        }
-    }
 }
 
 /// A fast non-cryptographic hasher for the compiler's internal tables (keys are our own

@@ -40,20 +40,28 @@ async fn node(channel: &Channel, name: &str) -> Option<v1::Node> {
         .and_then(|r| r.into_inner().node)
 }
 
-/// Waits until the node has acknowledged a desired generation above `after`; returns it.
-async fn applied_after(channel: &Channel, name: &str, after: u64) -> v1::Node {
+/// Polls the node (every 50 ms, up to 30 s) until `ready` holds; returns it.
+async fn node_when(channel: &Channel, name: &str, what: &str, ready: impl Fn(&v1::Node) -> bool) -> v1::Node {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(n) = node(channel, name).await
-            && n.desired_generation > after
-            && n.applied_generation == n.desired_generation
-            && n.applied_digest == n.desired_digest
+            && ready(&n)
         {
             return n;
         }
-        assert!(tokio::time::Instant::now() < deadline, "node {name} did not apply a generation after {after}");
+        assert!(tokio::time::Instant::now() < deadline, "node {name}: timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until the node has acknowledged a desired generation above `after`; returns it.
+async fn applied_after(channel: &Channel, name: &str, after: u64) -> v1::Node {
+    node_when(channel, name, &format!("a generation after {after} to be applied"), |n| {
+        n.desired_generation > after
+            && n.applied_generation == n.desired_generation
+            && n.applied_digest == n.desired_digest
+    })
+    .await
 }
 
 async fn connect(cgroup: &std::path::Path, addr: &str, port: u16) -> Connect {
@@ -183,16 +191,11 @@ async fn agent_restart_keeps_enforcing_and_adopts_pinned_state(pool: PgPool) {
     let restarted = TestAgent::start(config).await;
     assert_eq!(prober.await.expect("prober"), 0, "no connect got through across the restart");
     // The node reconnects; the server sees the same digest and pushes nothing new.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let after = loop {
-        let n = node(&channel, &node_name).await.expect("node");
-        let seen = |n: &v1::Node| n.last_seen.map(|t| (t.seconds, t.nanos));
-        if n.connected && seen(&n) > seen(&enforced) {
-            break n;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the restarted agent did not reconnect");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let seen = |n: &v1::Node| n.last_seen.map(|t| (t.seconds, t.nanos));
+    let after = node_when(&channel, &node_name, "the restarted agent to reconnect", |n| {
+        n.connected && seen(n) > seen(&enforced)
+    })
+    .await;
     assert_eq!(after.applied_digest, enforced.applied_digest, "adopted, not reloaded");
     assert_eq!(after.desired_generation, enforced.desired_generation);
     assert!(after.connected);
@@ -249,16 +252,8 @@ async fn bundle_the_kernel_rejects_is_nacked_and_the_previous_one_keeps_enforcin
     assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Denied);
 
     policies.apply_policy(policy("nack-me", "/nowhere", 1, "deny")).await.expect("apply the trigger");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let failed = loop {
-        let n = node(&channel, &node_name).await.expect("node");
-        if let Some(error) = &n.last_error {
-            break (n.clone(), error.clone());
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no NACK recorded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let (n, error) = failed;
+    let n = node_when(&channel, &node_name, "a NACK", |n| n.last_error.is_some()).await;
+    let error = n.last_error.clone().expect("NACK");
     assert!(error.message.contains("rejected program"), "{}", error.message);
     assert!(error.message.contains("R0"), "the verifier log comes back: {}", error.message);
     assert_eq!(error.generation, n.desired_generation);
@@ -325,14 +320,7 @@ async fn bundle_signed_with_another_key_is_nacked_and_never_loaded(pool: PgPool)
     let mut config = TestAgent::config(&server, &node_name, cg.path(), state.path());
     config.bundle_public_key = Some(palisade_server::signing::BundleSigner::generate().public_key_hex());
     let _agent = TestAgent::start(config).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let error = loop {
-        if let Some(e) = node(&channel, &node_name).await.and_then(|n| n.last_error) {
-            break e;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no NACK recorded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let error = node_when(&channel, &node_name, "a NACK", |n| n.last_error.is_some()).await.last_error.expect("NACK");
     assert!(error.message.contains("signature"), "{}", error.message);
     let n = node(&channel, &node_name).await.expect("node");
     assert_eq!(n.applied_generation, 0, "nothing was loaded");

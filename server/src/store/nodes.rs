@@ -22,6 +22,20 @@ pub struct NodeContext {
     pub ports: Vec<u32>,
 }
 
+/// `(name, labels, features, failsafe)` as stored.
+type ContextRow = (String, serde_json::Value, Option<Vec<u8>>, serde_json::Value);
+
+fn context_from_row((name, labels, features, failsafe): ContextRow) -> Result<(String, NodeContext), ApiError> {
+    let corrupt = |e: &dyn std::fmt::Display| ApiError::Corrupt(format!("node {name}: {e}"));
+    let context = NodeContext {
+        labels: serde_json::from_value(labels).map_err(|e| corrupt(&e))?,
+        features: features.map(|f| v1::KernelFeatures::decode(f.as_slice())).transpose().map_err(|e| corrupt(&e))?,
+        endpoints: serde_json::from_value(failsafe.get("endpoints").cloned().unwrap_or_default()).unwrap_or_default(),
+        ports: serde_json::from_value(failsafe.get("ports").cloned().unwrap_or_default()).unwrap_or_default(),
+    };
+    Ok((name, context))
+}
+
 /// A node counts as connected only if it was heard from this recently, so a replica that
 /// died without marking its streams closed does not leave nodes "connected" forever.
 const LIVENESS_SECONDS: i64 = 90;
@@ -110,36 +124,21 @@ impl Store {
 
     /// What compiling a bundle for the node needs: labels, features and failsafe list.
     pub async fn node_context(&self, name: &str) -> Result<NodeContext, ApiError> {
-        let row: Option<(serde_json::Value, Option<Vec<u8>>, serde_json::Value)> =
-            sqlx::query_as("SELECT labels, features, failsafe FROM nodes WHERE name = $1")
+        let row: Option<ContextRow> =
+            sqlx::query_as("SELECT name, labels, features, failsafe FROM nodes WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await?;
-        let (labels, features, failsafe) =
-            row.ok_or_else(|| ApiError::NotFound { kind: "node", name: name.to_owned() })?;
-        let corrupt = |e: &dyn std::fmt::Display| ApiError::Corrupt(format!("node {name}: {e}"));
-        Ok(NodeContext {
-            labels: serde_json::from_value(labels).map_err(|e| corrupt(&e))?,
-            features: features
-                .map(|f| v1::KernelFeatures::decode(f.as_slice()))
-                .transpose()
-                .map_err(|e| corrupt(&e))?,
-            endpoints: serde_json::from_value(failsafe.get("endpoints").cloned().unwrap_or_default())
-                .unwrap_or_default(),
-            ports: serde_json::from_value(failsafe.get("ports").cloned().unwrap_or_default()).unwrap_or_default(),
-        })
+        let row = row.ok_or_else(|| ApiError::NotFound { kind: "node", name: name.to_owned() })?;
+        Ok(context_from_row(row)?.1)
     }
 
-    /// Every registered node's context, by name.
+    /// Every registered node's context, by name, in one query.
     pub async fn node_contexts(&self) -> Result<Vec<(String, NodeContext)>, ApiError> {
-        let names: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM nodes ORDER BY name").fetch_all(&self.pool).await?;
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let context = self.node_context(&name).await?;
-            out.push((name, context));
-        }
-        Ok(out)
+        let rows: Vec<ContextRow> = sqlx::query_as("SELECT name, labels, features, failsafe FROM nodes ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(context_from_row).collect()
     }
 
     /// Records the bundle the node should run; the node's generation moves only when the

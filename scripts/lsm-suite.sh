@@ -65,6 +65,8 @@ INIT
 chmod +x "$work/initramfs/init"
 (cd "$work/initramfs" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/initramfs.cpio.gz"
 
+# Every check the guest runs (integration/src/bin/lsm-guest.rs); fewer results is a failure.
+expected=22
 failed=0
 passed_total=0
 for pkg in "${kernels[@]}"; do
@@ -82,7 +84,12 @@ for pkg in "${kernels[@]}"; do
   else
     n=$(tr -d '\r' < "$log" | sed -n 's/^DONE \([0-9]*\) 0$/\1/p')
     passed_total=$((passed_total + n))
-    say "$pkg: $n passed in ${took}s"
+    if ((n != expected)); then
+      say "$pkg: FAILED: $n results, expected $expected (see $log)"
+      failed=1
+    else
+      say "$pkg: $n passed in ${took}s"
+    fi
   fi
 done
 if ((failed)); then

@@ -335,8 +335,18 @@ async fn compile(channel: &Channel, path: &Path, disasm: bool) -> anyhow::Result
 
 async fn nodes(channel: &Channel) -> anyhow::Result<()> {
     let mut client = NodeServiceClient::new(channel.clone());
-    let mut table =
-        Table::new(&["NAME", "CONNECTED", "LAST SEEN", "KERNEL", "BPF-LSM", "DESIRED", "APPLIED", "LAST ERROR"]);
+    let mut table = Table::new(&[
+        "NAME",
+        "CONNECTED",
+        "LAST SEEN",
+        "KERNEL",
+        "BPF-LSM",
+        "DESIRED",
+        "APPLIED",
+        "NOT ENFORCEABLE",
+        "LAST ERROR",
+    ]);
+    let mut notes = Vec::new();
     let mut page_token = String::new();
     loop {
         let page = client
@@ -347,6 +357,14 @@ async fn nodes(channel: &Channel) -> anyhow::Result<()> {
         for n in page.nodes {
             let features = n.features.unwrap_or_default();
             let error = n.last_error.map_or_else(|| "-".to_owned(), |e| format!("gen {}: {}", e.generation, e.message));
+            let unenforced: Vec<String> =
+                n.not_enforceable.iter().map(|u| format!("{}/{}", u.policy, u.section)).collect();
+            for u in &n.not_enforceable {
+                notes.push(format!(
+                    "node {}: policy {} (revision {}) section {} is not enforceable on this node: {}",
+                    n.name, u.policy, u.revision, u.section, u.reason
+                ));
+            }
             table.row(vec![
                 n.name,
                 if n.connected { "yes" } else { "no" }.to_owned(),
@@ -355,6 +373,7 @@ async fn nodes(channel: &Channel) -> anyhow::Result<()> {
                 if features.bpf_lsm { "yes" } else { "no" }.to_owned(),
                 n.desired_generation.to_string(),
                 n.applied_generation.to_string(),
+                if unenforced.is_empty() { "-".to_owned() } else { unenforced.join(",") },
                 error.lines().next().unwrap_or_default().to_owned(),
             ]);
         }
@@ -364,11 +383,13 @@ async fn nodes(channel: &Channel) -> anyhow::Result<()> {
         page_token = page.next_page_token;
     }
     print!("{}", table.render());
+    for note in notes {
+        println!("{note}");
+    }
     Ok(())
 }
 
-const EVENT_HEADERS: &[&str] =
-    &["TIME", "NODE", "VERDICT", "POLICY", "REV", "RULE", "COMM", "PID", "UID", "DESTINATION"];
+const EVENT_HEADERS: &[&str] = &["TIME", "NODE", "VERDICT", "POLICY", "REV", "RULE", "COMM", "PID", "UID", "TARGET"];
 
 fn event_row(e: &v1::DecisionEvent) -> Vec<String> {
     let verdict = match v1::Verdict::try_from(e.verdict) {
@@ -383,7 +404,20 @@ fn event_row(e: &v1::DecisionEvent) -> Vec<String> {
         Ok(v1::Protocol::Tcp) => "tcp",
         _ => "",
     };
-    let destination = if e.address.contains(':') {
+    let accesses: Vec<&str> = e
+        .access
+        .iter()
+        .filter_map(|a| match v1::FileAccess::try_from(*a) {
+            Ok(v1::FileAccess::Read) => Some("read"),
+            Ok(v1::FileAccess::Write) => Some("write"),
+            _ => None,
+        })
+        .collect();
+    let destination = if e.hook.contains("bprm_check_security") {
+        format!("exec {}", if e.path.is_empty() { "(unresolved path)" } else { &e.path })
+    } else if e.hook.contains("file_open") {
+        format!("open({}) {}", accesses.join("+"), if e.path.is_empty() { "(unresolved path)" } else { &e.path })
+    } else if e.address.contains(':') {
         format!("[{}]:{}/{protocol}", e.address, e.port)
     } else {
         format!("{}:{}/{protocol}", e.address, e.port)

@@ -172,23 +172,63 @@ async fn events_lists_and_follows_decisions(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
-async fn nodes_shows_registered_agents(pool: PgPool) {
+async fn nodes_shows_registered_agents_and_sections_they_cannot_enforce(pool: PgPool) {
     let server = EmbeddedServer::start(pool).await.expect("server");
     let mut agents = v1::agent_service_client::AgentServiceClient::connect(server.url()).await.expect("connect");
-    let hello = v1::SyncRequest {
-        message: Some(v1::sync_request::Message::Hello(v1::AgentHello {
-            node_name: "node-a".into(),
-            features: Some(v1::KernelFeatures { kernel_release: "6.18.9".into(), ..Default::default() }),
-            ..Default::default()
-        })),
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(hello).await.expect("send");
-    let _stream = agents.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("sync");
+    let mut streams = Vec::new();
+    for (name, bpf_lsm) in [("node-a", false), ("node-b", true)] {
+        let hello = v1::SyncRequest {
+            message: Some(v1::sync_request::Message::Hello(v1::AgentHello {
+                node_name: name.into(),
+                features: Some(v1::KernelFeatures { kernel_release: "6.18.9".into(), bpf_lsm, ..Default::default() }),
+                ..Default::default()
+            })),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(hello).await.expect("send");
+        streams.push((tx, agents.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("sync")));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("guard.yaml");
+    std::fs::write(
+        &file,
+        "name: guard\nexec: {rules: [{id: no-curl, action: deny, paths: [/usr/bin/curl]}]}\nfiles: {rules: [{id: ro, action: deny, access: [write], paths: [/etc/]}]}\n",
+    )
+    .expect("write");
+    let out = palisade(&server, &["apply", "-f", file.to_str().expect("utf-8")]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = palisade(&server, &["nodes"]).await;
     let text = stdout(&out);
-    let row = text.lines().find(|l| l.starts_with("node-a")).unwrap_or_else(|| panic!("{text}"));
-    assert!(row.contains("yes") && row.contains("6.18.9"), "{row}");
+    let row = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{text}")).to_owned();
+    assert!(row("node-a").contains("6.18.9") && row("node-a").contains("guard/exec,guard/files"), "{text}");
+    assert!(!row("node-b").contains("guard/"), "a BPF-LSM node enforces both: {text}");
+    assert!(
+        text.contains("node node-a: policy guard (revision 1) section exec is not enforceable on this node: BPF-LSM is not available on this node (kernel 6.18.9)"),
+        "{text}"
+    );
+    drop(streams);
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn events_show_the_path_and_access_of_file_decisions(pool: PgPool) {
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    let mut agents = v1::agent_service_client::AgentServiceClient::connect(server.url()).await.expect("connect");
+    let event = v1::DecisionEvent {
+        policy: "guard".into(),
+        revision: 2,
+        rule_id: "ro".into(),
+        verdict: v1::Verdict::Deny as i32,
+        hook: "lsm/file_open".into(),
+        comm: "sh".into(),
+        path: "/etc/shadow".into(),
+        access: vec![v1::FileAccess::Read as i32, v1::FileAccess::Write as i32],
+        ..Default::default()
+    };
+    let batch = v1::ReportEventsRequest { node_name: "node-a".into(), events: vec![event] };
+    agents.report_events(tokio_stream::iter(vec![batch])).await.expect("report");
+    let out = palisade(&server, &["events", "--policy", "guard"]).await;
+    let text = stdout(&out);
+    assert!(text.contains("open(read+write) /etc/shadow") && text.contains("ro"), "{text}");
 }
 
 #[tokio::test]

@@ -9,12 +9,53 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 
 use crate::{
-    eval::Attempt,
+    eval::{Attempt, PathAttempt},
     model::{
-        Action, Default, Failsafe, Mode, Operation, Policy, PolicySet, Ports, Protocol, Rule, Section,
-        cgroup_components,
+        ACCESS_READ, ACCESS_WRITE, Action, Default, Failsafe, Mode, Operation, PathPattern, PathRule, PathSection,
+        Policy, PolicySet, Ports, Protocol, Rule, Section, cgroup_components,
     },
 };
+
+/// Path patterns `exec` and `files` rules draw from: exact files, nested subtrees and
+/// prefixes that end inside a component.
+pub const PATTERNS: &[&str] = &[
+    "/",
+    "/usr/",
+    "/usr/bin/",
+    "/usr/bin/curl",
+    "/usr/bin/py*",
+    "/etc/",
+    "/etc/shadow",
+    "/etc/ss*",
+    "/opt/tools/",
+    "/opt/tool*",
+];
+
+/// Paths attempts draw from (inside, outside and on the edges of `PATTERNS`).
+pub fn attempt_paths() -> Vec<String> {
+    let mut paths: Vec<String> = [
+        "/usr/bin/curl",
+        "/usr/bin/curlx",
+        "/usr/bin/python3",
+        "/usr/bin",
+        "/usr/binx/a",
+        "/etc/shadow",
+        "/etc/shadow-",
+        "/etc/ssh/sshd_config",
+        "/etc",
+        "/opt/tools",
+        "/opt/tools/run",
+        "/opt/toolsx",
+        "/tmp/x",
+        "/",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    // Longer than the programs resolve (§12.2), under a subtree and a prefix.
+    paths.push(format!("/opt/tools/{}", "d/".repeat(130)));
+    paths
+}
 
 /// Prefixes rules draw from.
 pub const NETS: &[&str] = &[
@@ -102,6 +143,30 @@ fn section() -> impl Strategy<Value = Option<Section>> {
         .prop_map(|(default, rules, present)| present.then_some(Section { default, rules }))
 }
 
+fn path_rule(id: usize, files: bool) -> impl Strategy<Value = PathRule> {
+    let access = if files { vec![ACCESS_READ | ACCESS_WRITE, ACCESS_READ, ACCESS_WRITE] } else { vec![3] };
+    (
+        prop::sample::select(vec![Action::Allow, Action::Deny, Action::Audit]),
+        prop::collection::vec(prop::sample::select(PATTERNS), 0..3),
+        prop::sample::select(access),
+    )
+        .prop_map(move |(action, paths, access)| PathRule {
+            id: format!("{}{id}", if files { "f" } else { "e" }),
+            action,
+            paths: paths.iter().map(|p| PathPattern::parse(p)).collect(),
+            access,
+        })
+}
+
+fn path_section(files: bool) -> impl Strategy<Value = Option<PathSection>> {
+    (
+        prop::sample::select(vec![Default::Allow, Default::Allow, Default::Deny, Default::Audit]),
+        (0_usize..6).prop_flat_map(move |n| (0..n).map(|i| path_rule(i, files)).collect::<Vec<_>>()),
+        prop::bool::weighted(0.5),
+    )
+        .prop_map(|(default, rules, present)| present.then_some(PathSection { default, rules }))
+}
+
 fn policy(index: usize, space: &Space) -> impl Strategy<Value = Policy> + use<> {
     let uids: Vec<Option<u32>> = std::iter::repeat_n(None, 2).chain(space.uids.iter().copied().map(Some)).collect();
     (
@@ -110,8 +175,9 @@ fn policy(index: usize, space: &Space) -> impl Strategy<Value = Policy> + use<> 
         prop::sample::select(uids),
         section(),
         section(),
+        (path_section(false), path_section(true)),
     )
-        .prop_map(move |(mode, cgroup, uid, connect, bind)| Policy {
+        .prop_map(move |(mode, cgroup, uid, connect, bind, (exec, files))| Policy {
             name: format!("p{index}"),
             revision: 1 + index as u64,
             mode,
@@ -125,6 +191,8 @@ fn policy(index: usize, space: &Space) -> impl Strategy<Value = Policy> + use<> 
                 }
                 s
             }),
+            exec,
+            files,
         })
 }
 
@@ -161,5 +229,23 @@ pub fn attempt(space: &Space) -> impl Strategy<Value = Attempt> + use<> {
             addr: addr.parse::<IpAddr>().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
             port,
             protocol,
+        })
+}
+
+/// One `exec` or `files` attempt from a task in `space`.
+pub fn path_attempt(space: &Space) -> impl Strategy<Value = PathAttempt> + use<> {
+    (
+        prop::sample::select(vec![Operation::Exec, Operation::Files]),
+        prop::sample::select(space.task_cgroups.clone()),
+        prop::sample::select(space.uids.iter().copied().chain([5]).collect::<Vec<_>>()),
+        prop::sample::select(attempt_paths()),
+        prop::sample::select(vec![ACCESS_READ, ACCESS_WRITE, ACCESS_READ | ACCESS_WRITE]),
+    )
+        .prop_map(|(operation, cgroup, uid, path, access)| PathAttempt {
+            operation,
+            cgroup: cgroup_components(&cgroup),
+            uid,
+            path: path.into_bytes(),
+            access,
         })
 }

@@ -121,6 +121,66 @@ pub fn map_defs(maps: &[v1::BundleMap]) -> Vec<MapDef> {
         .collect()
 }
 
+/// The maps of one operation's partition; rule indices are shifted by `shift` into the
+/// bundle's rule table.
+fn plan_maps(plan: &Plan, shift: u32) -> Vec<v1::BundleMap> {
+    let names = maps::of(plan.operation);
+    let workloads =
+        plan.workloads.iter().map(|((s, uid), w)| entry(pair(*s, *uid), w.to_le_bytes().to_vec())).collect();
+    let shifted = |v: &plan::Value| pair(if v.rule == 0 { 0 } else { v.rule + shift }, v.flags);
+    let mut cgroup_map = map(names.cgroups, v1::MapRole::Cgroups, BPF_MAP_TYPE_HASH, 8, 4, Vec::new());
+    cgroup_map.max_entries = u32::try_from(plan.cgroups.len()).unwrap_or(u32::MAX).max(1);
+    let mut maps_out = vec![cgroup_map, map(names.workloads, v1::MapRole::Static, BPF_MAP_TYPE_HASH, 8, 4, workloads)];
+    if plan.operation.is_path() {
+        let values = if plan.operation == Operation::Files { 3 } else { 1 };
+        let entries = plan
+            .paths
+            .iter()
+            .map(|e| {
+                // Key data: the prefix, zero-padded to the key size (only prefixlen bits count).
+                let mut data = e.prefix.clone();
+                data.resize(codegen::PATH_BYTES as usize, 0);
+                let value = e.values.iter().flat_map(&shifted).collect();
+                entry(lpm_key(32 + 8 * e.prefix.len() as u32, e.workload, &data), value)
+            })
+            .collect();
+        maps_out.push(map(
+            names.paths,
+            v1::MapRole::Static,
+            BPF_MAP_TYPE_LPM_TRIE,
+            8 + codegen::PATH_BYTES as u32,
+            8 * values,
+            entries,
+        ));
+        return maps_out;
+    }
+    let ports = plan
+        .ports
+        .iter()
+        .map(|b| entry(lpm_key(32 + u32::from(b.len), b.table, &b.port.to_be_bytes()), shifted(&b.value)))
+        .collect();
+    maps_out.extend([
+        map(
+            names.addr4,
+            v1::MapRole::Static,
+            BPF_MAP_TYPE_LPM_TRIE,
+            12,
+            8,
+            regions(&plan.regions4, |n: &Ipv4Net| (n.prefix_len(), n.network().octets().to_vec())),
+        ),
+        map(
+            names.addr6,
+            v1::MapRole::Static,
+            BPF_MAP_TYPE_LPM_TRIE,
+            24,
+            8,
+            regions(&plan.regions6, |n: &Ipv6Net| (n.prefix_len(), n.network().octets().to_vec())),
+        ),
+        map(names.ports, v1::MapRole::Static, BPF_MAP_TYPE_LPM_TRIE, 10, 8, ports),
+    ]);
+    maps_out
+}
+
 /// Compiles a policy set for kernels with the given struct offsets.
 pub fn compile(set: &PolicySet, offsets: KernelOffsets) -> Result<Compiled, CompileError> {
     let plans: Vec<Plan> = Operation::ALL.iter().map(|&op| plan::plan(set, op)).collect();
@@ -143,46 +203,12 @@ pub fn compile(set: &PolicySet, offsets: KernelOffsets) -> Result<Compiled, Comp
         let shift = (rules.len() - 1) as u32;
         rules.extend(plan.rules.iter().skip(1).map(|r| {
             let rule_id = match (set.policies.get(r.policy), r.rule) {
-                (Some(p), RuleName::Rule(i)) => {
-                    p.section(plan.operation).map(|s| s.rules[i].id.clone()).unwrap_or_default()
-                }
+                (Some(p), RuleName::Rule(i)) => p.rule_id(plan.operation, i).unwrap_or_default().to_owned(),
                 (_, RuleName::Default) | (None, _) => "default".to_owned(),
             };
             v1::BundleRule { policy: r.policy as u32, rule_id }
         }));
-        let workloads =
-            plan.workloads.iter().map(|((s, uid), w)| entry(pair(*s, *uid), w.to_le_bytes().to_vec())).collect();
-        let ports = plan
-            .ports
-            .iter()
-            .map(|b| {
-                let rule = if b.value.rule == 0 { 0 } else { b.value.rule + shift };
-                entry(lpm_key(32 + u32::from(b.len), b.table, &b.port.to_be_bytes()), pair(rule, b.value.flags))
-            })
-            .collect();
-        let mut cgroup_map = map(names.cgroups, v1::MapRole::Cgroups, BPF_MAP_TYPE_HASH, 8, 4, Vec::new());
-        cgroup_map.max_entries = u32::try_from(plan.cgroups.len()).unwrap_or(u32::MAX).max(1);
-        maps_out.extend([
-            cgroup_map,
-            map(names.workloads, v1::MapRole::Static, BPF_MAP_TYPE_HASH, 8, 4, workloads),
-            map(
-                names.addr4,
-                v1::MapRole::Static,
-                BPF_MAP_TYPE_LPM_TRIE,
-                12,
-                8,
-                regions(&plan.regions4, |n: &Ipv4Net| (n.prefix_len(), n.network().octets().to_vec())),
-            ),
-            map(
-                names.addr6,
-                v1::MapRole::Static,
-                BPF_MAP_TYPE_LPM_TRIE,
-                24,
-                8,
-                regions(&plan.regions6, |n: &Ipv6Net| (n.prefix_len(), n.network().octets().to_vec())),
-            ),
-            map(names.ports, v1::MapRole::Static, BPF_MAP_TYPE_LPM_TRIE, 10, 8, ports),
-        ]);
+        maps_out.extend(plan_maps(plan, shift));
         cgroups.extend(plan.cgroups.iter().map(|c| v1::BundleCgroup {
             path: c.path.clone(),
             level: c.level,
@@ -253,9 +279,7 @@ fn render_plan(out: &mut String, plan: &Plan, set: &PolicySet) {
     let op = plan.operation;
     let rule_name = |index: u32| -> String {
         match plan.rules.get(index as usize).and_then(|r| set.policies.get(r.policy).map(|p| (p, r.rule))) {
-            Some((p, RuleName::Rule(i))) => {
-                format!("{}@{}/{}", p.name, p.revision, p.section(op).map_or("?", |s| s.rules[i].id.as_str()))
-            }
+            Some((p, RuleName::Rule(i))) => format!("{}@{}/{}", p.name, p.revision, p.rule_id(op, i).unwrap_or("?")),
             Some((p, RuleName::Default)) => format!("{}@{}/default", p.name, p.revision),
             None => "-".to_owned(),
         }
@@ -277,6 +301,33 @@ fn render_plan(out: &mut String, plan: &Plan, set: &PolicySet) {
         let uid = if *uid == plan::ANY_UID { "any".to_owned() } else { uid.to_string() };
         let _ = writeln!(out, ";   class {s}, uid {uid} -> workload {w}");
     }
+    let decision = |v: &plan::Value| {
+        let verdict = if v.flags & plan::FLAG_DENY != 0 { "DENY" } else { "ALLOW" };
+        let event = if v.flags & plan::FLAG_EVENT == 0 {
+            String::new()
+        } else if v.flags & plan::FLAG_WOULD_DENY != 0 {
+            format!(", AUDIT would-deny event: {}", rule_name(v.rule))
+        } else if v.flags & plan::FLAG_AUDIT != 0 {
+            format!(", AUDIT event: {}", rule_name(v.rule))
+        } else {
+            format!(", DENY event: {}", rule_name(v.rule))
+        };
+        format!("{verdict}{event}")
+    };
+    if op.is_path() {
+        let _ = writeln!(out, "; ---- path prefixes ({})", names.paths);
+        for e in &plan.paths {
+            let shown = String::from_utf8_lossy(&e.prefix).replace('\0', "<end>");
+            let shown = if shown.is_empty() { "<any path>".to_owned() } else { format!("{shown:?}") };
+            let values: Vec<String> = e.values.iter().map(decision).collect();
+            let values = match values.as_slice() {
+                [read, write, both] => format!("read: {read}; write: {write}; read+write: {both}"),
+                _ => values.join("; "),
+            };
+            let _ = writeln!(out, ";   workload {} {shown} -> {values}", e.workload);
+        }
+        return;
+    }
     let _ = writeln!(out, "; ---- address regions ({}, {})", names.addr4, names.addr6);
     for r in &plan.regions4 {
         let _ = writeln!(
@@ -296,17 +347,7 @@ fn render_plan(out: &mut String, plan: &Plan, set: &PolicySet) {
     for b in &plan.ports {
         let size = 1_u32 << (16 - u32::from(b.len));
         let last = u32::from(b.port) + size - 1;
-        let verdict = if b.value.flags & plan::FLAG_DENY != 0 { "DENY" } else { "ALLOW" };
-        let event = if b.value.flags & plan::FLAG_EVENT == 0 {
-            String::new()
-        } else if b.value.flags & plan::FLAG_WOULD_DENY != 0 {
-            format!(", AUDIT would-deny event: {}", rule_name(b.value.rule))
-        } else if b.value.flags & plan::FLAG_AUDIT != 0 {
-            format!(", AUDIT event: {}", rule_name(b.value.rule))
-        } else {
-            format!(", DENY event: {}", rule_name(b.value.rule))
-        };
-        let _ = writeln!(out, ";   table {} ports {}-{last} -> {verdict}{event}", b.table, b.port);
+        let _ = writeln!(out, ";   table {} ports {}-{last} -> {}", b.table, b.port, decision(&b.value));
     }
 }
 
@@ -317,7 +358,7 @@ mod tests {
     use super::*;
     use crate::insn::R0;
 
-    const OFFSETS: KernelOffsets = KernelOffsets { socket_type: 4 };
+    const OFFSETS: KernelOffsets = KernelOffsets::LINUX_6_12;
 
     fn set(yaml: &str) -> PolicySet {
         let docs: Vec<_> = document::parse_all(yaml).into_iter().map(|d| d.expect("parses").to_proto()).collect();
@@ -325,6 +366,8 @@ mod tests {
     }
 
     const DEMO: &str = "name: demo\nworkload: {cgroup: /palisade-demo}\nnetwork:\n  connect:\n    rules:\n      - {id: block, action: deny, cidrs: [127.0.0.0/8, \"::1\"], ports: [9999], protocols: [tcp]}\n";
+
+    const FILES: &str = "name: files\nworkload: {cgroup: /x}\nexec:\n  rules:\n    - {id: no-curl, action: deny, paths: [/usr/bin/curl, /opt/tools/]}\nfiles:\n  default: audit\n  rules:\n    - {id: ro-etc, action: deny, access: [write], paths: [/etc/]}\n";
 
     #[test]
     fn compile_is_deterministic_and_parses_as_aya_expects() {
@@ -352,7 +395,7 @@ mod tests {
 
     #[test]
     fn compile_every_exit_returns_the_hooks_allow_or_deny_constant() {
-        for yaml in [DEMO, "name: e\nnetwork: {connect: {default: deny}}", "name: f"] {
+        for yaml in [DEMO, "name: e\nnetwork: {connect: {default: deny}}", "name: f", FILES] {
             let compiled = compile(&set(yaml), OFFSETS).expect("compiles");
             for (hook, program) in &compiled.programs {
                 let mut exits = 0;
@@ -365,7 +408,7 @@ mod tests {
                     let mov = crate::insn::mov64_imm(R0, prev.imm);
                     assert_eq!(prev, mov, "{hook:?}: exit at {i} not preceded by r0 = imm");
                     assert!(prev.imm == hook.allow() || prev.imm == hook.deny(), "{hook:?} returns {}", prev.imm);
-                    if *hook == Hook::LsmSocketConnect {
+                    if hook.is_lsm() {
                         assert!(prev.imm <= 0, "LSM programs return 0 or a negative errno, never {}", prev.imm);
                     }
                 }

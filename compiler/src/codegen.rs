@@ -33,6 +33,8 @@ pub mod maps {
         pub addr6: &'static str,
         /// (port table, port prefix) → decision.
         pub ports: &'static str,
+        /// (workload, path prefix) → decision (`exec`, `files`).
+        pub paths: &'static str,
     }
 
     /// `network.connect`.
@@ -42,6 +44,7 @@ pub mod maps {
         addr4: "pal_addr4",
         addr6: "pal_addr6",
         ports: "pal_ports",
+        paths: "",
     };
 
     /// `network.bind`.
@@ -51,6 +54,27 @@ pub mod maps {
         addr4: "palb_addr4",
         addr6: "palb_addr6",
         ports: "palb_ports",
+        paths: "",
+    };
+
+    /// `exec`.
+    pub const EXEC: Names = Names {
+        cgroups: "pale_cgroups",
+        workloads: "pale_workloads",
+        addr4: "",
+        addr6: "",
+        ports: "",
+        paths: "pale_paths",
+    };
+
+    /// `files`.
+    pub const FILES: Names = Names {
+        cgroups: "palf_cgroups",
+        workloads: "palf_workloads",
+        addr4: "",
+        addr6: "",
+        ports: "",
+        paths: "palf_paths",
     };
 
     /// The maps of `op`.
@@ -58,6 +82,8 @@ pub mod maps {
         match op {
             Operation::Connect => CONNECT,
             Operation::Bind => BIND,
+            Operation::Exec => EXEC,
+            Operation::Files => FILES,
         }
     }
 }
@@ -77,24 +103,38 @@ pub enum Hook {
     Bind6,
     /// `lsm/socket_bind`.
     LsmSocketBind,
+    /// `lsm/bprm_check_security`.
+    LsmExec,
+    /// `lsm/file_open`.
+    LsmFileOpen,
 }
 
 impl Hook {
     /// Every hook, in bundle order.
-    pub const ALL: [Self; 6] =
-        [Self::Connect4, Self::Connect6, Self::LsmSocketConnect, Self::Bind4, Self::Bind6, Self::LsmSocketBind];
+    pub const ALL: [Self; 8] = [
+        Self::Connect4,
+        Self::Connect6,
+        Self::LsmSocketConnect,
+        Self::Bind4,
+        Self::Bind6,
+        Self::LsmSocketBind,
+        Self::LsmExec,
+        Self::LsmFileOpen,
+    ];
 
     /// The operation (policy section) the hook decides.
     pub fn operation(self) -> Operation {
         match self {
             Self::Connect4 | Self::Connect6 | Self::LsmSocketConnect => Operation::Connect,
             Self::Bind4 | Self::Bind6 | Self::LsmSocketBind => Operation::Bind,
+            Self::LsmExec => Operation::Exec,
+            Self::LsmFileOpen => Operation::Files,
         }
     }
 
     /// Whether this is a BPF-LSM program (else a cgroup sock_addr program).
     pub fn is_lsm(self) -> bool {
-        matches!(self, Self::LsmSocketConnect | Self::LsmSocketBind)
+        matches!(self, Self::LsmSocketConnect | Self::LsmSocketBind | Self::LsmExec | Self::LsmFileOpen)
     }
 
     /// ELF section (program type for aya).
@@ -106,6 +146,8 @@ impl Hook {
             Self::Bind4 => "cgroup/bind4",
             Self::Bind6 => "cgroup/bind6",
             Self::LsmSocketBind => "lsm/socket_bind",
+            Self::LsmExec => "lsm/bprm_check_security",
+            Self::LsmFileOpen => "lsm/file_open",
         }
     }
 
@@ -118,6 +160,8 @@ impl Hook {
             Self::Bind4 => "pal_bind4",
             Self::Bind6 => "pal_bind6",
             Self::LsmSocketBind => "pal_lsm_bind",
+            Self::LsmExec => "pal_lsm_exec",
+            Self::LsmFileOpen => "pal_lsm_file",
         }
     }
 
@@ -130,6 +174,8 @@ impl Hook {
             Self::Bind4 => 4,
             Self::Bind6 => 5,
             Self::LsmSocketBind => 6,
+            Self::LsmExec => 7,
+            Self::LsmFileOpen => 8,
         }
     }
 
@@ -139,7 +185,7 @@ impl Hook {
             // cgroup sock_addr: 1 lets the call proceed (kernel/bpf/cgroup.c).
             Self::Connect4 | Self::Connect6 | Self::Bind4 | Self::Bind6 => 1,
             // LSM: 0 allows.
-            Self::LsmSocketConnect | Self::LsmSocketBind => 0,
+            Self::LsmSocketConnect | Self::LsmSocketBind | Self::LsmExec | Self::LsmFileOpen => 0,
         }
     }
 
@@ -149,7 +195,7 @@ impl Hook {
             // cgroup sock_addr: 0 makes connect(2)/bind(2) fail with EPERM.
             Self::Connect4 | Self::Connect6 | Self::Bind4 | Self::Bind6 => 0,
             // LSM: a negative errno; never 1 (6.1 accepts it and connect then returns 1).
-            Self::LsmSocketConnect | Self::LsmSocketBind => -EPERM,
+            Self::LsmSocketConnect | Self::LsmSocketBind | Self::LsmExec | Self::LsmFileOpen => -EPERM,
         }
     }
 }
@@ -162,11 +208,46 @@ const EPERM: i32 = 1;
 pub struct KernelOffsets {
     /// `offsetof(struct socket, type)`.
     pub socket_type: u32,
+    /// `offsetof(struct linux_binprm, file)`.
+    pub binprm_file: u32,
+    /// `offsetof(struct file, f_path)`.
+    pub file_path: u32,
+    /// `offsetof(struct file, f_mode)`.
+    pub file_mode: u32,
 }
 
 impl KernelOffsets {
+    /// The offsets of Debian's 6.12 x86-64 kernel: what the server compiles with for nodes
+    /// that did not report their own (and for `CompilePolicy`).
+    pub const LINUX_6_12: Self = Self { socket_type: 4, binprm_file: 64, file_path: 64, file_mode: 12 };
+
     /// The BTF key of each field, as agents report them.
     pub const SOCKET_TYPE: &'static str = "socket.type";
+    /// BTF key of [`KernelOffsets::binprm_file`].
+    pub const BINPRM_FILE: &'static str = "linux_binprm.file";
+    /// BTF key of [`KernelOffsets::file_path`].
+    pub const FILE_PATH: &'static str = "file.f_path";
+    /// BTF key of [`KernelOffsets::file_mode`].
+    pub const FILE_MODE: &'static str = "file.f_mode";
+    /// Every key, with the `(struct, member)` it names.
+    pub const FIELDS: [(&'static str, &'static str, &'static str); 4] = [
+        (Self::SOCKET_TYPE, "socket", "type"),
+        (Self::BINPRM_FILE, "linux_binprm", "file"),
+        (Self::FILE_PATH, "file", "f_path"),
+        (Self::FILE_MODE, "file", "f_mode"),
+    ];
+
+    /// Offsets from reported `"struct.member"` values (`reported` looks one up), each missing
+    /// one taken from `defaults`.
+    pub fn from_reported(reported: impl Fn(&str) -> Option<u32>, defaults: Self) -> Self {
+        let get = |key: &str, default: u32| reported(key).unwrap_or(default);
+        Self {
+            socket_type: get(Self::SOCKET_TYPE, defaults.socket_type),
+            binprm_file: get(Self::BINPRM_FILE, defaults.binprm_file),
+            file_path: get(Self::FILE_PATH, defaults.file_path),
+            file_mode: get(Self::FILE_MODE, defaults.file_mode),
+        }
+    }
 }
 
 // Stack layout (offsets from r10). Everything passed to a helper is fully written first.
@@ -177,9 +258,18 @@ const UID_KEY: i16 = -128; // class u32, uid u32
 const CGROUP_KEY: i16 = -136; // cgroup id u64
 const SOCKADDR: i16 = -168; // 28 bytes of sockaddr_in6 (LSM adapter)
 const SCRATCH: i16 = -176; // 8 bytes (LSM adapter)
+// Path programs (exec, files): the 72-byte event header, directly followed by the lookup key
+// (prefixlen u32, workload u32, 252 bytes of path), so one ringbuf_output sends both. Below
+// CGROUP_KEY and UID_KEY, which the workload stage shares with the network programs.
+const PATH_EVENT: i16 = -480;
+const PATH_KEY: i16 = PATH_EVENT + 72;
+/// Path bytes a key holds, NUL included ([`crate::model::MAX_PATH`] + 1).
+pub const PATH_BYTES: i32 = 252;
 
 /// Event record size.
 pub const EVENT_SIZE: i32 = 72;
+/// Event record size of the path hooks: header, key header, path.
+pub const PATH_EVENT_SIZE: i32 = 72 + 8 + PATH_BYTES;
 
 const AF_INET: i32 = 2;
 const AF_INET6: i32 = 10;
@@ -191,6 +281,9 @@ const SOCK_DGRAM: i32 = 2;
 /// Generates the program for `hook` from the partition of its operation.
 pub fn program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result<Program, AsmError> {
     debug_assert_eq!(plan.operation, hook.operation());
+    if matches!(hook, Hook::LsmExec | Hook::LsmFileOpen) {
+        return path_program(hook, plan, offsets);
+    }
     let mut a = Asm::new();
     let allow = a.label();
     let deny = a.label();
@@ -251,6 +344,7 @@ pub fn program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result<Progra
             }
             a.ja(core6);
         }
+        Hook::LsmExec | Hook::LsmFileOpen => unreachable!("path hooks have their own generator"),
     }
     // r7 = port in network order (low 16 bits).
     let emit_v4 = matches!(hook, Hook::Connect4 | Hook::Bind4) || hook.is_lsm();
@@ -264,6 +358,11 @@ pub fn program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result<Progra
         a.bind(core6);
         core(&mut a, hook, plan, true, allow, deny);
     }
+    exits(a, hook, allow, deny)
+}
+
+/// The only two exits of every program: `allow:` and `deny:` return the hook's constants.
+fn exits(mut a: Asm, hook: Hook, allow: Label, deny: Label) -> Result<Program, AsmError> {
     a.bind(allow);
     a.comment("allow");
     a.push(insn::mov64_imm(R0, hook.allow()));
@@ -294,14 +393,11 @@ fn lookup(a: &mut Asm, map: &str, key: i16) {
     a.push(insn::call(helper::MAP_LOOKUP_ELEM));
 }
 
-/// The shared decision core for one address family.
-fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Label) {
+/// The workload stage shared by every program: r9 = workload class, or go to `allow` when no
+/// policy applies to the calling task.
+fn workload_class(a: &mut Asm, plan: &Plan, allow: Label) {
     let have_class = a.label();
     let have_workload = a.label();
-    let udp = a.label();
-    let have_table = a.label();
-    let verdict = a.label();
-    a.comment(format!("core ({}): workload class", if v6 { "IPv6" } else { "IPv4" }));
     a.push(insn::mov64_imm(R9, if plan.direct { plan.root_workload as i32 } else { 0 }));
     for (n, &level) in plan.levels.iter().enumerate() {
         let next = a.label();
@@ -337,6 +433,15 @@ fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Labe
         a.bind(have_workload);
         a.push(insn::ldx(Size::W, R9, R0, 0));
     }
+}
+
+/// The shared decision core for one address family.
+fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Label) {
+    let udp = a.label();
+    let have_table = a.label();
+    let verdict = a.label();
+    a.comment(format!("core ({}): workload class", if v6 { "IPv6" } else { "IPv4" }));
+    workload_class(a, plan, allow);
     a.comment("address region");
     a.push(insn::stx(Size::W, R10, R9, ADDR_KEY + 4));
     a.push(insn::st(Size::W, R10, ADDR_KEY, if v6 { 32 + 128 } else { 32 + 32 }));
@@ -367,22 +472,43 @@ fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Labe
     a.ja(allow);
 }
 
+/// Writes the task and decision fields of an event header at `base` (r9 = the decision):
+/// time, cgroup, tgid, uid, rule, flags, hook and comm.
+fn event_header(a: &mut Asm, hook: Hook, base: i16) {
+    a.push(insn::call(helper::KTIME_GET_NS));
+    a.push(insn::stx(Size::DW, R10, R0, base));
+    a.push(insn::call(helper::GET_CURRENT_CGROUP_ID));
+    a.push(insn::stx(Size::DW, R10, R0, base + 8));
+    a.push(insn::call(helper::GET_CURRENT_PID_TGID));
+    a.push(insn::alu64_imm(Alu::Rsh, R0, 32));
+    a.push(insn::stx(Size::W, R10, R0, base + 16));
+    a.push(insn::call(helper::GET_CURRENT_UID_GID));
+    a.push(insn::stx(Size::W, R10, R0, base + 20));
+    a.push(insn::ldx(Size::W, R1, R9, 0));
+    a.push(insn::stx(Size::W, R10, R1, base + 24));
+    a.push(insn::ldx(Size::W, R1, R9, 4));
+    a.push(insn::stx(Size::W, R10, R1, base + 28));
+    a.push(insn::st(Size::W, R10, base + 52, hook.id()));
+    a.push(insn::mov64_reg(R1, R10));
+    a.push(insn::alu64_imm(Alu::Add, R1, i32::from(base + 56)));
+    a.push(insn::mov64_imm(R2, 16));
+    a.push(insn::call(helper::GET_CURRENT_COMM));
+}
+
+/// Outputs `size` bytes of the stack at `base` to the events ring buffer.
+fn output(a: &mut Asm, base: i16, size: i32) {
+    a.ld_map(R1, maps::EVENTS);
+    a.push(insn::mov64_reg(R2, R10));
+    a.push(insn::alu64_imm(Alu::Add, R2, i32::from(base)));
+    a.push(insn::mov64_imm(R3, size));
+    a.push(insn::mov64_imm(R4, 0));
+    a.push(insn::call(helper::RINGBUF_OUTPUT));
+}
+
 /// Writes the 72-byte event record (layout in bundle.proto) and outputs it.
 fn event(a: &mut Asm, hook: Hook, v6: bool) {
     a.comment("event record");
-    a.push(insn::call(helper::KTIME_GET_NS));
-    a.push(insn::stx(Size::DW, R10, R0, EVENT));
-    a.push(insn::call(helper::GET_CURRENT_CGROUP_ID));
-    a.push(insn::stx(Size::DW, R10, R0, EVENT + 8));
-    a.push(insn::call(helper::GET_CURRENT_PID_TGID));
-    a.push(insn::alu64_imm(Alu::Rsh, R0, 32));
-    a.push(insn::stx(Size::W, R10, R0, EVENT + 16));
-    a.push(insn::call(helper::GET_CURRENT_UID_GID));
-    a.push(insn::stx(Size::W, R10, R0, EVENT + 20));
-    a.push(insn::ldx(Size::W, R1, R9, 0));
-    a.push(insn::stx(Size::W, R10, R1, EVENT + 24));
-    a.push(insn::ldx(Size::W, R1, R9, 4));
-    a.push(insn::stx(Size::W, R10, R1, EVENT + 28));
+    event_header(a, hook, EVENT);
     if v6 {
         for i in 0..2 {
             a.push(insn::ldx(Size::DW, R1, R10, ADDR_KEY + 8 + 8 * i));
@@ -397,15 +523,87 @@ fn event(a: &mut Asm, hook: Hook, v6: bool) {
     a.push(insn::stx(Size::H, R10, R7, EVENT + 48));
     a.push(insn::st(Size::B, R10, EVENT + 50, if v6 { 6 } else { 4 }));
     a.push(insn::stx(Size::B, R10, R8, EVENT + 51));
-    a.push(insn::st(Size::W, R10, EVENT + 52, hook.id()));
-    a.push(insn::mov64_reg(R1, R10));
-    a.push(insn::alu64_imm(Alu::Add, R1, i32::from(EVENT + 56)));
-    a.push(insn::mov64_imm(R2, 16));
-    a.push(insn::call(helper::GET_CURRENT_COMM));
-    a.ld_map(R1, maps::EVENTS);
+    output(a, EVENT, EVENT_SIZE);
+}
+
+/// The `exec` and `files` programs: workload class, the resolved path of the file
+/// (`bpf_d_path`), one LPM lookup of `(workload, path)`, the decision for the open's access.
+///
+/// r6 = context, r7 = access bits (files), r8 = `struct file *`, r9 = workload, then the
+/// decision.
+fn path_program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result<Program, AsmError> {
+    let files = hook == Hook::LsmFileOpen;
+    let mut a = Asm::new();
+    let allow = a.label();
+    let deny = a.label();
+    let resolved = a.label();
+    let have_key = a.label();
+    let verdict = a.label();
+    a.comment(format!("palisade {} — adapter", hook.section()));
+    a.push(insn::mov64_reg(R6, R1));
+    workload_class(&mut a, plan, allow);
+    // Typed (BTF) loads: the verifier knows the hook's argument types and checks the offsets
+    // against the running kernel's structs.
+    a.push(insn::ldx(Size::DW, R8, R6, 0));
+    if files {
+        a.comment("file_open(struct file *file): access bits from f_mode (FMODE_READ 1, FMODE_WRITE 2)");
+        a.push(insn::ldx(Size::W, R7, R8, offsets.file_mode as i16));
+        a.push(insn::alu64_imm(Alu::And, R7, 3));
+        a.jmp_imm(Jmp::Jeq, R7, 0, allow);
+    } else {
+        a.comment("bprm_check_security(struct linux_binprm *bprm): bprm->file");
+        a.push(insn::ldx(Size::DW, R8, R8, offsets.binprm_file as i16));
+        a.push(insn::mov64_imm(R7, 0));
+    }
+    a.comment("key = (workload, resolved path); zeroed first so every byte is defined");
+    for off in (0..(8 + PATH_BYTES as i16) / 8).map(|i| PATH_KEY + 8 * i) {
+        a.push(insn::st(Size::DW, R10, off, 0));
+    }
+    a.push(insn::st(Size::W, R10, PATH_KEY + 8 + PATH_BYTES as i16 - 4, 0));
+    a.push(insn::stx(Size::W, R10, R9, PATH_KEY + 4));
+    a.push(insn::mov64_reg(R1, R8));
+    a.push(insn::alu64_imm(Alu::Add, R1, offsets.file_path as i32));
     a.push(insn::mov64_reg(R2, R10));
-    a.push(insn::alu64_imm(Alu::Add, R2, i32::from(EVENT)));
-    a.push(insn::mov64_imm(R3, EVENT_SIZE));
-    a.push(insn::mov64_imm(R4, 0));
-    a.push(insn::call(helper::RINGBUF_OUTPUT));
+    a.push(insn::alu64_imm(Alu::Add, R2, i32::from(PATH_KEY + 8)));
+    a.push(insn::mov64_imm(R3, PATH_BYTES));
+    a.push(insn::call(helper::D_PATH));
+    a.jmp_imm(Jmp::Jsgt, R0, 0, resolved);
+    a.comment("unresolved (or longer than the key): only the empty prefix matches");
+    a.push(insn::st(Size::B, R10, PATH_KEY + 8, 0));
+    a.push(insn::st(Size::W, R10, PATH_KEY, 32));
+    a.ja(have_key);
+    a.bind(resolved);
+    a.push(insn::st(Size::W, R10, PATH_KEY, 32 + 8 * PATH_BYTES));
+    a.bind(have_key);
+    lookup(&mut a, maps::of(plan.operation).paths, PATH_KEY);
+    a.jmp_imm(Jmp::Jeq, R0, 0, allow);
+    a.push(insn::mov64_reg(R9, R0));
+    if files {
+        // values[access - 1]: read, write, read+write.
+        let write = a.label();
+        let picked = a.label();
+        a.jmp_imm(Jmp::Jeq, R7, 1, picked);
+        a.jmp_imm(Jmp::Jeq, R7, 2, write);
+        a.push(insn::alu64_imm(Alu::Add, R9, 16));
+        a.ja(picked);
+        a.bind(write);
+        a.push(insn::alu64_imm(Alu::Add, R9, 8));
+        a.bind(picked);
+    }
+    a.push(insn::ldx(Size::W, R1, R9, 4));
+    a.push(insn::alu64_imm(Alu::And, R1, FLAG_EVENT as i32));
+    a.jmp_imm(Jmp::Jeq, R1, 0, verdict);
+    a.comment("event record: header, then the key with the path");
+    event_header(&mut a, hook, PATH_EVENT);
+    for i in 0..2 {
+        a.push(insn::st(Size::DW, R10, PATH_EVENT + 32 + 8 * i, 0));
+    }
+    a.push(insn::st(Size::W, R10, PATH_EVENT + 48, 0));
+    a.push(insn::stx(Size::B, R10, R7, PATH_EVENT + 51));
+    output(&mut a, PATH_EVENT, PATH_EVENT_SIZE);
+    a.bind(verdict);
+    a.push(insn::ldx(Size::W, R1, R9, 4));
+    a.push(insn::alu64_imm(Alu::And, R1, FLAG_DENY as i32));
+    a.jmp_imm(Jmp::Jne, R1, 0, deny);
+    exits(a, hook, allow, deny)
 }

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use crate::model::{Action, Default, Mode, Operation, PolicySet, Protocol};
+use crate::model::{ACCESS_READ, ACCESS_WRITE, Action, Default, MAX_PATH, Mode, Operation, PolicySet, Protocol};
 
 /// One operation attempt (§1.2): a connect (destination address and port) or a bind (local
 /// address and port).
@@ -112,14 +112,14 @@ pub fn decide(set: &PolicySet, op: Operation, applying: impl IntoIterator<Item =
     let mut audit = None;
     for (index, m) in applying {
         let policy = &set.policies[index];
-        let Some(section) = policy.section(op) else { continue };
+        let Some(default) = policy.default_of(op) else { continue };
         // §4.2
-        let deny = match (m.deny, m.allow, section.default) {
+        let deny = match (m.deny, m.allow, default) {
             (Some(d), _, _) => Some(RuleName::Rule(d)),
             (None, None, Default::Deny) => Some(RuleName::Default),
             _ => None,
         };
-        let audit_default = m.deny.is_none() && m.allow.is_none() && section.default == Default::Audit;
+        let audit_default = m.deny.is_none() && m.allow.is_none() && default == Default::Audit;
         if let Some(rule) = deny {
             match policy.mode {
                 // §6.1 case 1: the first denying enforce-mode policy decides and is named.
@@ -166,6 +166,62 @@ pub fn evaluate(set: &PolicySet, attempt: &Attempt) -> Decision {
         Some((index, matches))
     });
     decide(set, attempt.operation, applying)
+}
+
+/// An `exec` or `files` attempt (§12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathAttempt {
+    /// [`Operation::Exec`] or [`Operation::Files`].
+    pub operation: Operation,
+    /// cgroup path components of the calling task.
+    pub cgroup: Vec<String>,
+    /// Real uid.
+    pub uid: u32,
+    /// The resolved path, as the kernel spells it (§12.2).
+    pub path: Vec<u8>,
+    /// `ACCESS_*` bits the open asks for (`files`; ignored for `exec`).
+    pub access: u8,
+}
+
+/// Combines the decisions of one open's accesses (§12.4): the first deny decides; otherwise
+/// the first would-deny report, else the first audit report.
+pub fn combine(decisions: &[Decision]) -> Decision {
+    if let Some(d) = decisions.iter().find(|d| d.verdict == Verdict::Deny) {
+        return *d;
+    }
+    let report = |kind| decisions.iter().filter_map(|d| d.report).find(|r| r.kind == kind);
+    Decision { verdict: Verdict::Allow, report: report(ReportKind::WouldDeny).or_else(|| report(ReportKind::Audit)) }
+}
+
+/// Decides one `exec` or `files` attempt exactly as the specification says.
+pub fn evaluate_path(set: &PolicySet, attempt: &PathAttempt) -> Decision {
+    let op = attempt.operation;
+    // §12.2: a path the programs cannot hold matches only rules without paths.
+    let path = (attempt.path.len() <= MAX_PATH).then_some(attempt.path.as_slice());
+    let one = |access: u8| {
+        let applying = set.policies.iter().enumerate().filter_map(|(index, policy)| {
+            let section = policy.path_section(op)?;
+            if !policy.selects(&attempt.cgroup, attempt.uid) {
+                return None;
+            }
+            let mut matches = Matches::default();
+            for (i, rule) in section.rules.iter().enumerate() {
+                if rule.matches(path, access) {
+                    matches.add(i, rule.action);
+                }
+            }
+            Some((index, matches))
+        });
+        decide(set, op, applying)
+    };
+    match op {
+        Operation::Files => {
+            let parts: Vec<Decision> =
+                [ACCESS_READ, ACCESS_WRITE].into_iter().filter(|a| attempt.access & a != 0).map(one).collect();
+            combine(&parts)
+        }
+        _ => one(ACCESS_READ),
+    }
 }
 
 #[cfg(test)]

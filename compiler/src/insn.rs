@@ -78,6 +78,9 @@ pub mod helper {
     pub const PROBE_READ_KERNEL: i32 = 113;
     /// `long bpf_ringbuf_output(ringbuf, data, size, flags)`.
     pub const RINGBUF_OUTPUT: i32 = 130;
+    /// `long bpf_d_path(struct path *path, char *buf, u32 sz)`: the path with its NUL, length
+    /// including the NUL, or a negative errno.
+    pub const D_PATH: i32 = 147;
 
     /// The kernel name (`bpf_…`) of a helper this crate knows, for the disassembler.
     pub fn name(id: i32) -> Option<&'static str> {
@@ -91,6 +94,7 @@ pub mod helper {
             GET_CURRENT_ANCESTOR_CGROUP_ID => "bpf_get_current_ancestor_cgroup_id",
             PROBE_READ_KERNEL => "bpf_probe_read_kernel",
             RINGBUF_OUTPUT => "bpf_ringbuf_output",
+            D_PATH => "bpf_d_path",
             _ => return None,
         })
     }

@@ -107,7 +107,7 @@ mod tests {
         .expect("parses")
         .to_proto();
         let set = PolicySet::new([(&doc, 1)], Vec::new()).expect("model");
-        let compiled = compile(&set, KernelOffsets { socket_type: 4 }).expect("compiles");
+        let compiled = compile(&set, KernelOffsets::LINUX_6_12).expect("compiles");
         assert_eq!(check(&compiled, &Limits::DEFAULT), Ok(()));
         let tight = Limits { max_map_entries: 3, max_instructions: 150, max_bundle_bytes: 100 };
         let err = check(&compiled, &tight).expect_err("over the tight limits");

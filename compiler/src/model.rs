@@ -127,6 +127,93 @@ pub struct Section {
     pub rules: Vec<Rule>,
 }
 
+/// Longest path the kernel programs resolve (the lookup key holds 252 bytes with the NUL).
+pub const MAX_PATH: usize = 251;
+
+/// Access bit: opened for reading.
+pub const ACCESS_READ: u8 = 1;
+/// Access bit: opened for writing.
+pub const ACCESS_WRITE: u8 = 2;
+
+/// A path pattern (§12.3).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PathPattern {
+    /// `/usr/bin/curl`: exactly this path.
+    Exact(String),
+    /// `/etc/ssh/`: the directory (stored without the trailing '/', "/" for the root) and
+    /// everything below it.
+    Subtree(String),
+    /// `/usr/bin/python*`: every path starting with the text before the '*'.
+    Prefix(String),
+}
+
+impl PathPattern {
+    /// Parses a validated pattern.
+    pub fn parse(text: &str) -> Self {
+        if let Some(prefix) = text.strip_suffix('*') {
+            Self::Prefix(prefix.to_owned())
+        } else if text == "/" {
+            Self::Subtree("/".to_owned())
+        } else if let Some(dir) = text.strip_suffix('/') {
+            Self::Subtree(dir.to_owned())
+        } else {
+            Self::Exact(text.to_owned())
+        }
+    }
+
+    /// Whether the pattern matches a resolved path.
+    pub fn matches(&self, path: &[u8]) -> bool {
+        match self {
+            Self::Exact(p) => path == p.as_bytes(),
+            Self::Subtree(d) if d == "/" => path.starts_with(b"/"),
+            Self::Subtree(d) => path.starts_with(d.as_bytes()) && matches!(path.get(d.len()), None | Some(b'/')),
+            Self::Prefix(p) => path.starts_with(p.as_bytes()),
+        }
+    }
+
+    /// The byte prefixes whose paths the pattern matches, as the programs' lookup keys see
+    /// them: a path is its bytes followed by a NUL.
+    pub fn key_prefixes(&self) -> Vec<Vec<u8>> {
+        let with = |s: &str, tail: &[u8]| [s.as_bytes(), tail].concat();
+        match self {
+            Self::Exact(p) => vec![with(p, b"\0")],
+            Self::Subtree(d) if d == "/" => vec![b"/".to_vec()],
+            Self::Subtree(d) => vec![with(d, b"\0"), with(d, b"/")],
+            Self::Prefix(p) => vec![p.as_bytes().to_vec()],
+        }
+    }
+}
+
+/// One `exec` or `files` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRule {
+    /// Stable id.
+    pub id: String,
+    /// Action.
+    pub action: Action,
+    /// Patterns; empty matches every path, including one that could not be resolved.
+    pub paths: Vec<PathPattern>,
+    /// `ACCESS_*` bits the rule matches (both for `exec` rules and empty lists).
+    pub access: u8,
+}
+
+impl PathRule {
+    /// Whether the rule matches a path (`None`: not resolved, §12.2) for one access bit.
+    pub fn matches(&self, path: Option<&[u8]>, access: u8) -> bool {
+        self.access & access != 0
+            && (self.paths.is_empty() || path.is_some_and(|p| self.paths.iter().any(|pat| pat.matches(p))))
+    }
+}
+
+/// An `exec` or `files` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathSection {
+    /// Default for operations no allow or deny rule matches.
+    pub default: Default,
+    /// Rules in order.
+    pub rules: Vec<PathRule>,
+}
+
 /// One policy of a set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -144,6 +231,10 @@ pub struct Policy {
     pub connect: Option<Section>,
     /// `network.bind`.
     pub bind: Option<Section>,
+    /// `exec`.
+    pub exec: Option<PathSection>,
+    /// `files`.
+    pub files: Option<PathSection>,
 }
 
 /// The kinds of operation policies govern, one section each.
@@ -154,27 +245,61 @@ pub enum Operation {
     Connect,
     /// bind(2): `network.bind`, matched on the local address and port.
     Bind,
+    /// execve(2): `exec`, matched on the executable's path.
+    Exec,
+    /// open(2): `files`, matched on the file's path and the access asked for.
+    Files,
 }
 
 impl Operation {
     /// Every operation, in bundle order.
-    pub const ALL: [Self; 2] = [Self::Connect, Self::Bind];
+    pub const ALL: [Self; 4] = [Self::Connect, Self::Bind, Self::Exec, Self::Files];
 
     /// The section's field path.
     pub fn section_path(self) -> &'static str {
         match self {
             Self::Connect => "network.connect",
             Self::Bind => "network.bind",
+            Self::Exec => "exec",
+            Self::Files => "files",
         }
+    }
+
+    /// Whether the operation's rules match paths (else addresses and ports).
+    pub fn is_path(self) -> bool {
+        matches!(self, Self::Exec | Self::Files)
     }
 }
 
 impl Policy {
-    /// The section governing `op`, if the policy has it.
+    /// The network section governing `op`, if the policy has it (`None` for path operations).
     pub fn section(&self, op: Operation) -> Option<&Section> {
         match op {
             Operation::Connect => self.connect.as_ref(),
             Operation::Bind => self.bind.as_ref(),
+            Operation::Exec | Operation::Files => None,
+        }
+    }
+
+    /// The path section governing `op`, if the policy has it (`None` for network operations).
+    pub fn path_section(&self, op: Operation) -> Option<&PathSection> {
+        match op {
+            Operation::Exec => self.exec.as_ref(),
+            Operation::Files => self.files.as_ref(),
+            Operation::Connect | Operation::Bind => None,
+        }
+    }
+
+    /// The default of the section governing `op`, if the policy has that section.
+    pub fn default_of(&self, op: Operation) -> Option<Default> {
+        self.section(op).map(|s| s.default).or_else(|| self.path_section(op).map(|s| s.default))
+    }
+
+    /// The id of rule `index` of the section governing `op`.
+    pub fn rule_id(&self, op: Operation, index: usize) -> Option<&str> {
+        match self.section(op) {
+            Some(s) => s.rules.get(index).map(|r| r.id.as_str()),
+            None => self.path_section(op).and_then(|s| s.rules.get(index)).map(|r| r.id.as_str()),
         }
     }
 
@@ -229,13 +354,34 @@ fn err(policy: &str, field: impl Into<String>, reason: impl Into<String>) -> Mod
     ModelError { policy: policy.to_owned(), field: field.into(), reason: reason.into() }
 }
 
+fn action(policy: &str, path: &str, value: i32) -> Result<Action, ModelError> {
+    match v1::Action::try_from(value) {
+        Ok(v1::Action::Allow) => Ok(Action::Allow),
+        Ok(v1::Action::Deny) => Ok(Action::Deny),
+        Ok(v1::Action::Audit) => Ok(Action::Audit),
+        _ => Err(err(policy, format!("{path}.action"), "not allow, deny or audit")),
+    }
+}
+
+fn path_rule(policy: &str, path: &str, r: &v1::PathRule, files: bool) -> Result<PathRule, ModelError> {
+    let mut access = 0;
+    for (i, a) in r.access.iter().enumerate() {
+        access |= match v1::FileAccess::try_from(*a) {
+            Ok(v1::FileAccess::Read) if files => ACCESS_READ,
+            Ok(v1::FileAccess::Write) if files => ACCESS_WRITE,
+            _ => return Err(err(policy, format!("{path}.access[{i}]"), "not read or write in a files rule")),
+        };
+    }
+    Ok(PathRule {
+        id: r.id.clone(),
+        action: action(policy, path, r.action)?,
+        paths: r.paths.iter().map(|p| PathPattern::parse(p)).collect(),
+        access: if access == 0 { ACCESS_READ | ACCESS_WRITE } else { access },
+    })
+}
+
 fn rule(policy: &str, path: &str, r: &v1::NetworkRule) -> Result<Rule, ModelError> {
-    let action = match v1::Action::try_from(r.action) {
-        Ok(v1::Action::Allow) => Action::Allow,
-        Ok(v1::Action::Deny) => Action::Deny,
-        Ok(v1::Action::Audit) => Action::Audit,
-        _ => return Err(err(policy, format!("{path}.action"), "not allow, deny or audit")),
-    };
+    let action = action(policy, path, r.action)?;
     let nets = r
         .cidrs
         .iter()
@@ -279,15 +425,16 @@ pub fn policy(p: &v1::Policy, revision: u64) -> Result<Option<Policy>, ModelErro
         Ok(v1::Mode::Disabled) => return Ok(None),
         Err(_) => return Err(err(&p.name, "mode", "unknown mode")),
     };
+    let default = |value: i32, path: &str| match v1::Action::try_from(value) {
+        Ok(v1::Action::Allow | v1::Action::Unspecified) => Ok(Default::Allow),
+        Ok(v1::Action::Deny) => Ok(Default::Deny),
+        Ok(v1::Action::Audit) => Ok(Default::Audit),
+        Err(_) => Err(err(&p.name, format!("{path}.default"), "unknown action")),
+    };
     let section = |s: Option<&v1::RuleSection>, path: &str| -> Result<Option<Section>, ModelError> {
         let Some(s) = s else { return Ok(None) };
         Ok(Some(Section {
-            default: match v1::Action::try_from(s.default) {
-                Ok(v1::Action::Allow | v1::Action::Unspecified) => Default::Allow,
-                Ok(v1::Action::Deny) => Default::Deny,
-                Ok(v1::Action::Audit) => Default::Audit,
-                Err(_) => return Err(err(&p.name, format!("{path}.default"), "unknown action")),
-            },
+            default: default(s.default, path)?,
             rules: s
                 .rules
                 .iter()
@@ -299,6 +446,20 @@ pub fn policy(p: &v1::Policy, revision: u64) -> Result<Option<Policy>, ModelErro
     let network = p.network.as_ref();
     let connect = section(network.and_then(|n| n.connect.as_ref()), "network.connect")?;
     let bind = section(network.and_then(|n| n.bind.as_ref()), "network.bind")?;
+    let path_section = |s: Option<&v1::PathSection>, path: &str| -> Result<Option<PathSection>, ModelError> {
+        let Some(s) = s else { return Ok(None) };
+        Ok(Some(PathSection {
+            default: default(s.default, path)?,
+            rules: s
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| path_rule(&p.name, &format!("{path}.rules[{i}]"), r, path == "files"))
+                .collect::<Result<_, _>>()?,
+        }))
+    };
+    let exec = path_section(p.exec.as_ref(), "exec")?;
+    let files = path_section(p.files.as_ref(), "files")?;
     let workload = p.workload.as_ref();
     Ok(Some(Policy {
         name: p.name.clone(),
@@ -308,6 +469,8 @@ pub fn policy(p: &v1::Policy, revision: u64) -> Result<Option<Policy>, ModelErro
         uid: workload.and_then(|w| w.uid),
         connect,
         bind,
+        exec,
+        files,
     }))
 }
 

@@ -24,8 +24,8 @@ use std::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::{
-    eval::{Decision, Matches, ReportKind, RuleName, Verdict, decide},
-    model::{Operation, PolicySet, Protocol},
+    eval::{Decision, Matches, ReportKind, RuleName, Verdict, combine, decide},
+    model::{ACCESS_READ, ACCESS_WRITE, MAX_PATH, Operation, PolicySet, Protocol},
 };
 
 /// uid value meaning "any uid not listed" in the uid map (`(uid_t)-1` is not a user).
@@ -92,6 +92,19 @@ pub struct Region<N> {
     pub tables: [u32; 2],
 }
 
+/// A path prefix of one workload class (`exec`, `files`): paths whose longest matching
+/// prefix this is get `values`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathEntry {
+    /// Workload class.
+    pub workload: u32,
+    /// Key bytes: the start of a path, or a whole path followed by its NUL.
+    pub prefix: Vec<u8>,
+    /// The decision: one for `exec`; for `files` one per access set, indexed by
+    /// `ACCESS_* bits − 1` (read, write, read+write).
+    pub values: Vec<Value>,
+}
+
 /// The whole partition for one operation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -115,6 +128,8 @@ pub struct Plan {
     pub regions6: Vec<Region<Ipv6Net>>,
     /// Port blocks of every port table.
     pub ports: Vec<PortBlock>,
+    /// Path prefixes (`exec`, `files`), sorted by workload and bytes.
+    pub paths: Vec<PathEntry>,
     /// Rules named by events, index = `Value::rule`.
     pub rules: Vec<RuleRef>,
 }
@@ -350,6 +365,30 @@ impl Tables {
     }
 }
 
+/// The policies whose outcome can matter before any rule matches: those whose default says
+/// something (deny or audit). Only these, plus policies with a match, affect a decision, which
+/// keeps a cell's cost independent of the policy count.
+fn initial_matches(set: &PolicySet, op: Operation, applying: &[usize]) -> Vec<(usize, Matches)> {
+    applying
+        .iter()
+        .filter(|&&p| set.policies[p].default_of(op).is_some_and(|d| d != crate::model::Default::Allow))
+        .map(|&p| (p, Matches::default()))
+        .collect()
+}
+
+/// Records that rule `r` of policy `p` matched, keeping `matches` in policy order (a small
+/// vector, usually one or two entries, beats a map here).
+fn record(matches: &mut Vec<(usize, Matches)>, p: usize, r: usize, action: crate::model::Action) {
+    let at = match matches.binary_search_by_key(&p, |(q, _)| *q) {
+        Ok(at) => at,
+        Err(at) => {
+            matches.insert(at, (p, Matches::default()));
+            at
+        }
+    };
+    matches[at].1.add(r, action);
+}
+
 /// The decision for one cell: a protocol, a port, and the members matching its region.
 fn cell(
     set: &PolicySet,
@@ -359,14 +398,7 @@ fn cell(
     protocol: Protocol,
     port: u16,
 ) -> Decision {
-    // Only policies with a match, or whose default says something without one, can affect
-    // the decision; starting from those keeps a cell's cost independent of policy count.
-    // A small vector kept in policy order (usually one or two entries) beats a map here.
-    let mut matches: Vec<(usize, Matches)> = applying
-        .iter()
-        .filter(|&&p| set.policies[p].section(op).is_some_and(|s| s.default != crate::model::Default::Allow))
-        .map(|&p| (p, Matches::default()))
-        .collect();
+    let mut matches = initial_matches(set, op, applying);
     for m in members {
         match *m {
             Member::Failsafe(i) => {
@@ -377,19 +409,74 @@ fn cell(
             Member::Rule(p, r) => {
                 let rule = &set.policies[p].section(op).expect("member policies have a section").rules[r];
                 if rule.matches_protocol(protocol) && rule.matches_port(port) {
-                    let at = match matches.binary_search_by_key(&p, |(q, _)| *q) {
-                        Ok(at) => at,
-                        Err(at) => {
-                            matches.insert(at, (p, Matches::default()));
-                            at
-                        }
-                    };
-                    matches[at].1.add(r, rule.action);
+                    record(&mut matches, p, r, rule.action);
                 }
             }
         }
     }
     decide(set, op, matches)
+}
+
+/// The decision for paths matched by `members` (`(policy, rule)` pairs) for one access bit.
+fn path_cell(set: &PolicySet, op: Operation, applying: &[usize], members: &[(usize, usize)], access: u8) -> Decision {
+    let mut matches = initial_matches(set, op, applying);
+    for &(p, r) in members {
+        let rule = &set.policies[p].path_section(op).expect("member policies have a section").rules[r];
+        if rule.access & access != 0 {
+            record(&mut matches, p, r, rule.action);
+        }
+    }
+    decide(set, op, matches)
+}
+
+/// `(policy, rule)` pairs.
+type RuleMembers = Vec<(usize, usize)>;
+
+/// The path entries of one workload class: every pattern's key prefixes, each with the
+/// decision of the rules whose prefixes it extends (the chain of its LPM ancestors).
+fn path_entries(
+    set: &PolicySet,
+    op: Operation,
+    applying: &[usize],
+    workload: u32,
+    tables: &mut Tables,
+) -> Vec<PathEntry> {
+    let mut by_prefix: BTreeMap<Vec<u8>, RuleMembers> = BTreeMap::new();
+    by_prefix.insert(Vec::new(), Vec::new());
+    for &p in applying {
+        let Some(section) = set.policies[p].path_section(op) else { continue };
+        for (r, rule) in section.rules.iter().enumerate() {
+            if rule.paths.is_empty() {
+                by_prefix.entry(Vec::new()).or_default().push((p, r));
+            }
+            for prefix in rule.paths.iter().flat_map(crate::model::PathPattern::key_prefixes) {
+                by_prefix.entry(prefix).or_default().push((p, r));
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(by_prefix.len());
+    // Byte-wise order visits every prefix after the prefixes it extends.
+    let mut chain: Vec<(Vec<u8>, RuleMembers)> = Vec::new();
+    for (prefix, own) in by_prefix {
+        while chain.last().is_some_and(|(outer, _)| !prefix.starts_with(outer)) {
+            chain.pop();
+        }
+        let mut members = chain.last().map(|(_, m)| m.clone()).unwrap_or_default();
+        members.extend(own);
+        members.sort_unstable();
+        members.dedup();
+        let mut encode = |d: &Decision| value(d, &mut tables.rules, &mut tables.rule_ids);
+        let values = if op == Operation::Files {
+            let read = path_cell(set, op, applying, &members, ACCESS_READ);
+            let write = path_cell(set, op, applying, &members, ACCESS_WRITE);
+            vec![encode(&read), encode(&write), encode(&combine(&[read, write]))]
+        } else {
+            vec![encode(&path_cell(set, op, applying, &members, ACCESS_READ))]
+        };
+        out.push(PathEntry { workload, prefix: prefix.clone(), values });
+        chain.push((prefix, members));
+    }
+    out
 }
 
 /// Selected cgroups, `(S, uid) → W` entries, and the applying policies of each `W`.
@@ -398,7 +485,7 @@ type Workloads = (Vec<CgroupClass>, Vec<((u32, u32), u32)>, Vec<Vec<usize>>);
 /// Workload classes: `S` per selected cgroup, `W` per distinct set of applying policies.
 fn workloads(set: &PolicySet, op: Operation) -> Workloads {
     let sectioned: Vec<usize> =
-        set.policies.iter().enumerate().filter(|(_, p)| p.section(op).is_some()).map(|(i, _)| i).collect();
+        set.policies.iter().enumerate().filter(|(_, p)| p.default_of(op).is_some()).map(|(i, _)| i).collect();
     let paths: BTreeSet<&Vec<String>> =
         sectioned.iter().map(|&i| &set.policies[i].cgroup).filter(|c| !c.is_empty()).collect();
     let cgroups: Vec<CgroupClass> = paths
@@ -466,6 +553,10 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
         plan.direct = true;
     }
     for (w, applying) in classes.iter().enumerate().skip(1) {
+        if op.is_path() {
+            plan.paths.extend(path_entries(set, op, applying, w as u32, &mut tables));
+            continue;
+        }
         for v6 in [false, true] {
             let (by_prefix, anywhere) = members_by_prefix(set, op, applying, v6);
             // Prefixes sorted by (network, length) visit containers before contents; a stack
@@ -497,15 +588,37 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
 }
 
 impl Plan {
-    /// Looks a decision up exactly as the kernel programs do (for tests and tools).
-    /// `s` is the cgroups-map value of the task's deepest selected cgroup (0 if none).
-    pub fn lookup(&self, s: u32, uid: u32, addr: IpAddr, port: u16, protocol: Protocol) -> Option<Value> {
+    /// The workload class of a task: `s` is the cgroups-map value of its deepest selected
+    /// cgroup (0 if none). 0: no policy applies.
+    fn workload(&self, s: u32, uid: u32) -> u32 {
         let find = |key| self.workloads.iter().find(|(k, _)| *k == key).map(|(_, w)| *w);
-        let w = match (self.direct, s) {
+        match (self.direct, s) {
             (true, 0) => self.root_workload,
             (true, w) => w,
             (false, _) => find((s, uid)).or_else(|| find((s, ANY_UID))).unwrap_or(0),
-        };
+        }
+    }
+
+    /// Looks a path decision up exactly as the kernel programs do: `path` is the resolved
+    /// path, `access` the `ACCESS_*` bits of an open (ignored for `exec`).
+    pub fn lookup_path(&self, s: u32, uid: u32, path: &[u8], access: u8) -> Option<Value> {
+        let w = self.workload(s, uid);
+        if w == 0 {
+            return None;
+        }
+        // The key holds the path and its NUL; a longer path is looked up as "unresolved",
+        // which only the empty prefix matches.
+        let key: Vec<u8> = if path.len() <= MAX_PATH { [path, b"\0"].concat() } else { Vec::new() };
+        let entry =
+            longest(self.paths.iter().filter(|e| e.workload == w && key.starts_with(&e.prefix)), |e| e.prefix.len())?;
+        let index = if self.operation == Operation::Files { usize::from(access & 3).checked_sub(1)? } else { 0 };
+        entry.values.get(index).copied()
+    }
+
+    /// Looks a decision up exactly as the kernel programs do (for tests and tools).
+    /// `s` is the cgroups-map value of the task's deepest selected cgroup (0 if none).
+    pub fn lookup(&self, s: u32, uid: u32, addr: IpAddr, port: u16, protocol: Protocol) -> Option<Value> {
+        let w = self.workload(s, uid);
         if w == 0 {
             return None;
         }

@@ -13,7 +13,7 @@ use palisade_integration::{Connect, TestCgroup, cgroup2, dual_listeners, eventua
 use palisade_proto::{document, v1};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_connect-probe");
-const OFFSETS: KernelOffsets = KernelOffsets { socket_type: 4 };
+const OFFSETS: KernelOffsets = KernelOffsets::LINUX_6_12;
 
 /// Removes the test's pins (and so detaches its links) even when the test panics.
 struct Pins(PathBuf);

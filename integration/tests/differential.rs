@@ -160,7 +160,7 @@ fn bytecode_in_the_kernel_decides_exactly_as_the_reference_evaluator() {
         generation += 1;
         let set = sets.new_tree(&mut runner).expect("generate a set").current();
         let batch = attempts.new_tree(&mut runner).expect("generate attempts").current();
-        let compiled = compile(&set, KernelOffsets { socket_type: 4 }).expect("compiles");
+        let compiled = compile(&set, KernelOffsets::LINUX_6_12).expect("compiles");
         let bundle = v1::Bundle {
             generation,
             digest: compiled.digest.clone(),

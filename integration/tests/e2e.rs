@@ -152,6 +152,49 @@ async fn policy_applied_through_the_sdk_is_enforced_reported_updated_and_removed
     assert!(removed.connected);
 }
 
+/// On these hosts BPF-LSM cannot be loaded: the agent says so, still enforces the network
+/// section through cgroup hooks, and `GetNode` lists the `exec` and `files` sections as not
+/// enforceable instead of dropping them silently.
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn exec_and_files_sections_are_reported_not_enforceable_without_bpf_lsm(pool: PgPool) {
+    if !kernel_tests_enabled("not enforceable") {
+        return;
+    }
+    let cg = TestCgroup::new("nolsm");
+    let work = cg.create_child("work");
+    let (_v4, _v6, port) = dual_listeners();
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let state = tempfile::tempdir().expect("tempdir");
+    let node_name = format!("nolsm-{}", std::process::id());
+    let _agent = TestAgent::start(TestAgent::config(&server, &node_name, cg.path(), state.path())).await;
+    let first = applied_after(&channel, &node_name, 0).await;
+    assert!(first.not_enforceable.is_empty(), "{:?}", first.not_enforceable);
+    let doc = format!(
+        "name: guard\nworkload: {{cgroup: \"{work}\"}}\nnetwork:\n  connect:\n    rules:\n      - {{id: block-port, action: deny, cidrs: [127.0.0.0/8], ports: [{port}]}}\nexec:\n  rules:\n    - {{id: no-curl, action: deny, paths: [/usr/bin/curl]}}\nfiles:\n  rules:\n    - {{id: etc-ro, action: deny, access: [write], paths: [/etc/]}}\n"
+    );
+    PolicyServiceClient::new(channel.clone())
+        .apply_policy(v1::ApplyPolicyRequest { source: Some(Source::Document(doc)), ..Default::default() })
+        .await
+        .expect("apply");
+    let node = applied_after(&channel, &node_name, first.desired_generation).await;
+    let features = node.features.clone().expect("features");
+    assert!(!features.bpf_lsm, "these hosts refuse BPF-LSM (DESIGN.md §5)");
+    assert_eq!(connect(&cg.dir_of(&work), "127.0.0.1", port).await, Connect::Denied, "network via cgroup hooks");
+    let listed: Vec<(String, u64, String)> =
+        node.not_enforceable.iter().map(|u| (u.policy.clone(), u.revision, u.section.clone())).collect();
+    assert_eq!(listed, [("guard".to_owned(), 1, "exec".to_owned()), ("guard".to_owned(), 1, "files".to_owned())]);
+    assert!(node.not_enforceable.iter().all(|u| u.reason.contains("BPF-LSM is not available")), "{node:?}");
+    let listed_nodes = NodeServiceClient::new(channel.clone())
+        .list_nodes(v1::ListNodesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .nodes;
+    let same = listed_nodes.iter().find(|n| n.name == node_name).expect("listed");
+    assert_eq!(same.not_enforceable, node.not_enforceable, "ListNodes reports the same");
+}
+
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
 async fn agent_restart_keeps_enforcing_and_adopts_pinned_state(pool: PgPool) {
     if !kernel_tests_enabled("agent restart") {

@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 
 /// The fields the compiler's adapters need, as `(struct, member)`.
-pub const FIELDS: &[(&str, &str)] = &[("socket", "type")];
+pub const FIELDS: &[(&str, &str)] =
+    &[("socket", "type"), ("linux_binprm", "file"), ("file", "f_path"), ("file", "f_mode")];
 
 /// A BTF blob that could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -54,7 +55,9 @@ pub fn member_offsets(blob: &[u8], wanted: &[(&str, &str)]) -> Result<BTreeMap<S
     let str_len = u32_at(blob, 20).ok_or(BtfError::Header)? as usize;
     let types = blob.get(hdr_len + type_off..hdr_len + type_off + type_len).ok_or(BtfError::Header)?;
     let strings = blob.get(hdr_len + str_off..hdr_len + str_off + str_len).ok_or(BtfError::Header)?;
-    let mut found = BTreeMap::new();
+    // Every type's record: (kind, name offset, members as (name offset, type id, offset bits,
+    // bitfield)). Type ids start at 1.
+    let mut records: Vec<Record> = vec![(0, 0, Vec::new())];
     let mut at = 0;
     while at < types.len() {
         let name_off = u32_at(types, at).ok_or(BtfError::Truncated(at))?;
@@ -74,27 +77,58 @@ pub fn member_offsets(blob: &[u8], wanted: &[(&str, &str)]) -> Result<BTreeMap<S
         if body + trailer > types.len() {
             return Err(BtfError::Truncated(at));
         }
-        if kind == 4 {
-            let name = string(strings, name_off);
-            for (s, m) in wanted.iter().filter(|(s, _)| *s == name) {
-                for i in 0..vlen {
-                    let member = body + i * 12;
-                    let member_name = string(strings, u32_at(types, member).ok_or(BtfError::Truncated(member))?);
-                    if member_name != *m {
-                        continue;
-                    }
-                    let raw = u32_at(types, member + 8).ok_or(BtfError::Truncated(member))?;
-                    // With kind_flag the top 8 bits are a bitfield size; 0 means a plain member.
-                    let (bits, bitfield) = if kind_flag { (raw & 0x00ff_ffff, raw >> 24 != 0) } else { (raw, false) };
-                    if !bitfield && bits % 8 == 0 {
-                        found.entry(format!("{s}.{m}")).or_insert(bits / 8);
-                    }
-                }
+        let mut members = Vec::new();
+        if kind == 4 || kind == 5 {
+            for i in 0..vlen {
+                let member = body + i * 12;
+                let truncated = || BtfError::Truncated(member);
+                let name = u32_at(types, member).ok_or_else(truncated)?;
+                let type_id = u32_at(types, member + 4).ok_or_else(truncated)?;
+                let raw = u32_at(types, member + 8).ok_or_else(truncated)?;
+                // With kind_flag the top 8 bits are a bitfield size; 0 means a plain member.
+                let (bits, bitfield) = if kind_flag { (raw & 0x00ff_ffff, raw >> 24 != 0) } else { (raw, false) };
+                members.push((name, type_id, bits, bitfield));
             }
         }
+        records.push((kind, name_off, members));
         at = body + trailer;
     }
+    let mut found = BTreeMap::new();
+    for (s, m) in wanted {
+        let structs = records.iter().filter(|(kind, name, _)| *kind == 4 && string(strings, *name) == *s);
+        for (_, _, members) in structs {
+            if let Some(bits) = find_member(&records, strings, members, m, 0) {
+                found.insert(format!("{s}.{m}"), bits / 8);
+                break;
+            }
+        }
+    }
     Ok(found)
+}
+
+/// A struct or union member: name offset, type id, offset in bits, whether a bitfield.
+type Member = (u32, u32, u32, bool);
+type Members = [Member];
+/// A type record: kind, name offset, members (structs and unions only).
+type Record = (u32, u32, Vec<Member>);
+
+/// The bit offset of member `wanted` among `members`, looking inside anonymous struct and
+/// union members (a kernel may move a field into one, e.g. `struct file`'s `f_path`).
+fn find_member(records: &[Record], strings: &[u8], members: &Members, wanted: &str, depth: u32) -> Option<u32> {
+    for &(name, type_id, bits, bitfield) in members {
+        let member_name = string(strings, name);
+        if member_name == wanted {
+            return (!bitfield && bits % 8 == 0).then_some(bits);
+        }
+        if member_name.is_empty()
+            && depth < 8
+            && let Some((4 | 5, _, inner)) = records.get(type_id as usize)
+            && let Some(found) = find_member(records, strings, inner, wanted, depth + 1)
+        {
+            return Some(bits + found);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -152,5 +186,9 @@ mod tests {
         let offsets = member_offsets(&blob, FIELDS).expect("kernel BTF parses");
         // struct socket { socket_state state; short type; ... } on every kernel since 2.6.
         assert_eq!(offsets.get("socket.type"), Some(&4));
+        // The exec and file adapters' fields exist on every kernel we support.
+        for key in ["linux_binprm.file", "file.f_path", "file.f_mode"] {
+            assert!(offsets.contains_key(key), "{key} missing from {offsets:?}");
+        }
     }
 }

@@ -6,6 +6,8 @@ use palisade_proto::v1;
 
 /// Size of one record.
 pub const RECORD_SIZE: usize = 72;
+/// Where the path starts in `exec` and `files` records.
+pub const PATH_OFFSET: usize = 80;
 
 const FLAG_DENY: u32 = 1;
 const FLAG_AUDIT: u32 = 4;
@@ -67,14 +69,26 @@ pub fn decode(
     } else {
         IpAddr::V4(Ipv4Addr::new(record[32], record[33], record[34], record[35]))
     };
-    let hook = match u32_at(record, 52) {
+    let hook_id = u32_at(record, 52);
+    let hook = match hook_id {
         1 => "cgroup/connect4",
         2 => "cgroup/connect6",
         3 => "lsm/socket_connect",
         4 => "cgroup/bind4",
         5 => "cgroup/bind6",
         6 => "lsm/socket_bind",
+        7 => "lsm/bprm_check_security",
+        8 => "lsm/file_open",
         _ => "unknown",
+    };
+    // exec and files records carry the path after the header (bundle.proto).
+    let is_path = matches!(hook_id, 7 | 8);
+    let path = match record.get(PATH_OFFSET..).filter(|_| is_path) {
+        Some(bytes) => {
+            let end = bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len());
+            String::from_utf8_lossy(&bytes[..end]).into_owned()
+        }
+        None => String::new(),
     };
     let comm_bytes = &record[56..72];
     let comm_end = comm_bytes.iter().position(|&c| c == 0).unwrap_or(comm_bytes.len());
@@ -100,13 +114,23 @@ pub fn decode(
         comm: String::from_utf8_lossy(&comm_bytes[..comm_end]).into_owned(),
         uid: u32_at(record, 20),
         cgroup_id: u64_at(record, 8),
-        address: address.to_string(),
+        address: if is_path { String::new() } else { address.to_string() },
         port: u32::from(u16::from_be_bytes([record[48], record[49]])),
         protocol: match record[51] {
-            1 => v1::Protocol::Tcp,
-            2 => v1::Protocol::Udp,
+            1 if !is_path => v1::Protocol::Tcp,
+            2 if !is_path => v1::Protocol::Udp,
             _ => v1::Protocol::Unspecified,
         } as i32,
+        path,
+        access: if hook_id == 8 {
+            [(1, v1::FileAccess::Read), (2, v1::FileAccess::Write)]
+                .into_iter()
+                .filter(|(bit, _)| record[51] & bit != 0)
+                .map(|(_, a)| a as i32)
+                .collect()
+        } else {
+            Vec::new()
+        },
         bundle_digest: digest.to_owned(),
         time: Some(time),
         would_deny: flags & FLAG_WOULD_DENY != 0,
@@ -141,6 +165,22 @@ mod tests {
         r[52..56].copy_from_slice(&1_u32.to_le_bytes());
         r[56..60].copy_from_slice(b"curl");
         r
+    }
+
+    #[test]
+    fn decode_reads_the_path_and_access_of_a_file_record() {
+        let mut r = record();
+        r[32..52].fill(0);
+        r[51] = 2;
+        r[52..56].copy_from_slice(&8_u32.to_le_bytes());
+        r.resize(332, 0);
+        r[PATH_OFFSET..PATH_OFFSET + 11].copy_from_slice(b"/etc/shadow");
+        // bpf_d_path leaves bytes after the NUL that are not ours.
+        r[PATH_OFFSET + 12..PATH_OFFSET + 15].copy_from_slice(b"xyz");
+        let e = decode(&r, &content(), "d1", 0).expect("decodes");
+        assert_eq!((e.hook.as_str(), e.path.as_str()), ("lsm/file_open", "/etc/shadow"));
+        assert_eq!(e.access, vec![v1::FileAccess::Write as i32]);
+        assert_eq!((e.address.as_str(), e.protocol), ("", v1::Protocol::Unspecified as i32));
     }
 
     #[test]

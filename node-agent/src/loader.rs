@@ -137,8 +137,12 @@ pub struct Datapath {
 }
 
 /// The BPF-LSM programs a bundle carries: (hook enum value, LSM hook name).
-const LSM_HOOKS: [(i32, &str); 2] =
-    [(v1::Hook::LsmSocketConnect as i32, "socket_connect"), (v1::Hook::LsmSocketBind as i32, "socket_bind")];
+const LSM_HOOKS: [(i32, &str); 4] = [
+    (v1::Hook::LsmSocketConnect as i32, "socket_connect"),
+    (v1::Hook::LsmSocketBind as i32, "socket_bind"),
+    (v1::Hook::LsmBprmCheckSecurity as i32, "bprm_check_security"),
+    (v1::Hook::LsmFileOpen as i32, "file_open"),
+];
 
 /// The cgroup programs a bundle carries, in attach order.
 const CGROUP_HOOKS: [(i32, &str); 4] = [

@@ -56,6 +56,12 @@ pub struct PolicyDocument {
     /// Network sections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
+    /// Program execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<PathSection>,
+    /// File opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<PathSection>,
 }
 
 /// Policy mode.
@@ -154,6 +160,47 @@ pub struct Rule {
     /// Protocols.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub protocols: Vec<Protocol>,
+    /// Human description.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// File access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Opened for reading.
+    Read,
+    /// Opened for writing.
+    Write,
+}
+
+/// An `exec` or `files` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathSection {
+    /// Action for operations no rule decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Action>,
+    /// Rules in order.
+    #[serde(default)]
+    pub rules: Vec<PathRule>,
+}
+
+/// A path rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathRule {
+    /// Stable rule id.
+    pub id: String,
+    /// What a match does.
+    pub action: Action,
+    /// Path patterns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Accesses (`files` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<Access>,
     /// Human description.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
@@ -281,6 +328,8 @@ impl PolicyDocument {
                 bind: n.bind.as_ref().map(Section::to_proto),
             }),
             description: self.description.clone(),
+            exec: self.exec.as_ref().map(PathSection::to_proto),
+            files: self.files.as_ref().map(PathSection::to_proto),
         }
     }
 
@@ -307,6 +356,8 @@ impl PolicyDocument {
                     bind: n.bind.as_ref().map(|s| Section::from_proto(s, "network.bind")).transpose()?,
                 }),
             },
+            exec: p.exec.as_ref().map(|s| PathSection::from_proto(s, "exec")).transpose()?,
+            files: p.files.as_ref().map(|s| PathSection::from_proto(s, "files")).transpose()?,
         })
     }
 
@@ -353,23 +404,14 @@ impl Section {
     }
 
     fn from_proto(s: &v1::RuleSection, path: &str) -> Result<Self, DocumentError> {
-        let default = match v1::Action::try_from(s.default) {
-            Ok(v1::Action::Unspecified) => None,
-            Ok(a) => Some(Action::from_proto(a)),
-            Err(_) => return Err(unknown_enum(&format!("{path}.default"), s.default)),
-        };
+        let default = section_default(s.default, path)?;
         let rules = s
             .rules
             .iter()
             .enumerate()
             .map(|(i, r)| {
                 let rule_path = format!("{path}.rules[{i}]");
-                let action = match v1::Action::try_from(r.action) {
-                    Ok(v1::Action::Unspecified) | Err(_) => {
-                        return Err(unknown_enum(&format!("{rule_path}.action"), r.action));
-                    }
-                    Ok(a) => Action::from_proto(a),
-                };
+                let action = rule_action(r.action, &rule_path)?;
                 let protocols = r
                     .protocols
                     .iter()
@@ -395,6 +437,76 @@ impl Section {
             })
             .collect::<Result<_, _>>()?;
         Ok(Self { default, rules })
+    }
+}
+
+impl PathSection {
+    fn to_proto(&self) -> v1::PathSection {
+        v1::PathSection {
+            default: self.default.map_or(v1::Action::Unspecified, Action::to_proto) as i32,
+            rules: self
+                .rules
+                .iter()
+                .map(|r| v1::PathRule {
+                    id: r.id.clone(),
+                    action: r.action.to_proto() as i32,
+                    paths: r.paths.clone(),
+                    access: r
+                        .access
+                        .iter()
+                        .map(|a| match a {
+                            Access::Read => v1::FileAccess::Read as i32,
+                            Access::Write => v1::FileAccess::Write as i32,
+                        })
+                        .collect(),
+                    description: r.description.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn from_proto(s: &v1::PathSection, path: &str) -> Result<Self, DocumentError> {
+        let rules = s
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let rule_path = format!("{path}.rules[{i}]");
+                let access = r
+                    .access
+                    .iter()
+                    .enumerate()
+                    .map(|(j, a)| match v1::FileAccess::try_from(*a) {
+                        Ok(v1::FileAccess::Read) => Ok(Access::Read),
+                        Ok(v1::FileAccess::Write) => Ok(Access::Write),
+                        _ => Err(unknown_enum(&format!("{rule_path}.access[{j}]"), *a)),
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(PathRule {
+                    id: r.id.clone(),
+                    action: rule_action(r.action, &rule_path)?,
+                    paths: r.paths.clone(),
+                    access,
+                    description: r.description.clone(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { default: section_default(s.default, path)?, rules })
+    }
+}
+
+fn section_default(value: i32, path: &str) -> Result<Option<Action>, DocumentError> {
+    match v1::Action::try_from(value) {
+        Ok(v1::Action::Unspecified) => Ok(None),
+        Ok(a) => Ok(Some(Action::from_proto(a))),
+        Err(_) => Err(unknown_enum(&format!("{path}.default"), value)),
+    }
+}
+
+fn rule_action(value: i32, rule_path: &str) -> Result<Action, DocumentError> {
+    match v1::Action::try_from(value) {
+        Ok(v1::Action::Unspecified) | Err(_) => Err(unknown_enum(&format!("{rule_path}.action"), value)),
+        Ok(a) => Ok(Action::from_proto(a)),
     }
 }
 
@@ -470,6 +582,22 @@ network:
         assert_eq!(err.path, "mode");
         let err = parse("name: a\nnetwork: {connect: {rules: [{id: r, action: permit}]}}").expect_err("bad enum");
         assert_eq!(err.path, "network.connect.rules[0].action");
+        let err = parse("name: a\nfiles: {rules: [{id: r, action: deny, access: [execute]}]}").expect_err("bad enum");
+        assert_eq!(err.path, "files.rules[0].access[0]");
+        let err = parse("name: a\nexec: {rules: [{id: r, action: deny, pathz: [/x]}]}").expect_err("unknown field");
+        assert_eq!(err.path, "exec.rules[0].pathz");
+    }
+
+    #[test]
+    fn parse_path_sections_round_trip_through_proto() {
+        let text = "name: a\nexec:\n  default: deny\n  rules:\n  - id: e\n    action: allow\n    paths:\n    - /usr/bin/\nfiles:\n  rules:\n  - id: f\n    action: deny\n    paths:\n    - /etc/shadow\n    access:\n    - write\n";
+        let doc = parse(text).expect("parses");
+        let proto = doc.to_proto();
+        assert_eq!(proto.files.as_ref().map(|f| f.rules[0].access.clone()), Some(vec![v1::FileAccess::Write as i32]));
+        assert_eq!(PolicyDocument::from_proto(&proto).expect("back"), doc);
+        let mut bad = proto;
+        bad.files.as_mut().expect("files").rules[0].access = vec![7];
+        assert_eq!(PolicyDocument::from_proto(&bad).expect_err("unknown").path, "files.rules[0].access[0]");
     }
 
     #[test]

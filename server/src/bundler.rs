@@ -26,9 +26,8 @@ use crate::{
 /// Most distinct compiled bundles kept in memory.
 const CACHE_ENTRIES: usize = 256;
 
-/// Offsets used when a node did not report its own (only LSM programs read them; these are
-/// the values of every kernel since 2.6 for `socket.type`).
-pub const DEFAULT_OFFSETS: KernelOffsets = KernelOffsets { socket_type: 4 };
+/// Offsets used when a node did not report its own (only LSM programs read them).
+pub const DEFAULT_OFFSETS: KernelOffsets = KernelOffsets::LINUX_6_12;
 
 /// Lets a test change a bundle after compilation (to hand an agent a bundle its kernel
 /// rejects). Never set in production.
@@ -80,8 +79,7 @@ pub fn failsafe(node: &NodeContext) -> Vec<Failsafe> {
 
 /// Kernel offsets reported by the node, or the defaults.
 pub fn offsets(features: Option<&v1::KernelFeatures>) -> KernelOffsets {
-    let reported = features.and_then(|f| f.btf_offsets.get(KernelOffsets::SOCKET_TYPE)).copied();
-    KernelOffsets { socket_type: reported.unwrap_or(DEFAULT_OFFSETS.socket_type) }
+    KernelOffsets::from_reported(|key| features.and_then(|f| f.btf_offsets.get(key)).copied(), DEFAULT_OFFSETS)
 }
 
 /// Compiles a policy set (blocking; call from `spawn_blocking` for large sets).

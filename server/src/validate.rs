@@ -22,6 +22,10 @@ pub const MAX_RULES: usize = 65_536;
 pub const MAX_CIDRS: usize = 4096;
 /// Most port entries in one rule.
 pub const MAX_PORTS: usize = 1024;
+/// Most path patterns in one rule.
+pub const MAX_PATHS: usize = 4096;
+/// Longest path pattern (the kernel programs resolve paths of up to this many bytes).
+pub const MAX_PATH: usize = palisade_compiler::model::MAX_PATH;
 /// Longest description.
 pub const MAX_DESCRIPTION: usize = 1024;
 /// Longest cgroup path.
@@ -69,6 +73,12 @@ pub fn policy(policy: &v1::Policy) -> Result<v1::Policy, Vec<Violation>> {
     }
     if let Some(bind) = out.network.as_mut().and_then(|n| n.bind.as_mut()) {
         check_section(&mut v, "network.bind", bind, &mut rule_ids);
+    }
+    if let Some(exec) = out.exec.as_mut() {
+        check_path_section(&mut v, "exec", exec, &mut rule_ids);
+    }
+    if let Some(files) = out.files.as_mut() {
+        check_path_section(&mut v, "files", files, &mut rule_ids);
     }
     v.finish().map(|()| out)
 }
@@ -173,17 +183,30 @@ fn check_cgroup(v: &mut Violations, field: &str, path: &str) -> String {
     trimmed.to_owned()
 }
 
-fn check_section(v: &mut Violations, field: &str, section: &mut v1::RuleSection, ids: &mut HashSet<String>) {
-    section.default = match v1::Action::try_from(section.default) {
+/// Checks and normalises a section default (unset → allow).
+fn check_default(v: &mut Violations, field: &str, default: &mut i32) {
+    *default = match v1::Action::try_from(*default) {
         Ok(v1::Action::Unspecified) => v1::Action::Allow as i32,
         Ok(a) => a as i32,
         Err(_) => {
-            v.push(format!("{field}.default"), format!("unknown action {}", section.default));
-            section.default
+            v.push(format!("{field}.default"), format!("unknown action {default}"));
+            *default
         }
     };
-    if section.rules.len() > MAX_RULES {
-        v.push(format!("{field}.rules"), format!("has {} rules, the limit is {MAX_RULES}", section.rules.len()));
+}
+
+/// Checks a section's rule count; false when there are too many to look at.
+fn check_rule_count(v: &mut Violations, field: &str, count: usize) -> bool {
+    if count > MAX_RULES {
+        v.push(format!("{field}.rules"), format!("has {count} rules, the limit is {MAX_RULES}"));
+        return false;
+    }
+    true
+}
+
+fn check_section(v: &mut Violations, field: &str, section: &mut v1::RuleSection, ids: &mut HashSet<String>) {
+    check_default(v, field, &mut section.default);
+    if !check_rule_count(v, field, section.rules.len()) {
         return;
     }
     for (i, rule) in section.rules.iter_mut().enumerate() {
@@ -191,17 +214,95 @@ fn check_section(v: &mut Violations, field: &str, section: &mut v1::RuleSection,
     }
 }
 
-fn check_rule(v: &mut Violations, field: &str, rule: &mut v1::NetworkRule, ids: &mut HashSet<String>) {
-    let id_field = format!("{field}.id");
-    check_rule_id(v, &id_field, &rule.id);
-    if !ids.insert(rule.id.clone()) && !rule.id.is_empty() {
-        v.push(&id_field, format!("duplicate rule id {:?}: ids must be unique within the policy", rule.id));
+fn check_path_section(v: &mut Violations, field: &str, section: &mut v1::PathSection, ids: &mut HashSet<String>) {
+    check_default(v, field, &mut section.default);
+    if !check_rule_count(v, field, section.rules.len()) {
+        return;
     }
-    match v1::Action::try_from(rule.action) {
+    for (i, rule) in section.rules.iter_mut().enumerate() {
+        let rule_field = format!("{field}.rules[{i}]");
+        check_rule_head(v, &rule_field, &rule.id, rule.action, ids);
+        if rule.paths.len() > MAX_PATHS {
+            v.push(
+                format!("{rule_field}.paths"),
+                format!("has {} entries, the limit is {MAX_PATHS}", rule.paths.len()),
+            );
+        } else {
+            for (j, path) in rule.paths.iter().enumerate() {
+                if let Err(reason) = check_path_pattern(path) {
+                    v.push(format!("{rule_field}.paths[{j}]"), reason);
+                }
+            }
+        }
+        if field != "files" && !rule.access.is_empty() {
+            v.push(format!("{rule_field}.access"), "only files rules have an access list");
+        }
+        let mut seen = HashSet::new();
+        for (j, access) in rule.access.iter().enumerate() {
+            let path = format!("{rule_field}.access[{j}]");
+            match v1::FileAccess::try_from(*access) {
+                Ok(v1::FileAccess::Read | v1::FileAccess::Write) => {
+                    if !seen.insert(*access) {
+                        v.push(path, "duplicate access");
+                    }
+                }
+                _ => v.push(path, format!("unknown access {access}: use read or write")),
+            }
+        }
+        check_description(v, &format!("{rule_field}.description"), &rule.description);
+    }
+}
+
+/// A path pattern (semantics §12.3): absolute, canonical, at most one trailing `*`.
+fn check_path_pattern(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} is not absolute: paths start with '/'"));
+    }
+    if path.len() > MAX_PATH {
+        return Err(format!("is {} bytes, the limit is {MAX_PATH}", path.len()));
+    }
+    if path.contains('\0') {
+        return Err("contains a NUL byte".to_owned());
+    }
+    let body = path.strip_suffix('*').unwrap_or(path);
+    if body.contains('*') {
+        return Err(format!("{path:?} has a '*' before the end: only one trailing '*' is supported"));
+    }
+    if let Some(c) = body.chars().find(|c| matches!(c, '?' | '[' | ']')) {
+        return Err(format!("{path:?} contains {c:?}: the only wildcard is a trailing '*'"));
+    }
+    // Components between the leading '/' and a trailing '/' or '*' must be real names.
+    let inner = body.trim_start_matches('/');
+    let inner = inner.strip_suffix('/').unwrap_or(inner);
+    if body.starts_with("//") || (!inner.is_empty() && inner.split('/').any(str::is_empty)) {
+        return Err(format!("{path:?} has an empty component (\"//\"): the kernel reports canonical paths"));
+    }
+    let mut components: Vec<&str> = inner.split('/').collect();
+    if path.ends_with('*') && !body.ends_with('/') {
+        // The last component is the start of a name ("/home/.*"), not a name.
+        components.pop();
+    }
+    if components.iter().any(|c| *c == "." || *c == "..") {
+        return Err(format!("{path:?} has a \".\" or \"..\" component: the kernel reports canonical paths"));
+    }
+    Ok(())
+}
+
+fn check_rule_head(v: &mut Violations, field: &str, id: &str, action: i32, ids: &mut HashSet<String>) {
+    let id_field = format!("{field}.id");
+    check_rule_id(v, &id_field, id);
+    if !ids.insert(id.to_owned()) && !id.is_empty() {
+        v.push(&id_field, format!("duplicate rule id {id:?}: ids must be unique within the policy"));
+    }
+    match v1::Action::try_from(action) {
         Ok(v1::Action::Unspecified) => v.push(format!("{field}.action"), "is required: allow, deny or audit"),
         Ok(_) => {}
-        Err(_) => v.push(format!("{field}.action"), format!("unknown action {}", rule.action)),
+        Err(_) => v.push(format!("{field}.action"), format!("unknown action {action}")),
     }
+}
+
+fn check_rule(v: &mut Violations, field: &str, rule: &mut v1::NetworkRule, ids: &mut HashSet<String>) {
+    check_rule_head(v, field, &rule.id, rule.action, ids);
     if rule.cidrs.len() > MAX_CIDRS {
         v.push(format!("{field}.cidrs"), format!("has {} entries, the limit is {MAX_CIDRS}", rule.cidrs.len()));
     } else {

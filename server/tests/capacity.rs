@@ -25,7 +25,7 @@ fn doc(name: &str, base_port: u32, ranges: u32) -> String {
 fn port_entries(docs: &[&str]) -> u32 {
     let policies: Vec<v1::Policy> = docs.iter().map(|d| document::parse(d).expect("parses").to_proto()).collect();
     let set = PolicySet::new(policies.iter().map(|p| (p, 1)), Vec::new()).expect("model");
-    let compiled = compile(&set, KernelOffsets { socket_type: 4 }).expect("compiles");
+    let compiled = compile(&set, KernelOffsets::LINUX_6_12).expect("compiles");
     compiled.content.maps.iter().find(|m| m.name == "pal_ports").map_or(0, |m| m.entries.len() as u32)
 }
 

@@ -469,7 +469,16 @@ async fn health_reports_serving_and_compile_policy_reports_programs(pool: PgPool
     let sections: Vec<_> = compiled.programs.iter().map(|p| p.section.as_str()).collect();
     assert_eq!(
         sections,
-        ["cgroup/connect4", "cgroup/connect6", "lsm/socket_connect", "cgroup/bind4", "cgroup/bind6", "lsm/socket_bind"]
+        [
+            "cgroup/connect4",
+            "cgroup/connect6",
+            "lsm/socket_connect",
+            "cgroup/bind4",
+            "cgroup/bind6",
+            "lsm/socket_bind",
+            "lsm/bprm_check_security",
+            "lsm/file_open"
+        ]
     );
     assert!(compiled.programs.iter().all(|p| p.instructions > 10));
     assert!(compiled.disassembly.contains("web@0/block"), "{}", compiled.disassembly);

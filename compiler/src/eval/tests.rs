@@ -56,39 +56,56 @@ fn node_labels(spec: &str) -> BTreeMap<String, String> {
     spec.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
 
-fn run_row(example: &Example, row: &[String]) -> (Decision, PolicySet) {
-    let mut parts = row[0].split_whitespace();
-    let protocol = match parts.next() {
-        Some("tcp") => Protocol::Tcp,
-        Some("udp") => Protocol::Udp,
-        other => panic!("{}: bad protocol {other:?}", example.name),
+fn run_row(example: &Example, row: &[String]) -> (Decision, PolicySet, crate::model::Operation) {
+    use crate::model::{ACCESS_READ, ACCESS_WRITE, Operation};
+    let words: Vec<&str> = row[0].split_whitespace().collect();
+    // `exec PATH`, `open ACCESS PATH` or `PROTOCOL DESTINATION`, then overrides.
+    let (kind, rest) = match words.as_slice() {
+        ["exec", path, rest @ ..] => ((Operation::Exec, (*path).to_owned(), 0), rest),
+        ["open", access, path, rest @ ..] => {
+            let bits = match *access {
+                "read" => ACCESS_READ,
+                "write" => ACCESS_WRITE,
+                "read+write" => ACCESS_READ | ACCESS_WRITE,
+                other => panic!("{}: bad access {other:?}", example.name),
+            };
+            ((Operation::Files, (*path).to_owned(), bits), rest)
+        }
+        [protocol, destination, rest @ ..] => ((Operation::Connect, format!("{protocol} {destination}"), 0), rest),
+        _ => panic!("{}: bad attempt {:?}", example.name, row[0]),
     };
-    let destination: SocketAddr = parts.next().expect("destination").parse().expect("socket address");
     let mut context = example.context.clone();
-    context.extend(parse_assignments(&parts.collect::<Vec<_>>().join(" ")));
+    context.extend(parse_assignments(&rest.join(" ")));
     let labels = node_labels(&context["node"]);
     let held = example.policies.iter().filter(|p| model::node_selected(p, &labels)).map(|p| (p, 1));
     let set = PolicySet::new(held, Vec::new()).expect("model");
-    let attempt = Attempt {
-        operation: crate::model::Operation::Connect,
-        cgroup: model::cgroup_components(&context["cgroup"]),
-        uid: context["uid"].parse().expect("uid"),
-        addr: destination.ip(),
-        port: destination.port(),
-        protocol,
+    let cgroup = model::cgroup_components(&context["cgroup"]);
+    let uid = context["uid"].parse().expect("uid");
+    let (operation, target, access) = kind;
+    let decision = if operation.is_path() {
+        evaluate_path(&set, &PathAttempt { operation, cgroup, uid, path: target.into_bytes(), access })
+    } else {
+        let (protocol, destination) = target.split_once(' ').expect("protocol and destination");
+        let protocol = match protocol {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            other => panic!("{}: bad protocol {other:?}", example.name),
+        };
+        let destination: SocketAddr = destination.parse().expect("socket address");
+        evaluate(&set, &Attempt { operation, cgroup, uid, addr: destination.ip(), port: destination.port(), protocol })
     };
-    (evaluate(&set, &attempt), set)
+    (decision, set, operation)
 }
 
 #[test]
 fn evaluate_matches_every_worked_example_in_the_semantics_doc() {
     let examples = examples();
-    assert!(examples.len() >= 6, "found {} examples", examples.len());
+    assert!(examples.len() >= 11, "found {} examples", examples.len());
     let mut rows = 0;
     for example in &examples {
         for row in &example.rows {
             rows += 1;
-            let (decision, set) = run_row(example, row);
+            let (decision, set, op) = run_row(example, row);
             let verdict = match decision.verdict {
                 Verdict::Allow => "ALLOW",
                 Verdict::Deny => "DENY",
@@ -99,7 +116,7 @@ fn evaluate_matches_every_worked_example_in_the_semantics_doc() {
                     let p = &set.policies[r.policy];
                     let rule = match r.rule {
                         RuleName::Default => "default".to_owned(),
-                        RuleName::Rule(i) => p.connect.as_ref().expect("section").rules[i].id.clone(),
+                        RuleName::Rule(i) => p.rule_id(op, i).expect("rule").to_owned(),
                     };
                     let kind = match r.kind {
                         ReportKind::Deny => "DENY",
@@ -118,7 +135,7 @@ fn evaluate_matches_every_worked_example_in_the_semantics_doc() {
             );
         }
     }
-    assert!(rows >= 30, "only {rows} rows checked");
+    assert!(rows >= 44, "only {rows} rows checked");
 }
 
 fn set(yaml: &str) -> PolicySet {
@@ -162,4 +179,39 @@ fn decide_audit_rule_is_named_before_audit_default() {
     assert_eq!(d.report, Some(Report { kind: ReportKind::Audit, policy: 0, rule: RuleName::Rule(0) }));
     let d = evaluate(&s, &attempt("10.0.0.1", 81));
     assert_eq!(d.report, Some(Report { kind: ReportKind::Audit, policy: 0, rule: RuleName::Default }));
+}
+
+fn path_attempt(op: crate::model::Operation, path: &str, access: u8) -> PathAttempt {
+    PathAttempt { operation: op, cgroup: vec!["demo".into()], uid: 0, path: path.as_bytes().to_vec(), access }
+}
+
+#[test]
+fn evaluate_path_unresolved_paths_match_only_rules_without_paths() {
+    use crate::model::Operation;
+    let s = set("name: p\nexec:\n  default: deny\n  rules:\n    - {id: all, action: allow, paths: [/]}\n");
+    let long = format!("/{}", "a".repeat(MAX_PATH));
+    assert_eq!(evaluate_path(&s, &path_attempt(Operation::Exec, "/bin/x", 0)).verdict, Verdict::Allow);
+    let d = evaluate_path(&s, &path_attempt(Operation::Exec, &long, 0));
+    assert_eq!(d.verdict, Verdict::Deny, "a path the programs cannot hold is unresolved");
+    assert_eq!(d.report.map(|r| r.rule), Some(RuleName::Default));
+    let s = set("name: p\nexec:\n  rules:\n    - {id: any, action: deny}\n");
+    assert_eq!(evaluate_path(&s, &path_attempt(Operation::Exec, &long, 0)).verdict, Verdict::Deny);
+}
+
+#[test]
+fn evaluate_path_reports_read_before_write_and_would_deny_before_audit() {
+    use crate::model::{ACCESS_READ, ACCESS_WRITE, Operation};
+    let s = set(
+        "name: p\nfiles:\n  rules:\n    - {id: r, action: deny, access: [read], paths: [/x]}\n    - {id: w, action: deny, access: [write], paths: [/x]}\n",
+    );
+    let d = evaluate_path(&s, &path_attempt(Operation::Files, "/x", ACCESS_READ | ACCESS_WRITE));
+    assert_eq!(d.report.map(|r| r.rule), Some(RuleName::Rule(0)));
+    let d = evaluate_path(&s, &path_attempt(Operation::Files, "/x", ACCESS_WRITE));
+    assert_eq!(d.report.map(|r| r.rule), Some(RuleName::Rule(1)));
+    let s = set(
+        "name: a\nfiles:\n  rules:\n    - {id: look, action: audit, access: [read], paths: [/x]}\n---\nname: b\nmode: audit\nfiles:\n  rules:\n    - {id: w, action: deny, access: [write], paths: [/x]}\n",
+    );
+    let d = evaluate_path(&s, &path_attempt(Operation::Files, "/x", ACCESS_READ | ACCESS_WRITE));
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert_eq!(d.report.map(|r| (r.kind, r.policy)), Some((ReportKind::WouldDeny, 1)));
 }

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::{
     arbitrary::{self, Space},
-    eval::evaluate,
+    eval::{evaluate, evaluate_path},
     model::{Action, Default, Mode, Operation, Policy, Ports, Rule, Section, cgroup_components},
 };
 
@@ -33,21 +33,43 @@ proptest! {
             let plan = plans.iter().find(|p| p.operation == attempt.operation).expect("a plan per operation");
             let want = evaluate(&set, &attempt);
             let got = plan.lookup(class_of(plan, &attempt.cgroup), attempt.uid, attempt.addr, attempt.port, attempt.protocol);
-            let got_verdict = if got.is_some_and(|v| v.flags & FLAG_DENY != 0) { Verdict::Deny } else { Verdict::Allow };
-            prop_assert_eq!(got_verdict, want.verdict, "attempt {:?}", attempt);
-            let got_report = got.filter(|v| v.flags & FLAG_EVENT != 0).map(|v| (plan.rules[v.rule as usize], v.flags));
-            let want_report = want.report.map(|r| {
-                let mut flags = FLAG_EVENT | if want.verdict == Verdict::Deny { FLAG_DENY } else { 0 };
-                match r.kind {
-                    ReportKind::Deny => {}
-                    ReportKind::WouldDeny => flags |= FLAG_AUDIT | FLAG_WOULD_DENY,
-                    ReportKind::Audit => flags |= FLAG_AUDIT,
-                }
-                (RuleRef { policy: r.policy, rule: r.rule }, flags)
-            });
-            prop_assert_eq!(got_report, want_report, "attempt {:?}", attempt);
+            prop_assert_eq!(observed(plan, got), expected(&want), "attempt {:?}", attempt);
         }
     }
+
+    #[test]
+    fn plan_path_lookup_equals_reference(
+        set in arbitrary::policy_set(&Space::under("")),
+        attempts in prop::collection::vec(arbitrary::path_attempt(&Space::under("")), 20),
+    ) {
+        let plans: Vec<Plan> = [Operation::Exec, Operation::Files].iter().map(|&op| plan(&set, op)).collect();
+        for attempt in attempts {
+            let plan = plans.iter().find(|p| p.operation == attempt.operation).expect("a plan per operation");
+            let want = evaluate_path(&set, &attempt);
+            let got = plan.lookup_path(class_of(plan, &attempt.cgroup), attempt.uid, &attempt.path, attempt.access);
+            prop_assert_eq!(observed(plan, got), expected(&want), "attempt {:?}", attempt);
+        }
+    }
+}
+
+/// What the kernel would do with a looked-up value: verdict, and the event's rule and flags.
+fn observed(plan: &Plan, got: Option<Value>) -> (Verdict, Option<(RuleRef, u32)>) {
+    let verdict = if got.is_some_and(|v| v.flags & FLAG_DENY != 0) { Verdict::Deny } else { Verdict::Allow };
+    (verdict, got.filter(|v| v.flags & FLAG_EVENT != 0).map(|v| (plan.rules[v.rule as usize], v.flags)))
+}
+
+/// The same, from the reference evaluator's decision.
+fn expected(want: &Decision) -> (Verdict, Option<(RuleRef, u32)>) {
+    let report = want.report.map(|r| {
+        let mut flags = FLAG_EVENT | if want.verdict == Verdict::Deny { FLAG_DENY } else { 0 };
+        match r.kind {
+            ReportKind::Deny => {}
+            ReportKind::WouldDeny => flags |= FLAG_AUDIT | FLAG_WOULD_DENY,
+            ReportKind::Audit => flags |= FLAG_AUDIT,
+        }
+        (RuleRef { policy: r.policy, rule: r.rule }, flags)
+    });
+    (want.verdict, report)
 }
 
 #[test]
@@ -60,6 +82,8 @@ fn plan_port_ranges_become_aligned_blocks() {
             cgroup: Vec::new(),
             uid: None,
             bind: None,
+            exec: None,
+            files: None,
             connect: Some(Section {
                 default: Default::Allow,
                 rules: vec![Rule {

@@ -1,11 +1,14 @@
-//! `connect-probe [--cgroup DIR] (tcp|udp|bind-tcp|bind-udp) ADDR PORT`: moves itself into a
-//! cgroup, makes one connect(2) (or bind(2)) and prints `ok` or the errno name; the exit code is 0 for ok, 1 for EPERM, 2
-//! for anything else. Tests use it to act as a workload in a cgroup they created.
+//! `connect-probe [--cgroup DIR] (tcp|udp|bind-tcp|bind-udp) ADDR PORT`, or
+//! `connect-probe [--cgroup DIR] (exec|open-read|open-write|open-rw) PATH`: moves itself into a
+//! cgroup, makes one connect(2), bind(2), execve(2) (of `PATH` as `busybox true`: a
+//! busybox copy in the guest suite) or open(2), and prints `ok` or the errno name; the exit code is 0 for ok, 1
+//! for EPERM, 2 for anything else. Tests use it to act as a workload in a cgroup they created.
 #![allow(clippy::print_stdout, reason = "the probe reports on stdout")]
 
 use std::{
     io::{self, Write as _},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    os::unix::process::CommandExt as _,
     process::ExitCode,
     time::Duration,
 };
@@ -24,6 +27,20 @@ fn main() -> ExitCode {
             println!("cgroup: {e}");
             return ExitCode::from(3);
         }
+    }
+    if let [mode, path] = args.as_slice() {
+        let mut options = std::fs::OpenOptions::new();
+        let result = match mode.as_str() {
+            // argv[0] "busybox" makes a renamed busybox run the applet named by argv[1].
+            "exec" => std::process::Command::new(path).arg0("busybox").arg("true").status().and_then(|status| {
+                if status.success() { Ok(()) } else { Err(io::Error::other(format!("exited with {status}"))) }
+            }),
+            "open-read" => options.read(true).open(path).map(drop),
+            "open-write" => options.write(true).open(path).map(drop),
+            "open-rw" => options.read(true).write(true).open(path).map(drop),
+            _ => Err(io::Error::other(format!("unknown mode {mode}"))),
+        };
+        return report(result);
     }
     let [proto, addr, port] = args.as_slice() else {
         println!("usage: connect-probe [--cgroup DIR] (tcp|udp) ADDR PORT");
@@ -44,6 +61,10 @@ fn main() -> ExitCode {
         let bind: SocketAddr = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap_or(target);
         UdpSocket::bind(bind).and_then(|s| s.connect(target))
     };
+    report(result)
+}
+
+fn report(result: io::Result<()>) -> ExitCode {
     match result {
         Ok(()) => {
             println!("ok");

@@ -46,7 +46,7 @@ impl Suite {
 fn offsets() -> KernelOffsets {
     let blob = std::fs::read("/sys/kernel/btf/vmlinux").unwrap_or_default();
     let found = btf::member_offsets(&blob, btf::FIELDS).unwrap_or_default();
-    KernelOffsets { socket_type: found.get(KernelOffsets::SOCKET_TYPE).copied().unwrap_or(4) }
+    KernelOffsets::from_reported(|key| found.get(key).copied(), KernelOffsets::LINUX_6_12)
 }
 
 fn bundle(yaml: &str, generation: u64) -> Result<v1::Bundle, String> {
@@ -57,6 +57,14 @@ fn bundle(yaml: &str, generation: u64) -> Result<v1::Bundle, String> {
     let set = PolicySet::new(policies.iter().map(|p| (p, generation)), Vec::new()).map_err(|e| e.to_string())?;
     let compiled = compile(&set, offsets()).map_err(|e| e.to_string())?;
     Ok(v1::Bundle { generation, digest: compiled.digest, content: compiled.bytes, signature: Vec::new() })
+}
+
+/// Runs the probe in `cgroup` on a path (`exec`, `open-read`, `open-write`, `open-rw`).
+fn path_op(cgroup: &Path, mode: &str, path: &str) -> String {
+    match Command::new(PROBE).arg("--cgroup").arg(cgroup).args([mode, path]).output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        Err(e) => format!("probe: {e}"),
+    }
 }
 
 /// Runs the connect probe in `cgroup`: "ok", "EPERM" or the error text.
@@ -157,6 +165,8 @@ fn main() {
     swap_under_load(&mut suite, &mut datapath, &mut apply, &work, port);
 
     bind_denied(&mut suite, &mut datapath, &mut apply, &work, &other, other_port);
+    exec_checks(&mut suite, &mut datapath, &mut apply, &work, &other);
+    file_checks(&mut suite, &mut datapath, &mut apply, &work, &other);
     datapath = restart_and_reject(&mut suite, datapath, &mut apply, &work, port);
 
     let _ = datapath.remove_all();
@@ -239,6 +249,133 @@ fn bind_denied(
         "bind_denied_with_eperm_and_reported",
         loaded.is_ok() && denied == "EPERM" && elsewhere == "ok" && outside == "ok" && event_ok,
         format!("loaded={loaded:?} denied={denied} elsewhere={elsewhere} outside={outside} events={}", events.len()),
+    );
+}
+
+/// Executables for the exec checks: copies of busybox (`PATH true` runs its `true` applet),
+/// so each has its own path and inode.
+fn make_tools() -> Result<(), String> {
+    for dir in ["/tmp/tools", "/tmp/tools/sub"] {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+    }
+    for name in ["blocked", "allowed", "watched", "sub/inner", "glob-one"] {
+        let path = format!("/tmp/tools/{name}");
+        std::fs::copy("/bin/busybox", &path).map_err(|e| format!("{path}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `exec` through `lsm/bprm_check_security`: exact, subtree and trailing-`*` paths denied with
+/// EPERM and reported with the path; other binaries run; audit rules report without denying;
+/// processes outside the cgroup are unaffected; a default-deny section allow-lists.
+fn exec_checks(
+    suite: &mut Suite,
+    datapath: &mut Datapath,
+    apply: &mut impl FnMut(&mut Datapath, &str, &mut Vec<v1::DecisionEvent>) -> Result<(), String>,
+    work: &Path,
+    other: &Path,
+) {
+    let mut drained = Vec::new();
+    let tools = make_tools();
+    let yaml = "name: lsm-exec\nworkload: {cgroup: /work}\nexec:\n  rules:\n    - {id: no-blocked, action: deny, paths: [/tmp/tools/blocked, /tmp/tools/sub/, /tmp/tools/glob*]}\n    - {id: watch, action: audit, paths: [/tmp/tools/watched]}\n";
+    let loaded = apply(datapath, yaml, &mut drained);
+    let blocked = path_op(work, "exec", "/tmp/tools/blocked");
+    let subtree = path_op(work, "exec", "/tmp/tools/sub/inner");
+    let glob = path_op(work, "exec", "/tmp/tools/glob-one");
+    let allowed = path_op(work, "exec", "/tmp/tools/allowed");
+    let outside = path_op(other, "exec", "/tmp/tools/blocked");
+    let watched = path_op(work, "exec", "/tmp/tools/watched");
+    let mut events = Vec::new();
+    datapath.drain(&mut events);
+    let seen: Vec<String> = events
+        .iter()
+        .filter(|e| e.hook == "lsm/bprm_check_security")
+        .map(|e| format!("{}:{}:{}", e.rule_id, e.verdict, e.path))
+        .collect();
+    suite.check(
+        "exec_denied_with_eperm_other_binary_runs",
+        tools.is_ok() && loaded.is_ok() && blocked == "EPERM" && allowed == "ok" && outside == "ok",
+        format!("tools={tools:?} loaded={loaded:?} blocked={blocked} allowed={allowed} outside={outside}"),
+    );
+    suite.check(
+        "exec_subtree_and_trailing_star_match",
+        subtree == "EPERM" && glob == "EPERM",
+        format!("subtree={subtree} glob={glob}"),
+    );
+    let want = [
+        "no-blocked:2:/tmp/tools/blocked",
+        "no-blocked:2:/tmp/tools/sub/inner",
+        "no-blocked:2:/tmp/tools/glob-one",
+        "watch:3:/tmp/tools/watched",
+    ];
+    suite.check(
+        "exec_events_name_rule_and_path",
+        watched == "ok" && seen == want,
+        format!("watched={watched} events={seen:?}"),
+    );
+    let yaml = "name: lsm-exec\nworkload: {cgroup: /work}\nexec:\n  default: deny\n  rules:\n    - {id: tools, action: allow, paths: [/tmp/tools/allowed]}\n";
+    let loaded = apply(datapath, yaml, &mut drained);
+    let listed = path_op(work, "exec", "/tmp/tools/allowed");
+    let unlisted = path_op(work, "exec", "/tmp/tools/watched");
+    let mut events = Vec::new();
+    datapath.drain(&mut events);
+    let default_named = events.iter().any(|e| e.rule_id == "default" && e.path == "/tmp/tools/watched");
+    suite.check(
+        "exec_default_deny_allow_lists",
+        loaded.is_ok() && listed == "ok" && unlisted == "EPERM" && default_named,
+        format!("loaded={loaded:?} listed={listed} unlisted={unlisted} default_event={default_named}"),
+    );
+}
+
+/// `files` through `lsm/file_open`: a file denied for write opens for read but not for write
+/// or read+write, with an event naming the rule, path and access; audit mode reports a
+/// would-deny without denying.
+fn file_checks(
+    suite: &mut Suite,
+    datapath: &mut Datapath,
+    apply: &mut impl FnMut(&mut Datapath, &str, &mut Vec<v1::DecisionEvent>) -> Result<(), String>,
+    work: &Path,
+    other: &Path,
+) {
+    let mut drained = Vec::new();
+    let made = std::fs::create_dir_all("/tmp/data")
+        .and_then(|()| std::fs::write("/tmp/data/secret", b"s"))
+        .and_then(|()| std::fs::write("/tmp/data/plain", b"p"));
+    let policy = |mode: &str| {
+        format!(
+            "name: lsm-files\nmode: {mode}\nworkload: {{cgroup: /work}}\nfiles:\n  rules:\n    - {{id: secret-ro, action: deny, access: [write], paths: [/tmp/data/secret]}}\n"
+        )
+    };
+    let loaded = apply(datapath, &policy("enforce"), &mut drained);
+    let read = path_op(work, "open-read", "/tmp/data/secret");
+    let write = path_op(work, "open-write", "/tmp/data/secret");
+    let rw = path_op(work, "open-rw", "/tmp/data/secret");
+    let plain = path_op(work, "open-write", "/tmp/data/plain");
+    let outside = path_op(other, "open-write", "/tmp/data/secret");
+    let mut events = Vec::new();
+    datapath.drain(&mut events);
+    let seen: Vec<String> = events
+        .iter()
+        .filter(|e| e.hook == "lsm/file_open")
+        .map(|e| format!("{}:{}:{}:{:?}", e.rule_id, e.verdict, e.path, e.access))
+        .collect();
+    suite.check(
+        "file_denied_for_write_opens_for_read",
+        made.is_ok() && loaded.is_ok() && read == "ok" && write == "EPERM" && rw == "EPERM" && plain == "ok",
+        format!("made={made:?} loaded={loaded:?} read={read} write={write} rw={rw} plain={plain}"),
+    );
+    suite.check("file_rule_spares_other_cgroups", outside == "ok", &outside);
+    let want = ["secret-ro:2:/tmp/data/secret:[2]", "secret-ro:2:/tmp/data/secret:[1, 2]"];
+    suite.check("file_events_name_rule_path_and_access", seen == want, format!("{seen:?}"));
+    let loaded = apply(datapath, &policy("audit"), &mut drained);
+    let write = path_op(work, "open-write", "/tmp/data/secret");
+    let mut events = Vec::new();
+    datapath.drain(&mut events);
+    let would_deny = events.iter().any(|e| e.would_deny && e.rule_id == "secret-ro" && e.path == "/tmp/data/secret");
+    suite.check(
+        "file_audit_mode_reports_without_denying",
+        loaded.is_ok() && write == "ok" && would_deny,
+        format!("loaded={loaded:?} write={write} would_deny={would_deny}"),
     );
 }
 

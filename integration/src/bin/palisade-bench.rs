@@ -30,7 +30,7 @@ use palisade_compiler::{
 use palisade_proto::v1;
 use prost::Message as _;
 
-const OFFSETS: KernelOffsets = KernelOffsets { socket_type: 4 };
+const OFFSETS: KernelOffsets = KernelOffsets::LINUX_6_12;
 const ROUNDS: usize = 7;
 const CONNECTS: usize = 200_000;
 
@@ -136,6 +136,8 @@ fn set(n: usize, profile: Profile, cgroup: &str) -> PolicySet {
             uid: None,
             connect: Some(Section { default: Default::Allow, rules: rules(n, profile) }),
             bind: None,
+            exec: None,
+            files: None,
         }],
         failsafe: Vec::new(),
     }

@@ -3,8 +3,41 @@
 use palisade_proto::v1::{self, node_service_server::NodeService};
 use tonic::{Request, Response, Status};
 
+use palisade_compiler::model;
+
 use super::{decode_token, encode_token, page_size};
 use crate::{error::ApiError, store::Store, validate};
+
+/// The sections of `policies` selecting `node` that its kernel cannot enforce: `exec` and
+/// `files` need BPF-LSM (semantics §12.5).
+pub fn not_enforceable(node: &v1::Node, policies: &[(v1::Policy, u64)]) -> Vec<v1::UnenforceableSection> {
+    let features = node.features.as_ref();
+    if features.is_some_and(|f| f.bpf_lsm) {
+        return Vec::new();
+    }
+    let reason = match features {
+        Some(f) => format!("BPF-LSM is not available on this node (kernel {})", f.kernel_release),
+        None => "the node has not reported its kernel features".to_owned(),
+    };
+    let labels = node.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut out = Vec::new();
+    for (policy, revision) in policies {
+        if policy.mode == v1::Mode::Disabled as i32 || !model::node_selected(policy, &labels) {
+            continue;
+        }
+        for (section, present) in [("exec", policy.exec.is_some()), ("files", policy.files.is_some())] {
+            if present {
+                out.push(v1::UnenforceableSection {
+                    policy: policy.name.clone(),
+                    revision: *revision,
+                    section: section.to_owned(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+    out
+}
 
 /// Node reads over the store.
 #[derive(Debug, Clone)]
@@ -29,7 +62,11 @@ impl NodeService for NodeApi {
         let limit = page_size(request.page_size)?;
         validate::selector("label_selector", &request.label_selector).map_err(ApiError::Invalid)?;
         let after = decode_token("node", &request.page_token)?;
-        let (nodes, more) = self.store.list_nodes(&request.label_selector, after.as_deref(), limit).await?;
+        let (mut nodes, more) = self.store.list_nodes(&request.label_selector, after.as_deref(), limit).await?;
+        let (_, policies) = self.store.live_policies().await?;
+        for node in &mut nodes {
+            node.not_enforceable = not_enforceable(node, &policies);
+        }
         let next_page_token = match (more, nodes.last()) {
             (true, Some(last)) => encode_token("node", &last.name),
             _ => String::new(),
@@ -42,7 +79,9 @@ impl NodeService for NodeApi {
         if request.name.is_empty() {
             return Err(ApiError::invalid("name", "must not be empty").into());
         }
-        let node = self.store.get_node(&request.name).await?;
+        let mut node = self.store.get_node(&request.name).await?;
+        let (_, policies) = self.store.live_policies().await?;
+        node.not_enforceable = not_enforceable(&node, &policies);
         Ok(Response::new(v1::GetNodeResponse { node: Some(node) }))
     }
 }

@@ -7,7 +7,7 @@ use sqlx::{Postgres, QueryBuilder, Row as _, postgres::PgRow};
 use super::{EVENTS_CHANNEL, Store, from_timestamp, timestamp};
 use crate::error::ApiError;
 
-/// Rows per `INSERT` statement: 17 binds each stays far below PostgreSQL's 65535 limit.
+/// Rows per `INSERT` statement: 19 binds each stays far below PostgreSQL's 65535 limit.
 const INSERT_CHUNK: usize = 1000;
 
 /// Advisory lock key serialising event ingest ("palisade" in ASCII, truncated).
@@ -33,7 +33,7 @@ pub struct EventQuery {
 }
 
 const EVENT_COLUMNS: &str = "id, node, policy, revision, rule_id, verdict, would_deny, hook, pid, comm, uid, \
-     cgroup_id::text AS cgroup_id, address, port, protocol, bundle_digest, event_time, received_at";
+     cgroup_id::text AS cgroup_id, address, port, protocol, bundle_digest, event_time, received_at, path, access";
 
 fn event_from_row(row: &PgRow) -> Result<v1::DecisionEvent, ApiError> {
     let cgroup_id: String = row.try_get("cgroup_id")?;
@@ -56,7 +56,26 @@ fn event_from_row(row: &PgRow) -> Result<v1::DecisionEvent, ApiError> {
         time: Some(timestamp(row.try_get("event_time")?)),
         received_at: Some(timestamp(row.try_get("received_at")?)),
         would_deny: row.try_get("would_deny")?,
+        path: row.try_get("path")?,
+        access: access_list(row.try_get::<i16, _>("access")?),
     })
+}
+
+/// File accesses as stored (bit 1 read, bit 2 write).
+fn access_bits(access: &[i32]) -> i16 {
+    access.iter().fold(0, |bits, a| match v1::FileAccess::try_from(*a) {
+        Ok(v1::FileAccess::Read) => bits | 1,
+        Ok(v1::FileAccess::Write) => bits | 2,
+        _ => bits,
+    })
+}
+
+fn access_list(bits: i16) -> Vec<i32> {
+    [(1, v1::FileAccess::Read), (2, v1::FileAccess::Write)]
+        .into_iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .map(|(_, a)| a as i32)
+        .collect()
 }
 
 impl Store {
@@ -75,7 +94,7 @@ impl Store {
         for chunk in events.chunks(INSERT_CHUNK) {
             let mut query: QueryBuilder<Postgres> = QueryBuilder::new(
                 "INSERT INTO events (node, policy, revision, rule_id, verdict, would_deny, hook, pid, comm, uid, \
-                 cgroup_id, address, port, protocol, bundle_digest, event_time) ",
+                 cgroup_id, address, port, protocol, bundle_digest, event_time, path, access) ",
             );
             query.push_values(chunk, |mut b, e| {
                 b.push_bind(node)
@@ -94,7 +113,9 @@ impl Store {
                     .push_bind(e.port as i32)
                     .push_bind(e.protocol as i16)
                     .push_bind(&e.bundle_digest)
-                    .push_bind(e.time.as_ref().and_then(from_timestamp).unwrap_or(now));
+                    .push_bind(e.time.as_ref().and_then(from_timestamp).unwrap_or(now))
+                    .push_bind(&e.path)
+                    .push_bind(access_bits(&e.access));
             });
             query.push(" RETURNING id");
             let ids: Vec<i64> = query.build_query_scalar().fetch_all(&mut *tx).await?;

@@ -81,6 +81,8 @@ fn node_from_row(row: &PgRow) -> Result<v1::Node, ApiError> {
         applied_generation: row.try_get::<i64, _>("applied_generation")? as u64,
         applied_digest: row.try_get("applied_digest")?,
         last_error,
+        // Computed by the API from the current policies.
+        not_enforceable: Vec::new(),
     })
 }
 

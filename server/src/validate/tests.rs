@@ -126,3 +126,43 @@ fn policy_bind_section_is_validated_like_connect_and_shares_rule_ids() {
         .expect("valid");
     assert_eq!(ok.network.and_then(|n| n.bind).map(|b| b.default), Some(v1::Action::Deny as i32));
 }
+
+#[test]
+fn policy_bad_path_rules_are_reported_with_paths() {
+    let long = format!("/{}", "a".repeat(251));
+    let cases: Vec<(String, &str)> = vec![
+        ("exec: {rules: [{id: r, action: deny, paths: [usr/bin/curl]}]}".into(), "exec.rules[0].paths[0]"),
+        ("exec: {rules: [{id: r, action: deny, paths: [\"/usr//bin\"]}]}".into(), "exec.rules[0].paths[0]"),
+        ("exec: {rules: [{id: r, action: deny, paths: [/usr/../bin]}]}".into(), "exec.rules[0].paths[0]"),
+        ("exec: {rules: [{id: r, action: deny, paths: [/usr/./bin]}]}".into(), "exec.rules[0].paths[0]"),
+        ("exec: {rules: [{id: r, action: deny, paths: [\"/usr/*/bin\"]}]}".into(), "exec.rules[0].paths[0]"),
+        ("exec: {rules: [{id: r, action: deny, paths: [\"/usr/bin/py?\"]}]}".into(), "exec.rules[0].paths[0]"),
+        (format!("exec: {{rules: [{{id: r, action: deny, paths: [{long}]}}]}}"), "exec.rules[0].paths[0]"),
+        ("exec: {rules: [{id: r, action: deny, access: [read]}]}".into(), "exec.rules[0].access"),
+        ("files: {rules: [{id: r, action: deny, access: [read, read]}]}".into(), "files.rules[0].access[1]"),
+        ("files: {rules: [{id: r, action: deny, paths: [/x]}, {id: r, action: allow}]}".into(), "files.rules[1].id"),
+        ("files: {rules: [{id: Bad, action: deny}]}".into(), "files.rules[0].id"),
+    ];
+    for (section, field) in &cases {
+        let p = doc(&format!("name: p\n{section}\n"));
+        assert_eq!(fields(policy(&p)), vec![(*field).to_owned()], "{section}");
+    }
+    // Unknown access values on the wire.
+    let mut p = doc("name: p\nfiles: {rules: [{id: r, action: deny}]}");
+    p.files.as_mut().expect("files").rules[0].access = vec![9];
+    assert_eq!(fields(policy(&p)), vec!["files.rules[0].access[0]"]);
+    // Rule ids are unique across network and path sections.
+    let p =
+        doc("name: p\nnetwork: {connect: {rules: [{id: r, action: deny}]}}\nexec: {rules: [{id: r, action: deny}]}");
+    assert_eq!(fields(policy(&p)), vec!["exec.rules[0].id"]);
+}
+
+#[test]
+fn policy_valid_path_rules_are_accepted_and_normalised() {
+    let p = policy(&doc(
+        "name: p\nexec: {rules: [{id: e, action: deny, paths: [/usr/bin/curl, /opt/, \"/usr/bin/py*\", /, \"/*\", \"/home/.*\"]}]}\nfiles: {rules: [{id: f, action: audit, access: [write], paths: [/etc/]}]}",
+    ))
+    .expect("valid");
+    assert_eq!(p.exec.as_ref().map(|e| e.default), Some(v1::Action::Allow as i32));
+    assert_eq!(p.files.as_ref().map(|f| f.rules[0].access.clone()), Some(vec![v1::FileAccess::Write as i32]));
+}

@@ -16,6 +16,7 @@ use std::{
         unix::fs::MetadataExt as _,
     },
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -134,6 +135,9 @@ pub struct Datapath {
     clock_offset: i128,
     lsm: bool,
     public_key: Option<ed25519_dalek::VerifyingKey>,
+    /// The kernel's BTF, parsed once (LSM loads need it for every program of every
+    /// generation; parsing vmlinux BTF is the slowest part of a load).
+    kernel_btf: std::sync::OnceLock<aya::Btf>,
 }
 
 /// The BPF-LSM programs a bundle carries: (hook enum value, LSM hook name).
@@ -213,7 +217,14 @@ fn sync_cgroup_map(
 impl Datapath {
     /// A datapath with nothing loaded yet.
     pub fn new(paths: Paths) -> Self {
-        Self { paths, active: None, clock_offset: events::monotonic_to_unix_offset(), lsm: false, public_key: None }
+        Self {
+            paths,
+            active: None,
+            clock_offset: events::monotonic_to_unix_offset(),
+            lsm: false,
+            public_key: None,
+            kernel_btf: std::sync::OnceLock::new(),
+        }
     }
 
     /// Verifies every bundle's ed25519 signature against `key` before loading it (and before
@@ -330,9 +341,17 @@ impl Datapath {
         self.drain(drained);
         if let Some(old) = self.active.take()
             && old.gen_dir != gen_dir
-            && let Err(error) = std::fs::remove_dir_all(&old.gen_dir)
         {
-            tracing::warn!(%error, dir = %old.gen_dir.display(), "could not remove the previous generation's pins");
+            // LSM generations overlap (make-before-break): the old programs run until their
+            // links are released, which the kernel finishes asynchronously. Wait for it, so
+            // that an acknowledged generation is exactly what enforces.
+            let old_programs = if self.lsm { program_ids(&old, true) } else { Vec::new() };
+            match std::fs::remove_dir_all(&old.gen_dir) {
+                Ok(()) => wait_released(&old_programs),
+                Err(error) => {
+                    tracing::warn!(%error, dir = %old.gen_dir.display(), "could not remove the previous generation's pins");
+                }
+            }
         }
         active.bundle = bundle;
         tracing::info!(generation = active.bundle.generation, digest = active.bundle.digest, "bundle enforcing");
@@ -390,7 +409,12 @@ impl Datapath {
     /// Loads, attaches and pins the LSM programs of a generation (they enforce from here on,
     /// alongside the previous generation until its pins are removed).
     fn stage_lsm(&self, ebpf: &mut aya::Ebpf, content: &v1::BundleContent, gen_dir: &Path) -> Result<(), LoadError> {
-        let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Unsupported(format!("kernel BTF: {e}")))?;
+        let btf = if let Some(btf) = self.kernel_btf.get() {
+            btf
+        } else {
+            let parsed = aya::Btf::from_sys_fs().map_err(|e| LoadError::Unsupported(format!("kernel BTF: {e}")))?;
+            self.kernel_btf.get_or_init(|| parsed)
+        };
         for (hook, name) in LSM_HOOKS {
             let Some(p) = content.programs.iter().find(|p| p.hook == hook) else { continue };
             let program: &mut aya::programs::Lsm = ebpf
@@ -398,7 +422,7 @@ impl Datapath {
                 .ok_or_else(|| LoadError::Load(format!("program {} missing from the ELF", p.name)))?
                 .try_into()
                 .map_err(|e: ProgramError| LoadError::Load(format!("{}: {e}", p.name)))?;
-            program.load(name, &btf).map_err(|e| program_error(&p.name, e))?;
+            program.load(name, btf).map_err(|e| program_error(&p.name, e))?;
             program
                 .pin(gen_dir.join(format!("prog_{}", p.name)))
                 .map_err(|e| LoadError::Load(format!("pinning {}: {e}", p.name)))?;
@@ -526,15 +550,48 @@ impl Datapath {
     /// Detaches everything this agent attached and removes its pins and state (used by tests
     /// and `palisade-agent --uninstall`).
     pub fn remove_all(&mut self) -> io::Result<()> {
-        self.active = None;
+        let programs = self.active.take().map(|active| program_ids(&active, false)).unwrap_or_default();
         match std::fs::remove_dir_all(&self.paths.bpffs) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
+        // Detaching completes asynchronously once the last pin is gone.
+        wait_released(&programs);
         match std::fs::remove_file(self.paths.state_file()) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// The kernel ids of a generation's pinned programs (every hook, or only the LSM ones).
+fn program_ids(active: &Active, lsm_only: bool) -> Vec<u32> {
+    let lsm_hooks: Vec<i32> = LSM_HOOKS.iter().map(|(hook, _)| *hook).collect();
+    active
+        .content
+        .programs
+        .iter()
+        .filter(|p| !lsm_only || lsm_hooks.contains(&p.hook))
+        .filter_map(|p| sys::obj_get(&active.gen_dir.join(format!("prog_{}", p.name))).ok())
+        .filter_map(|fd| sys::prog_id(fd.as_fd()).ok())
+        .collect()
+}
+
+/// Waits (up to 5 s) until the programs are freed, which the kernel does only after their
+/// links were released and detached.
+fn wait_released(ids: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut pending: Vec<u32> = ids.to_vec();
+    while !pending.is_empty() {
+        pending.retain(|&id| sys::prog_exists(id).unwrap_or(false));
+        if pending.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            tracing::warn!(?pending, "previous generation's programs are still attached after 5 s");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -13,6 +13,8 @@ const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 /// `BPF_F_REPLACE`: the update fails unless the link holds `old_prog_fd`.
 const BPF_F_REPLACE: u32 = 1 << 2;
@@ -31,6 +33,20 @@ struct ObjGetAttr {
     pathname: u64,
     bpf_fd: u32,
     file_flags: u32,
+}
+
+#[repr(C)]
+struct GetFdByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+#[repr(C)]
+struct InfoByFdAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
 }
 
 #[repr(C)]
@@ -94,6 +110,30 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The kernel id of a program (`BPF_OBJ_GET_INFO_BY_FD`; `struct bpf_prog_info` starts with
+/// `type`, then `id`).
+pub fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info = [0_u32; 2];
+    let mut attr = InfoByFdAttr { bpf_fd: prog.as_raw_fd() as u32, info_len: 8, info: info.as_mut_ptr() as u64 };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[1])
+}
+
+/// Whether a program with this id still exists (`BPF_PROG_GET_FD_BY_ID`). A program is freed
+/// only after every link that ran it has been released and detached.
+pub fn prog_exists(id: u32) -> io::Result<bool> {
+    let mut attr = GetFdByIdAttr { id, next_id: 0, open_flags: 0 };
+    match bpf(BPF_PROG_GET_FD_BY_ID, &mut attr) {
+        Ok(fd) => {
+            // SAFETY: BPF_PROG_GET_FD_BY_ID returned a new file descriptor that nothing else owns.
+            drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+            Ok(true)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// `BPF_LINK_UPDATE`: atomically swaps the link's program to `new_prog`. With `old_prog`

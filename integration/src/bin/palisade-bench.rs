@@ -277,7 +277,7 @@ fn run(datapath: &mut Datapath, cgroup: &str) -> anyhow::Result<()> {
 /// Compile time and sizes for both profiles (needs no privileges: `--compile-only`).
 fn compile_table(cgroup: &str) -> anyhow::Result<()> {
     println!(
-        "| profile | rules | compile (ms, median of 3) | bundle bytes | instructions per program (connect4/connect6/lsm connect/bind4/bind6/lsm bind) | map entries (addr4+addr6+ports) |"
+        "| profile | rules | compile (ms, median of 3) | bundle bytes | instructions per program (connect4/connect6/lsm connect/bind4/bind6/lsm bind/lsm exec/lsm file) | map entries (addr4+addr6+ports) |"
     );
     println!("|---|---:|---:|---:|---|---:|");
     // `--profile hosts|uniform` limits the table to one profile (handy under a profiler).

@@ -77,7 +77,8 @@ fn entry(key: Vec<u8>, value: Vec<u8>) -> v1::MapEntry {
     v1::MapEntry { key, value }
 }
 
-fn map(
+/// A bundle map sized for its entries (at least one slot).
+pub fn map(
     name: &str,
     role: v1::MapRole,
     map_type: u32,

@@ -158,7 +158,7 @@ const CGROUP_HOOKS: [(i32, &str); 4] = [
 
 fn map_fd(map: &Map) -> Option<RawFd> {
     match map {
-        Map::HashMap(m) | Map::LpmTrie(m) | Map::RingBuf(m) => Some(m.fd().as_fd().as_raw_fd()),
+        Map::HashMap(m) | Map::LpmTrie(m) | Map::RingBuf(m) | Map::Array(m) => Some(m.fd().as_fd().as_raw_fd()),
         _ => None,
     }
 }

@@ -6,7 +6,8 @@
 //! - compile time for 10, 1,000 and 10,000 rules;
 //! - bundle size, instruction counts and map entries.
 //!
-//! Run as root: `cargo run --release -p palisade-integration --bin palisade-bench`. The
+//! Run as root: `cargo run --release -p palisade-integration --bin palisade-bench` (add
+//! `-- --lookup-costs` for the cost of one lookup per map kind). The
 //! process moves itself into a cgroup it creates, attaches there only, and cleans up.
 #![allow(clippy::print_stdout, reason = "a benchmark prints its table")]
 #![allow(clippy::cast_precision_loss, reason = "nanosecond counts far below 2^52")]
@@ -174,6 +175,176 @@ fn empty_bundle(generation: u64) -> anyhow::Result<v1::Bundle> {
     Ok(v1::Bundle { generation, digest: palisade_proto::sha256_hex(&bytes), content: bytes, signature: Vec::new() })
 }
 
+/// A bundle whose connect4 program runs `body`, then returns 1, with `maps`.
+fn probe_bundle(generation: u64, maps: Vec<v1::BundleMap>, body: impl Fn(&mut Asm)) -> anyhow::Result<v1::Bundle> {
+    let mut a = Asm::new();
+    body(&mut a);
+    a.push(insn::mov64_imm(insn::R0, 1));
+    a.push(insn::exit());
+    let program = a.finish()?;
+    let hook = Hook::Connect4;
+    let elf = write(
+        &[ElfProgram { name: hook.symbol(), section: hook.section(), program: &program }],
+        &palisade_compiler::bundle::map_defs(&maps),
+    )?;
+    let content = v1::BundleContent {
+        format: 1,
+        elf,
+        programs: vec![v1::BundleProgram {
+            name: hook.symbol().into(),
+            section: hook.section().into(),
+            hook: hook.id(),
+            instructions: program.insns.len() as u32,
+        }],
+        maps,
+        ..v1::BundleContent::default()
+    };
+    let bytes = content.encode_to_vec();
+    Ok(v1::Bundle { generation, digest: palisade_proto::sha256_hex(&bytes), content: bytes, signature: Vec::new() })
+}
+
+/// A static map holding `entries`, with at least `min_slots` slots.
+fn static_map(
+    name: &str,
+    map_type: u32,
+    key: u32,
+    value: u32,
+    min_slots: u32,
+    entries: Vec<v1::MapEntry>,
+) -> v1::BundleMap {
+    let mut m = palisade_compiler::bundle::map(name, v1::MapRole::Static, map_type, key, value, entries);
+    m.max_entries = m.max_entries.max(min_slots);
+    m
+}
+
+/// One `bpf_map_lookup_elem(map, r10 + key)`.
+fn lookup_insns(a: &mut Asm, map: &str, key: i16) {
+    a.ld_map(insn::R1, map);
+    a.push(insn::mov64_reg(insn::R2, insn::R10));
+    a.push(insn::alu64_imm(insn::Alu::Add, insn::R2, i32::from(key)));
+    a.push(insn::call(insn::helper::MAP_LOOKUP_ELEM));
+}
+
+/// The measured destination as the programs see it (network order, read as a little-endian u32).
+const TARGET: [u8; 4] = [127, 1, 2, 3];
+
+/// An LPM trie keyed like `pal_addr4` `(64, workload 1, address)` holding the IPv4 prefixes of
+/// `n` rules of the `hosts` profile plus the destination's /8, /16, /24 and /32, and a
+/// program that looks the destination up once.
+fn lpm_probe(generation: u64, n: usize) -> anyhow::Result<v1::Bundle> {
+    let mut entries = Vec::new();
+    let mut key = |len: u8, addr: [u8; 4]| {
+        let mut k = (32 + u32::from(len)).to_le_bytes().to_vec();
+        k.extend_from_slice(&1_u32.to_le_bytes());
+        k.extend_from_slice(&addr);
+        entries.push(v1::MapEntry { key: k, value: 7_u32.to_le_bytes().to_vec() });
+    };
+    for len in [8, 16, 24, 32] {
+        let net = ipnet::Ipv4Net::new(TARGET.into(), len)?.trunc();
+        key(len, net.network().octets());
+    }
+    for rule in rules(n, Profile::Hosts) {
+        if let Some(ipnet::IpNet::V4(net)) = rule.nets.first() {
+            key(net.prefix_len(), net.network().octets());
+        }
+    }
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    entries.dedup_by(|a, b| a.key == b.key);
+    let map = static_map("lc_lpm", 11, 12, 4, 0, entries);
+    probe_bundle(generation, vec![map], |a| {
+        a.push(insn::st(insn::Size::W, insn::R10, -16, 64));
+        a.push(insn::st(insn::Size::W, insn::R10, -12, 1));
+        a.push(insn::st(insn::Size::W, insn::R10, -8, i32::from_le_bytes(TARGET)));
+        lookup_insns(a, "lc_lpm", -16);
+    })
+}
+
+/// A stride-8 walk: four dependent `BPF_MAP_TYPE_ARRAY` lookups (the verifier inlines them),
+/// node `v` byte `b` at index `v * 256 + b`, in an array of 2^20 slots.
+fn array_probe(generation: u64) -> anyhow::Result<v1::Bundle> {
+    let mut entries = Vec::new();
+    let mut node = 1_u32;
+    for byte in TARGET {
+        let index = node * 256 + u32::from(byte);
+        node += 1;
+        entries.push(v1::MapEntry { key: index.to_le_bytes().to_vec(), value: node.to_le_bytes().to_vec() });
+    }
+    let map = static_map("lc_array", 2, 4, 4, 1 << 20, entries);
+    probe_bundle(generation, vec![map], |a| {
+        let done = a.label();
+        a.push(insn::mov64_imm(insn::R6, 1));
+        for byte in TARGET {
+            a.push(insn::alu64_imm(insn::Alu::Lsh, insn::R6, 8));
+            a.push(insn::alu64_imm(insn::Alu::Add, insn::R6, i32::from(byte)));
+            a.push(insn::stx(insn::Size::W, insn::R10, insn::R6, -4));
+            lookup_insns(a, "lc_array", -4);
+            a.jmp_imm(insn::Jmp::Jeq, insn::R0, 0, done);
+            a.push(insn::ldx(insn::Size::W, insn::R6, insn::R0, 0));
+        }
+        a.bind(done);
+    })
+}
+
+/// One lookup in a hash map of 10,000 `u64` keys (the destination's among them).
+fn hash_probe(generation: u64) -> anyhow::Result<v1::Bundle> {
+    let target = u64::from(u32::from_le_bytes(TARGET)) | (1 << 32);
+    let entries = (0..10_000_u64)
+        .map(|i| if i == 0 { target } else { target ^ (i << 40) })
+        .map(|k| v1::MapEntry { key: k.to_le_bytes().to_vec(), value: 7_u32.to_le_bytes().to_vec() })
+        .collect();
+    let map = static_map("lc_hash", 1, 8, 4, 0, entries);
+    probe_bundle(generation, vec![map], |a| {
+        a.push(insn::st(insn::Size::W, insn::R10, -8, i32::from_le_bytes(TARGET)));
+        a.push(insn::st(insn::Size::W, insn::R10, -4, 1));
+        lookup_insns(a, "lc_hash", -8);
+    })
+}
+
+/// `--lookup-costs`: what one lookup of each map kind costs on the connect path, measured
+/// like the main table (interleaved rounds, overhead against no program in the same run).
+/// The numbers behind the choice of structures for the decision core.
+fn run_lookup_costs(datapath: &mut Datapath) -> anyhow::Result<()> {
+    let target: SocketAddr = "127.1.2.3:9".parse()?;
+    let names = [
+        "no program",
+        "empty program",
+        "1 LPM lookup, 10 rules' prefixes",
+        "1 LPM lookup, 10,000 rules' prefixes",
+        "4 dependent array lookups (stride-8 walk)",
+        "1 hash lookup, 10,000 keys",
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let mut generation = 0;
+    let mut drained = Vec::new();
+    // Single lookups are small against the machine's noise: three times the rounds.
+    for _ in 0..3 * ROUNDS {
+        for (i, sample) in samples.iter_mut().enumerate() {
+            generation += 1;
+            match i {
+                0 => datapath.remove_all()?,
+                1 => datapath.apply(empty_bundle(generation)?, &mut drained)?,
+                2 => datapath.apply(lpm_probe(generation, 10)?, &mut drained)?,
+                3 => datapath.apply(lpm_probe(generation, 10_000)?, &mut drained)?,
+                4 => datapath.apply(array_probe(generation)?, &mut drained)?,
+                _ => datapath.apply(hash_probe(generation)?, &mut drained)?,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            sample.push(connect_ns(target)?);
+        }
+    }
+    let m: Vec<f64> = samples.into_iter().map(median).collect();
+    println!("Lookup costs on the cgroup/connect4 path, median of {} interleaved rounds:\n", 3 * ROUNDS);
+    println!("| configuration | ns per connect | above the empty program |");
+    println!("|---|---:|---:|");
+    for (name, ns) in names.iter().zip(&m) {
+        println!("| {name} | {ns:.0} | {:+.0} ns |", ns - m[1]);
+    }
+    println!();
+    println!("- LPM lookup, 10,000 rules' prefixes vs 10: {:.2}x", (m[3] - m[1]) / (m[2] - m[1]));
+    println!("- one inlined array lookup: {:+.1} ns", (m[4] - m[1]) / 4.0);
+    Ok(())
+}
+
 /// Nanoseconds per UDP `connect()` to `target`, best of 3 batches.
 fn connect_ns(target: SocketAddr) -> anyhow::Result<f64> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
@@ -208,6 +379,7 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--compile-only") {
         return compile_table("/palisade-bench");
     }
+    let lookup_costs = std::env::args().any(|a| a == "--lookup-costs");
     // SAFETY: geteuid has no preconditions.
     anyhow::ensure!(unsafe { libc::geteuid() } == 0, "palisade-bench loads BPF programs: run it as root");
     let cgroup2 = palisade_agent::probe::cgroup2_mount().context("no cgroup2 mount")?;
@@ -225,7 +397,7 @@ fn main() -> anyhow::Result<()> {
         cgroup2: cgroup2.clone(),
         attach: dir.clone(),
     });
-    let result = run(&mut datapath, &path);
+    let result = if lookup_costs { run_lookup_costs(&mut datapath) } else { run(&mut datapath, &path) };
     let _ = datapath.remove_all();
     // Move back out so the cgroup can be removed.
     let _ = std::fs::write(cgroup2.join("cgroup.procs"), std::process::id().to_string());

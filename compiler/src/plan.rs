@@ -254,23 +254,38 @@ struct Tables {
     blocks: Vec<PortBlock>,
     rules: Vec<RuleRef>,
     rule_ids: HashMap<RuleRef, u32>,
+    /// Buffers reused across tables (compile time is mostly small allocations otherwise).
+    scratch: Scratch,
+}
+
+/// Reused buffers of [`Tables::table`].
+#[derive(Default)]
+struct Scratch {
+    events: Vec<(u32, bool, Member)>,
+    /// Active members and how many of their ranges cover the sweep position, sorted.
+    active: Vec<(Member, u32)>,
+    here: Vec<Member>,
+    intervals: Vec<(u32, Value)>,
+    matches: Vec<(usize, Matches)>,
 }
 
 impl Tables {
-    /// The port table of one region and protocol.
+    /// The port table of one region and protocol. `initial` is [`initial_matches`] of the
+    /// region's workload class.
     fn table(
         &mut self,
         set: &PolicySet,
         op: Operation,
-        applying: &[usize],
+        initial: &[(usize, Matches)],
         members: &[Member],
         protocol: Protocol,
     ) -> u32 {
         // Sweep the port axis: a member enters the active set where one of its ranges starts
         // and leaves after it ends, so each interval's decision looks only at the members
         // matching there, not at every member of the region.
-        let mut always: Vec<Member> = Vec::new();
-        let mut events: Vec<(u32, bool, Member)> = Vec::new();
+        let mut s = std::mem::take(&mut self.scratch);
+        s.events.clear();
+        s.active.clear();
         for m in members {
             match *m {
                 Member::Rule(p, r) => {
@@ -279,56 +294,63 @@ impl Tables {
                         continue;
                     }
                     if rule.ports.is_empty() {
-                        always.push(*m);
+                        s.active.push((*m, 1));
                     }
                     for range in &rule.ports {
-                        events.push((u32::from(range.first), true, *m));
-                        events.push((u32::from(range.last) + 1, false, *m));
+                        s.events.push((u32::from(range.first), true, *m));
+                        s.events.push((u32::from(range.last) + 1, false, *m));
                     }
                 }
                 Member::Failsafe(i) => match set.failsafe[i].port {
-                    None => always.push(*m),
+                    None => s.active.push((*m, 1)),
                     Some(port) => {
-                        events.push((u32::from(port), true, *m));
-                        events.push((u32::from(port) + 1, false, *m));
+                        s.events.push((u32::from(port), true, *m));
+                        s.events.push((u32::from(port) + 1, false, *m));
                     }
                 },
             }
         }
-        events.sort_unstable();
-        let mut active: BTreeMap<Member, u32> = always.iter().map(|m| (*m, 1)).collect();
-        let mut intervals: Vec<(u32, Value)> = Vec::new();
+        s.events.sort_unstable();
+        s.active.sort_unstable();
+        s.intervals.clear();
         let mut at = 0;
         let mut e = 0;
         while at < 65_536 {
-            while e < events.len() && events[e].0 == at {
-                let (_, enter, m) = events[e];
-                let count = active.entry(m).or_insert(0);
-                if enter {
-                    *count += 1;
-                } else {
-                    *count -= 1;
-                    if *count == 0 {
-                        active.remove(&m);
+            while e < s.events.len() && s.events[e].0 == at {
+                let (_, enter, m) = s.events[e];
+                match (s.active.binary_search_by_key(&m, |(a, _)| *a), enter) {
+                    (Ok(i), true) => s.active[i].1 += 1,
+                    (Err(i), true) => s.active.insert(i, (m, 1)),
+                    (Ok(i), false) => {
+                        s.active[i].1 -= 1;
+                        if s.active[i].1 == 0 {
+                            s.active.remove(i);
+                        }
                     }
+                    // Every exit follows its entry in the sorted events.
+                    (Err(_), false) => {}
                 }
                 e += 1;
             }
-            let next = events.get(e).map_or(65_536, |ev| ev.0);
-            let here: Vec<Member> = active.keys().copied().collect();
-            let decision = cell(set, op, applying, &here, protocol, at as u16);
+            let next = s.events.get(e).map_or(65_536, |ev| ev.0);
+            s.here.clear();
+            s.here.extend(s.active.iter().map(|(m, _)| *m));
+            let decision = cell(set, op, initial, &s.here, protocol, at as u16, &mut s.matches);
             let v = value(&decision, &mut self.rules, &mut self.rule_ids);
-            if intervals.last().is_none_or(|(_, last)| *last != v) {
-                intervals.push((at, v));
+            if s.intervals.last().is_none_or(|(_, last)| *last != v) {
+                s.intervals.push((at, v));
             }
             at = next;
         }
-        if let Some(&id) = self.ids.get(&intervals) {
-            return id;
-        }
-        let id = self.ids.len() as u32;
-        self.emit(id, &intervals);
-        self.ids.insert(intervals, id);
+        let id = if let Some(&id) = self.ids.get(&s.intervals) {
+            id
+        } else {
+            let id = self.ids.len() as u32;
+            self.emit(id, &s.intervals);
+            self.ids.insert(s.intervals.clone(), id);
+            id
+        };
+        self.scratch = s;
         id
     }
 
@@ -393,12 +415,14 @@ fn record(matches: &mut Vec<(usize, Matches)>, p: usize, r: usize, action: crate
 fn cell(
     set: &PolicySet,
     op: Operation,
-    applying: &[usize],
+    initial: &[(usize, Matches)],
     members: &[Member],
     protocol: Protocol,
     port: u16,
+    matches: &mut Vec<(usize, Matches)>,
 ) -> Decision {
-    let mut matches = initial_matches(set, op, applying);
+    matches.clear();
+    matches.extend_from_slice(initial);
     for m in members {
         match *m {
             Member::Failsafe(i) => {
@@ -409,12 +433,12 @@ fn cell(
             Member::Rule(p, r) => {
                 let rule = &set.policies[p].section(op).expect("member policies have a section").rules[r];
                 if rule.matches_protocol(protocol) && rule.matches_port(port) {
-                    record(&mut matches, p, r, rule.action);
+                    record(matches, p, r, rule.action);
                 }
             }
         }
     }
-    decide(set, op, matches)
+    decide(set, op, matches.iter().copied())
 }
 
 /// The decision for paths matched by `members` (`(policy, rule)` pairs) for one access bit.
@@ -557,6 +581,7 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
             plan.paths.extend(path_entries(set, op, applying, w as u32, &mut tables));
             continue;
         }
+        let initial = initial_matches(set, op, applying);
         for v6 in [false, true] {
             let (by_prefix, anywhere) = members_by_prefix(set, op, applying, v6);
             // Prefixes sorted by (network, length) visit containers before contents; a stack
@@ -571,8 +596,8 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
                 members.sort_unstable();
                 members.dedup();
                 let t = [
-                    tables.table(set, op, applying, &members, Protocol::Tcp),
-                    tables.table(set, op, applying, &members, Protocol::Udp),
+                    tables.table(set, op, &initial, &members, Protocol::Tcp),
+                    tables.table(set, op, &initial, &members, Protocol::Udp),
                 ];
                 match net {
                     IpNet::V4(n) => plan.regions4.push(Region { workload: w as u32, net: *n, tables: t }),

@@ -355,6 +355,24 @@ impl Datapath {
         }
         active.bundle = bundle;
         tracing::info!(generation = active.bundle.generation, digest = active.bundle.digest, "bundle enforcing");
+        if !self.lsm {
+            // exec and files decisions need BPF-LSM; the server lists them per policy as not
+            // enforceable on this node (GetNode), and the node's log says so too.
+            let lsm_only: Vec<&str> = active
+                .content
+                .maps
+                .iter()
+                .filter(|m| m.role == v1::MapRole::Static as i32 && !m.entries.is_empty())
+                .filter_map(|m| match m.name.as_str() {
+                    "pale_paths" => Some("exec"),
+                    "palf_paths" => Some("files"),
+                    _ => None,
+                })
+                .collect();
+            if !lsm_only.is_empty() {
+                tracing::warn!(sections = ?lsm_only, "policies have sections this kernel cannot enforce without BPF-LSM");
+            }
+        }
         self.active = Some(active);
         Ok(())
     }

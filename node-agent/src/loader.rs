@@ -339,15 +339,19 @@ impl Datapath {
         }
         write_state(&self.paths, &bundle.encode_to_vec())?;
         self.drain(drained);
-        if let Some(old) = self.active.take()
+        if let Some(mut old) = self.active.take()
             && old.gen_dir != gen_dir
         {
             // LSM generations overlap (make-before-break): the old programs run until their
             // links are released, which the kernel finishes asynchronously. Wait for it, so
             // that an acknowledged generation is exactly what enforces.
-            let old_programs = if self.lsm { program_ids(&old, true) } else { Vec::new() };
+            let old_programs = if self.lsm { lsm_program_ids(&old) } else { Vec::new() };
             match std::fs::remove_dir_all(&old.gen_dir) {
-                Ok(()) => wait_released(&old_programs),
+                Ok(()) => {
+                    wait_released(&old_programs);
+                    // Decisions the old programs made during the overlap.
+                    drain_active(&mut old, self.clock_offset, drained);
+                }
                 Err(error) => {
                     tracing::warn!(%error, dir = %old.gen_dir.display(), "could not remove the previous generation's pins");
                 }
@@ -554,21 +558,17 @@ impl Datapath {
 
     /// Moves every queued event record into `out`.
     pub fn drain(&mut self, out: &mut Vec<v1::DecisionEvent>) {
-        let offset = self.clock_offset;
-        let Some(active) = &mut self.active else { return };
-        let Some(ring) = &mut active.events else { return };
-        while let Some(item) = ring.next() {
-            match events::decode(&item, &active.content, &active.bundle.digest, offset) {
-                Ok(event) => out.push(event),
-                Err(error) => tracing::warn!(%error, "dropping an undecodable event record"),
-            }
+        if let Some(active) = &mut self.active {
+            drain_active(active, self.clock_offset, out);
         }
     }
 
     /// Detaches everything this agent attached and removes its pins and state (used by tests
     /// and `palisade-agent --uninstall`).
     pub fn remove_all(&mut self) -> io::Result<()> {
-        let programs = self.active.take().map(|active| program_ids(&active, false)).unwrap_or_default();
+        // Every pinned generation's programs, also when nothing was adopted (`--uninstall`).
+        self.active = None;
+        let programs = pinned_program_ids(&self.paths.bpffs);
         match std::fs::remove_dir_all(&self.paths.bpffs) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -582,14 +582,38 @@ impl Datapath {
     }
 }
 
-/// The kernel ids of a generation's pinned programs (every hook, or only the LSM ones).
-fn program_ids(active: &Active, lsm_only: bool) -> Vec<u32> {
+/// Moves the events queued in a generation's ring buffer into `out`.
+fn drain_active(active: &mut Active, clock_offset: i128, out: &mut Vec<v1::DecisionEvent>) {
+    let Some(ring) = &mut active.events else { return };
+    while let Some(item) = ring.next() {
+        match events::decode(&item, &active.content, &active.bundle.digest, clock_offset) {
+            Ok(event) => out.push(event),
+            Err(error) => tracing::warn!(%error, "dropping an undecodable event record"),
+        }
+    }
+}
+
+/// The kernel ids of every program pinned in any generation directory under `bpffs`.
+fn pinned_program_ids(bpffs: &Path) -> Vec<u32> {
+    let Ok(dirs) = std::fs::read_dir(bpffs) else { return Vec::new() };
+    dirs.flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with("gen-"))
+        .filter_map(|d| std::fs::read_dir(d.path()).ok())
+        .flat_map(Iterator::flatten)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("prog_"))
+        .filter_map(|e| sys::obj_get(&e.path()).ok())
+        .filter_map(|fd| sys::prog_id(fd.as_fd()).ok())
+        .collect()
+}
+
+/// The kernel ids of a generation's pinned LSM programs.
+fn lsm_program_ids(active: &Active) -> Vec<u32> {
     let lsm_hooks: Vec<i32> = LSM_HOOKS.iter().map(|(hook, _)| *hook).collect();
     active
         .content
         .programs
         .iter()
-        .filter(|p| !lsm_only || lsm_hooks.contains(&p.hook))
+        .filter(|p| lsm_hooks.contains(&p.hook))
         .filter_map(|p| sys::obj_get(&active.gen_dir.join(format!("prog_{}", p.name))).ok())
         .filter_map(|fd| sys::prog_id(fd.as_fd()).ok())
         .collect()

@@ -180,7 +180,12 @@ async fn nodes_shows_registered_agents_and_sections_they_cannot_enforce(pool: Pg
         let hello = v1::SyncRequest {
             message: Some(v1::sync_request::Message::Hello(v1::AgentHello {
                 node_name: name.into(),
-                features: Some(v1::KernelFeatures { kernel_release: "6.18.9".into(), bpf_lsm, ..Default::default() }),
+                features: Some(v1::KernelFeatures {
+                    kernel_release: "6.18.9".into(),
+                    bpf_lsm,
+                    bpf_lsm_paths: bpf_lsm,
+                    ..Default::default()
+                }),
                 ..Default::default()
             })),
         };

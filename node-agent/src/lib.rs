@@ -187,7 +187,10 @@ impl Agent {
         let tracker = TaskTracker::new();
         let stop = shutdown.clone();
         // Network policy goes through BPF-LSM where the kernel allows it, else cgroup hooks.
-        let datapath = Datapath::new(paths).with_lsm(features.bpf_lsm).with_public_key(public_key);
+        let datapath = Datapath::new(paths)
+            .with_lsm(features.bpf_lsm)
+            .with_lsm_paths(features.bpf_lsm_paths)
+            .with_public_key(public_key);
         let (ready_tx, ready) = oneshot::channel();
         let handle = std::thread::Builder::new()
             .name("palisade-datapath".into())

@@ -135,6 +135,9 @@ pub struct Datapath {
     clock_offset: i128,
     lsm: bool,
     public_key: Option<ed25519_dalek::VerifyingKey>,
+    /// Whether the kernel lets BPF-LSM programs resolve paths (`exec`, `files`); without it
+    /// only the network LSM programs are loaded.
+    lsm_paths: bool,
     /// The kernel's BTF, parsed once (LSM loads need it for every program of every
     /// generation; parsing vmlinux BTF is the slowest part of a load).
     kernel_btf: std::sync::OnceLock<aya::Btf>,
@@ -147,6 +150,9 @@ const LSM_HOOKS: [(i32, &str); 4] = [
     (v1::Hook::LsmBprmCheckSecurity as i32, "bprm_check_security"),
     (v1::Hook::LsmFileOpen as i32, "file_open"),
 ];
+
+/// The LSM hooks of the `exec` and `files` sections (they need `bpf_d_path`).
+const PATH_HOOKS: [i32; 2] = [v1::Hook::LsmBprmCheckSecurity as i32, v1::Hook::LsmFileOpen as i32];
 
 /// The cgroup programs a bundle carries, in attach order.
 const CGROUP_HOOKS: [(i32, &str); 4] = [
@@ -223,6 +229,7 @@ impl Datapath {
             clock_offset: events::monotonic_to_unix_offset(),
             lsm: false,
             public_key: None,
+            lsm_paths: true,
             kernel_btf: std::sync::OnceLock::new(),
         }
     }
@@ -245,6 +252,19 @@ impl Datapath {
         self
     }
 
+    /// Whether BPF-LSM programs may resolve paths here (the probe's `bpf_lsm_paths`); when
+    /// not, the `exec` and `files` programs are not loaded (default: they are).
+    #[must_use]
+    pub fn with_lsm_paths(mut self, lsm_paths: bool) -> Self {
+        self.lsm_paths = lsm_paths;
+        self
+    }
+
+    /// The LSM hooks this datapath loads.
+    fn lsm_hooks(&self) -> impl Iterator<Item = (i32, &'static str)> + '_ {
+        LSM_HOOKS.into_iter().filter(|(hook, _)| self.lsm_paths || !PATH_HOOKS.contains(hook))
+    }
+
     /// Whether programs are pinned link-per-generation (LSM) or swapped in stable links.
     fn link_pin(&self, gen_dir: &Path, program: &str) -> PathBuf {
         if self.lsm { gen_dir.join(format!("link_{program}")) } else { self.paths.link(program) }
@@ -263,7 +283,7 @@ impl Datapath {
         let content = verify(&bundle, self.public_key.as_ref())?;
         let gen_dir = self.gen_dir(&bundle);
         let hooks: Vec<i32> = if self.lsm {
-            LSM_HOOKS.iter().map(|(h, _)| *h).collect()
+            self.lsm_hooks().map(|(h, _)| h).collect()
         } else {
             CGROUP_HOOKS.iter().map(|(h, _)| *h).collect()
         };
@@ -359,8 +379,8 @@ impl Datapath {
         }
         active.bundle = bundle;
         tracing::info!(generation = active.bundle.generation, digest = active.bundle.digest, "bundle enforcing");
-        if !self.lsm {
-            // exec and files decisions need BPF-LSM; the server lists them per policy as not
+        if !self.lsm || !self.lsm_paths {
+            // exec and files decisions need BPF-LSM with path resolution; the server lists them per policy as not
             // enforceable on this node (GetNode), and the node's log says so too.
             let lsm_only: Vec<&str> = active
                 .content
@@ -437,7 +457,7 @@ impl Datapath {
             let parsed = aya::Btf::from_sys_fs().map_err(|e| LoadError::Unsupported(format!("kernel BTF: {e}")))?;
             self.kernel_btf.get_or_init(|| parsed)
         };
-        for (hook, name) in LSM_HOOKS {
+        for (hook, name) in self.lsm_hooks() {
             let Some(p) = content.programs.iter().find(|p| p.hook == hook) else { continue };
             let program: &mut aya::programs::Lsm = ebpf
                 .program_mut(&p.name)

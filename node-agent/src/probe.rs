@@ -99,6 +99,35 @@ fn bpf_lsm(btf_available: bool) -> bool {
     }
 }
 
+/// Whether BPF-LSM programs on the path hooks may resolve paths: a `file_open` program that
+/// calls `bpf_d_path` on `&file->f_path` must load, as the `exec` and `files` programs do
+/// (older kernels refuse the helper in LSM programs).
+fn bpf_lsm_paths(f_path: Option<u32>) -> bool {
+    let (Some(f_path), Ok(btf)) = (f_path, aya::Btf::from_sys_fs()) else { return false };
+    let Ok(id) = btf.id_by_type_name_kind("bpf_lsm_file_open", aya_obj::btf::BtfKind::Func) else { return false };
+    let Ok(f_path) = i32::try_from(f_path) else { return false };
+    let program = [
+        sys::insn(0x79, 1, 1, 0, 0),      // r1 = *(u64 *)(r1 + 0): the struct file
+        sys::insn(0x07, 1, 0, 0, f_path), // r1 += offsetof(struct file, f_path)
+        sys::insn(0x7a, 10, 0, -16, 0),   // *(u64 *)(r10 - 16) = 0
+        sys::insn(0x7a, 10, 0, -8, 0),    // *(u64 *)(r10 - 8) = 0
+        sys::insn(0xbf, 2, 10, 0, 0),     // r2 = r10
+        sys::insn(0x07, 2, 0, 0, -16),    // r2 += -16
+        sys::insn(0xb7, 3, 0, 0, 16),     // r3 = 16
+        sys::insn(0x85, 0, 0, 0, 147),    // call bpf_d_path
+        sys::insn(0xb7, 0, 0, 0, 0),      // r0 = 0
+        sys::insn(0x95, 0, 0, 0, 0),      // exit
+    ]
+    .concat();
+    match sys::trial_load_insns(sys::prog_type::LSM, sys::ATTACH_LSM_MAC, id, &program) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, "BPF-LSM cannot resolve paths here: exec and files sections are not enforceable");
+            false
+        }
+    }
+}
+
 /// Probes the running kernel.
 pub fn probe() -> v1::KernelFeatures {
     let btf_blob = std::fs::read("/sys/kernel/btf/vmlinux").ok();
@@ -112,9 +141,11 @@ pub fn probe() -> v1::KernelFeatures {
         })
         .unwrap_or_default();
     let ok = |r: std::io::Result<()>| r.is_ok();
+    let lsm = bpf_lsm(btf_blob.is_some());
     v1::KernelFeatures {
         kernel_release: kernel_release(),
-        bpf_lsm: bpf_lsm(btf_blob.is_some()),
+        bpf_lsm: lsm,
+        bpf_lsm_paths: lsm && bpf_lsm_paths(btf_offsets.get("file.f_path").copied()),
         cgroup_sock_addr: cgroup2_mount().is_some()
             && ok(sys::trial_load(sys::prog_type::CGROUP_SOCK_ADDR, sys::ATTACH_INET4_CONNECT, 0, 1)),
         sock_ops: ok(sys::trial_load(sys::prog_type::SOCK_OPS, 0, 0, 1)),

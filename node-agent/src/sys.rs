@@ -223,18 +223,30 @@ struct ProgLoadAttr {
     attach_btf_id: u32,
 }
 
+/// One encoded instruction: opcode, registers, offset, immediate (`struct bpf_insn`).
+pub fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
+    let mut b = [0_u8; 8];
+    b[0] = code;
+    b[1] = (src << 4) | (dst & 0x0f);
+    b[2..4].copy_from_slice(&off.to_le_bytes());
+    b[4..8].copy_from_slice(&imm.to_le_bytes());
+    b
+}
+
 /// Loads `r0 = ret; exit` as a program of `prog_type` and closes it: the feature probe. An
 /// error means the kernel refuses the type (e.g. EPERM for BPF-LSM on kernels without it).
 pub fn trial_load(prog_type: u32, expected_attach_type: u32, attach_btf_id: u32, ret: i32) -> io::Result<()> {
     // mov64 r0, ret; exit
-    let mut insns = [0_u8; 16];
-    insns[0] = 0xb7;
-    insns[4..8].copy_from_slice(&ret.to_le_bytes());
-    insns[8] = 0x95;
+    let insns = [insn(0xb7, 0, 0, 0, ret), insn(0x95, 0, 0, 0, 0)].concat();
+    trial_load_insns(prog_type, expected_attach_type, attach_btf_id, &insns)
+}
+
+/// Loads encoded instructions as a program of `prog_type` and closes it.
+pub fn trial_load_insns(prog_type: u32, expected_attach_type: u32, attach_btf_id: u32, insns: &[u8]) -> io::Result<()> {
     let license = c"GPL";
     let mut attr = ProgLoadAttr {
         prog_type,
-        insn_cnt: 2,
+        insn_cnt: (insns.len() / 8) as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         log_level: 0,

@@ -88,7 +88,14 @@ fn main() {
         "INFO kernel {} bpf_lsm={} btf={} offsets={:?}",
         features.kernel_release, features.bpf_lsm, features.btf, features.btf_offsets
     );
-    suite.check("probe_reports_bpf_lsm", features.bpf_lsm, format!("kernel {}", features.kernel_release));
+    suite.check(
+        "probe_reports_bpf_lsm_with_paths",
+        features.bpf_lsm && features.bpf_lsm_paths,
+        format!(
+            "kernel {} bpf_lsm={} bpf_lsm_paths={}",
+            features.kernel_release, features.bpf_lsm, features.bpf_lsm_paths
+        ),
+    );
     let Some(cgroup2) = probe::cgroup2_mount() else {
         suite.check("cgroup2_mounted", false, "no cgroup2");
         println!("DONE {} {}", suite.passed, suite.failed);
@@ -110,7 +117,7 @@ fn main() {
         cgroup2: cgroup2.clone(),
         attach: cgroup2.clone(),
     };
-    let mut datapath = Datapath::new(paths).with_lsm(true);
+    let mut datapath = Datapath::new(paths).with_lsm(true).with_lsm_paths(features.bpf_lsm_paths);
     let mut drained = Vec::new();
     let mut generation = 1;
     let mut apply = |datapath: &mut Datapath, yaml: &str, drained: &mut Vec<v1::DecisionEvent>| -> Result<(), String> {

@@ -12,10 +12,11 @@ use crate::{error::ApiError, store::Store, validate};
 /// `files` need BPF-LSM (semantics §12.5).
 pub fn not_enforceable(node: &v1::Node, policies: &[(v1::Policy, u64)]) -> Vec<v1::UnenforceableSection> {
     let features = node.features.as_ref();
-    if features.is_some_and(|f| f.bpf_lsm) {
-        return Vec::new();
-    }
     let reason = match features {
+        Some(f) if f.bpf_lsm && f.bpf_lsm_paths => return Vec::new(),
+        Some(f) if f.bpf_lsm => {
+            format!("this kernel's BPF-LSM cannot resolve paths (bpf_d_path refused; kernel {})", f.kernel_release)
+        }
         Some(f) => format!("BPF-LSM is not available on this node (kernel {})", f.kernel_release),
         None => "the node has not reported its kernel features".to_owned(),
     };
@@ -83,5 +84,45 @@ impl NodeService for NodeApi {
         let (_, policies) = self.store.live_policies().await?;
         node.not_enforceable = not_enforceable(&node, &policies);
         Ok(Response::new(v1::GetNodeResponse { node: Some(node) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_proto::document;
+
+    use super::*;
+
+    fn node(bpf_lsm: bool, bpf_lsm_paths: bool) -> v1::Node {
+        v1::Node {
+            name: "n".into(),
+            labels: [("role".to_owned(), "edge".to_owned())].into(),
+            features: Some(v1::KernelFeatures {
+                kernel_release: "5.10.0".into(),
+                bpf_lsm,
+                bpf_lsm_paths,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn not_enforceable_lists_path_sections_without_lsm_path_support() {
+        let doc = |yaml: &str| document::parse(yaml).expect("parses").to_proto();
+        let policies = vec![
+            (doc("name: a\nexec: {rules: [{id: e, action: deny, paths: [/x]}]}"), 3),
+            (doc("name: b\nnetwork: {connect: {rules: [{id: c, action: deny}]}}"), 1),
+            (doc("name: c\nnode_selector: {match_labels: {role: core}}\nfiles: {}"), 1),
+            (doc("name: d\nmode: disabled\nfiles: {}"), 1),
+        ];
+        let listed = |n: &v1::Node| -> Vec<(String, u64, String)> {
+            not_enforceable(n, &policies).into_iter().map(|u| (u.policy, u.revision, u.section)).collect()
+        };
+        assert!(listed(&node(true, true)).is_empty());
+        assert_eq!(listed(&node(false, false)), [("a".to_owned(), 3, "exec".to_owned())]);
+        let partial = not_enforceable(&node(true, false), &policies);
+        assert_eq!(partial.len(), 1);
+        assert!(partial[0].reason.contains("cannot resolve paths"), "{}", partial[0].reason);
     }
 }

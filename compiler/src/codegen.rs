@@ -229,14 +229,6 @@ impl KernelOffsets {
     pub const FILE_PATH: &'static str = "file.f_path";
     /// BTF key of [`KernelOffsets::file_mode`].
     pub const FILE_MODE: &'static str = "file.f_mode";
-    /// Every key, with the `(struct, member)` it names.
-    pub const FIELDS: [(&'static str, &'static str, &'static str); 4] = [
-        (Self::SOCKET_TYPE, "socket", "type"),
-        (Self::BINPRM_FILE, "linux_binprm", "file"),
-        (Self::FILE_PATH, "file", "f_path"),
-        (Self::FILE_MODE, "file", "f_mode"),
-    ];
-
     /// Offsets from reported `"struct.member"` values (`reported` looks one up), each missing
     /// one taken from `defaults`.
     pub fn from_reported(reported: impl Fn(&str) -> Option<u32>, defaults: Self) -> Self {
@@ -386,7 +378,8 @@ fn protocol_to_r8(a: &mut Asm, tcp: i32, udp: i32, other: Label) {
     a.bind(done);
 }
 
-fn lookup(a: &mut Asm, map: &str, key: i16) {
+/// `r0 = bpf_map_lookup_elem(map, r10 + key)`.
+pub fn lookup(a: &mut Asm, map: &str, key: i16) {
     a.ld_map(R1, map);
     a.push(insn::mov64_reg(R2, R10));
     a.push(insn::alu64_imm(Alu::Add, R2, i32::from(key)));

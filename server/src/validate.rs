@@ -237,18 +237,8 @@ fn check_path_section(v: &mut Violations, field: &str, section: &mut v1::PathSec
         if field != "files" && !rule.access.is_empty() {
             v.push(format!("{rule_field}.access"), "only files rules have an access list");
         }
-        let mut seen = HashSet::new();
-        for (j, access) in rule.access.iter().enumerate() {
-            let path = format!("{rule_field}.access[{j}]");
-            match v1::FileAccess::try_from(*access) {
-                Ok(v1::FileAccess::Read | v1::FileAccess::Write) => {
-                    if !seen.insert(*access) {
-                        v.push(path, "duplicate access");
-                    }
-                }
-                _ => v.push(path, format!("unknown access {access}: use read or write")),
-            }
-        }
+        let known = |a| matches!(v1::FileAccess::try_from(a), Ok(v1::FileAccess::Read | v1::FileAccess::Write));
+        check_enum_list(v, &format!("{rule_field}.access"), &rule.access, known, "access", "read or write");
         check_description(v, &format!("{rule_field}.description"), &rule.description);
     }
 }
@@ -321,19 +311,28 @@ fn check_rule(v: &mut Violations, field: &str, rule: &mut v1::NetworkRule, ids: 
             }
         }
     }
+    let known = |p| matches!(v1::Protocol::try_from(p), Ok(v1::Protocol::Tcp | v1::Protocol::Udp));
+    check_enum_list(v, &format!("{field}.protocols"), &rule.protocols, known, "protocol", "tcp or udp");
+    check_description(v, &format!("{field}.description"), &rule.description);
+}
+
+/// Checks a list of enum values: each one known, none twice.
+fn check_enum_list(
+    v: &mut Violations,
+    field: &str,
+    values: &[i32],
+    known: impl Fn(i32) -> bool,
+    what: &str,
+    hint: &str,
+) {
     let mut seen = HashSet::new();
-    for (j, protocol) in rule.protocols.iter().enumerate() {
-        let path = format!("{field}.protocols[{j}]");
-        match v1::Protocol::try_from(*protocol) {
-            Ok(v1::Protocol::Tcp | v1::Protocol::Udp) => {
-                if !seen.insert(*protocol) {
-                    v.push(path, "duplicate protocol");
-                }
-            }
-            _ => v.push(path, format!("unknown protocol {protocol}: use tcp or udp")),
+    for (j, value) in values.iter().enumerate() {
+        if !known(*value) {
+            v.push(format!("{field}[{j}]"), format!("unknown {what} {value}: use {hint}"));
+        } else if !seen.insert(*value) {
+            v.push(format!("{field}[{j}]"), format!("duplicate {what}"));
         }
     }
-    check_description(v, &format!("{field}.description"), &rule.description);
 }
 
 fn check_rule_id(v: &mut Violations, field: &str, id: &str) {

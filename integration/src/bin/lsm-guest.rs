@@ -59,20 +59,22 @@ fn bundle(yaml: &str, generation: u64) -> Result<v1::Bundle, String> {
     Ok(v1::Bundle { generation, digest: compiled.digest, content: compiled.bytes, signature: Vec::new() })
 }
 
-/// Runs the probe in `cgroup` on a path (`exec`, `open-read`, `open-write`, `open-rw`).
-fn path_op(cgroup: &Path, mode: &str, path: &str) -> String {
-    match Command::new(PROBE).arg("--cgroup").arg(cgroup).args([mode, path]).output() {
+/// Runs the probe in `cgroup` with `args`: "ok", "EPERM" or the error text.
+fn probe_in(cgroup: &Path, args: &[&str]) -> String {
+    match Command::new(PROBE).arg("--cgroup").arg(cgroup).args(args).output() {
         Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
         Err(e) => format!("probe: {e}"),
     }
 }
 
-/// Runs the connect probe in `cgroup`: "ok", "EPERM" or the error text.
+/// A path operation in `cgroup` (`exec`, `open-read`, `open-write`, `open-rw`).
+fn path_op(cgroup: &Path, mode: &str, path: &str) -> String {
+    probe_in(cgroup, &[mode, path])
+}
+
+/// A connect (or `bind-tcp`) in `cgroup`.
 fn connect(cgroup: &Path, proto: &str, addr: &str, port: u16) -> String {
-    match Command::new(PROBE).arg("--cgroup").arg(cgroup).args([proto, addr, &port.to_string()]).output() {
-        Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        Err(e) => format!("probe: {e}"),
-    }
+    probe_in(cgroup, &[proto, addr, &port.to_string()])
 }
 
 fn deny_policy(cgroup: &str, port: u16, mode: &str, default: &str, action: &str) -> String {

@@ -23,7 +23,7 @@ use palisade_agent::loader::{Datapath, Paths};
 use palisade_compiler::{
     asm::Asm,
     bundle::{Compiled, compile},
-    codegen::{Hook, KernelOffsets},
+    codegen::{self, Hook, KernelOffsets},
     elf::{ElfProgram, write},
     insn,
     model::{Action, Default, Mode, Policy, PolicySet, Ports, Protocol, Rule, Section},
@@ -150,52 +150,35 @@ fn bundle(generation: u64, compiled: &Compiled) -> v1::Bundle {
 
 /// A bundle whose connect programs only `return 1`: the cost of the hook itself.
 fn empty_bundle(generation: u64) -> anyhow::Result<v1::Bundle> {
+    probe_bundle(generation, &[Hook::Connect4, Hook::Connect6], Vec::new(), |_| {})
+}
+
+/// A bundle whose programs on `hooks` run `body`, then return 1, with `maps`.
+fn probe_bundle(
+    generation: u64,
+    hooks: &[Hook],
+    maps: Vec<v1::BundleMap>,
+    body: impl Fn(&mut Asm),
+) -> anyhow::Result<v1::Bundle> {
     let mut a = Asm::new();
+    body(&mut a);
     a.push(insn::mov64_imm(insn::R0, 1));
     a.push(insn::exit());
     let program = a.finish()?;
-    let hooks = [Hook::Connect4, Hook::Connect6];
     let programs: Vec<_> =
         hooks.iter().map(|h| ElfProgram { name: h.symbol(), section: h.section(), program: &program }).collect();
     let content = v1::BundleContent {
         format: 1,
-        elf: write(&programs, &[])?,
+        elf: write(&programs, &palisade_compiler::bundle::map_defs(&maps))?,
         programs: hooks
             .iter()
             .map(|h| v1::BundleProgram {
                 name: h.symbol().into(),
                 section: h.section().into(),
                 hook: h.id(),
-                instructions: 2,
+                instructions: program.insns.len() as u32,
             })
             .collect(),
-        ..v1::BundleContent::default()
-    };
-    let bytes = content.encode_to_vec();
-    Ok(v1::Bundle { generation, digest: palisade_proto::sha256_hex(&bytes), content: bytes, signature: Vec::new() })
-}
-
-/// A bundle whose connect4 program runs `body`, then returns 1, with `maps`.
-fn probe_bundle(generation: u64, maps: Vec<v1::BundleMap>, body: impl Fn(&mut Asm)) -> anyhow::Result<v1::Bundle> {
-    let mut a = Asm::new();
-    body(&mut a);
-    a.push(insn::mov64_imm(insn::R0, 1));
-    a.push(insn::exit());
-    let program = a.finish()?;
-    let hook = Hook::Connect4;
-    let elf = write(
-        &[ElfProgram { name: hook.symbol(), section: hook.section(), program: &program }],
-        &palisade_compiler::bundle::map_defs(&maps),
-    )?;
-    let content = v1::BundleContent {
-        format: 1,
-        elf,
-        programs: vec![v1::BundleProgram {
-            name: hook.symbol().into(),
-            section: hook.section().into(),
-            hook: hook.id(),
-            instructions: program.insns.len() as u32,
-        }],
         maps,
         ..v1::BundleContent::default()
     };
@@ -215,14 +198,6 @@ fn static_map(
     let mut m = palisade_compiler::bundle::map(name, v1::MapRole::Static, map_type, key, value, entries);
     m.max_entries = m.max_entries.max(min_slots);
     m
-}
-
-/// One `bpf_map_lookup_elem(map, r10 + key)`.
-fn lookup_insns(a: &mut Asm, map: &str, key: i16) {
-    a.ld_map(insn::R1, map);
-    a.push(insn::mov64_reg(insn::R2, insn::R10));
-    a.push(insn::alu64_imm(insn::Alu::Add, insn::R2, i32::from(key)));
-    a.push(insn::call(insn::helper::MAP_LOOKUP_ELEM));
 }
 
 /// The measured destination as the programs see it (network order, read as a little-endian u32).
@@ -251,11 +226,11 @@ fn lpm_probe(generation: u64, n: usize) -> anyhow::Result<v1::Bundle> {
     entries.sort_by(|a, b| a.key.cmp(&b.key));
     entries.dedup_by(|a, b| a.key == b.key);
     let map = static_map("lc_lpm", 11, 12, 4, 0, entries);
-    probe_bundle(generation, vec![map], |a| {
+    probe_bundle(generation, &[Hook::Connect4], vec![map], |a| {
         a.push(insn::st(insn::Size::W, insn::R10, -16, 64));
         a.push(insn::st(insn::Size::W, insn::R10, -12, 1));
         a.push(insn::st(insn::Size::W, insn::R10, -8, i32::from_le_bytes(TARGET)));
-        lookup_insns(a, "lc_lpm", -16);
+        codegen::lookup(a, "lc_lpm", -16);
     })
 }
 
@@ -270,14 +245,14 @@ fn array_probe(generation: u64) -> anyhow::Result<v1::Bundle> {
         entries.push(v1::MapEntry { key: index.to_le_bytes().to_vec(), value: node.to_le_bytes().to_vec() });
     }
     let map = static_map("lc_array", 2, 4, 4, 1 << 20, entries);
-    probe_bundle(generation, vec![map], |a| {
+    probe_bundle(generation, &[Hook::Connect4], vec![map], |a| {
         let done = a.label();
         a.push(insn::mov64_imm(insn::R6, 1));
         for byte in TARGET {
             a.push(insn::alu64_imm(insn::Alu::Lsh, insn::R6, 8));
             a.push(insn::alu64_imm(insn::Alu::Add, insn::R6, i32::from(byte)));
             a.push(insn::stx(insn::Size::W, insn::R10, insn::R6, -4));
-            lookup_insns(a, "lc_array", -4);
+            codegen::lookup(a, "lc_array", -4);
             a.jmp_imm(insn::Jmp::Jeq, insn::R0, 0, done);
             a.push(insn::ldx(insn::Size::W, insn::R6, insn::R0, 0));
         }
@@ -293,10 +268,10 @@ fn hash_probe(generation: u64) -> anyhow::Result<v1::Bundle> {
         .map(|k| v1::MapEntry { key: k.to_le_bytes().to_vec(), value: 7_u32.to_le_bytes().to_vec() })
         .collect();
     let map = static_map("lc_hash", 1, 8, 4, 0, entries);
-    probe_bundle(generation, vec![map], |a| {
+    probe_bundle(generation, &[Hook::Connect4], vec![map], |a| {
         a.push(insn::st(insn::Size::W, insn::R10, -8, i32::from_le_bytes(TARGET)));
         a.push(insn::st(insn::Size::W, insn::R10, -4, 1));
-        lookup_insns(a, "lc_hash", -8);
+        codegen::lookup(a, "lc_hash", -8);
     })
 }
 

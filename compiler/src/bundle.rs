@@ -3,7 +3,6 @@
 
 use std::fmt::Write as _;
 
-use ipnet::{Ipv4Net, Ipv6Net};
 use palisade_proto::v1;
 use prost::Message as _;
 
@@ -13,7 +12,8 @@ use crate::{
     elf::{self, ElfProgram, MapDef},
     eval::RuleName,
     model::{Operation, PolicySet},
-    plan::{self, Plan, Region},
+    layout,
+    plan::{self, Plan},
 };
 
 /// `BundleContent.format` this compiler writes.
@@ -22,6 +22,7 @@ pub const FORMAT: u32 = 1;
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
 const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 /// LPM tries must not be preallocated (`kernel/bpf/lpm_trie.c`).
@@ -97,17 +98,6 @@ pub fn map(
     }
 }
 
-/// Address-region entries: key `(32 + prefix length, workload, network bytes)`.
-fn regions<N>(regions: &[Region<N>], prefix: impl Fn(&N) -> (u8, Vec<u8>)) -> Vec<v1::MapEntry> {
-    regions
-        .iter()
-        .map(|r| {
-            let (len, network) = prefix(&r.net);
-            entry(lpm_key(32 + u32::from(len), r.workload, &network), pair(r.tables[0], r.tables[1]))
-        })
-        .collect()
-}
-
 /// The ELF map definitions of a bundle's maps.
 pub fn map_defs(maps: &[v1::BundleMap]) -> Vec<MapDef> {
     maps.iter()
@@ -155,29 +145,48 @@ fn plan_maps(plan: &Plan, shift: u32) -> Vec<v1::BundleMap> {
         ));
         return maps_out;
     }
-    let ports = plan
-        .ports
+    let l = &plan.layout;
+    let index = |i: u32| i.to_le_bytes().to_vec();
+    let words = |w: &[u32]| w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let nodes = l.cells.iter().map(|c| entry(index(c.index), pair(c.region, c.child))).collect();
+    let tails = l
+        .tails
         .iter()
-        .map(|b| entry(lpm_key(32 + u32::from(b.len), b.table, &b.port.to_be_bytes()), shifted(&b.value)))
+        .enumerate()
+        .map(|(i, t)| {
+            let mut v = Vec::with_capacity(40);
+            v.extend_from_slice(&t.addr);
+            v.extend_from_slice(&t.mask);
+            v.extend_from_slice(&t.region.to_le_bytes());
+            v.extend_from_slice(&[0; 4]);
+            entry(index(i as u32), v)
+        })
         .collect();
+    let regions = l.regions.iter().enumerate().skip(1).map(|(i, r)| entry(index(i as u32), words(r))).collect();
+    let port_nodes = l
+        .port_nodes
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, n)| {
+            let mut v = n.bounds.to_vec();
+            v.extend_from_slice(&words(&n.slots));
+            entry(index(i as u32), v)
+        })
+        .collect();
+    let values = l.values.iter().enumerate().skip(1).map(|(i, v)| entry(index(i as u32), shifted(v))).collect();
+    let array = |name: &str, value_size: u32, slots: u32, entries: Vec<v1::MapEntry>| {
+        let mut m = map(name, v1::MapRole::Static, BPF_MAP_TYPE_ARRAY, 4, value_size, entries);
+        m.max_entries = slots.max(1);
+        m
+    };
     maps_out.extend([
-        map(
-            names.addr4,
-            v1::MapRole::Static,
-            BPF_MAP_TYPE_LPM_TRIE,
-            12,
-            8,
-            regions(&plan.regions4, |n: &Ipv4Net| (n.prefix_len(), n.network().octets().to_vec())),
-        ),
-        map(
-            names.addr6,
-            v1::MapRole::Static,
-            BPF_MAP_TYPE_LPM_TRIE,
-            24,
-            8,
-            regions(&plan.regions6, |n: &Ipv6Net| (n.prefix_len(), n.network().octets().to_vec())),
-        ),
-        map(names.ports, v1::MapRole::Static, BPF_MAP_TYPE_LPM_TRIE, 10, 8, ports),
+        array(names.nodes, 8, l.nodes * layout::NODE_CELLS, nodes),
+        array(names.tails, 40, l.tails.len() as u32, tails),
+        array(names.regions, 16, l.regions.len() as u32, regions),
+        array(names.ports, 4, l.tables * layout::TABLE_CELLS, l.ports.iter().map(|&(i, c)| entry(index(i), c.to_le_bytes().to_vec())).collect()),
+        array(names.port_nodes, 8 + 4 * layout::PORT_SLOTS as u32, l.port_nodes.len() as u32, port_nodes),
+        array(names.values, 8, l.values.len() as u32, values),
     ]);
     maps_out
 }
@@ -329,7 +338,7 @@ fn render_plan(out: &mut String, plan: &Plan, set: &PolicySet) {
         }
         return;
     }
-    let _ = writeln!(out, "; ---- address regions ({}, {})", names.addr4, names.addr6);
+    let _ = writeln!(out, "; ---- address regions ({}, {}, {})", names.nodes, names.tails, names.regions);
     for r in &plan.regions4 {
         let _ = writeln!(
             out,
@@ -344,11 +353,13 @@ fn render_plan(out: &mut String, plan: &Plan, set: &PolicySet) {
             r.workload, r.net, r.tables[0], r.tables[1]
         );
     }
-    let _ = writeln!(out, "; ---- port decisions ({})", names.ports);
-    for b in &plan.ports {
-        let size = 1_u32 << (16 - u32::from(b.len));
-        let last = u32::from(b.port) + size - 1;
-        let _ = writeln!(out, ";   table {} ports {}-{last} -> {}", b.table, b.port, decision(&b.value));
+    let _ = writeln!(out, "; ---- port decisions ({}, {}, {})", names.ports, names.port_nodes, names.values);
+    for (t, table) in plan.tables.iter().enumerate() {
+        let _ = writeln!(out, ";   table {t} other ports -> {}", decision(&table.default));
+        for (i, (first, v)) in table.intervals.iter().enumerate().filter(|(_, (_, v))| *v != table.default) {
+            let last = table.intervals.get(i + 1).map_or(65_535, |(s, _)| s - 1);
+            let _ = writeln!(out, ";   table {t} ports {first}-{last} -> {}", decision(v));
+        }
     }
 }
 

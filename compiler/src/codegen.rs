@@ -7,6 +7,7 @@
 //! through `allow:`/`deny:`, so the return values are exactly two constants per hook.
 
 use crate::{
+    layout,
     asm::{Asm, AsmError, Label, Program},
     insn::{self, Alu, Jmp, R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Size, helper},
     model::Operation,
@@ -27,12 +28,18 @@ pub mod maps {
         pub cgroups: &'static str,
         /// (class, uid) → workload class.
         pub workloads: &'static str,
-        /// (workload, IPv4 prefix) → port tables.
-        pub addr4: &'static str,
-        /// (workload, IPv6 prefix) → port tables.
-        pub addr6: &'static str,
-        /// (port table, port prefix) → decision.
+        /// Address trie nodes (array of 256-cell nodes).
+        pub nodes: &'static str,
+        /// Address tails (array).
+        pub tails: &'static str,
+        /// Regions: port tables and their defaults (array).
+        pub regions: &'static str,
+        /// Port tables, 256 cells each (array).
         pub ports: &'static str,
+        /// Port nodes, 16 cells each (array).
+        pub port_nodes: &'static str,
+        /// Decisions by value id (array).
+        pub values: &'static str,
         /// (workload, path prefix) → decision (`exec`, `files`).
         pub paths: &'static str,
     }
@@ -41,9 +48,12 @@ pub mod maps {
     pub const CONNECT: Names = Names {
         cgroups: "pal_cgroups",
         workloads: "pal_workloads",
-        addr4: "pal_addr4",
-        addr6: "pal_addr6",
+        nodes: "pal_nodes",
+        tails: "pal_tails",
+        regions: "pal_regions",
         ports: "pal_ports",
+        port_nodes: "pal_pnodes",
+        values: "pal_values",
         paths: "",
     };
 
@@ -51,9 +61,12 @@ pub mod maps {
     pub const BIND: Names = Names {
         cgroups: "palb_cgroups",
         workloads: "palb_workloads",
-        addr4: "palb_addr4",
-        addr6: "palb_addr6",
+        nodes: "palb_nodes",
+        tails: "palb_tails",
+        regions: "palb_regions",
         ports: "palb_ports",
+        port_nodes: "palb_pnodes",
+        values: "palb_values",
         paths: "",
     };
 
@@ -61,9 +74,12 @@ pub mod maps {
     pub const EXEC: Names = Names {
         cgroups: "pale_cgroups",
         workloads: "pale_workloads",
-        addr4: "",
-        addr6: "",
+        nodes: "",
+        tails: "",
+        regions: "",
         ports: "",
+        port_nodes: "",
+        values: "",
         paths: "pale_paths",
     };
 
@@ -71,9 +87,12 @@ pub mod maps {
     pub const FILES: Names = Names {
         cgroups: "palf_cgroups",
         workloads: "palf_workloads",
-        addr4: "",
-        addr6: "",
+        nodes: "",
+        tails: "",
+        regions: "",
         ports: "",
+        port_nodes: "",
+        values: "",
         paths: "palf_paths",
     };
 
@@ -245,7 +264,7 @@ impl KernelOffsets {
 // Stack layout (offsets from r10). Everything passed to a helper is fully written first.
 const EVENT: i16 = -72; // 72-byte event record
 const ADDR_KEY: i16 = -104; // prefixlen u32, workload u32, address (4 or 16 bytes)
-const PORT_KEY: i16 = -120; // prefixlen u32, table u32, port u16 (network order)
+const INDEX_KEY: i16 = -120; // u32 array index
 const UID_KEY: i16 = -128; // class u32, uid u32
 const CGROUP_KEY: i16 = -136; // cgroup id u64
 const SOCKADDR: i16 = -168; // 28 bytes of sockaddr_in6 (LSM adapter)
@@ -428,30 +447,20 @@ fn workload_class(a: &mut Asm, plan: &Plan, allow: Label) {
     }
 }
 
-/// The shared decision core for one address family.
+/// The shared decision core for one address family (the structures: [`crate::layout`]).
+///
+/// r6 = node, then the region's default value; r7 = port (network order); r8 = protocol;
+/// r9 = workload, then the region id, then the decision.
 fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Label) {
-    let udp = a.label();
-    let have_table = a.label();
     let verdict = a.label();
+    let names = maps::of(plan.operation);
     a.comment(format!("core ({}): workload class", if v6 { "IPv6" } else { "IPv4" }));
     workload_class(a, plan, allow);
-    a.comment("address region");
-    a.push(insn::stx(Size::W, R10, R9, ADDR_KEY + 4));
-    a.push(insn::st(Size::W, R10, ADDR_KEY, if v6 { 32 + 128 } else { 32 + 32 }));
-    let names = maps::of(plan.operation);
-    lookup(a, if v6 { names.addr6 } else { names.addr4 }, ADDR_KEY);
-    a.jmp_imm(Jmp::Jeq, R0, 0, allow);
-    a.jmp_imm(Jmp::Jeq, R8, 2, udp);
-    a.push(insn::ldx(Size::W, R1, R0, 0));
-    a.ja(have_table);
-    a.bind(udp);
-    a.push(insn::ldx(Size::W, R1, R0, 4));
-    a.bind(have_table);
-    a.comment("port decision");
-    a.push(insn::stx(Size::W, R10, R1, PORT_KEY + 4));
-    a.push(insn::stx(Size::H, R10, R7, PORT_KEY + 8));
-    a.push(insn::st(Size::W, R10, PORT_KEY, 32 + 16));
-    lookup(a, names.ports, PORT_KEY);
+    address_region(a, names, v6);
+    port_value(a, names, allow);
+    a.comment("decision");
+    a.push(insn::stx(Size::W, R10, R1, INDEX_KEY));
+    lookup(a, names.values, INDEX_KEY);
     a.jmp_imm(Jmp::Jeq, R0, 0, allow);
     a.push(insn::mov64_reg(R9, R0));
     a.push(insn::ldx(Size::W, R1, R9, 4));
@@ -463,6 +472,115 @@ fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Labe
     a.push(insn::alu64_imm(Alu::And, R1, FLAG_DENY as i32));
     a.jmp_imm(Jmp::Jne, R1, 0, deny);
     a.ja(allow);
+}
+
+/// r9 = workload class → r9 = region id of the destination (in `ADDR_KEY`); r6 is scratch.
+fn address_region(a: &mut Asm, names: maps::Names, v6: bool) {
+    let walked = a.label();
+    let tail = a.label();
+    a.comment("address: one byte per step through 256-cell nodes, from the workload's root (2W - 1 for IPv4, 2W for IPv6), which is also the region of /0; r9 = region of the longest prefix so far");
+    a.push(insn::alu64_imm(Alu::Lsh, R9, 1));
+    if !v6 {
+        a.push(insn::alu64_imm(Alu::Sub, R9, 1));
+    }
+    a.push(insn::mov64_reg(R6, R9));
+    let width: i16 = if v6 { 16 } else { 4 };
+    for byte in 0..width {
+        let no_region = a.label();
+        a.push(insn::mov64_reg(R1, R6));
+        a.push(insn::alu64_imm(Alu::Lsh, R1, 8));
+        a.push(insn::ldx(Size::B, R2, R10, ADDR_KEY + 8 + byte));
+        a.push(insn::alu64_reg(Alu::Or, R1, R2));
+        a.push(insn::stx(Size::W, R10, R1, INDEX_KEY));
+        lookup(a, names.nodes, INDEX_KEY);
+        a.jmp_imm(Jmp::Jeq, R0, 0, walked);
+        a.push(insn::ldx(Size::W, R1, R0, 0));
+        a.jmp_imm(Jmp::Jeq, R1, 0, no_region);
+        a.push(insn::mov64_reg(R9, R1));
+        a.bind(no_region);
+        // Cells of the last byte have no child.
+        if byte + 1 < width {
+            a.push(insn::ldx(Size::W, R6, R0, 4));
+            a.jmp_imm(Jmp::Jeq, R6, 0, walked);
+            a.jmp32_imm(Jmp::Jge, R6, layout::TAIL as i32, tail);
+        }
+    }
+    a.ja(walked);
+    a.bind(tail);
+    a.comment("tail: the one longer prefix below this cell, if the destination is in it");
+    a.push(insn::alu64_imm(Alu::And, R6, !layout::TAIL as i32));
+    a.push(insn::stx(Size::W, R10, R6, INDEX_KEY));
+    lookup(a, names.tails, INDEX_KEY);
+    a.jmp_imm(Jmp::Jeq, R0, 0, walked);
+    let (size, words): (Size, i16) = if v6 { (Size::DW, 2) } else { (Size::W, 1) };
+    for i in 0..words {
+        let step = size.bytes() as i16;
+        a.push(insn::ldx(size, R1, R10, ADDR_KEY + 8 + step * i));
+        a.push(insn::ldx(size, R2, R0, 16 + step * i));
+        a.push(insn::alu64_reg(Alu::And, R1, R2));
+        a.push(insn::ldx(size, R2, R0, step * i));
+        a.jmp_reg(Jmp::Jne, R1, R2, walked);
+    }
+    a.push(insn::ldx(Size::W, R9, R0, 32));
+    a.bind(walked);
+}
+
+/// r9 = region id → r1 = value id of the port (r7) for the protocol (r8); r6 = the
+/// region's default value id.
+fn port_value(a: &mut Asm, names: maps::Names, allow: Label) {
+    let tcp = a.label();
+    let default = a.label();
+    let have_value = a.label();
+    a.comment("region: the protocol's port table (r1) and its default value (r6)");
+    a.push(insn::stx(Size::W, R10, R9, INDEX_KEY));
+    lookup(a, names.regions, INDEX_KEY);
+    a.jmp_imm(Jmp::Jeq, R0, 0, allow);
+    a.jmp_imm(Jmp::Jne, R8, 2, tcp);
+    a.push(insn::alu64_imm(Alu::Add, R0, 8));
+    a.bind(tcp);
+    a.push(insn::ldx(Size::W, R1, R0, 0));
+    a.push(insn::ldx(Size::W, R6, R0, 4));
+    a.comment("port: the high byte in the table, then a nibble per 16-cell node; 0 means the default");
+    a.push(insn::alu64_imm(Alu::Lsh, R1, 8));
+    a.push(insn::mov64_reg(R2, R7));
+    a.push(insn::alu64_imm(Alu::And, R2, 0xff));
+    a.push(insn::alu64_reg(Alu::Or, R1, R2));
+    a.push(insn::stx(Size::W, R10, R1, INDEX_KEY));
+    lookup(a, names.ports, INDEX_KEY);
+    a.jmp_imm(Jmp::Jeq, R0, 0, default);
+    a.push(insn::ldx(Size::W, R1, R0, 0));
+    // r7 holds the port's low byte in bits 8-15. A node's slot is the first j with
+    // low byte < bounds[j], else the last.
+    for level in 0..layout::PORT_LEVELS {
+        let picked = a.label();
+        a.comment(format!("port node level {level}"));
+        a.jmp_imm(Jmp::Jeq, R1, 0, default);
+        a.jmp32_imm(Jmp::Jlt, R1, layout::PORT_NODE as i32, have_value);
+        a.push(insn::alu64_imm(Alu::And, R1, !layout::PORT_NODE as i32));
+        a.push(insn::stx(Size::W, R10, R1, INDEX_KEY));
+        lookup(a, names.port_nodes, INDEX_KEY);
+        a.jmp_imm(Jmp::Jeq, R0, 0, default);
+        a.push(insn::mov64_reg(R2, R7));
+        a.push(insn::alu64_imm(Alu::Rsh, R2, 8));
+        a.push(insn::alu64_imm(Alu::And, R2, 0xff));
+        let slots: Vec<Label> = (0..layout::PORT_SLOTS).map(|_| a.label()).collect();
+        for (j, &slot) in slots.iter().enumerate().take(layout::PORT_SLOTS - 1) {
+            a.push(insn::ldx(Size::B, R3, R0, j as i16));
+            a.jmp_reg(Jmp::Jlt, R2, R3, slot);
+        }
+        for (j, &slot) in slots.iter().enumerate().rev() {
+            a.bind(slot);
+            a.push(insn::ldx(Size::W, R1, R0, (layout::PORT_SLOTS + 4 * j) as i16));
+            if j > 0 {
+                a.ja(picked);
+            }
+        }
+        a.bind(picked);
+    }
+    a.jmp_imm(Jmp::Jne, R1, 0, have_value);
+    a.bind(default);
+    a.push(insn::mov64_reg(R1, R6));
+    a.bind(have_value);
 }
 
 /// Writes the task and decision fields of an event header at `base` (r9 = the decision):

@@ -11,6 +11,7 @@ pub mod disasm;
 pub mod elf;
 pub mod eval;
 pub mod insn;
+pub mod layout;
 pub mod limits;
 pub mod model;
 pub mod plan;

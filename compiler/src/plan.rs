@@ -24,6 +24,7 @@ use std::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::{
+    layout::{self, NetLayout},
     eval::{Decision, Matches, ReportKind, RuleName, Verdict, combine, decide},
     model::{ACCESS_READ, ACCESS_WRITE, MAX_PATH, Operation, PolicySet, Protocol},
 };
@@ -68,17 +69,14 @@ pub struct Value {
     pub flags: u32,
 }
 
-/// One port block of a port table: ports whose top `len` bits equal `port`'s.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortBlock {
-    /// Port table id.
-    pub table: u32,
-    /// First port of the block.
-    pub port: u16,
-    /// Prefix length in bits (0–16).
-    pub len: u8,
-    /// Decision.
-    pub value: Value,
+/// The port axis of one region and protocol: intervals with constant decisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortTable {
+    /// The decision covering the most ports (what the table's empty cells mean).
+    pub default: Value,
+    /// `(first port, decision)`, sorted, starting at 0; each interval runs to the next start
+    /// (the last to 65535), and adjacent intervals differ.
+    pub intervals: Vec<(u32, Value)>,
 }
 
 /// An address prefix of one workload class.
@@ -126,8 +124,10 @@ pub struct Plan {
     pub regions4: Vec<Region<Ipv4Net>>,
     /// IPv6 regions (IPv4 prefixes appear here as IPv4-mapped prefixes, §3.4).
     pub regions6: Vec<Region<Ipv6Net>>,
-    /// Port blocks of every port table.
-    pub ports: Vec<PortBlock>,
+    /// Port tables by id.
+    pub tables: Vec<PortTable>,
+    /// What the network programs look up (empty for `exec` and `files`).
+    pub layout: NetLayout,
     /// Path prefixes (`exec`, `files`), sorted by workload and bytes.
     pub paths: Vec<PathEntry>,
     /// Rules named by events, index = `Value::rule`.
@@ -251,7 +251,7 @@ fn contains(outer: &IpNet, inner: &IpNet) -> bool {
 #[derive(Default)]
 struct Tables {
     ids: HashMap<Vec<(u32, Value)>, u32>,
-    blocks: Vec<PortBlock>,
+    list: Vec<PortTable>,
     rules: Vec<RuleRef>,
     rule_ids: HashMap<RuleRef, u32>,
     /// Buffers reused across tables (compile time is mostly small allocations otherwise).
@@ -346,7 +346,7 @@ impl Tables {
             id
         } else {
             let id = self.ids.len() as u32;
-            self.emit(id, &s.intervals);
+            self.emit(&s.intervals);
             self.ids.insert(s.intervals.clone(), id);
             id
         };
@@ -354,36 +354,19 @@ impl Tables {
         id
     }
 
-    /// LPM entries for a table: a /0 entry with the widest decision, blocks for the rest.
-    fn emit(&mut self, table: u32, intervals: &[(u32, Value)]) {
+    /// Records a new table; its default is the decision covering the most ports.
+    fn emit(&mut self, intervals: &[(u32, Value)]) {
         let mut span: HashMap<Value, u32> = HashMap::default();
         for (i, (start, v)) in intervals.iter().enumerate() {
             let end = intervals.get(i + 1).map_or(65_536, |(s, _)| *s);
             *span.entry(*v).or_default() += end - start;
         }
-        let base = intervals
+        let default = intervals
             .iter()
             .map(|(_, v)| *v)
             .max_by_key(|v| (span[v], std::cmp::Reverse((v.flags, v.rule))))
             .unwrap_or(Value { rule: 0, flags: 0 });
-        self.blocks.push(PortBlock { table, port: 0, len: 0, value: base });
-        for (i, (start, v)) in intervals.iter().enumerate() {
-            if *v == base {
-                continue;
-            }
-            let end = intervals.get(i + 1).map_or(65_536, |(s, _)| *s);
-            let mut at = *start;
-            while at < end {
-                // Largest aligned block starting at `at` that fits before `end`.
-                let mut size = if at == 0 { 65_536 } else { 1 << at.trailing_zeros() };
-                while at + size > end {
-                    size >>= 1;
-                }
-                let len = 16 - size.trailing_zeros() as u8;
-                self.blocks.push(PortBlock { table, port: at as u16, len, value: *v });
-                at += size;
-            }
-        }
+        self.list.push(PortTable { default, intervals: intervals.to_vec() });
     }
 }
 
@@ -607,9 +590,34 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
             }
         }
     }
-    plan.ports = tables.blocks;
+    if !op.is_path() {
+        let mut builder = layout::Builder::new(classes.len() as u32 - 1, &tables.list);
+        for w in 1..classes.len() as u32 {
+            builder.addresses(
+                w,
+                false,
+                plan.regions4[of_workload(&plan.regions4, w)].iter().map(|r| {
+                    let mut b = [0; 16];
+                    b[..4].copy_from_slice(&r.net.network().octets());
+                    (b, r.net.prefix_len(), r.tables)
+                }),
+            );
+            builder.addresses(
+                w,
+                true,
+                plan.regions6[of_workload(&plan.regions6, w)].iter().map(|r| (r.net.network().octets(), r.net.prefix_len(), r.tables)),
+            );
+        }
+        plan.layout = builder.finish();
+    }
+    plan.tables = tables.list;
     plan.rules = tables.rules;
     plan
+}
+
+/// The regions of workload `w` (regions are in workload order).
+fn of_workload<N>(regions: &[Region<N>], w: u32) -> std::ops::Range<usize> {
+    regions.partition_point(|r| r.workload < w)..regions.partition_point(|r| r.workload <= w)
 }
 
 impl Plan {
@@ -647,24 +655,7 @@ impl Plan {
         if w == 0 {
             return None;
         }
-        let tables = match addr {
-            IpAddr::V4(a) => {
-                longest(self.regions4.iter().filter(|r| r.workload == w && r.net.contains(&a)), |r| r.net.prefix_len())?
-                    .tables
-            }
-            IpAddr::V6(a) => {
-                longest(self.regions6.iter().filter(|r| r.workload == w && r.net.contains(&a)), |r| r.net.prefix_len())?
-                    .tables
-            }
-        };
-        let table = tables[usize::from(protocol == Protocol::Udp)];
-        let block = longest(
-            self.ports
-                .iter()
-                .filter(|b| b.table == table && (b.len == 0 || (port >> (16 - b.len)) == (b.port >> (16 - b.len)))),
-            |b| b.len,
-        )?;
-        Some(block.value)
+        self.layout.lookup(w, addr, port, protocol == Protocol::Udp)
     }
 }
 

@@ -73,7 +73,7 @@ fn expected(want: &Decision) -> (Verdict, Option<(RuleRef, u32)>) {
 }
 
 #[test]
-fn plan_port_ranges_become_aligned_blocks() {
+fn plan_port_range_inside_a_chunk_becomes_one_port_node() {
     let set = PolicySet {
         policies: vec![Policy {
             name: "p".into(),
@@ -98,14 +98,64 @@ fn plan_port_ranges_become_aligned_blocks() {
         failsafe: Vec::new(),
     };
     let plan = plan(&set, Operation::Connect);
-    // 8000-8080 = 8000/12 (8000-8015) ... decomposes into a handful of aligned blocks.
-    let deny_blocks: Vec<_> = plan.ports.iter().filter(|b| b.value.flags & FLAG_DENY != 0).collect();
-    assert!(!deny_blocks.is_empty() && deny_blocks.len() <= 16, "{deny_blocks:?}");
-    let covered: u32 = deny_blocks.iter().map(|b| 1_u32 << (16 - b.len)).sum();
-    assert_eq!(covered, 81);
+    // One deny interval 8000-8080: the table's cell for the chunk 7936-8191 points at one node
+    // whose slots are default, deny, default, split at low bytes 64 and 145.
+    assert_eq!(plan.tables.len(), 2, "TCP and UDP tables");
+    let deny = plan.layout.values.iter().position(|v| v.flags & FLAG_DENY != 0).expect("a deny value") as u32;
+    assert_eq!(plan.layout.ports, vec![(31, layout::PORT_NODE | 1)]);
+    let node = plan.layout.port_nodes[1];
+    assert_eq!(node.bounds[..3], [64, 145, 255]);
+    assert_eq!(node.slots[..3], [0, deny, 0]);
     let addr: IpAddr = "1.2.3.4".parse().expect("addr");
-    for (port, deny) in [(7999, false), (8000, true), (8080, true), (8081, false)] {
+    for (port, deny) in [(7935, false), (7999, false), (8000, true), (8047, true), (8080, true), (8081, false), (8192, false)] {
         let v = plan.lookup(0, 0, addr, port, Protocol::Tcp).expect("workload has a policy");
         assert_eq!(v.flags & FLAG_DENY != 0, deny, "port {port}");
+    }
+}
+
+#[test]
+fn plan_chunk_with_many_boundaries_nests_port_nodes_and_matches_the_evaluator() {
+    // 60 single ports and short ranges in one 256-port chunk, with alternating actions: more
+    // intervals than one node's eight slots, so nodes nest.
+    let rules: Vec<Rule> = (0..60_u16)
+        .map(|i| Rule {
+            id: format!("r{i}"),
+            action: [Action::Deny, Action::Audit, Action::Allow][usize::from(i % 3)],
+            nets: Vec::new(),
+            ports: vec![Ports { first: 256 + 4 * i, last: 256 + 4 * i + i % 3 }],
+            protocols: Vec::new(),
+        })
+        .collect();
+    let set = PolicySet {
+        policies: vec![Policy {
+            name: "p".into(),
+            revision: 1,
+            mode: Mode::Enforce,
+            cgroup: Vec::new(),
+            uid: None,
+            bind: None,
+            exec: None,
+            files: None,
+            connect: Some(Section { default: Default::Deny, rules }),
+        }],
+        failsafe: Vec::new(),
+    };
+    let plan = plan(&set, Operation::Connect);
+    assert!(
+        plan.layout.port_nodes.iter().any(|n| n.slots.iter().any(|s| s & layout::PORT_NODE != 0)),
+        "nested nodes"
+    );
+    let addr: IpAddr = "10.0.0.1".parse().expect("addr");
+    for port in 0..1024 {
+        let attempt = crate::eval::Attempt {
+            operation: Operation::Connect,
+            cgroup: Vec::new(),
+            uid: 0,
+            addr,
+            port,
+            protocol: Protocol::Udp,
+        };
+        let got = plan.lookup(0, 0, addr, port, Protocol::Udp);
+        assert_eq!(observed(&plan, got), expected(&evaluate(&set, &attempt)), "port {port}");
     }
 }

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// `BundleContent.format` this compiler writes.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 /// Ring buffer size: 256 KiB holds ~3600 events while the agent is away.
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
@@ -95,6 +95,52 @@ pub fn map(
         value_size,
         max_entries: u32::try_from(entries.len()).unwrap_or(u32::MAX).max(1),
         entries,
+        indices: Vec::new(),
+        values: Vec::new(),
+    }
+}
+
+/// The packed contents of an array map (`BundleMap.indices` and `values`).
+struct Packed {
+    value_size: u32,
+    indices: Vec<u32>,
+    values: Vec<u8>,
+}
+
+impl Packed {
+    fn new(value_size: u32, capacity: usize) -> Self {
+        Self { value_size, indices: Vec::with_capacity(capacity), values: Vec::with_capacity(capacity * value_size as usize) }
+    }
+
+    fn index(&mut self, i: usize) {
+        self.indices.push(i as u32);
+    }
+
+    fn words(&mut self, words: &[u32]) {
+        for w in words {
+            self.values.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+
+    fn push(&mut self, index: u32, words: &[u32]) {
+        self.indices.push(index);
+        self.words(words);
+    }
+
+    /// A static array map of `slots` elements (at least one) holding these.
+    fn map(self, name: &str, slots: u32) -> v1::BundleMap {
+        debug_assert_eq!(self.values.len(), self.indices.len() * self.value_size as usize);
+        v1::BundleMap {
+            name: name.to_owned(),
+            role: v1::MapRole::Static as i32,
+            map_type: BPF_MAP_TYPE_ARRAY,
+            key_size: 4,
+            value_size: self.value_size,
+            max_entries: slots.max(1),
+            entries: Vec::new(),
+            indices: self.indices,
+            values: self.values,
+        }
     }
 }
 
@@ -146,47 +192,45 @@ fn plan_maps(plan: &Plan, shift: u32) -> Vec<v1::BundleMap> {
         return maps_out;
     }
     let l = &plan.layout;
-    let index = |i: u32| i.to_le_bytes().to_vec();
-    let words = |w: &[u32]| w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let nodes = l.cells.iter().map(|c| entry(index(c.index), pair(c.region, c.child))).collect();
-    let tails = l
-        .tails
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let mut v = Vec::with_capacity(40);
-            v.extend_from_slice(&t.addr);
-            v.extend_from_slice(&t.mask);
-            v.extend_from_slice(&t.region.to_le_bytes());
-            v.extend_from_slice(&[0; 4]);
-            entry(index(i as u32), v)
-        })
-        .collect();
-    let regions = l.regions.iter().enumerate().skip(1).map(|(i, r)| entry(index(i as u32), words(r))).collect();
-    let port_nodes = l
-        .port_nodes
-        .iter()
-        .enumerate()
-        .skip(1)
-        .map(|(i, n)| {
-            let mut v = n.bounds.to_vec();
-            v.extend_from_slice(&words(&n.slots));
-            entry(index(i as u32), v)
-        })
-        .collect();
-    let values = l.values.iter().enumerate().skip(1).map(|(i, v)| entry(index(i as u32), shifted(v))).collect();
-    let array = |name: &str, value_size: u32, slots: u32, entries: Vec<v1::MapEntry>| {
-        let mut m = map(name, v1::MapRole::Static, BPF_MAP_TYPE_ARRAY, 4, value_size, entries);
-        m.max_entries = slots.max(1);
-        m
-    };
+    let mut nodes = Packed::new(8, l.cells.len());
+    for c in &l.cells {
+        nodes.push(c.index, &[c.region, c.child]);
+    }
+    let mut tails = Packed::new(40, l.tails.len());
+    for (i, t) in l.tails.iter().enumerate() {
+        tails.index(i);
+        tails.values.extend_from_slice(&t.addr);
+        tails.values.extend_from_slice(&t.mask);
+        tails.words(&[t.region, 0]);
+    }
+    let mut regions = Packed::new(16, l.regions.len());
+    for (i, r) in l.regions.iter().enumerate().skip(1) {
+        regions.index(i);
+        regions.words(r);
+    }
+    let mut ports = Packed::new(4, l.ports.len());
+    for &(i, c) in &l.ports {
+        ports.push(i, &[c]);
+    }
+    let node_size = layout::PORT_SLOTS as u32 * 5;
+    let mut port_nodes = Packed::new(node_size, l.port_nodes.len());
+    for (i, n) in l.port_nodes.iter().enumerate().skip(1) {
+        port_nodes.index(i);
+        port_nodes.values.extend_from_slice(&n.bounds);
+        port_nodes.words(&n.slots);
+    }
+    let mut values = Packed::new(8, l.values.len());
+    for (i, v) in l.values.iter().enumerate().skip(1) {
+        values.index(i);
+        values.words(&[if v.rule == 0 { 0 } else { v.rule + shift }, v.flags]);
+    }
     maps_out.extend([
-        array(names.nodes, 8, l.nodes * layout::NODE_CELLS, nodes),
-        array(names.tails, 40, l.tails.len() as u32, tails),
-        array(names.regions, 16, l.regions.len() as u32, regions),
-        array(names.ports, 4, l.tables * layout::TABLE_CELLS, l.ports.iter().map(|&(i, c)| entry(index(i), c.to_le_bytes().to_vec())).collect()),
-        array(names.port_nodes, 8 + 4 * layout::PORT_SLOTS as u32, l.port_nodes.len() as u32, port_nodes),
-        array(names.values, 8, l.values.len() as u32, values),
+        nodes.map(names.nodes, l.nodes * layout::NODE_CELLS),
+        tails.map(names.tails, l.tails.len() as u32),
+        regions.map(names.regions, l.regions.len() as u32),
+        ports.map(names.ports, l.tables * layout::TABLE_CELLS),
+        port_nodes.map(names.port_nodes, l.port_nodes.len() as u32),
+        values.map(names.values, l.values.len() as u32),
     ]);
     maps_out
 }

@@ -107,6 +107,9 @@ pub fn root(w: u32, v6: bool) -> u32 {
     2 * w - u32::from(!v6)
 }
 
+/// `(start, value id)` pairs.
+type Spans = Vec<(u32, u32)>;
+
 /// A prefix to place: network bytes, length in bits, region id.
 type Prefix = ([u8; 16], u8, u32);
 
@@ -115,8 +118,11 @@ type Prefix = ([u8; 16], u8, u32);
 pub struct Builder {
     out: NetLayout,
     region_ids: std::collections::HashMap<[u32; 4], u32>,
-    value_ids: std::collections::HashMap<Value, u32>,
+    /// Value id by `rule × 16 + flags` (0: none yet); flags are below 16.
+    value_ids: Vec<u32>,
     table_defaults: Vec<u32>,
+    /// Reused by [`Builder::table`].
+    buffers: (Spans, Spans),
 }
 
 impl Builder {
@@ -135,11 +141,15 @@ impl Builder {
     }
 
     fn value_id(&mut self, v: Value) -> u32 {
-        let next = self.out.values.len() as u32;
-        *self.value_ids.entry(v).or_insert_with(|| {
+        let slot = (v.rule as usize) << 4 | (v.flags as usize & 15);
+        if slot >= self.value_ids.len() {
+            self.value_ids.resize(slot + 1, 0);
+        }
+        if self.value_ids[slot] == 0 {
+            self.value_ids[slot] = self.out.values.len() as u32;
             self.out.values.push(v);
-            next
-        })
+        }
+        self.value_ids[slot]
     }
 
     fn region(&self, tables: [u32; 2]) -> [u32; 4] {
@@ -168,37 +178,37 @@ impl Builder {
         self.node(root, 0, &prefixes);
     }
 
-    /// Fills node `id` at byte `depth` from prefixes longer than `8 × depth` bits that share
-    /// the first `depth` bytes, sorted.
+    /// Fills node `id` at byte `depth` from `prefixes`: sorted, sharing the first `depth`
+    /// bytes; those of `8 × depth` bits or fewer belong to ancestors and are skipped.
     fn node(&mut self, id: u32, depth: usize, prefixes: &[Prefix]) {
         let mut cells = [(0_u32, 0_u32); NODE_CELLS as usize];
-        let end = 8 * (depth as u32 + 1);
-        // Prefixes ending in this byte cover 2^(end − len) cells; longer ones win.
-        let mut ending: Vec<&Prefix> = prefixes.iter().filter(|p| u32::from(p.1) <= end).collect();
-        ending.sort_by_key(|p| p.1);
-        for &(addr, len, region) in ending {
-            let span = 1_usize << (end - u32::from(len));
-            let first = usize::from(addr[depth]) & !(span - 1);
-            for c in &mut cells[first..first + span] {
-                c.0 = region;
-            }
-        }
-        let deeper: Vec<Prefix> = prefixes.iter().filter(|p| u32::from(p.1) > end).copied().collect();
+        let (start, end) = (8 * depth as u32, 8 * (depth as u32 + 1));
         let mut at = 0;
-        while at < deeper.len() {
-            let byte = deeper[at].0[depth];
-            let group = deeper[at..].iter().take_while(|p| p.0[depth] == byte).count();
-            let below = &deeper[at..at + group];
-            cells[usize::from(byte)].1 = if let [(addr, len, region)] = below {
-                self.out.tails.push(Tail { addr: *addr, mask: mask(*len), region: *region });
-                TAIL | (self.out.tails.len() as u32 - 1)
-            } else {
+        while at < prefixes.len() {
+            let byte = prefixes[at].0[depth];
+            let run = prefixes[at..].iter().take_while(|p| p.0[depth] == byte).count();
+            let group = &prefixes[at..at + run];
+            let mut deeper = group.iter().filter(|p| u32::from(p.1) > end);
+            let (first_deeper, more) = (deeper.next(), deeper.next().is_some());
+            // Prefixes ending in this byte cover 2^(end − len) cells. Sorted order puts a
+            // prefix before the longer ones inside it, so the longest is written last.
+            for &(addr, len, region) in group.iter().filter(|p| u32::from(p.1) > start && u32::from(p.1) <= end) {
+                let span = 1_usize << (end - u32::from(len));
+                let first = usize::from(addr[depth]) & !(span - 1);
+                for c in &mut cells[first..first + span] {
+                    c.0 = region;
+                }
+            }
+            if more {
                 let child = self.out.nodes;
                 self.out.nodes += 1;
-                self.node(child, depth + 1, below);
-                child
-            };
-            at += group;
+                self.node(child, depth + 1, group);
+                cells[usize::from(byte)].1 = child;
+            } else if let Some(&(addr, len, region)) = first_deeper {
+                self.out.tails.push(Tail { addr, mask: mask(len), region });
+                cells[usize::from(byte)].1 = TAIL | (self.out.tails.len() as u32 - 1);
+            }
+            at += run;
         }
         let base = id * NODE_CELLS;
         self.out.cells.extend(
@@ -212,7 +222,8 @@ impl Builder {
 
     /// The cells of port table `t`: intervals whose value is the default stay 0.
     fn table(&mut self, t: u32, table: &PortTable) {
-        let mut intervals = Vec::with_capacity(table.intervals.len());
+        let (mut intervals, mut inner) = std::mem::take(&mut self.buffers);
+        intervals.clear();
         for &(start, v) in &table.intervals {
             let id = if v == table.default { 0 } else { self.value_id(v) };
             intervals.push((start, id));
@@ -233,11 +244,13 @@ impl Builder {
             }
             let (lo, hi) = (start / 256 * 256, start / 256 * 256 + 256);
             let to = intervals.partition_point(|iv| iv.0 < hi);
-            let inner: Vec<(u32, u32)> = intervals[i - 1..to].iter().map(|&(s, id)| (s.max(lo) - lo, id)).collect();
+            inner.clear();
+            inner.extend(intervals[i - 1..to].iter().map(|&(s, id)| (s.max(lo) - lo, id)));
             let cell = self.port_node(&inner);
             self.out.ports.push((base + start / 256, cell));
             i = to;
         }
+        self.buffers = (intervals, inner);
     }
 
     /// The cell for part of a chunk: `intervals` are `(low byte where it starts, value id)`,

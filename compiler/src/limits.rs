@@ -60,7 +60,7 @@ impl fmt::Display for CapacityError {
 pub fn check(compiled: &Compiled, limits: &Limits) -> Result<(), CapacityError> {
     let mut excess = Vec::new();
     for m in &compiled.content.maps {
-        let entries = m.entries.len() as u64;
+        let entries = m.filled() as u64;
         if entries > u64::from(limits.max_map_entries) {
             excess.push(Excess {
                 what: format!("map {}", m.name),

@@ -17,7 +17,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    hash::{BuildHasherDefault, Hasher},
+    hash::{BuildHasherDefault, Hash as _, Hasher},
     net::IpAddr,
 };
 
@@ -189,7 +189,7 @@ fn value(decision: &Decision, rules: &mut Vec<RuleRef>, rule_ids: &mut HashMap<R
 }
 
 /// A rule (or failsafe) that matches some address region, in set order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Member {
     /// `(policy, rule)`.
     Rule(usize, usize),
@@ -250,12 +250,15 @@ fn contains(outer: &IpNet, inner: &IpNet) -> bool {
 /// Builds port tables, interning identical ones.
 #[derive(Default)]
 struct Tables {
-    ids: HashMap<Vec<(u32, Value)>, u32>,
+    /// Interval hash (plus a probe count on collisions) → table id.
+    ids: HashMap<u64, u32>,
     list: Vec<PortTable>,
     rules: Vec<RuleRef>,
     rule_ids: HashMap<RuleRef, u32>,
     /// Buffers reused across tables (compile time is mostly small allocations otherwise).
     scratch: Scratch,
+    /// The rules' protocols and ports.
+    index: RuleIndex,
 }
 
 /// Reused buffers of [`Tables::table`].
@@ -267,11 +270,16 @@ struct Scratch {
     here: Vec<Member>,
     intervals: Vec<(u32, Value)>,
     matches: Vec<(usize, Matches)>,
+    own: Vec<(u32, u32)>,
+    ranges: Vec<(u32, u32)>,
+    cuts: Vec<u32>,
 }
 
 impl Tables {
     /// The port table of one region and protocol. `initial` is [`initial_matches`] of the
-    /// region's workload class.
+    /// region's workload class. With `derive = (parent table, own members)`, `members` are the
+    /// parent region's plus `own`: ports no own member matches keep the parent's decision, so
+    /// only the ports own members cover are decided anew.
     fn table(
         &mut self,
         set: &PolicySet,
@@ -279,7 +287,13 @@ impl Tables {
         initial: &[(usize, Matches)],
         members: &[Member],
         protocol: Protocol,
+        derive: Option<(u32, &[Member])>,
     ) -> u32 {
+        if let Some((parent, own)) = derive
+            && let Some(id) = self.derived(set, op, initial, members, protocol, parent, own)
+        {
+            return id;
+        }
         // Sweep the port axis: a member enters the active set where one of its ranges starts
         // and leaves after it ends, so each interval's decision looks only at the members
         // matching there, not at every member of the region.
@@ -287,28 +301,9 @@ impl Tables {
         s.events.clear();
         s.active.clear();
         for m in members {
-            match *m {
-                Member::Rule(p, r) => {
-                    let rule = &set.policies[p].section(op).expect("member policies have a section").rules[r];
-                    if !rule.matches_protocol(protocol) {
-                        continue;
-                    }
-                    if rule.ports.is_empty() {
-                        s.active.push((*m, 1));
-                    }
-                    for range in &rule.ports {
-                        s.events.push((u32::from(range.first), true, *m));
-                        s.events.push((u32::from(range.last) + 1, false, *m));
-                    }
-                }
-                Member::Failsafe(i) => match set.failsafe[i].port {
-                    None => s.active.push((*m, 1)),
-                    Some(port) => {
-                        s.events.push((u32::from(port), true, *m));
-                        s.events.push((u32::from(port) + 1, false, *m));
-                    }
-                },
-            }
+            s.ranges.clear();
+            self.index.ports(set, *m, protocol, &mut s.ranges);
+            s.events.extend(s.ranges.iter().flat_map(|r| [(r.0, true, *m), (r.1, false, *m)]));
         }
         s.events.sort_unstable();
         s.active.sort_unstable();
@@ -342,32 +337,189 @@ impl Tables {
             }
             at = next;
         }
-        let id = if let Some(&id) = self.ids.get(&s.intervals) {
-            id
-        } else {
-            let id = self.ids.len() as u32;
-            self.emit(&s.intervals);
-            self.ids.insert(s.intervals.clone(), id);
-            id
-        };
+        let id = self.intern(&s.intervals);
         self.scratch = s;
         id
     }
 
+    /// The id of the table with these intervals, recording it if it is new.
+    fn intern(&mut self, intervals: &[(u32, Value)]) -> u32 {
+        let mut key = {
+            let mut h = FxHasher::default();
+            intervals.hash(&mut h);
+            h.finish()
+        };
+        loop {
+            match self.ids.get(&key) {
+                Some(&id) if self.list[id as usize].intervals == intervals => return id,
+                Some(_) => key = key.wrapping_add(1),
+                None => break,
+            }
+        }
+        let id = self.list.len() as u32;
+        self.emit(intervals);
+        self.ids.insert(key, id);
+        id
+    }
+
+    /// A region's table from its parent region's: outside the ports its own members match
+    /// (`own`), the parent's matches and so its decisions hold; inside, each piece between
+    /// member boundaries is decided from every member. None when an own member matches every
+    /// port (nothing to inherit).
+    #[allow(clippy::too_many_arguments, reason = "the inputs of one table, passed through from `table`")]
+    fn derived(
+        &mut self,
+        set: &PolicySet,
+        op: Operation,
+        initial: &[(usize, Matches)],
+        members: &[Member],
+        protocol: Protocol,
+        parent: u32,
+        own: &[Member],
+    ) -> Option<u32> {
+        let mut s = std::mem::take(&mut self.scratch);
+        let Some(own) = own_ports(set, &self.index, own, protocol, &mut s.own) else {
+            self.scratch = s;
+            return None;
+        };
+        let inside = |x: u32| {
+            let i = own.partition_point(|r| r.1 <= x);
+            own.get(i).is_some_and(|r| r.0 <= x)
+        };
+        // Where a decision may change: the parent's interval starts, the own ranges' ends,
+        // and member range bounds inside the own ranges.
+        s.cuts.clear();
+        s.cuts.extend(self.list[parent as usize].intervals.iter().map(|iv| iv.0));
+        s.cuts.extend(own.iter().flat_map(|r| [r.0, r.1]));
+        s.ranges.clear();
+        for m in members {
+            self.index.ports(set, *m, protocol, &mut s.ranges);
+        }
+        s.cuts.extend(s.ranges.iter().flat_map(|r| [r.0, r.1]).filter(|&x| inside(x)));
+        s.cuts.sort_unstable();
+        s.cuts.dedup();
+        s.intervals.clear();
+        let mut in_parent = 0;
+        for &at in s.cuts.iter().filter(|&&x| x < 65_536) {
+            let v = if inside(at) {
+                let decision = cell(set, op, initial, members, protocol, at as u16, &mut s.matches);
+                value(&decision, &mut self.rules, &mut self.rule_ids)
+            } else {
+                let intervals = &self.list[parent as usize].intervals;
+                while intervals.get(in_parent + 1).is_some_and(|iv| iv.0 <= at) {
+                    in_parent += 1;
+                }
+                intervals[in_parent].1
+            };
+            if s.intervals.last().is_none_or(|(_, last)| *last != v) {
+                s.intervals.push((at, v));
+            }
+        }
+        let id = self.intern(&s.intervals);
+        self.scratch = s;
+        Some(id)
+    }
+
     /// Records a new table; its default is the decision covering the most ports.
     fn emit(&mut self, intervals: &[(u32, Value)]) {
-        let mut span: HashMap<Value, u32> = HashMap::default();
+        // A table has few distinct values: a small vector beats a map.
+        let mut span: Vec<(Value, u32)> = Vec::new();
         for (i, (start, v)) in intervals.iter().enumerate() {
             let end = intervals.get(i + 1).map_or(65_536, |(s, _)| *s);
-            *span.entry(*v).or_default() += end - start;
+            match span.iter_mut().find(|(w, _)| w == v) {
+                Some((_, n)) => *n += end - start,
+                None => span.push((*v, end - start)),
+            }
         }
-        let default = intervals
+        let default = span
             .iter()
-            .map(|(_, v)| *v)
-            .max_by_key(|v| (span[v], std::cmp::Reverse((v.flags, v.rule))))
-            .unwrap_or(Value { rule: 0, flags: 0 });
+            .max_by_key(|(v, n)| (*n, std::cmp::Reverse((v.flags, v.rule))))
+            .map_or(Value { rule: 0, flags: 0 }, |(v, _)| *v);
         self.list.push(PortTable { default, intervals: intervals.to_vec() });
     }
+}
+
+/// Every rule's protocols and port ranges in flat arrays, so the per-table work reads them
+/// without walking policies and sections.
+#[derive(Default)]
+struct RuleIndex {
+    /// Per policy, the index of its first rule in `rules`.
+    base: Vec<usize>,
+    /// Per rule: protocol bits (1 TCP, 2 UDP) and its `[start, end)` in `ranges`.
+    rules: Vec<(u8, u32, u32)>,
+    /// Port ranges `[first, end)`; a rule without ports has `[0, 65536)`.
+    ranges: Vec<(u32, u32)>,
+}
+
+impl RuleIndex {
+    fn new(set: &PolicySet, op: Operation) -> Self {
+        let mut index = Self::default();
+        for policy in &set.policies {
+            index.base.push(index.rules.len());
+            for rule in policy.section(op).map_or(&[][..], |s| s.rules.as_slice()) {
+                let bits = [Protocol::Tcp, Protocol::Udp]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| rule.matches_protocol(**p))
+                    .fold(0, |b, (i, _)| b | 1 << i);
+                let start = index.ranges.len() as u32;
+                if rule.ports.is_empty() {
+                    index.ranges.push((0, 65_536));
+                }
+                index.ranges.extend(rule.ports.iter().map(|r| (u32::from(r.first), u32::from(r.last) + 1)));
+                index.rules.push((bits, start, index.ranges.len() as u32));
+            }
+        }
+        index
+    }
+
+    /// Appends the port ranges `[first, end)` member `m` matches for `protocol` to `out`:
+    /// none if it does not match the protocol, `[0, 65536)` if it matches every port
+    /// (explicit ranges start at 1).
+    fn ports(&self, set: &PolicySet, m: Member, protocol: Protocol, out: &mut Vec<(u32, u32)>) {
+        match m {
+            Member::Rule(p, r) => {
+                let (bits, start, end) = self.rules[self.base[p] + r];
+                if bits & (1 << u8::from(protocol == Protocol::Udp)) != 0 {
+                    out.extend_from_slice(&self.ranges[start as usize..end as usize]);
+                }
+            }
+            Member::Failsafe(i) => match set.failsafe[i].port {
+                None => out.push((0, 65_536)),
+                Some(port) => out.push((u32::from(port), u32::from(port) + 1)),
+            },
+        }
+    }
+}
+
+/// The ports `own` members match for `protocol` as merged `[first, end)` ranges in `out`, or
+/// None when one of them matches every port.
+fn own_ports<'a>(
+    set: &PolicySet,
+    index: &RuleIndex,
+    own: &[Member],
+    protocol: Protocol,
+    out: &'a mut Vec<(u32, u32)>,
+) -> Option<&'a [(u32, u32)]> {
+    out.clear();
+    for m in own {
+        index.ports(set, *m, protocol, out);
+    }
+    if out.contains(&(0, 65_536)) {
+        return None;
+    }
+    out.sort_unstable();
+    let mut merged = 0;
+    for i in 0..out.len() {
+        if merged > 0 && out[i].0 <= out[merged - 1].1 {
+            out[merged - 1].1 = out[merged - 1].1.max(out[i].1);
+        } else {
+            out[merged] = out[i];
+            merged += 1;
+        }
+    }
+    out.truncate(merged);
+    Some(out)
 }
 
 /// The policies whose outcome can matter before any rule matches: those whose default says
@@ -545,7 +697,7 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
     let (cgroups, workload_entries, classes) = workloads(set, op);
     let mut levels: Vec<u32> = cgroups.iter().map(|c| c.level).collect::<BTreeSet<_>>().into_iter().collect();
     levels.reverse();
-    let mut tables = Tables::default();
+    let mut tables = Tables { index: RuleIndex::new(set, op), ..Tables::default() };
     // Rule index 0 is reserved so that "no event" never aliases a real rule.
     tables.rules.push(RuleRef { policy: usize::MAX, rule: RuleName::Default });
     let mut plan = Plan { operation: op, cgroups, levels, workloads: workload_entries, ..Plan::default() };
@@ -565,28 +717,35 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
             continue;
         }
         let initial = initial_matches(set, op, applying);
+        // Identical member sets get identical tables (an IPv4 region and its IPv4-mapped twin
+        // usually have the same members).
+        let mut known: HashMap<Vec<Member>, [u32; 2]> = HashMap::default();
         for v6 in [false, true] {
             let (by_prefix, anywhere) = members_by_prefix(set, op, applying, v6);
             // Prefixes sorted by (network, length) visit containers before contents; a stack
             // of the chain of containing prefixes gives each prefix its members.
-            let mut chain: Vec<(IpNet, Vec<Member>)> = Vec::new();
+            let mut chain: Vec<(IpNet, Vec<Member>, [u32; 2])> = Vec::new();
             for ((net, _), own) in &by_prefix {
-                while chain.last().is_some_and(|(outer, _)| !contains(outer, net)) {
+                while chain.last().is_some_and(|(outer, _, _)| !contains(outer, net)) {
                     chain.pop();
                 }
-                let mut members: Vec<Member> = chain.last().map_or_else(|| anywhere.clone(), |(_, m)| m.clone());
-                members.extend(own.iter().copied());
-                members.sort_unstable();
-                members.dedup();
-                let t = [
-                    tables.table(set, op, &initial, &members, Protocol::Tcp),
-                    tables.table(set, op, &initial, &members, Protocol::Udp),
-                ];
+                let parent = chain.last().map(|(_, _, t)| *t);
+                let members = merged(chain.last().map_or(&anywhere, |(_, m, _)| m), own);
+                let t = if let Some(t) = known.get(&members) {
+                    *t
+                } else {
+                    let t = [Protocol::Tcp, Protocol::Udp].map(|protocol| {
+                        let derive = parent.map(|p| (p[usize::from(protocol == Protocol::Udp)], own.as_slice()));
+                        tables.table(set, op, &initial, &members, protocol, derive)
+                    });
+                    known.insert(members.clone(), t);
+                    t
+                };
                 match net {
                     IpNet::V4(n) => plan.regions4.push(Region { workload: w as u32, net: *n, tables: t }),
                     IpNet::V6(n) => plan.regions6.push(Region { workload: w as u32, net: *n, tables: t }),
                 }
-                chain.push((*net, members));
+                chain.push((*net, members, t));
             }
         }
     }
@@ -613,6 +772,33 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
     plan.tables = tables.list;
     plan.rules = tables.rules;
     plan
+}
+
+/// The sorted union of sorted `outer` and `own` (which may repeat members).
+fn merged(outer: &[Member], own: &[Member]) -> Vec<Member> {
+    let mut out = Vec::with_capacity(outer.len() + own.len());
+    let (mut i, mut j) = (0, 0);
+    while i < outer.len() || j < own.len() {
+        let next = match (outer.get(i), own.get(j)) {
+            (Some(a), Some(b)) if b < a => {
+                j += 1;
+                *b
+            }
+            (Some(a), _) => {
+                i += 1;
+                *a
+            }
+            (None, Some(b)) => {
+                j += 1;
+                *b
+            }
+            (None, None) => break,
+        };
+        if out.last() != Some(&next) {
+            out.push(next);
+        }
+    }
+    out
 }
 
 /// The regions of workload `w` (regions are in workload order).

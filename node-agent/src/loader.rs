@@ -386,7 +386,7 @@ impl Datapath {
                 .content
                 .maps
                 .iter()
-                .filter(|m| m.role == v1::MapRole::Static as i32 && !m.entries.is_empty())
+                .filter(|m| m.role == v1::MapRole::Static as i32 && m.filled() > 0)
                 .filter_map(|m| match m.name.as_str() {
                     "pale_paths" => Some("exec"),
                     "palf_paths" => Some("files"),
@@ -419,6 +419,11 @@ impl Datapath {
             for e in &m.entries {
                 sys::map_update(fd, &e.key, &e.value).map_err(io_err(format!("filling map {}", m.name)))?;
             }
+            if !m.indices.is_empty() {
+                let keys: Vec<u8> = m.indices.iter().flat_map(|i| i.to_le_bytes()).collect();
+                sys::map_update_batch(fd, 4, &keys, m.value_size as usize, &m.values)
+                    .map_err(io_err(format!("filling map {}", m.name)))?;
+            }
             map.pin(gen_dir.join(format!("map_{}", m.name)))
                 .map_err(|e| LoadError::Load(format!("pinning {}: {e}", m.name)))?;
         }
@@ -432,7 +437,7 @@ impl Datapath {
                 .ok_or_else(|| LoadError::Load(format!("program {} missing from the ELF", p.name)))?
                 .try_into()
                 .map_err(|e: ProgramError| LoadError::Load(format!("{}: {e}", p.name)))?;
-            program.load().map_err(|e| program_error(&p.name, e))?;
+            load_retrying(&p.name, || program.load())?;
             program
                 .pin(gen_dir.join(format!("prog_{}", p.name)))
                 .map_err(|e| LoadError::Load(format!("pinning {}: {e}", p.name)))?;
@@ -464,7 +469,7 @@ impl Datapath {
                 .ok_or_else(|| LoadError::Load(format!("program {} missing from the ELF", p.name)))?
                 .try_into()
                 .map_err(|e: ProgramError| LoadError::Load(format!("{}: {e}", p.name)))?;
-            program.load(name, btf).map_err(|e| program_error(&p.name, e))?;
+            load_retrying(&p.name, || program.load(name, btf))?;
             program
                 .pin(gen_dir.join(format!("prog_{}", p.name)))
                 .map_err(|e| LoadError::Load(format!("pinning {}: {e}", p.name)))?;
@@ -658,6 +663,25 @@ fn wait_released(ids: &[u32]) {
 }
 
 /// A program load failure, with the verifier log when the verifier refused it.
+/// Loads a program, trying again when the verifier gave up because a signal was pending: it
+/// returns EAGAIN then (`kernel/bpf/verifier.c`, `do_check`), which a busy agent — child
+/// processes, timers — meets on large programs. libbpf retries the same way.
+fn load_retrying(name: &str, mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), LoadError> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                tracing::debug!(program = name, attempt, "verifier interrupted by a signal; loading again");
+                attempt += 1;
+            }
+            other => return other.map_err(|e| program_error(name, e)),
+        }
+    }
+}
+
 fn program_error(name: &str, e: ProgramError) -> LoadError {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
@@ -678,8 +702,25 @@ pub fn verify(bundle: &v1::Bundle, key: Option<&ed25519_dalek::VerifyingKey>) ->
         return Err(LoadError::Digest { expected: bundle.digest.clone(), actual });
     }
     let content = v1::BundleContent::decode(bundle.content.as_slice()).map_err(|e| LoadError::Decode(e.to_string()))?;
-    if content.format != 1 {
-        return Err(LoadError::Unsupported(format!("bundle format {} (this agent reads format 1)", content.format)));
+    if !matches!(content.format, 1 | 2) {
+        return Err(LoadError::Unsupported(format!(
+            "bundle format {} (this agent reads formats 1 and 2)",
+            content.format
+        )));
+    }
+    for m in &content.maps {
+        if m.values.len() != m.indices.len() * m.value_size as usize
+            || (!m.indices.is_empty() && (m.key_size != 4 || m.indices.iter().any(|&i| i >= m.max_entries)))
+        {
+            return Err(LoadError::Decode(format!(
+                "map {}: {} packed elements of {} bytes do not fit {} value bytes and {} slots",
+                m.name,
+                m.indices.len(),
+                m.value_size,
+                m.values.len(),
+                m.max_entries
+            )));
+        }
     }
     Ok(content)
 }

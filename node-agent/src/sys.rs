@@ -16,6 +16,7 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// `BPF_F_REPLACE`: the update fails unless the link holds `old_prog_fd`.
 const BPF_F_REPLACE: u32 = 1 << 2;
 
@@ -74,6 +75,58 @@ pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<(
         flags: 0,
     };
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// `union bpf_attr` for the `BPF_MAP_*_BATCH` commands.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Writes `keys.len() / key_size` elements with one `BPF_MAP_UPDATE_BATCH` call per slice the
+/// kernel accepts (it reports how many it wrote); falls back to one `BPF_MAP_UPDATE_ELEM` per
+/// element on kernels without batch support for the map type.
+pub fn map_update_batch(map: BorrowedFd<'_>, key_size: usize, keys: &[u8], value_size: usize, values: &[u8]) -> io::Result<()> {
+    let count = keys.len() / key_size.max(1);
+    let mut done = 0;
+    while done < count {
+        let mut attr = BatchAttr {
+            in_batch: 0,
+            out_batch: 0,
+            keys: keys[done * key_size..].as_ptr() as u64,
+            values: values[done * value_size..].as_ptr() as u64,
+            count: (count - done).min(u32::MAX as usize) as u32,
+            map_fd: map.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        match bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
+            Ok(_) => done += attr.count as usize,
+            Err(e) if done == 0 && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {
+                // 524 = ENOTSUPP (kernel-internal, returned for map types without batch ops).
+                for i in 0..count {
+                    map_update(
+                        map,
+                        &keys[i * key_size..(i + 1) * key_size],
+                        &values[i * value_size..(i + 1) * value_size],
+                    )?;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        if attr.count == 0 {
+            return Err(io::Error::other("BPF_MAP_UPDATE_BATCH wrote no element"));
+        }
+    }
+    Ok(())
 }
 
 /// `BPF_MAP_DELETE_ELEM`; a missing key is not an error.

@@ -45,6 +45,13 @@ pub fn from_hex(text: &str) -> Option<Vec<u8>> {
 /// Request metadata key naming who performs a change; recorded in the audit log.
 pub const ACTOR_METADATA_KEY: &str = "palisade-actor";
 
+impl v1::BundleMap {
+    /// How many elements the bundle fills: key/value entries plus packed array elements.
+    pub fn filled(&self) -> usize {
+        self.entries.len() + self.indices.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

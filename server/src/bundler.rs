@@ -102,7 +102,7 @@ pub fn stats(compiled: &Compiled) -> serde_json::Value {
             "name": hook.symbol(), "section": hook.section(), "instructions": p.insns.len(),
         })).collect::<Vec<_>>(),
         "maps": compiled.content.maps.iter().map(|m| serde_json::json!({
-            "name": m.name, "entries": m.entries.len(), "max_entries": m.max_entries,
+            "name": m.name, "entries": m.filled(), "max_entries": m.max_entries,
         })).collect::<Vec<_>>(),
         "elf_bytes": compiled.content.elf.len(),
     })

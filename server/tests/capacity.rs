@@ -26,7 +26,7 @@ fn port_entries(docs: &[&str]) -> u32 {
     let policies: Vec<v1::Policy> = docs.iter().map(|d| document::parse(d).expect("parses").to_proto()).collect();
     let set = PolicySet::new(policies.iter().map(|p| (p, 1)), Vec::new()).expect("model");
     let compiled = compile(&set, KernelOffsets::LINUX_6_12).expect("compiles");
-    compiled.content.maps.iter().find(|m| m.name == "pal_ports").map_or(0, |m| m.entries.len() as u32)
+    compiled.content.maps.iter().find(|m| m.name == "pal_ports").map_or(0, |m| m.filled() as u32)
 }
 
 /// Registers a node labelled role=web; keep the result alive to hold the stream.

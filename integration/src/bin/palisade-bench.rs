@@ -437,7 +437,7 @@ fn compile_table(cgroup: &str) -> anyhow::Result<()> {
             let s = set(n, profile, cgroup);
             let c = compile(&s, OFFSETS)?;
             let insns: Vec<String> = c.programs.iter().map(|(_, p)| p.insns.len().to_string()).collect();
-            let entries: usize = c.content.maps.iter().map(|m| m.entries.len()).sum();
+            let entries: usize = c.content.maps.iter().map(v1::BundleMap::filled).sum();
             println!(
                 "| {} | {n} | {:.1} | {} | {} | {entries} |",
                 profile.name(),

@@ -166,7 +166,7 @@ impl PolicyService for PolicyApi {
                         key_size: m.key_size,
                         value_size: m.value_size,
                         max_entries: m.max_entries,
-                        entries: m.entries.len() as u32,
+                        entries: m.filled() as u32,
                     })
                     .collect(),
                 digest: compiled.digest.clone(),

@@ -74,29 +74,16 @@ fn expected(want: &Decision) -> (Verdict, Option<(RuleRef, u32)>) {
 
 #[test]
 fn plan_port_range_inside_a_chunk_becomes_one_port_node() {
-    let set = PolicySet {
-        policies: vec![Policy {
-            name: "p".into(),
-            revision: 1,
-            mode: Mode::Enforce,
-            cgroup: Vec::new(),
-            uid: None,
-            bind: None,
-            exec: None,
-            files: None,
-            connect: Some(Section {
-                default: Default::Allow,
-                rules: vec![Rule {
-                    id: "r".into(),
-                    action: Action::Deny,
-                    nets: Vec::new(),
-                    ports: vec![Ports { first: 8000, last: 8080 }],
-                    protocols: vec![Protocol::Tcp],
-                }],
-            }),
+    let set = connect_only(
+        Default::Allow,
+        vec![Rule {
+            id: "r".into(),
+            action: Action::Deny,
+            nets: Vec::new(),
+            ports: vec![Ports { first: 8000, last: 8080 }],
+            protocols: vec![Protocol::Tcp],
         }],
-        failsafe: Vec::new(),
-    };
+    );
     let plan = plan(&set, Operation::Connect);
     // One deny interval 8000-8080: the table's cell for the chunk 7936-8191 points at one node
     // whose slots are default, deny, default, split at low bytes 64 and 145.
@@ -126,20 +113,7 @@ fn plan_chunk_with_many_boundaries_nests_port_nodes_and_matches_the_evaluator() 
             protocols: Vec::new(),
         })
         .collect();
-    let set = PolicySet {
-        policies: vec![Policy {
-            name: "p".into(),
-            revision: 1,
-            mode: Mode::Enforce,
-            cgroup: Vec::new(),
-            uid: None,
-            bind: None,
-            exec: None,
-            files: None,
-            connect: Some(Section { default: Default::Deny, rules }),
-        }],
-        failsafe: Vec::new(),
-    };
+    let set = connect_only(Default::Deny, rules);
     let plan = plan(&set, Operation::Connect);
     assert!(
         plan.layout.port_nodes.iter().any(|n| n.slots.iter().any(|s| s & layout::PORT_NODE != 0)),
@@ -157,5 +131,23 @@ fn plan_chunk_with_many_boundaries_nests_port_nodes_and_matches_the_evaluator() 
         };
         let got = plan.lookup(0, 0, addr, port, Protocol::Udp);
         assert_eq!(observed(&plan, got), expected(&evaluate(&set, &attempt)), "port {port}");
+    }
+}
+
+/// One policy for every task with only a `network.connect` section.
+fn connect_only(default: Default, rules: Vec<Rule>) -> PolicySet {
+    PolicySet {
+        policies: vec![Policy {
+            name: "p".into(),
+            revision: 1,
+            mode: Mode::Enforce,
+            cgroup: Vec::new(),
+            uid: None,
+            bind: None,
+            exec: None,
+            files: None,
+            connect: Some(Section { default, rules }),
+        }],
+        failsafe: Vec::new(),
     }
 }

@@ -397,6 +397,16 @@ fn render_plan(out: &mut String, plan: &Plan, set: &PolicySet) {
             r.workload, r.net, r.tables[0], r.tables[1]
         );
     }
+    for w in &plan.mapped_shared {
+        let _ = writeln!(out, ";   workload {w} ::ffff:a.b.c.d -> as a.b.c.d");
+    }
+    for r in &plan.regions_mapped {
+        let _ = writeln!(
+            out,
+            ";   workload {} ::ffff:{} -> tcp table {}, udp table {}",
+            r.workload, r.net, r.tables[0], r.tables[1]
+        );
+    }
     let _ = writeln!(out, "; ---- port decisions ({}, {}, {})", names.ports, names.port_nodes, names.values);
     for (t, table) in plan.tables.iter().enumerate() {
         let _ = writeln!(out, ";   table {t} other ports -> {}", decision(&table.default));

@@ -11,7 +11,7 @@ use crate::{
     asm::{Asm, AsmError, Label, Program},
     insn::{self, Alu, Jmp, R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Size, helper},
     model::Operation,
-    plan::{FLAG_DENY, FLAG_EVENT, Plan},
+    plan::{FLAG_DENY, FLAG_EVENT, Family, Plan},
 };
 
 /// Map names (ELF symbols and kernel names, ≤ 15 bytes).
@@ -477,15 +477,41 @@ fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Labe
 /// r9 = workload class → r9 = region id of the destination (in `ADDR_KEY`); r6 is scratch.
 fn address_region(a: &mut Asm, names: maps::Names, v6: bool) {
     let walked = a.label();
+    if v6 {
+        let native = a.label();
+        a.comment("IPv4-mapped destination (::ffff:a.b.c.d)? Then its IPv4 part is walked");
+        a.push(insn::ldx(Size::DW, R1, R10, ADDR_KEY + 8));
+        a.jmp_imm(Jmp::Jne, R1, 0, native);
+        a.push(insn::ldx(Size::W, R1, R10, ADDR_KEY + 16));
+        // Bytes 00 00 ff ff read as a little-endian u32.
+        a.jmp32_imm(Jmp::Jne, R1, 0xffff_0000_u32 as i32, native);
+        walk(a, names, Family::Mapped, walked);
+        a.bind(native);
+        walk(a, names, Family::V6, walked);
+    } else {
+        walk(a, names, Family::V4, walked);
+    }
+    a.bind(walked);
+}
+
+/// One family's walk (see [`layout::root`]): r9 = workload class → r9 = region id, then on to
+/// `walked`; r6 is scratch.
+fn walk(a: &mut Asm, names: maps::Names, family: Family, walked: Label) {
     let tail = a.label();
-    a.comment("address: one byte per step through 256-cell nodes, from the workload's root (2W - 1 for IPv4, 2W for IPv6), which is also the region of /0; r9 = region of the longest prefix so far");
-    a.push(insn::alu64_imm(Alu::Lsh, R9, 1));
-    if !v6 {
-        a.push(insn::alu64_imm(Alu::Sub, R9, 1));
+    let (first, width, root_offset): (i16, i16, i32) = match family {
+        Family::V4 => (0, 4, 2),
+        Family::V6 => (0, 16, 1),
+        Family::Mapped => (12, 4, 0),
+    };
+    a.comment(format!(
+        "address ({family:?}): one byte per step through 256-cell nodes from the workload's root 3W - {root_offset}, which is also the region of /0; r9 = region of the longest prefix so far"
+    ));
+    a.push(insn::alu64_imm(Alu::Mul, R9, 3));
+    if root_offset != 0 {
+        a.push(insn::alu64_imm(Alu::Sub, R9, root_offset));
     }
     a.push(insn::mov64_reg(R6, R9));
-    let width: i16 = if v6 { 16 } else { 4 };
-    for byte in 0..width {
+    for byte in first..first + width {
         let no_region = a.label();
         a.push(insn::mov64_reg(R1, R6));
         a.push(insn::alu64_imm(Alu::Lsh, R1, 8));
@@ -499,7 +525,7 @@ fn address_region(a: &mut Asm, names: maps::Names, v6: bool) {
         a.push(insn::mov64_reg(R9, R1));
         a.bind(no_region);
         // Cells of the last byte have no child.
-        if byte + 1 < width {
+        if byte + 1 < first + width {
             a.push(insn::ldx(Size::W, R6, R0, 4));
             a.jmp_imm(Jmp::Jeq, R6, 0, walked);
             a.jmp32_imm(Jmp::Jge, R6, layout::TAIL as i32, tail);
@@ -512,17 +538,17 @@ fn address_region(a: &mut Asm, names: maps::Names, v6: bool) {
     a.push(insn::stx(Size::W, R10, R6, INDEX_KEY));
     lookup(a, names.tails, INDEX_KEY);
     a.jmp_imm(Jmp::Jeq, R0, 0, walked);
-    let (size, words): (Size, i16) = if v6 { (Size::DW, 2) } else { (Size::W, 1) };
+    let (size, words): (Size, i16) = if family == Family::V6 { (Size::DW, 2) } else { (Size::W, 1) };
     for i in 0..words {
         let step = size.bytes() as i16;
-        a.push(insn::ldx(size, R1, R10, ADDR_KEY + 8 + step * i));
+        a.push(insn::ldx(size, R1, R10, ADDR_KEY + 8 + first + step * i));
         a.push(insn::ldx(size, R2, R0, 16 + step * i));
         a.push(insn::alu64_reg(Alu::And, R1, R2));
         a.push(insn::ldx(size, R2, R0, step * i));
         a.jmp_reg(Jmp::Jne, R1, R2, walked);
     }
     a.push(insn::ldx(Size::W, R9, R0, 32));
-    a.bind(walked);
+    a.ja(walked);
 }
 
 /// r9 = region id → r1 = value id of the port (r7) for the protocol (r8); r6 = the

@@ -2,7 +2,8 @@
 //! inlines, instead of LPM tries whose walk grows with the entry count (docs/decision-core.md).
 //!
 //! - **Addresses**: a multibit trie of 256-cell nodes, one destination byte per step (at most
-//!   4 steps for IPv4, 16 for IPv6). A cell carries the region of the longest prefix ending at
+//!   4 steps for IPv4 and for IPv4-mapped IPv6 destinations, which walk their IPv4 part, 16
+//!   for other IPv6 destinations). A cell carries the region of the longest prefix ending at
 //!   that byte (0: keep the one found so far) and a child: another node, or a *tail* when
 //!   exactly one longer prefix lies below (one masked compare instead of a chain of nodes).
 //!   Only non-empty cells are stored, so the bundle grows with prefixes, not with nodes × 256.
@@ -15,7 +16,7 @@
 
 use std::net::IpAddr;
 
-use crate::plan::{PortTable, Value};
+use crate::plan::{Family, PortTable, Value};
 
 /// Child flag of an address cell: the child is a tail index.
 pub const TAIL: u32 = 1 << 31;
@@ -102,9 +103,14 @@ impl Default for NetLayout {
 }
 
 /// The root node id, which is also the region id of the `/0` prefix, of workload `w` (≥ 1):
-/// `2w − 1` for IPv4, `2w` for IPv6.
-pub fn root(w: u32, v6: bool) -> u32 {
-    2 * w - u32::from(!v6)
+/// `3w − 2` for IPv4, `3w − 1` for IPv6, `3w` for IPv4-mapped destinations.
+pub fn root(w: u32, family: Family) -> u32 {
+    3 * w
+        - match family {
+            Family::V4 => 2,
+            Family::V6 => 1,
+            Family::Mapped => 0,
+        }
 }
 
 /// `(start, value id)` pairs.
@@ -129,8 +135,8 @@ impl Builder {
     /// A builder for `workloads` workload classes (ids `1..=workloads`) and the port tables.
     pub fn new(workloads: u32, tables: &[PortTable]) -> Self {
         let mut b = Self::default();
-        b.out.nodes = 2 * workloads + 1;
-        b.out.regions = vec![[0; 4]; 2 * workloads as usize + 1];
+        b.out.nodes = 3 * workloads + 1;
+        b.out.regions = vec![[0; 4]; 3 * workloads as usize + 1];
         b.out.tables = tables.len() as u32;
         for (t, table) in tables.iter().enumerate() {
             let default = b.value_id(table.default);
@@ -158,8 +164,8 @@ impl Builder {
 
     /// Places workload `w`'s regions of one family: `(network bytes, length, port tables)`,
     /// the `/0` prefix among them.
-    pub fn addresses(&mut self, w: u32, v6: bool, regions: impl Iterator<Item = ([u8; 16], u8, [u32; 2])>) {
-        let root = root(w, v6);
+    pub fn addresses(&mut self, w: u32, family: Family, regions: impl Iterator<Item = ([u8; 16], u8, [u32; 2])>) {
+        let root = root(w, family);
         let mut prefixes: Vec<Prefix> = Vec::new();
         for (addr, len, tables) in regions {
             let region = self.region(tables);
@@ -176,6 +182,21 @@ impl Builder {
         }
         prefixes.sort_unstable();
         self.node(root, 0, &prefixes);
+    }
+
+    /// Gives workload `w`'s IPv4-mapped root the IPv4 root's cells and region: the same trie
+    /// below it.
+    pub fn share_mapped(&mut self, w: u32) {
+        let (v4, mapped) = (root(w, Family::V4), root(w, Family::Mapped));
+        self.out.regions[mapped as usize] = self.out.regions[v4 as usize];
+        let cells: Vec<Cell> = self
+            .out
+            .cells
+            .iter()
+            .filter(|c| c.index / NODE_CELLS == v4)
+            .map(|c| Cell { index: mapped * NODE_CELLS + c.index % NODE_CELLS, ..*c })
+            .collect();
+        self.out.cells.extend(cells);
     }
 
     /// Fills node `id` at byte `depth` from `prefixes`: sorted, sharing the first `depth`
@@ -301,15 +322,19 @@ impl NetLayout {
     /// Looks a decision up step by step exactly as the generated programs do (for tests and
     /// tools): workload `w` (≥ 1), destination, port, UDP or TCP.
     pub fn lookup(&self, w: u32, addr: IpAddr, port: u16, udp: bool) -> Option<Value> {
-        let (bytes, width, v6) = match addr {
-            IpAddr::V4(a) => {
-                let mut b = [0; 16];
-                b[..4].copy_from_slice(&a.octets());
-                (b, 4, false)
-            }
-            IpAddr::V6(a) => (a.octets(), 16, true),
+        let v4 = |a: std::net::Ipv4Addr| {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&a.octets());
+            b
         };
-        let mut node = root(w, v6);
+        let (bytes, width, family) = match addr {
+            IpAddr::V4(a) => (v4(a), 4, Family::V4),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(m) => (v4(m), 4, Family::Mapped),
+                None => (a.octets(), 16, Family::V6),
+            },
+        };
+        let mut node = root(w, family);
         let mut best = node;
         for (depth, &byte) in bytes.iter().enumerate().take(width) {
             let index = node * NODE_CELLS + u32::from(byte);

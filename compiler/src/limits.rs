@@ -8,8 +8,11 @@ use crate::bundle::Compiled;
 /// Limits a bundle must stay within.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Most entries in any one map (memory on the node grows with this).
+    /// Most filled entries in any one map (load time and bundle size grow with this).
     pub max_map_entries: u32,
+    /// Most kernel memory any one map may take, as estimated by [`map_bytes`] (arrays are
+    /// preallocated whole, however few entries are filled).
+    pub max_map_bytes: u64,
     /// Most instruction slots in one program (the verifier's hard limit is 1,000,000
     /// processed instructions; ours are straight-line apart from a few branches).
     pub max_instructions: u32,
@@ -19,7 +22,12 @@ pub struct Limits {
 
 impl Limits {
     /// The defaults the server enforces.
-    pub const DEFAULT: Self = Self { max_map_entries: 1 << 20, max_instructions: 100_000, max_bundle_bytes: 128 << 20 };
+    pub const DEFAULT: Self = Self {
+        max_map_entries: 1 << 20,
+        max_map_bytes: 256 << 20,
+        max_instructions: 100_000,
+        max_bundle_bytes: 128 << 20,
+    };
 }
 
 impl std::default::Default for Limits {
@@ -56,6 +64,18 @@ impl fmt::Display for CapacityError {
     }
 }
 
+/// Kernel memory a map takes, estimated from its type and sizes: an array preallocates every
+/// slot (values rounded up to 8 bytes); hash and LPM maps take about one element (key, value
+/// and ~48 bytes of bookkeeping) per entry; a ring buffer its data pages.
+pub fn map_bytes(m: &palisade_proto::v1::BundleMap) -> u64 {
+    let round = |n: u32| u64::from(n).div_ceil(8) * 8;
+    match m.map_type {
+        2 => u64::from(m.max_entries) * round(m.value_size),
+        27 => u64::from(m.max_entries),
+        _ => u64::from(m.max_entries) * (round(m.key_size) + round(m.value_size) + 48),
+    }
+}
+
 /// Checks a compiled bundle against `limits`.
 pub fn check(compiled: &Compiled, limits: &Limits) -> Result<(), CapacityError> {
     let mut excess = Vec::new();
@@ -67,6 +87,15 @@ pub fn check(compiled: &Compiled, limits: &Limits) -> Result<(), CapacityError> 
                 value: entries,
                 limit: u64::from(limits.max_map_entries),
                 unit: "entries",
+            });
+        }
+        let bytes = map_bytes(m);
+        if bytes > limits.max_map_bytes {
+            excess.push(Excess {
+                what: format!("map {}", m.name),
+                value: bytes,
+                limit: limits.max_map_bytes,
+                unit: "bytes of kernel memory",
             });
         }
     }
@@ -109,12 +138,18 @@ mod tests {
         let set = PolicySet::new([(&doc, 1)], Vec::new()).expect("model");
         let compiled = compile(&set, KernelOffsets::LINUX_6_12).expect("compiles");
         assert_eq!(check(&compiled, &Limits::DEFAULT), Ok(()));
-        let tight = Limits { max_map_entries: 3, max_instructions: 150, max_bundle_bytes: 100 };
+        let tight = Limits { max_map_entries: 3, max_map_bytes: 1 << 20, max_instructions: 150, max_bundle_bytes: 100 };
         let err = check(&compiled, &tight).expect_err("over the tight limits");
         let whats: Vec<&str> = err.0.iter().map(|e| e.what.as_str()).collect();
         assert!(whats.contains(&"map pal_ports"), "{whats:?}");
         assert!(whats.contains(&"program pal_lsm_connect"), "{whats:?}");
         assert!(whats.contains(&"bundle"), "{whats:?}");
         assert!(err.to_string().contains("the limit is 3"), "{err}");
+        // A table's 256 four-byte cells are a KiB; one table more than fits is refused.
+        let ports = compiled.content.maps.iter().find(|m| m.name == "pal_ports").expect("ports map");
+        assert_eq!(map_bytes(ports), u64::from(ports.max_entries) * 8);
+        let small = Limits { max_map_bytes: map_bytes(ports) - 1, ..Limits::DEFAULT };
+        let err = check(&compiled, &small).expect_err("over the byte limit");
+        assert!(err.0.iter().any(|e| e.what == "map pal_ports" && e.unit == "bytes of kernel memory"), "{err}");
     }
 }

@@ -122,8 +122,14 @@ pub struct Plan {
     pub root_workload: u32,
     /// IPv4 regions.
     pub regions4: Vec<Region<Ipv4Net>>,
-    /// IPv6 regions (IPv4 prefixes appear here as IPv4-mapped prefixes, §3.4).
+    /// IPv6 regions (for destinations outside `::ffff:0:0/96`).
     pub regions6: Vec<Region<Ipv6Net>>,
+    /// Regions of IPv4-mapped destinations by their IPv4 part, for the workload classes not
+    /// in [`Plan::mapped_shared`].
+    pub regions_mapped: Vec<Region<Ipv4Net>>,
+    /// Workload classes whose IPv4-mapped destinations have exactly the IPv4 regions (no
+    /// IPv6 element reaches them), so they walk the IPv4 trie.
+    pub mapped_shared: Vec<u32>,
     /// Port tables by id.
     pub tables: Vec<PortTable>,
     /// What the network programs look up (empty for `exec` and `files`).
@@ -197,27 +203,57 @@ enum Member {
     Failsafe(usize),
 }
 
-fn mapped(net: Ipv4Net) -> Ipv6Net {
-    let v6 = net.network().to_ipv6_mapped();
-    // A valid v4 prefix length plus 96 is a valid v6 prefix length.
-    Ipv6Net::new(v6, net.prefix_len() + 96).unwrap_or_default()
+/// The address spaces the programs walk separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4 destinations.
+    V4,
+    /// IPv6 destinations outside `::ffff:0:0/96`.
+    V6,
+    /// IPv4-mapped IPv6 destinations (`::ffff:a.b.c.d`), walked by their IPv4 part (§3.4):
+    /// IPv4 elements match them, and so do IPv6 elements containing them.
+    Mapped,
 }
 
-/// Groups every member by the exact prefix it was written with; returns the prefixes sorted
-/// so that every prefix comes after the prefixes containing it.
-fn members_by_prefix(set: &PolicySet, op: Operation, applying: &[usize], v6: bool) -> (PrefixMembers, Vec<Member>) {
+/// `::ffff:0:0/96`, the IPv4-mapped addresses.
+fn mapped_space() -> Ipv6Net {
+    Ipv6Net::new(std::net::Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(), 96).unwrap_or_default()
+}
+
+/// An element as a prefix of `family`'s space, or None when it matches no destination there.
+fn in_family(net: IpNet, family: Family) -> Option<IpNet> {
+    let space = mapped_space();
+    match (net.trunc(), family) {
+        (net @ IpNet::V4(_), Family::V4 | Family::Mapped) => Some(net),
+        // An IPv4 destination never matches an IPv6 element, nor an IPv6 one an IPv4 element
+        // unless it is IPv4-mapped (§3.4).
+        (IpNet::V6(_), Family::V4) | (IpNet::V4(_), Family::V6) => None,
+        (IpNet::V6(n), Family::V6) => (!space.contains(&n)).then_some(IpNet::V6(n)),
+        (IpNet::V6(n), Family::Mapped) => {
+            if n.contains(&space) {
+                Some(IpNet::V4(Ipv4Net::default()))
+            } else if space.contains(&n) {
+                let v4 = n.network().to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+                Ipv4Net::new(v4, n.prefix_len() - 96).ok().map(IpNet::V4)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Groups every member by the exact prefix it was written with, as a prefix of `family`'s
+/// space; returns the prefixes sorted so that every prefix comes after the prefixes
+/// containing it.
+fn members_by_prefix(set: &PolicySet, op: Operation, applying: &[usize], family: Family) -> (PrefixMembers, Vec<Member>) {
     let mut by_prefix: BTreeMap<(IpNet, u8), Vec<Member>> = BTreeMap::new();
     let mut anywhere = Vec::new();
-    let root: IpNet = if v6 { Ipv6Net::default().into() } else { Ipv4Net::default().into() };
+    let root: IpNet = if family == Family::V6 { Ipv6Net::default().into() } else { Ipv4Net::default().into() };
     by_prefix.insert((root, 0), Vec::new());
     let mut add = |net: IpNet, member: Member| {
-        let net = match (net.trunc(), v6) {
-            (IpNet::V4(n), true) => IpNet::V6(mapped(n)),
-            (net @ IpNet::V4(_), false) | (net @ IpNet::V6(_), true) => net,
-            // An IPv4 destination never matches an IPv6 element (§3.4).
-            (IpNet::V6(_), false) => return,
-        };
-        by_prefix.entry((net, net.prefix_len())).or_default().push(member);
+        if let Some(net) = in_family(net, family) {
+            by_prefix.entry((net, net.prefix_len())).or_default().push(member);
+        }
     };
     for &p in applying {
         let Some(section) = set.policies[p].section(op) else { continue };
@@ -720,8 +756,14 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
         // Identical member sets get identical tables (an IPv4 region and its IPv4-mapped twin
         // usually have the same members).
         let mut known: HashMap<Vec<Member>, [u32; 2]> = HashMap::default();
-        for v6 in [false, true] {
-            let (by_prefix, anywhere) = members_by_prefix(set, op, applying, v6);
+        let mut v4_prefixes = PrefixMembers::new();
+        for family in [Family::V4, Family::V6, Family::Mapped] {
+            let (by_prefix, anywhere) = members_by_prefix(set, op, applying, family);
+            if family == Family::Mapped && by_prefix == v4_prefixes {
+                // No IPv6 element reaches IPv4-mapped destinations: they walk the IPv4 trie.
+                plan.mapped_shared.push(w as u32);
+                continue;
+            }
             // Prefixes sorted by (network, length) visit containers before contents; a stack
             // of the chain of containing prefixes gives each prefix its members.
             let mut chain: Vec<(IpNet, Vec<Member>, [u32; 2])> = Vec::new();
@@ -741,31 +783,41 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
                     known.insert(members.clone(), t);
                     t
                 };
-                match net {
-                    IpNet::V4(n) => plan.regions4.push(Region { workload: w as u32, net: *n, tables: t }),
-                    IpNet::V6(n) => plan.regions6.push(Region { workload: w as u32, net: *n, tables: t }),
+                match (net, family) {
+                    (IpNet::V4(n), Family::V4) => plan.regions4.push(Region { workload: w as u32, net: *n, tables: t }),
+                    (IpNet::V4(n), _) => plan.regions_mapped.push(Region { workload: w as u32, net: *n, tables: t }),
+                    (IpNet::V6(n), _) => plan.regions6.push(Region { workload: w as u32, net: *n, tables: t }),
                 }
                 chain.push((*net, members, t));
+            }
+            if family == Family::V4 {
+                v4_prefixes = by_prefix;
             }
         }
     }
     if !op.is_path() {
         let mut builder = layout::Builder::new(classes.len() as u32 - 1, &tables.list);
+        let v4_bytes = |r: &Region<Ipv4Net>| {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&r.net.network().octets());
+            (b, r.net.prefix_len(), r.tables)
+        };
         for w in 1..classes.len() as u32 {
+            builder.addresses(w, Family::V4, plan.regions4[of_workload(&plan.regions4, w)].iter().map(v4_bytes));
             builder.addresses(
                 w,
-                false,
-                plan.regions4[of_workload(&plan.regions4, w)].iter().map(|r| {
-                    let mut b = [0; 16];
-                    b[..4].copy_from_slice(&r.net.network().octets());
-                    (b, r.net.prefix_len(), r.tables)
-                }),
-            );
-            builder.addresses(
-                w,
-                true,
+                Family::V6,
                 plan.regions6[of_workload(&plan.regions6, w)].iter().map(|r| (r.net.network().octets(), r.net.prefix_len(), r.tables)),
             );
+            if plan.mapped_shared.contains(&w) {
+                builder.share_mapped(w);
+            } else {
+                builder.addresses(
+                    w,
+                    Family::Mapped,
+                    plan.regions_mapped[of_workload(&plan.regions_mapped, w)].iter().map(v4_bytes),
+                );
+            }
         }
         plan.layout = builder.finish();
     }

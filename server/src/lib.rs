@@ -64,6 +64,10 @@ pub struct Config {
     /// any node are rejected at apply time.
     #[arg(long, env = "PALISADE_MAX_MAP_ENTRIES", default_value_t = palisade_compiler::limits::Limits::DEFAULT.max_map_entries)]
     pub max_map_entries: u32,
+    /// Most kernel memory (bytes, estimated) one map of a compiled bundle may take; policies
+    /// that would exceed it on any node are rejected at apply time.
+    #[arg(long, env = "PALISADE_MAX_MAP_BYTES", default_value_t = palisade_compiler::limits::Limits::DEFAULT.max_map_bytes)]
+    pub max_map_bytes: u64,
 }
 
 /// Failures that stop the server.
@@ -111,6 +115,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     let limits = palisade_compiler::limits::Limits {
         max_map_entries: config.max_map_entries,
+        max_map_bytes: config.max_map_bytes,
         ..palisade_compiler::limits::Limits::DEFAULT
     };
     let signer = if let Some(path) = &config.bundle_signing_key {

@@ -208,9 +208,14 @@ fn plan_maps(plan: &Plan, shift: u32) -> Vec<v1::BundleMap> {
         regions.index(i);
         regions.words(r);
     }
-    let mut ports = Packed::new(4, l.ports.len());
-    for &(i, c) in &l.ports {
-        ports.push(i, &[c]);
+    // Two cells an element: the kernel rounds array values up to 8 bytes anyway.
+    let mut ports = Packed::new(8, l.ports.len());
+    for pair in l.ports.chunk_by(|a, b| a.0 / 2 == b.0 / 2) {
+        let mut cells = [0; 2];
+        for &(i, c) in pair {
+            cells[(i % 2) as usize] = c;
+        }
+        ports.push(pair[0].0 / 2, &cells);
     }
     let node_size = layout::PORT_SLOTS as u32 * 5;
     let mut port_nodes = Packed::new(node_size, l.port_nodes.len());
@@ -228,7 +233,7 @@ fn plan_maps(plan: &Plan, shift: u32) -> Vec<v1::BundleMap> {
         nodes.map(names.nodes, l.nodes * layout::NODE_CELLS),
         tails.map(names.tails, l.tails.len() as u32),
         regions.map(names.regions, l.regions.len() as u32),
-        ports.map(names.ports, l.tables * layout::TABLE_CELLS),
+        ports.map(names.ports, l.tables * layout::TABLE_CELLS / 2),
         port_nodes.map(names.port_nodes, l.port_nodes.len() as u32),
         values.map(names.values, l.values.len() as u32),
     ]);

@@ -566,14 +566,19 @@ fn port_value(a: &mut Asm, names: maps::Names, allow: Label) {
     a.bind(tcp);
     a.push(insn::ldx(Size::W, R1, R0, 0));
     a.push(insn::ldx(Size::W, R6, R0, 4));
-    a.comment("port: the high byte in the table, then a nibble per 16-cell node; 0 means the default");
-    a.push(insn::alu64_imm(Alu::Lsh, R1, 8));
+    a.comment("port: the table's cell for the high byte (two cells an element), then port nodes; 0 means the default");
+    a.push(insn::alu64_imm(Alu::Lsh, R1, 7));
     a.push(insn::mov64_reg(R2, R7));
     a.push(insn::alu64_imm(Alu::And, R2, 0xff));
+    a.push(insn::alu64_imm(Alu::Rsh, R2, 1));
     a.push(insn::alu64_reg(Alu::Or, R1, R2));
     a.push(insn::stx(Size::W, R10, R1, INDEX_KEY));
     lookup(a, names.ports, INDEX_KEY);
     a.jmp_imm(Jmp::Jeq, R0, 0, default);
+    a.push(insn::mov64_reg(R2, R7));
+    a.push(insn::alu64_imm(Alu::And, R2, 1));
+    a.push(insn::alu64_imm(Alu::Lsh, R2, 2));
+    a.push(insn::alu64_reg(Alu::Add, R0, R2));
     a.push(insn::ldx(Size::W, R1, R0, 0));
     // r7 holds the port's low byte in bits 8-15. A node's slot is the first j with
     // low byte < bounds[j], else the last.

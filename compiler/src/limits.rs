@@ -138,14 +138,14 @@ mod tests {
         let set = PolicySet::new([(&doc, 1)], Vec::new()).expect("model");
         let compiled = compile(&set, KernelOffsets::LINUX_6_12).expect("compiles");
         assert_eq!(check(&compiled, &Limits::DEFAULT), Ok(()));
-        let tight = Limits { max_map_entries: 3, max_map_bytes: 1 << 20, max_instructions: 150, max_bundle_bytes: 100 };
+        let tight = Limits { max_map_entries: 2, max_map_bytes: 1 << 20, max_instructions: 150, max_bundle_bytes: 100 };
         let err = check(&compiled, &tight).expect_err("over the tight limits");
         let whats: Vec<&str> = err.0.iter().map(|e| e.what.as_str()).collect();
         assert!(whats.contains(&"map pal_ports"), "{whats:?}");
         assert!(whats.contains(&"program pal_lsm_connect"), "{whats:?}");
         assert!(whats.contains(&"bundle"), "{whats:?}");
-        assert!(err.to_string().contains("the limit is 3"), "{err}");
-        // A table's 256 four-byte cells are a KiB; one table more than fits is refused.
+        assert!(err.to_string().contains("the limit is 2"), "{err}");
+        // A table is 128 eight-byte elements of two cells; a byte under the map is refused.
         let ports = compiled.content.maps.iter().find(|m| m.name == "pal_ports").expect("ports map");
         assert_eq!(map_bytes(ports), u64::from(ports.max_entries) * 8);
         let small = Limits { max_map_bytes: map_bytes(ports) - 1, ..Limits::DEFAULT };

@@ -144,7 +144,7 @@ pub struct Plan {
 /// small integers and vectors of them, never attacker-chosen strings), in the style of
 /// `rustc`'s `FxHasher`: `SipHash` was a tenth of compile time.
 #[derive(Default, Clone, Copy)]
-struct FxHasher(u64);
+pub(crate) struct FxHasher(u64);
 
 impl Hasher for FxHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -172,7 +172,8 @@ impl Hasher for FxHasher {
     }
 }
 
-type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// A hash map with [`FxHasher`].
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// Encodes a decision.
 fn value(decision: &Decision, rules: &mut Vec<RuleRef>, rule_ids: &mut HashMap<RuleRef, u32>) -> Value {
@@ -755,7 +756,10 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
         let initial = initial_matches(set, op, applying);
         // Identical member sets get identical tables (an IPv4 region and its IPv4-mapped twin
         // usually have the same members).
-        let mut known: HashMap<Vec<Member>, [u32; 2]> = HashMap::default();
+        let mut known: HashMap<Vec<Member>, [u32; 2]> = HashMap::with_capacity_and_hasher(
+            set.policies.iter().filter_map(|p| p.section(op)).map(|s| s.rules.len()).sum::<usize>() + 1,
+            BuildHasherDefault::default(),
+        );
         let mut v4_prefixes = PrefixMembers::new();
         for family in [Family::V4, Family::V6, Family::Mapped] {
             let (by_prefix, anywhere) = members_by_prefix(set, op, applying, family);

@@ -32,7 +32,7 @@ use palisade_proto::v1;
 use prost::Message as _;
 
 const OFFSETS: KernelOffsets = KernelOffsets::LINUX_6_12;
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 11;
 const CONNECTS: usize = 200_000;
 
 /// A small deterministic generator (xorshift), so every run benchmarks the same rules.
@@ -424,9 +424,9 @@ fn run(datapath: &mut Datapath, cgroup: &str) -> anyhow::Result<()> {
 /// Compile time and sizes for both profiles (needs no privileges: `--compile-only`).
 fn compile_table(cgroup: &str) -> anyhow::Result<()> {
     println!(
-        "| profile | rules | compile (ms, median of 3) | bundle bytes | instructions per program (connect4/connect6/lsm connect/bind4/bind6/lsm bind/lsm exec/lsm file) | map entries (addr4+addr6+ports) |"
+        "| profile | rules | compile (ms, median of 3) | bundle bytes | instructions per program (connect4/connect6/lsm connect/bind4/bind6/lsm bind/lsm exec/lsm file) | map entries filled | kernel memory of the maps (MiB, estimated) |"
     );
-    println!("|---|---:|---:|---:|---|---:|");
+    println!("|---|---:|---:|---:|---|---:|---:|");
     // `--profile hosts|uniform` limits the table to one profile (handy under a profiler).
     let only = std::env::args().skip_while(|a| a != "--profile").nth(1);
     for profile in [Profile::Hosts, Profile::Uniform] {
@@ -438,12 +438,14 @@ fn compile_table(cgroup: &str) -> anyhow::Result<()> {
             let c = compile(&s, OFFSETS)?;
             let insns: Vec<String> = c.programs.iter().map(|(_, p)| p.insns.len().to_string()).collect();
             let entries: usize = c.content.maps.iter().map(v1::BundleMap::filled).sum();
+            let bytes: u64 = c.content.maps.iter().map(palisade_compiler::limits::map_bytes).sum();
             println!(
-                "| {} | {n} | {:.1} | {} | {} | {entries} |",
+                "| {} | {n} | {:.1} | {} | {} | {entries} | {:.1} |",
                 profile.name(),
                 compile_ms(&s),
                 c.bytes.len(),
-                insns.join("/")
+                insns.join("/"),
+                bytes as f64 / f64::from(1 << 20)
             );
         }
     }

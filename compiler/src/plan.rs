@@ -367,7 +367,7 @@ impl Tables {
             let next = s.events.get(e).map_or(65_536, |ev| ev.0);
             s.here.clear();
             s.here.extend(s.active.iter().map(|(m, _)| *m));
-            let decision = cell(set, op, initial, &s.here, protocol, at as u16, &mut s.matches);
+            let decision = cell(set, op, &self.index, initial, &s.here, protocol, at as u16, &mut s.matches);
             let v = value(&decision, &mut self.rules, &mut self.rule_ids);
             if s.intervals.last().is_none_or(|(_, last)| *last != v) {
                 s.intervals.push((at, v));
@@ -439,7 +439,7 @@ impl Tables {
         let mut in_parent = 0;
         for &at in s.cuts.iter().filter(|&&x| x < 65_536) {
             let v = if inside(at) {
-                let decision = cell(set, op, initial, members, protocol, at as u16, &mut s.matches);
+                let decision = cell(set, op, &self.index, initial, members, protocol, at as u16, &mut s.matches);
                 value(&decision, &mut self.rules, &mut self.rule_ids)
             } else {
                 let intervals = &self.list[parent as usize].intervals;
@@ -484,6 +484,8 @@ struct RuleIndex {
     base: Vec<usize>,
     /// Per rule: protocol bits (1 TCP, 2 UDP) and its `[start, end)` in `ranges`.
     rules: Vec<(u8, u32, u32)>,
+    /// Per rule: its action.
+    actions: Vec<crate::model::Action>,
     /// Port ranges `[first, end)`; a rule without ports has `[0, 65536)`.
     ranges: Vec<(u32, u32)>,
 }
@@ -505,9 +507,20 @@ impl RuleIndex {
                 }
                 index.ranges.extend(rule.ports.iter().map(|r| (u32::from(r.first), u32::from(r.last) + 1)));
                 index.rules.push((bits, start, index.ranges.len() as u32));
+                index.actions.push(rule.action);
             }
         }
         index
+    }
+
+    /// The action of rule `r` of policy `p` if it matches `protocol` and `port`.
+    fn matching(&self, p: usize, r: usize, protocol: Protocol, port: u16) -> Option<crate::model::Action> {
+        let i = self.base[p] + r;
+        let (bits, start, end) = self.rules[i];
+        let port = u32::from(port);
+        (bits & (1 << u8::from(protocol == Protocol::Udp)) != 0
+            && self.ranges[start as usize..end as usize].iter().any(|&(first, end)| first <= port && port < end))
+        .then_some(self.actions[i])
     }
 
     /// Appends the port ranges `[first, end)` member `m` matches for `protocol` to `out`:
@@ -584,9 +597,11 @@ fn record(matches: &mut Vec<(usize, Matches)>, p: usize, r: usize, action: crate
 }
 
 /// The decision for one cell: a protocol, a port, and the members matching its region.
+#[allow(clippy::too_many_arguments, reason = "the inputs of one cell")]
 fn cell(
     set: &PolicySet,
     op: Operation,
+    index: &RuleIndex,
     initial: &[(usize, Matches)],
     members: &[Member],
     protocol: Protocol,
@@ -603,9 +618,8 @@ fn cell(
                 }
             }
             Member::Rule(p, r) => {
-                let rule = &set.policies[p].section(op).expect("member policies have a section").rules[r];
-                if rule.matches_protocol(protocol) && rule.matches_port(port) {
-                    record(matches, p, r, rule.action);
+                if let Some(action) = index.matching(p, r, protocol, port) {
+                    record(matches, p, r, action);
                 }
             }
         }

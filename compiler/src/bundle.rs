@@ -11,8 +11,8 @@ use crate::{
     codegen::{self, Hook, KernelOffsets, maps},
     elf::{self, ElfProgram, MapDef},
     eval::RuleName,
-    model::{Operation, PolicySet},
     layout,
+    model::{Operation, PolicySet},
     plan::{self, Plan},
 };
 
@@ -109,7 +109,11 @@ struct Packed {
 
 impl Packed {
     fn new(value_size: u32, capacity: usize) -> Self {
-        Self { value_size, indices: Vec::with_capacity(capacity), values: Vec::with_capacity(capacity * value_size as usize) }
+        Self {
+            value_size,
+            indices: Vec::with_capacity(capacity),
+            values: Vec::with_capacity(capacity * value_size as usize),
+        }
     }
 
     fn index(&mut self, i: usize) {

@@ -7,9 +7,9 @@
 //! through `allow:`/`deny:`, so the return values are exactly two constants per hook.
 
 use crate::{
-    layout,
     asm::{Asm, AsmError, Label, Program},
     insn::{self, Alu, Jmp, R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Size, helper},
+    layout,
     model::Operation,
     plan::{FLAG_DENY, FLAG_EVENT, Family, Plan},
 };

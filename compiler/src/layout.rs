@@ -233,11 +233,11 @@ impl Builder {
         }
         let base = id * NODE_CELLS;
         self.out.cells.extend(
-            cells
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c != (0, 0))
-                .map(|(i, &(region, child))| Cell { index: base + i as u32, region, child }),
+            cells.iter().enumerate().filter(|(_, c)| **c != (0, 0)).map(|(i, &(region, child))| Cell {
+                index: base + i as u32,
+                region,
+                child,
+            }),
         );
     }
 

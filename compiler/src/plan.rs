@@ -5,11 +5,13 @@
 //! 1. *workload class* `W`: the deepest selected cgroup among the task's ancestors (one
 //!    `bpf_get_current_ancestor_cgroup_id` + hash lookup per distinct selector depth), then
 //!    `(S, uid)` and `(S, any uid)` in a hash map;
-//! 2. *address region*: an LPM trie keyed by `(W, address)` returns one port-table id per
-//!    protocol — every address whose longest matching prefix is the same has the same set of
-//!    matching rules;
-//! 3. *decision*: an LPM trie keyed by `(port table, port)` returns the decision; port
-//!    intervals are split into aligned blocks, so ranges cost no extra lookups.
+//! 2. *address region*: the region of the destination's longest matching prefix, per
+//!    workload class and address family — every address whose longest matching prefix is the
+//!    same has the same set of matching rules;
+//! 3. *decision*: the region's port table per protocol, cut into intervals of constant
+//!    decision.
+//!
+//! [`crate::layout`] turns regions and tables into the arrays the programs walk.
 //!
 //! Each cell's decision comes from [`crate::eval::decide`], the same code the reference
 //! evaluator uses, so the bytecode can only differ from the specification through matching,
@@ -24,8 +26,8 @@ use std::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::{
-    layout::{self, NetLayout},
     eval::{Decision, Matches, ReportKind, RuleName, Verdict, combine, decide},
+    layout::{self, NetLayout},
     model::{ACCESS_READ, ACCESS_WRITE, MAX_PATH, Operation, PolicySet, Protocol},
 };
 
@@ -246,7 +248,12 @@ fn in_family(net: IpNet, family: Family) -> Option<IpNet> {
 /// Groups every member by the exact prefix it was written with, as a prefix of `family`'s
 /// space; returns the prefixes sorted so that every prefix comes after the prefixes
 /// containing it.
-fn members_by_prefix(set: &PolicySet, op: Operation, applying: &[usize], family: Family) -> (PrefixMembers, Vec<Member>) {
+fn members_by_prefix(
+    set: &PolicySet,
+    op: Operation,
+    applying: &[usize],
+    family: Family,
+) -> (PrefixMembers, Vec<Member>) {
     let mut by_prefix: BTreeMap<(IpNet, u8), Vec<Member>> = BTreeMap::new();
     let mut anywhere = Vec::new();
     let root: IpNet = if family == Family::V6 { Ipv6Net::default().into() } else { Ipv4Net::default().into() };
@@ -825,7 +832,9 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
             builder.addresses(
                 w,
                 Family::V6,
-                plan.regions6[of_workload(&plan.regions6, w)].iter().map(|r| (r.net.network().octets(), r.net.prefix_len(), r.tables)),
+                plan.regions6[of_workload(&plan.regions6, w)]
+                    .iter()
+                    .map(|r| (r.net.network().octets(), r.net.prefix_len(), r.tables)),
             );
             if plan.mapped_shared.contains(&w) {
                 builder.share_mapped(w);

@@ -93,7 +93,13 @@ struct BatchAttr {
 /// Writes `keys.len() / key_size` elements with one `BPF_MAP_UPDATE_BATCH` call per slice the
 /// kernel accepts (it reports how many it wrote); falls back to one `BPF_MAP_UPDATE_ELEM` per
 /// element on kernels without batch support for the map type.
-pub fn map_update_batch(map: BorrowedFd<'_>, key_size: usize, keys: &[u8], value_size: usize, values: &[u8]) -> io::Result<()> {
+pub fn map_update_batch(
+    map: BorrowedFd<'_>,
+    key_size: usize,
+    keys: &[u8],
+    value_size: usize,
+    values: &[u8],
+) -> io::Result<()> {
     let count = keys.len() / key_size.max(1);
     let mut done = 0;
     while done < count {

@@ -112,7 +112,11 @@ async fn node_whose_policy_set_is_over_capacity_shows_why_it_gets_no_bundle(pool
         let node = nodes.get_node(v1::GetNodeRequest { name: "web-2".into() }).await.expect("get").into_inner().node;
         if let Some(error) = node.and_then(|n| n.last_error) {
             assert!(error.message.contains("could not build"), "{}", error.message);
-            assert!(error.message.contains(&largest_map(&[&doc("a", 1000, 8), &doc("b", 5000, 8)]).0), "{}", error.message);
+            assert!(
+                error.message.contains(&largest_map(&[&doc("a", 1000, 8), &doc("b", 5000, 8)]).0),
+                "{}",
+                error.message
+            );
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "the build failure was not recorded");

@@ -94,7 +94,9 @@ fn plan_port_range_inside_a_chunk_becomes_one_port_node() {
     assert_eq!(node.bounds[..3], [64, 145, 255]);
     assert_eq!(node.slots[..3], [0, deny, 0]);
     let addr: IpAddr = "1.2.3.4".parse().expect("addr");
-    for (port, deny) in [(7935, false), (7999, false), (8000, true), (8047, true), (8080, true), (8081, false), (8192, false)] {
+    for (port, deny) in
+        [(7935, false), (7999, false), (8000, true), (8047, true), (8080, true), (8081, false), (8192, false)]
+    {
         let v = plan.lookup(0, 0, addr, port, Protocol::Tcp).expect("workload has a policy");
         assert_eq!(v.flags & FLAG_DENY != 0, deny, "port {port}");
     }
@@ -115,10 +117,7 @@ fn plan_chunk_with_many_boundaries_nests_port_nodes_and_matches_the_evaluator() 
         .collect();
     let set = connect_only(Default::Deny, rules);
     let plan = plan(&set, Operation::Connect);
-    assert!(
-        plan.layout.port_nodes.iter().any(|n| n.slots.iter().any(|s| s & layout::PORT_NODE != 0)),
-        "nested nodes"
-    );
+    assert!(plan.layout.port_nodes.iter().any(|n| n.slots.iter().any(|s| s & layout::PORT_NODE != 0)), "nested nodes");
     let addr: IpAddr = "10.0.0.1".parse().expect("addr");
     for port in 0..1024 {
         let attempt = crate::eval::Attempt {

@@ -203,7 +203,7 @@ fn static_map(
 /// The measured destination as the programs see it (network order, read as a little-endian u32).
 const TARGET: [u8; 4] = [127, 1, 2, 3];
 
-/// An LPM trie keyed like `pal_addr4` `(64, workload 1, address)` holding the IPv4 prefixes of
+/// An LPM trie keyed `(64, workload 1, address)` (as the first decision core's was) holding the IPv4 prefixes of
 /// `n` rules of the `hosts` profile plus the destination's /8, /16, /24 and /32, and a
 /// program that looks the destination up once.
 fn lpm_probe(generation: u64, n: usize) -> anyhow::Result<v1::Bundle> {

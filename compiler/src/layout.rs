@@ -319,9 +319,9 @@ fn find(cells: &[(u32, u32)], index: u32) -> u32 {
 }
 
 impl NetLayout {
-    /// Looks a decision up step by step exactly as the generated programs do (for tests and
-    /// tools): workload `w` (≥ 1), destination, port, UDP or TCP.
-    pub fn lookup(&self, w: u32, addr: IpAddr, port: u16, udp: bool) -> Option<Value> {
+    /// The region of `addr` for workload `w` (≥ 1) and how many address steps (node cells,
+    /// plus one for a tail) the programs take to find it.
+    pub fn region(&self, w: u32, addr: IpAddr) -> Option<(u32, usize)> {
         let v4 = |a: std::net::Ipv4Addr| {
             let mut b = [0; 16];
             b[..4].copy_from_slice(&a.octets());
@@ -336,7 +336,9 @@ impl NetLayout {
         };
         let mut node = root(w, family);
         let mut best = node;
+        let mut steps = 0;
         for (depth, &byte) in bytes.iter().enumerate().take(width) {
+            steps += 1;
             let index = node * NODE_CELLS + u32::from(byte);
             let cell = self.cells.binary_search_by_key(&index, |c| c.index).map(|i| self.cells[i]);
             let Ok(cell) = cell else { break };
@@ -348,6 +350,7 @@ impl NetLayout {
                 break;
             }
             if cell.child & TAIL != 0 {
+                steps += 1;
                 let tail = self.tails.get((cell.child & !TAIL) as usize)?;
                 if bytes.iter().zip(tail.mask).map(|(b, m)| b & m).eq(tail.addr.iter().copied()) {
                     best = tail.region;
@@ -356,6 +359,13 @@ impl NetLayout {
             }
             node = cell.child;
         }
+        Some((best, steps))
+    }
+
+    /// Looks a decision up step by step exactly as the generated programs do (for tests and
+    /// tools): workload `w` (≥ 1), destination, port, UDP or TCP.
+    pub fn lookup(&self, w: u32, addr: IpAddr, port: u16, udp: bool) -> Option<Value> {
+        let (best, _) = self.region(w, addr)?;
         let region = self.regions.get(best as usize)?;
         let (table, default) = if udp { (region[2], region[3]) } else { (region[0], region[1]) };
         let [high, low] = port.to_be_bytes();

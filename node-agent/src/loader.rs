@@ -769,4 +769,36 @@ mod tests {
         let wrong_digest = v1::Bundle { digest: "00".into(), ..bundle };
         assert!(matches!(verify(&wrong_digest, Some(&key.verifying_key())), Err(LoadError::Digest { .. })));
     }
+
+    fn unsigned(content: &v1::BundleContent) -> v1::Bundle {
+        let content = content.encode_to_vec();
+        v1::Bundle { generation: 1, digest: palisade_proto::sha256_hex(&content), signature: Vec::new(), content }
+    }
+
+    #[test]
+    fn verify_rejects_unknown_formats_and_packed_contents_that_do_not_fit() {
+        let array = |indices: Vec<u32>, values: Vec<u8>| v1::BundleMap {
+            name: "pal_ports".into(),
+            map_type: 2,
+            key_size: 4,
+            value_size: 8,
+            max_entries: 4,
+            indices,
+            values,
+            ..Default::default()
+        };
+        let content = |maps: Vec<v1::BundleMap>, format: u32| v1::BundleContent { format, maps, ..Default::default() };
+        assert!(verify(&unsigned(&content(vec![array(vec![0, 3], vec![1; 16])], 2)), None).is_ok());
+        assert!(verify(&unsigned(&content(Vec::new(), 1)), None).is_ok(), "format 1 is still read");
+        let bad = [
+            (content(Vec::new(), 3), "bundle format 3"),
+            (content(vec![array(vec![0, 3], vec![1; 15])], 2), "do not fit"),
+            (content(vec![array(vec![0, 4], vec![1; 16])], 2), "do not fit"),
+            (content(vec![v1::BundleMap { key_size: 8, ..array(vec![0], vec![1; 8]) }], 2), "do not fit"),
+        ];
+        for (content, reason) in bad {
+            let err = verify(&unsigned(&content), None).expect_err("rejected");
+            assert!(err.to_string().contains(reason) || format!("{err:?}").contains(reason), "{err:?}");
+        }
+    }
 }

@@ -310,7 +310,7 @@ async fn compile(channel: &Channel, path: &Path, disasm: bool) -> anyhow::Result
         programs.row(vec![p.name.clone(), p.section.clone(), p.instructions.to_string(), p.max_path_jumps.to_string()]);
     }
     print!("{}", programs.render());
-    let mut maps = Table::new(&["MAP", "KIND", "KEY", "VALUE", "MAX ENTRIES", "ENTRIES"]);
+    let mut maps = Table::new(&["MAP", "KIND", "KEY", "VALUE", "MAX ENTRIES", "ENTRIES", "KERNEL BYTES"]);
     for m in &response.maps {
         maps.row(vec![
             m.name.clone(),
@@ -319,6 +319,7 @@ async fn compile(channel: &Channel, path: &Path, disasm: bool) -> anyhow::Result
             m.value_size.to_string(),
             m.max_entries.to_string(),
             m.entries.to_string(),
+            m.bytes.to_string(),
         ]);
     }
     println!();

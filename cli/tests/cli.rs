@@ -257,6 +257,10 @@ async fn compile_prints_program_stats_and_the_annotated_disassembly(pool: PgPool
         assert!(text.contains(section), "{section} missing:\n{text}");
     }
     assert!(text.lines().any(|l| l.contains("pal_ports") && l.contains("array")), "{text}");
+    // pal_ports preallocates 1 KiB per port table: the example has at least one.
+    let ports = text.lines().find(|l| l.starts_with("pal_ports")).expect("pal_ports row");
+    let bytes: u64 = ports.split_whitespace().last().and_then(|b| b.parse().ok()).expect("KERNEL BYTES column");
+    assert!(text.contains("KERNEL BYTES") && bytes >= 1024 && bytes.is_multiple_of(1024), "{text}");
     assert!(text.contains("DENY event: deny-demo-port@0/block-demo-port"), "{text}");
     assert!(text.contains("call bpf_map_lookup_elem"), "{text}");
     let bad = tempfile::NamedTempFile::new().expect("tempfile");

@@ -167,6 +167,7 @@ impl PolicyService for PolicyApi {
                         value_size: m.value_size,
                         max_entries: m.max_entries,
                         entries: m.filled() as u32,
+                        bytes: palisade_compiler::limits::map_bytes(m),
                     })
                     .collect(),
                 digest: compiled.digest.clone(),

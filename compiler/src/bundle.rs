@@ -234,10 +234,11 @@ fn plan_maps(plan: &Plan, shift: u32) -> Vec<v1::BundleMap> {
         values.words(&[if v.rule == 0 { 0 } else { v.rule + shift }, v.flags]);
     }
     maps_out.extend([
-        nodes.map(names.nodes, l.nodes * layout::NODE_CELLS),
+        // Saturating: a set too large for 32-bit indices then fails the capacity check.
+        nodes.map(names.nodes, l.nodes.saturating_mul(layout::NODE_CELLS)),
         tails.map(names.tails, l.tails.len() as u32),
         regions.map(names.regions, l.regions.len() as u32),
-        ports.map(names.ports, l.tables * layout::TABLE_CELLS / 2),
+        ports.map(names.ports, l.tables.saturating_mul(layout::TABLE_CELLS / 2)),
         port_nodes.map(names.port_nodes, l.port_nodes.len() as u32),
         values.map(names.values, l.values.len() as u32),
     ]);

@@ -89,6 +89,15 @@ pub fn check(compiled: &Compiled, limits: &Limits) -> Result<(), CapacityError> 
                 unit: "entries",
             });
         }
+        // Array indices are 32 bits; the compiler saturates slot counts that do not fit.
+        if m.map_type == 2 && m.max_entries == u32::MAX {
+            excess.push(Excess {
+                what: format!("map {}", m.name),
+                value: u64::from(m.max_entries),
+                limit: u64::from(u32::MAX - 1),
+                unit: "array slots (32-bit indices)",
+            });
+        }
         let bytes = map_bytes(m);
         if bytes > limits.max_map_bytes {
             excess.push(Excess {

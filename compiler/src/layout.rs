@@ -20,7 +20,7 @@ use crate::plan::{Family, PortTable, Value};
 
 /// Child flag of an address cell: the child is a tail index.
 pub const TAIL: u32 = 1 << 31;
-/// Flag of a port cell: the cell points at a 16-cell node.
+/// Flag of a port cell or slot: it points at a port node.
 pub const PORT_NODE: u32 = 1 << 31;
 /// Cells per address node (one byte).
 pub const NODE_CELLS: u32 = 256;

@@ -67,6 +67,7 @@ fn datapath_enforces_denies_reports_events_and_swaps_generations() {
     let (_, deny) = bundle(&policy(&work, port, "deny"), 1);
     let mut drained = Vec::new();
     datapath.apply(deny, &mut drained).expect("the kernel accepts the bundle");
+    assert_eq!(datapath.batch_fallbacks(), 0, "array contents go in with BPF_MAP_UPDATE_BATCH");
 
     let in_work = Some(cg.dir_of(&work));
     assert_eq!(probe(PROBE, in_work.as_deref(), "tcp", "127.0.0.1", port), Connect::Denied, "IPv4 denied");

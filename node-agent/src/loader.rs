@@ -141,6 +141,9 @@ pub struct Datapath {
     /// The kernel's BTF, parsed once (LSM loads need it for every program of every
     /// generation; parsing vmlinux BTF is the slowest part of a load).
     kernel_btf: std::sync::OnceLock<aya::Btf>,
+    /// Array maps filled element by element because the kernel refused
+    /// `BPF_MAP_UPDATE_BATCH` (for tests and diagnostics).
+    batch_fallbacks: std::sync::atomic::AtomicU64,
 }
 
 /// The BPF-LSM programs a bundle carries: (hook enum value, LSM hook name).
@@ -231,7 +234,14 @@ impl Datapath {
             public_key: None,
             lsm_paths: true,
             kernel_btf: std::sync::OnceLock::new(),
+            batch_fallbacks: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many array maps were filled element by element because the kernel refused
+    /// `BPF_MAP_UPDATE_BATCH`.
+    pub fn batch_fallbacks(&self) -> u64 {
+        self.batch_fallbacks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Verifies every bundle's ed25519 signature against `key` before loading it (and before
@@ -421,8 +431,12 @@ impl Datapath {
             }
             if !m.indices.is_empty() {
                 let keys: Vec<u8> = m.indices.iter().flat_map(|i| i.to_le_bytes()).collect();
-                sys::map_update_batch(fd, 4, &keys, m.value_size as usize, &m.values)
+                let batched = sys::map_update_batch(fd, 4, &keys, m.value_size as usize, &m.values)
                     .map_err(io_err(format!("filling map {}", m.name)))?;
+                if !batched {
+                    self.batch_fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(map = m.name, "BPF_MAP_UPDATE_BATCH refused; filled element by element");
+                }
             }
             map.pin(gen_dir.join(format!("map_{}", m.name)))
                 .map_err(|e| LoadError::Load(format!("pinning {}: {e}", m.name)))?;

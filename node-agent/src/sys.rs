@@ -92,14 +92,14 @@ struct BatchAttr {
 
 /// Writes `keys.len() / key_size` elements with one `BPF_MAP_UPDATE_BATCH` call per slice the
 /// kernel accepts (it reports how many it wrote); falls back to one `BPF_MAP_UPDATE_ELEM` per
-/// element on kernels without batch support for the map type.
+/// element on kernels without batch support for the map type. `Ok(false)` means it fell back.
 pub fn map_update_batch(
     map: BorrowedFd<'_>,
     key_size: usize,
     keys: &[u8],
     value_size: usize,
     values: &[u8],
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let count = keys.len() / key_size.max(1);
     let mut done = 0;
     while done < count {
@@ -124,7 +124,7 @@ pub fn map_update_batch(
                         &values[i * value_size..(i + 1) * value_size],
                     )?;
                 }
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => return Err(e),
         }
@@ -132,7 +132,7 @@ pub fn map_update_batch(
             return Err(io::Error::other("BPF_MAP_UPDATE_BATCH wrote no element"));
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// `BPF_MAP_DELETE_ELEM`; a missing key is not an error.

@@ -134,6 +134,10 @@ fn main() {
     // Deny, enforce mode.
     let loaded = apply(&mut datapath, &deny_policy("/work", port, "enforce", "allow", "deny"), &mut drained);
     suite.check("lsm_bundle_loads", loaded.is_ok(), format!("{loaded:?}"));
+    // The bundle's decision arrays (bundle format 2) went in by BPF_MAP_UPDATE_BATCH, not by
+    // the per-element fallback.
+    let fallbacks = datapath.batch_fallbacks();
+    suite.check("arrays_filled_by_batch_update", loaded.is_ok() && fallbacks == 0, format!("{fallbacks} fallbacks"));
     let v4 = connect(&work, "tcp", "127.0.0.1", port);
     suite.check("connect_v4_denied_with_eperm", v4 == "EPERM", &v4);
     let v6 = connect(&work, "tcp", "::1", port);

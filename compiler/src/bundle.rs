@@ -168,7 +168,9 @@ fn plan_maps(plan: &Plan, shift: u32) -> Vec<v1::BundleMap> {
     let names = maps::of(plan.operation);
     let workloads =
         plan.workloads.iter().map(|((s, uid), w)| entry(pair(*s, *uid), w.to_le_bytes().to_vec())).collect();
-    let shifted = |v: &plan::Value| pair(if v.rule == 0 { 0 } else { v.rule + shift }, v.flags);
+    // Rule 0 is "no rule" in every table.
+    let rule = |v: &plan::Value| if v.rule == 0 { 0 } else { v.rule + shift };
+    let shifted = |v: &plan::Value| pair(rule(v), v.flags);
     let mut cgroup_map = map(names.cgroups, v1::MapRole::Cgroups, BPF_MAP_TYPE_HASH, 8, 4, Vec::new());
     cgroup_map.max_entries = u32::try_from(plan.cgroups.len()).unwrap_or(u32::MAX).max(1);
     let mut maps_out = vec![cgroup_map, map(names.workloads, v1::MapRole::Static, BPF_MAP_TYPE_HASH, 8, 4, workloads)];
@@ -231,7 +233,7 @@ fn plan_maps(plan: &Plan, shift: u32) -> Vec<v1::BundleMap> {
     let mut values = Packed::new(8, l.values.len());
     for (i, v) in l.values.iter().enumerate().skip(1) {
         values.index(i);
-        values.words(&[if v.rule == 0 { 0 } else { v.rule + shift }, v.flags]);
+        values.words(&[rule(v), v.flags]);
     }
     maps_out.extend([
         // Saturating: a set too large for 32-bit indices then fails the capacity check.
@@ -393,29 +395,20 @@ fn render_plan(out: &mut String, plan: &Plan, set: &PolicySet) {
         return;
     }
     let _ = writeln!(out, "; ---- address regions ({}, {}, {})", names.nodes, names.tails, names.regions);
+    let region = |out: &mut String, w: u32, net: &dyn std::fmt::Display, tables: [u32; 2]| {
+        let _ = writeln!(out, ";   workload {w} {net} -> tcp table {}, udp table {}", tables[0], tables[1]);
+    };
     for r in &plan.regions4 {
-        let _ = writeln!(
-            out,
-            ";   workload {} {} -> tcp table {}, udp table {}",
-            r.workload, r.net, r.tables[0], r.tables[1]
-        );
+        region(out, r.workload, &r.net, r.tables);
     }
     for r in &plan.regions6 {
-        let _ = writeln!(
-            out,
-            ";   workload {} {} -> tcp table {}, udp table {}",
-            r.workload, r.net, r.tables[0], r.tables[1]
-        );
+        region(out, r.workload, &r.net, r.tables);
     }
     for w in &plan.mapped_shared {
         let _ = writeln!(out, ";   workload {w} ::ffff:a.b.c.d -> as a.b.c.d");
     }
     for r in &plan.regions_mapped {
-        let _ = writeln!(
-            out,
-            ";   workload {} ::ffff:{} -> tcp table {}, udp table {}",
-            r.workload, r.net, r.tables[0], r.tables[1]
-        );
+        region(out, r.workload, &format!("::ffff:{}", r.net), r.tables);
     }
     let _ = writeln!(out, "; ---- port decisions ({}, {}, {})", names.ports, names.port_nodes, names.values);
     for (t, table) in plan.tables.iter().enumerate() {
@@ -474,6 +467,10 @@ mod tests {
         for yaml in [DEMO, "name: e\nnetwork: {connect: {default: deny}}", "name: f", FILES] {
             let compiled = compile(&set(yaml), OFFSETS).expect("compiles");
             for (hook, program) in &compiled.programs {
+                assert!(
+                    !program.insns.contains(&crate::insn::ja(0)),
+                    "{hook:?}: a jump to the next instruction is dead code"
+                );
                 let mut exits = 0;
                 for (i, insn) in program.insns.iter().enumerate() {
                     if insn.code != crate::insn::exit().code {

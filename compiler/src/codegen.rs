@@ -364,6 +364,9 @@ pub fn program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result<Progra
     if emit_v4 {
         a.bind(core4);
         core(&mut a, hook, plan, false, allow, deny);
+        if emit_v6 {
+            a.ja(allow);
+        }
     }
     if emit_v6 {
         a.bind(core6);
@@ -450,7 +453,8 @@ fn workload_class(a: &mut Asm, plan: &Plan, allow: Label) {
 /// The shared decision core for one address family (the structures: [`crate::layout`]).
 ///
 /// r6 = node, then the region's default value; r7 = port (network order); r8 = protocol;
-/// r9 = workload, then the region id, then the decision.
+/// r9 = workload, then the region id, then the decision. Jumps to `deny`, or to `allow`
+/// early; an allowed decision falls through, so `allow` (or a jump to it) must follow.
 fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Label) {
     let verdict = a.label();
     let names = maps::of(plan.operation);
@@ -471,7 +475,6 @@ fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, allow: Label, deny: Labe
     a.push(insn::ldx(Size::W, R1, R9, 4));
     a.push(insn::alu64_imm(Alu::And, R1, FLAG_DENY as i32));
     a.jmp_imm(Jmp::Jne, R1, 0, deny);
-    a.ja(allow);
 }
 
 /// r9 = workload class → r9 = region id of the destination (in `ADDR_KEY`); r6 is scratch.
@@ -486,6 +489,7 @@ fn address_region(a: &mut Asm, names: maps::Names, v6: bool) {
         // Bytes 00 00 ff ff read as a little-endian u32.
         a.jmp32_imm(Jmp::Jne, R1, 0xffff_0000_u32 as i32, native);
         walk(a, names, Family::Mapped, walked);
+        a.ja(walked);
         a.bind(native);
         walk(a, names, Family::V6, walked);
     } else {
@@ -494,8 +498,8 @@ fn address_region(a: &mut Asm, names: maps::Names, v6: bool) {
     a.bind(walked);
 }
 
-/// One family's walk (see [`layout::root`]): r9 = workload class → r9 = region id, then on to
-/// `walked`; r6 is scratch.
+/// One family's walk (see [`layout::root`]): r9 = workload class → r9 = region id; every
+/// path ends at `walked` or falls through to the code after the walk. r6 is scratch.
 fn walk(a: &mut Asm, names: maps::Names, family: Family, walked: Label) {
     let tail = a.label();
     let (first, width, root_offset): (i16, i16, i32) = match family {
@@ -548,7 +552,6 @@ fn walk(a: &mut Asm, names: maps::Names, family: Family, walked: Label) {
         a.jmp_reg(Jmp::Jne, R1, R2, walked);
     }
     a.push(insn::ldx(Size::W, R9, R0, 32));
-    a.ja(walked);
 }
 
 /// r9 = region id → r1 = value id of the port (r7) for the protocol (r8); r6 = the

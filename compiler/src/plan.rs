@@ -198,7 +198,7 @@ fn value(decision: &Decision, rules: &mut Vec<RuleRef>, rule_ids: &mut HashMap<R
 }
 
 /// A rule (or failsafe) that matches some address region, in set order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Member {
     /// `(policy, rule)`.
     Rule(usize, usize),
@@ -350,7 +350,6 @@ impl Tables {
             s.events.extend(s.ranges.iter().flat_map(|r| [(r.0, true, *m), (r.1, false, *m)]));
         }
         s.events.sort_unstable();
-        s.active.sort_unstable();
         s.intervals.clear();
         let mut at = 0;
         let mut e = 0;
@@ -483,6 +482,16 @@ impl Tables {
     }
 }
 
+/// Index of a protocol's port table in a region (`Region::tables`): TCP 0, UDP 1.
+fn protocol_index(protocol: Protocol) -> usize {
+    usize::from(protocol == Protocol::Udp)
+}
+
+/// A protocol's bit in [`RuleIndex`]'s protocol bits.
+fn protocol_bit(protocol: Protocol) -> u8 {
+    1 << protocol_index(protocol)
+}
+
 /// Every rule's protocols and port ranges in flat arrays, so the per-table work reads them
 /// without walking policies and sections.
 #[derive(Default)]
@@ -504,10 +513,9 @@ impl RuleIndex {
             index.base.push(index.rules.len());
             for rule in policy.section(op).map_or(&[][..], |s| s.rules.as_slice()) {
                 let bits = [Protocol::Tcp, Protocol::Udp]
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| rule.matches_protocol(**p))
-                    .fold(0, |b, (i, _)| b | 1 << i);
+                    .into_iter()
+                    .filter(|p| rule.matches_protocol(*p))
+                    .fold(0, |b, p| b | protocol_bit(p));
                 let start = index.ranges.len() as u32;
                 if rule.ports.is_empty() {
                     index.ranges.push((0, 65_536));
@@ -525,7 +533,7 @@ impl RuleIndex {
         let i = self.base[p] + r;
         let (bits, start, end) = self.rules[i];
         let port = u32::from(port);
-        (bits & (1 << u8::from(protocol == Protocol::Udp)) != 0
+        (bits & protocol_bit(protocol) != 0
             && self.ranges[start as usize..end as usize].iter().any(|&(first, end)| first <= port && port < end))
         .then_some(self.actions[i])
     }
@@ -537,7 +545,7 @@ impl RuleIndex {
         match m {
             Member::Rule(p, r) => {
                 let (bits, start, end) = self.rules[self.base[p] + r];
-                if bits & (1 << u8::from(protocol == Protocol::Udp)) != 0 {
+                if bits & protocol_bit(protocol) != 0 {
                     out.extend_from_slice(&self.ranges[start as usize..end as usize]);
                 }
             }
@@ -775,12 +783,6 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
             continue;
         }
         let initial = initial_matches(set, op, applying);
-        // Identical member sets get identical tables (an IPv4 region and its IPv4-mapped twin
-        // usually have the same members).
-        let mut known: HashMap<Vec<Member>, [u32; 2]> = HashMap::with_capacity_and_hasher(
-            set.policies.iter().filter_map(|p| p.section(op)).map(|s| s.rules.len()).sum::<usize>() + 1,
-            BuildHasherDefault::default(),
-        );
         let mut v4_prefixes = PrefixMembers::new();
         for family in [Family::V4, Family::V6, Family::Mapped] {
             let (by_prefix, anywhere) = members_by_prefix(set, op, applying, family);
@@ -798,16 +800,11 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
                 }
                 let parent = chain.last().map(|(_, _, t)| *t);
                 let members = merged(chain.last().map_or(&anywhere, |(_, m, _)| m), own);
-                let t = if let Some(t) = known.get(&members) {
-                    *t
-                } else {
-                    let t = [Protocol::Tcp, Protocol::Udp].map(|protocol| {
-                        let derive = parent.map(|p| (p[usize::from(protocol == Protocol::Udp)], own.as_slice()));
-                        tables.table(set, op, &initial, &members, protocol, derive)
-                    });
-                    known.insert(members.clone(), t);
-                    t
-                };
+                // Identical tables (e.g. of regions with identical members) are interned.
+                let t = [Protocol::Tcp, Protocol::Udp].map(|protocol| {
+                    let derive = parent.map(|p| (p[protocol_index(protocol)], own.as_slice()));
+                    tables.table(set, op, &initial, &members, protocol, derive)
+                });
                 match (net, family) {
                     (IpNet::V4(n), Family::V4) => plan.regions4.push(Region { workload: w as u32, net: *n, tables: t }),
                     (IpNet::V4(n), _) => plan.regions_mapped.push(Region { workload: w as u32, net: *n, tables: t }),

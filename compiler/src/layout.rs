@@ -304,6 +304,13 @@ impl Builder {
     }
 }
 
+/// An IPv4 address in the 16-byte form prefixes and tails use (its bytes first).
+pub fn v4_bytes(a: std::net::Ipv4Addr) -> [u8; 16] {
+    let mut b = [0; 16];
+    b[..4].copy_from_slice(&a.octets());
+    b
+}
+
 /// The mask of a `len`-bit prefix.
 fn mask(len: u8) -> [u8; 16] {
     let mut m = [0_u8; 16];
@@ -322,15 +329,10 @@ impl NetLayout {
     /// The region of `addr` for workload `w` (≥ 1) and how many address steps (node cells,
     /// plus one for a tail) the programs take to find it.
     pub fn region(&self, w: u32, addr: IpAddr) -> Option<(u32, usize)> {
-        let v4 = |a: std::net::Ipv4Addr| {
-            let mut b = [0; 16];
-            b[..4].copy_from_slice(&a.octets());
-            b
-        };
         let (bytes, width, family) = match addr {
-            IpAddr::V4(a) => (v4(a), 4, Family::V4),
+            IpAddr::V4(a) => (v4_bytes(a), 4, Family::V4),
             IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(m) => (v4(m), 4, Family::Mapped),
+                Some(m) => (v4_bytes(m), 4, Family::Mapped),
                 None => (a.octets(), 16, Family::V6),
             },
         };

@@ -819,11 +819,7 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
     }
     if !op.is_path() {
         let mut builder = layout::Builder::new(classes.len() as u32 - 1, &tables.list);
-        let v4_bytes = |r: &Region<Ipv4Net>| {
-            let mut b = [0; 16];
-            b[..4].copy_from_slice(&r.net.network().octets());
-            (b, r.net.prefix_len(), r.tables)
-        };
+        let v4_bytes = |r: &Region<Ipv4Net>| (layout::v4_bytes(r.net.network()), r.net.prefix_len(), r.tables);
         for w in 1..classes.len() as u32 {
             builder.addresses(w, Family::V4, plan.regions4[of_workload(&plan.regions4, w)].iter().map(v4_bytes));
             builder.addresses(

@@ -20,7 +20,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     // The descriptor set feeds gRPC reflection on the server.
     fs::write(out.join("palisade_descriptor.bin"), fds.encode_to_vec())?;
+    // Services (clients and servers) only with the `grpc` feature: the messages alone link no
+    // tonic.
+    let grpc = env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
+        .build_client(grpc)
+        .build_server(grpc)
         // BTreeMap keeps map encoding deterministic, so policy digests are stable.
         .btree_map(".")
         .compile_fds(fds)?;

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// `BundleContent.format` this compiler writes.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = palisade_contract::format::WRITTEN;
 /// Ring buffer size: 256 KiB holds ~3600 events while the agent is away.
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
@@ -425,7 +425,7 @@ mod tests {
     use palisade_proto::document;
 
     use super::*;
-    use crate::insn::R0;
+    use crate::{codegen::Returns as _, insn::R0};
 
     const OFFSETS: KernelOffsets = KernelOffsets::LINUX_6_12;
 

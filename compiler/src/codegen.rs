@@ -10,211 +10,37 @@ use crate::{
     asm::{Asm, AsmError, Label, Program},
     insn::{self, Alu, Jmp, R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Size, helper},
     layout,
-    model::Operation,
     plan::{FLAG_DENY, FLAG_EVENT, Family, Plan},
 };
 
-/// Map names (ELF symbols and kernel names, ≤ 15 bytes).
-pub mod maps {
-    use crate::model::Operation;
+use palisade_contract::{Attach, btf, record};
+pub use palisade_contract::{Hook, map as maps};
 
-    /// Ring buffer of events (shared by every program).
-    pub const EVENTS: &str = "pal_events";
-
-    /// The maps of one operation's partition.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct Names {
-        /// cgroup id → selected-cgroup class.
-        pub cgroups: &'static str,
-        /// (class, uid) → workload class.
-        pub workloads: &'static str,
-        /// Address trie nodes (array of 256-cell nodes).
-        pub nodes: &'static str,
-        /// Address tails (array).
-        pub tails: &'static str,
-        /// Regions: port tables and their defaults (array).
-        pub regions: &'static str,
-        /// Port tables, 256 cells each (array).
-        pub ports: &'static str,
-        /// Port nodes, 16 cells each (array).
-        pub port_nodes: &'static str,
-        /// Decisions by value id (array).
-        pub values: &'static str,
-        /// (workload, path prefix) → decision (`exec`, `files`).
-        pub paths: &'static str,
-    }
-
-    /// `network.connect`.
-    pub const CONNECT: Names = Names {
-        cgroups: "pal_cgroups",
-        workloads: "pal_workloads",
-        nodes: "pal_nodes",
-        tails: "pal_tails",
-        regions: "pal_regions",
-        ports: "pal_ports",
-        port_nodes: "pal_pnodes",
-        values: "pal_values",
-        paths: "",
-    };
-
-    /// `network.bind`.
-    pub const BIND: Names = Names {
-        cgroups: "palb_cgroups",
-        workloads: "palb_workloads",
-        nodes: "palb_nodes",
-        tails: "palb_tails",
-        regions: "palb_regions",
-        ports: "palb_ports",
-        port_nodes: "palb_pnodes",
-        values: "palb_values",
-        paths: "",
-    };
-
-    /// `exec`.
-    pub const EXEC: Names = Names {
-        cgroups: "pale_cgroups",
-        workloads: "pale_workloads",
-        nodes: "",
-        tails: "",
-        regions: "",
-        ports: "",
-        port_nodes: "",
-        values: "",
-        paths: "pale_paths",
-    };
-
-    /// `files`.
-    pub const FILES: Names = Names {
-        cgroups: "palf_cgroups",
-        workloads: "palf_workloads",
-        nodes: "",
-        tails: "",
-        regions: "",
-        ports: "",
-        port_nodes: "",
-        values: "",
-        paths: "palf_paths",
-    };
-
-    /// The maps of `op`.
-    pub fn of(op: Operation) -> Names {
-        match op {
-            Operation::Connect => CONNECT,
-            Operation::Bind => BIND,
-            Operation::Exec => EXEC,
-            Operation::Files => FILES,
-        }
-    }
+/// What a hook's programs return, by attach kind: the only two constants any program exits
+/// with.
+pub trait Returns {
+    /// The allow value.
+    fn allow(self) -> i32;
+    /// The deny value.
+    fn deny(self) -> i32;
 }
 
-/// The hooks the compiler generates programs for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Hook {
-    /// cgroup/connect4.
-    Connect4,
-    /// cgroup/connect6.
-    Connect6,
-    /// `lsm/socket_connect`.
-    LsmSocketConnect,
-    /// cgroup/bind4.
-    Bind4,
-    /// cgroup/bind6.
-    Bind6,
-    /// `lsm/socket_bind`.
-    LsmSocketBind,
-    /// `lsm/bprm_check_security`.
-    LsmExec,
-    /// `lsm/file_open`.
-    LsmFileOpen,
-}
-
-impl Hook {
-    /// Every hook, in bundle order.
-    pub const ALL: [Self; 8] = [
-        Self::Connect4,
-        Self::Connect6,
-        Self::LsmSocketConnect,
-        Self::Bind4,
-        Self::Bind6,
-        Self::LsmSocketBind,
-        Self::LsmExec,
-        Self::LsmFileOpen,
-    ];
-
-    /// The operation (policy section) the hook decides.
-    pub fn operation(self) -> Operation {
-        match self {
-            Self::Connect4 | Self::Connect6 | Self::LsmSocketConnect => Operation::Connect,
-            Self::Bind4 | Self::Bind6 | Self::LsmSocketBind => Operation::Bind,
-            Self::LsmExec => Operation::Exec,
-            Self::LsmFileOpen => Operation::Files,
-        }
-    }
-
-    /// Whether this is a BPF-LSM program (else a cgroup sock_addr program).
-    pub fn is_lsm(self) -> bool {
-        matches!(self, Self::LsmSocketConnect | Self::LsmSocketBind | Self::LsmExec | Self::LsmFileOpen)
-    }
-
-    /// ELF section (program type for aya).
-    pub fn section(self) -> &'static str {
-        match self {
-            Self::Connect4 => "cgroup/connect4",
-            Self::Connect6 => "cgroup/connect6",
-            Self::LsmSocketConnect => "lsm/socket_connect",
-            Self::Bind4 => "cgroup/bind4",
-            Self::Bind6 => "cgroup/bind6",
-            Self::LsmSocketBind => "lsm/socket_bind",
-            Self::LsmExec => "lsm/bprm_check_security",
-            Self::LsmFileOpen => "lsm/file_open",
-        }
-    }
-
-    /// ELF symbol name.
-    pub fn symbol(self) -> &'static str {
-        match self {
-            Self::Connect4 => "pal_connect4",
-            Self::Connect6 => "pal_connect6",
-            Self::LsmSocketConnect => "pal_lsm_connect",
-            Self::Bind4 => "pal_bind4",
-            Self::Bind6 => "pal_bind6",
-            Self::LsmSocketBind => "pal_lsm_bind",
-            Self::LsmExec => "pal_lsm_exec",
-            Self::LsmFileOpen => "pal_lsm_file",
-        }
-    }
-
-    /// Value of `palisade.v1.Hook`, also written into events.
-    pub fn id(self) -> i32 {
-        match self {
-            Self::Connect4 => 1,
-            Self::Connect6 => 2,
-            Self::LsmSocketConnect => 3,
-            Self::Bind4 => 4,
-            Self::Bind6 => 5,
-            Self::LsmSocketBind => 6,
-            Self::LsmExec => 7,
-            Self::LsmFileOpen => 8,
-        }
-    }
-
-    /// What the program returns to allow.
-    pub fn allow(self) -> i32 {
-        match self {
+impl Returns for Hook {
+    fn allow(self) -> i32 {
+        match self.spec().attach {
             // cgroup sock_addr: 1 lets the call proceed (kernel/bpf/cgroup.c).
-            Self::Connect4 | Self::Connect6 | Self::Bind4 | Self::Bind6 => 1,
+            Attach::CgroupSockAddr(_) => 1,
             // LSM: 0 allows.
-            Self::LsmSocketConnect | Self::LsmSocketBind | Self::LsmExec | Self::LsmFileOpen => 0,
+            Attach::Lsm { .. } => 0,
         }
     }
 
-    /// What the program returns to deny.
-    pub fn deny(self) -> i32 {
-        match self {
+    fn deny(self) -> i32 {
+        match self.spec().attach {
             // cgroup sock_addr: 0 makes connect(2)/bind(2) fail with EPERM.
-            Self::Connect4 | Self::Connect6 | Self::Bind4 | Self::Bind6 => 0,
+            Attach::CgroupSockAddr(_) => 0,
             // LSM: a negative errno; never 1 (6.1 accepts it and connect then returns 1).
-            Self::LsmSocketConnect | Self::LsmSocketBind | Self::LsmExec | Self::LsmFileOpen => -EPERM,
+            Attach::Lsm { .. } => -EPERM,
         }
     }
 }
@@ -240,29 +66,21 @@ impl KernelOffsets {
     /// that did not report their own (and for `CompilePolicy`).
     pub const LINUX_6_12: Self = Self { socket_type: 4, binprm_file: 64, file_path: 64, file_mode: 12 };
 
-    /// The BTF key of each field, as agents report them.
-    pub const SOCKET_TYPE: &'static str = "socket.type";
-    /// BTF key of [`KernelOffsets::binprm_file`].
-    pub const BINPRM_FILE: &'static str = "linux_binprm.file";
-    /// BTF key of [`KernelOffsets::file_path`].
-    pub const FILE_PATH: &'static str = "file.f_path";
-    /// BTF key of [`KernelOffsets::file_mode`].
-    pub const FILE_MODE: &'static str = "file.f_mode";
-    /// Offsets from reported `"struct.member"` values (`reported` looks one up), each missing
+    /// Offsets from reported `"struct.member"` values ([`palisade_contract::btf`] keys) (`reported` looks one up), each missing
     /// one taken from `defaults`.
     pub fn from_reported(reported: impl Fn(&str) -> Option<u32>, defaults: Self) -> Self {
         let get = |key: &str, default: u32| reported(key).unwrap_or(default);
         Self {
-            socket_type: get(Self::SOCKET_TYPE, defaults.socket_type),
-            binprm_file: get(Self::BINPRM_FILE, defaults.binprm_file),
-            file_path: get(Self::FILE_PATH, defaults.file_path),
-            file_mode: get(Self::FILE_MODE, defaults.file_mode),
+            socket_type: get(btf::SOCKET_TYPE.key, defaults.socket_type),
+            binprm_file: get(btf::BINPRM_FILE.key, defaults.binprm_file),
+            file_path: get(btf::FILE_PATH.key, defaults.file_path),
+            file_mode: get(btf::FILE_MODE.key, defaults.file_mode),
         }
     }
 }
 
 // Stack layout (offsets from r10). Everything passed to a helper is fully written first.
-const EVENT: i16 = -72; // 72-byte event record
+const EVENT: i16 = -(record::HEADER_SIZE as i16); // the decision record
 const ADDR_KEY: i16 = -104; // prefixlen u32, workload u32, address (4 or 16 bytes)
 const INDEX_KEY: i16 = -120; // u32 array index
 const UID_KEY: i16 = -128; // class u32, uid u32
@@ -273,14 +91,9 @@ const SCRATCH: i16 = -176; // 8 bytes (LSM adapter)
 // (prefixlen u32, workload u32, 252 bytes of path), so one ringbuf_output sends both. Below
 // CGROUP_KEY and UID_KEY, which the workload stage shares with the network programs.
 const PATH_EVENT: i16 = -480;
-const PATH_KEY: i16 = PATH_EVENT + 72;
+const PATH_KEY: i16 = PATH_EVENT + record::HEADER_SIZE as i16;
 /// Path bytes a key holds, NUL included ([`crate::model::MAX_PATH`] + 1).
-pub const PATH_BYTES: i32 = 252;
-
-/// Event record size.
-pub const EVENT_SIZE: i32 = 72;
-/// Event record size of the path hooks: header, key header, path.
-pub const PATH_EVENT_SIZE: i32 = 72 + 8 + PATH_BYTES;
+pub const PATH_BYTES: i32 = record::PATH_BYTES as i32;
 
 const AF_INET: i32 = 2;
 const AF_INET6: i32 = 10;
@@ -388,15 +201,16 @@ fn exits(mut a: Asm, hook: Hook, allow: Label, deny: Label) -> Result<Program, A
     a.finish()
 }
 
-/// r1 holds a protocol or socket type: r8 = 1 for `tcp`, 2 for `udp`, else go to `other`.
+/// r1 holds a protocol or socket type: r8 = the record's protocol byte for `tcp` or `udp`,
+/// else go to `other`.
 fn protocol_to_r8(a: &mut Asm, tcp: i32, udp: i32, other: Label) {
     let is_udp = a.label();
     let done = a.label();
-    a.push(insn::mov64_imm(R8, 1));
+    a.push(insn::mov64_imm(R8, i32::from(record::PROTO_TCP)));
     a.jmp_imm(Jmp::Jeq, R1, tcp, done);
     a.jmp_imm(Jmp::Jne, R1, udp, other);
     a.bind(is_udp);
-    a.push(insn::mov64_imm(R8, 2));
+    a.push(insn::mov64_imm(R8, i32::from(record::PROTO_UDP)));
     a.bind(done);
 }
 
@@ -564,7 +378,7 @@ fn port_value(a: &mut Asm, names: maps::Names, allow: Label) {
     a.push(insn::stx(Size::W, R10, R9, INDEX_KEY));
     lookup(a, names.regions, INDEX_KEY);
     a.jmp_imm(Jmp::Jeq, R0, 0, allow);
-    a.jmp_imm(Jmp::Jne, R8, 2, tcp);
+    a.jmp_imm(Jmp::Jne, R8, i32::from(record::PROTO_UDP), tcp);
     a.push(insn::alu64_imm(Alu::Add, R0, 8));
     a.bind(tcp);
     a.push(insn::ldx(Size::W, R1, R0, 0));
@@ -620,55 +434,61 @@ fn port_value(a: &mut Asm, names: maps::Names, allow: Label) {
 /// Writes the task and decision fields of an event header at `base` (r9 = the decision):
 /// time, cgroup, tgid, uid, rule, flags, hook and comm.
 fn event_header(a: &mut Asm, hook: Hook, base: i16) {
+    use record::offset;
+    let at = |field: usize| base + field as i16;
     a.push(insn::call(helper::KTIME_GET_NS));
-    a.push(insn::stx(Size::DW, R10, R0, base));
+    a.push(insn::stx(Size::DW, R10, R0, at(offset::TIME)));
     a.push(insn::call(helper::GET_CURRENT_CGROUP_ID));
-    a.push(insn::stx(Size::DW, R10, R0, base + 8));
+    a.push(insn::stx(Size::DW, R10, R0, at(offset::CGROUP)));
     a.push(insn::call(helper::GET_CURRENT_PID_TGID));
     a.push(insn::alu64_imm(Alu::Rsh, R0, 32));
-    a.push(insn::stx(Size::W, R10, R0, base + 16));
+    a.push(insn::stx(Size::W, R10, R0, at(offset::TGID)));
     a.push(insn::call(helper::GET_CURRENT_UID_GID));
-    a.push(insn::stx(Size::W, R10, R0, base + 20));
+    a.push(insn::stx(Size::W, R10, R0, at(offset::UID)));
     a.push(insn::ldx(Size::W, R1, R9, 0));
-    a.push(insn::stx(Size::W, R10, R1, base + 24));
+    a.push(insn::stx(Size::W, R10, R1, at(offset::RULE)));
     a.push(insn::ldx(Size::W, R1, R9, 4));
-    a.push(insn::stx(Size::W, R10, R1, base + 28));
-    a.push(insn::st(Size::W, R10, base + 52, hook.id()));
+    a.push(insn::stx(Size::W, R10, R1, at(offset::FLAGS)));
+    a.push(insn::st(Size::W, R10, at(offset::HOOK), hook.id()));
     a.push(insn::mov64_reg(R1, R10));
-    a.push(insn::alu64_imm(Alu::Add, R1, i32::from(base + 56)));
-    a.push(insn::mov64_imm(R2, 16));
+    a.push(insn::alu64_imm(Alu::Add, R1, i32::from(at(offset::COMM))));
+    a.push(insn::mov64_imm(R2, record::COMM_LEN as i32));
     a.push(insn::call(helper::GET_CURRENT_COMM));
 }
 
-/// Outputs `size` bytes of the stack at `base` to the events ring buffer.
-fn output(a: &mut Asm, base: i16, size: i32) {
+/// Outputs a record of `kind` from the stack at `base` to the events ring buffer.
+fn output(a: &mut Asm, base: i16, kind: record::RecordKind) {
     a.ld_map(R1, maps::EVENTS);
     a.push(insn::mov64_reg(R2, R10));
     a.push(insn::alu64_imm(Alu::Add, R2, i32::from(base)));
-    a.push(insn::mov64_imm(R3, size));
+    a.push(insn::mov64_imm(R3, kind.size() as i32));
     a.push(insn::mov64_imm(R4, 0));
     a.push(insn::call(helper::RINGBUF_OUTPUT));
 }
 
-/// Writes the 72-byte event record (layout in bundle.proto) and outputs it.
+/// Writes the decision record ([`record`]) and outputs it.
 fn event(a: &mut Asm, hook: Hook, v6: bool) {
+    use record::offset;
+    let at = |field: usize| EVENT + field as i16;
     a.comment("event record");
     event_header(a, hook, EVENT);
     if v6 {
         for i in 0..2 {
             a.push(insn::ldx(Size::DW, R1, R10, ADDR_KEY + 8 + 8 * i));
-            a.push(insn::stx(Size::DW, R10, R1, EVENT + 32 + 8 * i));
+            a.push(insn::stx(Size::DW, R10, R1, at(offset::ADDR) + 8 * i));
         }
     } else {
-        a.push(insn::st(Size::DW, R10, EVENT + 32, 0));
-        a.push(insn::st(Size::DW, R10, EVENT + 40, 0));
+        a.push(insn::st(Size::DW, R10, at(offset::ADDR), 0));
+        a.push(insn::st(Size::DW, R10, at(offset::ADDR) + 8, 0));
         a.push(insn::ldx(Size::W, R1, R10, ADDR_KEY + 8));
-        a.push(insn::stx(Size::W, R10, R1, EVENT + 32));
+        a.push(insn::stx(Size::W, R10, R1, at(offset::ADDR)));
     }
-    a.push(insn::stx(Size::H, R10, R7, EVENT + 48));
-    a.push(insn::st(Size::B, R10, EVENT + 50, if v6 { 6 } else { 4 }));
-    a.push(insn::stx(Size::B, R10, R8, EVENT + 51));
-    output(a, EVENT, EVENT_SIZE);
+    // r7 holds the port in network order, as the record wants it; r8 the record's protocol.
+    a.push(insn::stx(Size::H, R10, R7, at(offset::PORT)));
+    let family = if v6 { record::FAMILY_V6 } else { record::FAMILY_V4 };
+    a.push(insn::st(Size::B, R10, at(offset::FAMILY), i32::from(family)));
+    a.push(insn::stx(Size::B, R10, R8, at(offset::DETAIL)));
+    output(a, EVENT, hook.spec().record);
 }
 
 /// The `exec` and `files` programs: workload class, the resolved path of the file
@@ -740,12 +560,14 @@ fn path_program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result<Progr
     a.jmp_imm(Jmp::Jeq, R1, 0, verdict);
     a.comment("event record: header, then the key with the path");
     event_header(&mut a, hook, PATH_EVENT);
+    let at = |field: usize| PATH_EVENT + field as i16;
     for i in 0..2 {
-        a.push(insn::st(Size::DW, R10, PATH_EVENT + 32 + 8 * i, 0));
+        a.push(insn::st(Size::DW, R10, at(record::offset::ADDR) + 8 * i, 0));
     }
-    a.push(insn::st(Size::W, R10, PATH_EVENT + 48, 0));
-    a.push(insn::stx(Size::B, R10, R7, PATH_EVENT + 51));
-    output(&mut a, PATH_EVENT, PATH_EVENT_SIZE);
+    // Port and family are zero; the detail byte holds the access bits.
+    a.push(insn::st(Size::W, R10, at(record::offset::PORT), 0));
+    a.push(insn::stx(Size::B, R10, R7, at(record::offset::DETAIL)));
+    output(&mut a, PATH_EVENT, hook.spec().record);
     a.bind(verdict);
     a.push(insn::ldx(Size::W, R1, R9, 4));
     a.push(insn::alu64_imm(Alu::And, R1, FLAG_DENY as i32));

@@ -10,8 +10,9 @@ pub mod codegen;
 pub mod disasm;
 pub mod elf;
 pub mod eval;
-pub mod insn;
 pub mod layout;
 pub mod limits;
 pub mod model;
 pub mod plan;
+
+pub use palisade_contract::insn;

@@ -127,13 +127,12 @@ pub struct Section {
     pub rules: Vec<Rule>,
 }
 
-/// Longest path the kernel programs resolve (the lookup key holds 252 bytes with the NUL).
-pub const MAX_PATH: usize = 251;
+/// Longest path the kernel programs resolve (the lookup key holds
+/// [`palisade_contract::record::PATH_BYTES`] with the NUL).
+pub const MAX_PATH: usize = palisade_contract::record::PATH_BYTES - 1;
 
-/// Access bit: opened for reading.
-pub const ACCESS_READ: u8 = 1;
-/// Access bit: opened for writing.
-pub const ACCESS_WRITE: u8 = 2;
+/// Access bits: opened for reading, for writing (the same bits records carry).
+pub use palisade_contract::record::{ACCESS_READ, ACCESS_WRITE};
 
 /// A path pattern (§12.3).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -237,39 +236,7 @@ pub struct Policy {
     pub files: Option<PathSection>,
 }
 
-/// The kinds of operation policies govern, one section each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, std::default::Default)]
-pub enum Operation {
-    /// connect(2): `network.connect`, matched on the destination.
-    #[default]
-    Connect,
-    /// bind(2): `network.bind`, matched on the local address and port.
-    Bind,
-    /// execve(2): `exec`, matched on the executable's path.
-    Exec,
-    /// open(2): `files`, matched on the file's path and the access asked for.
-    Files,
-}
-
-impl Operation {
-    /// Every operation, in bundle order.
-    pub const ALL: [Self; 4] = [Self::Connect, Self::Bind, Self::Exec, Self::Files];
-
-    /// The section's field path.
-    pub fn section_path(self) -> &'static str {
-        match self {
-            Self::Connect => "network.connect",
-            Self::Bind => "network.bind",
-            Self::Exec => "exec",
-            Self::Files => "files",
-        }
-    }
-
-    /// Whether the operation's rules match paths (else addresses and ports).
-    pub fn is_path(self) -> bool {
-        matches!(self, Self::Exec | Self::Files)
-    }
-}
+pub use palisade_contract::Operation;
 
 impl Policy {
     /// The network section governing `op`, if the policy has it (`None` for path operations).

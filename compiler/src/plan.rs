@@ -33,14 +33,9 @@ use crate::{
 
 /// uid value meaning "any uid not listed" in the uid map (`(uid_t)-1` is not a user).
 pub const ANY_UID: u32 = u32::MAX;
-/// Decision flag: deny.
-pub const FLAG_DENY: u32 = 1;
-/// Decision flag: emit an event.
-pub const FLAG_EVENT: u32 = 2;
-/// Decision flag: the event is an audit report.
-pub const FLAG_AUDIT: u32 = 4;
-/// Decision flag: the audit report is a would-deny of an audit-mode policy.
-pub const FLAG_WOULD_DENY: u32 = 8;
+pub use palisade_contract::record::flags::{
+    AUDIT as FLAG_AUDIT, DENY as FLAG_DENY, EVENT as FLAG_EVENT, WOULD_DENY as FLAG_WOULD_DENY,
+};
 
 /// A selected cgroup the agent resolves to a cgroup id.
 #[derive(Debug, Clone, PartialEq, Eq)]

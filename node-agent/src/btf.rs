@@ -8,9 +8,10 @@
 
 use std::collections::BTreeMap;
 
-/// The fields the compiler's adapters need, as `(struct, member)`.
-pub const FIELDS: &[(&str, &str)] =
-    &[("socket", "type"), ("linux_binprm", "file"), ("file", "f_path"), ("file", "f_mode")];
+use palisade_contract::btf::Field;
+
+/// The fields the compiler's adapters need.
+pub use palisade_contract::btf::FIELDS;
 
 /// A BTF blob that could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,9 +43,9 @@ fn string(strings: &[u8], off: u32) -> &str {
     std::str::from_utf8(&rest[..end]).unwrap_or("")
 }
 
-/// Byte offsets of the requested `(struct, member)` pairs, keyed `"struct.member"`. Members
-/// that are not found (or are bitfields) are left out.
-pub fn member_offsets(blob: &[u8], wanted: &[(&str, &str)]) -> Result<BTreeMap<String, u32>, BtfError> {
+/// Byte offsets of the requested fields, keyed by [`Field::key`] (`"struct.member"`).
+/// Members that are not found (or are bitfields) are left out.
+pub fn member_offsets(blob: &[u8], wanted: &[Field]) -> Result<BTreeMap<String, u32>, BtfError> {
     if blob.len() < 24 || blob[0..2] != [0x9f, 0xeb] {
         return Err(BtfError::Header);
     }
@@ -94,11 +95,12 @@ pub fn member_offsets(blob: &[u8], wanted: &[(&str, &str)]) -> Result<BTreeMap<S
         at = body + trailer;
     }
     let mut found = BTreeMap::new();
-    for (s, m) in wanted {
-        let structs = records.iter().filter(|(kind, name, _)| *kind == 4 && string(strings, *name) == *s);
+    for field in wanted {
+        let structs =
+            records.iter().filter(|(kind, name, _)| *kind == 4 && string(strings, *name) == field.struct_name);
         for (_, _, members) in structs {
-            if let Some(bits) = find_member(&records, strings, members, m, 0) {
-                found.insert(format!("{s}.{m}"), bits / 8);
+            if let Some(bits) = find_member(&records, strings, members, field.member, 0) {
+                found.insert(field.key.to_owned(), bits / 8);
                 break;
             }
         }
@@ -165,16 +167,16 @@ mod tests {
 
     #[test]
     fn member_offsets_finds_struct_members_in_bytes() {
-        let offsets = member_offsets(&blob(), FIELDS).expect("parses");
+        let offsets = member_offsets(&blob(), &FIELDS).expect("parses");
         assert_eq!(offsets.get("socket.type"), Some(&4));
     }
 
     #[test]
     fn member_offsets_rejects_garbage_and_truncation() {
-        assert_eq!(member_offsets(b"not btf at all, really not", FIELDS), Err(BtfError::Header));
+        assert_eq!(member_offsets(b"not btf at all, really not", &FIELDS), Err(BtfError::Header));
         let mut b = blob();
         b.truncate(b.len() - 30);
-        assert!(member_offsets(&b, FIELDS).is_err());
+        assert!(member_offsets(&b, &FIELDS).is_err());
     }
 
     #[test]
@@ -183,7 +185,7 @@ mod tests {
             assert!(std::env::var_os("CI").is_none(), "CI machines have kernel BTF");
             return;
         };
-        let offsets = member_offsets(&blob, FIELDS).expect("kernel BTF parses");
+        let offsets = member_offsets(&blob, &FIELDS).expect("kernel BTF parses");
         // struct socket { socket_state state; short type; ... } on every kernel since 2.6.
         assert_eq!(offsets.get("socket.type"), Some(&4));
         // The exec and file adapters' fields exist on every kernel we support.

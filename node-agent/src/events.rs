@@ -1,17 +1,19 @@
-//! Decoding ring-buffer event records into `DecisionEvent`s (record layout: bundle.proto).
+//! Decoding ring-buffer records into `DecisionEvent`s: the layout is
+//! [`palisade_contract::record`]; this adds what the bundle's tables say (policy, revision,
+//! rule) and the wall-clock time.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use palisade_contract::{
+    Hook,
+    record::{self, DecisionRecord, RecordError, flags},
+};
 use palisade_proto::v1;
 
-/// Size of one record.
-pub const RECORD_SIZE: usize = 72;
+/// Size of one network record (the header every record starts with).
+pub const RECORD_SIZE: usize = record::HEADER_SIZE;
 /// Where the path starts in `exec` and `files` records.
-pub const PATH_OFFSET: usize = 80;
-
-const FLAG_DENY: u32 = 1;
-const FLAG_AUDIT: u32 = 4;
-const FLAG_WOULD_DENY: u32 = 8;
+pub const PATH_OFFSET: usize = record::PATH_OFFSET;
 
 /// Offset to add to `CLOCK_MONOTONIC` nanoseconds (what `bpf_ktime_get_ns` returns) to get
 /// Unix time in nanoseconds, measured now.
@@ -26,21 +28,11 @@ pub fn monotonic_to_unix_offset() -> i128 {
     read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC)
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
 /// A record that does not decode.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     /// Wrong length.
-    #[error("event record is {0} bytes, expected {RECORD_SIZE}")]
+    #[error("event record of {0} bytes is shorter than its layout")]
     Size(usize),
     /// The rule index is outside the bundle's table.
     #[error("event names rule {0}, which the bundle does not have")]
@@ -49,83 +41,55 @@ pub enum DecodeError {
 
 /// Decodes one record using the bundle's attribution tables.
 pub fn decode(
-    record: &[u8],
+    bytes: &[u8],
     content: &v1::BundleContent,
     digest: &str,
     clock_offset: i128,
 ) -> Result<v1::DecisionEvent, DecodeError> {
-    if record.len() < RECORD_SIZE {
-        return Err(DecodeError::Size(record.len()));
-    }
-    let rule_index = u32_at(record, 24);
-    let rule =
-        content.rules.get(rule_index as usize).filter(|_| rule_index != 0).ok_or(DecodeError::Rule(rule_index))?;
-    let policy = content.policies.get(rule.policy as usize).ok_or(DecodeError::Rule(rule_index))?;
-    let flags = u32_at(record, 28);
-    let address: IpAddr = if record[50] == 6 {
-        let mut a = [0; 16];
-        a.copy_from_slice(&record[32..48]);
-        IpAddr::V6(Ipv6Addr::from(a))
+    let r = DecisionRecord::decode(bytes).map_err(|RecordError::Size { len, .. }| DecodeError::Size(len))?;
+    let rule = content.rules.get(r.rule as usize).filter(|_| r.rule != 0).ok_or(DecodeError::Rule(r.rule))?;
+    let policy = content.policies.get(rule.policy as usize).ok_or(DecodeError::Rule(r.rule))?;
+    let hook = i32::try_from(r.hook).ok().and_then(Hook::from_id);
+    let address: IpAddr = if r.family == record::FAMILY_V6 {
+        IpAddr::V6(Ipv6Addr::from(r.addr))
     } else {
-        IpAddr::V4(Ipv4Addr::new(record[32], record[33], record[34], record[35]))
+        IpAddr::V4(Ipv4Addr::new(r.addr[0], r.addr[1], r.addr[2], r.addr[3]))
     };
-    let hook_id = u32_at(record, 52);
-    let hook = match hook_id {
-        1 => "cgroup/connect4",
-        2 => "cgroup/connect6",
-        3 => "lsm/socket_connect",
-        4 => "cgroup/bind4",
-        5 => "cgroup/bind6",
-        6 => "lsm/socket_bind",
-        7 => "lsm/bprm_check_security",
-        8 => "lsm/file_open",
-        _ => "unknown",
-    };
-    // exec and files records carry the path after the header (bundle.proto).
-    let is_path = matches!(hook_id, 7 | 8);
-    let path = match record.get(PATH_OFFSET..).filter(|_| is_path) {
-        Some(bytes) => {
-            let end = bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len());
-            String::from_utf8_lossy(&bytes[..end]).into_owned()
-        }
-        None => String::new(),
-    };
-    let comm_bytes = &record[56..72];
-    let comm_end = comm_bytes.iter().position(|&c| c == 0).unwrap_or(comm_bytes.len());
-    let nanos = i128::from(u64_at(record, 0)) + clock_offset;
+    let nanos = i128::from(r.time_ns) + clock_offset;
     let time = prost_types::Timestamp {
         seconds: i64::try_from(nanos.div_euclid(1_000_000_000)).unwrap_or_default(),
         nanos: i32::try_from(nanos.rem_euclid(1_000_000_000)).unwrap_or_default(),
     };
-    let verdict = if flags & FLAG_DENY != 0 {
+    let verdict = if r.flags & flags::DENY != 0 {
         v1::Verdict::Deny
-    } else if flags & FLAG_AUDIT != 0 {
+    } else if r.flags & flags::AUDIT != 0 {
         v1::Verdict::Audit
     } else {
         v1::Verdict::Allow
     };
+    let is_path = r.path.is_some();
     Ok(v1::DecisionEvent {
         policy: policy.name.clone(),
         revision: policy.revision,
         rule_id: rule.rule_id.clone(),
         verdict: verdict as i32,
-        hook: hook.to_owned(),
-        pid: u32_at(record, 16),
-        comm: String::from_utf8_lossy(&comm_bytes[..comm_end]).into_owned(),
-        uid: u32_at(record, 20),
-        cgroup_id: u64_at(record, 8),
+        hook: hook.map_or("unknown", Hook::section).to_owned(),
+        pid: r.tgid,
+        comm: String::from_utf8_lossy(r.comm()).into_owned(),
+        uid: r.uid,
+        cgroup_id: r.cgroup_id,
         address: if is_path { String::new() } else { address.to_string() },
-        port: u32::from(u16::from_be_bytes([record[48], record[49]])),
-        protocol: match record[51] {
-            1 if !is_path => v1::Protocol::Tcp,
-            2 if !is_path => v1::Protocol::Udp,
+        port: u32::from(r.port),
+        protocol: match r.detail {
+            record::PROTO_TCP if !is_path => v1::Protocol::Tcp,
+            record::PROTO_UDP if !is_path => v1::Protocol::Udp,
             _ => v1::Protocol::Unspecified,
         } as i32,
-        path,
-        access: if hook_id == 8 {
-            [(1, v1::FileAccess::Read), (2, v1::FileAccess::Write)]
+        path: r.path.as_deref().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default(),
+        access: if hook == Some(Hook::LsmFileOpen) {
+            [(record::ACCESS_READ, v1::FileAccess::Read), (record::ACCESS_WRITE, v1::FileAccess::Write)]
                 .into_iter()
-                .filter(|(bit, _)| record[51] & bit != 0)
+                .filter(|(bit, _)| r.detail & bit != 0)
                 .map(|(_, a)| a as i32)
                 .collect()
         } else {
@@ -133,7 +97,7 @@ pub fn decode(
         },
         bundle_digest: digest.to_owned(),
         time: Some(time),
-        would_deny: flags & FLAG_WOULD_DENY != 0,
+        would_deny: r.flags & flags::WOULD_DENY != 0,
         ..Default::default()
     })
 }

@@ -24,6 +24,7 @@ use aya::{
     maps::{Map, MapData, RingBuf},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
 };
+use palisade_contract::{Attach, Operation, hook::HOOKS, map};
 use palisade_proto::v1;
 use prost::Message as _;
 
@@ -146,24 +147,19 @@ pub struct Datapath {
     batch_fallbacks: std::sync::atomic::AtomicU64,
 }
 
-/// The BPF-LSM programs a bundle carries: (hook enum value, LSM hook name).
-const LSM_HOOKS: [(i32, &str); 4] = [
-    (v1::Hook::LsmSocketConnect as i32, "socket_connect"),
-    (v1::Hook::LsmSocketBind as i32, "socket_bind"),
-    (v1::Hook::LsmBprmCheckSecurity as i32, "bprm_check_security"),
-    (v1::Hook::LsmFileOpen as i32, "file_open"),
-];
+/// The BPF-LSM programs of the hook table: (hook id, LSM hook name, whether it resolves
+/// paths).
+fn lsm_hooks() -> impl Iterator<Item = (i32, &'static str, bool)> {
+    HOOKS.iter().filter_map(|h| match h.attach {
+        Attach::Lsm { hook, resolves_paths } => Some((h.id as i32, hook, resolves_paths)),
+        Attach::CgroupSockAddr(_) => None,
+    })
+}
 
-/// The LSM hooks of the `exec` and `files` sections (they need `bpf_d_path`).
-const PATH_HOOKS: [i32; 2] = [v1::Hook::LsmBprmCheckSecurity as i32, v1::Hook::LsmFileOpen as i32];
-
-/// The cgroup programs a bundle carries, in attach order.
-const CGROUP_HOOKS: [(i32, &str); 4] = [
-    (v1::Hook::CgroupConnect4 as i32, "cgroup/connect4"),
-    (v1::Hook::CgroupConnect6 as i32, "cgroup/connect6"),
-    (v1::Hook::CgroupBind4 as i32, "cgroup/bind4"),
-    (v1::Hook::CgroupBind6 as i32, "cgroup/bind6"),
-];
+/// The cgroup programs of the hook table, in attach order: (hook id, ELF section).
+fn cgroup_hooks() -> impl Iterator<Item = (i32, &'static str)> {
+    HOOKS.iter().filter(|h| matches!(h.attach, Attach::CgroupSockAddr(_))).map(|h| (h.id as i32, h.section))
+}
 
 fn map_fd(map: &Map) -> Option<RawFd> {
     match map {
@@ -272,7 +268,7 @@ impl Datapath {
 
     /// The LSM hooks this datapath loads.
     fn lsm_hooks(&self) -> impl Iterator<Item = (i32, &'static str)> + '_ {
-        LSM_HOOKS.into_iter().filter(|(hook, _)| self.lsm_paths || !PATH_HOOKS.contains(hook))
+        lsm_hooks().filter(|(_, _, paths)| self.lsm_paths || !paths).map(|(id, hook, _)| (id, hook))
     }
 
     /// Whether programs are pinned link-per-generation (LSM) or swapped in stable links.
@@ -295,7 +291,7 @@ impl Datapath {
         let hooks: Vec<i32> = if self.lsm {
             self.lsm_hooks().map(|(h, _)| h).collect()
         } else {
-            CGROUP_HOOKS.iter().map(|(h, _)| *h).collect()
+            cgroup_hooks().map(|(h, _)| h).collect()
         };
         for hook in hooks {
             let Some(program) = content.programs.iter().find(|p| p.hook == hook) else { continue };
@@ -397,11 +393,8 @@ impl Datapath {
                 .maps
                 .iter()
                 .filter(|m| m.role == v1::MapRole::Static as i32 && m.filled() > 0)
-                .filter_map(|m| match m.name.as_str() {
-                    "pale_paths" => Some("exec"),
-                    "palf_paths" => Some("files"),
-                    _ => None,
-                })
+                .filter_map(|m| map::operation_of(&m.name).filter(|op| op.is_path() && m.name == map::of(*op).paths))
+                .map(Operation::section_path)
                 .collect();
             if !lsm_only.is_empty() {
                 tracing::warn!(sections = ?lsm_only, "policies have sections this kernel cannot enforce without BPF-LSM");
@@ -444,8 +437,8 @@ impl Datapath {
         if self.lsm {
             self.stage_lsm(&mut ebpf, content, gen_dir)?;
         }
-        for (_, section) in CGROUP_HOOKS.iter().filter(|_| !self.lsm) {
-            let Some(p) = content.programs.iter().find(|p| p.section == *section) else { continue };
+        for (_, section) in cgroup_hooks().filter(|_| !self.lsm) {
+            let Some(p) = content.programs.iter().find(|p| p.section == section) else { continue };
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(&p.name)
                 .ok_or_else(|| LoadError::Load(format!("program {} missing from the ELF", p.name)))?
@@ -505,7 +498,7 @@ impl Datapath {
         std::fs::create_dir_all(self.paths.links()).map_err(io_err("creating the links directory"))?;
         let mut moved: Vec<(OwnedFd, OwnedFd, Option<OwnedFd>)> = Vec::new();
         let result = (|| {
-            for (hook, section) in CGROUP_HOOKS {
+            for (hook, section) in cgroup_hooks() {
                 let Some(p) = content.programs.iter().find(|p| p.section == section && p.hook == hook) else {
                     continue;
                 };
@@ -647,7 +640,7 @@ fn pinned_program_ids(bpffs: &Path) -> Vec<u32> {
 
 /// The kernel ids of a generation's pinned LSM programs.
 fn lsm_program_ids(active: &Active) -> Vec<u32> {
-    let lsm_hooks: Vec<i32> = LSM_HOOKS.iter().map(|(hook, _)| *hook).collect();
+    let lsm_hooks: Vec<i32> = lsm_hooks().map(|(hook, _, _)| hook).collect();
     active
         .content
         .programs
@@ -716,10 +709,12 @@ pub fn verify(bundle: &v1::Bundle, key: Option<&ed25519_dalek::VerifyingKey>) ->
         return Err(LoadError::Digest { expected: bundle.digest.clone(), actual });
     }
     let content = v1::BundleContent::decode(bundle.content.as_slice()).map_err(|e| LoadError::Decode(e.to_string()))?;
-    if !matches!(content.format, 1 | 2) {
+    if !palisade_contract::format::readable(content.format) {
+        let read: Vec<String> = palisade_contract::format::READ.iter().map(u32::to_string).collect();
         return Err(LoadError::Unsupported(format!(
-            "bundle format {} (this agent reads formats 1 and 2)",
-            content.format
+            "bundle format {} (this agent reads formats {})",
+            content.format,
+            read.join(" and ")
         )));
     }
     for m in &content.maps {

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use palisade_contract::insn::{self, Alu, R0, R1, R2, R3, R10, Size, helper};
 use palisade_proto::v1;
 
 use crate::{btf, sys};
@@ -106,19 +107,20 @@ fn bpf_lsm_paths(f_path: Option<u32>) -> bool {
     let (Some(f_path), Ok(btf)) = (f_path, aya::Btf::from_sys_fs()) else { return false };
     let Ok(id) = btf.id_by_type_name_kind("bpf_lsm_file_open", aya_obj::btf::BtfKind::Func) else { return false };
     let Ok(f_path) = i32::try_from(f_path) else { return false };
-    let program = [
-        sys::insn(0x79, 1, 1, 0, 0),      // r1 = *(u64 *)(r1 + 0): the struct file
-        sys::insn(0x07, 1, 0, 0, f_path), // r1 += offsetof(struct file, f_path)
-        sys::insn(0x7a, 10, 0, -16, 0),   // *(u64 *)(r10 - 16) = 0
-        sys::insn(0x7a, 10, 0, -8, 0),    // *(u64 *)(r10 - 8) = 0
-        sys::insn(0xbf, 2, 10, 0, 0),     // r2 = r10
-        sys::insn(0x07, 2, 0, 0, -16),    // r2 += -16
-        sys::insn(0xb7, 3, 0, 0, 16),     // r3 = 16
-        sys::insn(0x85, 0, 0, 0, 147),    // call bpf_d_path
-        sys::insn(0xb7, 0, 0, 0, 0),      // r0 = 0
-        sys::insn(0x95, 0, 0, 0, 0),      // exit
-    ]
-    .concat();
+    let program = insn::encode_all(&[
+        // r1 = &file->f_path (the hook's first argument, a BTF-typed struct file *)
+        insn::ldx(Size::DW, R1, R1, 0),
+        insn::alu64_imm(Alu::Add, R1, f_path),
+        // a zeroed 16-byte buffer at r10 - 16
+        insn::st(Size::DW, R10, -16, 0),
+        insn::st(Size::DW, R10, -8, 0),
+        insn::mov64_reg(R2, R10),
+        insn::alu64_imm(Alu::Add, R2, -16),
+        insn::mov64_imm(R3, 16),
+        insn::call(helper::D_PATH),
+        insn::mov64_imm(R0, 0),
+        insn::exit(),
+    ]);
     match sys::trial_load_insns(sys::prog_type::LSM, sys::ATTACH_LSM_MAC, id, &program) {
         Ok(()) => true,
         Err(error) => {
@@ -134,7 +136,7 @@ pub fn probe() -> v1::KernelFeatures {
     let btf_offsets = btf_blob
         .as_deref()
         .map(|b| {
-            btf::member_offsets(b, btf::FIELDS).unwrap_or_else(|error| {
+            btf::member_offsets(b, &btf::FIELDS).unwrap_or_else(|error| {
                 tracing::warn!(%error, "cannot read struct offsets from kernel BTF");
                 std::collections::BTreeMap::default()
             })
@@ -145,7 +147,7 @@ pub fn probe() -> v1::KernelFeatures {
     v1::KernelFeatures {
         kernel_release: kernel_release(),
         bpf_lsm: lsm,
-        bpf_lsm_paths: lsm && bpf_lsm_paths(btf_offsets.get("file.f_path").copied()),
+        bpf_lsm_paths: lsm && bpf_lsm_paths(btf_offsets.get(palisade_contract::btf::FILE_PATH.key).copied()),
         cgroup_sock_addr: cgroup2_mount().is_some()
             && ok(sys::trial_load(sys::prog_type::CGROUP_SOCK_ADDR, sys::ATTACH_INET4_CONNECT, 0, 1)),
         sock_ops: ok(sys::trial_load(sys::prog_type::SOCK_OPS, 0, 0, 1)),

@@ -2,6 +2,7 @@
 //! key/value sizes, opening pins, and `BPF_LINK_UPDATE` (KERNEL.md "Links, pins, swaps").
 //! Attribute layouts are the UAPI's (`include/uapi/linux/bpf.h`, `union bpf_attr`).
 
+use palisade_contract::insn;
 use std::{
     ffi::CString,
     io,
@@ -282,21 +283,10 @@ struct ProgLoadAttr {
     attach_btf_id: u32,
 }
 
-/// One encoded instruction: opcode, registers, offset, immediate (`struct bpf_insn`).
-pub fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
-    let mut b = [0_u8; 8];
-    b[0] = code;
-    b[1] = (src << 4) | (dst & 0x0f);
-    b[2..4].copy_from_slice(&off.to_le_bytes());
-    b[4..8].copy_from_slice(&imm.to_le_bytes());
-    b
-}
-
 /// Loads `r0 = ret; exit` as a program of `prog_type` and closes it: the feature probe. An
 /// error means the kernel refuses the type (e.g. EPERM for BPF-LSM on kernels without it).
 pub fn trial_load(prog_type: u32, expected_attach_type: u32, attach_btf_id: u32, ret: i32) -> io::Result<()> {
-    // mov64 r0, ret; exit
-    let insns = [insn(0xb7, 0, 0, 0, ret), insn(0x95, 0, 0, 0, 0)].concat();
+    let insns = insn::encode_all(&[insn::mov64_imm(insn::R0, ret), insn::exit()]);
     trial_load_insns(prog_type, expected_attach_type, attach_btf_id, &insns)
 }
 

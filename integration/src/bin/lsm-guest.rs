@@ -45,7 +45,7 @@ impl Suite {
 
 fn offsets() -> KernelOffsets {
     let blob = std::fs::read("/sys/kernel/btf/vmlinux").unwrap_or_default();
-    let found = btf::member_offsets(&blob, btf::FIELDS).unwrap_or_default();
+    let found = btf::member_offsets(&blob, &btf::FIELDS).unwrap_or_default();
     KernelOffsets::from_reported(|key| found.get(key).copied(), KernelOffsets::LINUX_6_12)
 }
 

@@ -32,30 +32,48 @@ pub const R10: u8 = 10;
 pub const BPF_PSEUDO_MAP_FD: u8 = 1;
 
 // Instruction classes (low 3 bits of `code`).
-pub(crate) const CLASS_LD: u8 = 0x00;
-pub(crate) const CLASS_LDX: u8 = 0x01;
-pub(crate) const CLASS_ST: u8 = 0x02;
-pub(crate) const CLASS_STX: u8 = 0x03;
-pub(crate) const CLASS_ALU: u8 = 0x04;
-pub(crate) const CLASS_JMP: u8 = 0x05;
-pub(crate) const CLASS_JMP32: u8 = 0x06;
-pub(crate) const CLASS_ALU64: u8 = 0x07;
+/// `BPF_LD`: immediate and packet loads.
+pub const CLASS_LD: u8 = 0x00;
+/// `BPF_LDX`: loads from memory.
+pub const CLASS_LDX: u8 = 0x01;
+/// `BPF_ST`: stores of an immediate.
+pub const CLASS_ST: u8 = 0x02;
+/// `BPF_STX`: stores of a register.
+pub const CLASS_STX: u8 = 0x03;
+/// `BPF_ALU`: 32-bit arithmetic.
+pub const CLASS_ALU: u8 = 0x04;
+/// `BPF_JMP`: 64-bit jumps, calls, exit.
+pub const CLASS_JMP: u8 = 0x05;
+/// `BPF_JMP32`: 32-bit jumps.
+pub const CLASS_JMP32: u8 = 0x06;
+/// `BPF_ALU64`: 64-bit arithmetic.
+pub const CLASS_ALU64: u8 = 0x07;
 
 // Load/store modes (top 3 bits of `code` for the load/store classes).
-pub(crate) const MODE_IMM: u8 = 0x00;
-pub(crate) const MODE_ABS: u8 = 0x20;
-pub(crate) const MODE_IND: u8 = 0x40;
-pub(crate) const MODE_MEM: u8 = 0x60;
+/// `BPF_IMM` (with `BPF_DW`: the two-slot 64-bit immediate load).
+pub const MODE_IMM: u8 = 0x00;
+/// `BPF_ABS`: legacy packet load at a constant offset.
+pub const MODE_ABS: u8 = 0x20;
+/// `BPF_IND`: legacy packet load at a register plus constant offset.
+pub const MODE_IND: u8 = 0x40;
+/// `BPF_MEM`: memory load or store.
+pub const MODE_MEM: u8 = 0x60;
 
 // Source operand flag (bit 3) for ALU and jump classes; for `BPF_END` it selects the byte order.
-pub(crate) const SRC_K: u8 = 0x00;
-pub(crate) const SRC_X: u8 = 0x08;
+/// `BPF_K`: the operand is the immediate.
+pub const SRC_K: u8 = 0x00;
+/// `BPF_X`: the operand is the source register.
+pub const SRC_X: u8 = 0x08;
 
 // Operations outside the `Alu`/`Jmp` enums.
-pub(crate) const OP_END: u8 = 0xd0;
-pub(crate) const OP_JA: u8 = 0x00;
-pub(crate) const OP_CALL: u8 = 0x80;
-pub(crate) const OP_EXIT: u8 = 0x90;
+/// `BPF_END`: byte swap.
+pub const OP_END: u8 = 0xd0;
+/// `BPF_JA`: unconditional jump.
+pub const OP_JA: u8 = 0x00;
+/// `BPF_CALL`: helper call.
+pub const OP_CALL: u8 = 0x80;
+/// `BPF_EXIT`: return r0.
+pub const OP_EXIT: u8 = 0x90;
 
 /// Helper function ids, from the `__BPF_FUNC_MAPPER` list in the kernel's
 /// `include/uapi/linux/bpf.h` (the numbering is part of the UAPI and never changes).

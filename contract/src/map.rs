@@ -1,0 +1,121 @@
+//! Map names (ELF symbols, kernel names and pin names, ≤ 15 bytes) and what each holds.
+//!
+//! The agent finds maps by role (`BundleMap.role`): it fills `Cgroups` maps with the ids of
+//! the selected cgroups, reads `Events`, and loads `Static` maps as the bundle ships them.
+
+use crate::hook::Operation;
+
+/// Ring buffer of records (shared by every program).
+pub const EVENTS: &str = "pal_events";
+
+/// The maps of one operation's partition ("" where the operation has no such map).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Names {
+    /// cgroup id → selected-cgroup class (role `Cgroups`).
+    pub cgroups: &'static str,
+    /// (class, uid) → workload class.
+    pub workloads: &'static str,
+    /// Address trie nodes (array of 256-cell nodes).
+    pub nodes: &'static str,
+    /// Address tails (array).
+    pub tails: &'static str,
+    /// Regions: port tables and their defaults (array).
+    pub regions: &'static str,
+    /// Port tables, 256 cells each (array).
+    pub ports: &'static str,
+    /// Port nodes (array).
+    pub port_nodes: &'static str,
+    /// Decisions by value id (array).
+    pub values: &'static str,
+    /// (workload, path prefix) → decision (`exec`, `files`).
+    pub paths: &'static str,
+}
+
+/// `network.connect`.
+pub const CONNECT: Names = Names {
+    cgroups: "pal_cgroups",
+    workloads: "pal_workloads",
+    nodes: "pal_nodes",
+    tails: "pal_tails",
+    regions: "pal_regions",
+    ports: "pal_ports",
+    port_nodes: "pal_pnodes",
+    values: "pal_values",
+    paths: "",
+};
+
+/// `network.bind`.
+pub const BIND: Names = Names {
+    cgroups: "palb_cgroups",
+    workloads: "palb_workloads",
+    nodes: "palb_nodes",
+    tails: "palb_tails",
+    regions: "palb_regions",
+    ports: "palb_ports",
+    port_nodes: "palb_pnodes",
+    values: "palb_values",
+    paths: "",
+};
+
+/// `exec`.
+pub const EXEC: Names = Names { cgroups: "pale_cgroups", workloads: "pale_workloads", paths: "pale_paths", ..NONE };
+
+/// `files`.
+pub const FILES: Names = Names { cgroups: "palf_cgroups", workloads: "palf_workloads", paths: "palf_paths", ..NONE };
+
+const NONE: Names = Names {
+    cgroups: "",
+    workloads: "",
+    nodes: "",
+    tails: "",
+    regions: "",
+    ports: "",
+    port_nodes: "",
+    values: "",
+    paths: "",
+};
+
+/// The maps of `op`.
+pub fn of(op: Operation) -> Names {
+    match op {
+        Operation::Connect => CONNECT,
+        Operation::Bind => BIND,
+        Operation::Exec => EXEC,
+        Operation::Files => FILES,
+    }
+}
+
+/// The operation whose partition map `name` belongs to (None for the events map and names
+/// this contract does not know).
+pub fn operation_of(name: &str) -> Option<Operation> {
+    Operation::ALL.into_iter().find(|&op| {
+        let n = of(op);
+        !name.is_empty()
+            && [n.cgroups, n.workloads, n.nodes, n.tails, n.regions, n.ports, n.port_nodes, n.values, n.paths]
+                .contains(&name)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_the_kernel_and_belong_to_one_operation() {
+        for op in Operation::ALL {
+            let n = of(op);
+            for name in [n.cgroups, n.workloads, n.nodes, n.tails, n.regions, n.ports, n.port_nodes, n.values, n.paths]
+            {
+                if name.is_empty() {
+                    continue;
+                }
+                assert!(name.len() <= 15, "{name}");
+                assert_eq!(operation_of(name), Some(op), "{name}");
+            }
+            assert!(!n.cgroups.is_empty() && !n.workloads.is_empty());
+            assert_eq!(n.paths.is_empty(), !op.is_path());
+        }
+        assert_eq!(operation_of(EVENTS), None);
+        assert_eq!(operation_of(""), None);
+    }
+}

@@ -574,3 +574,6 @@ fn path_program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result<Progr
     a.jmp_imm(Jmp::Jne, R1, 0, deny);
     exits(a, hook, allow, deny)
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,9 +10,11 @@ pub mod codegen;
 pub mod disasm;
 pub mod elf;
 pub mod eval;
+pub mod interp;
 pub mod layout;
 pub mod limits;
 pub mod model;
 pub mod plan;
+pub mod simulate;
 
 pub use palisade_contract::insn;

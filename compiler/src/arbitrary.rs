@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use proptest::prelude::*;
 
-use crate::{
+use crate::policy::{
     eval::{Attempt, PathAttempt},
     model::{
         ACCESS_READ, ACCESS_WRITE, Action, Default, Failsafe, Mode, Operation, PathPattern, PathRule, PathSection,

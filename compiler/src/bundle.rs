@@ -7,13 +7,16 @@ use palisade_proto::v1;
 use prost::Message as _;
 
 use crate::{
-    asm::Program,
-    codegen::{self, Hook, KernelOffsets, maps},
-    elf::{self, ElfProgram, MapDef},
-    eval::RuleName,
-    layout,
-    model::{Operation, PolicySet},
-    plan::{self, Plan},
+    bpf::{
+        asm::Program,
+        elf::{self, ElfProgram, MapDef},
+    },
+    policy::{
+        eval::RuleName,
+        model::{Operation, PolicySet},
+        partition::{self, Plan, layout},
+    },
+    program::{self, Hook, KernelOffsets, maps},
 };
 
 /// `BundleContent.format` this compiler writes.
@@ -38,7 +41,7 @@ pub enum CompileError {
         hook: Hook,
         /// Cause.
         #[source]
-        source: crate::asm::AsmError,
+        source: crate::bpf::asm::AsmError,
     },
     /// The ELF writer failed (a compiler bug).
     #[error("writing the ELF object")]
@@ -169,8 +172,8 @@ fn plan_maps(plan: &Plan, shift: u32) -> Vec<v1::BundleMap> {
     let workloads =
         plan.workloads.iter().map(|((s, uid), w)| entry(pair(*s, *uid), w.to_le_bytes().to_vec())).collect();
     // Rule 0 is "no rule" in every table.
-    let rule = |v: &plan::Value| if v.rule == 0 { 0 } else { v.rule + shift };
-    let shifted = |v: &plan::Value| pair(rule(v), v.flags);
+    let rule = |v: &partition::Value| if v.rule == 0 { 0 } else { v.rule + shift };
+    let shifted = |v: &partition::Value| pair(rule(v), v.flags);
     let mut cgroup_map = map(names.cgroups, v1::MapRole::Cgroups, BPF_MAP_TYPE_HASH, 8, 4, Vec::new());
     cgroup_map.max_entries = u32::try_from(plan.cgroups.len()).unwrap_or(u32::MAX).max(1);
     let mut maps_out = vec![cgroup_map, map(names.workloads, v1::MapRole::Static, BPF_MAP_TYPE_HASH, 8, 4, workloads)];
@@ -182,7 +185,7 @@ fn plan_maps(plan: &Plan, shift: u32) -> Vec<v1::BundleMap> {
             .map(|e| {
                 // Key data: the prefix, zero-padded to the key size (only prefixlen bits count).
                 let mut data = e.prefix.clone();
-                data.resize(codegen::PATH_BYTES as usize, 0);
+                data.resize(program::PATH_BYTES as usize, 0);
                 let value = e.values.iter().flat_map(&shifted).collect();
                 entry(lpm_key(32 + 8 * e.prefix.len() as u32, e.workload, &data), value)
             })
@@ -191,7 +194,7 @@ fn plan_maps(plan: &Plan, shift: u32) -> Vec<v1::BundleMap> {
             names.paths,
             v1::MapRole::Static,
             BPF_MAP_TYPE_LPM_TRIE,
-            8 + codegen::PATH_BYTES as u32,
+            8 + program::PATH_BYTES as u32,
             8 * values,
             entries,
         ));
@@ -249,12 +252,12 @@ fn plan_maps(plan: &Plan, shift: u32) -> Vec<v1::BundleMap> {
 
 /// Compiles a policy set for kernels with the given struct offsets.
 pub fn compile(set: &PolicySet, offsets: KernelOffsets) -> Result<Compiled, CompileError> {
-    let plans: Vec<Plan> = Operation::ALL.iter().map(|&op| plan::plan(set, op)).collect();
+    let plans: Vec<Plan> = Operation::ALL.iter().map(|&op| partition::plan(set, op)).collect();
     let programs = Hook::ALL
         .iter()
         .map(|&hook| {
             let plan = &plans[Operation::ALL.iter().position(|op| *op == hook.operation()).unwrap_or(0)];
-            codegen::program(hook, plan, offsets)
+            program::program(hook, plan, offsets)
                 .map(|p| (hook, p))
                 .map_err(|source| CompileError::Assemble { hook, source })
         })
@@ -331,7 +334,7 @@ pub fn render(compiled: &Compiled, set: &PolicySet) -> String {
     let mut out = String::new();
     for (hook, program) in &compiled.programs {
         let _ = writeln!(out, "; ---- {} ({}), {} instructions", hook.symbol(), hook.section(), program.insns.len());
-        out.push_str(&crate::disasm::disassemble(program));
+        out.push_str(&crate::bpf::disasm::disassemble(program));
         out.push('\n');
     }
     for plan in &compiled.plans {
@@ -364,16 +367,16 @@ fn render_plan(out: &mut String, plan: &Plan, set: &PolicySet) {
         );
     }
     for ((s, uid), w) in &plan.workloads {
-        let uid = if *uid == plan::ANY_UID { "any".to_owned() } else { uid.to_string() };
+        let uid = if *uid == partition::ANY_UID { "any".to_owned() } else { uid.to_string() };
         let _ = writeln!(out, ";   class {s}, uid {uid} -> workload {w}");
     }
-    let decision = |v: &plan::Value| {
-        let verdict = if v.flags & plan::FLAG_DENY != 0 { "DENY" } else { "ALLOW" };
-        let event = if v.flags & plan::FLAG_EVENT == 0 {
+    let decision = |v: &partition::Value| {
+        let verdict = if v.flags & partition::FLAG_DENY != 0 { "DENY" } else { "ALLOW" };
+        let event = if v.flags & partition::FLAG_EVENT == 0 {
             String::new()
-        } else if v.flags & plan::FLAG_WOULD_DENY != 0 {
+        } else if v.flags & partition::FLAG_WOULD_DENY != 0 {
             format!(", AUDIT would-deny event: {}", rule_name(v.rule))
-        } else if v.flags & plan::FLAG_AUDIT != 0 {
+        } else if v.flags & partition::FLAG_AUDIT != 0 {
             format!(", AUDIT event: {}", rule_name(v.rule))
         } else {
             format!(", DENY event: {}", rule_name(v.rule))
@@ -425,7 +428,7 @@ mod tests {
     use palisade_proto::document;
 
     use super::*;
-    use crate::{codegen::Returns as _, insn::R0};
+    use crate::{bpf::insn::R0, program::Returns as _};
 
     const OFFSETS: KernelOffsets = KernelOffsets::LINUX_6_12;
 
@@ -468,17 +471,17 @@ mod tests {
             let compiled = compile(&set(yaml), OFFSETS).expect("compiles");
             for (hook, program) in &compiled.programs {
                 assert!(
-                    !program.insns.contains(&crate::insn::ja(0)),
+                    !program.insns.contains(&crate::bpf::insn::ja(0)),
                     "{hook:?}: a jump to the next instruction is dead code"
                 );
                 let mut exits = 0;
                 for (i, insn) in program.insns.iter().enumerate() {
-                    if insn.code != crate::insn::exit().code {
+                    if insn.code != crate::bpf::insn::exit().code {
                         continue;
                     }
                     exits += 1;
                     let prev = program.insns[i - 1];
-                    let mov = crate::insn::mov64_imm(R0, prev.imm);
+                    let mov = crate::bpf::insn::mov64_imm(R0, prev.imm);
                     assert_eq!(prev, mov, "{hook:?}: exit at {i} not preceded by r0 = imm");
                     assert!(prev.imm == hook.allow() || prev.imm == hook.deny(), "{hook:?} returns {}", prev.imm);
                     if hook.is_lsm() {

@@ -135,7 +135,7 @@ mod tests {
     use palisade_proto::document;
 
     use super::*;
-    use crate::{bundle::compile, codegen::KernelOffsets, model::PolicySet};
+    use crate::{bundle::compile, policy::model::PolicySet, program::KernelOffsets};
 
     #[test]
     fn check_reports_every_exceeded_limit_with_numbers() {

@@ -1,4 +1,4 @@
-//! Runs operations through a compiled bundle's real programs in the [`crate::interp`]
+//! Runs operations through a compiled bundle's real programs in the [`crate::bpf::interp`]
 //! interpreter, with the contexts the kernel would hand them: a `struct bpf_sock_addr` for
 //! the cgroup hooks, the LSM hooks' argument arrays with the kernel objects they point to
 //! (`struct socket`, a `sockaddr`, `struct linux_binprm`, `struct file`). No root needed:
@@ -12,11 +12,13 @@ use std::net::IpAddr;
 use palisade_contract::{Attach, Hook, SockAddrHook, record};
 
 use crate::{
+    bpf::interp::{Fault, Maps, MapsError, Run, Task},
     bundle::Compiled,
-    codegen::{KernelOffsets, Returns as _},
-    eval::{Attempt, PathAttempt, Verdict},
-    interp::{Fault, Maps, MapsError, Run, Task},
-    model::{Operation, Protocol, cgroup_components},
+    policy::{
+        eval::{Attempt, PathAttempt, Verdict},
+        model::{Operation, Protocol, cgroup_components},
+    },
+    program::{KernelOffsets, Returns as _},
 };
 
 /// What one program run decided.
@@ -117,11 +119,11 @@ impl<'c> Simulation<'c> {
         Ok(Self { compiled, offsets, maps })
     }
 
-    fn program(&self, hook: Hook) -> Result<&'c crate::asm::Program, SimulateError> {
+    fn program(&self, hook: Hook) -> Result<&'c crate::bpf::asm::Program, SimulateError> {
         self.compiled.programs.iter().find(|(h, _)| *h == hook).map(|(_, p)| p).ok_or(SimulateError::NoProgram(hook))
     }
 
-    fn finish(hook: Hook, out: Result<crate::interp::Outcome, Fault>) -> Result<Simulated, SimulateError> {
+    fn finish(hook: Hook, out: Result<crate::bpf::interp::Outcome, Fault>) -> Result<Simulated, SimulateError> {
         let out = out.map_err(|source| SimulateError::Fault { hook, source })?;
         let verdict = match out.ret as i64 {
             r if r == i64::from(hook.allow()) => Verdict::Allow,

@@ -3,10 +3,12 @@
 //! `DecisionEvent`s the server stores.
 
 use palisade_compiler::{
-    bundle::compile,
-    codegen::KernelOffsets,
-    eval::{Attempt, PathAttempt},
-    model::{ACCESS_WRITE, Operation, PolicySet, Protocol},
+    compile,
+    policy::{
+        eval::{Attempt, PathAttempt, Verdict},
+        model::{ACCESS_WRITE, Operation, PolicySet, Protocol},
+    },
+    program::KernelOffsets,
     simulate::Simulation,
 };
 use palisade_contract::Hook;
@@ -95,7 +97,7 @@ fn records_of_every_hook_decode_into_the_events_the_programs_meant() {
 
     let exec = PathAttempt { operation: Operation::Exec, access: 0, path: b"/usr/bin/curl".to_vec(), ..open };
     let run = sim.path(&exec).expect("runs");
-    assert_eq!(run.verdict, palisade_compiler::eval::Verdict::Allow, "an audit-mode policy never denies");
+    assert_eq!(run.verdict, Verdict::Allow, "an audit-mode policy never denies");
     let e = palisade_agent::events::decode(&run.records[0], &compiled.content, &compiled.digest, 0).expect("decodes");
     assert_eq!((e.policy.as_str(), e.revision, e.rule_id.as_str()), ("watch", 9, "curl"));
     assert_eq!((e.verdict, e.would_deny), (v1::Verdict::Audit as i32, true));

@@ -4,11 +4,7 @@
 use std::{net::TcpListener, path::PathBuf, time::Duration};
 
 use palisade_agent::loader::{Datapath, Paths};
-use palisade_compiler::{
-    bundle::{Compiled, compile},
-    codegen::KernelOffsets,
-    model::PolicySet,
-};
+use palisade_compiler::{Compiled, compile, policy::model::PolicySet, program::KernelOffsets};
 use palisade_integration::{Connect, TestCgroup, cgroup2, dual_listeners, eventually, kernel_tests_enabled, probe};
 use palisade_proto::{document, v1};
 

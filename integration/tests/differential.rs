@@ -18,10 +18,12 @@ use std::{
 use palisade_agent::loader::{Datapath, Paths};
 use palisade_compiler::{
     arbitrary::{self, Space},
-    bundle::compile,
-    codegen::KernelOffsets,
-    eval::{Attempt, Decision, ReportKind, RuleName, Verdict, evaluate},
-    model::{Operation, PolicySet, Protocol},
+    compile,
+    policy::{
+        eval::{Attempt, Decision, ReportKind, RuleName, Verdict, evaluate},
+        model::{Operation, PolicySet, Protocol},
+    },
+    program::KernelOffsets,
 };
 use palisade_integration::{TestCgroup, cgroup2, kernel_tests_enabled};
 use palisade_proto::v1;
@@ -135,7 +137,7 @@ fn bytecode_in_the_kernel_decides_exactly_as_the_reference_evaluator() {
     let mut workers: HashMap<(Vec<String>, u32), Worker> = HashMap::new();
     for path in &space.task_cgroups {
         for &uid in &uids {
-            let key = (palisade_compiler::model::cgroup_components(path), uid);
+            let key = (palisade_compiler::policy::model::cgroup_components(path), uid);
             workers.insert(key, Worker::spawn(&cg.dir_of(path), uid));
         }
     }

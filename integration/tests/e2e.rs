@@ -4,7 +4,7 @@
 
 use std::{net::TcpListener, time::Duration};
 
-use palisade_compiler::{
+use palisade_compiler::bpf::{
     asm::Asm,
     elf::{ElfProgram, write},
     insn,

@@ -10,10 +10,10 @@ use std::{
 };
 
 use palisade_compiler::{
-    bundle::{Compiled, compile},
-    codegen::KernelOffsets,
+    Compiled, compile,
     limits::{self, Limits},
-    model::{self, Failsafe, PolicySet},
+    policy::model::{self, Failsafe, PolicySet},
+    program::KernelOffsets,
 };
 use palisade_proto::v1;
 use prost::Message as _;

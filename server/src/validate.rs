@@ -25,7 +25,7 @@ pub const MAX_PORTS: usize = 1024;
 /// Most path patterns in one rule.
 pub const MAX_PATHS: usize = 4096;
 /// Longest path pattern (the kernel programs resolve paths of up to this many bytes).
-pub const MAX_PATH: usize = palisade_compiler::model::MAX_PATH;
+pub const MAX_PATH: usize = palisade_compiler::policy::model::MAX_PATH;
 /// Longest description.
 pub const MAX_DESCRIPTION: usize = 1024;
 /// Longest cgroup path.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use palisade_compiler::{bundle::compile, codegen::KernelOffsets, model::PolicySet};
+use palisade_compiler::{compile, policy::model::PolicySet, program::KernelOffsets};
 use palisade_proto::{
     document,
     v1::{self, agent_service_client::AgentServiceClient, policy_service_client::PolicyServiceClient},

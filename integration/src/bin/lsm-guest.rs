@@ -21,7 +21,7 @@ use palisade_agent::{
     loader::{Datapath, Paths},
     probe,
 };
-use palisade_compiler::{bundle::compile, codegen::KernelOffsets, model::PolicySet};
+use palisade_compiler::{compile, policy::model::PolicySet, program::KernelOffsets};
 use palisade_proto::{document, v1};
 
 const PROBE: &str = "/bin/connect-probe";
@@ -429,15 +429,15 @@ fn restart_and_reject(
         }
     };
     let mut content = <v1::BundleContent as prost::Message>::decode(bad.content.as_slice()).unwrap_or_default();
-    let mut a = palisade_compiler::asm::Asm::new();
-    a.push(palisade_compiler::insn::exit());
-    let exit_only = a.finish().unwrap_or_else(|_| palisade_compiler::asm::Asm::new().finish().unwrap_or_default());
+    let mut a = palisade_compiler::bpf::asm::Asm::new();
+    a.push(palisade_compiler::bpf::insn::exit());
+    let exit_only = a.finish().unwrap_or_else(|_| palisade_compiler::bpf::asm::Asm::new().finish().unwrap_or_default());
     let programs: Vec<_> = content
         .programs
         .iter()
-        .map(|p| palisade_compiler::elf::ElfProgram { name: &p.name, section: &p.section, program: &exit_only })
+        .map(|p| palisade_compiler::bpf::elf::ElfProgram { name: &p.name, section: &p.section, program: &exit_only })
         .collect();
-    content.elf = palisade_compiler::elf::write(&programs, &palisade_compiler::bundle::map_defs(&content.maps))
+    content.elf = palisade_compiler::bpf::elf::write(&programs, &palisade_compiler::bundle::map_defs(&content.maps))
         .unwrap_or_default();
     bad.content = prost::Message::encode_to_vec(&content);
     bad.digest = palisade_proto::sha256_hex(&bad.content);

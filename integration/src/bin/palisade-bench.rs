@@ -23,12 +23,15 @@ use std::{
 use anyhow::Context as _;
 use palisade_agent::loader::{Datapath, Paths};
 use palisade_compiler::{
-    asm::Asm,
-    bundle::{Compiled, compile},
-    codegen::{self, Hook, KernelOffsets},
-    elf::{ElfProgram, write},
-    insn,
-    model::{Action, Default, Mode, Policy, PolicySet, Ports, Protocol, Rule, Section},
+    Compiled,
+    bpf::{
+        asm::Asm,
+        elf::{ElfProgram, write},
+        insn,
+    },
+    compile,
+    policy::model::{Action, Default, Mode, Policy, PolicySet, Ports, Protocol, Rule, Section},
+    program::{self, Hook, KernelOffsets},
 };
 use palisade_proto::v1;
 use prost::Message as _;
@@ -135,7 +138,7 @@ fn set(n: usize, profile: Profile, cgroup: &str) -> PolicySet {
             name: "bench".into(),
             revision: 1,
             mode: Mode::Enforce,
-            cgroup: palisade_compiler::model::cgroup_components(cgroup),
+            cgroup: palisade_compiler::policy::model::cgroup_components(cgroup),
             uid: None,
             connect: Some(Section { default: Default::Allow, rules: rules(n, profile) }),
             bind: None,
@@ -232,7 +235,7 @@ fn lpm_probe(generation: u64, n: usize) -> anyhow::Result<v1::Bundle> {
         a.push(insn::st(insn::Size::W, insn::R10, -16, 64));
         a.push(insn::st(insn::Size::W, insn::R10, -12, 1));
         a.push(insn::st(insn::Size::W, insn::R10, -8, i32::from_le_bytes(TARGET)));
-        codegen::lookup(a, "lc_lpm", -16);
+        program::lookup(a, "lc_lpm", -16);
     })
 }
 
@@ -255,7 +258,7 @@ fn array_probe(generation: u64, steps: usize) -> anyhow::Result<v1::Bundle> {
             a.push(insn::alu64_imm(insn::Alu::Lsh, insn::R6, 8));
             a.push(insn::alu64_imm(insn::Alu::Add, insn::R6, i32::from(byte)));
             a.push(insn::stx(insn::Size::W, insn::R10, insn::R6, -4));
-            codegen::lookup(a, "lc_array", -4);
+            program::lookup(a, "lc_array", -4);
             a.jmp_imm(insn::Jmp::Jeq, insn::R0, 0, done);
             a.push(insn::ldx(insn::Size::W, insn::R6, insn::R0, 0));
         }
@@ -274,7 +277,7 @@ fn hash_probe(generation: u64) -> anyhow::Result<v1::Bundle> {
     probe_bundle(generation, &[Hook::Connect4], vec![map], |a| {
         a.push(insn::st(insn::Size::W, insn::R10, -8, i32::from_le_bytes(TARGET)));
         a.push(insn::st(insn::Size::W, insn::R10, -4, 1));
-        codegen::lookup(a, "lc_hash", -8);
+        program::lookup(a, "lc_hash", -8);
     })
 }
 
@@ -467,7 +470,7 @@ fn run(datapath: &mut Datapath, cgroup: &str) -> anyhow::Result<()> {
         let steps: Vec<String> = compiled
             .iter()
             .map(|c| {
-                let layout = &c.plan(palisade_compiler::model::Operation::Connect).layout;
+                let layout = &c.plan(palisade_compiler::policy::model::Operation::Connect).layout;
                 layout.region(1, targets[family].ip()).map_or_else(|| "-".to_owned(), |(_, n)| n.to_string())
             })
             .collect();

@@ -3,7 +3,7 @@
 use palisade_proto::v1::{self, node_service_server::NodeService};
 use tonic::{Request, Response, Status};
 
-use palisade_compiler::model;
+use palisade_compiler::policy::model;
 
 use super::{decode_token, encode_token, page_size};
 use crate::{error::ApiError, store::Store, validate};

@@ -7,7 +7,7 @@ use palisade_proto::{
 use tonic::{Request, Response, Status};
 
 use super::{actor, decode_number_token, decode_token, encode_token, page_size};
-use palisade_compiler::{bundle::render, model};
+use palisade_compiler::{bundle::render, policy::model};
 
 use crate::{
     bundler::{self, DEFAULT_OFFSETS},

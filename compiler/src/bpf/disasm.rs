@@ -1,15 +1,15 @@
 //! Disassembler: renders programs as readable eBPF assembly (the syntax of the kernel verifier
 //! log and `llvm-objdump`), with map names from relocations and the assembler's comments.
 //!
-//! Only the encodings [`crate::insn`] produces are decoded; anything else (including fields our
+//! Only the encodings [`crate::bpf::insn`] produces are decoded; anything else (including fields our
 //! encoder always leaves zero being non-zero) prints as `.insn 0x<the 8 bytes in hex>`, so a
 //! corrupted program never renders as something plausible.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::asm::Program;
-use crate::insn::{
+use crate::bpf::asm::Program;
+use crate::bpf::insn::{
     Alu, BPF_PSEUDO_MAP_FD, CLASS_ALU, CLASS_ALU64, CLASS_JMP, CLASS_JMP32, CLASS_LD, CLASS_LDX, CLASS_ST, CLASS_STX,
     Insn, Jmp, MODE_ABS, MODE_IMM, MODE_IND, MODE_MEM, OP_CALL, OP_END, OP_EXIT, OP_JA, SRC_X, Size, helper,
 };
@@ -256,8 +256,8 @@ fn operand(i: &Insn, by_reg: bool, r: char, imm_text: String) -> Option<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::asm::Asm;
-    use crate::insn::{
+    use crate::bpf::asm::Asm;
+    use crate::bpf::insn::{
         self, R0, R1, R2, R3, R6, R10, alu32_imm, alu32_reg, alu64_imm, alu64_reg, call, endian_be, endian_le, exit,
         ja, jmp_imm, jmp_reg, jmp32_imm, jmp32_reg, ld_abs, ld_imm64, ld_ind, ld_map_fd, ldx, mov32_imm, mov64_imm,
         mov64_reg, st, stx,

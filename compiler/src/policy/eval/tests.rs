@@ -6,9 +6,9 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use palisade_proto::document;
 
 use super::*;
-use crate::model::{self, Failsafe};
+use crate::policy::model::{self, Failsafe};
 
-const SEMANTICS: &str = include_str!("../../../docs/policy-semantics.md");
+const SEMANTICS: &str = include_str!("../../../../docs/policy-semantics.md");
 
 struct Example {
     name: String,
@@ -56,8 +56,8 @@ fn node_labels(spec: &str) -> BTreeMap<String, String> {
     spec.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
 
-fn run_row(example: &Example, row: &[String]) -> (Decision, PolicySet, crate::model::Operation) {
-    use crate::model::{ACCESS_READ, ACCESS_WRITE, Operation};
+fn run_row(example: &Example, row: &[String]) -> (Decision, PolicySet, crate::policy::model::Operation) {
+    use crate::policy::model::{ACCESS_READ, ACCESS_WRITE, Operation};
     let words: Vec<&str> = row[0].split_whitespace().collect();
     // `exec PATH`, `open ACCESS PATH` or `PROTOCOL DESTINATION`, then overrides.
     let (kind, rest) = match words.as_slice() {
@@ -145,7 +145,7 @@ fn set(yaml: &str) -> PolicySet {
 
 fn attempt(addr: &str, port: u16) -> Attempt {
     Attempt {
-        operation: crate::model::Operation::Connect,
+        operation: crate::policy::model::Operation::Connect,
         cgroup: vec!["demo".into()],
         uid: 0,
         addr: addr.parse().expect("ip"),
@@ -181,13 +181,13 @@ fn decide_audit_rule_is_named_before_audit_default() {
     assert_eq!(d.report, Some(Report { kind: ReportKind::Audit, policy: 0, rule: RuleName::Default }));
 }
 
-fn path_attempt(op: crate::model::Operation, path: &str, access: u8) -> PathAttempt {
+fn path_attempt(op: crate::policy::model::Operation, path: &str, access: u8) -> PathAttempt {
     PathAttempt { operation: op, cgroup: vec!["demo".into()], uid: 0, path: path.as_bytes().to_vec(), access }
 }
 
 #[test]
 fn evaluate_path_unresolved_paths_match_only_rules_without_paths() {
-    use crate::model::Operation;
+    use crate::policy::model::Operation;
     let s = set("name: p\nexec:\n  default: deny\n  rules:\n    - {id: all, action: allow, paths: [/]}\n");
     let long = format!("/{}", "a".repeat(MAX_PATH));
     assert_eq!(evaluate_path(&s, &path_attempt(Operation::Exec, "/bin/x", 0)).verdict, Verdict::Allow);
@@ -200,7 +200,7 @@ fn evaluate_path_unresolved_paths_match_only_rules_without_paths() {
 
 #[test]
 fn evaluate_path_reports_read_before_write_and_would_deny_before_audit() {
-    use crate::model::{ACCESS_READ, ACCESS_WRITE, Operation};
+    use crate::policy::model::{ACCESS_READ, ACCESS_WRITE, Operation};
     let s = set(
         "name: p\nfiles:\n  rules:\n    - {id: r, action: deny, access: [read], paths: [/x]}\n    - {id: w, action: deny, access: [write], paths: [/x]}\n",
     );

@@ -7,8 +7,10 @@ use proptest::prelude::*;
 use super::*;
 use crate::{
     arbitrary::{self, Space},
-    eval::{evaluate, evaluate_path},
-    model::{Action, Default, Mode, Operation, Policy, Ports, Rule, Section, cgroup_components},
+    policy::{
+        eval::{evaluate, evaluate_path},
+        model::{Action, Default, Mode, Operation, Policy, Ports, Rule, Section, cgroup_components},
+    },
 };
 
 /// The selected-cgroup class the kernel would find: the deepest selected ancestor.
@@ -120,7 +122,7 @@ fn plan_chunk_with_many_boundaries_nests_port_nodes_and_matches_the_evaluator() 
     assert!(plan.layout.port_nodes.iter().any(|n| n.slots.iter().any(|s| s & layout::PORT_NODE != 0)), "nested nodes");
     let addr: IpAddr = "10.0.0.1".parse().expect("addr");
     for port in 0..1024 {
-        let attempt = crate::eval::Attempt {
+        let attempt = crate::policy::eval::Attempt {
             operation: Operation::Connect,
             cgroup: Vec::new(),
             uid: 0,

@@ -1,7 +1,7 @@
 //! Label-based eBPF assembler: jumps to forward/backward labels, map references that become ELF
 //! relocations, and comments that the disassembler prints next to the code they explain.
 
-use crate::insn::{self, Insn, Jmp};
+use crate::bpf::insn::{self, Insn, Jmp};
 
 /// A jump target inside one [`Asm`]; create with [`Asm::label`], place with [`Asm::bind`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -220,7 +220,7 @@ impl Asm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::insn::{R0, R1, exit, mov64_imm};
+    use crate::bpf::insn::{R0, R1, exit, mov64_imm};
 
     #[test]
     fn finish_forward_label_resolves_offset_past_jump() {

@@ -16,7 +16,7 @@
 
 use std::net::IpAddr;
 
-use crate::plan::{Family, PortTable, Value};
+use crate::policy::partition::{Family, PortTable, Value};
 
 /// Child flag of an address cell: the child is a tail index.
 pub const TAIL: u32 = 1 << 31;
@@ -123,7 +123,7 @@ type Prefix = ([u8; 16], u8, u32);
 #[derive(Default)]
 pub struct Builder {
     out: NetLayout,
-    region_ids: crate::plan::HashMap<[u32; 4], u32>,
+    region_ids: crate::policy::partition::HashMap<[u32; 4], u32>,
     /// Value id by `rule × 16 + flags` (0: none yet); flags are below 16.
     value_ids: Vec<u32>,
     table_defaults: Vec<u32>,

@@ -9,8 +9,10 @@ use super::*;
 use crate::{
     arbitrary::{self, Space},
     bundle::{Compiled, compile},
-    eval::{Decision, ReportKind, RuleName, Verdict, evaluate, evaluate_path},
-    model::PolicySet,
+    policy::{
+        eval::{Decision, ReportKind, RuleName, Verdict, evaluate, evaluate_path},
+        model::PolicySet,
+    },
     simulate::{Simulated, Simulation, expected_network_fields, network_hooks},
 };
 use palisade_contract::record::{self, DecisionRecord, flags};
@@ -20,7 +22,7 @@ const OFFSETS: KernelOffsets = KernelOffsets::LINUX_6_12;
 /// What a decision's record says: (policy index, rule id, flags).
 type Report = (u32, String, u32);
 
-fn expected(set: &PolicySet, op: crate::model::Operation, d: &Decision) -> (Verdict, Option<Report>) {
+fn expected(set: &PolicySet, op: crate::policy::model::Operation, d: &Decision) -> (Verdict, Option<Report>) {
     let report = d.report.map(|r| {
         let mut f = flags::EVENT | if d.verdict == Verdict::Deny { flags::DENY } else { 0 };
         match r.kind {
@@ -84,11 +86,11 @@ proptest! {
             let (verdict, report, record) = observed(&compiled, &run);
             prop_assert_eq!((verdict, report), want, "{:?}", attempt);
             if let Some(r) = record {
-                let files = attempt.operation == crate::model::Operation::Files;
+                let files = attempt.operation == crate::policy::model::Operation::Files;
                 prop_assert_eq!(r.detail, if files { attempt.access } else { 0 });
                 prop_assert_eq!((r.family, r.port, r.addr), (0, 0, [0; 16]));
                 prop_assert_eq!(r.hook, run.hook.id() as u32);
-                let resolved = attempt.path.len() <= crate::model::MAX_PATH;
+                let resolved = attempt.path.len() <= crate::policy::model::MAX_PATH;
                 let path: &[u8] = if resolved { &attempt.path } else { b"" };
                 prop_assert_eq!(r.path.as_deref(), Some(path));
             }
@@ -105,13 +107,13 @@ fn a_program_writes_one_record_the_decoder_reads_back() {
     let set = PolicySet::new(docs.iter().map(|p| (p, 3)), Vec::new()).expect("model");
     let compiled = compile(&set, OFFSETS).expect("compiles");
     let mut sim = Simulation::new(&compiled, OFFSETS).expect("maps");
-    let attempt = crate::eval::Attempt {
-        operation: crate::model::Operation::Connect,
+    let attempt = crate::policy::eval::Attempt {
+        operation: crate::policy::model::Operation::Connect,
         cgroup: vec!["demo".into(), "api".into()],
         uid: 1000,
         addr: "10.1.2.3".parse().expect("addr"),
         port: 9999,
-        protocol: crate::model::Protocol::Tcp,
+        protocol: crate::policy::model::Protocol::Tcp,
     };
     let run = sim.network(Hook::Connect4, &attempt).expect("runs");
     assert_eq!(run.verdict, Verdict::Deny);
@@ -121,8 +123,8 @@ fn a_program_writes_one_record_the_decoder_reads_back() {
     assert_eq!(compiled.content.rules[r.rule as usize].rule_id, "block");
     assert_eq!(r.flags, flags::DENY | flags::EVENT);
     // Another port, another cgroup: allowed, silently.
-    let other = crate::eval::Attempt { port: 9998, ..attempt.clone() };
+    let other = crate::policy::eval::Attempt { port: 9998, ..attempt.clone() };
     assert_eq!(sim.network(Hook::Connect4, &other).expect("runs").records.len(), 0);
-    let outside = crate::eval::Attempt { cgroup: vec!["other".into()], ..attempt };
+    let outside = crate::policy::eval::Attempt { cgroup: vec!["other".into()], ..attempt };
     assert_eq!(sim.network(Hook::Connect4, &outside).expect("runs").verdict, Verdict::Allow);
 }

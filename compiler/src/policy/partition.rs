@@ -11,9 +11,9 @@
 //! 3. *decision*: the region's port table per protocol, cut into intervals of constant
 //!    decision.
 //!
-//! [`crate::layout`] turns regions and tables into the arrays the programs walk.
+//! [`crate::policy::partition::layout`] turns regions and tables into the arrays the programs walk.
 //!
-//! Each cell's decision comes from [`crate::eval::decide`], the same code the reference
+//! Each cell's decision comes from [`crate::policy::eval::decide`], the same code the reference
 //! evaluator uses, so the bytecode can only differ from the specification through matching,
 //! which the differential tests check.
 
@@ -25,11 +25,14 @@ use std::{
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::{
+use crate::policy::{
     eval::{Decision, Matches, ReportKind, RuleName, Verdict, combine, decide},
-    layout::{self, NetLayout},
     model::{ACCESS_READ, ACCESS_WRITE, MAX_PATH, Operation, PolicySet, Protocol},
 };
+
+pub mod layout;
+
+use layout::NetLayout;
 
 /// uid value meaning "any uid not listed" in the uid map (`(uid_t)-1` is not a user).
 pub const ANY_UID: u32 = u32::MAX;
@@ -496,7 +499,7 @@ struct RuleIndex {
     /// Per rule: protocol bits (1 TCP, 2 UDP) and its `[start, end)` in `ranges`.
     rules: Vec<(u8, u32, u32)>,
     /// Per rule: its action.
-    actions: Vec<crate::model::Action>,
+    actions: Vec<crate::policy::model::Action>,
     /// Port ranges `[first, end)`; a rule without ports has `[0, 65536)`.
     ranges: Vec<(u32, u32)>,
 }
@@ -524,7 +527,7 @@ impl RuleIndex {
     }
 
     /// The action of rule `r` of policy `p` if it matches `protocol` and `port`.
-    fn matching(&self, p: usize, r: usize, protocol: Protocol, port: u16) -> Option<crate::model::Action> {
+    fn matching(&self, p: usize, r: usize, protocol: Protocol, port: u16) -> Option<crate::policy::model::Action> {
         let i = self.base[p] + r;
         let (bits, start, end) = self.rules[i];
         let port = u32::from(port);
@@ -588,14 +591,14 @@ fn own_ports<'a>(
 fn initial_matches(set: &PolicySet, op: Operation, applying: &[usize]) -> Vec<(usize, Matches)> {
     applying
         .iter()
-        .filter(|&&p| set.policies[p].default_of(op).is_some_and(|d| d != crate::model::Default::Allow))
+        .filter(|&&p| set.policies[p].default_of(op).is_some_and(|d| d != crate::policy::model::Default::Allow))
         .map(|&p| (p, Matches::default()))
         .collect()
 }
 
 /// Records that rule `r` of policy `p` matched, keeping `matches` in policy order (a small
 /// vector, usually one or two entries, beats a map here).
-fn record(matches: &mut Vec<(usize, Matches)>, p: usize, r: usize, action: crate::model::Action) {
+fn record(matches: &mut Vec<(usize, Matches)>, p: usize, r: usize, action: crate::policy::model::Action) {
     let at = match matches.binary_search_by_key(&p, |(q, _)| *q) {
         Ok(at) => at,
         Err(at) => {
@@ -669,7 +672,7 @@ fn path_entries(
             if rule.paths.is_empty() {
                 by_prefix.entry(Vec::new()).or_default().push((p, r));
             }
-            for prefix in rule.paths.iter().flat_map(crate::model::PathPattern::key_prefixes) {
+            for prefix in rule.paths.iter().flat_map(crate::policy::model::PathPattern::key_prefixes) {
                 by_prefix.entry(prefix).or_default().push((p, r));
             }
         }

@@ -13,14 +13,14 @@
 //!
 //! Supported: every ALU/ALU64 operation and byte swap, every jump, `ld_imm64` of constants
 //! and map references, `LDX`/`ST`/`STX` memory access of every width, and the helpers
-//! [`crate::insn::helper`] names. Not supported (a [`Fault::Unsupported`]): legacy packet
+//! [`crate::bpf::insn::helper`] names. Not supported (a [`Fault::Unsupported`]): legacy packet
 //! loads (`LD_ABS`/`LD_IND`), atomics, calls to other helpers.
 
 use std::collections::HashMap;
 
 use palisade_proto::v1;
 
-use crate::{
+use crate::bpf::{
     asm::Program,
     insn::{
         Alu, BPF_PSEUDO_MAP_FD, CLASS_ALU, CLASS_ALU64, CLASS_JMP, CLASS_JMP32, CLASS_LD, CLASS_LDX, CLASS_ST,
@@ -553,7 +553,7 @@ impl<'m> Run<'m> {
 fn unsupported(slot: usize, i: &Insn) -> Fault {
     Fault::Unsupported {
         slot,
-        what: format!("instruction {:#04x} ({})", i.code, crate::disasm::disassemble_insn(i, None)),
+        what: format!("instruction {:#04x} ({})", i.code, crate::bpf::disasm::disassemble_insn(i, None)),
     }
 }
 

@@ -6,7 +6,9 @@
 
 use std::net::IpAddr;
 
-use crate::model::{ACCESS_READ, ACCESS_WRITE, Action, Default, MAX_PATH, Mode, Operation, PolicySet, Protocol};
+use crate::policy::model::{
+    ACCESS_READ, ACCESS_WRITE, Action, Default, MAX_PATH, Mode, Operation, PolicySet, Protocol,
+};
 
 /// One operation attempt (§1.2): a connect (destination address and port) or a bind (local
 /// address and port).

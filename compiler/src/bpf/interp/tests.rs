@@ -1,7 +1,7 @@
 //! The interpreter's own semantics, instruction by instruction and helper by helper.
 
 use super::*;
-use crate::{
+use crate::bpf::{
     asm::Asm,
     insn::{self, R0, R1, R2, R3, R4, R6, R10},
 };

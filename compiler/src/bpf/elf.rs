@@ -11,8 +11,8 @@ use object::{
     Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags, SymbolKind, SymbolScope,
 };
 
-use crate::asm::Program;
-use crate::insn::BPF_PSEUDO_MAP_FD;
+use crate::bpf::asm::Program;
+use crate::bpf::insn::BPF_PSEUDO_MAP_FD;
 
 /// Map type numbers (`enum bpf_map_type` in the kernel's `include/uapi/linux/bpf.h`).
 pub mod map_types {
@@ -260,8 +260,8 @@ mod tests {
     use object::{LittleEndian, Object as _, ObjectSection as _, ObjectSymbol as _};
 
     use super::*;
-    use crate::asm::{Asm, Relocation as AsmRelocation};
-    use crate::insn::{self, Jmp, R0, R1, R2, R6, Size};
+    use crate::bpf::asm::{Asm, Relocation as AsmRelocation};
+    use crate::bpf::insn::{self, Jmp, R0, R1, R2, R6, Size};
 
     fn connect4() -> Program {
         let mut a = Asm::new();

@@ -16,7 +16,22 @@
 
 use std::net::IpAddr;
 
-use crate::policy::partition::{Family, PortTable, Value};
+use super::{
+    cell::{PortTable, Value},
+    hash::HashMap,
+};
+
+/// The address spaces the programs walk separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4 destinations.
+    V4,
+    /// IPv6 destinations outside `::ffff:0:0/96`.
+    V6,
+    /// IPv4-mapped IPv6 destinations (`::ffff:a.b.c.d`), walked by their IPv4 part (§3.4):
+    /// IPv4 elements match them, and so do IPv6 elements containing them.
+    Mapped,
+}
 
 /// Child flag of an address cell: the child is a tail index.
 pub const TAIL: u32 = 1 << 31;
@@ -123,7 +138,7 @@ type Prefix = ([u8; 16], u8, u32);
 #[derive(Default)]
 pub struct Builder {
     out: NetLayout,
-    region_ids: crate::policy::partition::HashMap<[u32; 4], u32>,
+    region_ids: HashMap<[u32; 4], u32>,
     /// Value id by `rule × 16 + flags` (0: none yet); flags are below 16.
     value_ids: Vec<u32>,
     table_defaults: Vec<u32>,

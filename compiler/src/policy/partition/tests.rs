@@ -8,7 +8,7 @@ use super::*;
 use crate::{
     arbitrary::{self, Space},
     policy::{
-        eval::{evaluate, evaluate_path},
+        eval::{Decision, ReportKind, Verdict, evaluate, evaluate_path},
         model::{Action, Default, Mode, Operation, Policy, Ports, Rule, Section, cgroup_components},
     },
 };

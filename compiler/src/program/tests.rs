@@ -128,3 +128,52 @@ fn a_program_writes_one_record_the_decoder_reads_back() {
     let outside = crate::policy::eval::Attempt { cgroup: vec!["other".into()], ..attempt };
     assert_eq!(sim.network(Hook::Connect4, &outside).expect("runs").verdict, Verdict::Allow);
 }
+
+/// A set that gives every hook every stage: selected cgroups at two depths, a uid, audit mode,
+/// prefixes of both families with tails and port nodes, path rules with access sets.
+const GOLDEN_SET: &str = "\
+name: web
+workload: {cgroup: /web/api, uid: 1000}
+network:
+  connect:
+    default: audit
+    rules:
+      - {id: c1, action: deny, cidrs: [10.0.0.0/8, 10.1.2.3/32, \"2001:db8::/32\"], ports: [443, \"8000-8080\"]}
+  bind:
+    rules:
+      - {id: b1, action: deny, ports: [6060], protocols: [udp]}
+exec:
+  rules:
+    - {id: e1, action: deny, paths: [/usr/bin/curl, /opt/tools/]}
+files:
+  rules:
+    - {id: f1, action: deny, access: [write], paths: [/etc/]}
+---
+name: watch
+mode: audit
+workload: {cgroup: /web}
+network:
+  connect:
+    default: deny
+";
+
+#[test]
+fn disassembly_of_every_hook_matches_its_reviewed_golden_file() {
+    // The programs are reviewed as text: a change to the generated code shows up here as a
+    // diff of the assembly. PALISADE_BLESS=1 rewrites the files after a deliberate change.
+    let docs: Vec<_> =
+        palisade_proto::document::parse_all(GOLDEN_SET).into_iter().map(|d| d.expect("parses").to_proto()).collect();
+    let set = PolicySet::new(docs.iter().map(|p| (p, 1)), Vec::new()).expect("model");
+    let compiled = compile(&set, OFFSETS).expect("compiles");
+    assert_eq!(compiled.programs.len(), Hook::ALL.len());
+    let bless = std::env::var_os("PALISADE_BLESS").is_some();
+    for (hook, program) in &compiled.programs {
+        let text = crate::bpf::disasm::disassemble(program);
+        let path = format!("{}/src/program/golden/{}.txt", env!("CARGO_MANIFEST_DIR"), hook.symbol());
+        if bless {
+            std::fs::write(&path, &text).expect("write the golden file");
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(text == want, "{hook:?} differs from {path} (PALISADE_BLESS=1 accepts a deliberate change)");
+    }
+}

@@ -563,27 +563,11 @@ fn jump(next: usize, off: i16, len: usize) -> Result<usize, Fault> {
 }
 
 fn alu(op: Alu, a: u64, b: u64, wide: bool) -> u64 {
-    if !wide {
-        let (a, b) = (a as u32, b as u32);
-        let r = match op {
-            Alu::Add => a.wrapping_add(b),
-            Alu::Sub => a.wrapping_sub(b),
-            Alu::Mul => a.wrapping_mul(b),
-            Alu::Div => a.checked_div(b).unwrap_or(0),
-            Alu::Mod => a.checked_rem(b).unwrap_or(a),
-            Alu::Or => a | b,
-            Alu::And => a & b,
-            Alu::Xor => a ^ b,
-            Alu::Lsh => a.wrapping_shl(b & 31),
-            Alu::Rsh => a.wrapping_shr(b & 31),
-            Alu::Arsh => ((a as i32).wrapping_shr(b & 31)) as u32,
-            Alu::Neg => a.wrapping_neg(),
-            Alu::Mov => b,
-        };
-        // 32-bit operations zero the upper half.
-        return u64::from(r);
-    }
-    match op {
+    // A 32-bit operation works on the zero-extended low halves, shifts by at most 31, shifts
+    // arithmetically from bit 31, and zeroes the upper half of its result.
+    let (a, b, bits) = if wide { (a, b, 64) } else { (u64::from(a as u32), u64::from(b as u32), 32) };
+    let shift = (b & (bits - 1)) as u32;
+    let r = match op {
         Alu::Add => a.wrapping_add(b),
         Alu::Sub => a.wrapping_sub(b),
         Alu::Mul => a.wrapping_mul(b),
@@ -592,12 +576,14 @@ fn alu(op: Alu, a: u64, b: u64, wide: bool) -> u64 {
         Alu::Or => a | b,
         Alu::And => a & b,
         Alu::Xor => a ^ b,
-        Alu::Lsh => a.wrapping_shl((b & 63) as u32),
-        Alu::Rsh => a.wrapping_shr((b & 63) as u32),
-        Alu::Arsh => ((a as i64).wrapping_shr((b & 63) as u32)) as u64,
+        Alu::Lsh => a.wrapping_shl(shift),
+        Alu::Rsh => a.wrapping_shr(shift),
+        Alu::Arsh if wide => (a as i64).wrapping_shr(shift) as u64,
+        Alu::Arsh => u64::from((a as u32 as i32).wrapping_shr(shift) as u32),
         Alu::Neg => a.wrapping_neg(),
         Alu::Mov => b,
-    }
+    };
+    if wide { r } else { u64::from(r as u32) }
 }
 
 /// `BPF_END`: to big or little endian (`to_be`), or an unconditional swap in ALU64.

@@ -51,6 +51,22 @@ fn alu_wraps_and_32_bit_operations_zero_the_upper_half() {
     );
     assert_eq!(
         ret(|a| {
+            a.push(insn::mov64_imm(R0, i32::MIN));
+            a.push(insn::alu32_imm(Alu::Arsh, R0, 4));
+        }),
+        0xf800_0000,
+        "32-bit arithmetic shift from bit 31, upper half zeroed"
+    );
+    assert_eq!(
+        ret(|a| {
+            a.push(insn::mov64_imm(R0, 1));
+            a.push(insn::alu32_imm(Alu::Lsh, R0, 33));
+        }),
+        2,
+        "32-bit shifts count modulo 32"
+    );
+    assert_eq!(
+        ret(|a| {
             a.push(insn::mov64_imm(R0, 7));
             a.push(insn::mov64_imm(R1, 0));
             a.push(insn::alu64_reg(Alu::Div, R0, R1));

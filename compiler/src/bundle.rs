@@ -3,6 +3,10 @@
 
 use std::fmt::Write as _;
 
+use palisade_contract::map::kind::{
+    ARRAY as BPF_MAP_TYPE_ARRAY, HASH as BPF_MAP_TYPE_HASH, LPM_TRIE as BPF_MAP_TYPE_LPM_TRIE,
+    RINGBUF as BPF_MAP_TYPE_RINGBUF,
+};
 use palisade_proto::v1;
 use prost::Message as _;
 
@@ -24,10 +28,6 @@ pub const FORMAT: u32 = palisade_contract::format::WRITTEN;
 /// Ring buffer size: 256 KiB holds ~3600 events while the agent is away.
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
-const BPF_MAP_TYPE_HASH: u32 = 1;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
-const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
-const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 /// LPM tries must not be preallocated (`kernel/bpf/lpm_trie.c`).
 const BPF_F_NO_PREALLOC: u32 = 1;
 

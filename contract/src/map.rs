@@ -8,6 +8,29 @@ use crate::hook::Operation;
 /// Ring buffer of records (shared by every program).
 pub const EVENTS: &str = "pal_events";
 
+/// The kernel map types bundles use (UAPI `enum bpf_map_type`).
+pub mod kind {
+    /// `BPF_MAP_TYPE_HASH`.
+    pub const HASH: u32 = 1;
+    /// `BPF_MAP_TYPE_ARRAY`.
+    pub const ARRAY: u32 = 2;
+    /// `BPF_MAP_TYPE_LPM_TRIE`.
+    pub const LPM_TRIE: u32 = 11;
+    /// `BPF_MAP_TYPE_RINGBUF`.
+    pub const RINGBUF: u32 = 27;
+
+    /// A short name for a map type, for listings (`other` for types bundles do not use).
+    pub fn name(map_type: u32) -> &'static str {
+        match map_type {
+            HASH => "hash",
+            ARRAY => "array",
+            LPM_TRIE => "lpm_trie",
+            RINGBUF => "ringbuf",
+            _ => "other",
+        }
+    }
+}
+
 /// The maps of one operation's partition ("" where the operation has no such map).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Names {

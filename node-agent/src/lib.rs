@@ -16,7 +16,7 @@ use palisade_proto::v1;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::loader::{Datapath, Paths};
+use crate::loader::{Datapath, Enforcement, LoadError, Paths};
 
 /// Agent configuration (flags with environment fallbacks).
 #[derive(Debug, Clone, clap::Parser)]
@@ -128,7 +128,30 @@ const CGROUP_RESCAN: Duration = Duration::from_secs(5);
 
 /// Commands for the datapath thread.
 enum Command {
-    Apply(v1::Bundle, oneshot::Sender<Result<(), String>>),
+    Apply(v1::Bundle, oneshot::Sender<Result<(), LoadError>>),
+}
+
+/// Why a bundle handed to the datapath was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The datapath refused it; the previous bundle keeps enforcing.
+    #[error(transparent)]
+    Rejected(#[from] LoadError),
+    /// The datapath thread has stopped.
+    #[error("the datapath has stopped")]
+    Stopped,
+}
+
+/// `error` and every source below it, joined by `: ` (what a NACK or a log line carries).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 /// What the datapath currently enforces (generation, digest).
@@ -187,10 +210,8 @@ impl Agent {
         let tracker = TaskTracker::new();
         let stop = shutdown.clone();
         // Network policy goes through BPF-LSM where the kernel allows it, else cgroup hooks.
-        let datapath = Datapath::new(paths)
-            .with_lsm(features.bpf_lsm)
-            .with_lsm_paths(features.bpf_lsm_paths)
-            .with_public_key(public_key);
+        let datapath =
+            Datapath::new(paths).with_enforcement(Enforcement::for_kernel(&features)).with_public_key(public_key);
         let (ready_tx, ready) = oneshot::channel();
         let handle = std::thread::Builder::new()
             .name("palisade-datapath".into())
@@ -214,8 +235,8 @@ impl Agent {
             let commands = commands.clone();
             async move {
                 let (tx, rx) = oneshot::channel();
-                commands.send(Command::Apply(bundle, tx)).map_err(|_| "the datapath has stopped".to_owned())?;
-                rx.await.map_err(|_| "the datapath has stopped".to_owned())?
+                commands.send(Command::Apply(bundle, tx)).map_err(|_| ApplyError::Stopped)?;
+                Ok(rx.await.map_err(|_| ApplyError::Stopped)??)
             }
         };
         // Say hello only after adoption, so the hello names the bundle the kernel runs.
@@ -250,7 +271,9 @@ fn datapath_thread(
     match datapath.adopt() {
         Ok(true) => {}
         Ok(false) => tracing::info!("no pinned bundle to adopt; waiting for the server"),
-        Err(error) => tracing::warn!(%error, "could not adopt the pinned bundle; waiting for the server"),
+        Err(error) => {
+            tracing::warn!(error = error_chain(&error), "could not adopt the pinned bundle; waiting for the server");
+        }
     }
     let publish = |d: &Datapath| {
         enforcing.send_replace(d.active().map(|(g, digest)| (g, digest.to_owned())));
@@ -273,9 +296,12 @@ fn datapath_thread(
         match commands.try_recv() {
             Ok(Command::Apply(bundle, reply)) => {
                 let generation = bundle.generation;
-                let result = datapath.apply(bundle, &mut batch).map_err(|e| {
-                    tracing::warn!(generation, error = %e, "bundle rejected; the previous one keeps enforcing");
-                    e.to_string()
+                let result = datapath.apply(bundle, &mut batch).inspect_err(|e| {
+                    tracing::warn!(
+                        generation,
+                        error = error_chain(e),
+                        "bundle rejected; the previous one keeps enforcing"
+                    );
                 });
                 publish(&datapath);
                 rearm(&mut watch, &datapath);
@@ -307,7 +333,7 @@ fn datapath_thread(
         if changed || last_cgroup_sync.elapsed() >= CGROUP_RESCAN {
             last_cgroup_sync = std::time::Instant::now();
             if let Err(error) = datapath.sync_cgroups() {
-                tracing::warn!(%error, "cgroup map update failed");
+                tracing::warn!(error = error_chain(&error), "cgroup map update failed");
             }
             rearm(&mut watch, &datapath);
         }

@@ -10,7 +10,33 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{Enforcing, server_url};
+use crate::{ApplyError, Enforcing, error_chain, server_url};
+
+/// Why a Sync session or an event report ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The server cannot be reached.
+    #[error("connect")]
+    Connect(#[source] tonic::transport::Error),
+    /// The server refused the hello.
+    #[error("hello rejected")]
+    Hello(#[source] tonic::Status),
+    /// The stream failed.
+    #[error("sync stream")]
+    Stream(#[source] tonic::Status),
+    /// The server ended the stream.
+    #[error("server closed the stream")]
+    ServerClosed,
+    /// Our side of the stream is gone (the request task stopped).
+    #[error("request stream closed")]
+    RequestClosed,
+    /// Reporting a batch of events failed.
+    #[error("reporting events")]
+    Report(#[source] tonic::Status),
+    /// No connection to report events on.
+    #[error("not connected")]
+    NotConnected,
+}
 
 /// Everything the Sync loop needs to say hello.
 #[derive(Debug, Clone)]
@@ -85,13 +111,13 @@ async fn server_endpoints(server: &str) -> Vec<String> {
 pub async fn run_sync<A, F>(client: SyncClient, apply: A, enforcing: Enforcing, shutdown: CancellationToken)
 where
     A: Fn(v1::Bundle) -> F,
-    F: Future<Output = Result<(), String>>,
+    F: Future<Output = Result<(), ApplyError>>,
 {
     let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
         match session(&client, &apply, &enforcing, &shutdown, &mut backoff).await {
             Ok(()) => return,
-            Err(error) => tracing::warn!(%error, "sync stream ended"),
+            Err(error) => tracing::warn!(error = error_chain(&error), "sync stream ended"),
         }
         let delay = backoff.delay();
         tokio::select! {
@@ -107,12 +133,12 @@ async fn session<A, F>(
     enforcing: &Enforcing,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
-) -> Result<(), String>
+) -> Result<(), SyncError>
 where
     A: Fn(v1::Bundle) -> F,
-    F: Future<Output = Result<(), String>>,
+    F: Future<Output = Result<(), ApplyError>>,
 {
-    let channel = connect(&client.server).await.map_err(|e| format!("connect: {e}"))?;
+    let channel = connect(&client.server).await.map_err(SyncError::Connect)?;
     let (generation, digest) = enforcing.borrow().clone().unwrap_or_default();
     let hello = v1::AgentHello {
         node_name: client.node_name.clone(),
@@ -127,14 +153,14 @@ where
     let (out, out_rx) = mpsc::channel(16);
     let send = |m: sync_request::Message| {
         let out = out.clone();
-        async move { out.send(v1::SyncRequest { message: Some(m) }).await.map_err(|_| "stream closed".to_owned()) }
+        async move { out.send(v1::SyncRequest { message: Some(m) }).await.map_err(|_| SyncError::RequestClosed) }
     };
     send(sync_request::Message::Hello(hello)).await?;
     let mut inbound = AgentServiceClient::new(channel)
         .max_decoding_message_size(256 << 20)
         .sync(ReceiverStream::new(out_rx))
         .await
-        .map_err(|s| format!("hello rejected: {} ({:?})", s.message(), s.code()))?
+        .map_err(SyncError::Hello)?
         .into_inner();
     tracing::info!(node = client.node_name, "sync stream open");
     backoff.reset();
@@ -148,16 +174,18 @@ where
                 send(sync_request::Message::Heartbeat(v1::Heartbeat { sent_at: Some(now.into()) })).await?;
                 continue;
             }
-            m = inbound.message() => m.map_err(|s| format!("{} ({:?})", s.message(), s.code()))?,
+            m = inbound.message() => m.map_err(SyncError::Stream)?,
         };
-        let Some(message) = message else { return Err("server closed the stream".to_owned()) };
+        let Some(message) = message else { return Err(SyncError::ServerClosed) };
         match message.message {
             Some(sync_response::Message::Bundle(bundle)) => {
                 let (generation, digest) = (bundle.generation, bundle.digest.clone());
                 tracing::info!(generation, digest, "bundle received");
                 let reply = match apply(bundle).await {
                     Ok(()) => sync_request::Message::Ack(v1::BundleAck { generation, digest }),
-                    Err(error) => sync_request::Message::Nack(v1::BundleNack { generation, digest, error }),
+                    Err(error) => {
+                        sync_request::Message::Nack(v1::BundleNack { generation, digest, error: error_chain(&error) })
+                    }
                 };
                 send(reply).await?;
             }
@@ -208,9 +236,9 @@ pub async fn run_reporter(
         let sent = match &mut client {
             Some(c) => {
                 let request = v1::ReportEventsRequest { node_name: node_name.clone(), events: batch.clone() };
-                c.report_events(tokio_stream::iter(vec![request])).await.map_err(|s| s.to_string())
+                c.report_events(tokio_stream::iter(vec![request])).await.map_err(SyncError::Report)
             }
-            None => Err("not connected".to_owned()),
+            None => Err(SyncError::NotConnected),
         };
         match sent {
             Ok(_) => {
@@ -218,7 +246,11 @@ pub async fn run_reporter(
                 backoff.reset();
             }
             Err(error) => {
-                tracing::warn!(error, pending = pending.len(), "reporting events failed; will retry");
+                tracing::warn!(
+                    error = error_chain(&error),
+                    pending = pending.len(),
+                    "reporting events failed; will retry"
+                );
                 client = None;
                 if pending.len() > MAX_PENDING {
                     let excess = pending.len() - MAX_PENDING;

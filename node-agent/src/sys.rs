@@ -1,16 +1,18 @@
 //! The few raw `bpf(2)` commands aya 0.14 has no public API for: map updates with runtime
 //! key/value sizes, opening pins, and `BPF_LINK_UPDATE` (KERNEL.md "Links, pins, swaps").
 //! Attribute layouts are the UAPI's (`include/uapi/linux/bpf.h`, `union bpf_attr`).
+//!
+//! Pinned objects come back typed ([`ProgFd`], [`LinkFd`], [`MapFd`]), so a link update
+//! cannot be handed a map, nor a map write a program.
 
 use palisade_contract::insn;
 use std::{
     ffi::CString,
     io,
-    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     path::Path,
 };
 
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_GET: libc::c_long = 7;
@@ -146,24 +148,8 @@ pub fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<()> {
     }
 }
 
-/// `BPF_MAP_LOOKUP_ELEM` into `value`; `Ok(false)` when the key is absent.
-pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
-    let mut attr = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        _pad: 0,
-        key: key.as_ptr() as u64,
-        value: value.as_mut_ptr() as u64,
-        flags: 0,
-    };
-    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 /// `BPF_OBJ_GET`: opens a pinned program, map or link.
-pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pin path contains NUL"))?;
     let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
@@ -172,13 +158,65 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// The kernel id of a program (`BPF_OBJ_GET_INFO_BY_FD`; `struct bpf_prog_info` starts with
-/// `type`, then `id`).
-pub fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
-    let mut info = [0_u32; 2];
-    let mut attr = InfoByFdAttr { bpf_fd: prog.as_raw_fd() as u32, info_len: 8, info: info.as_mut_ptr() as u64 };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info[1])
+/// A loaded program.
+#[derive(Debug)]
+pub struct ProgFd(OwnedFd);
+
+impl ProgFd {
+    /// Opens the program pinned at `pin`.
+    pub fn open(pin: &Path) -> io::Result<Self> {
+        obj_get(pin).map(Self)
+    }
+
+    /// Its kernel id (`BPF_OBJ_GET_INFO_BY_FD`; `struct bpf_prog_info` starts with `type`,
+    /// then `id`).
+    pub fn id(&self) -> io::Result<u32> {
+        let mut info = [0_u32; 2];
+        let mut attr = InfoByFdAttr { bpf_fd: self.0.as_raw_fd() as u32, info_len: 8, info: info.as_mut_ptr() as u64 };
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        Ok(info[1])
+    }
+}
+
+/// A BPF link.
+#[derive(Debug)]
+pub struct LinkFd(OwnedFd);
+
+impl LinkFd {
+    /// Opens the link pinned at `pin`.
+    pub fn open(pin: &Path) -> io::Result<Self> {
+        obj_get(pin).map(Self)
+    }
+
+    /// `BPF_LINK_UPDATE`: atomically swaps the link's program to `new`. With `expected`
+    /// (`BPF_F_REPLACE`) the update fails with EPERM unless the link holds exactly that
+    /// program.
+    pub fn update(&self, new: &ProgFd, expected: Option<&ProgFd>) -> io::Result<()> {
+        let mut attr = LinkUpdateAttr {
+            link_fd: self.0.as_raw_fd() as u32,
+            new_prog_fd: new.0.as_raw_fd() as u32,
+            flags: if expected.is_some() { BPF_F_REPLACE } else { 0 },
+            old_prog_fd: expected.map_or(0, |f| f.0.as_raw_fd() as u32),
+        };
+        bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+    }
+}
+
+/// A map, for the element commands above.
+#[derive(Debug)]
+pub struct MapFd(OwnedFd);
+
+impl MapFd {
+    /// Opens the map pinned at `pin`.
+    pub fn open(pin: &Path) -> io::Result<Self> {
+        obj_get(pin).map(Self)
+    }
+}
+
+impl AsFd for MapFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
 }
 
 /// Whether a program with this id still exists (`BPF_PROG_GET_FD_BY_ID`). A program is freed
@@ -194,18 +232,6 @@ pub fn prog_exists(id: u32) -> io::Result<bool> {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-/// `BPF_LINK_UPDATE`: atomically swaps the link's program to `new_prog`. With `old_prog`
-/// (`BPF_F_REPLACE`) the update fails with EPERM unless the link holds exactly that program.
-pub fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>, old_prog: Option<BorrowedFd<'_>>) -> io::Result<()> {
-    let mut attr = LinkUpdateAttr {
-        link_fd: link.as_raw_fd() as u32,
-        new_prog_fd: new_prog.as_raw_fd() as u32,
-        flags: if old_prog.is_some() { BPF_F_REPLACE } else { 0 },
-        old_prog_fd: old_prog.map_or(0, |f| f.as_raw_fd() as u32),
-    };
-    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
 }
 
 /// Mounts bpffs at `dir` unless a bpffs is already mounted there.

@@ -158,7 +158,7 @@ impl Bundler {
             Ok(())
         })
         .await
-        .map_err(|e| ApiError::FailedPrecondition(format!("compiler task failed: {e}")))?
+        .map_err(ApiError::Task)?
     }
 
     /// The bundle `node` should run now.
@@ -195,7 +195,7 @@ impl Bundler {
             Ok::<_, ApiError>((Built { digest: palisade_proto::sha256_hex(&bytes), bytes, signature }, stats))
         })
         .await
-        .map_err(|e| ApiError::FailedPrecondition(format!("compiler task failed: {e}")))??;
+        .map_err(ApiError::Task)??;
         self.store.save_bundle(&built.digest, &built.bytes, &built.signature, stats).await?;
         let built = Arc::new(built);
         if let Ok(mut cache) = self.cache.lock() {

@@ -44,6 +44,16 @@ pub enum ApiError {
         /// The actual current revision (0: absent).
         actual: u64,
     },
+    /// A create-only request (expected revision 0) met a live object.
+    #[error("{kind} {name:?} already exists (revision {revision})")]
+    AlreadyExists {
+        /// Object kind.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// Its live revision.
+        revision: u64,
+    },
     /// The operation is valid but cannot be carried out in the current state.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -56,6 +66,9 @@ pub enum ApiError {
     /// A stored value could not be decoded (corruption or a bug).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A compiler task panicked or was cancelled (a bug, not the request's fault).
+    #[error("a compiler task failed")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 fn summarize(violations: &[Violation]) -> String {
@@ -80,6 +93,7 @@ impl From<ApiError> for Status {
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
             ApiError::NotFound { .. } => Status::not_found(e.to_string()),
+            ApiError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
             ApiError::RevisionMismatch { .. } => Status::aborted(e.to_string()),
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
             ApiError::Unimplemented(_) => Status::unimplemented(e.to_string()),
@@ -93,6 +107,10 @@ impl From<ApiError> for Status {
             }
             ApiError::Corrupt(ref detail) => {
                 tracing::error!(detail, "corrupt stored data");
+                Status::internal("internal error")
+            }
+            ApiError::Task(ref source) => {
+                tracing::error!(error = %source, "compiler task failed");
                 Status::internal("internal error")
             }
         }
@@ -129,10 +147,19 @@ mod tests {
             (ApiError::Database(sqlx::Error::PoolTimedOut), Code::Unavailable),
             (ApiError::Database(sqlx::Error::RowNotFound), Code::Internal),
             (ApiError::Corrupt("bad".into()), Code::Internal),
+            (ApiError::AlreadyExists { kind: "policy", name: "x".into(), revision: 3 }, Code::AlreadyExists),
         ];
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicked_compiler_task_is_internal_and_says_nothing_of_the_panic() {
+        let join = tokio::task::spawn_blocking(|| -> () { panic!("secret compiler state") }).await.expect_err("panics");
+        let status = Status::from(ApiError::from(join));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"), "{}", status.message());
     }
 
     #[test]

@@ -251,6 +251,28 @@ async fn apply_policy_concurrency_one_stale_writer_loses_and_fifty_creates_land(
 }
 
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn apply_policy_create_only_of_a_live_policy_is_already_exists_and_stores_nothing(pool: PgPool) {
+    let h = Harness::start(pool.clone()).await;
+    let create_only = |port| {
+        let mut req = apply_doc(&deny_doc("web", port));
+        req.expected_revision = Some(0);
+        req
+    };
+    h.policies().apply_policy(create_only(1)).await.expect("create-only of a new name lands");
+    let err = h.policies().apply_policy(create_only(2)).await.expect_err("the name is live");
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert!(err.message().contains("\"web\" already exists (revision 1)"), "{}", err.message());
+    assert_eq!(count(&pool, "policy_revisions").await, 1);
+    // Deleting with expected revision 0 stays a stale revision, not a duplicate.
+    let err = h
+        .policies()
+        .delete_policy(v1::DeletePolicyRequest { name: "web".into(), expected_revision: Some(0) })
+        .await
+        .expect_err("stale");
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
 async fn apply_policy_dry_run_reports_without_storing(pool: PgPool) {
     let h = Harness::start(pool.clone()).await;
     let mut req = apply_doc(&deny_doc("web", 1));

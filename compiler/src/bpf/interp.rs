@@ -18,6 +18,10 @@
 
 use std::collections::HashMap;
 
+use palisade_contract::map::kind::{
+    ARRAY as BPF_MAP_TYPE_ARRAY, HASH as BPF_MAP_TYPE_HASH, LPM_TRIE as BPF_MAP_TYPE_LPM_TRIE,
+    RINGBUF as BPF_MAP_TYPE_RINGBUF,
+};
 use palisade_proto::v1;
 
 use crate::bpf::{
@@ -39,11 +43,6 @@ const CLOBBERED: u64 = 0xdead_0000_0000_0000;
 const EFAULT: i64 = -14;
 /// `-ENAMETOOLONG`.
 const ENAMETOOLONG: i64 = -36;
-
-const BPF_MAP_TYPE_HASH: u32 = 1;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
-const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
-const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 
 /// Why a run stopped without reaching `exit`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

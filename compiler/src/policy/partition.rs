@@ -28,6 +28,7 @@ use crate::policy::{
 
 mod addresses;
 mod cell;
+mod decisions;
 pub(crate) mod hash;
 pub mod layout;
 mod paths;
@@ -35,11 +36,12 @@ mod ports;
 mod workloads;
 
 use addresses::{Member, PrefixMembers, contains, members_by_prefix, merged};
-pub use cell::{PortTable, Value};
+pub use cell::{CellValue, PortTable, Value};
+use decisions::Decisions;
 pub use layout::Family;
 use layout::NetLayout;
 use paths::path_entries;
-use ports::{Tables, initial_matches, protocol_index};
+use ports::{Tables, protocol_index};
 
 /// uid value meaning "any uid not listed" in the uid map (`(uid_t)-1` is not a user).
 pub const ANY_UID: u32 = u32::MAX;
@@ -133,7 +135,7 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
     let (cgroups, workload_entries, classes) = workloads::classes(set, op);
     let mut levels: Vec<u32> = cgroups.iter().map(|c| c.level).collect::<BTreeSet<_>>().into_iter().collect();
     levels.reverse();
-    let mut tables = Tables::new(set, op);
+    let mut tables = Tables::new(Decisions::new(set, op));
     let mut plan = Plan { operation: op, cgroups, levels, workloads: workload_entries, ..Plan::default() };
     if plan.workloads.iter().all(|((_, uid), _)| *uid == ANY_UID) {
         let any = |s: u32| plan.workloads.iter().find(|((c, _), _)| *c == s).map_or(0, |(_, w)| *w);
@@ -147,10 +149,10 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
     }
     for (w, applying) in classes.iter().enumerate().skip(1) {
         if op.is_path() {
-            plan.paths.extend(path_entries(set, op, applying, w as u32, &mut tables));
+            plan.paths.extend(path_entries(set, op, applying, w as u32, tables.cells_mut()));
             continue;
         }
-        let initial = initial_matches(set, op, applying);
+        tables.cells_mut().workload(applying);
         let mut v4_prefixes = PrefixMembers::new();
         for family in [Family::V4, Family::V6, Family::Mapped] {
             let (by_prefix, anywhere) = members_by_prefix(set, op, applying, family);
@@ -171,7 +173,7 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
                 // Identical tables (e.g. of regions with identical members) are interned.
                 let t = [Protocol::Tcp, Protocol::Udp].map(|protocol| {
                     let derive = parent.map(|p| (p[protocol_index(protocol)], own.as_slice()));
-                    tables.table(set, op, &initial, &members, protocol, derive)
+                    tables.table(&members, protocol, derive)
                 });
                 match (net, family) {
                     (IpNet::V4(n), Family::V4) => plan.regions4.push(Region { workload: w as u32, net: *n, tables: t }),
@@ -209,7 +211,8 @@ pub fn plan(set: &PolicySet, op: Operation) -> Plan {
         }
         plan.layout = builder.finish();
     }
-    (plan.tables, plan.rules) = tables.finish();
+    let (list, decisions) = tables.finish();
+    (plan.tables, plan.rules) = (list, decisions.finish());
     plan
 }
 

@@ -18,7 +18,7 @@ use std::{
 
 use palisade_agent::{
     btf,
-    loader::{Datapath, Paths},
+    loader::{Datapath, Enforcement, Paths},
     probe,
 };
 use palisade_compiler::{compile, policy::model::PolicySet, program::KernelOffsets};
@@ -119,14 +119,15 @@ fn main() {
         cgroup2: cgroup2.clone(),
         attach: cgroup2.clone(),
     };
-    let mut datapath = Datapath::new(paths).with_lsm(true).with_lsm_paths(features.bpf_lsm_paths);
+    let mut datapath =
+        Datapath::new(paths).with_enforcement(Enforcement::Lsm { resolve_paths: features.bpf_lsm_paths });
     let mut drained = Vec::new();
     let mut generation = 1;
     let mut apply = |datapath: &mut Datapath, yaml: &str, drained: &mut Vec<v1::DecisionEvent>| -> Result<(), String> {
         generation += 1;
         let started = Instant::now();
         let b = bundle(yaml, generation)?;
-        datapath.apply(b, drained).map_err(|e| e.to_string())?;
+        datapath.apply(b, drained).map_err(|e| palisade_agent::error_chain(&e))?;
         println!("INFO generation {generation} loaded in {} ms", started.elapsed().as_millis());
         Ok(())
     };
@@ -412,7 +413,7 @@ fn restart_and_reject(
         cgroup2,
     };
     let down = connect(work, "tcp", "127.0.0.1", port);
-    let mut restarted = Datapath::new(paths).with_lsm(true);
+    let mut restarted = Datapath::new(paths).with_enforcement(Enforcement::Lsm { resolve_paths: true });
     let adopted = restarted.adopt();
     let after = connect(work, "tcp", "127.0.0.1", port);
     suite.check(

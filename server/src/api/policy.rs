@@ -57,7 +57,16 @@ impl PolicyService for PolicyApi {
         };
         let policy = validate::policy(&policy).map_err(ApiError::Invalid)?;
         self.bundler.check_apply(&policy).await?;
-        let outcome = self.store.apply_policy(&policy, request.expected_revision, request.dry_run, &actor).await?;
+        let outcome =
+            self.store.apply_policy(&policy, request.expected_revision, request.dry_run, &actor).await.map_err(
+                |e| match e {
+                    // Create-only (expected revision 0) meeting a live policy is a duplicate.
+                    ApiError::RevisionMismatch { name, expected: 0, actual } => {
+                        ApiError::AlreadyExists { kind: "policy", name, revision: actual }
+                    }
+                    other => other,
+                },
+            )?;
         Ok(Response::new(v1::ApplyPolicyResponse {
             policy: Some(outcome.stored),
             changed: outcome.changed,
@@ -162,7 +171,7 @@ impl PolicyService for PolicyApi {
                     .iter()
                     .map(|m| v1::MapStats {
                         name: m.name.clone(),
-                        kind: map_kind(m.map_type).to_owned(),
+                        kind: palisade_contract::map::kind::name(m.map_type).to_owned(),
                         key_size: m.key_size,
                         value_size: m.value_size,
                         max_entries: m.max_entries,
@@ -177,17 +186,7 @@ impl PolicyService for PolicyApi {
             })
         })
         .await
-        .map_err(|e| ApiError::FailedPrecondition(format!("compiler task failed: {e}")))??;
+        .map_err(ApiError::Task)??;
         Ok(Response::new(response))
-    }
-}
-
-fn map_kind(map_type: u32) -> &'static str {
-    match map_type {
-        1 => "hash",
-        2 => "array",
-        11 => "lpm_trie",
-        27 => "ringbuf",
-        _ => "other",
     }
 }

@@ -12,12 +12,13 @@
 //!   default), a value id, or a *port node* for a 256-port chunk with inner boundaries: up to
 //!   seven boundaries (low bytes) and eight slots, each slot again 0, a value id or a node for
 //!   that slot's part of the chunk. Eight slots a level cover 256 intervals in three levels.
-//! - **Values**: `(rule, flags)` by value id (ids start at 1).
+//! - **Values**: the cells' contents by value id (ids start at 1): `(rule, flags)` for
+//!   decisions. The walk does not depend on what a value is ([`CellValue`]).
 
 use std::net::IpAddr;
 
 use super::{
-    cell::{PortTable, Value},
+    cell::{CellValue, PortTable, Value},
     hash::HashMap,
 };
 
@@ -82,7 +83,7 @@ pub struct Cell {
 
 /// The arrays of one network operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetLayout {
+pub struct NetLayout<V = Value> {
     /// Non-empty address cells, sorted by index.
     pub cells: Vec<Cell>,
     /// Address nodes allocated (ids `0..nodes`; the roots are fixed, see [`root`]).
@@ -99,10 +100,10 @@ pub struct NetLayout {
     /// Port nodes by id; id 0 is unused.
     pub port_nodes: Vec<PortNode>,
     /// Values by id; id 0 is unused.
-    pub values: Vec<Value>,
+    pub values: Vec<V>,
 }
 
-impl Default for NetLayout {
+impl<V: CellValue> Default for NetLayout<V> {
     fn default() -> Self {
         Self {
             cells: Vec::new(),
@@ -112,7 +113,7 @@ impl Default for NetLayout {
             ports: Vec::new(),
             tables: 0,
             port_nodes: vec![PortNode::default()],
-            values: vec![Value { rule: 0, flags: 0 }],
+            values: vec![V::default()],
         }
     }
 }
@@ -135,21 +136,26 @@ type Spans = Vec<(u32, u32)>;
 type Prefix = ([u8; 16], u8, u32);
 
 /// Builds a layout.
-#[derive(Default)]
-pub struct Builder {
-    out: NetLayout,
+pub struct Builder<V = Value> {
+    out: NetLayout<V>,
     region_ids: HashMap<[u32; 4], u32>,
-    /// Value id by `rule × 16 + flags` (0: none yet); flags are below 16.
-    value_ids: Vec<u32>,
+    /// Value ids.
+    value_ids: HashMap<V, u32>,
     table_defaults: Vec<u32>,
     /// Reused by [`Builder::table`].
     buffers: (Spans, Spans),
 }
 
-impl Builder {
+impl<V: CellValue> Builder<V> {
     /// A builder for `workloads` workload classes (ids `1..=workloads`) and the port tables.
-    pub fn new(workloads: u32, tables: &[PortTable]) -> Self {
-        let mut b = Self::default();
+    pub fn new(workloads: u32, tables: &[PortTable<V>]) -> Self {
+        let mut b = Self {
+            out: NetLayout::default(),
+            region_ids: HashMap::default(),
+            value_ids: HashMap::default(),
+            table_defaults: Vec::new(),
+            buffers: (Vec::new(), Vec::new()),
+        };
         b.out.nodes = 3 * workloads + 1;
         b.out.regions = vec![[0; 4]; 3 * workloads as usize + 1];
         b.out.tables = tables.len() as u32;
@@ -161,16 +167,12 @@ impl Builder {
         b
     }
 
-    fn value_id(&mut self, v: Value) -> u32 {
-        let slot = (v.rule as usize) << 4 | (v.flags as usize & 15);
-        if slot >= self.value_ids.len() {
-            self.value_ids.resize(slot + 1, 0);
-        }
-        if self.value_ids[slot] == 0 {
-            self.value_ids[slot] = self.out.values.len() as u32;
+    fn value_id(&mut self, v: V) -> u32 {
+        let next = self.out.values.len() as u32;
+        *self.value_ids.entry(v).or_insert_with(|| {
             self.out.values.push(v);
-        }
-        self.value_ids[slot]
+            next
+        })
     }
 
     fn region(&self, tables: [u32; 2]) -> [u32; 4] {
@@ -257,7 +259,7 @@ impl Builder {
     }
 
     /// The cells of port table `t`: intervals whose value is the default stay 0.
-    fn table(&mut self, t: u32, table: &PortTable) {
+    fn table(&mut self, t: u32, table: &PortTable<V>) {
         let (mut intervals, mut inner) = std::mem::take(&mut self.buffers);
         intervals.clear();
         for &(start, v) in &table.intervals {
@@ -312,7 +314,7 @@ impl Builder {
     }
 
     /// The finished layout.
-    pub fn finish(mut self) -> NetLayout {
+    pub fn finish(mut self) -> NetLayout<V> {
         self.out.cells.sort_unstable();
         self.out.ports.sort_unstable();
         self.out
@@ -340,7 +342,7 @@ fn find(cells: &[(u32, u32)], index: u32) -> u32 {
     cells.binary_search_by_key(&index, |c| c.0).map_or(0, |i| cells[i].1)
 }
 
-impl NetLayout {
+impl<V: CellValue> NetLayout<V> {
     /// The region of `addr` for workload `w` (≥ 1) and how many address steps (node cells,
     /// plus one for a tail) the programs take to find it.
     pub fn region(&self, w: u32, addr: IpAddr) -> Option<(u32, usize)> {
@@ -381,7 +383,7 @@ impl NetLayout {
 
     /// Looks a decision up step by step exactly as the generated programs do (for tests and
     /// tools): workload `w` (≥ 1), destination, port, UDP or TCP.
-    pub fn lookup(&self, w: u32, addr: IpAddr, port: u16, udp: bool) -> Option<Value> {
+    pub fn lookup(&self, w: u32, addr: IpAddr, port: u16, udp: bool) -> Option<V> {
         let (best, _) = self.region(w, addr)?;
         let region = self.regions.get(best as usize)?;
         let (table, default) = if udp { (region[2], region[3]) } else { (region[0], region[1]) };

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{
     PathEntry,
-    ports::{Tables, initial_matches, record},
+    decisions::{Decisions, initial_matches, record},
 };
 use crate::policy::{
     eval::{Decision, combine, decide},
@@ -34,7 +34,7 @@ pub(super) fn path_entries(
     op: Operation,
     applying: &[usize],
     workload: u32,
-    tables: &mut Tables,
+    decisions: &mut Decisions<'_>,
 ) -> Vec<PathEntry> {
     let mut by_prefix: BTreeMap<Vec<u8>, RuleMembers> = BTreeMap::new();
     by_prefix.insert(Vec::new(), Vec::new());
@@ -60,7 +60,7 @@ pub(super) fn path_entries(
         members.extend(own);
         members.sort_unstable();
         members.dedup();
-        let mut encode = |d: &Decision| tables.encode(d);
+        let mut encode = |d: &Decision| decisions.encode(d);
         let values = if op == Operation::Files {
             let read = path_cell(set, op, applying, &members, ACCESS_READ);
             let write = path_cell(set, op, applying, &members, ACCESS_WRITE);

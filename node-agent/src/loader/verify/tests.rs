@@ -1,0 +1,164 @@
+use ed25519_dalek::{Signer as _, SigningKey};
+use palisade_compiler::{compile, policy::model::PolicySet, program::KernelOffsets};
+use palisade_proto::document;
+use prost::Message as _;
+
+use super::*;
+
+/// A map-only content whose ELF defines `maps`.
+fn content(maps: Vec<v1::BundleMap>, format: u32) -> v1::BundleContent {
+    let elf = palisade_compiler::bpf::elf::write(&[], &palisade_compiler::bundle::map_defs(&maps)).expect("elf");
+    v1::BundleContent { format, elf, maps, ..Default::default() }
+}
+
+fn signed(content: &v1::BundleContent, key: &SigningKey) -> v1::Bundle {
+    let content = content.encode_to_vec();
+    v1::Bundle {
+        generation: 1,
+        digest: palisade_proto::sha256_hex(&content),
+        signature: key.sign(&content).to_bytes().to_vec(),
+        content,
+    }
+}
+
+fn unsigned(content: &v1::BundleContent) -> v1::Bundle {
+    let content = content.encode_to_vec();
+    v1::Bundle { generation: 1, digest: palisade_proto::sha256_hex(&content), signature: Vec::new(), content }
+}
+
+#[test]
+fn verify_accepts_only_bundles_signed_by_the_pinned_key() {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let other = SigningKey::from_bytes(&[8; 32]);
+    let bundle = signed(&content(Vec::new(), 1), &key);
+    assert!(verify(&bundle, Some(&key.verifying_key())).is_ok());
+    assert!(matches!(verify(&bundle, Some(&other.verifying_key())), Err(LoadError::Signature)));
+    let mut tampered = bundle.clone();
+    tampered.content.push(0);
+    tampered.digest = palisade_proto::sha256_hex(&tampered.content);
+    assert!(matches!(verify(&tampered, Some(&key.verifying_key())), Err(LoadError::Signature)));
+    let unsigned = v1::Bundle { signature: Vec::new(), ..bundle.clone() };
+    assert!(matches!(verify(&unsigned, Some(&key.verifying_key())), Err(LoadError::Signature)));
+    assert!(verify(&unsigned, None).is_ok(), "no pinned key: only the digest is checked");
+    let wrong_digest = v1::Bundle { digest: "00".into(), ..bundle };
+    assert!(matches!(verify(&wrong_digest, Some(&key.verifying_key())), Err(LoadError::Digest { .. })));
+}
+
+fn array(indices: Vec<u32>, values: Vec<u8>) -> v1::BundleMap {
+    v1::BundleMap {
+        name: "pal_ports".into(),
+        role: v1::MapRole::Static as i32,
+        map_type: 2,
+        key_size: 4,
+        value_size: 8,
+        max_entries: 4,
+        indices,
+        values,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn verify_rejects_unknown_formats_and_packed_contents_that_do_not_fit() {
+    assert!(verify(&unsigned(&content(vec![array(vec![0, 3], vec![1; 16])], 2)), None).is_ok());
+    assert!(verify(&unsigned(&content(Vec::new(), 1)), None).is_ok(), "format 1 is still read");
+    let bad = [
+        (content(Vec::new(), 3), "bundle format 3"),
+        (content(vec![array(vec![0, 3], vec![1; 15])], 2), "do not fit"),
+        (content(vec![array(vec![0, 4], vec![1; 16])], 2), "do not fit"),
+        (content(vec![v1::BundleMap { key_size: 8, ..array(vec![0], vec![1; 8]) }], 2), "do not fit"),
+    ];
+    for (content, reason) in bad {
+        let err = verify(&unsigned(&content), None).expect_err("rejected");
+        assert!(chain(&err).contains(reason), "{err:?}");
+    }
+}
+
+fn chain(e: &LoadError) -> String {
+    crate::error_chain(e)
+}
+
+/// A real bundle: every hook, every map role.
+fn compiled() -> v1::BundleContent {
+    let yaml = "\
+name: web
+workload: {cgroup: /web}
+network:
+  connect:
+    rules:
+      - {id: block, action: deny, cidrs: [10.0.0.0/8], ports: [9999]}
+files:
+  rules:
+    - {id: ro-etc, action: deny, access: [write], paths: [/etc/]}
+";
+    let docs: Vec<v1::Policy> = document::parse_all(yaml).into_iter().map(|d| d.expect("parses").to_proto()).collect();
+    let set = PolicySet::new(docs.iter().zip([1]), Vec::new()).expect("model");
+    let compiled = compile(&set, KernelOffsets::LINUX_6_12).expect("compiles");
+    v1::BundleContent::decode(compiled.bytes.as_slice()).expect("decodes")
+}
+
+fn map<'a>(c: &'a mut v1::BundleContent, name: &str) -> &'a mut v1::BundleMap {
+    c.maps.iter_mut().find(|m| m.name == name).expect("map")
+}
+
+#[test]
+fn verify_checks_every_map_and_program_against_the_elf_before_any_bpf_call() {
+    type Edit = fn(&mut v1::BundleContent);
+    let good = compiled();
+    assert!(verify(&unsigned(&good), None).is_ok(), "the compiler's bundles verify");
+    let cases: [(&str, Edit, &str); 14] = [
+        ("value size", |c| map(c, "pal_values").value_size += 4, "the bundle says value_size"),
+        ("key size", |c| map(c, "pal_workloads").key_size = 4, "the bundle says key_size"),
+        ("capacity", |c| map(c, "pal_nodes").max_entries *= 2, "the bundle says max_entries"),
+        ("map type", |c| map(c, "pal_workloads").map_type = 2, "the bundle says map_type"),
+        (
+            "short key",
+            |c| {
+                let m = c.maps.iter_mut().find(|m| !m.entries.is_empty()).expect("a map with entries");
+                m.entries[0].key.pop();
+            },
+            "-byte key",
+        ),
+        (
+            "long value",
+            |c| {
+                let m = c.maps.iter_mut().find(|m| !m.entries.is_empty()).expect("a map with entries");
+                m.entries[0].value.push(0);
+            },
+            "-byte value",
+        ),
+        ("map not in the ELF", |c| map(c, "pal_values").name = "pal_other".into(), "map pal_other is not in the ELF"),
+        ("pin path", |c| c.programs[0].name = "../x".into(), "program name \"../x\""),
+        ("map pin path", |c| map(c, "pal_values").name = "a/b".into(), "map name \"a/b\""),
+        ("program not in the ELF", |c| c.programs[0].name = "pal_nothing".into(), "program pal_nothing is not"),
+        ("section", |c| c.programs[0].section = "lsm/file_open".into(), "section \"lsm/file_open\""),
+        ("unknown hook", |c| c.programs[0].hook = 99, "hook 99 is not in this agent's hook table"),
+        ("cgroups map shape", |c| map(c, "pal_cgroups").value_size = 8, "the bundle says value_size"),
+        (
+            "cgroup map name",
+            |c| {
+                c.cgroups.push(v1::BundleCgroup {
+                    path: "/x".into(),
+                    map: "pal_values".into(),
+                    class: 1,
+                    ..Default::default()
+                });
+            },
+            "not a cgroups map",
+        ),
+    ];
+    for (what, edit, reason) in cases {
+        let mut bad = good.clone();
+        edit(&mut bad);
+        let err = verify(&unsigned(&bad), None).expect_err(what);
+        assert!(matches!(err, LoadError::Malformed(_)), "{what}: {err:?}");
+        assert!(chain(&err).contains(reason), "{what}: {}", chain(&err));
+    }
+    // Two programs for one hook, both in the ELF.
+    let mut twice = good.clone();
+    let first = twice.programs[0].clone();
+    twice.programs[1].hook = first.hook;
+    twice.programs[1].section = first.section;
+    let err = verify(&unsigned(&twice), None).expect_err("two programs");
+    assert!(chain(&err).contains("hook pal_connect4 has two programs"), "{}", chain(&err));
+}

@@ -7,7 +7,6 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
 };
 
 /// Whether kernel tests can run here; panics under CI when they cannot.
@@ -132,15 +131,6 @@ pub fn dual_listeners() -> (std::net::TcpListener, std::net::TcpListener, u16) {
         }
     }
     panic!("no port free on both 127.0.0.1 and ::1");
-}
-
-/// Polls `check` every 20 ms until it returns true; panics after `timeout`.
-pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// An agent running in-process against a server, scoped to a test cgroup: its programs

@@ -5,8 +5,9 @@ use std::{net::TcpListener, path::PathBuf, time::Duration};
 
 use palisade_agent::loader::{Datapath, Paths};
 use palisade_compiler::{Compiled, compile, policy::model::PolicySet, program::KernelOffsets};
-use palisade_integration::{Connect, TestCgroup, cgroup2, dual_listeners, eventually, kernel_tests_enabled, probe};
+use palisade_integration::{Connect, TestCgroup, cgroup2, dual_listeners, kernel_tests_enabled, probe};
 use palisade_proto::{document, v1};
+use palisade_testkit::eventually_blocking;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_connect-probe");
 const OFFSETS: KernelOffsets = KernelOffsets::LINUX_6_12;
@@ -74,9 +75,9 @@ fn datapath_enforces_denies_reports_events_and_swaps_generations() {
     assert_eq!(probe(PROBE, None, "tcp", "127.0.0.1", port), Connect::Ok, "outside the attach point unaffected");
 
     let mut events = Vec::new();
-    eventually("two deny events", Duration::from_secs(5), || {
+    eventually_blocking("two deny events", Duration::from_secs(5), || {
         datapath.drain(&mut events);
-        events.len() >= 2
+        (events.len() >= 2).then_some(())
     });
     assert_eq!(events.len(), 2, "one event per denied connect: {events:?}");
     for (event, address) in events.iter().zip(["127.0.0.1", "::1"]) {
@@ -138,7 +139,7 @@ fn datapath_enforces_denies_reports_events_and_swaps_generations() {
 
     datapath.remove_all().expect("cleanup");
     // The kernel frees a link whose last pin went away on a workqueue: poll.
-    eventually("removing the pins to detach", Duration::from_secs(5), || {
-        probe(PROBE, in_work.as_deref(), "tcp", "127.0.0.1", port) == Connect::Ok
+    eventually_blocking("removing the pins to detach", Duration::from_secs(5), || {
+        (probe(PROBE, in_work.as_deref(), "tcp", "127.0.0.1", port) == Connect::Ok).then_some(())
     });
 }

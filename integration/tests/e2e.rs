@@ -17,6 +17,7 @@ use palisade_proto::v1::{
     node_service_client::NodeServiceClient, policy_service_client::PolicyServiceClient,
 };
 use palisade_server::embedded::EmbeddedServer;
+use palisade_testkit::eventually;
 use sqlx::PgPool;
 use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
@@ -40,18 +41,10 @@ async fn node(channel: &Channel, name: &str) -> Option<v1::Node> {
         .and_then(|r| r.into_inner().node)
 }
 
-/// Polls the node (every 50 ms, up to 30 s) until `ready` holds; returns it.
+/// Polls the node (up to 30 s) until `ready` holds; returns it.
 async fn node_when(channel: &Channel, name: &str, what: &str, ready: impl Fn(&v1::Node) -> bool) -> v1::Node {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(n) = node(channel, name).await
-            && ready(&n)
-        {
-            return n;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "node {name}: timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("node {name}: {what}");
+    eventually(&what, Duration::from_secs(30), || async { node(channel, name).await.filter(|n| ready(n)) }).await
 }
 
 /// Waits until the node has acknowledged a desired generation above `after`; returns it.
@@ -251,11 +244,10 @@ async fn agent_restart_keeps_enforcing_and_adopts_pinned_state(pool: PgPool) {
     restarted.stop().await;
     palisade_agent::uninstall(&restarted.config).expect("uninstall");
     // The kernel frees a link whose last pin went away on a workqueue: poll.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while attached_programs(&cg.dir(), BPF_CGROUP_INET4_CONNECT) != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "programs still attached after --uninstall");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the programs to detach after --uninstall", Duration::from_secs(5), || async {
+        (attached_programs(&cg.dir(), BPF_CGROUP_INET4_CONNECT) == 0).then_some(())
+    })
+    .await;
     assert_eq!(attached_programs(&cg.dir(), BPF_CGROUP_INET6_CONNECT), 0);
     assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Ok, "uninstalled: access restored");
 }

@@ -106,20 +106,17 @@ async fn node_whose_policy_set_is_over_capacity_shows_why_it_gets_no_bundle(pool
     policies.apply_policy(apply(a)).await.expect("a fits");
     policies.apply_policy(apply(b)).await.expect("b fits");
     let _session = hello_web(&server, "web-2").await;
-    let mut nodes = v1::node_service_client::NodeServiceClient::connect(server.url()).await.expect("connect");
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let node = nodes.get_node(v1::GetNodeRequest { name: "web-2".into() }).await.expect("get").into_inner().node;
-        if let Some(error) = node.and_then(|n| n.last_error) {
-            assert!(error.message.contains("could not build"), "{}", error.message);
-            assert!(
-                error.message.contains(&largest_map(&[&doc("a", 1000, 8), &doc("b", 5000, 8)]).0),
-                "{}",
-                error.message
-            );
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the build failure was not recorded");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let nodes = v1::node_service_client::NodeServiceClient::connect(server.url()).await.expect("connect");
+    let error =
+        palisade_testkit::eventually("the build failure to be recorded", std::time::Duration::from_secs(10), || {
+            let mut nodes = nodes.clone();
+            async move {
+                let node =
+                    nodes.get_node(v1::GetNodeRequest { name: "web-2".into() }).await.expect("get").into_inner().node;
+                node.and_then(|n| n.last_error)
+            }
+        })
+        .await;
+    assert!(error.message.contains("could not build"), "{}", error.message);
+    assert!(error.message.contains(&largest_map(&[&doc("a", 1000, 8), &doc("b", 5000, 8)]).0), "{}", error.message);
 }

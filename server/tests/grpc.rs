@@ -13,6 +13,11 @@ use tokio_stream::StreamExt as _;
 use tonic::{Code, Request, transport::Channel};
 use tonic_types::StatusExt as _;
 
+use palisade_testkit::eventually;
+
+/// How long a test waits for the server to record what an agent said.
+const WAIT: Duration = Duration::from_secs(10);
+
 struct Harness {
     server: EmbeddedServer,
     channel: Channel,
@@ -53,19 +58,6 @@ async fn count(pool: &PgPool, table: &str) -> i64 {
         .fetch_one(pool)
         .await
         .expect("count")
-}
-
-/// Polls `check` until it returns true or 10 s pass.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
@@ -313,33 +305,36 @@ async fn sync_hello_registers_node_and_records_ack_and_nack(pool: PgPool) {
     let nack = v1::BundleNack { generation: 4, digest: "d4".into(), error: "verifier: R1 invalid mem access".into() };
     tx.send(v1::SyncRequest { message: Some(v1::sync_request::Message::Nack(nack)) }).await.expect("nack");
     let mut nodes = h.nodes();
-    eventually("the NACK to be recorded", || {
+    eventually("the NACK to be recorded", WAIT, || {
         let mut nodes = nodes.clone();
         async move {
             let node =
                 nodes.get_node(v1::GetNodeRequest { name: "node-1".into() }).await.expect("get").into_inner().node;
-            node.and_then(|n| n.last_error).is_some_and(|e| e.generation == 4 && e.message.contains("verifier"))
+            node.and_then(|n| n.last_error)
+                .is_some_and(|e| e.generation == 4 && e.message.contains("verifier"))
+                .then_some(())
         }
     })
     .await;
     let ack = v1::BundleAck { generation: 5, digest: "d5".into() };
     tx.send(v1::SyncRequest { message: Some(v1::sync_request::Message::Ack(ack)) }).await.expect("ack");
-    eventually("the ACK to be recorded and clear the older NACK", || {
+    eventually("the ACK to be recorded and clear the older NACK", WAIT, || {
         let mut nodes = nodes.clone();
         async move {
             let node =
                 nodes.get_node(v1::GetNodeRequest { name: "node-1".into() }).await.expect("get").into_inner().node;
             node.is_some_and(|n| n.applied_generation == 5 && n.applied_digest == "d5" && n.last_error.is_none())
+                .then_some(())
         }
     })
     .await;
     drop(tx);
-    eventually("the node to show as disconnected", || {
+    eventually("the node to show as disconnected", WAIT, || {
         let mut nodes = nodes.clone();
         async move {
             let node =
                 nodes.get_node(v1::GetNodeRequest { name: "node-1".into() }).await.expect("get").into_inner().node;
-            node.is_some_and(|n| !n.connected)
+            node.is_some_and(|n| !n.connected).then_some(())
         }
     })
     .await;

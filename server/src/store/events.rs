@@ -166,3 +166,6 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT COALESCE(max(id), 0) FROM events").fetch_one(&self.pool).await?)
     }
 }
+
+#[cfg(test)]
+mod tests;

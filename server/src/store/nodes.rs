@@ -258,3 +258,6 @@ impl Store {
         Ok((nodes, more))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+//! Store tests for nodes, against real PostgreSQL.
+
+use std::collections::BTreeMap;
+
+use palisade_proto::v1;
+use sqlx::PgPool;
+
+use crate::{error::ApiError, store::Store};
+
+fn hello(name: &str, team: &str, generation: u64) -> v1::AgentHello {
+    v1::AgentHello {
+        node_name: name.into(),
+        labels: BTreeMap::from([("team".to_owned(), team.to_owned())]),
+        features: Some(v1::KernelFeatures { kernel_release: "6.18.0".into(), bpf_lsm: true, ..Default::default() }),
+        bundle_digest: format!("d{generation}"),
+        bundle_generation: generation,
+        agent_version: "0.1.0".into(),
+        server_endpoints: vec!["127.0.0.1:50051".into()],
+        failsafe_ports: vec![22],
+    }
+}
+
+async fn registrations(pool: &PgPool, name: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'node.registered' AND object_name = $1")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+#[sqlx::test(migrator = "crate::MIGRATOR")]
+async fn node_hello_registers_once_and_refreshes_labels_features_and_failsafe(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    store.node_hello(&hello("n1", "web", 0)).await.expect("register");
+    store.node_hello(&hello("n1", "db", 3)).await.expect("re-register");
+    assert_eq!(registrations(&pool, "n1").await, 1, "a re-registration is not a new node");
+    let node = store.get_node("n1").await.expect("node");
+    assert_eq!(node.labels.get("team").map(String::as_str), Some("db"));
+    assert_eq!((node.applied_generation, node.applied_digest.as_str()), (3, "d3"), "the hello says what enforces");
+    assert!(node.connected);
+    assert_eq!(node.features.map(|f| f.kernel_release), Some("6.18.0".into()));
+    let context = store.node_context("n1").await.expect("context");
+    assert_eq!(context.ports, vec![22]);
+    assert_eq!(context.endpoints, vec!["127.0.0.1:50051".to_owned()]);
+    assert!(matches!(store.node_context("n2").await, Err(ApiError::NotFound { kind: "node", .. })));
+    assert!(matches!(store.get_node("n2").await, Err(ApiError::NotFound { kind: "node", .. })));
+}
+
+#[sqlx::test(migrator = "crate::MIGRATOR")]
+async fn desired_generation_moves_only_when_the_digest_changes(pool: PgPool) {
+    let store = Store::new(pool);
+    store.node_hello(&hello("n1", "web", 0)).await.expect("register");
+    assert_eq!(store.node_set_desired("n1", "a").await.expect("desired"), 1);
+    assert_eq!(store.node_set_desired("n1", "a").await.expect("same digest"), 1);
+    assert_eq!(store.node_set_desired("n1", "b").await.expect("new digest"), 2);
+    assert!(matches!(store.node_set_desired("ghost", "a").await, Err(ApiError::NotFound { .. })));
+    let node = store.get_node("n1").await.expect("node");
+    assert_eq!((node.desired_generation, node.desired_digest.as_str()), (2, "b"));
+}
+
+#[sqlx::test(migrator = "crate::MIGRATOR")]
+async fn ack_clears_only_an_older_or_equal_nack_and_disconnect_is_shown(pool: PgPool) {
+    let store = Store::new(pool);
+    store.node_hello(&hello("n1", "web", 0)).await.expect("register");
+    store.node_nack("n1", 5, "d5", "verifier said no").await.expect("nack");
+    store.node_ack("n1", 4, "d4").await.expect("ack of an older generation");
+    let node = store.get_node("n1").await.expect("node");
+    let error = node.last_error.expect("a NACK of a newer generation stays");
+    assert_eq!((error.generation, error.digest.as_str(), error.message.as_str()), (5, "d5", "verifier said no"));
+    assert_eq!(node.applied_generation, 4);
+    store.node_ack("n1", 5, "d5").await.expect("ack");
+    let node = store.get_node("n1").await.expect("node");
+    assert!(node.last_error.is_none(), "{:?}", node.last_error);
+    assert_eq!((node.applied_generation, node.applied_digest.as_str()), (5, "d5"));
+    store.node_disconnected("n1").await.expect("disconnect");
+    assert!(!store.get_node("n1").await.expect("node").connected);
+    store.node_seen("n1").await.expect("seen");
+    assert!(store.get_node("n1").await.expect("node").connected, "heard from again");
+}
+
+#[sqlx::test(migrator = "crate::MIGRATOR")]
+async fn a_node_not_heard_from_for_the_liveness_window_is_not_connected(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    store.node_hello(&hello("n1", "web", 0)).await.expect("register");
+    sqlx::query("UPDATE nodes SET last_seen = now() - interval '91 seconds' WHERE name = 'n1'")
+        .execute(&pool)
+        .await
+        .expect("age");
+    assert!(!store.get_node("n1").await.expect("node").connected, "a replica that died left connected = true");
+}
+
+#[sqlx::test(migrator = "crate::MIGRATOR")]
+async fn list_nodes_filters_by_labels_and_paginates_by_name(pool: PgPool) {
+    let store = Store::new(pool);
+    for (name, team) in [("a", "web"), ("b", "db"), ("c", "web"), ("d", "web")] {
+        store.node_hello(&hello(name, team, 0)).await.expect("register");
+    }
+    let web = BTreeMap::from([("team".to_owned(), "web".to_owned())]);
+    let (page, more) = store.list_nodes(&web, None, 2).await.expect("page 1");
+    assert_eq!(page.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+    assert!(more);
+    let (page, more) = store.list_nodes(&web, Some("c"), 2).await.expect("page 2");
+    assert_eq!(page.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["d"]);
+    assert!(!more);
+    let (all, _) = store.list_nodes(&BTreeMap::new(), None, 10).await.expect("all");
+    assert_eq!(all.len(), 4);
+    let contexts = store.node_contexts().await.expect("contexts");
+    assert_eq!(contexts.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["a", "b", "c", "d"]);
+}

@@ -95,6 +95,30 @@ fn remove_tree(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// A bpffs directory for one test's pins (`/sys/fs/bpf/palisade-test-<name>-<pid>`),
+/// removed on drop — which detaches every link pinned there — also when the test panics.
+#[derive(Debug)]
+pub struct TestPins(PathBuf);
+
+impl TestPins {
+    /// Mounts bpffs at `/sys/fs/bpf` if needed and names the directory (not created).
+    pub fn new(name: &str) -> Self {
+        palisade_agent::sys::ensure_bpffs(Path::new("/sys/fs/bpf")).expect("bpffs");
+        Self(PathBuf::from(format!("/sys/fs/bpf/palisade-test-{name}-{}", std::process::id())))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestPins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Outcome of one probe connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Connect {

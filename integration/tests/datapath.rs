@@ -1,25 +1,16 @@
 //! The compiler's bundles in the real kernel through the agent's datapath: real programs,
 //! real cgroup links, real connects from a cgroup this test owns.
 
-use std::{net::TcpListener, path::PathBuf, time::Duration};
+use std::{net::TcpListener, time::Duration};
 
 use palisade_agent::loader::{Datapath, Paths};
 use palisade_compiler::{Compiled, compile, policy::model::PolicySet, program::KernelOffsets};
-use palisade_integration::{Connect, TestCgroup, cgroup2, dual_listeners, kernel_tests_enabled, probe};
+use palisade_integration::{Connect, TestCgroup, TestPins, cgroup2, dual_listeners, kernel_tests_enabled, probe};
 use palisade_proto::{document, v1};
 use palisade_testkit::eventually_blocking;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_connect-probe");
 const OFFSETS: KernelOffsets = KernelOffsets::LINUX_6_12;
-
-/// Removes the test's pins (and so detaches its links) even when the test panics.
-struct Pins(PathBuf);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn bundle(yaml: &str, generation: u64) -> (Compiled, v1::Bundle) {
     let policies: Vec<_> = document::parse_all(yaml).into_iter().map(|d| d.expect("parses").to_proto()).collect();
@@ -52,10 +43,9 @@ fn datapath_enforces_denies_reports_events_and_swaps_generations() {
     let allowed = TcpListener::bind("127.0.0.1:0").expect("bind");
     let allowed_port = allowed.local_addr().expect("addr").port();
     let state = tempfile::tempdir().expect("tempdir");
-    palisade_agent::sys::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
-    let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/palisade-test-dp-{}", std::process::id())));
+    let pins = TestPins::new("dp");
     let mut datapath = Datapath::new(Paths {
-        bpffs: pins.0.clone(),
+        bpffs: pins.path().to_owned(),
         state_dir: state.path().to_owned(),
         cgroup2: cgroup2(),
         attach: cg.dir(),

@@ -10,7 +10,6 @@ use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader, Write as _},
     os::unix::process::CommandExt as _,
-    path::PathBuf,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     time::Instant,
 };
@@ -25,7 +24,7 @@ use palisade_compiler::{
     },
     program::KernelOffsets,
 };
-use palisade_integration::{TestCgroup, cgroup2, kernel_tests_enabled};
+use palisade_integration::{TestCgroup, TestPins, cgroup2, kernel_tests_enabled};
 use palisade_proto::v1;
 use proptest::{
     strategy::{Strategy as _, ValueTree as _},
@@ -84,14 +83,6 @@ impl Drop for Worker {
     }
 }
 
-struct Pins(PathBuf);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// What an event should say, as comparable text.
 fn expected_event(set: &PolicySet, attempt: &Attempt, d: &Decision) -> Option<String> {
     let report = d.report?;
@@ -141,11 +132,10 @@ fn bytecode_in_the_kernel_decides_exactly_as_the_reference_evaluator() {
             workers.insert(key, Worker::spawn(&cg.dir_of(path), uid));
         }
     }
-    palisade_agent::sys::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
-    let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/palisade-test-diff-{}", std::process::id())));
+    let pins = TestPins::new("diff");
     let state = tempfile::tempdir().expect("tempdir");
     let mut datapath = Datapath::new(Paths {
-        bpffs: pins.0.clone(),
+        bpffs: pins.path().to_owned(),
         state_dir: state.path().to_owned(),
         cgroup2: cgroup2(),
         attach: cg.dir(),

@@ -28,11 +28,12 @@ use palisade_proto::v1;
 use prost::Message as _;
 
 use crate::{
-    events,
+    error_chain, events,
     sys::{self, MapFd, ProgFd},
 };
 
 mod attach;
+mod recover;
 mod verify;
 
 pub use attach::Enforcement;
@@ -59,6 +60,18 @@ impl Paths {
 
     fn state_file(&self) -> PathBuf {
         self.state_dir.join("active.bundle")
+    }
+
+    /// Where each staged generation's bundle is recorded.
+    fn generations(&self) -> PathBuf {
+        self.state_dir.join("generations")
+    }
+
+    /// The recorded bundle of generation directory `gen_dir`.
+    fn bundle_file(&self, gen_dir: &Path) -> PathBuf {
+        let mut name = gen_dir.file_name().unwrap_or_default().to_owned();
+        name.push(".bundle");
+        self.generations().join(name)
     }
 }
 
@@ -138,6 +151,16 @@ pub enum LoadError {
         error: String,
         /// Verifier log.
         log: String,
+    },
+    /// After a swap, a hook does not run the program the agent put there.
+    #[error("the kernel runs program id {running} on {program}, not the staged {staged}")]
+    NotEnforcing {
+        /// Program name.
+        program: String,
+        /// What the link runs.
+        running: u32,
+        /// What was staged.
+        staged: u32,
     },
     /// A pin, link or map operation failed.
     #[error("{what}")]
@@ -331,31 +354,88 @@ impl Datapath {
         self.active.as_ref().map(|a| (a.bundle.generation, a.bundle.digest.as_str()))
     }
 
-    /// Adopts the pinned state of a previous agent: the links keep running; this only
-    /// reopens the maps it needs. Returns false when there is nothing (consistent) to adopt.
+    /// Adopts what a previous agent left, as the kernel runs it: finds the generation the
+    /// links run (newest first, the one `active.bundle` names when it runs), moves any link
+    /// a crash left on another generation to it, records it, releases every other
+    /// generation, and reopens the maps it needs. Returns false when nothing that enforces
+    /// can be adopted (then generations that never enforced are removed, and whatever the
+    /// links run keeps running until the next bundle replaces it).
     pub fn adopt(&mut self) -> Result<bool, LoadError> {
-        let Ok(bytes) = std::fs::read(self.paths.state_file()) else { return Ok(false) };
-        let bundle = v1::Bundle::decode(bytes.as_slice()).map_err(LoadError::Decode)?;
-        let content = verify(&bundle, self.public_key.as_ref())?;
-        let gen_dir = self.gen_dir(&bundle);
-        for (p, _, strategy) in self.programs(&content) {
-            if !strategy.link_pin(&self.paths.links(), &gen_dir, &p.name).exists()
-                || !prog_pin(&gen_dir, &p.name).exists()
-            {
-                tracing::warn!(program = p.name, "pinned state is incomplete; not adopting");
-                return Ok(false);
+        let pinned = recover::pinned_generations(&self.paths.bpffs);
+        let linked = recover::linked_programs(&self.paths.links());
+        let state = std::fs::read(self.paths.state_file()).ok().and_then(|b| v1::Bundle::decode(b.as_slice()).ok());
+        let runs = |p: &recover::Pinned| p.has_links || p.programs.iter().any(|id| linked.contains(id));
+        let mut chosen: Option<(PathBuf, v1::Bundle, v1::BundleContent)> = None;
+        for p in pinned.iter().rev().filter(|p| runs(p)) {
+            let Some(bundle) = self.bundle_of(&p.dir, state.as_ref()) else {
+                tracing::warn!(dir = %p.dir.display(), "a running generation has no recorded bundle");
+                continue;
+            };
+            let content = match verify(&bundle, self.public_key.as_ref()) {
+                Ok(content) => content,
+                Err(error) => {
+                    tracing::warn!(dir = %p.dir.display(), error = error_chain(&error), "recorded bundle does not verify");
+                    continue;
+                }
+            };
+            if !self.complete(&content, &p.dir) {
+                tracing::warn!(dir = %p.dir.display(), "a running generation's pins are incomplete");
+                continue;
             }
+            let named = state.as_ref().is_some_and(|s| s.digest == bundle.digest);
+            if chosen.is_none() || named {
+                chosen = Some((p.dir.clone(), bundle, content));
+            }
+            if named {
+                break;
+            }
+        }
+        let Some((gen_dir, bundle, content)) = chosen else {
+            for p in pinned.iter().filter(|p| !runs(p)) {
+                tracing::info!(dir = %p.dir.display(), "removing a generation that never enforced");
+                let _ = std::fs::remove_dir_all(&p.dir);
+                let _ = std::fs::remove_file(self.paths.bundle_file(&p.dir));
+            }
+            return Ok(false);
+        };
+        // A crash between two hooks' updates leaves links on two generations.
+        let _undo = self.commit(&content, &gen_dir)?;
+        self.confirm(&content, &gen_dir)?;
+        if state.as_ref() != Some(&bundle) {
+            tracing::warn!(
+                generation = bundle.generation,
+                "the state file disagreed with the kernel; recorded what runs"
+            );
+            write_state(&self.paths, &bundle.encode_to_vec())?;
         }
         let mut active = Active { bundle, content, gen_dir, cgroup_maps: BTreeMap::new(), events: None };
         self.open_maps(&mut active)?;
+        self.release_others(&active.gen_dir, None, &mut Vec::new());
         tracing::info!(generation = active.bundle.generation, digest = active.bundle.digest, "adopted pinned bundle");
         self.active = Some(active);
         Ok(true)
     }
 
+    /// The bundle recorded for a generation directory: its own file, or the state file when
+    /// that names the same digest (state written by agents before per-generation files).
+    fn bundle_of(&self, dir: &Path, state: Option<&v1::Bundle>) -> Option<v1::Bundle> {
+        recover::recorded_bundle(&self.paths.bundle_file(dir)).or_else(|| {
+            let name = dir.file_name()?.to_string_lossy().into_owned();
+            state.filter(|s| name.ends_with(&format!("-{}", short_digest(&s.digest)))).cloned()
+        })
+    }
+
+    /// Whether every program the strategies attach is pinned in `gen_dir`, with its link
+    /// when links live in the generation.
+    fn complete(&self, content: &v1::BundleContent, gen_dir: &Path) -> bool {
+        self.programs(content).all(|(p, _, s)| {
+            prog_pin(gen_dir, &p.name).exists()
+                && (!s.overlaps() || s.link_pin(&self.paths.links(), gen_dir, &p.name).exists())
+        })
+    }
+
     fn gen_dir(&self, bundle: &v1::Bundle) -> PathBuf {
-        let short: String = bundle.digest.chars().take(16).collect();
-        self.paths.bpffs.join(format!("gen-{}-{short}", bundle.generation))
+        self.paths.bpffs.join(format!("gen-{}-{}", bundle.generation, short_digest(&bundle.digest)))
     }
 
     /// Opens the cgroup map and ring buffer of `active` from their pins.
@@ -379,59 +459,102 @@ impl Datapath {
         Ok(())
     }
 
-    /// Applies a bundle: load, fill maps, pin, then point every hook at the new programs
-    /// (each strategy's commit). On any error nothing the hooks run changes and the previous
-    /// generation keeps enforcing. Events still queued in the previous generation's ring
-    /// buffer are drained into `drained` first.
+    /// Applies a bundle: record it, load, fill maps, pin, point every hook at the new
+    /// programs (each strategy's commit, confirmed with the kernel), record the state, then
+    /// release every other generation. Until the state is recorded any error undoes the
+    /// swap, so the previous generation keeps enforcing and the NACK is true; a crash at any
+    /// step is resolved from the kernel by [`Self::adopt`]. Events still queued in the
+    /// previous generation's ring buffer are drained into `drained`.
     pub fn apply(&mut self, bundle: v1::Bundle, drained: &mut Vec<v1::DecisionEvent>) -> Result<(), LoadError> {
         let content = verify(&bundle, self.public_key.as_ref())?;
         if let Some(active) = &mut self.active
             && active.bundle.digest == bundle.digest
         {
             // Same content under a new generation number: nothing to load.
-            active.bundle.generation = bundle.generation;
-            let encoded = active.bundle.encode_to_vec();
+            let mut renumbered = active.bundle.clone();
+            renumbered.generation = bundle.generation;
+            let encoded = renumbered.encode_to_vec();
+            recover::write_atomic(&self.paths.bundle_file(&active.gen_dir), &encoded)
+                .map_err(io_err("recording the bundle"))?;
             write_state(&self.paths, &encoded)?;
+            active.bundle = renumbered;
             return Ok(());
         }
         let gen_dir = self.gen_dir(&bundle);
-        let staged = self.stage(&bundle, &content, &gen_dir);
-        let mut active = match staged {
+        let discard = |paths: &Paths| {
+            let _ = std::fs::remove_dir_all(&gen_dir);
+            let _ = std::fs::remove_file(paths.bundle_file(&gen_dir));
+        };
+        let mut active = match self.stage(&bundle, &content, &gen_dir) {
             Ok(active) => active,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&gen_dir);
+                discard(&self.paths);
                 return Err(e);
             }
         };
-        if let Err(e) = self.commit(&content, &gen_dir) {
-            let _ = std::fs::remove_dir_all(&gen_dir);
-            return Err(e);
-        }
-        write_state(&self.paths, &bundle.encode_to_vec())?;
-        self.drain(drained);
-        if let Some(mut old) = self.active.take()
-            && old.gen_dir != gen_dir
-        {
-            // Overlapping generations (make-before-break): the old programs run until their
-            // links are released, which the kernel finishes asynchronously. Wait for it, so
-            // that an acknowledged generation is exactly what enforces.
-            let overlapping = self.overlapping_program_ids(&old);
-            match std::fs::remove_dir_all(&old.gen_dir) {
-                Ok(()) => {
-                    wait_released(&overlapping);
-                    // Decisions the old programs made during the overlap.
-                    drain_active(&mut old, self.clock_offset, drained);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, dir = %old.gen_dir.display(), "could not remove the previous generation's pins");
+        let undo = match self.commit(&content, &gen_dir).and_then(|undo| {
+            fault_point("committed");
+            match self.confirm(&content, &gen_dir) {
+                Ok(()) => Ok(undo),
+                Err(e) => {
+                    undo.undo();
+                    Err(e)
                 }
             }
+        }) {
+            Ok(undo) => undo,
+            Err(e) => {
+                discard(&self.paths);
+                return Err(e);
+            }
+        };
+        if let Err(e) = write_state(&self.paths, &bundle.encode_to_vec()) {
+            // The kernel and the state file must agree: put the previous generation back.
+            undo.undo();
+            discard(&self.paths);
+            return Err(e);
         }
+        drop(undo);
+        fault_point("state");
+        self.drain(drained);
+        let old = self.active.take();
+        self.release_others(&gen_dir, old, drained);
+        fault_point("released");
         active.bundle = bundle;
         tracing::info!(generation = active.bundle.generation, digest = active.bundle.digest, "bundle enforcing");
         self.warn_not_enforceable(&active.content);
         self.active = Some(active);
         Ok(())
+    }
+
+    /// Removes every generation but `keep` (the one the hooks run now) with its recorded
+    /// bundle: the previous one and any a crash left behind. Where generations overlap
+    /// (make-before-break), waits until the kernel has detached them, so that an
+    /// acknowledged generation is exactly what enforces, then drains the decisions `old`
+    /// made during the overlap.
+    fn release_others(&self, keep: &Path, old: Option<Active>, drained: &mut Vec<v1::DecisionEvent>) {
+        let others: Vec<recover::Pinned> =
+            recover::pinned_generations(&self.paths.bpffs).into_iter().filter(|p| p.dir != keep).collect();
+        let overlapping: Vec<u32> = if self.strategies.iter().any(|s| s.overlaps()) {
+            others.iter().flat_map(|p| p.programs.iter().copied()).collect()
+        } else {
+            Vec::new()
+        };
+        for p in &others {
+            if let Err(error) = std::fs::remove_dir_all(&p.dir) {
+                tracing::warn!(%error, dir = %p.dir.display(), "could not remove a previous generation's pins");
+            }
+        }
+        wait_released(&overlapping);
+        if let Some(mut old) = old {
+            drain_active(&mut old, self.clock_offset, drained);
+        }
+        let kept = self.paths.bundle_file(keep);
+        if let Ok(files) = std::fs::read_dir(self.paths.generations()) {
+            for f in files.flatten().filter(|f| f.path() != kept) {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
     }
 
     /// Logs the sections with rules that no strategy here can enforce (exec and files need
@@ -454,6 +577,11 @@ impl Datapath {
 
     /// Loads and pins a generation; strategies that cannot move links attach it here.
     fn stage(&self, bundle: &v1::Bundle, content: &v1::BundleContent, gen_dir: &Path) -> Result<Active, LoadError> {
+        // Recorded before anything is loaded, so that whatever a crash leaves pinned can be
+        // matched to its bundle (a full or read-only state directory fails here, harmlessly).
+        recover::write_atomic(&self.paths.bundle_file(gen_dir), &bundle.encode_to_vec())
+            .map_err(io_err("recording the bundle in the state directory"))?;
+        fault_point("recorded");
         let _ = std::fs::remove_dir_all(gen_dir);
         std::fs::create_dir_all(gen_dir).map_err(io_err(format!("creating {}", gen_dir.display())))?;
         let words = aligned(&content.elf);
@@ -484,9 +612,11 @@ impl Datapath {
             map.pin(map_pin(gen_dir, &m.name))
                 .map_err(|source| LoadError::Pin { what: format!("map {}", m.name), source })?;
         }
+        fault_point("filled");
         for (p, hook, strategy) in self.programs(content) {
             strategy.stage(&mut ebpf, p, hook, gen_dir)?;
         }
+        fault_point("staged");
         let mut active = Active {
             bundle: bundle.clone(),
             content: content.clone(),
@@ -500,31 +630,30 @@ impl Datapath {
 
     /// Points every hook at the programs staged in `gen_dir`, strategy by strategy; when one
     /// fails, the ones already committed are undone.
-    fn commit(&self, content: &v1::BundleContent, gen_dir: &Path) -> Result<(), LoadError> {
-        let current = self.active.as_ref().map(|a| a.gen_dir.as_path());
-        let mut done = Vec::new();
+    fn commit(&self, content: &v1::BundleContent, gen_dir: &Path) -> Result<attach::Undo, LoadError> {
+        let mut done = attach::Undo::default();
         for strategy in &self.strategies {
             let programs: Vec<_> =
                 self.programs(content).filter(|(_, h, _)| strategy.handles(h)).map(|(p, h, _)| (p, h)).collect();
-            match strategy.commit(&programs, gen_dir, current, &self.paths.links()) {
-                Ok(undo) => done.push(undo),
+            match strategy.commit(&programs, gen_dir, &self.paths.links()) {
+                Ok(undo) => done.extend(undo),
                 Err(e) => {
-                    done.into_iter().rev().for_each(attach::Undo::undo);
+                    done.undo();
                     return Err(e);
                 }
             }
         }
-        Ok(())
+        Ok(done)
     }
 
-    /// The kernel ids of the programs of `active` that keep running until its pins are
-    /// removed (strategies that overlap generations).
-    fn overlapping_program_ids(&self, active: &Active) -> Vec<u32> {
-        self.programs(&active.content)
-            .filter(|(_, _, s)| s.overlaps())
-            .filter_map(|(p, _, _)| ProgFd::open(&prog_pin(&active.gen_dir, &p.name)).ok())
-            .filter_map(|prog| prog.id().ok())
-            .collect()
+    /// Checks with the kernel that every hook runs the program staged in `gen_dir`.
+    fn confirm(&self, content: &v1::BundleContent, gen_dir: &Path) -> Result<(), LoadError> {
+        for strategy in &self.strategies {
+            let programs: Vec<_> =
+                self.programs(content).filter(|(_, h, _)| strategy.handles(h)).map(|(p, h, _)| (p, h)).collect();
+            strategy.confirm(&programs, gen_dir, &self.paths.links())?;
+        }
+        Ok(())
     }
 
     /// Brings the cgroup map in line with the cgroups that exist now (new cgroups under a
@@ -652,8 +781,28 @@ fn program_error(name: &str, e: ProgramError) -> LoadError {
 }
 
 fn write_state(paths: &Paths, encoded: &[u8]) -> Result<(), LoadError> {
-    std::fs::create_dir_all(&paths.state_dir).map_err(io_err(format!("creating {}", paths.state_dir.display())))?;
-    let tmp = paths.state_dir.join("active.bundle.tmp");
-    std::fs::write(&tmp, encoded).map_err(io_err("writing the state file"))?;
-    std::fs::rename(&tmp, paths.state_file()).map_err(io_err("replacing the state file"))
+    recover::write_atomic(&paths.state_file(), encoded).map_err(io_err("writing the state file"))
+}
+
+/// The digest prefix in a generation directory's name.
+fn short_digest(digest: &str) -> &str {
+    digest.get(..16).unwrap_or(digest)
+}
+
+/// A step of a swap where a test makes the agent die at once: `PALISADE_FAULT_AT=<step>`
+/// aborts the process when the datapath reaches it. Steps, in order: `recorded` (bundle
+/// written to the state directory), `filled` (maps filled), `staged` (programs loaded and
+/// pinned; BPF-LSM ones attached), `hook` (the first cgroup link moved), `committed` (every
+/// hook moved), `state` (state file written), `released` (previous generations released;
+/// the ACK is next).
+pub const FAULT_STEPS: [&str; 7] = ["recorded", "filled", "staged", "hook", "committed", "state", "released"];
+
+/// Aborts the process if `PALISADE_FAULT_AT` names `step` (see [`FAULT_STEPS`]).
+pub(crate) fn fault_point(step: &'static str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("PALISADE_FAULT_AT").ok().filter(|s| !s.is_empty()));
+    if at.as_deref() == Some(step) {
+        tracing::error!(step, "PALISADE_FAULT_AT: aborting");
+        std::process::abort();
+    }
 }

@@ -168,6 +168,14 @@ impl ProgFd {
         obj_get(pin).map(Self)
     }
 
+    /// Opens the program with kernel id `id` (`BPF_PROG_GET_FD_BY_ID`).
+    pub fn by_id(id: u32) -> io::Result<Self> {
+        let mut attr = GetFdByIdAttr { id, next_id: 0, open_flags: 0 };
+        let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
+        // SAFETY: BPF_PROG_GET_FD_BY_ID returned a new file descriptor that nothing else owns.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
     /// Its kernel id (`BPF_OBJ_GET_INFO_BY_FD`; `struct bpf_prog_info` starts with `type`,
     /// then `id`).
     pub fn id(&self) -> io::Result<u32> {
@@ -186,6 +194,20 @@ impl LinkFd {
     /// Opens the link pinned at `pin`.
     pub fn open(pin: &Path) -> io::Result<Self> {
         obj_get(pin).map(Self)
+    }
+
+    /// The id of the program the link runs now (`struct bpf_link_info` starts with `type`,
+    /// `id`, `prog_id`).
+    pub fn prog_id(&self) -> io::Result<u32> {
+        let mut info = [0_u32; 3];
+        let mut attr = InfoByFdAttr { bpf_fd: self.0.as_raw_fd() as u32, info_len: 12, info: info.as_mut_ptr() as u64 };
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        Ok(info[2])
+    }
+
+    /// The program the link runs now.
+    pub fn prog(&self) -> io::Result<ProgFd> {
+        ProgFd::by_id(self.prog_id()?)
     }
 
     /// `BPF_LINK_UPDATE`: atomically swaps the link's program to `new`. With `expected`
@@ -222,13 +244,8 @@ impl AsFd for MapFd {
 /// Whether a program with this id still exists (`BPF_PROG_GET_FD_BY_ID`). A program is freed
 /// only after every link that ran it has been released and detached.
 pub fn prog_exists(id: u32) -> io::Result<bool> {
-    let mut attr = GetFdByIdAttr { id, next_id: 0, open_flags: 0 };
-    match bpf(BPF_PROG_GET_FD_BY_ID, &mut attr) {
-        Ok(fd) => {
-            // SAFETY: BPF_PROG_GET_FD_BY_ID returned a new file descriptor that nothing else owns.
-            drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-            Ok(true)
-        }
+    match ProgFd::by_id(id) {
+        Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }

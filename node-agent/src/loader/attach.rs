@@ -64,6 +64,12 @@ pub(super) struct Undo {
 }
 
 impl Undo {
+    /// Adds what `other` undoes (undone after this one's own steps, in reverse).
+    pub(super) fn extend(&mut self, other: Self) {
+        self.moved.extend(other.moved);
+        self.created.extend(other.created);
+    }
+
     /// Moves every link back and removes the links this swap created.
     pub(super) fn undo(self) {
         for (link, new, old) in self.moved.into_iter().rev() {
@@ -94,15 +100,38 @@ pub(super) trait Strategy: std::fmt::Debug + Send {
         gen_dir: &Path,
     ) -> Result<(), LoadError>;
 
-    /// Makes the programs staged in `next` the ones that run (`current`: the generation
-    /// running now). On error nothing changed; on success the result undoes it.
+    /// Makes the programs staged in `next` the ones that run, whatever the hooks run now
+    /// (the kernel says what that is, not the agent's memory). On error nothing changed; on
+    /// success the result undoes it.
     fn commit(
         &self,
         programs: &[(&v1::BundleProgram, &'static HookSpec)],
         next: &Path,
-        current: Option<&Path>,
         links: &Path,
     ) -> Result<Undo, LoadError>;
+
+    /// Checks with the kernel that every hook of `programs` runs the program pinned in
+    /// `gen_dir`.
+    fn confirm(
+        &self,
+        programs: &[(&v1::BundleProgram, &'static HookSpec)],
+        gen_dir: &Path,
+        links: &Path,
+    ) -> Result<(), LoadError> {
+        for (p, _) in programs {
+            let pin = self.link_pin(links, gen_dir, &p.name);
+            let running = LinkFd::open(&pin)
+                .and_then(|link| link.prog_id())
+                .map_err(super::io_err(format!("reading link {}", pin.display())))?;
+            let staged = ProgFd::open(&prog_pin(gen_dir, &p.name))
+                .and_then(|prog| prog.id())
+                .map_err(super::io_err(format!("reading pinned program {}", p.name)))?;
+            if running != staged {
+                return Err(LoadError::NotEnforcing { program: p.name.clone(), running, staged });
+            }
+        }
+        Ok(())
+    }
 
     /// Where the link of `program` is pinned (`links`: the stable links directory).
     fn link_pin(&self, links: &Path, gen_dir: &Path, program: &str) -> PathBuf;
@@ -179,7 +208,6 @@ impl Strategy for CgroupLinks {
         &self,
         programs: &[(&v1::BundleProgram, &'static HookSpec)],
         next: &Path,
-        current: Option<&Path>,
         links: &Path,
     ) -> Result<Undo, LoadError> {
         std::fs::create_dir_all(links).map_err(super::io_err("creating the links directory"))?;
@@ -196,11 +224,18 @@ impl Strategy for CgroupLinks {
                     return Ok(());
                 }
                 let link = LinkFd::open(&pin).map_err(super::io_err(format!("opening link {}", pin.display())))?;
-                let old = current.and_then(|dir| ProgFd::open(&prog_pin(dir, &p.name)).ok());
-                link.update(&new, old.as_ref()).map_err(super::io_err(format!("BPF_LINK_UPDATE on {}", p.name)))?;
-                if let Some(old) = old {
-                    undo.moved.push((link, new, old));
+                // What the link runs according to the kernel: after a crash mid-swap that
+                // need not be the generation the agent last recorded.
+                let old = link.prog().map_err(super::io_err(format!("reading link {}", pin.display())))?;
+                let ids = (old.id(), new.id());
+                if let (Ok(old), Ok(new)) = ids
+                    && old == new
+                {
+                    return Ok(());
                 }
+                link.update(&new, Some(&old)).map_err(super::io_err(format!("BPF_LINK_UPDATE on {}", p.name)))?;
+                undo.moved.push((link, new, old));
+                super::fault_point("hook");
                 Ok(())
             })();
             if let Err(e) = step {
@@ -265,7 +300,6 @@ impl Strategy for LsmGenerations {
         &self,
         _programs: &[(&v1::BundleProgram, &'static HookSpec)],
         _next: &Path,
-        _current: Option<&Path>,
         _links: &Path,
     ) -> Result<Undo, LoadError> {
         // Attached in `stage`; removing the old generation's pins detaches it.

@@ -186,6 +186,12 @@ async fn nodes_shows_registered_agents_and_sections_they_cannot_enforce(pool: Pg
                     bpf_lsm_paths: bpf_lsm,
                     ..Default::default()
                 }),
+                event_stats: bpf_lsm.then_some(v1::EventStats {
+                    backlog_full: 5,
+                    queue_full: 2,
+                    pending: 9,
+                    ..Default::default()
+                }),
                 ..Default::default()
             })),
         };
@@ -211,6 +217,11 @@ async fn nodes_shows_registered_agents_and_sections_they_cannot_enforce(pool: Pg
         text.contains("node node-a: policy guard (revision 1) section exec is not enforceable on this node: BPF-LSM is not available on this node (kernel 6.18.9)"),
         "{text}"
     );
+    assert!(
+        text.contains("node node-b: 7 decision events dropped since the agent started (backlog full 5, queue full 2, undecodable 0); 9 waiting to be reported"),
+        "{text}"
+    );
+    assert!(!text.contains("node node-a: 0 decision"), "no drops, no note: {text}");
     drop(streams);
 }
 

@@ -187,6 +187,7 @@ impl TestAgent {
             attach_cgroup: attach.to_owned(),
             failsafe_ports: vec![22],
             heartbeat_seconds: 30,
+            event_backlog: 100_000,
             log_json: false,
         }
     }
@@ -204,6 +205,11 @@ impl TestAgent {
         if let Some(agent) = self.agent.take() {
             agent.wait().await;
         }
+    }
+
+    /// The running agent's event counters.
+    pub fn event_stats(&self) -> Option<palisade_proto::v1::EventStats> {
+        self.agent.as_ref().map(palisade_agent::Agent::event_stats)
     }
 
     /// Removes the agent's pins, detaching its programs.

@@ -394,3 +394,61 @@ async fn selected_cgroup_created_after_the_policy_is_enforced_within_a_second(po
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn events_during_a_server_outage_arrive_once_up_to_the_backlog_and_the_rest_are_counted(pool: PgPool) {
+    const BACKLOG: usize = 2_000;
+    const DENIES: u64 = 6_000;
+    if !kernel_tests_enabled("event outage") {
+        return;
+    }
+    let cg = TestCgroup::new("outage");
+    let work = cg.create_child("work");
+    let (_v4, _v6, port) = dual_listeners();
+    let options = palisade_server::Options::default();
+    let signer = options.signer.clone();
+    let server = EmbeddedServer::start_with(pool.clone(), options).await.expect("server");
+    let addr = server.addr();
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    PolicyServiceClient::new(channel.clone()).apply_policy(policy("outage", &work, port, "deny")).await.expect("apply");
+    let state = tempfile::tempdir().expect("tempdir");
+    let node_name = format!("outage-{}", std::process::id());
+    let mut config = TestAgent::config(&server, &node_name, cg.path(), state.path());
+    config.event_backlog = BACKLOG;
+    config.heartbeat_seconds = 1;
+    let agent = TestAgent::start(config).await;
+    applied_after(&channel, &node_name, 0).await;
+
+    server.stop().await.expect("stop");
+    let out = tokio::process::Command::new(PROBE)
+        .args(["--cgroup"])
+        .arg(cg.dir_of(&work))
+        .args(["--repeat", &DENIES.to_string(), "tcp", "127.0.0.1", &port.to_string()])
+        .output()
+        .await
+        .expect("probe runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ok=0 eperm={DENIES} other=0"));
+    // Every deny is accounted for before the server returns: buffered or counted as dropped.
+    let stats = eventually("every deny to be buffered or counted", Duration::from_secs(10), || async {
+        agent.event_stats().filter(|s| s.pending + s.backlog_full + s.queue_full == DENIES)
+    })
+    .await;
+    assert_eq!(stats.pending, BACKLOG as u64, "the backlog is full: {stats:?}");
+    assert_eq!(stats.undecodable, 0);
+
+    let options = palisade_server::Options { signer, ..palisade_server::Options::default() };
+    let server = EmbeddedServer::start_on(pool.clone(), addr, options).await.expect("restart");
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let node = node_when(&channel, &node_name, "the backlog to be delivered and reported", |n| {
+        n.event_stats.as_ref().is_some_and(|s| s.pending == 0 && s.delivered == BACKLOG as u64)
+    })
+    .await;
+    let reported = node.event_stats.expect("stats");
+    assert_eq!(reported.backlog_full + reported.queue_full, DENIES - BACKLOG as u64, "{reported:?}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE node = $1")
+        .bind(&node_name)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(stored, BACKLOG as i64, "what fit the backlog arrived, once");
+}

@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod events;
 pub mod loader;
 pub mod probe;
+pub mod stats;
 pub mod sync;
 pub mod sys;
 
@@ -44,6 +45,10 @@ pub struct Config {
     /// Destination ports never denied, whatever the policies say (failsafe).
     #[arg(long, env = "PALISADE_FAILSAFE_PORTS", value_delimiter = ',', default_value = "22")]
     pub failsafe_ports: Vec<u16>,
+    /// Decision events kept in memory while the server is unreachable (about 400 bytes
+    /// each); beyond it the oldest are dropped and counted in the node's status.
+    #[arg(long, env = "PALISADE_EVENT_BACKLOG", default_value_t = 100_000)]
+    pub event_backlog: usize,
     /// Seconds between heartbeats on the Sync stream.
     #[arg(long, env = "PALISADE_HEARTBEAT_SECONDS", default_value_t = 30)]
     pub heartbeat_seconds: u64,
@@ -162,6 +167,7 @@ pub struct Agent {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     enforcing: Enforcing,
+    stats: std::sync::Arc<stats::EventCounters>,
 }
 
 impl Agent {
@@ -213,9 +219,14 @@ impl Agent {
         let datapath =
             Datapath::new(paths).with_enforcement(Enforcement::for_kernel(&features)).with_public_key(public_key);
         let (ready_tx, ready) = oneshot::channel();
+        let stats = std::sync::Arc::new(stats::EventCounters::default());
+        let thread_stats = stats.clone();
         let handle = std::thread::Builder::new()
             .name("palisade-datapath".into())
-            .spawn(move || datapath_thread(datapath, &command_rx, &events_tx, &enforcing_tx, ready_tx, &stop))
+            .spawn(move || {
+                let queues = Queues { commands: &command_rx, events: &events_tx, stats: &thread_stats };
+                datapath_thread(datapath, &queues, &enforcing_tx, ready_tx, &stop);
+            })
             .map_err(|_| StartError::Datapath)?;
         // The thread owns kernel objects; join it on a blocking task so shutdown waits.
         tracker.spawn_blocking(move || {
@@ -224,6 +235,7 @@ impl Agent {
             }
         });
         let sync = sync::SyncClient {
+            stats: stats.clone(),
             server: config.server.clone(),
             node_name: node_name.clone(),
             labels,
@@ -242,14 +254,26 @@ impl Agent {
         // Say hello only after adoption, so the hello names the bundle the kernel runs.
         ready.await.map_err(|_| StartError::Datapath)?;
         tracker.spawn(sync::run_sync(sync, apply, enforcing.clone(), shutdown.clone()));
-        tracker.spawn(sync::run_reporter(config.server.clone(), node_name, events_rx, shutdown.clone()));
+        tracker.spawn(sync::run_reporter(
+            config.server.clone(),
+            node_name,
+            events_rx,
+            config.event_backlog,
+            stats.clone(),
+            shutdown.clone(),
+        ));
         tracker.close();
-        Ok(Self { tracker, shutdown, enforcing })
+        Ok(Self { tracker, shutdown, enforcing, stats })
     }
 
     /// What the datapath enforces now.
     pub fn enforcing(&self) -> Enforcing {
         self.enforcing.clone()
+    }
+
+    /// The event counters now (what the next heartbeat reports).
+    pub fn event_stats(&self) -> v1::EventStats {
+        self.stats.snapshot()
     }
 
     /// Waits until the agent has stopped (after the shutdown token is cancelled).
@@ -259,11 +283,17 @@ impl Agent {
     }
 }
 
+/// What the datapath thread receives from and sends to the async side.
+struct Queues<'a> {
+    commands: &'a std::sync::mpsc::Receiver<Command>,
+    events: &'a mpsc::Sender<v1::DecisionEvent>,
+    stats: &'a stats::EventCounters,
+}
+
 /// The datapath thread: applies bundles, polls the ring buffer, keeps the cgroup map current.
 fn datapath_thread(
     mut datapath: Datapath,
-    commands: &std::sync::mpsc::Receiver<Command>,
-    events: &mpsc::Sender<v1::DecisionEvent>,
+    queues: &Queues<'_>,
     enforcing: &watch::Sender<Option<(u64, String)>>,
     ready: oneshot::Sender<()>,
     shutdown: &CancellationToken,
@@ -293,7 +323,7 @@ fn datapath_thread(
     let mut last_cgroup_sync = std::time::Instant::now();
     let mut dropped = 0_u64;
     while !shutdown.is_cancelled() {
-        match commands.try_recv() {
+        match queues.commands.try_recv() {
             Ok(Command::Apply(bundle, reply)) => {
                 let generation = bundle.generation;
                 let result = datapath.apply(bundle, &mut batch).inspect_err(|e| {
@@ -320,14 +350,20 @@ fn datapath_thread(
         // SAFETY: a valid array of pollfds; a 50 ms timeout bounds command latency.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
         datapath.drain(&mut batch);
+        let mut lost = 0;
         for event in batch.drain(..) {
-            if events.try_send(event).is_err() {
-                dropped += 1;
+            if queues.events.try_send(event).is_err() {
+                lost += 1;
             }
         }
-        if dropped > 0 && dropped.is_power_of_two() {
-            tracing::warn!(dropped, "event queue full; events dropped");
+        if lost > 0 {
+            queues.stats.queue_full(lost);
+            dropped += lost;
+            if dropped.is_power_of_two() || lost == dropped {
+                tracing::warn!(dropped, "event queue full; events dropped");
+            }
         }
+        queues.stats.set_undecodable(datapath.undecodable());
         let changed = watch.as_ref().is_some_and(cgroups::CgroupWatch::drain);
         // The periodic rescan is only a backstop for missed or unsupported notifications.
         if changed || last_cgroup_sync.elapsed() >= CGROUP_RESCAN {

@@ -212,6 +212,8 @@ pub struct Datapath {
     /// Array maps filled element by element because the kernel refused
     /// `BPF_MAP_UPDATE_BATCH` (for tests and diagnostics).
     batch_fallbacks: std::sync::atomic::AtomicU64,
+    /// Ring-buffer records that did not decode.
+    undecodable: std::sync::atomic::AtomicU64,
 }
 
 /// Where a generation pins its program `name`.
@@ -310,7 +312,13 @@ impl Datapath {
             strategies,
             public_key: None,
             batch_fallbacks: std::sync::atomic::AtomicU64::new(0),
+            undecodable: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many ring-buffer records did not decode (dropped, with a warning).
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many array maps were filled element by element because the kernel refused
@@ -547,7 +555,7 @@ impl Datapath {
         }
         wait_released(&overlapping);
         if let Some(mut old) = old {
-            drain_active(&mut old, self.clock_offset, drained);
+            drain_active(&mut old, self.clock_offset, &self.undecodable, drained);
         }
         let kept = self.paths.bundle_file(keep);
         if let Ok(files) = std::fs::read_dir(self.paths.generations()) {
@@ -687,7 +695,7 @@ impl Datapath {
     /// Moves every queued event record into `out`.
     pub fn drain(&mut self, out: &mut Vec<v1::DecisionEvent>) {
         if let Some(active) = &mut self.active {
-            drain_active(active, self.clock_offset, out);
+            drain_active(active, self.clock_offset, &self.undecodable, out);
         }
     }
 
@@ -711,12 +719,20 @@ impl Datapath {
 }
 
 /// Moves the events queued in a generation's ring buffer into `out`.
-fn drain_active(active: &mut Active, clock_offset: i128, out: &mut Vec<v1::DecisionEvent>) {
+fn drain_active(
+    active: &mut Active,
+    clock_offset: i128,
+    undecodable: &std::sync::atomic::AtomicU64,
+    out: &mut Vec<v1::DecisionEvent>,
+) {
     let Some(ring) = &mut active.events else { return };
     while let Some(item) = ring.next() {
         match events::decode(&item, &active.content, &active.bundle.digest, clock_offset) {
             Ok(event) => out.push(event),
-            Err(error) => tracing::warn!(%error, "dropping an undecodable event record"),
+            Err(error) => {
+                undecodable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(%error, "dropping an undecodable event record");
+            }
         }
     }
 }

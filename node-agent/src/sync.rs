@@ -1,7 +1,12 @@
 //! The agent's side of the protocol: the `Sync` control stream (hello, bundles, ACK/NACK,
 //! heartbeats) and event reporting, both reconnecting with jittered backoff.
 
-use std::{collections::BTreeMap, future::Future, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    future::Future,
+    sync::Arc,
+    time::Duration,
+};
 
 use palisade_proto::v1::{self, agent_service_client::AgentServiceClient, sync_request, sync_response};
 use rand::Rng as _;
@@ -10,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{ApplyError, Enforcing, error_chain, server_url};
+use crate::{ApplyError, Enforcing, error_chain, server_url, stats::EventCounters};
 
 /// Why a Sync session or an event report ended.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +58,8 @@ pub struct SyncClient {
     pub failsafe_ports: Vec<u32>,
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// Event counters, sent with the hello and every heartbeat.
+    pub stats: Arc<EventCounters>,
 }
 
 /// Exponential backoff from 200 ms to 10 s with ±50 % jitter, so a fleet that lost the
@@ -149,6 +156,7 @@ where
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         server_endpoints: server_endpoints(&client.server).await,
         failsafe_ports: client.failsafe_ports.clone(),
+        event_stats: Some(client.stats.snapshot()),
     };
     let (out, out_rx) = mpsc::channel(16);
     let send = |m: sync_request::Message| {
@@ -171,7 +179,8 @@ where
             () = shutdown.cancelled() => return Ok(()),
             _ = heartbeat.tick() => {
                 let now = std::time::SystemTime::now();
-                send(sync_request::Message::Heartbeat(v1::Heartbeat { sent_at: Some(now.into()) })).await?;
+                let event_stats = Some(client.stats.snapshot());
+                send(sync_request::Message::Heartbeat(v1::Heartbeat { sent_at: Some(now.into()), event_stats })).await?;
                 continue;
             }
             m = inbound.message() => m.map_err(SyncError::Stream)?,
@@ -194,36 +203,45 @@ where
     }
 }
 
-/// Streams events to the server in batches; keeps (a bounded number of) events across
-/// reconnects so a server restart loses nothing the agent has not already dropped.
+/// Streams events to the server in batches. While the server is unreachable events are kept
+/// in memory, at most `backlog` of them (the oldest are dropped first and counted); they are
+/// sent, once each, when it is back. The queue from the datapath is drained into the backlog
+/// also while waiting to retry, so a burst during an outage fills the backlog, not the queue.
 pub async fn run_reporter(
     server: String,
     node_name: String,
     mut events: mpsc::Receiver<v1::DecisionEvent>,
+    backlog: usize,
+    stats: Arc<EventCounters>,
     shutdown: CancellationToken,
 ) {
     const BATCH: usize = 1000;
-    const MAX_PENDING: usize = 100_000;
-    let mut pending: Vec<v1::DecisionEvent> = Vec::new();
+    let backlog = backlog.max(1);
+    let mut pending: VecDeque<v1::DecisionEvent> = VecDeque::new();
+    let keep = |pending: &mut VecDeque<v1::DecisionEvent>, e: v1::DecisionEvent| {
+        if pending.len() >= backlog {
+            pending.pop_front();
+            stats.backlog_full(1);
+        }
+        pending.push_back(e);
+    };
     let mut client: Option<AgentServiceClient<Channel>> = None;
     let mut backoff = Backoff::default();
     loop {
+        stats.set_pending(pending.len());
         if pending.is_empty() {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 e = events.recv() => match e {
-                    Some(e) => pending.push(e),
+                    Some(e) => keep(&mut pending, e),
                     None => return,
                 },
             }
         }
-        // Gather what is already queued, up to a batch.
-        while pending.len() < BATCH {
-            match events.try_recv() {
-                Ok(e) => pending.push(e),
-                Err(_) => break,
-            }
+        while let Ok(e) = events.try_recv() {
+            keep(&mut pending, e);
         }
+        stats.set_pending(pending.len());
         if client.is_none() {
             match connect(&server).await {
                 Ok(channel) => client = Some(AgentServiceClient::new(channel)),
@@ -243,6 +261,7 @@ pub async fn run_reporter(
         match sent {
             Ok(_) => {
                 pending.drain(..batch.len());
+                stats.delivered(batch.len() as u64);
                 backoff.reset();
             }
             Err(error) => {
@@ -252,15 +271,21 @@ pub async fn run_reporter(
                     "reporting events failed; will retry"
                 );
                 client = None;
-                if pending.len() > MAX_PENDING {
-                    let excess = pending.len() - MAX_PENDING;
-                    pending.drain(..excess);
-                    tracing::warn!(dropped = excess, "event backlog full; oldest events dropped");
-                }
-                let delay = backoff.delay();
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
+                let retry = tokio::time::sleep(backoff.delay());
+                tokio::pin!(retry);
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = &mut retry => break,
+                        e = events.recv() => {
+                            if let Some(e) = e {
+                                keep(&mut pending, e);
+                            } else {
+                                (&mut retry).await;
+                                break;
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -1,8 +1,10 @@
-//! `connect-probe [--cgroup DIR] (tcp|udp|bind-tcp|bind-udp) ADDR PORT`, or
+//! `connect-probe [--cgroup DIR] [--repeat N] (tcp|udp|bind-tcp|bind-udp) ADDR PORT`, or
 //! `connect-probe [--cgroup DIR] (exec|open-read|open-write|open-rw) PATH`: moves itself into a
 //! cgroup, makes one connect(2), bind(2), execve(2) (of `PATH` as `busybox true`: a
 //! busybox copy in the guest suite) or open(2), and prints `ok` or the errno name; the exit code is 0 for ok, 1
-//! for EPERM, 2 for anything else. Tests use it to act as a workload in a cgroup they created.
+//! for EPERM, 2 for anything else. With `--repeat N` it makes N TCP connects, one every 50 µs,
+//! and prints `ok=A eperm=B other=C` (exit 0). Tests use it to act as a workload in a cgroup
+//! they created.
 #![allow(clippy::print_stdout, reason = "the probe reports on stdout")]
 
 use std::{
@@ -42,6 +44,11 @@ fn main() -> ExitCode {
         };
         return report(result);
     }
+    let mut repeat = None;
+    if args.first().map(String::as_str) == Some("--repeat") && args.len() > 1 {
+        repeat = args[1].parse::<u32>().ok();
+        args.drain(..2);
+    }
     let [proto, addr, port] = args.as_slice() else {
         println!("usage: connect-probe [--cgroup DIR] (tcp|udp) ADDR PORT");
         return ExitCode::from(3);
@@ -51,6 +58,19 @@ fn main() -> ExitCode {
         return ExitCode::from(3);
     };
     let target = SocketAddr::new(ip, port);
+    if let Some(n) = repeat {
+        let (mut ok, mut eperm, mut other) = (0, 0, 0);
+        for _ in 0..n {
+            match TcpStream::connect_timeout(&target, Duration::from_secs(3)) {
+                Ok(_) => ok += 1,
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+                Err(_) => other += 1,
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        println!("ok={ok} eperm={eperm} other={other}");
+        return ExitCode::SUCCESS;
+    }
     let result: io::Result<()> = if proto == "bind-tcp" {
         std::net::TcpListener::bind(target).map(drop)
     } else if proto == "bind-udp" {

@@ -46,7 +46,9 @@ type SyncStream = Pin<Box<dyn Stream<Item = Result<v1::SyncResponse, Status>> + 
 
 fn heartbeat() -> v1::SyncResponse {
     let now = crate::store::timestamp(chrono::Utc::now());
-    v1::SyncResponse { message: Some(v1::sync_response::Message::Heartbeat(v1::Heartbeat { sent_at: Some(now) })) }
+    v1::SyncResponse {
+        message: Some(v1::sync_response::Message::Heartbeat(v1::Heartbeat { sent_at: Some(now), event_stats: None })),
+    }
 }
 
 /// One Sync stream after its hello.
@@ -130,7 +132,9 @@ async fn drive(
             m = inbound.message() => m,
         };
         let result = match message {
-            Ok(Some(v1::SyncRequest { message: Some(Inbound::Heartbeat(_)) })) => store.node_seen(&node).await,
+            Ok(Some(v1::SyncRequest { message: Some(Inbound::Heartbeat(h)) })) => {
+                store.node_seen(&node, h.event_stats.as_ref()).await
+            }
             Ok(Some(v1::SyncRequest { message: Some(Inbound::Ack(ack)) })) => {
                 tracing::info!(node, generation = ack.generation, digest = ack.digest, "bundle acknowledged");
                 store.node_ack(&node, ack.generation, &ack.digest).await

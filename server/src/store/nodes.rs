@@ -42,7 +42,7 @@ const LIVENESS_SECONDS: i64 = 90;
 
 const NODE_COLUMNS: &str = "name, labels, features, agent_version, registered_at, last_seen, \
      desired_generation, desired_digest, applied_generation, applied_digest, \
-     last_error, last_error_generation, last_error_digest, last_error_at, \
+     last_error, last_error_generation, last_error_digest, last_error_at, event_stats, \
      (connected AND last_seen > now() - make_interval(secs => $LIVE)) AS connected_now";
 
 fn columns() -> String {
@@ -68,7 +68,13 @@ fn node_from_row(row: &PgRow) -> Result<v1::Node, ApiError> {
             at: row.try_get::<Option<_>, _>("last_error_at")?.map(timestamp),
         }),
     };
+    let event_stats: Option<Vec<u8>> = row.try_get("event_stats")?;
+    let event_stats = event_stats
+        .map(|s| v1::EventStats::decode(s.as_slice()))
+        .transpose()
+        .map_err(|e| ApiError::Corrupt(format!("node {name} event stats: {e}")))?;
     Ok(v1::Node {
+        event_stats,
         name,
         labels,
         features,
@@ -93,12 +99,13 @@ impl Store {
         let labels = serde_json::to_value(&hello.labels).map_err(|e| ApiError::Corrupt(e.to_string()))?;
         let features = hello.features.as_ref().map(prost::Message::encode_to_vec);
         let failsafe = serde_json::json!({ "endpoints": hello.server_endpoints, "ports": hello.failsafe_ports });
+        let event_stats = hello.event_stats.as_ref().map(prost::Message::encode_to_vec);
         let mut tx = self.pool.begin().await?;
         let inserted: bool = sqlx::query_scalar(
-            "INSERT INTO nodes (name, labels, features, agent_version, connected, last_seen, applied_generation, applied_digest, failsafe) \
-             VALUES ($1, $2, $3, $4, true, now(), $5, $6, $7) \
+            "INSERT INTO nodes (name, labels, features, agent_version, connected, last_seen, applied_generation, applied_digest, failsafe, event_stats) \
+             VALUES ($1, $2, $3, $4, true, now(), $5, $6, $7, $8) \
              ON CONFLICT (name) DO UPDATE SET labels = $2, features = $3, agent_version = $4, connected = true, \
-               last_seen = now(), applied_generation = $5, applied_digest = $6, failsafe = $7 \
+               last_seen = now(), applied_generation = $5, applied_digest = $6, failsafe = $7, event_stats = $8 \
              RETURNING (xmax = 0)",
         )
         .bind(&hello.node_name)
@@ -108,6 +115,7 @@ impl Store {
         .bind(hello.bundle_generation as i64)
         .bind(&hello.bundle_digest)
         .bind(failsafe)
+        .bind(event_stats)
         .fetch_one(&mut *tx)
         .await?;
         if inserted {
@@ -178,12 +186,16 @@ impl Store {
         Ok(())
     }
 
-    /// Records that the node was heard from.
-    pub async fn node_seen(&self, name: &str) -> Result<(), ApiError> {
-        sqlx::query("UPDATE nodes SET last_seen = now(), connected = true WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
+    /// Records that the node was heard from, with its event counters when it sent them.
+    pub async fn node_seen(&self, name: &str, event_stats: Option<&v1::EventStats>) -> Result<(), ApiError> {
+        sqlx::query(
+            "UPDATE nodes SET last_seen = now(), connected = true, event_stats = COALESCE($2, event_stats) \
+             WHERE name = $1",
+        )
+        .bind(name)
+        .bind(event_stats.map(prost::Message::encode_to_vec))
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

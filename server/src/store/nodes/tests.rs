@@ -17,6 +17,7 @@ fn hello(name: &str, team: &str, generation: u64) -> v1::AgentHello {
         agent_version: "0.1.0".into(),
         server_endpoints: vec!["127.0.0.1:50051".into()],
         failsafe_ports: vec![22],
+        event_stats: None,
     }
 }
 
@@ -74,7 +75,10 @@ async fn ack_clears_only_an_older_or_equal_nack_and_disconnect_is_shown(pool: Pg
     assert_eq!((node.applied_generation, node.applied_digest.as_str()), (5, "d5"));
     store.node_disconnected("n1").await.expect("disconnect");
     assert!(!store.get_node("n1").await.expect("node").connected);
-    store.node_seen("n1").await.expect("seen");
+    let stats = v1::EventStats { backlog_full: 7, pending: 3, ..Default::default() };
+    store.node_seen("n1", Some(&stats)).await.expect("seen");
+    store.node_seen("n1", None).await.expect("seen without counters");
+    assert_eq!(store.get_node("n1").await.expect("node").event_stats, Some(stats), "kept until new counters come");
     assert!(store.get_node("n1").await.expect("node").connected, "heard from again");
 }
 

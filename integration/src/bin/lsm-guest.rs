@@ -83,7 +83,46 @@ fn deny_policy(cgroup: &str, port: u16, mode: &str, default: &str, action: &str)
     )
 }
 
+/// Where the guest's agent keeps things (the suite's datapaths and the crash workers share it).
+fn guest_paths() -> Paths {
+    let cgroup2 = probe::cgroup2_mount().unwrap_or_default();
+    Paths {
+        bpffs: PathBuf::from("/sys/fs/bpf/palisade"),
+        state_dir: PathBuf::from("/tmp/palisade-state"),
+        attach: cgroup2.clone(),
+        cgroup2,
+    }
+}
+
+/// `lsm-guest worker BUNDLE`: one agent lifetime in a process of its own for the crash
+/// checks — adopt what is pinned, apply the bundle file; `PALISADE_FAULT_AT` aborts it at a
+/// step. Exit 0 when applied, 1 otherwise.
+fn worker(bundle: &str) -> i32 {
+    let features = probe::probe();
+    let mut datapath =
+        Datapath::new(guest_paths()).with_enforcement(Enforcement::Lsm { resolve_paths: features.bpf_lsm_paths });
+    let adopted = datapath.adopt();
+    let bundle = std::fs::read(bundle).ok().and_then(|b| <v1::Bundle as prost::Message>::decode(b.as_slice()).ok());
+    let Some(bundle) = bundle else { return 3 };
+    match datapath.apply(bundle, &mut Vec::new()) {
+        Ok(()) => {
+            println!("adopted={adopted:?} ok");
+            0
+        }
+        Err(e) => {
+            println!("adopted={adopted:?} {}", palisade_agent::error_chain(&e));
+            1
+        }
+    }
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, mode, bundle] = args.as_slice()
+        && mode == "worker"
+    {
+        std::process::exit(worker(bundle));
+    }
     let mut suite = Suite { passed: 0, failed: 0 };
     let features = probe::probe();
     println!(
@@ -181,17 +220,24 @@ fn main() {
     bind_denied(&mut suite, &mut datapath, &mut apply, &work, &other, other_port);
     exec_checks(&mut suite, &mut datapath, &mut apply, &work, &other);
     file_checks(&mut suite, &mut datapath, &mut apply, &work, &other);
+    path_swap_under_load(&mut suite, &mut datapath, &mut apply, &work);
     datapath = restart_and_reject(&mut suite, datapath, &mut apply, &work, port);
+    datapath = crash_at_every_step(&mut suite, datapath, &work, port, features.bpf_lsm_paths);
 
+    remove_and_check_detached(&mut suite, datapath, &work, port);
+    println!("DONE {} {}", suite.passed, suite.failed);
+}
+
+/// Removing the pins detaches everything.
+fn remove_and_check_detached(suite: &mut Suite, mut datapath: Datapath, work: &Path, port: u16) {
     let _ = datapath.remove_all();
     // Detaching after the last pin goes away completes asynchronously: poll.
     let mut after = String::new();
     let _ = palisade_testkit::poll_blocking(Duration::from_secs(2), || {
-        after = connect(&work, "tcp", "127.0.0.1", port);
+        after = connect(work, "tcp", "127.0.0.1", port);
         (after == "ok").then_some(())
     });
     suite.check("removing_pins_detaches", after == "ok", &after);
-    println!("DONE {} {}", suite.passed, suite.failed);
 }
 
 /// Generation swaps under a loop of attempts: zero denied attempts may get through.
@@ -390,6 +436,131 @@ fn file_checks(
         loaded.is_ok() && write == "ok" && would_deny,
         format!("loaded={loaded:?} write={write} would_deny={would_deny}"),
     );
+}
+
+/// exec and open swaps under a loop of execs and opens: zero denied attempts get through.
+fn path_swap_under_load(
+    suite: &mut Suite,
+    datapath: &mut Datapath,
+    apply: &mut impl FnMut(&mut Datapath, &str, &mut Vec<v1::DecisionEvent>) -> Result<(), String>,
+    work: &Path,
+) {
+    let mut drained = Vec::new();
+    let policy = |i: usize| {
+        format!(
+            "name: lsm-paths\nworkload: {{cgroup: /work}}\nexec:\n  rules:\n    - {{id: no-exec-{i}, action: deny, paths: [/tmp/tools/blocked]}}\nfiles:\n  rules:\n    - {{id: ro-{i}, action: deny, access: [write], paths: [/tmp/data/secret]}}\n"
+        )
+    };
+    let first = apply(datapath, &policy(0), &mut drained);
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (stop, work) = (stop.clone(), work.to_owned());
+        std::thread::spawn(move || {
+            let (mut tries, mut through) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                for (mode, path) in [("exec", "/tmp/tools/blocked"), ("open-write", "/tmp/data/secret")] {
+                    tries += 1;
+                    let got = path_op(&work, mode, path);
+                    if got != "EPERM" {
+                        through.push(format!("{mode}:{got}"));
+                    }
+                }
+            }
+            (tries, through)
+        })
+    };
+    let mut swaps_ok = first.is_ok();
+    for i in 1..7 {
+        swaps_ok &= apply(datapath, &policy(i), &mut drained).is_ok();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (tries, through) = prober.join().unwrap_or((0, vec!["prober panicked".into()]));
+    suite.check(
+        "exec_and_open_swaps_let_no_denied_attempt_through",
+        swaps_ok && tries > 0 && through.is_empty(),
+        format!("swaps_ok={swaps_ok} {} of {tries} through {through:?}", through.len()),
+    );
+}
+
+/// The agent killed at every step of a swap (a worker process with `PALISADE_FAULT_AT`)
+/// under a connect loop: the restarted agent applies the next bundle, exactly one generation
+/// stays pinned and attached (its LSM links are the only links in the kernel), nothing
+/// denied gets through, and an allowing generation then allows (no orphan keeps denying).
+fn crash_at_every_step(suite: &mut Suite, datapath: Datapath, work: &Path, port: u16, paths: bool) -> Datapath {
+    drop(datapath);
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/bin/lsm-guest"));
+    let run = |yaml: &str, generation: u64, fault: &str| -> Result<std::process::Output, String> {
+        let b = bundle(yaml, generation)?;
+        std::fs::write("/tmp/crash.bundle", prost::Message::encode_to_vec(&b)).map_err(|e| e.to_string())?;
+        Command::new(&exe)
+            .args(["worker", "/tmp/crash.bundle"])
+            .env("PALISADE_FAULT_AT", fault)
+            .env("PALISADE_LOG", "warn")
+            .output()
+            .map_err(|e| e.to_string())
+    };
+    let gen_dirs = || {
+        std::fs::read_dir("/sys/fs/bpf/palisade")
+            .map_or(0, |d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("gen-")).count())
+    };
+    let expected_links = if paths { 4 } else { 2 };
+    let links = || aya::programs::loaded_links().flatten().count();
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (stop, work) = (stop.clone(), work.to_owned());
+        std::thread::spawn(move || {
+            let (mut tries, mut through) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                tries += 1;
+                if connect(&work, "tcp", "127.0.0.1", port) != "EPERM" {
+                    through += 1;
+                }
+            }
+            (tries, through)
+        })
+    };
+    let mut problems = Vec::new();
+    let mut generation = 1000;
+    for step in palisade_agent::loader::FAULT_STEPS {
+        generation += 1;
+        let deny = deny_policy("/work", port, "enforce", "allow", "deny");
+        let dying = run(&deny.replace("id: rule", &format!("id: {step}-rule")), generation, step);
+        // LSM swaps move no links, so `hook` is never reached: that worker finishes.
+        let aborted = dying.as_ref().is_ok_and(|o| {
+            use std::os::unix::process::ExitStatusExt as _;
+            if step == "hook" { o.status.success() } else { o.status.signal() == Some(libc::SIGABRT) }
+        });
+        if !aborted {
+            problems.push(format!("{step}: worker {dying:?}"));
+        }
+        generation += 1;
+        let next = run(&deny.replace("id: rule", &format!("id: after-{step}")), generation, "");
+        if !next.as_ref().is_ok_and(|o| o.status.success()) {
+            problems.push(format!("{step}: next bundle {next:?}"));
+        }
+        let settled = palisade_testkit::poll_blocking(Duration::from_secs(3), || {
+            (gen_dirs() == 1 && links() == expected_links).then_some(())
+        });
+        if settled.is_err() {
+            problems.push(format!("{step}: {} generations pinned, {} links", gen_dirs(), links()));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (tries, through) = prober.join().unwrap_or((0, 1));
+    generation += 1;
+    let open = run(&deny_policy("/work", port, "enforce", "allow", "allow"), generation, "");
+    let allowed = palisade_testkit::poll_blocking(Duration::from_secs(2), || {
+        (connect(work, "tcp", "127.0.0.1", port) == "ok").then_some(())
+    });
+    suite.check(
+        "crash_at_every_swap_step_leaves_one_generation",
+        problems.is_empty() && tries > 0 && through == 0 && open.is_ok_and(|o| o.status.success()) && allowed.is_ok(),
+        format!("{through} of {tries} through; allowed after={allowed:?}; {problems:?}"),
+    );
+    let mut adopted = Datapath::new(guest_paths()).with_enforcement(Enforcement::Lsm { resolve_paths: paths });
+    let _ = adopted.adopt();
+    adopted
 }
 
 /// An agent restart adopts the pinned LSM generation (still denying, nothing reloaded), and

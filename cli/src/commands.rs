@@ -366,17 +366,15 @@ async fn nodes(channel: &Channel) -> anyhow::Result<()> {
                     n.name, u.policy, u.revision, u.section, u.reason
                 ));
             }
-            if let Some(s) = n.event_stats.as_ref().filter(|s| s.backlog_full + s.queue_full + s.undecodable > 0) {
-                notes.push(format!(
-                    "node {}: {} decision events dropped since the agent started (backlog full {}, queue full {}, \
-                     undecodable {}); {} waiting to be reported",
-                    n.name,
-                    s.backlog_full + s.queue_full + s.undecodable,
-                    s.backlog_full,
-                    s.queue_full,
-                    s.undecodable,
-                    s.pending
-                ));
+            if let Some(s) = n.event_stats.as_ref() {
+                let dropped = s.backlog_full + s.queue_full + s.undecodable + s.ring_full;
+                if dropped > 0 {
+                    notes.push(format!(
+                        "node {}: {dropped} decision events dropped since the agent started (ring buffer full {}, \
+                         queue full {}, backlog full {}, undecodable {}); {} waiting to be reported",
+                        n.name, s.ring_full, s.queue_full, s.backlog_full, s.undecodable, s.pending
+                    ));
+                }
             }
             table.row(vec![
                 n.name,

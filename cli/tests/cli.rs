@@ -218,7 +218,7 @@ async fn nodes_shows_registered_agents_and_sections_they_cannot_enforce(pool: Pg
         "{text}"
     );
     assert!(
-        text.contains("node node-b: 7 decision events dropped since the agent started (backlog full 5, queue full 2, undecodable 0); 9 waiting to be reported"),
+        text.contains("node node-b: 7 decision events dropped since the agent started (ring buffer full 0, queue full 2, backlog full 5, undecodable 0); 9 waiting to be reported"),
         "{text}"
     );
     assert!(!text.contains("node node-a: 0 decision"), "no drops, no note: {text}");

@@ -288,6 +288,7 @@ pub fn compile(set: &PolicySet, offsets: KernelOffsets) -> Result<Compiled, Comp
     let mut events = map(maps::EVENTS, v1::MapRole::Events, BPF_MAP_TYPE_RINGBUF, 0, 0, Vec::new());
     events.max_entries = EVENTS_BYTES;
     maps_out.push(events);
+    maps_out.push(map(maps::LOST, v1::MapRole::Counters, BPF_MAP_TYPE_ARRAY, 4, 8, Vec::new()));
     let defs = map_defs(&maps_out);
     let elf_programs: Vec<ElfProgram<'_>> = programs
         .iter()

@@ -119,6 +119,11 @@ impl<'c> Simulation<'c> {
         Ok(Self { compiled, offsets, maps })
     }
 
+    /// The maps the programs read and write (to fill a ring buffer, or read a counter).
+    pub fn maps_mut(&mut self) -> &mut Maps {
+        &mut self.maps
+    }
+
     fn program(&self, hook: Hook) -> Result<&'c crate::bpf::asm::Program, SimulateError> {
         self.compiled.programs.iter().find(|(h, _)| *h == hook).map(|(_, p)| p).ok_or(SimulateError::NoProgram(hook))
     }

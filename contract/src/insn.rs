@@ -58,6 +58,10 @@ pub const MODE_ABS: u8 = 0x20;
 pub const MODE_IND: u8 = 0x40;
 /// `BPF_MEM`: memory load or store.
 pub const MODE_MEM: u8 = 0x60;
+/// Atomic memory operation (`BPF_ATOMIC`, formerly `BPF_XADD`); the operation is in `imm`.
+pub const MODE_ATOMIC: u8 = 0xc0;
+/// `BPF_ADD` as an atomic operation (without `BPF_FETCH`).
+pub const ATOMIC_ADD: i32 = 0x00;
 
 // Source operand flag (bit 3) for ALU and jump classes; for `BPF_END` it selects the byte order.
 /// `BPF_K`: the operand is the immediate.
@@ -427,6 +431,12 @@ pub fn ldx(size: Size, dst: u8, src: u8, off: i16) -> Insn {
 /// `*(size *)(dst + off) = src`.
 pub fn stx(size: Size, dst: u8, src: u8, off: i16) -> Insn {
     insn(CLASS_STX | size.code() | MODE_MEM, dst, src, off, 0)
+}
+
+/// `lock *(size *)(dst + off) += src` (`size` is `W` or `DW`; the old `BPF_XADD`, which every
+/// kernel with eBPF accepts).
+pub fn atomic_add(size: Size, dst: u8, src: u8, off: i16) -> Insn {
+    insn(CLASS_STX | size.code() | MODE_ATOMIC, dst, src, off, ATOMIC_ADD)
 }
 
 /// `*(size *)(dst + off) = imm`.

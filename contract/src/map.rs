@@ -8,6 +8,10 @@ use crate::hook::Operation;
 /// Ring buffer of records (shared by every program).
 pub const EVENTS: &str = "pal_events";
 
+/// Records the programs could not write because [`EVENTS`] was full: an array of one `u64`
+/// (role `Counters`) the programs add to atomically and the agent reads.
+pub const LOST: &str = "pal_lost";
+
 /// The kernel map types bundles use (UAPI `enum bpf_map_type`).
 pub mod kind {
     /// `BPF_MAP_TYPE_HASH`.

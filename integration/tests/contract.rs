@@ -103,3 +103,37 @@ fn records_of_every_hook_decode_into_the_events_the_programs_meant() {
     assert_eq!((e.verdict, e.would_deny), (v1::Verdict::Audit as i32, true));
     assert_eq!((e.hook.as_str(), e.path.as_str()), ("lsm/bprm_check_security", "/usr/bin/curl"));
 }
+
+#[test]
+fn a_record_the_full_ring_buffer_refuses_is_counted_in_pal_lost_and_the_decision_stands() {
+    let set = set();
+    let compiled = compile(&set, OFFSETS).expect("compiles");
+    let mut sim = Simulation::new(&compiled, OFFSETS).expect("maps");
+    let lost = |sim: &mut Simulation<'_>| {
+        let value = sim.maps_mut().get(palisade_contract::map::LOST, &0_u32.to_le_bytes()).expect("pal_lost[0]");
+        u64::from_le_bytes(value.try_into().expect("a u64"))
+    };
+    let denied = network(Operation::Connect, "10.1.2.3", 9999, Protocol::Tcp);
+    assert_eq!(lost(&mut sim), 0);
+    sim.maps_mut().set_ring_full(true);
+    for (n, hook) in [Hook::Connect4, Hook::LsmSocketConnect].into_iter().enumerate() {
+        let out = sim.network(hook, &denied).expect("runs");
+        assert_eq!(out.verdict, Verdict::Deny, "{hook:?}: a full ring buffer changes no decision");
+        assert!(out.records.is_empty());
+        assert_eq!(lost(&mut sim), n as u64 + 1, "{hook:?}: the refused record is counted");
+    }
+    let file = PathAttempt {
+        operation: Operation::Files,
+        cgroup: vec!["web".into()],
+        uid: 0,
+        path: b"/etc/passwd".to_vec(),
+        access: ACCESS_WRITE,
+    };
+    let out = sim.path(&file).expect("runs");
+    assert_eq!((out.verdict, out.records.len()), (Verdict::Deny, 0));
+    assert_eq!(lost(&mut sim), 3, "path records are counted too");
+    sim.maps_mut().set_ring_full(false);
+    let out = sim.network(Hook::Connect4, &denied).expect("runs");
+    assert_eq!(out.records.len(), 1, "room again: records flow");
+    assert_eq!(lost(&mut sim), 3);
+}

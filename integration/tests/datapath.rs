@@ -133,3 +133,43 @@ fn datapath_enforces_denies_reports_events_and_swaps_generations() {
         (probe(PROBE, in_work.as_deref(), "tcp", "127.0.0.1", port) == Connect::Ok).then_some(())
     });
 }
+
+#[test]
+fn records_the_full_ring_buffer_refuses_are_counted_and_every_deny_is_accounted_for() {
+    const DENIES: usize = 10_000;
+    if !kernel_tests_enabled("records_the_full_ring_buffer_refuses_are_counted_and_every_deny_is_accounted_for") {
+        return;
+    }
+    let cg = TestCgroup::new("ringfull");
+    let work = cg.create_child("work");
+    let (_v4, _v6, port) = dual_listeners();
+    let state = tempfile::tempdir().expect("tempdir");
+    let pins = TestPins::new("ringfull");
+    let mut datapath = Datapath::new(Paths {
+        bpffs: pins.path().to_owned(),
+        state_dir: state.path().to_owned(),
+        cgroup2: cgroup2(),
+        attach: cg.dir(),
+    });
+    let mut drained = Vec::new();
+    datapath.apply(bundle(&policy(&work, port, "deny"), 1).1, &mut drained).expect("apply");
+    // Nobody drains while the workload denies itself 10,000 times: the 256 KiB ring buffer
+    // holds a few thousand records, the rest must be counted, not lost silently.
+    let out = std::process::Command::new(PROBE)
+        .arg("--cgroup")
+        .arg(cg.dir_of(&work))
+        .args(["--repeat", &DENIES.to_string(), "tcp", "127.0.0.1", &port.to_string()])
+        .output()
+        .expect("probe runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ok=0 eperm={DENIES} other=0"));
+    let mut events = Vec::new();
+    datapath.drain(&mut events);
+    let lost = datapath.ring_lost();
+    assert!(lost > 0 && !events.is_empty(), "the ring overflowed: {} drained, {lost} lost", events.len());
+    assert_eq!(events.len() as u64 + lost, DENIES as u64, "every deny is a record or a count");
+    // The count survives a swap (it is the datapath's, not one generation's).
+    datapath
+        .apply(bundle(&policy(&work, port, "deny").replace("id: block", "id: again"), 2).1, &mut drained)
+        .expect("swap");
+    assert_eq!(datapath.ring_lost(), lost);
+}

@@ -364,6 +364,7 @@ fn datapath_thread(
             }
         }
         queues.stats.set_undecodable(datapath.undecodable());
+        queues.stats.set_ring_full(datapath.ring_lost());
         let changed = watch.as_ref().is_some_and(cgroups::CgroupWatch::drain);
         // The periodic rescan is only a backstop for missed or unsupported notifications.
         if changed || last_cgroup_sync.elapsed() >= CGROUP_RESCAN {

@@ -188,6 +188,15 @@ pub struct Active {
     /// Per cgroups map (one per policy section): the map and the ids it holds by path.
     cgroup_maps: BTreeMap<String, (MapFd, BTreeMap<String, u64>)>,
     events: Option<RingBuf<MapData>>,
+    /// `pal_lost`: records the ring buffer had no room for.
+    lost: Option<MapFd>,
+}
+
+impl Active {
+    /// Records this generation's programs could not write to its ring buffer so far.
+    fn lost(&self) -> u64 {
+        self.lost.as_ref().and_then(|m| m.lookup_u64(0).ok().flatten()).unwrap_or(0)
+    }
 }
 
 impl std::fmt::Debug for Active {
@@ -214,6 +223,8 @@ pub struct Datapath {
     batch_fallbacks: std::sync::atomic::AtomicU64,
     /// Ring-buffer records that did not decode.
     undecodable: std::sync::atomic::AtomicU64,
+    /// Records released generations could not write to their ring buffers.
+    lost_retired: std::sync::atomic::AtomicU64,
 }
 
 /// Where a generation pins its program `name`.
@@ -313,7 +324,14 @@ impl Datapath {
             public_key: None,
             batch_fallbacks: std::sync::atomic::AtomicU64::new(0),
             undecodable: std::sync::atomic::AtomicU64::new(0),
+            lost_retired: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many records the programs could not write because the ring buffer was full (the
+    /// agent did not drain it in time), over every generation this datapath ran.
+    pub fn ring_lost(&self) -> u64 {
+        self.lost_retired.load(std::sync::atomic::Ordering::Relaxed) + self.active.as_ref().map_or(0, Active::lost)
     }
 
     /// How many ring-buffer records did not decode (dropped, with a warning).
@@ -416,7 +434,7 @@ impl Datapath {
             );
             write_state(&self.paths, &bundle.encode_to_vec())?;
         }
-        let mut active = Active { bundle, content, gen_dir, cgroup_maps: BTreeMap::new(), events: None };
+        let mut active = Active { bundle, content, gen_dir, cgroup_maps: BTreeMap::new(), events: None, lost: None };
         self.open_maps(&mut active)?;
         self.release_others(&active.gen_dir, None, &mut Vec::new());
         tracing::info!(generation = active.bundle.generation, digest = active.bundle.digest, "adopted pinned bundle");
@@ -458,6 +476,8 @@ impl Datapath {
                 let ids = sync_cgroup_map(&self.paths.cgroup2, map.as_fd(), &selected, &BTreeMap::new())
                     .map_err(io_err("filling the cgroup map"))?;
                 active.cgroup_maps.insert(m.name.clone(), (map, ids));
+            } else if m.role == v1::MapRole::Counters as i32 && m.name == map::LOST {
+                active.lost = Some(MapFd::open(&pin).map_err(io_err(format!("opening pinned map {}", pin.display())))?);
             } else if m.role == v1::MapRole::Events as i32 {
                 let data = MapData::from_pin(&pin).map_err(LoadError::Events)?;
                 let map = Map::from_map_data(data).map_err(LoadError::Events)?;
@@ -556,6 +576,7 @@ impl Datapath {
         wait_released(&overlapping);
         if let Some(mut old) = old {
             drain_active(&mut old, self.clock_offset, &self.undecodable, drained);
+            self.lost_retired.fetch_add(old.lost(), std::sync::atomic::Ordering::Relaxed);
         }
         let kept = self.paths.bundle_file(keep);
         if let Ok(files) = std::fs::read_dir(self.paths.generations()) {
@@ -631,6 +652,7 @@ impl Datapath {
             gen_dir: gen_dir.to_owned(),
             cgroup_maps: BTreeMap::new(),
             events: None,
+            lost: None,
         };
         self.open_maps(&mut active)?;
         Ok(active)

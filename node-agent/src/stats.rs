@@ -13,6 +13,7 @@ pub struct EventCounters {
     undecodable: AtomicU64,
     pending: AtomicU64,
     delivered: AtomicU64,
+    ring_full: AtomicU64,
 }
 
 impl EventCounters {
@@ -29,6 +30,11 @@ impl EventCounters {
     /// The datapath's count of records that did not decode.
     pub fn set_undecodable(&self, n: u64) {
         self.undecodable.store(n, Ordering::Relaxed);
+    }
+
+    /// The datapath's count of records the ring buffer had no room for.
+    pub fn set_ring_full(&self, n: u64) {
+        self.ring_full.store(n, Ordering::Relaxed);
     }
 
     /// Events waiting to be reported now.
@@ -49,6 +55,7 @@ impl EventCounters {
             undecodable: self.undecodable.load(Ordering::Relaxed),
             pending: self.pending.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
+            ring_full: self.ring_full.load(Ordering::Relaxed),
         }
     }
 }

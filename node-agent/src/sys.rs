@@ -13,6 +13,7 @@ use std::{
     path::Path,
 };
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_GET: libc::c_long = 7;
@@ -232,6 +233,25 @@ impl MapFd {
     /// Opens the map pinned at `pin`.
     pub fn open(pin: &Path) -> io::Result<Self> {
         obj_get(pin).map(Self)
+    }
+
+    /// `BPF_MAP_LOOKUP_ELEM` of a `u32` key in a map of `u64` values; `Ok(None)` when the key
+    /// is absent.
+    pub fn lookup_u64(&self, key: u32) -> io::Result<Option<u64>> {
+        let key = key.to_le_bytes();
+        let mut value = [0_u8; 8];
+        let mut attr = MapElemAttr {
+            map_fd: self.0.as_raw_fd() as u32,
+            _pad: 0,
+            key: key.as_ptr() as u64,
+            value: value.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            Ok(_) => Ok(Some(u64::from_le_bytes(value))),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -10,8 +10,9 @@ use std::fmt::Write as _;
 
 use crate::bpf::asm::Program;
 use crate::bpf::insn::{
-    Alu, BPF_PSEUDO_MAP_FD, CLASS_ALU, CLASS_ALU64, CLASS_JMP, CLASS_JMP32, CLASS_LD, CLASS_LDX, CLASS_ST, CLASS_STX,
-    Insn, Jmp, MODE_ABS, MODE_IMM, MODE_IND, MODE_MEM, OP_CALL, OP_END, OP_EXIT, OP_JA, SRC_X, Size, helper,
+    ATOMIC_ADD, Alu, BPF_PSEUDO_MAP_FD, CLASS_ALU, CLASS_ALU64, CLASS_JMP, CLASS_JMP32, CLASS_LD, CLASS_LDX, CLASS_ST,
+    CLASS_STX, Insn, Jmp, MODE_ABS, MODE_ATOMIC, MODE_IMM, MODE_IND, MODE_MEM, OP_CALL, OP_END, OP_EXIT, OP_JA, SRC_X,
+    Size, helper,
 };
 
 /// Renders a whole program, one slot per line (`  12: r1 = *(u32 *)(r6 + 24)`), the two slots of
@@ -156,6 +157,13 @@ fn ldx(i: &Insn) -> Option<String> {
 }
 
 fn store(i: &Insn) -> Option<String> {
+    if i.class() == CLASS_STX && i.code & 0xe0 == MODE_ATOMIC && i.imm == ATOMIC_ADD {
+        if !valid_reg(i.dst) || !valid_reg(i.src) {
+            return None;
+        }
+        let size = size_name(Size::from_code(i.code));
+        return Some(format!("lock *({size} *){} += r{}", address(i.dst, i.off), i.src));
+    }
     if i.code & 0xe0 != MODE_MEM || !valid_reg(i.dst) {
         return None;
     }

@@ -27,8 +27,9 @@ use palisade_proto::v1;
 use crate::bpf::{
     asm::Program,
     insn::{
-        Alu, BPF_PSEUDO_MAP_FD, CLASS_ALU, CLASS_ALU64, CLASS_JMP, CLASS_JMP32, CLASS_LD, CLASS_LDX, CLASS_ST,
-        CLASS_STX, Insn, Jmp, MODE_IMM, MODE_MEM, OP_CALL, OP_END, OP_EXIT, OP_JA, SRC_X, Size, helper,
+        ATOMIC_ADD, Alu, BPF_PSEUDO_MAP_FD, CLASS_ALU, CLASS_ALU64, CLASS_JMP, CLASS_JMP32, CLASS_LD, CLASS_LDX,
+        CLASS_ST, CLASS_STX, Insn, Jmp, MODE_ATOMIC, MODE_IMM, MODE_MEM, OP_CALL, OP_END, OP_EXIT, OP_JA, SRC_X, Size,
+        helper,
     },
 };
 
@@ -41,6 +42,8 @@ pub const MAX_STEPS: usize = 1_000_000;
 const CLOBBERED: u64 = 0xdead_0000_0000_0000;
 /// `-EFAULT`.
 const EFAULT: i64 = -14;
+/// `-EAGAIN`: what `bpf_ringbuf_output` returns when the ring buffer has no room.
+const EAGAIN: i64 = -11;
 /// `-ENAMETOOLONG`.
 const ENAMETOOLONG: i64 = -36;
 
@@ -138,6 +141,9 @@ struct MapState {
 #[derive(Debug, Clone, Default)]
 pub struct Maps {
     maps: Vec<MapState>,
+    /// Ring buffers refuse every record, as a full one does (`bpf_ringbuf_output` returns
+    /// `-EAGAIN`).
+    ring_full: bool,
 }
 
 /// Why a bundle's maps could not be built.
@@ -192,6 +198,20 @@ impl Maps {
             out.maps.push(state);
         }
         Ok(out)
+    }
+
+    /// Makes every ring buffer full (or not): records are refused, not stored.
+    pub fn set_ring_full(&mut self, full: bool) {
+        self.ring_full = full;
+    }
+
+    /// The value stored under `key` in map `name` (an array's unset slots read as zeros).
+    pub fn get(&self, name: &str, key: &[u8]) -> Option<Vec<u8>> {
+        let map = self.maps.iter().find(|m| m.name == name)?;
+        map.entries.get(key).cloned().or_else(|| {
+            let index = u32::from_le_bytes(key.try_into().ok()?);
+            (map.map_type == BPF_MAP_TYPE_ARRAY && index < map.max_entries).then(|| vec![0; map.value_size])
+        })
     }
 
     /// Writes one element, as `BPF_MAP_UPDATE_ELEM` would.
@@ -414,6 +434,18 @@ impl<'m> Run<'m> {
                     let value = if class == CLASS_STX { reg[src] } else { i64::from(i.imm) as u64 };
                     self.write(pc, reg[dst].wrapping_add(i64::from(i.off) as u64), &value.to_le_bytes()[..size])?;
                 }
+                CLASS_STX if i.code & 0xe0 == MODE_ATOMIC && i.imm == ATOMIC_ADD => {
+                    // One thread of execution: the atomic add is a load, an add and a store.
+                    let size = Size::from_code(i.code).bytes() as usize;
+                    if size < 4 {
+                        return Err(unsupported(pc, &i));
+                    }
+                    let addr = reg[dst].wrapping_add(i64::from(i.off) as u64);
+                    let mut word = [0_u8; 8];
+                    word[..size].copy_from_slice(&self.read(pc, addr, size)?);
+                    let sum = u64::from_le_bytes(word).wrapping_add(reg[src]);
+                    self.write(pc, addr, &sum.to_le_bytes()[..size])?;
+                }
                 _ => return Err(unsupported(pc, &i)),
             }
             pc = next;
@@ -526,8 +558,12 @@ impl<'m> Run<'m> {
                     });
                 }
                 let bytes = self.read(slot, reg[2], reg[3] as usize)?;
-                records.push((self.maps.maps[map].name.clone(), bytes));
-                0
+                if self.maps.ring_full {
+                    EAGAIN as u64
+                } else {
+                    records.push((self.maps.maps[map].name.clone(), bytes));
+                    0
+                }
             }
             helper::D_PATH => {
                 let size = reg[3] as usize;

@@ -6,7 +6,7 @@ use palisade_contract::{Hook, record};
 use super::{ADDR_KEY, EVENT, maps};
 use crate::bpf::{
     asm::Asm,
-    insn::{self, Alu, R0, R1, R2, R3, R4, R7, R8, R9, R10, Size, helper},
+    insn::{self, Alu, Jmp, R0, R1, R2, R3, R4, R7, R8, R9, R10, Size, helper},
 };
 
 /// Writes the task and decision fields of an event header at `base` (r9 = the decision):
@@ -34,7 +34,8 @@ pub(super) fn event_header(a: &mut Asm, hook: Hook, base: i16) {
     a.push(insn::call(helper::GET_CURRENT_COMM));
 }
 
-/// Outputs a record of `kind` from the stack at `base` to the events ring buffer.
+/// Outputs a record of `kind` from the stack at `base` to the events ring buffer; when the
+/// ring buffer has no room, counts the record in [`maps::LOST`] instead (r0–r5 clobbered).
 pub(super) fn output(a: &mut Asm, base: i16, kind: record::RecordKind) {
     a.ld_map(R1, maps::EVENTS);
     a.push(insn::mov64_reg(R2, R10));
@@ -42,6 +43,16 @@ pub(super) fn output(a: &mut Asm, base: i16, kind: record::RecordKind) {
     a.push(insn::mov64_imm(R3, kind.size() as i32));
     a.push(insn::mov64_imm(R4, 0));
     a.push(insn::call(helper::RINGBUF_OUTPUT));
+    let done = a.label();
+    a.jmp_imm(Jmp::Jeq, R0, 0, done);
+    a.comment("ring buffer full: count the record as lost");
+    // The record was not copied, so its first word can hold the counter's key (0).
+    a.push(insn::st(Size::W, R10, base, 0));
+    super::lookup(a, maps::LOST, base);
+    a.jmp_imm(Jmp::Jeq, R0, 0, done);
+    a.push(insn::mov64_imm(R1, 1));
+    a.push(insn::atomic_add(Size::DW, R0, R1, 0));
+    a.bind(done);
 }
 
 /// Writes the decision record ([`record`]) and outputs it.

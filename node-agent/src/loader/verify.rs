@@ -268,6 +268,15 @@ fn check_role(m: &v1::BundleMap) -> Result<(), Malformed> {
         Ok(v1::MapRole::Events) if m.map_type != MAP_RINGBUF || !m.entries.is_empty() || !m.indices.is_empty() => {
             role("events", "an empty ring buffer")
         }
+        Ok(v1::MapRole::Counters)
+            if m.map_type != MAP_ARRAY
+                || m.key_size != 4
+                || m.value_size != 8
+                || !m.entries.is_empty()
+                || !m.indices.is_empty() =>
+        {
+            role("counters", "an empty array of u64 counters")
+        }
         Ok(_) => Ok(()),
         Err(_) => role("unknown", "a role this agent knows"),
     }

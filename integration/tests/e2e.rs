@@ -453,3 +453,49 @@ async fn events_during_a_server_outage_arrive_once_up_to_the_backlog_and_the_res
         .expect("count");
     assert_eq!(stored, BACKLOG as i64, "what fit the backlog arrived, once");
 }
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn enforcement_that_vanishes_under_the_agent_is_restored_without_manual_steps(pool: PgPool) {
+    if !kernel_tests_enabled("vanished pins") {
+        return;
+    }
+    let cg = TestCgroup::new("vanish");
+    let work = cg.create_child("work");
+    let (_v4, _v6, port) = dual_listeners();
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    PolicyServiceClient::new(channel.clone()).apply_policy(policy("vanish", &work, port, "deny")).await.expect("apply");
+    let state = tempfile::tempdir().expect("state");
+    // A bpffs instance of the test's own, so unmounting it touches no other test.
+    let mount = tempfile::tempdir().expect("mount point");
+    let bpf = mount.path().join("bpf");
+    let node_name = format!("vanish-{}", std::process::id());
+    let mut config = TestAgent::config(&server, &node_name, cg.path(), state.path());
+    config.bpffs = bpf.join("palisade");
+    let mut agent = TestAgent::start(config).await;
+    let applied = applied_after(&channel, &node_name, 0).await;
+    let work_dir = cg.dir_of(&work);
+    assert_eq!(connect(&work_dir, "127.0.0.1", port).await, Connect::Denied);
+
+    let unmounted = std::process::Command::new("umount").arg(&bpf).status().expect("umount runs");
+    assert!(unmounted.success(), "unmount the agent's bpffs");
+    // The pins went with the mount, and with them the links: enforcement is gone...
+    eventually("the programs to detach with the unmounted pins", Duration::from_secs(5), || async {
+        (connect(&work_dir, "127.0.0.1", port).await == Connect::Ok).then_some(())
+    })
+    .await;
+    // ...until the agent notices (it checks every 5 s), mounts bpffs again and reloads.
+    eventually("the agent to restore enforcement", Duration::from_secs(15), || async {
+        (connect(&work_dir, "127.0.0.1", port).await == Connect::Denied).then_some(())
+    })
+    .await;
+    let node = node_when(&channel, &node_name, "the restored generation to be acknowledged", |n| {
+        n.last_error.is_none() && n.applied_generation == applied.applied_generation
+    })
+    .await;
+    assert_eq!(node.applied_digest, applied.applied_digest, "the same bundle enforces again");
+    // Stopped first, so that it does not mount the instance again.
+    agent.stop().await;
+    agent.remove_pins();
+    let _ = std::process::Command::new("umount").arg(&bpf).status();
+}

@@ -213,6 +213,7 @@ impl Agent {
         let (commands, command_rx) = std::sync::mpsc::channel();
         let (events_tx, events_rx) = mpsc::channel(16 * 1024);
         let (enforcing_tx, enforcing) = watch::channel(None);
+        let (reports_tx, reports) = mpsc::channel(16);
         let tracker = TaskTracker::new();
         let stop = shutdown.clone();
         // Network policy goes through BPF-LSM where the kernel allows it, else cgroup hooks.
@@ -224,7 +225,8 @@ impl Agent {
         let handle = std::thread::Builder::new()
             .name("palisade-datapath".into())
             .spawn(move || {
-                let queues = Queues { commands: &command_rx, events: &events_tx, stats: &thread_stats };
+                let queues =
+                    Queues { commands: &command_rx, events: &events_tx, stats: &thread_stats, reports: &reports_tx };
                 datapath_thread(datapath, &queues, &enforcing_tx, ready_tx, &stop);
             })
             .map_err(|_| StartError::Datapath)?;
@@ -253,7 +255,7 @@ impl Agent {
         };
         // Say hello only after adoption, so the hello names the bundle the kernel runs.
         ready.await.map_err(|_| StartError::Datapath)?;
-        tracker.spawn(sync::run_sync(sync, apply, enforcing.clone(), shutdown.clone()));
+        tracker.spawn(sync::run_sync(sync, apply, enforcing.clone(), reports, shutdown.clone()));
         tracker.spawn(sync::run_reporter(
             config.server.clone(),
             node_name,
@@ -288,6 +290,8 @@ struct Queues<'a> {
     commands: &'a std::sync::mpsc::Receiver<Command>,
     events: &'a mpsc::Sender<v1::DecisionEvent>,
     stats: &'a stats::EventCounters,
+    /// What the datapath reports on its own (dropped when the Sync stream is not keeping up).
+    reports: &'a mpsc::Sender<v1::sync_request::Message>,
 }
 
 /// The datapath thread: applies bundles, polls the ring buffer, keeps the cgroup map current.
@@ -372,10 +376,31 @@ fn datapath_thread(
             if let Err(error) = datapath.sync_cgroups() {
                 tracing::warn!(error = error_chain(&error), "cgroup map update failed");
             }
+            restore_if_vanished(&mut datapath, queues, &mut batch);
+            publish(&datapath);
             rearm(&mut watch, &datapath);
         }
     }
     tracing::info!("datapath stopped; pinned programs keep enforcing");
+}
+
+/// Checks with the kernel that the active generation still enforces; if its pins vanished
+/// (bpffs unmounted, pins removed) the programs are detached: NACK it with the reason, load
+/// it again, and ACK it once it enforces again.
+fn restore_if_vanished(datapath: &mut Datapath, queues: &Queues<'_>, drained: &mut Vec<v1::DecisionEvent>) {
+    let Err(vanished) = datapath.check() else { return };
+    let Some((generation, digest)) = datapath.active().map(|(g, d)| (g, d.to_owned())) else { return };
+    let reason = format!("enforcement vanished under the agent: {}; loading it again", error_chain(&vanished));
+    tracing::error!(generation, reason);
+    let nack = v1::BundleNack { generation, digest: digest.clone(), error: reason };
+    let _ = queues.reports.try_send(v1::sync_request::Message::Nack(nack));
+    match datapath.restore(drained) {
+        Ok(()) => {
+            tracing::info!(generation, "enforcement restored");
+            let _ = queues.reports.try_send(v1::sync_request::Message::Ack(v1::BundleAck { generation, digest }));
+        }
+        Err(error) => tracing::error!(generation, error = error_chain(&error), "could not restore enforcement"),
+    }
 }
 
 /// Parses a server address into a URL with a scheme.

@@ -152,6 +152,12 @@ pub enum LoadError {
         /// Verifier log.
         log: String,
     },
+    /// The active generation's pins are gone (bpffs unmounted or the pins removed).
+    #[error("the pins of the active generation ({}) are gone", dir.display())]
+    Vanished {
+        /// Its directory.
+        dir: PathBuf,
+    },
     /// After a swap, a hook does not run the program the agent put there.
     #[error("the kernel runs program id {running} on {program}, not the staged {staged}")]
     NotEnforcing {
@@ -584,6 +590,30 @@ impl Datapath {
                 let _ = std::fs::remove_file(f.path());
             }
         }
+    }
+
+    /// Checks with the kernel that the active generation still enforces: its pins are there
+    /// and every hook runs its programs. Unmounting bpffs or removing the pins under the agent
+    /// detaches them.
+    pub fn check(&self) -> Result<(), LoadError> {
+        let Some(active) = &self.active else { return Ok(()) };
+        if !active.gen_dir.exists() {
+            return Err(LoadError::Vanished { dir: active.gen_dir.clone() });
+        }
+        self.confirm(&active.content, &active.gen_dir)
+    }
+
+    /// Loads the active generation again after [`Self::check`] found it gone: bpffs mounted
+    /// again if needed, the same bundle staged and attached anew.
+    pub fn restore(&mut self, drained: &mut Vec<v1::DecisionEvent>) -> Result<(), LoadError> {
+        let Some(mut vanished) = self.active.take() else { return Ok(()) };
+        drain_active(&mut vanished, self.clock_offset, &self.undecodable, drained);
+        self.lost_retired.fetch_add(vanished.lost(), std::sync::atomic::Ordering::Relaxed);
+        let bundle = vanished.bundle.clone();
+        drop(vanished);
+        let root = self.paths.bpffs.parent().unwrap_or(&self.paths.bpffs).to_owned();
+        sys::ensure_bpffs(&root).map_err(io_err(format!("mounting bpffs at {}", root.display())))?;
+        self.apply(bundle, drained)
     }
 
     /// Logs the sections with rules that no strategy here can enforce (exec and files need

@@ -114,15 +114,22 @@ async fn server_endpoints(server: &str) -> Vec<String> {
 }
 
 /// Holds the Sync stream until `shutdown`: says hello with what is enforced, hands every
-/// bundle to `apply` and ACKs or NACKs it, sends heartbeats, reconnects on failure.
-pub async fn run_sync<A, F>(client: SyncClient, apply: A, enforcing: Enforcing, shutdown: CancellationToken)
-where
+/// bundle to `apply` and ACKs or NACKs it, forwards what the datapath reports on its own
+/// (`reports`: a NACK when enforcement vanished, the ACK once restored), sends heartbeats,
+/// reconnects on failure.
+pub async fn run_sync<A, F>(
+    client: SyncClient,
+    apply: A,
+    enforcing: Enforcing,
+    mut reports: mpsc::Receiver<sync_request::Message>,
+    shutdown: CancellationToken,
+) where
     A: Fn(v1::Bundle) -> F,
     F: Future<Output = Result<(), ApplyError>>,
 {
     let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
-        match session(&client, &apply, &enforcing, &shutdown, &mut backoff).await {
+        match session(&client, &apply, &enforcing, &mut reports, &shutdown, &mut backoff).await {
             Ok(()) => return,
             Err(error) => tracing::warn!(error = error_chain(&error), "sync stream ended"),
         }
@@ -138,6 +145,7 @@ async fn session<A, F>(
     client: &SyncClient,
     apply: &A,
     enforcing: &Enforcing,
+    reports: &mut mpsc::Receiver<sync_request::Message>,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), SyncError>
@@ -181,6 +189,10 @@ where
                 let now = std::time::SystemTime::now();
                 let event_stats = Some(client.stats.snapshot());
                 send(sync_request::Message::Heartbeat(v1::Heartbeat { sent_at: Some(now.into()), event_stats })).await?;
+                continue;
+            }
+            Some(report) = reports.recv() => {
+                send(report).await?;
                 continue;
             }
             m = inbound.message() => m.map_err(SyncError::Stream)?,

@@ -73,7 +73,7 @@ for pkg in "${kernels[@]}"; do
   log=$work/$pkg.log
   say "booting $pkg"
   start=$(date +%s)
-  timeout 600 qemu-system-x86_64 -accel tcg -m 1024 -smp 1 -nographic -no-reboot \
+  timeout 1200 qemu-system-x86_64 -accel tcg -m 1024 -smp 1 -nographic -no-reboot \
     -kernel "$cache/$pkg/vmlinuz" -initrd "$work/initramfs.cpio.gz" \
     -append "console=ttyS0 panic=-1 loglevel=3" >"$log" 2>&1 || true
   took=$(( $(date +%s) - start ))

@@ -43,10 +43,15 @@ impl Suite {
     }
 }
 
+/// The running kernel's struct offsets, read from its BTF once (parsing vmlinux BTF is slow
+/// under TCG, and the crash checks compile many bundles).
 fn offsets() -> KernelOffsets {
-    let blob = std::fs::read("/sys/kernel/btf/vmlinux").unwrap_or_default();
-    let found = btf::member_offsets(&blob, &btf::FIELDS).unwrap_or_default();
-    KernelOffsets::from_reported(|key| found.get(key).copied(), KernelOffsets::LINUX_6_12)
+    static OFFSETS: std::sync::OnceLock<KernelOffsets> = std::sync::OnceLock::new();
+    *OFFSETS.get_or_init(|| {
+        let blob = std::fs::read("/sys/kernel/btf/vmlinux").unwrap_or_default();
+        let found = btf::member_offsets(&blob, &btf::FIELDS).unwrap_or_default();
+        KernelOffsets::from_reported(|key| found.get(key).copied(), KernelOffsets::LINUX_6_12)
+    })
 }
 
 fn bundle(yaml: &str, generation: u64) -> Result<v1::Bundle, String> {
@@ -94,13 +99,12 @@ fn guest_paths() -> Paths {
     }
 }
 
-/// `lsm-guest worker BUNDLE`: one agent lifetime in a process of its own for the crash
-/// checks — adopt what is pinned, apply the bundle file; `PALISADE_FAULT_AT` aborts it at a
+/// `lsm-guest worker BUNDLE PATHS`: one agent lifetime in a process of its own for the crash
+/// checks — adopt what is pinned, apply the bundle file (`PATHS` 1: the kernel lets LSM
+/// programs resolve paths, as the suite's probe found); `PALISADE_FAULT_AT` aborts it at a
 /// step. Exit 0 when applied, 1 otherwise.
-fn worker(bundle: &str) -> i32 {
-    let features = probe::probe();
-    let mut datapath =
-        Datapath::new(guest_paths()).with_enforcement(Enforcement::Lsm { resolve_paths: features.bpf_lsm_paths });
+fn worker(bundle: &str, resolve_paths: bool) -> i32 {
+    let mut datapath = Datapath::new(guest_paths()).with_enforcement(Enforcement::Lsm { resolve_paths });
     let adopted = datapath.adopt();
     let bundle = std::fs::read(bundle).ok().and_then(|b| <v1::Bundle as prost::Message>::decode(b.as_slice()).ok());
     let Some(bundle) = bundle else { return 3 };
@@ -118,10 +122,10 @@ fn worker(bundle: &str) -> i32 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let [_, mode, bundle] = args.as_slice()
+    if let [_, mode, bundle, paths] = args.as_slice()
         && mode == "worker"
     {
-        std::process::exit(worker(bundle));
+        std::process::exit(worker(bundle, paths == "1"));
     }
     let mut suite = Suite { passed: 0, failed: 0 };
     let features = probe::probe();
@@ -494,7 +498,7 @@ fn crash_at_every_step(suite: &mut Suite, datapath: Datapath, work: &Path, port:
         let b = bundle(yaml, generation)?;
         std::fs::write("/tmp/crash.bundle", prost::Message::encode_to_vec(&b)).map_err(|e| e.to_string())?;
         Command::new(&exe)
-            .args(["worker", "/tmp/crash.bundle"])
+            .args(["worker", "/tmp/crash.bundle", if paths { "1" } else { "0" }])
             .env("PALISADE_FAULT_AT", fault)
             .env("PALISADE_LOG", "warn")
             .output()

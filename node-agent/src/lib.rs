@@ -368,7 +368,6 @@ fn datapath_thread(
             }
         }
         queues.stats.set_undecodable(datapath.undecodable());
-        queues.stats.set_ring_full(datapath.ring_lost());
         let changed = watch.as_ref().is_some_and(cgroups::CgroupWatch::drain);
         // The periodic rescan is only a backstop for missed or unsupported notifications.
         if changed || last_cgroup_sync.elapsed() >= CGROUP_RESCAN {
@@ -377,6 +376,9 @@ fn datapath_thread(
                 tracing::warn!(error = error_chain(&error), "cgroup map update failed");
             }
             restore_if_vanished(&mut datapath, queues, &mut batch);
+            // A map lookup: on the rescan tick, not on every wake-up for events (heartbeats,
+            // which carry it, are rarer still).
+            queues.stats.set_ring_full(datapath.ring_lost());
             publish(&datapath);
             rearm(&mut watch, &datapath);
         }

@@ -244,6 +244,22 @@ fn remove_and_check_detached(suite: &mut Suite, mut datapath: Datapath, work: &P
     suite.check("removing_pins_detaches", after == "ok", &after);
 }
 
+/// Connects from `work` to `port` in a loop until `stop`: (attempts, attempts not refused
+/// with EPERM).
+fn denied_connect_prober(stop: &Arc<AtomicBool>, work: &Path, port: u16) -> std::thread::JoinHandle<(u32, u32)> {
+    let (stop, work) = (stop.clone(), work.to_owned());
+    std::thread::spawn(move || {
+        let (mut tries, mut through) = (0, 0);
+        while !stop.load(Ordering::Relaxed) {
+            tries += 1;
+            if connect(&work, "tcp", "127.0.0.1", port) != "EPERM" {
+                through += 1;
+            }
+        }
+        (tries, through)
+    })
+}
+
 /// Generation swaps under a loop of attempts: zero denied attempts may get through.
 fn swap_under_load(
     suite: &mut Suite,
@@ -255,19 +271,7 @@ fn swap_under_load(
     let mut drained = Vec::new();
     let _ = apply(datapath, &deny_policy("/work", port, "enforce", "allow", "deny"), &mut drained);
     let stop = Arc::new(AtomicBool::new(false));
-    let prober = {
-        let (stop, work) = (stop.clone(), work.to_owned());
-        std::thread::spawn(move || {
-            let (mut tries, mut through) = (0, 0);
-            while !stop.load(Ordering::Relaxed) {
-                tries += 1;
-                if connect(&work, "tcp", "127.0.0.1", port) != "EPERM" {
-                    through += 1;
-                }
-            }
-            (tries, through)
-        })
-    };
+    let prober = denied_connect_prober(&stop, work, port);
     let mut swaps_ok = true;
     for i in 0..6 {
         let yaml =
@@ -511,19 +515,7 @@ fn crash_at_every_step(suite: &mut Suite, datapath: Datapath, work: &Path, port:
     let expected_links = if paths { 4 } else { 2 };
     let links = || aya::programs::loaded_links().flatten().count();
     let stop = Arc::new(AtomicBool::new(false));
-    let prober = {
-        let (stop, work) = (stop.clone(), work.to_owned());
-        std::thread::spawn(move || {
-            let (mut tries, mut through) = (0, 0);
-            while !stop.load(Ordering::Relaxed) {
-                tries += 1;
-                if connect(&work, "tcp", "127.0.0.1", port) != "EPERM" {
-                    through += 1;
-                }
-            }
-            (tries, through)
-        })
-    };
+    let prober = denied_connect_prober(&stop, work, port);
     let mut problems = Vec::new();
     let mut generation = 1000;
     for step in palisade_agent::loader::FAULT_STEPS {

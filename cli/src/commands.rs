@@ -371,8 +371,14 @@ async fn nodes(channel: &Channel) -> anyhow::Result<()> {
                 if dropped > 0 {
                     notes.push(format!(
                         "node {}: {dropped} decision events dropped since the agent started (ring buffer full {}, \
-                         queue full {}, backlog full {}, undecodable {}); {} waiting to be reported",
-                        n.name, s.ring_full, s.queue_full, s.backlog_full, s.undecodable, s.pending
+                         queue full {}, backlog full {}, undecodable {}); {} waiting to be reported ({} KiB)",
+                        n.name,
+                        s.ring_full,
+                        s.queue_full,
+                        s.backlog_full,
+                        s.undecodable,
+                        s.pending,
+                        s.pending_bytes.div_ceil(1024)
                     ));
                 }
             }

@@ -190,6 +190,7 @@ async fn nodes_shows_registered_agents_and_sections_they_cannot_enforce(pool: Pg
                     backlog_full: 5,
                     queue_full: 2,
                     pending: 9,
+                    pending_bytes: 3000,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -218,7 +219,7 @@ async fn nodes_shows_registered_agents_and_sections_they_cannot_enforce(pool: Pg
         "{text}"
     );
     assert!(
-        text.contains("node node-b: 7 decision events dropped since the agent started (ring buffer full 0, queue full 2, backlog full 5, undecodable 0); 9 waiting to be reported"),
+        text.contains("node node-b: 7 decision events dropped since the agent started (ring buffer full 0, queue full 2, backlog full 5, undecodable 0); 9 waiting to be reported (3 KiB)"),
         "{text}"
     );
     assert!(!text.contains("node node-a: 0 decision"), "no drops, no note: {text}");

@@ -188,6 +188,7 @@ impl TestAgent {
             failsafe_ports: vec![22],
             heartbeat_seconds: 30,
             event_backlog: 100_000,
+            event_backlog_bytes: 64 << 20,
             log_json: false,
         }
     }

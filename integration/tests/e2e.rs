@@ -10,7 +10,7 @@ use palisade_compiler::bpf::{
     insn,
 };
 use palisade_integration::{
-    Connect, TestAgent, TestCgroup, attached_programs, dual_listeners, kernel_tests_enabled, probe,
+    Connect, TestAgent, TestCgroup, TestPins, attached_programs, dual_listeners, kernel_tests_enabled, probe,
 };
 use palisade_proto::v1::{
     self, apply_policy_request::Source, event_service_client::EventServiceClient,
@@ -23,6 +23,8 @@ use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_connect-probe");
+/// The agent's own `main`, built by this package so a test can run it as a process.
+const AGENT: &str = env!("CARGO_BIN_EXE_agent-process");
 const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 const BPF_CGROUP_INET6_CONNECT: u32 = 11;
 
@@ -395,6 +397,90 @@ async fn selected_cgroup_created_after_the_policy_is_enforced_within_a_second(po
     }
 }
 
+/// A server with a policy denying a workload cgroup's connects to a listener, for the
+/// outage tests: stopped, then restarted on the same address with the same signing key.
+struct Outage {
+    pool: PgPool,
+    cg: TestCgroup,
+    work: String,
+    port: u16,
+    _listeners: (TcpListener, TcpListener),
+    signer: palisade_server::signing::BundleSigner,
+    addr: std::net::SocketAddr,
+    server: Option<EmbeddedServer>,
+    channel: Channel,
+    node_name: String,
+}
+
+impl Outage {
+    async fn start(pool: PgPool, name: &str) -> Self {
+        let cg = TestCgroup::new(name);
+        let work = cg.create_child("work");
+        let (v4, v6, port) = dual_listeners();
+        let options = palisade_server::Options::default();
+        let signer = options.signer.clone();
+        let server = EmbeddedServer::start_with(pool.clone(), options).await.expect("server");
+        let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+        PolicyServiceClient::new(channel.clone()).apply_policy(policy(name, &work, port, "deny")).await.expect("apply");
+        let node_name = format!("{name}-{}", std::process::id());
+        Self {
+            pool,
+            cg,
+            work,
+            port,
+            _listeners: (v4, v6),
+            signer,
+            addr: server.addr(),
+            server: Some(server),
+            channel,
+            node_name,
+        }
+    }
+
+    fn server(&self) -> &EmbeddedServer {
+        self.server.as_ref().expect("the server is up")
+    }
+
+    async fn stop_server(&mut self) {
+        self.server.take().expect("the server is up").stop().await.expect("stop");
+    }
+
+    async fn restart_server(&mut self) {
+        let options = palisade_server::Options { signer: self.signer.clone(), ..palisade_server::Options::default() };
+        let server = EmbeddedServer::start_on(self.pool.clone(), self.addr, options).await.expect("restart");
+        self.channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+        self.server = Some(server);
+    }
+
+    /// `n` connects from the workload, every one denied.
+    async fn denies(&self, n: u64) {
+        let out = tokio::process::Command::new(PROBE)
+            .args(["--cgroup"])
+            .arg(self.cg.dir_of(&self.work))
+            .args(["--repeat", &n.to_string(), "tcp", "127.0.0.1", &self.port.to_string()])
+            .output()
+            .await
+            .expect("probe runs");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ok=0 eperm={n} other=0"));
+    }
+
+    /// The node once `ready` holds for its event counters.
+    async fn stats_when(&self, what: &str, ready: impl Fn(&v1::EventStats) -> bool) -> v1::EventStats {
+        let node =
+            node_when(&self.channel, &self.node_name, what, |n| n.event_stats.as_ref().is_some_and(&ready)).await;
+        node.event_stats.expect("stats")
+    }
+
+    async fn stored_events(&self) -> u64 {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE node = $1")
+            .bind(&self.node_name)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count");
+        u64::try_from(stored).expect("count")
+    }
+}
+
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
 async fn events_during_a_server_outage_arrive_once_up_to_the_backlog_and_the_rest_are_counted(pool: PgPool) {
     const BACKLOG: usize = 2_000;
@@ -402,32 +488,16 @@ async fn events_during_a_server_outage_arrive_once_up_to_the_backlog_and_the_res
     if !kernel_tests_enabled("event outage") {
         return;
     }
-    let cg = TestCgroup::new("outage");
-    let work = cg.create_child("work");
-    let (_v4, _v6, port) = dual_listeners();
-    let options = palisade_server::Options::default();
-    let signer = options.signer.clone();
-    let server = EmbeddedServer::start_with(pool.clone(), options).await.expect("server");
-    let addr = server.addr();
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
-    PolicyServiceClient::new(channel.clone()).apply_policy(policy("outage", &work, port, "deny")).await.expect("apply");
+    let mut outage = Outage::start(pool, "outage").await;
     let state = tempfile::tempdir().expect("tempdir");
-    let node_name = format!("outage-{}", std::process::id());
-    let mut config = TestAgent::config(&server, &node_name, cg.path(), state.path());
+    let mut config = TestAgent::config(outage.server(), &outage.node_name, outage.cg.path(), state.path());
     config.event_backlog = BACKLOG;
     config.heartbeat_seconds = 1;
     let agent = TestAgent::start(config).await;
-    applied_after(&channel, &node_name, 0).await;
+    applied_after(&outage.channel, &outage.node_name, 0).await;
 
-    server.stop().await.expect("stop");
-    let out = tokio::process::Command::new(PROBE)
-        .args(["--cgroup"])
-        .arg(cg.dir_of(&work))
-        .args(["--repeat", &DENIES.to_string(), "tcp", "127.0.0.1", &port.to_string()])
-        .output()
-        .await
-        .expect("probe runs");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ok=0 eperm={DENIES} other=0"));
+    outage.stop_server().await;
+    outage.denies(DENIES).await;
     // Every deny is accounted for before the server returns: buffered or counted as dropped.
     let stats = eventually("every deny to be buffered or counted", Duration::from_secs(10), || async {
         agent.event_stats().filter(|s| s.pending + s.backlog_full + s.queue_full + s.ring_full == DENIES)
@@ -436,22 +506,95 @@ async fn events_during_a_server_outage_arrive_once_up_to_the_backlog_and_the_res
     assert_eq!(stats.pending, BACKLOG as u64, "the backlog is full: {stats:?}");
     assert_eq!(stats.undecodable, 0);
 
-    let options = palisade_server::Options { signer, ..palisade_server::Options::default() };
-    let server = EmbeddedServer::start_on(pool.clone(), addr, options).await.expect("restart");
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
-    let node = node_when(&channel, &node_name, "the backlog to be delivered and reported", |n| {
-        n.event_stats.as_ref().is_some_and(|s| s.pending == 0 && s.delivered == BACKLOG as u64)
-    })
-    .await;
-    let reported = node.event_stats.expect("stats");
+    outage.restart_server().await;
+    let reported = outage
+        .stats_when("the backlog to be delivered and reported", |s| s.pending == 0 && s.delivered == BACKLOG as u64)
+        .await;
     let dropped = reported.backlog_full + reported.queue_full + reported.ring_full + reported.undecodable;
     assert_eq!(dropped, DENIES - BACKLOG as u64, "every deny that did not arrive is counted: {reported:?}");
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE node = $1")
-        .bind(&node_name)
-        .fetch_one(&pool)
+    assert_eq!(outage.stored_events().await, BACKLOG as u64, "what fit the backlog arrived, once");
+}
+
+/// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`).
+fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = status.lines().find(|l| l.starts_with(field)).expect("field");
+    let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("kB value");
+    kib * 1024
+}
+
+/// The acceptance, with the agent as its own process: the server is away for 60 s
+/// while the workload is denied 50,000 times. What fits the byte bound arrives once, the
+/// rest is counted as dropped, and the agent's peak RSS grows by no more than the bound
+/// allows (the backlog's bytes, up to as much again of deque capacity, and 4 MiB of slack).
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn a_minute_long_outage_under_50_000_denies_stays_within_the_agents_memory_bound(pool: PgPool) {
+    const DENIES: u64 = 50_000;
+    const BACKLOG_BYTES: u64 = 4 << 20;
+    const OUTAGE: Duration = Duration::from_mins(1);
+    if !kernel_tests_enabled("minute-long outage") {
+        return;
+    }
+    let mut outage = Outage::start(pool, "minute").await;
+    let (state, pins) = (tempfile::tempdir().expect("state"), TestPins::new("minute"));
+    let server = outage.server();
+    let mut agent = tokio::process::Command::new(AGENT)
+        .args(["--server", &server.url(), "--node-name", &outage.node_name, "--attach-cgroup", outage.cg.path()])
+        .args(["--bundle-public-key", server.public_key_hex(), "--heartbeat-seconds", "1"])
+        .arg("--bpffs")
+        .arg(pins.path())
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--event-backlog-bytes", &BACKLOG_BYTES.to_string()])
+        .env("PALISADE_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("agent starts");
+    let pid = agent.id().expect("pid");
+    applied_after(&outage.channel, &outage.node_name, 0).await;
+    outage.denies(1).await;
+    // The event of that deny arrives, so the reporter's connection is warm too.
+    outage.stats_when("the first event to be delivered", |s| s.delivered == 1).await;
+    let before = proc_status_bytes(pid, "VmHWM");
+
+    outage.stop_server().await;
+    let away = std::time::Instant::now();
+    outage.denies(DENIES).await;
+    tokio::time::sleep(OUTAGE.saturating_sub(away.elapsed())).await;
+    let (peak, rss) = (proc_status_bytes(pid, "VmHWM"), proc_status_bytes(pid, "VmRSS"));
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "agent memory: peak RSS {before} -> {peak} bytes (+{growth}), RSS now {rss}, backlog bound {BACKLOG_BYTES}"
+    );
+    assert!(growth <= 2 * BACKLOG_BYTES + (4 << 20), "peak RSS grew by {growth} bytes, over the bound");
+
+    outage.restart_server().await;
+    let stats = outage
+        .stats_when("the backlog to be delivered and every deny accounted for", |s| {
+            s.pending == 0 && s.delivered + s.backlog_full + s.queue_full + s.ring_full == DENIES + 1
+        })
+        .await;
+    eprintln!("after the outage: {stats:?}");
+    assert_eq!((stats.undecodable, stats.pending_bytes), (0, 0), "{stats:?}");
+    assert!(stats.backlog_full > 0, "50,000 denies overflow a 4 MiB backlog: {stats:?}");
+    assert_eq!(outage.stored_events().await, stats.delivered, "what fit the backlog arrived, once");
+    let events = EventServiceClient::new(outage.channel.clone())
+        .list_events(v1::ListEventsRequest {
+            filter: Some(v1::EventFilter { node: outage.node_name.clone(), ..Default::default() }),
+            page_size: 1,
+            ..Default::default()
+        })
         .await
-        .expect("count");
-    assert_eq!(stored, BACKLOG as i64, "what fit the backlog arrived, once");
+        .expect("list")
+        .into_inner()
+        .events;
+    let one = palisade_agent::backlog::event_bytes(&v1::DecisionEvent { node: String::new(), ..events[0].clone() });
+    let buffered = stats.delivered - 1;
+    assert!(
+        buffered * one as u64 <= BACKLOG_BYTES && (buffered + 1) * one as u64 * 2 > BACKLOG_BYTES,
+        "{buffered} buffered events of about {one} bytes: the backlog held what its bound allows"
+    );
+    let _ = agent.kill().await;
 }
 
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]

@@ -2,6 +2,7 @@
 //! the kernel with no enforcement gap, keeps the cgroup selectors current and streams
 //! decision events back. `main.rs` wraps [`run`]; tests run [`Agent`] in-process.
 
+pub mod backlog;
 pub mod btf;
 pub mod cgroups;
 pub mod events;
@@ -45,10 +46,14 @@ pub struct Config {
     /// Destination ports never denied, whatever the policies say (failsafe).
     #[arg(long, env = "PALISADE_FAILSAFE_PORTS", value_delimiter = ',', default_value = "22")]
     pub failsafe_ports: Vec<u16>,
-    /// Decision events kept in memory while the server is unreachable (about 400 bytes
-    /// each); beyond it the oldest are dropped and counted in the node's status.
+    /// Decision events kept in memory while the server is unreachable; beyond it the oldest
+    /// are dropped and counted in the node's status.
     #[arg(long, env = "PALISADE_EVENT_BACKLOG", default_value_t = 100_000)]
     pub event_backlog: usize,
+    /// Bytes those events may occupy (each event's struct and strings, as the allocator
+    /// rounds them); beyond it the oldest are dropped and counted.
+    #[arg(long, env = "PALISADE_EVENT_BACKLOG_BYTES", default_value_t = 64 << 20)]
+    pub event_backlog_bytes: usize,
     /// Seconds between heartbeats on the Sync stream.
     #[arg(long, env = "PALISADE_HEARTBEAT_SECONDS", default_value_t = 30)]
     pub heartbeat_seconds: u64,
@@ -260,7 +265,7 @@ impl Agent {
             config.server.clone(),
             node_name,
             events_rx,
-            config.event_backlog,
+            backlog::Backlog::new(config.event_backlog, config.event_backlog_bytes),
             stats.clone(),
             shutdown.clone(),
         ));

@@ -12,6 +12,7 @@ pub struct EventCounters {
     backlog_full: AtomicU64,
     undecodable: AtomicU64,
     pending: AtomicU64,
+    pending_bytes: AtomicU64,
     delivered: AtomicU64,
     ring_full: AtomicU64,
 }
@@ -37,9 +38,10 @@ impl EventCounters {
         self.ring_full.store(n, Ordering::Relaxed);
     }
 
-    /// Events waiting to be reported now.
-    pub fn set_pending(&self, n: usize) {
+    /// Events waiting to be reported now, and the memory they occupy.
+    pub fn set_pending(&self, n: usize, bytes: usize) {
         self.pending.store(n as u64, Ordering::Relaxed);
+        self.pending_bytes.store(bytes as u64, Ordering::Relaxed);
     }
 
     /// `n` events the server acknowledged.
@@ -56,6 +58,7 @@ impl EventCounters {
             pending: self.pending.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
             ring_full: self.ring_full.load(Ordering::Relaxed),
+            pending_bytes: self.pending_bytes.load(Ordering::Relaxed),
         }
     }
 }

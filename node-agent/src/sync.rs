@@ -1,12 +1,7 @@
 //! The agent's side of the protocol: the `Sync` control stream (hello, bundles, ACK/NACK,
 //! heartbeats) and event reporting, both reconnecting with jittered backoff.
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    future::Future,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
 use palisade_proto::v1::{self, agent_service_client::AgentServiceClient, sync_request, sync_response};
 use rand::Rng as _;
@@ -15,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{ApplyError, Enforcing, error_chain, server_url, stats::EventCounters};
+use crate::{ApplyError, Enforcing, backlog::Backlog, error_chain, server_url, stats::EventCounters};
 
 /// Why a Sync session or an event report ended.
 #[derive(Debug, thiserror::Error)]
@@ -215,45 +210,42 @@ where
     }
 }
 
-/// Streams events to the server in batches. While the server is unreachable events are kept
-/// in memory, at most `backlog` of them (the oldest are dropped first and counted); they are
+/// Streams events to the server in batches. While the server is unreachable events wait in
+/// `backlog` (bounded by count and bytes; the oldest are dropped first and counted); they are
 /// sent, once each, when it is back. The queue from the datapath is drained into the backlog
 /// also while waiting to retry, so a burst during an outage fills the backlog, not the queue.
 pub async fn run_reporter(
     server: String,
     node_name: String,
     mut events: mpsc::Receiver<v1::DecisionEvent>,
-    backlog: usize,
+    mut backlog: Backlog,
     stats: Arc<EventCounters>,
     shutdown: CancellationToken,
 ) {
     const BATCH: usize = 1000;
-    let backlog = backlog.max(1);
-    let mut pending: VecDeque<v1::DecisionEvent> = VecDeque::new();
-    let keep = |pending: &mut VecDeque<v1::DecisionEvent>, e: v1::DecisionEvent| {
-        if pending.len() >= backlog {
-            pending.pop_front();
-            stats.backlog_full(1);
+    let keep = |backlog: &mut Backlog, e: v1::DecisionEvent| {
+        let dropped = backlog.push(e);
+        if dropped > 0 {
+            stats.backlog_full(dropped);
         }
-        pending.push_back(e);
     };
     let mut client: Option<AgentServiceClient<Channel>> = None;
     let mut backoff = Backoff::default();
     loop {
-        stats.set_pending(pending.len());
-        if pending.is_empty() {
+        stats.set_pending(backlog.len(), backlog.bytes());
+        if backlog.is_empty() {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 e = events.recv() => match e {
-                    Some(e) => keep(&mut pending, e),
+                    Some(e) => keep(&mut backlog, e),
                     None => return,
                 },
             }
         }
         while let Ok(e) = events.try_recv() {
-            keep(&mut pending, e);
+            keep(&mut backlog, e);
         }
-        stats.set_pending(pending.len());
+        stats.set_pending(backlog.len(), backlog.bytes());
         if client.is_none() {
             match connect(&server).await {
                 Ok(channel) => client = Some(AgentServiceClient::new(channel)),
@@ -262,24 +254,25 @@ pub async fn run_reporter(
                 }
             }
         }
-        let batch: Vec<_> = pending.iter().take(BATCH).cloned().collect();
         let sent = match &mut client {
             Some(c) => {
-                let request = v1::ReportEventsRequest { node_name: node_name.clone(), events: batch.clone() };
-                c.report_events(tokio_stream::iter(vec![request])).await.map_err(SyncError::Report)
+                let batch = backlog.oldest(BATCH);
+                let n = batch.len();
+                let request = v1::ReportEventsRequest { node_name: node_name.clone(), events: batch };
+                c.report_events(tokio_stream::iter(vec![request])).await.map(|_| n).map_err(SyncError::Report)
             }
             None => Err(SyncError::NotConnected),
         };
         match sent {
-            Ok(_) => {
-                pending.drain(..batch.len());
-                stats.delivered(batch.len() as u64);
+            Ok(n) => {
+                backlog.sent(n);
+                stats.delivered(n as u64);
                 backoff.reset();
             }
             Err(error) => {
                 tracing::warn!(
                     error = error_chain(&error),
-                    pending = pending.len(),
+                    pending = backlog.len(),
                     "reporting events failed; will retry"
                 );
                 client = None;
@@ -291,7 +284,7 @@ pub async fn run_reporter(
                         () = &mut retry => break,
                         e = events.recv() => {
                             if let Some(e) = e {
-                                keep(&mut pending, e);
+                                keep(&mut backlog, e);
                             } else {
                                 (&mut retry).await;
                                 break;

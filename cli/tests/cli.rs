@@ -83,6 +83,35 @@ async fn apply_invalid_policy_prints_field_paths_and_exits_nonzero(pool: PgPool)
 }
 
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn an_alias_bomb_is_refused_within_a_second_in_bounded_memory(pool: PgPool) {
+    let server = EmbeddedServer::start(pool.clone()).await.expect("server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bomb.yaml");
+    let aliases = vec!["*a"; 530_000].join(",");
+    std::fs::write(
+        &file,
+        format!("name: bomb\nlabels: {{k: &a \"{}\"}}\ndescription: [{aliases}]\n", "x".repeat(1 << 20)),
+    )
+    .expect("write");
+    let started = std::time::Instant::now();
+    let out = palisade(&server, &["apply", "-f", &file.display().to_string()]).await;
+    let took = started.elapsed();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("anchors and aliases are not accepted"), "{}", stderr(&out));
+    eprintln!("CLI refused the alias bomb in {took:?}");
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    // The largest child this test process waited for is the CLI.
+    // SAFETY: getrusage fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut usage) }, 0);
+    assert!(usage.ru_maxrss < 200 * 1024, "the CLI peaked at {} KiB", usage.ru_maxrss);
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM policy_revisions").fetch_one(&pool).await.expect("count");
+    assert_eq!(stored, 0);
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
 async fn list_history_and_delete_show_readable_tables(pool: PgPool) {
     let server = EmbeddedServer::start(pool).await.expect("server");
     let dir = tempfile::tempdir().expect("tempdir");

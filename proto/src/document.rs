@@ -262,6 +262,10 @@ impl<'de> Deserialize<'de> for Ports {
 
 /// Parses one YAML or JSON document (JSON is YAML).
 ///
+/// Anchors and aliases are refused: an alias repeats its anchor's text without a byte budget,
+/// which is how a small document becomes gigabytes (a 1.6 MB document of aliases to a 1 MB
+/// anchor). Documents larger than [`MAX_DOCUMENT_BYTES`] are refused before parsing.
+///
 /// ```
 /// let doc = palisade_proto::document::parse("name: web\nmode: audit\n")?;
 /// assert_eq!(doc.mode, Some(palisade_proto::document::Mode::Audit));
@@ -270,30 +274,60 @@ impl<'de> Deserialize<'de> for Ports {
 /// # Ok::<(), palisade_proto::document::DocumentError>(())
 /// ```
 pub fn parse(text: &str) -> Result<PolicyDocument, DocumentError> {
-    if text.len() > MAX_DOCUMENT_BYTES {
-        return Err(DocumentError::whole(format!(
-            "document is {} bytes, the limit is {MAX_DOCUMENT_BYTES}",
-            text.len()
-        )));
+    let mut documents = parse_all(text);
+    match documents.len() {
+        1 => documents.remove(0),
+        0 => Err(DocumentError::whole("the document is empty")),
+        n => Err(DocumentError::whole(format!("expected one document, found {n}"))),
     }
-    from_deserializer(serde_yaml::Deserializer::from_str(text))
 }
 
-/// Parses a stream of YAML documents separated by `---` (empty documents are skipped).
+/// Parses a stream of YAML documents separated by `---` (empty documents are skipped). A
+/// document with a syntax error ends the stream: what follows it cannot be located.
 pub fn parse_all(text: &str) -> Vec<Result<PolicyDocument, DocumentError>> {
     if text.len() > MAX_DOCUMENT_BYTES {
-        return vec![parse(text)];
+        return vec![Err(DocumentError::whole(format!(
+            "document is {} bytes, the limit is {MAX_DOCUMENT_BYTES}",
+            text.len()
+        )))];
     }
-    serde_yaml::Deserializer::from_str(text)
-        .filter_map(|d| {
-            // An empty document (a trailing `---`) deserializes as unit.
-            match serde_yaml::Value::deserialize(d) {
-                Ok(serde_yaml::Value::Null) => None,
-                Ok(value) => Some(from_deserializer(value)),
-                Err(e) => Some(Err(DocumentError::whole(e.to_string()))),
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_aliases: 0,
+            max_anchors: 0,
+            max_reader_input_bytes: Some(MAX_DOCUMENT_BYTES),
+        },
+    };
+    let mut out = Vec::new();
+    for value in serde_saphyr::read_with_options::<_, serde_json::Value>(&mut text.as_bytes(), options) {
+        match value {
+            Ok(serde_json::Value::Null) => {}
+            Ok(value @ serde_json::Value::Object(_)) => out.push(from_deserializer(value)),
+            Ok(other) => out.push(Err(DocumentError::whole(format!(
+                "a policy document is a mapping of fields, not {}",
+                match other {
+                    serde_json::Value::Array(_) => "a sequence",
+                    serde_json::Value::String(_) => "a string",
+                    _ => "a scalar",
+                }
+            )))),
+            Err(e) => {
+                out.push(Err(DocumentError::whole(syntax_message(&e))));
+                break;
             }
-        })
-        .collect()
+        }
+    }
+    out
+}
+
+/// A parser error in words a policy author can act on.
+fn syntax_message(e: &serde_saphyr::Error) -> String {
+    let text = e.to_string();
+    if text.contains("alias") || text.contains("anchor") {
+        format!("YAML anchors and aliases are not accepted in policy documents ({text})")
+    } else {
+        text
+    }
 }
 
 fn from_deserializer<'de, D>(d: D) -> Result<PolicyDocument, DocumentError>
@@ -364,7 +398,7 @@ impl PolicyDocument {
     /// Renders as YAML.
     pub fn to_yaml(&self) -> String {
         // Serializing plain data with string keys cannot fail.
-        serde_yaml::to_string(self).unwrap_or_default()
+        serde_saphyr::to_string(self).unwrap_or_default()
     }
 
     /// Renders as pretty JSON.
@@ -626,6 +660,28 @@ network:
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].as_ref().map(|d| d.name.as_str()), Ok("a"));
         assert_eq!(docs[1].as_ref().map_err(|e| e.path.as_str()), Err("mode"));
+    }
+
+    #[test]
+    fn anchors_and_aliases_are_refused_quickly_however_large_the_expansion() {
+        let err = parse("name: &n a\ndescription: *n\n").expect_err("alias");
+        assert!(err.message.contains("anchors and aliases are not accepted"), "{err}");
+        // The document that made serde_yaml allocate past 4 GB: a 1 MB anchor, 1.6 MB of aliases.
+        let bomb = format!(
+            "name: a\nlabels: {{k: &a \"{}\"}}\ndescription: [{}]\n",
+            "x".repeat(1 << 20),
+            vec!["*a"; 530_000].join(",")
+        );
+        let started = std::time::Instant::now();
+        let err = parse(&bomb).expect_err("alias bomb");
+        assert!(err.message.contains("anchors and aliases"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn one_document_is_expected_by_parse() {
+        assert!(parse("").expect_err("empty").message.contains("empty"));
+        assert!(parse("name: a\n---\nname: b\n").expect_err("two").message.contains("found 2"));
     }
 
     #[test]

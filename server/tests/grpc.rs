@@ -159,6 +159,30 @@ async fn list_policies_filters_labels_and_paginates(pool: PgPool) {
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
+/// A 1 MB anchor and 1.6 MB of aliases to it (what made `serde_yaml` allocate past 4 GB).
+fn alias_bomb() -> String {
+    format!(
+        "name: bomb\nlabels: {{k: &a \"{}\"}}\ndescription: [{}]\n",
+        "x".repeat(1 << 20),
+        vec!["*a"; 530_000].join(",")
+    )
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn an_alias_bomb_document_is_invalid_argument_within_a_second(pool: PgPool) {
+    let h = Harness::start(pool.clone()).await;
+    let started = std::time::Instant::now();
+    let status = h.policies().apply_policy(apply_doc(&alias_bomb())).await.expect_err("must be rejected");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let bad = status.get_details_bad_request().expect("field violations");
+    assert_eq!(bad.field_violations[0].field, "document");
+    assert!(bad.field_violations[0].description.contains("anchors and aliases"), "{bad:?}");
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM policy_revisions").fetch_one(&pool).await.expect("count");
+    assert_eq!(stored, 0);
+}
+
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
 async fn apply_policy_bad_input_is_rejected_with_field_paths_and_stores_nothing(pool: PgPool) {
     let h = Harness::start(pool.clone()).await;

@@ -52,7 +52,10 @@ impl PolicyService for PolicyApi {
         let request = request.into_inner();
         let policy = match request.source {
             Some(Source::Policy(policy)) => policy,
-            Some(Source::Document(text)) => parse_document(&text)?,
+            // Parsing is CPU work proportional to the document (up to 8 MiB): off the workers.
+            Some(Source::Document(text)) => {
+                tokio::task::spawn_blocking(move || parse_document(&text)).await.map_err(ApiError::Task)??
+            }
             None => return Err(ApiError::invalid("source", "a policy or a document is required").into()),
         };
         let policy = validate::policy(&policy).map_err(ApiError::Invalid)?;

@@ -29,7 +29,9 @@ echo "database: $server_url"
 say "Building (cargo build --locked)"
 cargo build --locked -q -p palisade-server -p palisade-agent -p palisade-cli
 bin=$root/target/debug
-export PALISADE_SERVER=http://127.0.0.1:50151
+# The secure path: TLS with a development PKI, and the agent's node certificate.
+export PALISADE_SERVER=https://127.0.0.1:50151
+export PALISADE_CA_CERT=$work/pki/ca.crt
 
 cgroup2=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 [[ -n $cgroup2 ]] || { echo "quickstart: no cgroup2 mount" >&2; exit 1; }
@@ -57,10 +59,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "Starting palisade-server on 127.0.0.1:50151"
+say "palisade-server pki init (a development CA, server and node certificates)"
+rm -rf "$work/pki"
+"$bin/palisade-server" pki init "$work/pki"
+"$bin/palisade-server" pki issue-node quickstart "$work/pki"
+
+say "Starting palisade-server on 127.0.0.1:50151 (TLS, node certificates required)"
 rm -f "$work/bundle.key" "$work/bundle.key.pub"
 PALISADE_LOG=warn "$bin/palisade-server" --listen 127.0.0.1:50151 --database-url "$server_url" \
   --bundle-signing-key "$work/bundle.key" \
+  --tls-cert "$work/pki/server.crt" --tls-key "$work/pki/server.key" --client-ca "$work/pki/ca.crt" \
   >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 100); do "$bin/palisade" list >/dev/null 2>&1 && break; sleep 0.1; done
@@ -70,6 +78,7 @@ mkdir -p "$demo"
 for _ in $(seq 1 50); do [[ -s $work/bundle.key.pub ]] && break; sleep 0.1; done
 PALISADE_LOG=info "$bin/palisade-agent" --node-name quickstart --labels env=demo \
   --bundle-public-key "$work/bundle.key.pub" \
+  --ca-cert "$work/pki/ca.crt" --cert "$work/pki/quickstart.crt" --key "$work/pki/quickstart.key" \
   --attach-cgroup /palisade-demo --bpffs "$pins" --state-dir "$work/agent" \
   >"$work/agent.log" 2>&1 &
 agent_pid=$!

@@ -37,7 +37,7 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let channel = connect(&cli.server).await?;
+    let channel = connect(&cli.server, cli.ca_cert.as_deref()).await?;
     match cli.command {
         Command::Apply { path, dry_run, expected_revision } => apply(&channel, &path, dry_run, expected_revision).await,
         Command::Get { name, output, revision } => get(&channel, &name, output, revision).await,
@@ -62,13 +62,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn connect(server: &str) -> anyhow::Result<Channel> {
+async fn connect(server: &str, ca_cert: Option<&Path>) -> anyhow::Result<Channel> {
     let url = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
-    Channel::from_shared(url.clone())
-        .with_context(|| format!("invalid server address {server:?}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the Palisade server at {url}"))
+    let mut endpoint =
+        Channel::from_shared(url.clone()).with_context(|| format!("invalid server address {server:?}"))?;
+    if url.starts_with("https://") {
+        let path = ca_cert
+            .context("an https:// server needs --ca-cert (PALISADE_CA_CERT): the CA its certificate chains to")?;
+        let pem = std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?;
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        endpoint = endpoint.tls_config(tls).context("TLS configuration")?;
+    }
+    endpoint.connect().await.with_context(|| format!("cannot reach the Palisade server at {url}"))
 }
 
 fn policies(channel: &Channel) -> PolicyServiceClient<Channel> {

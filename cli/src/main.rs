@@ -12,9 +12,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "palisade", version)]
 struct Cli {
-    /// Server address (http://HOST:PORT or HOST:PORT).
+    /// Server address: https://HOST:PORT (TLS), or http://HOST:PORT / HOST:PORT for a
+    /// `--dev` server.
     #[arg(long, env = "PALISADE_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
     server: String,
+    /// PEM CA certificate the server's certificate must chain to (needed for https://).
+    #[arg(long, env = "PALISADE_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }

@@ -177,6 +177,9 @@ impl TestAgent {
     ) -> palisade_agent::Config {
         palisade_agent::Config {
             server: server.url(),
+            ca_cert: None,
+            cert: None,
+            key: None,
             bundle_public_key: Some(server.public_key_hex().to_owned()),
             insecure_skip_bundle_signature: false,
             uninstall: false,

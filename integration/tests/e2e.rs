@@ -597,6 +597,54 @@ async fn a_minute_long_outage_under_50_000_denies_stays_within_the_agents_memory
     let _ = agent.kill().await;
 }
 
+/// The secure path end to end: a TLS server from the development PKI, an agent with its node
+/// certificate — its bundle is enforced and its deny events arrive, attributed to it.
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn an_agent_with_its_node_certificate_enforces_and_reports_over_tls(pool: PgPool) {
+    if !kernel_tests_enabled("agent over TLS") {
+        return;
+    }
+    let pki = tempfile::tempdir().expect("pki");
+    palisade_server::pki::init(pki.path(), &[]).expect("pki init");
+    let node_name = format!("tls-{}", std::process::id());
+    palisade_server::pki::issue_node(&node_name, pki.path()).expect("node certificate");
+    let tls = palisade_server::tls::TlsFiles {
+        cert: pki.path().join("server.crt"),
+        key: pki.path().join("server.key"),
+        client_ca: pki.path().join("ca.crt"),
+    };
+    let options = palisade_server::Options { tls: Some(tls), ..palisade_server::Options::default() };
+    let server = EmbeddedServer::start_with(pool, options).await.expect("server");
+    assert!(server.url().starts_with("https://"));
+    let ca = std::fs::read(pki.path().join("ca.crt")).expect("ca");
+    let channel = Channel::from_shared(server.url())
+        .expect("url")
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        )
+        .expect("tls")
+        .connect()
+        .await
+        .expect("connect over TLS");
+    let cg = TestCgroup::new("tls");
+    let work = cg.create_child("work");
+    let (_v4, _v6, port) = dual_listeners();
+    PolicyServiceClient::new(channel.clone()).apply_policy(policy("tls", &work, port, "deny")).await.expect("apply");
+    let state = tempfile::tempdir().expect("state");
+    let mut config = TestAgent::config(&server, &node_name, cg.path(), state.path());
+    config.ca_cert = Some(pki.path().join("ca.crt"));
+    config.cert = Some(pki.path().join(format!("{node_name}.crt")));
+    config.key = Some(pki.path().join(format!("{node_name}.key")));
+    config.heartbeat_seconds = 1;
+    let _agent = TestAgent::start(config).await;
+    applied_after(&channel, &node_name, 0).await;
+    assert_eq!(connect(&cg.dir_of(&work), "127.0.0.1", port).await, Connect::Denied);
+    node_when(&channel, &node_name, "the deny event to arrive over TLS", |n| {
+        n.event_stats.as_ref().is_some_and(|s| s.delivered == 1)
+    })
+    .await;
+}
+
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
 async fn enforcement_that_vanishes_under_the_agent_is_restored_without_manual_steps(pool: PgPool) {
     if !kernel_tests_enabled("vanished pins") {

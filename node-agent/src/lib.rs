@@ -24,9 +24,19 @@ use crate::loader::{Datapath, Enforcement, LoadError, Paths};
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "palisade-agent", version, about = "Palisade node agent: enforces the node's policy bundle")]
 pub struct Config {
-    /// Server address (`http://HOST:PORT` or `HOST:PORT`).
+    /// Server address: `https://HOST:PORT` (TLS, with `--ca-cert`, `--cert`, `--key`), or
+    /// `http://HOST:PORT` / `HOST:PORT` for a `--dev` server.
     #[arg(long, env = "PALISADE_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
+    /// PEM CA certificate the server's certificate must chain to (`https://` servers).
+    #[arg(long, env = "PALISADE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate naming this node (`palisade-server pki issue-node`).
+    #[arg(long, env = "PALISADE_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `--cert`.
+    #[arg(long, env = "PALISADE_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Node name (default: the hostname).
     #[arg(long, env = "PALISADE_NODE_NAME")]
     pub node_name: Option<String>,
@@ -75,6 +85,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// The server and how to reach it; `https://` needs `--ca-cert`, `--cert` and `--key`.
+    pub fn server(&self) -> Result<sync::Server, StartError> {
+        let url = server_url(&self.server);
+        if !url.starts_with("https://") {
+            return Ok(sync::Server { url, tls: None });
+        }
+        let read = |flag: &str, path: &Option<PathBuf>| {
+            let path = path.as_ref().ok_or_else(|| StartError::Config(format!("an https:// server needs {flag}")))?;
+            std::fs::read(path).map_err(|e| StartError::Config(format!("{flag} {}: {e}", path.display())))
+        };
+        let ca = tonic::transport::Certificate::from_pem(read("--ca-cert", &self.ca_cert)?);
+        let identity = tonic::transport::Identity::from_pem(read("--cert", &self.cert)?, read("--key", &self.key)?);
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(ca).identity(identity);
+        Ok(sync::Server { url, tls: Some(tls) })
+    }
+
     /// Where the datapath keeps things, with the cgroup2 mount found on this node.
     pub fn paths(&self) -> Result<Paths, StartError> {
         let cgroup2 = probe::cgroup2_mount().ok_or(StartError::NoCgroup2)?;
@@ -205,6 +231,7 @@ impl Agent {
                 ));
             }
         };
+        let server = config.server()?;
         let features = tokio::task::spawn_blocking(probe::probe).await.map_err(|_| StartError::Datapath)?;
         tracing::info!(
             kernel = features.kernel_release,
@@ -243,7 +270,7 @@ impl Agent {
         });
         let sync = sync::SyncClient {
             stats: stats.clone(),
-            server: config.server.clone(),
+            server: server.clone(),
             node_name: node_name.clone(),
             labels,
             features,
@@ -262,7 +289,7 @@ impl Agent {
         ready.await.map_err(|_| StartError::Datapath)?;
         tracker.spawn(sync::run_sync(sync, apply, enforcing.clone(), reports, shutdown.clone()));
         tracker.spawn(sync::run_reporter(
-            config.server.clone(),
+            server,
             node_name,
             events_rx,
             backlog::Backlog::new(config.event_backlog, config.event_backlog_bytes),

@@ -8,7 +8,7 @@ use rand::Rng as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::{ApplyError, Enforcing, backlog::Backlog, error_chain, server_url, stats::EventCounters};
 
@@ -41,8 +41,8 @@ pub enum SyncError {
 /// Everything the Sync loop needs to say hello.
 #[derive(Debug, Clone)]
 pub struct SyncClient {
-    /// Server address.
-    pub server: String,
+    /// The server.
+    pub server: Server,
     /// Node name.
     pub node_name: String,
     /// Node labels.
@@ -87,12 +87,26 @@ impl Backoff {
     }
 }
 
-async fn connect(server: &str) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(server_url(server))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_keepalive(Some(Duration::from_secs(30)))
-        .connect()
-        .await
+/// Where the server is and how to reach it: its URL and, for `https://`, the CA to trust and
+/// this node's client certificate.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// URL (`http://` only against a `--dev` server).
+    pub url: String,
+    /// TLS settings for `https://` URLs.
+    pub tls: Option<ClientTlsConfig>,
+}
+
+impl Server {
+    async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        let mut endpoint = Endpoint::from_shared(self.url.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_keepalive(Some(Duration::from_secs(30)));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        endpoint.connect().await
+    }
 }
 
 /// Resolves the server's addresses so the compiler can exempt them (failsafe).
@@ -148,7 +162,7 @@ where
     A: Fn(v1::Bundle) -> F,
     F: Future<Output = Result<(), ApplyError>>,
 {
-    let channel = connect(&client.server).await.map_err(SyncError::Connect)?;
+    let channel = client.server.connect().await.map_err(SyncError::Connect)?;
     let (generation, digest) = enforcing.borrow().clone().unwrap_or_default();
     let hello = v1::AgentHello {
         node_name: client.node_name.clone(),
@@ -157,7 +171,7 @@ where
         bundle_digest: digest,
         bundle_generation: generation,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        server_endpoints: server_endpoints(&client.server).await,
+        server_endpoints: server_endpoints(&client.server.url).await,
         failsafe_ports: client.failsafe_ports.clone(),
         event_stats: Some(client.stats.snapshot()),
     };
@@ -215,7 +229,7 @@ where
 /// sent, once each, when it is back. The queue from the datapath is drained into the backlog
 /// also while waiting to retry, so a burst during an outage fills the backlog, not the queue.
 pub async fn run_reporter(
-    server: String,
+    server: Server,
     node_name: String,
     mut events: mpsc::Receiver<v1::DecisionEvent>,
     mut backlog: Backlog,
@@ -247,7 +261,7 @@ pub async fn run_reporter(
         }
         stats.set_pending(backlog.len(), backlog.bytes());
         if client.is_none() {
-            match connect(&server).await {
+            match server.connect().await {
                 Ok(channel) => client = Some(AgentServiceClient::new(channel)),
                 Err(error) => {
                     tracing::debug!(%error, "event reporter cannot connect");

@@ -16,6 +16,7 @@ pub struct EmbeddedServer {
     public_key: String,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), ServeError>>>,
+    tls: bool,
 }
 
 impl EmbeddedServer {
@@ -35,8 +36,9 @@ impl EmbeddedServer {
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let public_key = options.signer.public_key_hex();
+        let tls = options.tls.is_some();
         let task = tokio::spawn(crate::serve_with(pool, listener, shutdown.clone(), options));
-        Ok(Self { addr, public_key, shutdown, task: Some(task) })
+        Ok(Self { addr, public_key, shutdown, task: Some(task), tls })
     }
 
     /// The public key agents of this server must pin (hex).
@@ -49,9 +51,9 @@ impl EmbeddedServer {
         self.addr
     }
 
-    /// `http://ADDR`, for gRPC clients.
+    /// The URL clients connect to: `https://ADDR` with TLS, `http://ADDR` without.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
     }
 
     /// Shuts down gracefully and returns how serving ended.

@@ -7,8 +7,10 @@ pub mod bundler;
 pub mod embedded;
 pub mod error;
 pub mod hub;
+pub mod pki;
 pub mod signing;
 pub mod store;
+pub mod tls;
 pub mod validate;
 
 use std::{net::SocketAddr, time::Duration};
@@ -47,8 +49,9 @@ pub struct Config {
     #[arg(long, env = "PALISADE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
     /// PostgreSQL connection URL, e.g. `postgres://postgres@127.0.0.1:5432/palisade`.
+    /// Required to serve (optional only so that the `pki` tools run without one).
     #[arg(long, env = "DATABASE_URL")]
-    pub database_url: String,
+    pub database_url: Option<String>,
     /// Maximum PostgreSQL connections.
     #[arg(long, env = "PALISADE_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,
@@ -68,6 +71,88 @@ pub struct Config {
     /// that would exceed it on any node are rejected at apply time.
     #[arg(long, env = "PALISADE_MAX_MAP_BYTES", default_value_t = palisade_compiler::limits::Limits::DEFAULT.max_map_bytes)]
     pub max_map_bytes: u64,
+    /// PEM certificate chain the server presents (TLS); needs `--tls-key` and `--client-ca`.
+    #[arg(long, env = "PALISADE_TLS_CERT", requires_all = ["tls_key", "client_ca"])]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "PALISADE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// PEM CA certificate that signs node (agent) certificates. `AgentService` calls must
+    /// present one; its common name is the node's identity.
+    #[arg(long, env = "PALISADE_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<std::path::PathBuf>,
+    /// Development mode, loopback only: plaintext, no client certificates, no node identity.
+    #[arg(long, env = "PALISADE_DEV", conflicts_with = "tls_cert")]
+    pub dev: bool,
+}
+
+impl Config {
+    /// The TLS files, or `None` in `--dev`; refuses what DESIGN.md §7 refuses: plaintext
+    /// without `--dev`, and `--dev` on a non-loopback address.
+    pub fn tls(&self) -> Result<Option<tls::TlsFiles>, ServeError> {
+        match (&self.tls_cert, &self.tls_key, &self.client_ca) {
+            (Some(cert), Some(key), Some(client_ca)) => {
+                Ok(Some(tls::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: client_ca.clone() }))
+            }
+            _ if !self.dev => Err(ServeError::Insecure(
+                "give --tls-cert, --tls-key and --client-ca (`palisade-server pki init DIR` makes a development \
+                 set), or --dev for plaintext on loopback"
+                    .into(),
+            )),
+            _ if !self.listen.ip().is_loopback() => Err(ServeError::Insecure(format!(
+                "--dev serves plaintext without authentication and only on loopback, not on {}",
+                self.listen
+            ))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// `palisade-server`: serve (the default), or a tool.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "palisade-server",
+    version,
+    about = "Palisade control plane: policies, nodes and events over gRPC",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// A tool to run instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Tool>,
+    /// Serving flags.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+/// Tools of `palisade-server`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Tool {
+    /// A development PKI: CA, server and node certificates (PEM).
+    #[command(subcommand)]
+    Pki(PkiTool),
+}
+
+/// `palisade-server pki ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum PkiTool {
+    /// Creates ca.crt, ca.key, server.crt and server.key in DIR. The server certificate names
+    /// `localhost`, `127.0.0.1`, `::1`, the host name and every --san.
+    Init {
+        /// Directory (created if missing).
+        dir: std::path::PathBuf,
+        /// Another DNS name or IP address for the server certificate (repeatable).
+        #[arg(long)]
+        san: Vec<String>,
+    },
+    /// Creates NAME.crt and NAME.key in DIR: node NAME's agent certificate, signed by DIR's CA.
+    IssueNode {
+        /// Node name (the agent's --node-name).
+        name: String,
+        /// Directory holding ca.crt and ca.key.
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Failures that stop the server.
@@ -100,14 +185,30 @@ pub enum ServeError {
     /// The bundle signing key cannot be used.
     #[error("bundle signing key")]
     Signing(#[source] signing::SigningError),
+    /// No `--database-url` / `DATABASE_URL`.
+    #[error("--database-url (or DATABASE_URL) is required to serve")]
+    NoDatabase,
+    /// The transport security asked for is missing or refused.
+    #[error("{0}")]
+    Insecure(String),
+    /// A TLS file cannot be read.
+    #[error("TLS file")]
+    TlsFile(#[source] tls::TlsFileError),
 }
 
 /// Connects to the database, migrates it, binds `config.listen` and serves until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let tls = config.tls()?;
+    if tls.is_none() {
+        tracing::warn!(
+            listen = %config.listen,
+            "--dev: plaintext gRPC, no client certificates, no node identity checks; never use this outside development"
+        );
+    }
     let pool = PgPoolOptions::new()
         .max_connections(config.db_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(&config.database_url)
+        .connect(config.database_url.as_deref().ok_or(ServeError::NoDatabase)?)
         .await
         .map_err(ServeError::Connect)?;
     MIGRATOR.run(&pool).await.map_err(ServeError::Migrate)?;
@@ -129,7 +230,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         signer
     };
     tracing::info!(public_key = signer.public_key_hex(), "bundles are signed; agents pin this key");
-    serve_with(pool, listener, shutdown, Options { limits, signer, bundle_mutator: None }).await
+    serve_with(pool, listener, shutdown, Options { limits, signer, bundle_mutator: None, tls }).await
 }
 
 /// Serves every service on `listener` from a migrated `pool` until `shutdown` is cancelled:
@@ -148,6 +249,8 @@ pub struct Options {
     pub limits: palisade_compiler::limits::Limits,
     /// The key bundles are signed with.
     pub signer: signing::BundleSigner,
+    /// TLS with node certificates; `None` serves plaintext (`--dev`).
+    pub tls: Option<tls::TlsFiles>,
 }
 
 impl Default for Options {
@@ -156,6 +259,7 @@ impl Default for Options {
             bundle_mutator: None,
             limits: palisade_compiler::limits::Limits::DEFAULT,
             signer: signing::BundleSigner::generate(),
+            tls: None,
         }
     }
 }
@@ -166,6 +270,7 @@ impl std::fmt::Debug for Options {
             .field("bundle_mutator", &self.bundle_mutator.is_some())
             .field("limits", &self.limits)
             .field("signer", &self.signer)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -191,7 +296,13 @@ pub async fn serve_with(
         .build_v1()
         .map_err(ServeError::Reflection)?;
     let local = listener.local_addr().ok();
-    tracing::info!(addr = ?local, "serving gRPC");
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(files) = &options.tls {
+        let config = files.server_config().map_err(ServeError::TlsFile)?;
+        builder = builder.tls_config(config).map_err(ServeError::Transport)?;
+    }
+    let require_identity = options.tls.is_some();
+    tracing::info!(addr = ?local, tls = require_identity, "serving gRPC");
     let signal = {
         let shutdown = shutdown.clone();
         async move {
@@ -203,7 +314,7 @@ pub async fn serve_with(
             health.set_not_serving::<EventServiceServer<EventApi>>().await;
         }
     };
-    let result = tonic::transport::Server::builder()
+    let result = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -211,13 +322,10 @@ pub async fn serve_with(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            AgentServiceServer::new(AgentApi::new(
-                store.clone(),
-                bundler,
-                hub.generation(),
-                shutdown.clone(),
-                tracker.clone(),
-            ))
+            AgentServiceServer::new(
+                AgentApi::new(store.clone(), bundler, hub.generation(), shutdown.clone(), tracker.clone())
+                    .requiring_identity(require_identity),
+            )
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(NodeServiceServer::new(NodeApi::new(store.clone())))

@@ -1,11 +1,23 @@
 //! `palisade-server`: parse flags, start logging, serve until SIGINT/SIGTERM.
+#![allow(clippy::print_stdout, reason = "the pki tools print the files they wrote")]
 
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = palisade_server::Config::parse();
+    let cli = palisade_server::Cli::parse();
+    if let Some(palisade_server::Tool::Pki(tool)) = cli.command {
+        let written = match tool {
+            palisade_server::PkiTool::Init { dir, san } => palisade_server::pki::init(&dir, &san)?,
+            palisade_server::PkiTool::IssueNode { name, dir } => palisade_server::pki::issue_node(&name, &dir)?,
+        };
+        for path in written {
+            println!("{}", path.display());
+        }
+        return Ok(());
+    }
+    let config = cli.serve;
     palisade_server::init_logging(config.log_json);
     let shutdown = CancellationToken::new();
     palisade_server::cancel_on_signals(shutdown.clone());

@@ -9,7 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{bundler::Bundler, error::ApiError, store::Store, validate};
+use crate::{bundler::Bundler, error::ApiError, store::Store, tls, validate};
 
 /// How often the server sends a heartbeat on each Sync stream.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -26,6 +26,8 @@ pub struct AgentApi {
     generation: watch::Receiver<u64>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// Whether calls must carry a node's client certificate (TLS), whose node they are bound to.
+    require_identity: bool,
 }
 
 impl AgentApi {
@@ -38,7 +40,14 @@ impl AgentApi {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
-        Self { store, bundler, generation, shutdown, tracker }
+        Self { store, bundler, generation, shutdown, tracker, require_identity: false }
+    }
+
+    /// Binds every call to the node its client certificate names (TLS with a client CA).
+    #[must_use]
+    pub fn requiring_identity(mut self, required: bool) -> Self {
+        self.require_identity = required;
+        self
     }
 }
 
@@ -215,11 +224,13 @@ impl AgentService for AgentApi {
     type SyncStream = SyncStream;
 
     async fn sync(&self, request: Request<Streaming<v1::SyncRequest>>) -> Result<Response<SyncStream>, Status> {
+        let identity = tls::node_identity(&request, self.require_identity)?;
         let mut inbound = request.into_inner();
         let Some(v1::SyncRequest { message: Some(Inbound::Hello(hello)) }) = inbound.message().await? else {
             return Err(Status::invalid_argument("the first message of a Sync stream must be a hello"));
         };
         validate::node_name("hello.node_name", &hello.node_name).map_err(ApiError::Invalid)?;
+        tls::check_node(identity.as_deref(), "hello.node_name", &hello.node_name)?;
         validate::selector("hello.labels", &hello.labels).map_err(ApiError::Invalid)?;
         check_failsafe(&hello)?;
         self.store.node_hello(&hello).await?;
@@ -240,14 +251,23 @@ impl AgentService for AgentApi {
         &self,
         request: Request<Streaming<v1::ReportEventsRequest>>,
     ) -> Result<Response<v1::ReportEventsResponse>, Status> {
+        let identity = tls::node_identity(&request, self.require_identity)?;
         let mut inbound = request.into_inner();
         let mut node: Option<String> = None;
         let mut accepted = 0;
         while let Some(message) = inbound.message().await? {
             let node = if let Some(node) = &node {
+                if message.node_name != *node && !message.node_name.is_empty() {
+                    return Err(ApiError::invalid(
+                        "node_name",
+                        format!("this stream reports for {node:?}, not {:?}", message.node_name),
+                    )
+                    .into());
+                }
                 node.clone()
             } else {
                 validate::node_name("node_name", &message.node_name).map_err(ApiError::Invalid)?;
+                tls::check_node(identity.as_deref(), "node_name", &message.node_name)?;
                 node.insert(message.node_name.clone()).clone()
             };
             if message.events.len() > MAX_EVENTS_PER_MESSAGE {

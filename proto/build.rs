@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "palisade/v1/agent.proto",
     "palisade/v1/node.proto",
     "palisade/v1/bundle.proto",
+    "palisade/v1/token.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -64,7 +64,12 @@ rm -rf "$work/pki"
 "$bin/palisade-server" pki init "$work/pki"
 "$bin/palisade-server" pki issue-node quickstart "$work/pki"
 
-say "Starting palisade-server on 127.0.0.1:50151 (TLS, node certificates required)"
+say "palisade-server token create (an admin token for the CLI, PALISADE_TOKEN)"
+PALISADE_TOKEN=$("$bin/palisade-server" token create --role admin --name quickstart-admin \
+  --database-url "$server_url" | tail -n 1)
+export PALISADE_TOKEN
+
+say "Starting palisade-server on 127.0.0.1:50151 (TLS, node certificates, tokens required)"
 rm -f "$work/bundle.key" "$work/bundle.key.pub"
 PALISADE_LOG=warn "$bin/palisade-server" --listen 127.0.0.1:50151 --database-url "$server_url" \
   --bundle-signing-key "$work/bundle.key" \

@@ -12,14 +12,30 @@ use palisade_proto::{
     document::{self, PolicyDocument},
     v1::{
         self, event_service_client::EventServiceClient, node_service_client::NodeServiceClient,
-        policy_service_client::PolicyServiceClient,
+        policy_service_client::PolicyServiceClient, token_service_client::TokenServiceClient,
     },
 };
 use tokio_stream::StreamExt as _;
-use tonic::{Request, Status, transport::Channel};
+use tonic::{Request, Status, service::interceptor::InterceptedService, transport::Channel};
+
+/// A connection whose every call carries the `--token` (when one is given).
+type Conn = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer TOKEN` to each call.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
 use tonic_types::StatusExt as _;
 
-use crate::{Cli, Command, Format, table::Table};
+use crate::{Cli, Command, Format, TokenCommand, table::Table};
 
 /// Verdict filter for `events`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -38,6 +54,11 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let channel = connect(&cli.server, cli.ca_cert.as_deref()).await?;
+    let bearer = match cli.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        Some(token) => Some(format!("Bearer {token}").parse().context("--token has characters a header cannot carry")?),
+        None => None,
+    };
+    let channel = InterceptedService::new(channel, Bearer(bearer));
     match cli.command {
         Command::Apply { path, dry_run, expected_revision } => apply(&channel, &path, dry_run, expected_revision).await,
         Command::Get { name, output, revision } => get(&channel, &name, output, revision).await,
@@ -46,6 +67,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History { name } => history(&channel, &name).await,
         Command::Compile { path, disasm } => compile(&channel, &path, disasm).await,
         Command::Nodes => nodes(&channel).await,
+        Command::Token(TokenCommand::List) => tokens(&channel).await,
+        Command::Token(TokenCommand::Revoke { name }) => revoke_token(&channel, &name).await,
         Command::Events { policy, node, verdict, limit, follow } => {
             let filter = v1::EventFilter {
                 policy: policy.unwrap_or_default(),
@@ -76,7 +99,7 @@ async fn connect(server: &str, ca_cert: Option<&Path>) -> anyhow::Result<Channel
     endpoint.connect().await.with_context(|| format!("cannot reach the Palisade server at {url}"))
 }
 
-fn policies(channel: &Channel) -> PolicyServiceClient<Channel> {
+fn policies(channel: &Conn) -> PolicyServiceClient<Conn> {
     PolicyServiceClient::new(channel.clone())
         .max_encoding_message_size(MAX_MESSAGE)
         .max_decoding_message_size(MAX_MESSAGE)
@@ -149,7 +172,7 @@ fn load_documents(path: &Path) -> anyhow::Result<Vec<(String, PolicyDocument)>> 
     Ok(documents)
 }
 
-async fn apply(channel: &Channel, path: &Path, dry_run: bool, expected_revision: Option<u64>) -> anyhow::Result<()> {
+async fn apply(channel: &Conn, path: &Path, dry_run: bool, expected_revision: Option<u64>) -> anyhow::Result<()> {
     let documents = load_documents(path)?;
     let mut client = policies(channel);
     let mut failures = 0;
@@ -183,7 +206,7 @@ async fn apply(channel: &Channel, path: &Path, dry_run: bool, expected_revision:
     Ok(())
 }
 
-async fn get(channel: &Channel, name: &str, output: Format, revision: Option<u64>) -> anyhow::Result<()> {
+async fn get(channel: &Conn, name: &str, output: Format, revision: Option<u64>) -> anyhow::Result<()> {
     let response = policies(channel)
         .get_policy(v1::GetPolicyRequest { name: name.to_owned(), revision })
         .await
@@ -220,7 +243,7 @@ fn mode_name(mode: i32) -> &'static str {
     }
 }
 
-async fn list(channel: &Channel, selector: &[String]) -> anyhow::Result<()> {
+async fn list(channel: &Conn, selector: &[String]) -> anyhow::Result<()> {
     let label_selector = parse_selector(selector)?;
     let mut client = policies(channel);
     let mut table = Table::new(&["NAME", "REVISION", "MODE", "CONNECT RULES", "UPDATED", "BY"]);
@@ -256,7 +279,32 @@ async fn list(channel: &Channel, selector: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn delete(channel: &Channel, name: &str, expected_revision: Option<u64>) -> anyhow::Result<()> {
+async fn tokens(channel: &Conn) -> anyhow::Result<()> {
+    let tokens = TokenServiceClient::new(channel.clone())
+        .list_tokens(v1::ListTokensRequest {})
+        .await
+        .map_err(|s| failed("list tokens", &s))?
+        .into_inner()
+        .tokens;
+    let mut table = Table::new(&["NAME", "ROLE", "CREATED", "REVOKED"]);
+    for t in tokens {
+        let role = v1::Role::try_from(t.role).map_or("?", |r| r.as_str_name().trim_start_matches("ROLE_"));
+        table.row(vec![t.name, role.to_lowercase(), when(t.created_at.as_ref()), when(t.revoked_at.as_ref())]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+async fn revoke_token(channel: &Conn, name: &str) -> anyhow::Result<()> {
+    TokenServiceClient::new(channel.clone())
+        .revoke_token(v1::RevokeTokenRequest { name: name.to_owned() })
+        .await
+        .map_err(|s| failed(&format!("token/{name}"), &s))?;
+    println!("token/{name} revoked");
+    Ok(())
+}
+
+async fn delete(channel: &Conn, name: &str, expected_revision: Option<u64>) -> anyhow::Result<()> {
     let response = policies(channel)
         .delete_policy(request(v1::DeletePolicyRequest { name: name.to_owned(), expected_revision }))
         .await
@@ -265,7 +313,7 @@ async fn delete(channel: &Channel, name: &str, expected_revision: Option<u64>) -
     Ok(())
 }
 
-async fn history(channel: &Channel, name: &str) -> anyhow::Result<()> {
+async fn history(channel: &Conn, name: &str) -> anyhow::Result<()> {
     let mut client = policies(channel);
     let mut table = Table::new(&["REVISION", "KIND", "DIGEST", "WHEN", "BY"]);
     let mut page_token = String::new();
@@ -298,7 +346,7 @@ async fn history(channel: &Channel, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn compile(channel: &Channel, path: &Path, disasm: bool) -> anyhow::Result<()> {
+async fn compile(channel: &Conn, path: &Path, disasm: bool) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("error: cannot read {}", path.display()))?;
     let doc =
         document::parse(&text).map_err(|e| anyhow::anyhow!("error: {}: {}: {}", path.display(), e.path, e.message))?;
@@ -339,7 +387,7 @@ async fn compile(channel: &Channel, path: &Path, disasm: bool) -> anyhow::Result
     Ok(())
 }
 
-async fn nodes(channel: &Channel) -> anyhow::Result<()> {
+async fn nodes(channel: &Conn) -> anyhow::Result<()> {
     let mut client = NodeServiceClient::new(channel.clone());
     let mut table = Table::new(&[
         "NAME",
@@ -458,7 +506,7 @@ fn event_row(e: &v1::DecisionEvent) -> Vec<String> {
     ]
 }
 
-async fn events(channel: &Channel, filter: v1::EventFilter, limit: u32, follow: bool) -> anyhow::Result<()> {
+async fn events(channel: &Conn, filter: v1::EventFilter, limit: u32, follow: bool) -> anyhow::Result<()> {
     let mut client = EventServiceClient::new(channel.clone());
     // Subscribe first so nothing stored between the listing and the watch is missed.
     let watch = if follow {

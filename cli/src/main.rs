@@ -19,6 +19,10 @@ struct Cli {
     /// PEM CA certificate the server's certificate must chain to (needed for https://).
     #[arg(long, env = "PALISADE_CA_CERT", global = true)]
     ca_cert: Option<PathBuf>,
+    /// Bearer token for the admin API (`palisade-server token create`); not needed against a
+    /// `--dev` server.
+    #[arg(long, env = "PALISADE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,6 +32,18 @@ struct Cli {
 enum Format {
     Yaml,
     Json,
+}
+
+/// `palisade token ...`.
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Lists tokens (names, roles, creation and revocation times; never secrets).
+    List,
+    /// Revokes a token: calls carrying it are refused from then on.
+    Revoke {
+        /// Token name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +102,10 @@ enum Command {
     },
     /// List nodes and their sync state.
     Nodes,
+    /// Admin API tokens (needs an admin token). Create them on the server's host with
+    /// `palisade-server token create`.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Show decision events, newest first; --follow streams new ones.
     Events {
         /// Only events of this policy.

@@ -311,3 +311,45 @@ async fn compile_prints_program_stats_and_the_annotated_disassembly(pool: PgPool
     assert!(!out.status.success());
     assert!(stderr(&out).contains("network.connect.rules[0].ports[0]"), "{}", stderr(&out));
 }
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn the_cli_speaks_tls_and_carries_its_token(pool: PgPool) {
+    use palisade_server::auth::{Role, new_secret, secret_hash};
+    let pki = tempfile::tempdir().expect("pki");
+    palisade_server::pki::init(pki.path(), &[]).expect("pki init");
+    let secret = new_secret();
+    palisade_server::store::Store::new(pool.clone())
+        .create_token("cli-admin", Role::Admin, &secret_hash(&secret))
+        .await
+        .expect("token");
+    let tls = palisade_server::tls::TlsFiles {
+        cert: pki.path().join("server.crt"),
+        key: pki.path().join("server.key"),
+        client_ca: pki.path().join("ca.crt"),
+    };
+    let options = palisade_server::Options { tls: Some(tls), ..palisade_server::Options::default() };
+    let server = EmbeddedServer::start_with(pool, options).await.expect("server");
+    let ca = pki.path().join("ca.crt");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(args)
+            .env("PALISADE_SERVER", server.url())
+            .env_remove("PALISADE_TOKEN")
+            .env_remove("PALISADE_CA_CERT")
+            .output()
+    };
+    let ca_arg = ca.display().to_string();
+    let out = run(&["--ca-cert", &ca_arg, "--token", &secret, "token", "list"]).await.expect("runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("cli-admin") && stdout(&out).contains("admin"), "{}", stdout(&out));
+    let out = run(&["--ca-cert", &ca_arg, "list"]).await.expect("runs");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("token is required"), "{}", stderr(&out));
+    let out = run(&["--token", &secret, "list"]).await.expect("runs");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--ca-cert"), "{}", stderr(&out));
+    let out = run(&["--ca-cert", &ca_arg, "--token", &secret, "token", "revoke", "cli-admin"]).await.expect("runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["--ca-cert", &ca_arg, "--token", &secret, "list"]).await.expect("runs");
+    assert!(!out.status.success() && stderr(&out).contains("revoked"), "{}", stderr(&out));
+}

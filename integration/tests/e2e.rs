@@ -597,6 +597,13 @@ async fn a_minute_long_outage_under_50_000_denies_stays_within_the_agents_memory
     let _ = agent.kill().await;
 }
 
+/// `message` carrying `token` as its bearer token.
+fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    request
+}
+
 /// The secure path end to end: a TLS server from the development PKI, an agent with its node
 /// certificate — its bundle is enforced and its deny events arrive, attributed to it.
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
@@ -614,6 +621,11 @@ async fn an_agent_with_its_node_certificate_enforces_and_reports_over_tls(pool: 
         client_ca: pki.path().join("ca.crt"),
     };
     let options = palisade_server::Options { tls: Some(tls), ..palisade_server::Options::default() };
+    let admin = palisade_server::auth::new_secret();
+    palisade_server::store::Store::new(pool.clone())
+        .create_token("e2e-admin", palisade_server::auth::Role::Admin, &palisade_server::auth::secret_hash(&admin))
+        .await
+        .expect("token");
     let server = EmbeddedServer::start_with(pool, options).await.expect("server");
     assert!(server.url().starts_with("https://"));
     let ca = std::fs::read(pki.path().join("ca.crt")).expect("ca");
@@ -629,7 +641,10 @@ async fn an_agent_with_its_node_certificate_enforces_and_reports_over_tls(pool: 
     let cg = TestCgroup::new("tls");
     let work = cg.create_child("work");
     let (_v4, _v6, port) = dual_listeners();
-    PolicyServiceClient::new(channel.clone()).apply_policy(policy("tls", &work, port, "deny")).await.expect("apply");
+    PolicyServiceClient::new(channel.clone())
+        .apply_policy(authed(&admin, policy("tls", &work, port, "deny")))
+        .await
+        .expect("apply");
     let state = tempfile::tempdir().expect("state");
     let mut config = TestAgent::config(&server, &node_name, cg.path(), state.path());
     config.ca_cert = Some(pki.path().join("ca.crt"));
@@ -637,10 +652,20 @@ async fn an_agent_with_its_node_certificate_enforces_and_reports_over_tls(pool: 
     config.key = Some(pki.path().join(format!("{node_name}.key")));
     config.heartbeat_seconds = 1;
     let _agent = TestAgent::start(config).await;
-    applied_after(&channel, &node_name, 0).await;
+    let get = || async {
+        NodeServiceClient::new(channel.clone())
+            .get_node(authed(&admin, v1::GetNodeRequest { name: node_name.clone() }))
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().node)
+    };
+    eventually("the bundle to be applied over TLS", Duration::from_secs(30), || async {
+        get().await.filter(|n| n.applied_generation > 0 && n.applied_digest == n.desired_digest)
+    })
+    .await;
     assert_eq!(connect(&cg.dir_of(&work), "127.0.0.1", port).await, Connect::Denied);
-    node_when(&channel, &node_name, "the deny event to arrive over TLS", |n| {
-        n.event_stats.as_ref().is_some_and(|s| s.delivered == 1)
+    eventually("the deny event to arrive over TLS", Duration::from_secs(30), || async {
+        get().await.filter(|n| n.event_stats.as_ref().is_some_and(|s| s.delivered == 1))
     })
     .await;
 }

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod event;
 pub mod node;
 pub mod policy;
+pub mod token;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use palisade_proto::ACTOR_METADATA_KEY;
@@ -16,8 +17,8 @@ pub const DEFAULT_PAGE_SIZE: u32 = 100;
 /// Largest page size of list calls.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
-/// Who performs a request: the `palisade-actor` metadata, else "anonymous" with the peer.
-/// (Authenticated identities replace this when auth lands.)
+/// Who performs a request on a `--dev` server (no tokens): the `palisade-actor` metadata,
+/// else "anonymous" with the peer. With tokens, [`crate::auth::Auth::check`] names the caller.
 pub fn actor<T>(request: &Request<T>) -> String {
     let named = request
         .metadata()

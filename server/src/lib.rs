@@ -3,6 +3,7 @@
 //! own database and a listener on port 0.
 
 pub mod api;
+pub mod auth;
 pub mod bundler;
 pub mod embedded;
 pub mod error;
@@ -20,6 +21,7 @@ use palisade_proto::{
     v1::{
         agent_service_server::AgentServiceServer, event_service_server::EventServiceServer,
         node_service_server::NodeServiceServer, policy_service_server::PolicyServiceServer,
+        token_service_server::TokenServiceServer,
     },
 };
 use sqlx::{PgPool, postgres::PgPoolOptions};
@@ -30,7 +32,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use store::MIGRATOR;
 
 use crate::{
-    api::{agent::AgentApi, event::EventApi, node::NodeApi, policy::PolicyApi},
+    api::{agent::AgentApi, event::EventApi, node::NodeApi, policy::PolicyApi, token::TokenApi},
     hub::EventHub,
     store::Store,
 };
@@ -132,6 +134,47 @@ pub enum Tool {
     /// A development PKI: CA, server and node certificates (PEM).
     #[command(subcommand)]
     Pki(PkiTool),
+    /// Admin API tokens.
+    #[command(subcommand)]
+    Token(TokenTool),
+}
+
+/// `palisade-server token ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenTool {
+    /// Creates a token and prints its secret once, alone on the last line of stdout.
+    Create {
+        /// viewer (read), editor (+ apply, delete) or admin (+ tokens).
+        #[arg(long, value_parser = ["viewer", "editor", "admin"])]
+        role: String,
+        /// Unique name: the audit log's actor for calls made with the token.
+        #[arg(long)]
+        name: String,
+        /// PostgreSQL connection URL.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+}
+
+/// Creates token `name` with `role` in the database at `database_url` (migrating it first)
+/// and returns its secret, which is stored only as a hash.
+pub async fn create_token(database_url: &str, name: &str, role: auth::Role) -> Result<String, ServeError> {
+    validate::node_name("--name", name).map_err(|v| {
+        ServeError::Invalid(v.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "))
+    })?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(database_url)
+        .await
+        .map_err(ServeError::Connect)?;
+    MIGRATOR.run(&pool).await.map_err(ServeError::Migrate)?;
+    let secret = auth::new_secret();
+    Store::new(pool)
+        .create_token(name, role, &auth::secret_hash(&secret))
+        .await
+        .map_err(|e| ServeError::Invalid(e.to_string()))?;
+    Ok(secret)
 }
 
 /// `palisade-server pki ...`.
@@ -185,6 +228,9 @@ pub enum ServeError {
     /// The bundle signing key cannot be used.
     #[error("bundle signing key")]
     Signing(#[source] signing::SigningError),
+    /// A tool's input is invalid.
+    #[error("{0}")]
+    Invalid(String),
     /// No `--database-url` / `DATABASE_URL`.
     #[error("--database-url (or DATABASE_URL) is required to serve")]
     NoDatabase,
@@ -291,6 +337,7 @@ pub async fn serve_with(
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
     health.set_serving::<NodeServiceServer<NodeApi>>().await;
     health.set_serving::<EventServiceServer<EventApi>>().await;
+    health.set_serving::<TokenServiceServer<TokenApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -302,6 +349,8 @@ pub async fn serve_with(
         builder = builder.tls_config(config).map_err(ServeError::Transport)?;
     }
     let require_identity = options.tls.is_some();
+    // `--dev` turns tokens off together with TLS (DESIGN.md §7).
+    let auth = if require_identity { auth::Auth::tokens(store.clone()) } else { auth::Auth::off() };
     tracing::info!(addr = ?local, tls = require_identity, "serving gRPC");
     let signal = {
         let shutdown = shutdown.clone();
@@ -312,13 +361,14 @@ pub async fn serve_with(
             health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
             health.set_not_serving::<NodeServiceServer<NodeApi>>().await;
             health.set_not_serving::<EventServiceServer<EventApi>>().await;
+            health.set_not_serving::<TokenServiceServer<TokenApi>>().await;
         }
     };
     let result = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            PolicyServiceServer::new(PolicyApi::new(store.clone(), bundler.clone()))
+            PolicyServiceServer::new(PolicyApi::new(store.clone(), bundler.clone(), auth.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
@@ -328,8 +378,9 @@ pub async fn serve_with(
             )
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(NodeServiceServer::new(NodeApi::new(store.clone())))
-        .add_service(EventServiceServer::new(EventApi::new(store, hub, shutdown.clone())))
+        .add_service(NodeServiceServer::new(NodeApi::new(store.clone(), auth.clone())))
+        .add_service(TokenServiceServer::new(TokenApi::new(store.clone(), auth.clone())))
+        .add_service(EventServiceServer::new(EventApi::new(store, hub, shutdown.clone(), auth)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
         .await
         .map_err(ServeError::Transport);

@@ -1,5 +1,5 @@
 //! `palisade-server`: parse flags, start logging, serve until SIGINT/SIGTERM.
-#![allow(clippy::print_stdout, reason = "the pki tools print the files they wrote")]
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "the tools print what they made")]
 
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
@@ -7,6 +7,15 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = palisade_server::Cli::parse();
+    if let Some(palisade_server::Tool::Token(palisade_server::TokenTool::Create { role, name, database_url })) =
+        cli.command
+    {
+        let role = palisade_server::auth::Role::parse(&role).ok_or_else(|| anyhow::anyhow!("--role {role}"))?;
+        let secret = palisade_server::create_token(&database_url, &name, role).await?;
+        eprintln!("created token {name:?} with role {}; its secret (shown once, stored only hashed):", role.as_str());
+        println!("{secret}");
+        return Ok(());
+    }
     if let Some(palisade_server::Tool::Pki(tool)) = cli.command {
         let written = match tool {
             palisade_server::PkiTool::Init { dir, san } => palisade_server::pki::init(&dir, &san)?,

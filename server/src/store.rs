@@ -11,6 +11,7 @@ macro_rules! dynamic_sql {
 mod events;
 mod nodes;
 mod policies;
+mod tokens;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -18,6 +19,7 @@ use sqlx::PgPool;
 pub use events::EventQuery;
 pub use nodes::NodeContext;
 pub use policies::ApplyOutcome;
+pub use tokens::StoredToken;
 
 /// The one migrator: run by the server at start and by every `#[sqlx::test]`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

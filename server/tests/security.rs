@@ -5,9 +5,15 @@ use std::{collections::BTreeMap, os::unix::fs::PermissionsExt as _, path::Path};
 
 use palisade_proto::v1::{
     self, agent_service_client::AgentServiceClient, node_service_client::NodeServiceClient,
-    policy_service_client::PolicyServiceClient,
+    policy_service_client::PolicyServiceClient, token_service_client::TokenServiceClient,
 };
-use palisade_server::{embedded::EmbeddedServer, pki, tls::TlsFiles};
+use palisade_server::{
+    auth::{Role, secret_hash},
+    embedded::EmbeddedServer,
+    pki,
+    store::Store,
+    tls::TlsFiles,
+};
 use sqlx::PgPool;
 use tonic::{
     Code,
@@ -19,6 +25,9 @@ struct Secure {
     dir: tempfile::TempDir,
     other: tempfile::TempDir,
     server: EmbeddedServer,
+    store: Store,
+    /// An admin token's secret.
+    admin: String,
 }
 
 impl Secure {
@@ -36,8 +45,18 @@ impl Secure {
             client_ca: dir.path().join("ca.crt"),
         };
         let options = palisade_server::Options { tls: Some(tls), ..palisade_server::Options::default() };
+        let store = Store::new(pool.clone());
         let server = EmbeddedServer::start_with(pool, options).await.expect("server");
-        Self { dir, other, server }
+        let mut s = Self { dir, other, server, store, admin: String::new() };
+        s.admin = s.token("root", Role::Admin).await;
+        s
+    }
+
+    /// Creates a token as `palisade-server token create` does; returns its secret.
+    async fn token(&self, name: &str, role: Role) -> String {
+        let secret = palisade_server::auth::new_secret();
+        self.store.create_token(name, role, &secret_hash(&secret)).await.expect("token");
+        secret
     }
 
     /// A channel trusting the server's CA, presenting `node`'s certificate from `pki` if given.
@@ -77,9 +96,16 @@ async fn say_hello(channel: &Channel, message: v1::SyncRequest) -> Result<(), to
     response.map(|_| ())
 }
 
-async fn node(channel: &Channel, name: &str) -> v1::Node {
+/// `message` with `authorization: Bearer token`.
+fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    request
+}
+
+async fn node(channel: &Channel, token: &str, name: &str) -> v1::Node {
     NodeServiceClient::new(channel.clone())
-        .get_node(v1::GetNodeRequest { name: name.to_owned() })
+        .get_node(bearer(v1::GetNodeRequest { name: name.to_owned() }, token))
         .await
         .expect("get node")
         .into_inner()
@@ -168,7 +194,7 @@ async fn a_plaintext_client_and_a_certificate_from_another_ca_are_refused(pool: 
     // The right CA without a client certificate: admin calls work, AgentService does not.
     let admin = s.channel(None).await.expect("TLS without a client certificate");
     PolicyServiceClient::new(admin.clone())
-        .list_policies(v1::ListPoliciesRequest::default())
+        .list_policies(bearer(v1::ListPoliciesRequest::default(), &s.admin))
         .await
         .expect("admin call");
     let status = say_hello(&admin, hello("node-a", &[])).await.expect_err("no client certificate");
@@ -189,12 +215,12 @@ async fn a_node_certificate_speaks_only_for_its_own_node(pool: PgPool) {
     let (a, b) = (s.node_channel("node-a").await, s.node_channel("node-b").await);
     say_hello(&b, hello("node-b", &[("zone", "b")])).await.expect("node b says hello with its own certificate");
     let admin = s.channel(None).await.expect("admin");
-    let before = node(&admin, "node-b").await;
+    let before = node(&admin, &s.admin, "node-b").await;
 
     let status = say_hello(&a, hello("node-b", &[("zone", "stolen")])).await.expect_err("a speaking for b");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("node-a"), "{status:?}");
-    let after = node(&admin, "node-b").await;
+    let after = node(&admin, &s.admin, "node-b").await;
     assert_eq!(after.labels, before.labels, "node b's labels are unchanged");
     assert_eq!(after.last_seen, before.last_seen, "node b's row is untouched");
 
@@ -264,4 +290,87 @@ fn plaintext_needs_dev_and_dev_needs_loopback() {
         palisade_server::Cli::try_parse_from(["palisade-server", "--database-url", "x", "--tls-cert", "c"]).is_err(),
         "--tls-cert without --tls-key and --client-ca"
     );
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn tokens_decide_who_may_do_what_and_name_the_actor(pool: PgPool) {
+    let s = Secure::start(pool.clone()).await;
+    let (viewer, editor) = (s.token("ci-viewer", Role::Viewer).await, s.token("ci-editor", Role::Editor).await);
+    let channel = s.channel(None).await.expect("TLS");
+    let mut policies = PolicyServiceClient::new(channel.clone());
+    let doc = "name: web\nnetwork: {connect: {rules: [{id: r, action: deny, ports: [9]}]}}\n";
+    let apply = || v1::ApplyPolicyRequest {
+        source: Some(v1::apply_policy_request::Source::Document(doc.to_owned())),
+        ..Default::default()
+    };
+
+    let status = policies.list_policies(v1::ListPoliciesRequest::default()).await.expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status =
+        policies.list_policies(bearer(v1::ListPoliciesRequest::default(), "pal_wrong")).await.expect_err("bad");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    policies.list_policies(bearer(v1::ListPoliciesRequest::default(), &viewer)).await.expect("a viewer lists");
+    let status = policies.apply_policy(bearer(apply(), &viewer)).await.expect_err("a viewer applies");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM policy_revisions").fetch_one(&pool).await.expect("n");
+    assert_eq!(stored, 0);
+
+    // The audit actor is the token's name, whatever the actor header claims.
+    let mut request = bearer(apply(), &editor);
+    request.metadata_mut().insert(palisade_proto::ACTOR_METADATA_KEY, "somebody-else".parse().expect("header"));
+    policies.apply_policy(request).await.expect("an editor applies");
+    let actor: String = sqlx::query_scalar("SELECT actor FROM audit_log WHERE object_kind = 'policy'")
+        .fetch_one(&pool)
+        .await
+        .expect("audit row");
+    assert_eq!(actor, "ci-editor");
+
+    let mut tokens = TokenServiceClient::new(channel.clone());
+    let status = tokens.list_tokens(bearer(v1::ListTokensRequest {}, &editor)).await.expect_err("editor lists tokens");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let listed = tokens.list_tokens(bearer(v1::ListTokensRequest {}, &s.admin)).await.expect("admin").into_inner();
+    let names: Vec<_> = listed.tokens.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["ci-editor", "ci-viewer", "root"]);
+    tokens
+        .revoke_token(bearer(v1::RevokeTokenRequest { name: "ci-editor".into() }, &s.admin))
+        .await
+        .expect("admin revokes");
+    let status = policies.apply_policy(bearer(apply(), &editor)).await.expect_err("a revoked token");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = tokens
+        .revoke_token(bearer(v1::RevokeTokenRequest { name: "nobody".into() }, &s.admin))
+        .await
+        .expect_err("unknown token");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn token_create_prints_the_secret_alone_on_the_last_line(pool: PgPool) {
+    let s = Secure::start(pool.clone()).await;
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let database = pool.connect_options().get_database().expect("test database").to_owned();
+    let url = format!("{}/{database}", base.rsplit_once('/').expect("a URL with a path").0);
+    let create = |name: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_palisade-server"))
+            .args(["token", "create", "--role", "viewer", "--name", name, "--database-url", &url])
+            .output()
+            .expect("runs")
+    };
+    let out = create("from-cli");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let secret = stdout.lines().last().expect("a line").to_owned();
+    assert!(secret.starts_with("pal_") && stdout.lines().count() == 1, "{stdout:?}");
+    let channel = s.channel(None).await.expect("TLS");
+    PolicyServiceClient::new(channel)
+        .list_policies(bearer(v1::ListPoliciesRequest::default(), &secret))
+        .await
+        .expect("the printed token works");
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT secret_sha256 FROM tokens WHERE name = 'from-cli'")
+        .fetch_one(&pool)
+        .await
+        .expect("row");
+    assert_eq!(stored, secret_hash(&secret), "only the hash is stored");
+    let again = create("from-cli");
+    assert!(!again.status.success(), "a name is used once");
 }

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::{decode_number_token, encode_token, page_size};
 use crate::{
+    auth::{Auth, Role},
     error::ApiError,
     hub::EventHub,
     store::{EventQuery, Store, from_timestamp},
@@ -21,12 +22,13 @@ pub struct EventApi {
     store: Store,
     hub: EventHub,
     shutdown: CancellationToken,
+    auth: Auth,
 }
 
 impl EventApi {
     /// Serves events from `store` and live events from `hub`; watch streams end at `shutdown`.
-    pub fn new(store: Store, hub: EventHub, shutdown: CancellationToken) -> Self {
-        Self { store, hub, shutdown }
+    pub fn new(store: Store, hub: EventHub, shutdown: CancellationToken, auth: Auth) -> Self {
+        Self { store, hub, shutdown, auth }
     }
 }
 
@@ -70,6 +72,7 @@ impl EventService for EventApi {
         &self,
         request: Request<v1::ListEventsRequest>,
     ) -> Result<Response<v1::ListEventsResponse>, Status> {
+        self.auth.check(&request, Role::Viewer).await?;
         let request = request.into_inner();
         let limit = page_size(request.page_size)?;
         let mut q = query(request.filter.as_ref())?;
@@ -83,6 +86,7 @@ impl EventService for EventApi {
     }
 
     async fn watch_events(&self, request: Request<v1::WatchEventsRequest>) -> Result<Response<EventStream>, Status> {
+        self.auth.check(&request, Role::Viewer).await?;
         let q = query(request.into_inner().filter.as_ref())?;
         // Subscribe before returning, so everything stored after the call is answered is seen.
         let receiver = self.hub.subscribe();

@@ -6,7 +6,12 @@ use tonic::{Request, Response, Status};
 use palisade_compiler::policy::model;
 
 use super::{decode_token, encode_token, page_size};
-use crate::{error::ApiError, store::Store, validate};
+use crate::{
+    auth::{Auth, Role},
+    error::ApiError,
+    store::Store,
+    validate,
+};
 
 /// The sections of `policies` selecting `node` that its kernel cannot enforce: `exec` and
 /// `files` need BPF-LSM (semantics §12.5).
@@ -44,12 +49,13 @@ pub fn not_enforceable(node: &v1::Node, policies: &[(v1::Policy, u64)]) -> Vec<v
 #[derive(Debug, Clone)]
 pub struct NodeApi {
     store: Store,
+    auth: Auth,
 }
 
 impl NodeApi {
-    /// Serves nodes from `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// Serves nodes from `store` to callers `auth` admits as viewers.
+    pub fn new(store: Store, auth: Auth) -> Self {
+        Self { store, auth }
     }
 }
 
@@ -59,6 +65,7 @@ impl NodeService for NodeApi {
         &self,
         request: Request<v1::ListNodesRequest>,
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
+        self.auth.check(&request, Role::Viewer).await?;
         let request = request.into_inner();
         let limit = page_size(request.page_size)?;
         validate::selector("label_selector", &request.label_selector).map_err(ApiError::Invalid)?;
@@ -76,6 +83,7 @@ impl NodeService for NodeApi {
     }
 
     async fn get_node(&self, request: Request<v1::GetNodeRequest>) -> Result<Response<v1::GetNodeResponse>, Status> {
+        self.auth.check(&request, Role::Viewer).await?;
         let request = request.into_inner();
         if request.name.is_empty() {
             return Err(ApiError::invalid("name", "must not be empty").into());

@@ -6,10 +6,11 @@ use palisade_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{actor, decode_number_token, decode_token, encode_token, page_size};
+use super::{decode_number_token, decode_token, encode_token, page_size};
 use palisade_compiler::{bundle::render, policy::model};
 
 use crate::{
+    auth::{Auth, Role},
     bundler::{self, DEFAULT_OFFSETS},
     error::ApiError,
     store::Store,
@@ -21,12 +22,13 @@ use crate::{
 pub struct PolicyApi {
     store: Store,
     bundler: bundler::Bundler,
+    auth: Auth,
 }
 
 impl PolicyApi {
-    /// Serves policies from `store`, checking capacity with `bundler`.
-    pub fn new(store: Store, bundler: bundler::Bundler) -> Self {
-        Self { store, bundler }
+    /// Serves policies from `store` to callers `auth` admits, checking capacity with `bundler`.
+    pub fn new(store: Store, bundler: bundler::Bundler, auth: Auth) -> Self {
+        Self { store, bundler, auth }
     }
 }
 
@@ -48,7 +50,7 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<v1::ApplyPolicyRequest>,
     ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
-        let actor = actor(&request);
+        let actor = self.auth.check(&request, Role::Editor).await?;
         let request = request.into_inner();
         let policy = match request.source {
             Some(Source::Policy(policy)) => policy,
@@ -81,6 +83,7 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<v1::GetPolicyRequest>,
     ) -> Result<Response<v1::GetPolicyResponse>, Status> {
+        self.auth.check(&request, Role::Viewer).await?;
         let request = request.into_inner();
         check_name(&request.name)?;
         let policy = self.store.get_policy(&request.name, request.revision).await?;
@@ -91,6 +94,7 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<v1::ListPoliciesRequest>,
     ) -> Result<Response<v1::ListPoliciesResponse>, Status> {
+        self.auth.check(&request, Role::Viewer).await?;
         let request = request.into_inner();
         let limit = page_size(request.page_size)?;
         validate::selector("label_selector", &request.label_selector).map_err(ApiError::Invalid)?;
@@ -107,7 +111,7 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<v1::DeletePolicyRequest>,
     ) -> Result<Response<v1::DeletePolicyResponse>, Status> {
-        let actor = actor(&request);
+        let actor = self.auth.check(&request, Role::Editor).await?;
         let request = request.into_inner();
         check_name(&request.name)?;
         let revision = self.store.delete_policy(&request.name, request.expected_revision, &actor).await?;
@@ -118,6 +122,7 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<v1::ListPolicyRevisionsRequest>,
     ) -> Result<Response<v1::ListPolicyRevisionsResponse>, Status> {
+        self.auth.check(&request, Role::Viewer).await?;
         let request = request.into_inner();
         check_name(&request.name)?;
         let limit = page_size(request.page_size)?;
@@ -134,6 +139,7 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<v1::CompilePolicyRequest>,
     ) -> Result<Response<v1::CompilePolicyResponse>, Status> {
+        self.auth.check(&request, Role::Viewer).await?;
         let request = request.into_inner();
         let (policies, failsafe, offsets) = match request.target {
             Some(Target::Policy(policy)) => {

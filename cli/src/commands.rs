@@ -454,7 +454,7 @@ async fn nodes(channel: &Conn) -> anyhow::Result<()> {
     }
     print!("{}", table.render());
     for note in notes {
-        println!("{note}");
+        println!("{}", crate::table::escape_controls(&note));
     }
     Ok(())
 }

@@ -276,7 +276,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         signer
     };
     tracing::info!(public_key = signer.public_key_hex(), "bundles are signed; agents pin this key");
-    serve_with(pool, listener, shutdown, Options { limits, signer, bundle_mutator: None, tls }).await
+    serve_with(
+        pool,
+        listener,
+        shutdown,
+        Options { limits, signer, bundle_mutator: None, tls, shutdown_grace: SHUTDOWN_GRACE },
+    )
+    .await
 }
 
 /// Serves every service on `listener` from a migrated `pool` until `shutdown` is cancelled:
@@ -297,6 +303,8 @@ pub struct Options {
     pub signer: signing::BundleSigner,
     /// TLS with node certificates; `None` serves plaintext (`--dev`).
     pub tls: Option<tls::TlsFiles>,
+    /// How long shutdown waits for open calls and stream tasks before closing them.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Options {
@@ -306,6 +314,7 @@ impl Default for Options {
             limits: palisade_compiler::limits::Limits::DEFAULT,
             signer: signing::BundleSigner::generate(),
             tls: None,
+            shutdown_grace: SHUTDOWN_GRACE,
         }
     }
 }
@@ -317,7 +326,52 @@ impl std::fmt::Debug for Options {
             .field("limits", &self.limits)
             .field("signer", &self.signer)
             .field("tls", &self.tls)
+            .field("shutdown_grace", &self.shutdown_grace)
             .finish()
+    }
+}
+
+/// How often the server checks that PostgreSQL answers (health follows it).
+pub const DATABASE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Sets the server as a whole (`""`) and every Palisade service to SERVING or NOT_SERVING.
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    use tonic::server::NamedService as _;
+    let status = if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+    for service in [
+        "",
+        PolicyServiceServer::<PolicyApi>::NAME,
+        AgentServiceServer::<AgentApi>::NAME,
+        NodeServiceServer::<NodeApi>::NAME,
+        EventServiceServer::<EventApi>::NAME,
+        TokenServiceServer::<TokenApi>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Turns health NOT_SERVING while PostgreSQL does not answer `SELECT 1` within 2 s, and
+/// SERVING again once it does (until shutdown, which owns health from then on).
+async fn watch_database(store: Store, health: tonic_health::server::HealthReporter, shutdown: CancellationToken) {
+    let mut up = true;
+    let mut tick = tokio::time::interval(DATABASE_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let answered = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(store.pool()))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if answered != up && !shutdown.is_cancelled() {
+            up = answered;
+            if up {
+                tracing::info!("PostgreSQL answers again: health SERVING");
+            } else {
+                tracing::warn!("PostgreSQL does not answer: health NOT_SERVING");
+            }
+            set_health(&health, up).await;
+        }
     }
 }
 
@@ -333,11 +387,8 @@ pub async fn serve_with(
     let bundler = bundler::Bundler::new(store.clone(), options.bundle_mutator, options.limits, options.signer);
     let hub = EventHub::start(store.clone(), shutdown.clone(), &tracker).await.map_err(ServeError::Hub)?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<PolicyServiceServer<PolicyApi>>().await;
-    health.set_serving::<AgentServiceServer<AgentApi>>().await;
-    health.set_serving::<NodeServiceServer<NodeApi>>().await;
-    health.set_serving::<EventServiceServer<EventApi>>().await;
-    health.set_serving::<TokenServiceServer<TokenApi>>().await;
+    set_health(&health, true).await;
+    tracker.spawn(watch_database(store.clone(), health.clone(), shutdown.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -357,14 +408,10 @@ pub async fn serve_with(
         async move {
             shutdown.cancelled().await;
             tracing::info!("shutting down: health NOT_SERVING, draining");
-            health.set_not_serving::<PolicyServiceServer<PolicyApi>>().await;
-            health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
-            health.set_not_serving::<NodeServiceServer<NodeApi>>().await;
-            health.set_not_serving::<EventServiceServer<EventApi>>().await;
-            health.set_not_serving::<TokenServiceServer<TokenApi>>().await;
+            set_health(&health, false).await;
         }
     };
-    let result = builder
+    let serve = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -381,13 +428,29 @@ pub async fn serve_with(
         .add_service(NodeServiceServer::new(NodeApi::new(store.clone(), auth.clone())))
         .add_service(TokenServiceServer::new(TokenApi::new(store.clone(), auth.clone())))
         .add_service(EventServiceServer::new(EventApi::new(store, hub, shutdown.clone(), auth)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-        .await
-        .map_err(ServeError::Transport);
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    // Graceful shutdown waits for every open call; a client that holds a call open and idle
+    // (a ReportEvents stream that never sends) would keep the server alive for ever. After the
+    // grace period the remaining connections are dropped.
+    let grace = options.shutdown_grace;
+    let deadline = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        }
+    };
+    let result = tokio::select! {
+        result = serve => result.map_err(ServeError::Transport),
+        () = deadline => {
+            tracing::warn!(?grace, "calls still open after the grace period: closing their connections");
+            Ok(())
+        }
+    };
     // The transport may also stop on its own (error): make sure stream tasks see it.
     shutdown.cancel();
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("stream tasks did not finish within the grace period");
     }
     result

@@ -152,6 +152,9 @@ fn check_labels(v: &mut Violations, field: &str, labels: &BTreeMap<String, Strin
 fn check_description(v: &mut Violations, field: &str, description: &str) {
     if description.len() > MAX_DESCRIPTION {
         v.push(field, format!("is {} bytes, the limit is {MAX_DESCRIPTION}", description.len()));
+    } else if description.contains('\0') {
+        // PostgreSQL text cannot hold it: refuse here rather than fail as Internal.
+        v.push(field, "contains a NUL byte");
     }
 }
 

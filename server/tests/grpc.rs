@@ -204,6 +204,7 @@ async fn apply_policy_bad_input_is_rejected_with_field_paths_and_stores_nothing(
         (rule("{id: r, action: deny}, {id: r, action: allow}"), "network.connect.rules[1].id"),
         (oversized, "document"),
         ("[not, a, mapping]".to_owned(), "document"),
+        ("name: bad\ndescription: \"a\\0b\"".to_owned(), "description"),
     ];
     for (doc, field) in cases {
         let status = client.apply_policy(apply_doc(&doc)).await.expect_err("must be rejected");
@@ -474,6 +475,9 @@ async fn report_events_are_stored_listed_with_filters_and_watched(pool: PgPool) 
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
+/// Makes one field of a message invalid.
+type Corrupt<T> = fn(&mut T);
+
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
 async fn report_events_invalid_batch_is_rejected_whole(pool: PgPool) {
     let h = Harness::start(pool.clone()).await;
@@ -485,6 +489,50 @@ async fn report_events_invalid_batch_is_rejected_whole(pool: PgPool) {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(err.get_details_bad_request().expect("violations").field_violations[0].field, "events[1].verdict");
     assert_eq!(count(&pool, "events").await, 0);
+    // Text PostgreSQL cannot store, and untrusted fields past their bounds, are the caller's
+    // fault (InvalidArgument with the field), never Internal.
+    let cases: Vec<(Corrupt<v1::DecisionEvent>, &str)> = vec![
+        (|e| e.comm = "ev\0il".into(), "events[0].comm"),
+        (|e| e.path = "/etc/\0shadow".into(), "events[0].path"),
+        (|e| e.path = format!("/{}", "p".repeat(300)), "events[0].path"),
+        (|e| e.access = vec![1, 2, 1], "events[0].access"),
+    ];
+    for (corrupt, field) in cases {
+        let mut e = event("web", v1::Verdict::Deny, 1);
+        corrupt(&mut e);
+        let req = v1::ReportEventsRequest { node_name: "node-1".into(), events: vec![e] };
+        let err = h.agents().report_events(tokio_stream::iter(vec![req])).await.expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert_eq!(err.get_details_bad_request().expect("violations").field_violations[0].field, field);
+    }
+    assert_eq!(count(&pool, "events").await, 0);
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn hello_fields_are_bounded(pool: PgPool) {
+    let h = Harness::start(pool.clone()).await;
+    let hello = |f: fn(&mut v1::AgentHello)| {
+        let mut hello = v1::AgentHello { node_name: "node-x".into(), failsafe_ports: vec![22], ..Default::default() };
+        f(&mut hello);
+        v1::SyncRequest { message: Some(v1::sync_request::Message::Hello(hello)) }
+    };
+    let cases: Vec<(Corrupt<v1::AgentHello>, &str)> = vec![
+        (|h| h.agent_version = "0.1\0".into(), "hello.agent_version"),
+        (|h| h.agent_version = "v".repeat(65), "hello.agent_version"),
+        (|h| h.failsafe_ports = vec![22; 1025], "hello.failsafe_ports"),
+        (
+            |h| h.features = Some(v1::KernelFeatures { kernel_release: "6\0".into(), ..Default::default() }),
+            "hello.features.kernel_release",
+        ),
+    ];
+    for (corrupt, field) in cases {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(hello(corrupt)).await.expect("send");
+        let err = h.agents().sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert_eq!(err.get_details_bad_request().expect("violations").field_violations[0].field, field);
+    }
+    assert_eq!(count(&pool, "nodes").await, 0, "no refused hello registered a node");
 }
 
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
@@ -537,4 +585,70 @@ async fn health_reports_serving_and_compile_policy_reports_programs(pool: PgPool
         .expect_err("unknown node");
     assert_eq!(err.code(), Code::NotFound);
     h.server.stop().await.expect("graceful stop");
+}
+
+#[tokio::test]
+async fn health_is_not_serving_while_the_database_is_gone_and_serving_once_it_is_back() {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let admin = PgPool::connect(&base).await.expect("connect");
+    let db = format!("palisade_health_{}", std::process::id());
+    let sql = |text: String| sqlx::query(sqlx::AssertSqlSafe(text));
+    sql(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await.expect("drop");
+    sql(format!("CREATE DATABASE {db}")).execute(&admin).await.expect("create");
+    let url = format!("{}/{db}", base.rsplit_once('/').expect("a URL with a path").0);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(1))
+        .connect(&url)
+        .await
+        .expect("test database");
+    palisade_server::MIGRATOR.run(&pool).await.expect("migrate");
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let status = |service: &'static str| {
+        let channel = channel.clone();
+        async move {
+            HealthClient::new(channel)
+                .check(HealthCheckRequest { service: service.into() })
+                .await
+                .map(|r| r.into_inner().status)
+                .ok()
+        }
+    };
+    assert_eq!(status("").await, Some(ServingStatus::Serving as i32));
+
+    sql(format!("DROP DATABASE {db} WITH (FORCE)")).execute(&admin).await.expect("drop under the server");
+    eventually("health to turn NOT_SERVING", WAIT, || async {
+        let s = status("palisade.v1.PolicyService").await;
+        (s == Some(ServingStatus::NotServing as i32)).then_some(())
+    })
+    .await;
+    assert_eq!(status("").await, Some(ServingStatus::NotServing as i32));
+
+    sql(format!("CREATE DATABASE {db}")).execute(&admin).await.expect("recreate");
+    eventually("health to turn SERVING again", WAIT, || async {
+        (status("").await == Some(ServingStatus::Serving as i32)).then_some(())
+    })
+    .await;
+    let _ = server.stop().await;
+    let _ = sql(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await;
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn shutdown_with_an_idle_open_stream_ends_within_the_grace_period(pool: PgPool) {
+    let grace = Duration::from_secs(1);
+    let options = palisade_server::Options { shutdown_grace: grace, ..palisade_server::Options::default() };
+    let server = EmbeddedServer::start_with(pool, options).await.expect("server");
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    // A ReportEvents stream that is open and never sends anything.
+    let (_tx, rx) = tokio::sync::mpsc::channel::<v1::ReportEventsRequest>(1);
+    let idle = tokio::spawn(async move {
+        AgentServiceClient::new(channel).report_events(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let stopped = tokio::time::timeout(grace * 5, server.stop()).await;
+    assert!(stopped.is_ok(), "the server did not stop within 5× its grace period");
+    assert!(started.elapsed() < grace * 3, "stopped after {:?}", started.elapsed());
+    idle.abort();
 }

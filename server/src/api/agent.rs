@@ -176,8 +176,39 @@ async fn drive(
     tracing::info!(node, "agent disconnected");
 }
 
+/// Most failsafe ports and server endpoints a hello may carry.
+const MAX_HELLO_LIST: usize = 1024;
+
 fn check_failsafe(hello: &v1::AgentHello) -> Result<(), ApiError> {
     let mut violations = Vec::new();
+    let text = |field: &str, value: &str, max: usize| {
+        if value.len() > max {
+            Some(crate::error::Violation::new(field, format!("is longer than {max} bytes")))
+        } else if value.contains('\0') {
+            Some(crate::error::Violation::new(field, "contains a NUL byte"))
+        } else {
+            None
+        }
+    };
+    violations.extend(text("hello.agent_version", &hello.agent_version, 64));
+    violations.extend(text("hello.bundle_digest", &hello.bundle_digest, 64));
+    if let Some(f) = &hello.features {
+        violations.extend(text("hello.features.kernel_release", &f.kernel_release, 128));
+        if f.btf_offsets.len() > 64 {
+            violations.push(crate::error::Violation::new("hello.features.btf_offsets", "more than 64 offsets"));
+        }
+        violations.extend(f.btf_offsets.keys().filter_map(|key| text("hello.features.btf_offsets", key, 64)));
+    }
+    for (field, n) in
+        [("hello.server_endpoints", hello.server_endpoints.len()), ("hello.failsafe_ports", hello.failsafe_ports.len())]
+    {
+        if n > MAX_HELLO_LIST {
+            violations.push(crate::error::Violation::new(field, format!("{n} entries, the limit is {MAX_HELLO_LIST}")));
+        }
+    }
+    if !violations.is_empty() {
+        return Err(ApiError::Invalid(violations));
+    }
     for (i, e) in hello.server_endpoints.iter().enumerate() {
         if e.parse::<std::net::SocketAddr>().is_err() {
             violations.push(crate::error::Violation::new(format!("hello.server_endpoints[{i}]"), "not IP:PORT"));
@@ -199,6 +230,8 @@ fn check_event(i: usize, e: &v1::DecisionEvent) -> Vec<crate::error::Violation> 
             v.push(Violation::new(format!("events[{i}].{field}"), "must not be empty"));
         } else if value.len() > max {
             v.push(Violation::new(format!("events[{i}].{field}"), format!("is longer than {max} bytes")));
+        } else if value.contains('\0') {
+            v.push(Violation::new(format!("events[{i}].{field}"), "contains a NUL byte"));
         }
     };
     text("policy", &e.policy, 63, true);
@@ -207,6 +240,11 @@ fn check_event(i: usize, e: &v1::DecisionEvent) -> Vec<crate::error::Violation> 
     text("comm", &e.comm, 64, false);
     text("address", &e.address, 64, false);
     text("bundle_digest", &e.bundle_digest, 64, false);
+    // The kernel resolves at most 252 bytes of a path (the record's field).
+    text("path", &e.path, 256, false);
+    if e.access.len() > 2 || e.access.iter().any(|a| v1::FileAccess::try_from(*a).is_err()) {
+        v.push(Violation::new(format!("events[{i}].access"), "at most read and write, each a known access"));
+    }
     if !matches!(v1::Verdict::try_from(e.verdict), Ok(v1::Verdict::Allow | v1::Verdict::Deny | v1::Verdict::Audit)) {
         v.push(Violation::new(format!("events[{i}].verdict"), format!("unknown verdict {}", e.verdict)));
     }

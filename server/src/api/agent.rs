@@ -179,25 +179,28 @@ async fn drive(
 /// Most failsafe ports and server endpoints a hello may carry.
 const MAX_HELLO_LIST: usize = 1024;
 
-fn check_failsafe(hello: &v1::AgentHello) -> Result<(), ApiError> {
+/// Text an agent sent: at most `max` bytes and no NUL (which PostgreSQL text cannot hold).
+fn check_text(field: impl Into<String>, value: &str, max: usize) -> Option<crate::error::Violation> {
+    if value.len() > max {
+        Some(crate::error::Violation::new(field, format!("is longer than {max} bytes")))
+    } else if value.contains('\0') {
+        Some(crate::error::Violation::new(field, "contains a NUL byte"))
+    } else {
+        None
+    }
+}
+
+/// Bounds of a hello's fields, and its failsafe list.
+fn check_hello(hello: &v1::AgentHello) -> Result<(), ApiError> {
     let mut violations = Vec::new();
-    let text = |field: &str, value: &str, max: usize| {
-        if value.len() > max {
-            Some(crate::error::Violation::new(field, format!("is longer than {max} bytes")))
-        } else if value.contains('\0') {
-            Some(crate::error::Violation::new(field, "contains a NUL byte"))
-        } else {
-            None
-        }
-    };
-    violations.extend(text("hello.agent_version", &hello.agent_version, 64));
-    violations.extend(text("hello.bundle_digest", &hello.bundle_digest, 64));
+    violations.extend(check_text("hello.agent_version", &hello.agent_version, 64));
+    violations.extend(check_text("hello.bundle_digest", &hello.bundle_digest, 64));
     if let Some(f) = &hello.features {
-        violations.extend(text("hello.features.kernel_release", &f.kernel_release, 128));
+        violations.extend(check_text("hello.features.kernel_release", &f.kernel_release, 128));
         if f.btf_offsets.len() > 64 {
             violations.push(crate::error::Violation::new("hello.features.btf_offsets", "more than 64 offsets"));
         }
-        violations.extend(f.btf_offsets.keys().filter_map(|key| text("hello.features.btf_offsets", key, 64)));
+        violations.extend(f.btf_offsets.keys().filter_map(|key| check_text("hello.features.btf_offsets", key, 64)));
     }
     for (field, n) in
         [("hello.server_endpoints", hello.server_endpoints.len()), ("hello.failsafe_ports", hello.failsafe_ports.len())]
@@ -228,10 +231,8 @@ fn check_event(i: usize, e: &v1::DecisionEvent) -> Vec<crate::error::Violation> 
     let mut text = |field: &str, value: &str, max: usize, required: bool| {
         if required && value.is_empty() {
             v.push(Violation::new(format!("events[{i}].{field}"), "must not be empty"));
-        } else if value.len() > max {
-            v.push(Violation::new(format!("events[{i}].{field}"), format!("is longer than {max} bytes")));
-        } else if value.contains('\0') {
-            v.push(Violation::new(format!("events[{i}].{field}"), "contains a NUL byte"));
+        } else {
+            v.extend(check_text(format!("events[{i}].{field}"), value, max));
         }
     };
     text("policy", &e.policy, 63, true);
@@ -270,7 +271,7 @@ impl AgentService for AgentApi {
         validate::node_name("hello.node_name", &hello.node_name).map_err(ApiError::Invalid)?;
         tls::check_node(identity.as_deref(), "hello.node_name", &hello.node_name)?;
         validate::selector("hello.labels", &hello.labels).map_err(ApiError::Invalid)?;
-        check_failsafe(&hello)?;
+        check_hello(&hello)?;
         self.store.node_hello(&hello).await?;
         tracing::info!(node = hello.node_name, digest = hello.bundle_digest, "agent connected");
         let (sender, receiver) = mpsc::channel(16);

@@ -20,7 +20,7 @@ fn bundle(yaml: &str, generation: u64) -> (Compiled, v1::Bundle) {
         generation,
         digest: compiled.digest.clone(),
         content: compiled.bytes.clone(),
-        signature: Vec::new(),
+        ..Default::default()
     };
     (compiled, bundle)
 }
@@ -132,6 +132,78 @@ fn datapath_enforces_denies_reports_events_and_swaps_generations() {
     eventually_blocking("removing the pins to detach", Duration::from_secs(5), || {
         (probe(PROBE, in_work.as_deref(), "tcp", "127.0.0.1", port) == Connect::Ok).then_some(())
     });
+}
+
+/// `bundle` re-issued for `node`, signed as the server signs it.
+fn issued(signer: &palisade_server::signing::BundleSigner, mut bundle: v1::Bundle, node: &str) -> v1::Bundle {
+    node.clone_into(&mut bundle.node);
+    bundle.issued_at = Some(std::time::SystemTime::now().into());
+    bundle.signature = signer.sign(&palisade_proto::envelope(&bundle));
+    bundle
+}
+
+fn generation_dirs(pins: &TestPins) -> Vec<String> {
+    let mut dirs: Vec<String> = std::fs::read_dir(pins.path())
+        .expect("pins")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("gen-"))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+#[test]
+fn a_bundle_for_another_node_or_an_older_generation_is_refused_and_nothing_changes() {
+    if !kernel_tests_enabled("a_bundle_for_another_node_or_an_older_generation_is_refused_and_nothing_changes") {
+        return;
+    }
+    let cg = TestCgroup::new("bound");
+    let work = cg.create_child("work");
+    let (_v4, _v6, port) = dual_listeners();
+    let state = tempfile::tempdir().expect("tempdir");
+    let pins = TestPins::new("bound");
+    let signer = palisade_server::signing::BundleSigner::generate();
+    let key = palisade_agent::public_key(&signer.public_key_hex()).expect("key");
+    let mut datapath = Datapath::new(Paths {
+        bpffs: pins.path().to_owned(),
+        state_dir: state.path().to_owned(),
+        cgroup2: cgroup2(),
+        attach: cg.dir(),
+    })
+    .with_public_key(Some(key))
+    .for_node("node-a");
+    let in_work = Some(cg.dir_of(&work));
+    let denied = || probe(PROBE, in_work.as_deref(), "tcp", "127.0.0.1", port) == Connect::Denied;
+    let mut drained = Vec::new();
+
+    let deny5 = issued(&signer, bundle(&policy(&work, port, "deny"), 5).1, "node-a");
+    datapath.apply(deny5.clone(), &mut drained).expect("node-a's own bundle");
+    assert!(denied(), "generation 5 enforces");
+    let before = generation_dirs(&pins);
+    let allow = |generation, node| issued(&signer, bundle(&policy(&work, port, "allow"), generation).1, node);
+    let refusals = [
+        ("signed for node-b", allow(6, "node-b")),
+        ("an older generation", allow(4, "node-a")),
+        ("generation 5 with other content", allow(5, "node-a")),
+    ];
+    for (what, offered) in refusals {
+        let err = datapath.apply(offered, &mut drained).expect_err(what);
+        let expected = if what.contains("node-b") { "issued for node" } else { "not newer than the enforced" };
+        assert!(err.to_string().contains(expected), "{what}: {err}");
+        assert_eq!(datapath.active().map(|(g, _)| g), Some(5), "{what}: generation 5 still recorded");
+        assert_eq!(generation_dirs(&pins), before, "{what}: nothing was loaded or pinned");
+        assert!(denied(), "{what}: generation 5 keeps enforcing");
+    }
+    datapath.apply(deny5.clone(), &mut drained).expect("the enforced bundle again is a no-op");
+
+    // The guard refuses only what it should: a newer generation for this node goes in.
+    datapath.apply(allow(6, "node-a"), &mut drained).expect("generation 6");
+    assert!(!denied(), "generation 6 allows");
+    // Replaying the correctly signed generation 5 now is a downgrade.
+    let err = datapath.apply(deny5, &mut drained).expect_err("replayed generation 5");
+    assert!(matches!(err, palisade_agent::loader::LoadError::Stale { generation: 5, enforced: 6, .. }), "{err}");
+    assert!(!denied(), "generation 6 keeps enforcing");
+    datapath.remove_all().expect("cleanup");
 }
 
 #[test]

@@ -157,7 +157,7 @@ fn bytecode_in_the_kernel_decides_exactly_as_the_reference_evaluator() {
             generation,
             digest: compiled.digest.clone(),
             content: compiled.bytes.clone(),
-            signature: Vec::new(),
+            ..Default::default()
         };
         let mut drained = Vec::new();
         datapath

@@ -249,8 +249,10 @@ impl Agent {
         let tracker = TaskTracker::new();
         let stop = shutdown.clone();
         // Network policy goes through BPF-LSM where the kernel allows it, else cgroup hooks.
-        let datapath =
-            Datapath::new(paths).with_enforcement(Enforcement::for_kernel(&features)).with_public_key(public_key);
+        let datapath = Datapath::new(paths)
+            .with_enforcement(Enforcement::for_kernel(&features))
+            .with_public_key(public_key)
+            .for_node(node_name.clone());
         let (ready_tx, ready) = oneshot::channel();
         let stats = std::sync::Arc::new(stats::EventCounters::default());
         let thread_stats = stats.clone();

@@ -90,6 +90,29 @@ pub enum LoadError {
     /// The signature does not verify against the pinned public key.
     #[error("bundle signature does not verify against the pinned public key")]
     Signature,
+    /// The bundle was issued for another node.
+    #[error("bundle was issued for node {bundle:?}, this is node {node:?}")]
+    WrongNode {
+        /// The node the bundle names.
+        bundle: String,
+        /// This node.
+        node: String,
+    },
+    /// The bundle is older than the generation enforced (a replay or a downgrade), or has
+    /// the enforced generation's number with other content.
+    #[error(
+        "bundle generation {generation} ({digest}) is not newer than the enforced generation {enforced} ({enforced_digest})"
+    )]
+    Stale {
+        /// The bundle's generation.
+        generation: u64,
+        /// Its digest.
+        digest: String,
+        /// The generation enforced.
+        enforced: u64,
+        /// Its digest.
+        enforced_digest: String,
+    },
     /// The content is not a `BundleContent`.
     #[error("bundle content does not decode")]
     Decode(#[source] prost::DecodeError),
@@ -224,6 +247,8 @@ pub struct Datapath {
     /// How each family's programs reach their hooks (chosen once, from [`Enforcement`]).
     strategies: Vec<Box<dyn Strategy>>,
     public_key: Option<ed25519_dalek::VerifyingKey>,
+    /// The node bundles must be issued for (`None`: not checked).
+    node: Option<String>,
     /// Array maps filled element by element because the kernel refused
     /// `BPF_MAP_UPDATE_BATCH` (for tests and diagnostics).
     batch_fallbacks: std::sync::atomic::AtomicU64,
@@ -328,6 +353,7 @@ impl Datapath {
             clock_offset: events::monotonic_to_unix_offset(),
             strategies,
             public_key: None,
+            node: None,
             batch_fallbacks: std::sync::atomic::AtomicU64::new(0),
             undecodable: std::sync::atomic::AtomicU64::new(0),
             lost_retired: std::sync::atomic::AtomicU64::new(0),
@@ -356,6 +382,14 @@ impl Datapath {
     #[must_use]
     pub fn with_public_key(mut self, key: Option<ed25519_dalek::VerifyingKey>) -> Self {
         self.public_key = key;
+        self
+    }
+
+    /// Refuses every bundle not issued for node `name` (the envelope's node, which the
+    /// signature covers).
+    #[must_use]
+    pub fn for_node(mut self, name: impl Into<String>) -> Self {
+        self.node = Some(name.into());
         self
     }
 
@@ -403,7 +437,7 @@ impl Datapath {
                 tracing::warn!(dir = %p.dir.display(), "a running generation has no recorded bundle");
                 continue;
             };
-            let content = match verify(&bundle, self.public_key.as_ref()) {
+            let content = match verify(&bundle, self.public_key.as_ref(), self.node.as_deref()) {
                 Ok(content) => content,
                 Err(error) => {
                     tracing::warn!(dir = %p.dir.display(), error = error_chain(&error), "recorded bundle does not verify");
@@ -500,18 +534,30 @@ impl Datapath {
     /// step is resolved from the kernel by [`Self::adopt`]. Events still queued in the
     /// previous generation's ring buffer are drained into `drained`.
     pub fn apply(&mut self, bundle: v1::Bundle, drained: &mut Vec<v1::DecisionEvent>) -> Result<(), LoadError> {
-        let content = verify(&bundle, self.public_key.as_ref())?;
+        let content = verify(&bundle, self.public_key.as_ref(), self.node.as_deref())?;
+        if let Some(active) = &self.active {
+            let enforced = &active.bundle;
+            if bundle.generation < enforced.generation
+                || (bundle.generation == enforced.generation && bundle.digest != enforced.digest)
+            {
+                return Err(LoadError::Stale {
+                    generation: bundle.generation,
+                    digest: bundle.digest,
+                    enforced: enforced.generation,
+                    enforced_digest: enforced.digest.clone(),
+                });
+            }
+        }
         if let Some(active) = &mut self.active
             && active.bundle.digest == bundle.digest
         {
-            // Same content under a new generation number: nothing to load.
-            let mut renumbered = active.bundle.clone();
-            renumbered.generation = bundle.generation;
-            let encoded = renumbered.encode_to_vec();
+            // Same content under a new generation number: nothing to load. The new envelope
+            // (generation, signature) is recorded, so a restart adopts what it verifies.
+            let encoded = bundle.encode_to_vec();
             recover::write_atomic(&self.paths.bundle_file(&active.gen_dir), &encoded)
                 .map_err(io_err("recording the bundle"))?;
             write_state(&self.paths, &encoded)?;
-            active.bundle = renumbered;
+            active.bundle = bundle;
             return Ok(());
         }
         let gen_dir = self.gen_dir(&bundle);

@@ -19,6 +19,26 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every Palisade proto file, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/palisade_descriptor.bin"));
 
+/// The bytes a bundle's signature covers: its digest, generation, node and issue time, so
+/// one compiled content can be shared by many nodes while each signature names exactly one
+/// node and generation (DESIGN.md §7). Every variable-length field is length-prefixed, so no
+/// two distinct envelopes encode alike.
+pub fn envelope(bundle: &v1::Bundle) -> Vec<u8> {
+    const TAG: &[u8] = b"palisade bundle envelope v1\0";
+    let issued = bundle.issued_at.unwrap_or_default();
+    let mut out = Vec::with_capacity(TAG.len() + 4 + bundle.digest.len() + 8 + 4 + bundle.node.len() + 12);
+    out.extend_from_slice(TAG);
+    for field in [bundle.digest.as_bytes(), bundle.node.as_bytes()] {
+        // Both fields are bounded far below 4 GiB by the messages that carry them.
+        out.extend_from_slice(&u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(field);
+    }
+    out.extend_from_slice(&bundle.generation.to_be_bytes());
+    out.extend_from_slice(&issued.seconds.to_be_bytes());
+    out.extend_from_slice(&issued.nanos.to_be_bytes());
+    out
+}
+
 /// Lower-case hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
@@ -64,5 +84,29 @@ mod tests {
         assert_eq!(from_hex("abc"), None);
         assert_eq!(from_hex("zz"), None);
         assert_eq!(sha256_hex(b"").len(), 64);
+    }
+
+    #[test]
+    fn envelopes_differ_in_every_field_they_bind() {
+        let base = v1::Bundle {
+            generation: 7,
+            digest: "ab".repeat(32),
+            node: "node-a".into(),
+            issued_at: Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 5 }),
+            content: vec![1, 2, 3],
+            signature: vec![9],
+        };
+        let same_target = v1::Bundle { content: vec![4], signature: Vec::new(), ..base.clone() };
+        assert_eq!(envelope(&base), envelope(&same_target), "content and signature are not in the envelope");
+        for other in [
+            v1::Bundle { generation: 8, ..base.clone() },
+            v1::Bundle { digest: "cd".repeat(32), ..base.clone() },
+            v1::Bundle { node: "node-b".into(), ..base.clone() },
+            v1::Bundle { issued_at: Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 6 }), ..base.clone() },
+            // Moving a byte between the length-prefixed fields changes the envelope.
+            v1::Bundle { digest: format!("{}n", "ab".repeat(32)), node: "ode-a".into(), ..base.clone() },
+        ] {
+            assert_ne!(envelope(&base), envelope(&other), "{other:?}");
+        }
     }
 }

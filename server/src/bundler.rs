@@ -40,8 +40,6 @@ pub struct Built {
     pub digest: String,
     /// Encoded `BundleContent`.
     pub bytes: Vec<u8>,
-    /// ed25519 signature of `bytes`.
-    pub signature: Vec<u8>,
 }
 
 /// A policy set to check: (what it is, policies, failsafe, offsets).
@@ -119,6 +117,21 @@ impl Bundler {
         Self { store, cache: Arc::new(Mutex::new(HashMap::new())), mutator, limits, signer }
     }
 
+    /// `built` as generation `generation` of node `node`, issued now and signed for exactly
+    /// that node and generation (the envelope of [`palisade_proto::envelope`]).
+    pub fn issue(&self, built: &Built, node: &str, generation: u64) -> v1::Bundle {
+        let mut bundle = v1::Bundle {
+            generation,
+            digest: built.digest.clone(),
+            content: built.bytes.clone(),
+            signature: Vec::new(),
+            node: node.to_owned(),
+            issued_at: Some(std::time::SystemTime::now().into()),
+        };
+        bundle.signature = self.signer.sign(&palisade_proto::envelope(&bundle));
+        bundle
+    }
+
     /// The capacity limits.
     pub fn limits(&self) -> Limits {
         self.limits
@@ -178,7 +191,6 @@ impl Bundler {
         }
         let mutator = self.mutator.clone();
         let limits = self.limits;
-        let signer = self.signer.clone();
         let (built, stats) = tokio::task::spawn_blocking(move || {
             let (_, compiled) = compile_set(&held, failsafe, offsets)?;
             limits::check(&compiled, &limits).map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
@@ -191,12 +203,11 @@ impl Bundler {
                 }
                 None => compiled.bytes,
             };
-            let signature = signer.sign(&bytes);
-            Ok::<_, ApiError>((Built { digest: palisade_proto::sha256_hex(&bytes), bytes, signature }, stats))
+            Ok::<_, ApiError>((Built { digest: palisade_proto::sha256_hex(&bytes), bytes }, stats))
         })
         .await
         .map_err(ApiError::Task)??;
-        self.store.save_bundle(&built.digest, &built.bytes, &built.signature, stats).await?;
+        self.store.save_bundle(&built.digest, &built.bytes, stats).await?;
         let built = Arc::new(built);
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_ENTRIES {

@@ -61,8 +61,9 @@ pub struct Config {
     #[arg(long, env = "PALISADE_LOG_JSON")]
     pub log_json: bool,
     /// File holding the ed25519 seed bundles are signed with (hex); created, with a `.pub`
-    /// file holding the public key agents pin, if missing. Without it a random key is used
-    /// and its public half is logged (agents must be given it again after every restart).
+    /// file holding the public key agents pin, if missing. Required unless `--dev`, where a
+    /// random key is used and its public half logged (agents must be given it again after
+    /// every restart).
     #[arg(long, env = "PALISADE_BUNDLE_SIGNING_KEY")]
     pub bundle_signing_key: Option<std::path::PathBuf>,
     /// Most entries one map of a compiled bundle may have; policies that would exceed it on
@@ -106,6 +107,26 @@ impl Config {
                 self.listen
             ))),
             _ => Ok(None),
+        }
+    }
+
+    /// The bundle signing key: `--bundle-signing-key`, or a random one in `--dev`. Without
+    /// `--dev` a server must keep its key across restarts, or every agent pinning it would
+    /// refuse the next bundle.
+    pub fn signer(&self) -> Result<signing::BundleSigner, ServeError> {
+        match &self.bundle_signing_key {
+            Some(path) => signing::BundleSigner::load_or_create(path).map_err(ServeError::Signing),
+            None if self.dev => {
+                let signer = signing::BundleSigner::generate();
+                tracing::warn!(
+                    public_key = signer.public_key_hex(),
+                    "--dev without --bundle-signing-key: using a random key for this run"
+                );
+                Ok(signer)
+            }
+            None => Err(ServeError::Insecure(
+                "give --bundle-signing-key FILE (created on first start, with FILE.pub for agents), or --dev".into(),
+            )),
         }
     }
 }
@@ -245,6 +266,7 @@ pub enum ServeError {
 /// Connects to the database, migrates it, binds `config.listen` and serves until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let tls = config.tls()?;
+    let signer = config.signer()?;
     if tls.is_none() {
         tracing::warn!(
             listen = %config.listen,
@@ -264,16 +286,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         max_map_entries: config.max_map_entries,
         max_map_bytes: config.max_map_bytes,
         ..palisade_compiler::limits::Limits::DEFAULT
-    };
-    let signer = if let Some(path) = &config.bundle_signing_key {
-        signing::BundleSigner::load_or_create(path).map_err(ServeError::Signing)?
-    } else {
-        let signer = signing::BundleSigner::generate();
-        tracing::warn!(
-            public_key = signer.public_key_hex(),
-            "no --bundle-signing-key: using a random key for this run"
-        );
-        signer
     };
     tracing::info!(public_key = signer.public_key_hex(), "bundles are signed; agents pin this key");
     serve_with(

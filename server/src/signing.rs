@@ -1,4 +1,5 @@
-//! Bundle signatures (DESIGN.md §7): the server signs every bundle's content with ed25519;
+//! Bundle signatures (DESIGN.md §7): the server signs every bundle's envelope (digest,
+//! generation, node, issue time; [`palisade_proto::envelope`]) with ed25519;
 //! agents verify it against a pinned public key before loading anything.
 
 use std::{io, os::unix::fs::OpenOptionsExt as _, path::Path};

@@ -157,6 +157,13 @@ fn the_pki_tools_run_without_a_database() {
     let out = run(&["pki", "issue-node", "web-1", pki_dir.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(pki_dir.join("web-1.crt").exists() && pki_dir.join("web-1.key").exists());
+    // TLS without a persistent bundle key: refused at start, before the database is needed.
+    let file = |name: &str| pki_dir.join(name).to_str().expect("utf-8").to_owned();
+    let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
+    let out = run(&["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--bundle-signing-key") && !stderr.contains("--database-url"), "{stderr}");
     let out = run(&["--dev"]);
     assert!(!out.status.success());
     assert!(
@@ -286,6 +293,14 @@ fn plaintext_needs_dev_and_dev_needs_loopback() {
     assert!(parse(&["--dev"]).tls().expect("dev on loopback").is_none());
     let tls = parse(&["--tls-cert", "c", "--tls-key", "k", "--client-ca", "ca", "--listen", "0.0.0.0:1"]);
     assert!(tls.tls().expect("TLS anywhere").is_some());
+    let err = tls.signer().expect_err("no persistent signing key").to_string();
+    assert!(err.contains("--bundle-signing-key"), "{err}");
+    assert!(parse(&["--dev"]).signer().is_ok(), "--dev may sign with a key of the moment");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("bundle.key");
+    let keyed = parse(&["--bundle-signing-key", key.to_str().expect("utf-8")]);
+    let first = keyed.signer().expect("created").public_key_hex();
+    assert_eq!(keyed.signer().expect("loaded").public_key_hex(), first, "the key persists");
     assert!(
         palisade_server::Cli::try_parse_from(["palisade-server", "--database-url", "x", "--tls-cert", "c"]).is_err(),
         "--tls-cert without --tls-key and --client-ca"

@@ -61,7 +61,7 @@ fn bundle(yaml: &str, generation: u64) -> Result<v1::Bundle, String> {
         .collect::<Result<_, _>>()?;
     let set = PolicySet::new(policies.iter().map(|p| (p, generation)), Vec::new()).map_err(|e| e.to_string())?;
     let compiled = compile(&set, offsets()).map_err(|e| e.to_string())?;
-    Ok(v1::Bundle { generation, digest: compiled.digest, content: compiled.bytes, signature: Vec::new() })
+    Ok(v1::Bundle { generation, digest: compiled.digest, content: compiled.bytes, ..Default::default() })
 }
 
 /// Runs the probe in `cgroup` with `args`: "ok", "EPERM" or the error text.

@@ -150,7 +150,12 @@ fn set(n: usize, profile: Profile, cgroup: &str) -> PolicySet {
 }
 
 fn bundle(generation: u64, compiled: &Compiled) -> v1::Bundle {
-    v1::Bundle { generation, digest: compiled.digest.clone(), content: compiled.bytes.clone(), signature: Vec::new() }
+    v1::Bundle {
+        generation,
+        digest: compiled.digest.clone(),
+        content: compiled.bytes.clone(),
+        ..std::default::Default::default()
+    }
 }
 
 /// A bundle whose connect programs only `return 1`: the cost of the hook itself.
@@ -188,7 +193,12 @@ fn probe_bundle(
         ..v1::BundleContent::default()
     };
     let bytes = content.encode_to_vec();
-    Ok(v1::Bundle { generation, digest: palisade_proto::sha256_hex(&bytes), content: bytes, signature: Vec::new() })
+    Ok(v1::Bundle {
+        generation,
+        digest: palisade_proto::sha256_hex(&bytes),
+        content: bytes,
+        ..std::default::Default::default()
+    })
 }
 
 /// A static map holding `entries`, with at least `min_slots` slots.

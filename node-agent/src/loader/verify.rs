@@ -130,12 +130,22 @@ pub enum Malformed {
     },
 }
 
-/// Checks the signature (when a key is pinned), the digest, the format and the content's
-/// consistency with its ELF, and decodes the content.
-pub fn verify(bundle: &v1::Bundle, key: Option<&ed25519_dalek::VerifyingKey>) -> Result<v1::BundleContent, LoadError> {
+/// Checks the signature of the bundle's envelope (when a key is pinned), that it was issued
+/// for `node` (when given), the digest, the format and the content's consistency with its
+/// ELF, and decodes the content. Generations are the caller's to compare.
+pub fn verify(
+    bundle: &v1::Bundle,
+    key: Option<&ed25519_dalek::VerifyingKey>,
+    node: Option<&str>,
+) -> Result<v1::BundleContent, LoadError> {
     if let Some(key) = key {
         let signature = ed25519_dalek::Signature::from_slice(&bundle.signature).map_err(|_| LoadError::Signature)?;
-        key.verify_strict(&bundle.content, &signature).map_err(|_| LoadError::Signature)?;
+        key.verify_strict(&palisade_proto::envelope(bundle), &signature).map_err(|_| LoadError::Signature)?;
+    }
+    if let Some(node) = node
+        && bundle.node != node
+    {
+        return Err(LoadError::WrongNode { bundle: bundle.node.clone(), node: node.to_owned() });
     }
     let actual = palisade_proto::sha256_hex(&bundle.content);
     if actual != bundle.digest {

@@ -97,12 +97,7 @@ impl Session {
             return Ok(());
         }
         tracing::info!(node = self.node, generation, digest = built.digest, "pushing bundle");
-        let bundle = v1::Bundle {
-            generation,
-            digest: built.digest.clone(),
-            content: built.bytes.clone(),
-            signature: built.signature.clone(),
-        };
+        let bundle = self.bundler.issue(&built, &self.node, generation);
         let message = v1::SyncResponse { message: Some(v1::sync_response::Message::Bundle(bundle)) };
         self.outbound.send(Ok(message)).await.map_err(drop)?;
         self.sent.clone_from(&built.digest);

@@ -94,19 +94,31 @@ fn node_from_row(row: &PgRow) -> Result<v1::Node, ApiError> {
 
 impl Store {
     /// Records an agent's hello: registers the node or refreshes its labels, features and
-    /// the bundle it says it enforces, and marks it connected.
+    /// the bundle it says it enforces, and marks it connected. Label changes are audited.
+    ///
+    /// The node's desired generation never falls below the one it enforces: an agent refuses
+    /// any bundle older than what it runs (a replay or a downgrade), so after the database is
+    /// restored from a backup the next bundle is numbered above the agent's, and a
+    /// deliberate rollback of policy reaches the node as a new, higher generation.
     pub async fn node_hello(&self, hello: &v1::AgentHello) -> Result<(), ApiError> {
         let labels = serde_json::to_value(&hello.labels).map_err(|e| ApiError::Corrupt(e.to_string()))?;
         let features = hello.features.as_ref().map(prost::Message::encode_to_vec);
         let failsafe = serde_json::json!({ "endpoints": hello.server_endpoints, "ports": hello.failsafe_ports });
         let event_stats = hello.event_stats.as_ref().map(prost::Message::encode_to_vec);
         let mut tx = self.pool.begin().await?;
-        let inserted: bool = sqlx::query_scalar(
-            "INSERT INTO nodes (name, labels, features, agent_version, connected, last_seen, applied_generation, applied_digest, failsafe, event_stats) \
-             VALUES ($1, $2, $3, $4, true, now(), $5, $6, $7, $8) \
+        let previous: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT labels FROM nodes WHERE name = $1 FOR UPDATE")
+                .bind(&hello.node_name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        sqlx::query(
+            "INSERT INTO nodes (name, labels, features, agent_version, connected, last_seen, applied_generation, applied_digest, \
+               failsafe, event_stats, desired_generation, desired_digest) \
+             VALUES ($1, $2, $3, $4, true, now(), $5, $6, $7, $8, $5, $6) \
              ON CONFLICT (name) DO UPDATE SET labels = $2, features = $3, agent_version = $4, connected = true, \
-               last_seen = now(), applied_generation = $5, applied_digest = $6, failsafe = $7, event_stats = $8 \
-             RETURNING (xmax = 0)",
+               last_seen = now(), applied_generation = $5, applied_digest = $6, failsafe = $7, event_stats = $8, \
+               desired_digest = CASE WHEN $5 >= nodes.desired_generation THEN $6 ELSE nodes.desired_digest END, \
+               desired_generation = GREATEST(nodes.desired_generation, $5)",
         )
         .bind(&hello.node_name)
         .bind(labels.clone())
@@ -116,15 +128,25 @@ impl Store {
         .bind(&hello.bundle_digest)
         .bind(failsafe)
         .bind(event_stats)
-        .fetch_one(&mut *tx)
+        .execute(&mut *tx)
         .await?;
-        if inserted {
+        let audit = match previous {
+            None => {
+                Some(("node.registered", serde_json::json!({ "labels": labels, "agent_version": hello.agent_version })))
+            }
+            Some(before) if before != labels => {
+                Some(("node.labels_changed", serde_json::json!({ "before": before, "after": labels })))
+            }
+            Some(_) => None,
+        };
+        if let Some((action, details)) = audit {
             sqlx::query(
                 "INSERT INTO audit_log (actor, action, object_kind, object_name, details) \
-                 VALUES ($1, 'node.registered', 'node', $1, $2)",
+                 VALUES ($1, $2, 'node', $1, $3)",
             )
             .bind(&hello.node_name)
-            .bind(serde_json::json!({ "labels": labels, "agent_version": hello.agent_version }))
+            .bind(action)
+            .bind(details)
             .execute(&mut *tx)
             .await?;
         }
@@ -167,22 +189,13 @@ impl Store {
     }
 
     /// Stores a compiled bundle (content-addressed; storing it again is a no-op).
-    pub async fn save_bundle(
-        &self,
-        digest: &str,
-        content: &[u8],
-        signature: &[u8],
-        stats: serde_json::Value,
-    ) -> Result<(), ApiError> {
-        sqlx::query(
-            "INSERT INTO bundles (digest, content, signature, stats) VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING",
-        )
-        .bind(digest)
-        .bind(content)
-        .bind(signature)
-        .bind(stats)
-        .execute(&self.pool)
-        .await?;
+    pub async fn save_bundle(&self, digest: &str, content: &[u8], stats: serde_json::Value) -> Result<(), ApiError> {
+        sqlx::query("INSERT INTO bundles (digest, content, stats) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(digest)
+            .bind(content)
+            .bind(stats)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -13,35 +13,59 @@ fn content(maps: Vec<v1::BundleMap>, format: u32) -> v1::BundleContent {
 
 fn signed(content: &v1::BundleContent, key: &SigningKey) -> v1::Bundle {
     let content = content.encode_to_vec();
-    v1::Bundle {
+    let mut bundle = v1::Bundle {
         generation: 1,
         digest: palisade_proto::sha256_hex(&content),
-        signature: key.sign(&content).to_bytes().to_vec(),
         content,
-    }
+        node: "node-a".into(),
+        issued_at: Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 0 }),
+        ..Default::default()
+    };
+    bundle.signature = key.sign(&palisade_proto::envelope(&bundle)).to_bytes().to_vec();
+    bundle
 }
 
 fn unsigned(content: &v1::BundleContent) -> v1::Bundle {
     let content = content.encode_to_vec();
-    v1::Bundle { generation: 1, digest: palisade_proto::sha256_hex(&content), signature: Vec::new(), content }
+    v1::Bundle { generation: 1, digest: palisade_proto::sha256_hex(&content), content, ..Default::default() }
 }
 
 #[test]
 fn verify_accepts_only_bundles_signed_by_the_pinned_key() {
     let key = SigningKey::from_bytes(&[7; 32]);
     let other = SigningKey::from_bytes(&[8; 32]);
+    let pinned = Some(key.verifying_key());
     let bundle = signed(&content(Vec::new(), 1), &key);
-    assert!(verify(&bundle, Some(&key.verifying_key())).is_ok());
-    assert!(matches!(verify(&bundle, Some(&other.verifying_key())), Err(LoadError::Signature)));
+    assert!(verify(&bundle, pinned.as_ref(), Some("node-a")).is_ok());
+    assert!(matches!(verify(&bundle, Some(&other.verifying_key()), None), Err(LoadError::Signature)));
     let mut tampered = bundle.clone();
     tampered.content.push(0);
     tampered.digest = palisade_proto::sha256_hex(&tampered.content);
-    assert!(matches!(verify(&tampered, Some(&key.verifying_key())), Err(LoadError::Signature)));
+    assert!(matches!(verify(&tampered, pinned.as_ref(), None), Err(LoadError::Signature)));
     let unsigned = v1::Bundle { signature: Vec::new(), ..bundle.clone() };
-    assert!(matches!(verify(&unsigned, Some(&key.verifying_key())), Err(LoadError::Signature)));
-    assert!(verify(&unsigned, None).is_ok(), "no pinned key: only the digest is checked");
-    let wrong_digest = v1::Bundle { digest: "00".into(), ..bundle };
-    assert!(matches!(verify(&wrong_digest, Some(&key.verifying_key())), Err(LoadError::Digest { .. })));
+    assert!(matches!(verify(&unsigned, pinned.as_ref(), None), Err(LoadError::Signature)));
+    assert!(verify(&unsigned, None, None).is_ok(), "no pinned key: only the digest is checked");
+    let wrong_digest = v1::Bundle { digest: "00".into(), ..bundle.clone() };
+    assert!(matches!(verify(&wrong_digest, pinned.as_ref(), None), Err(LoadError::Signature)), "the digest is signed");
+    let wrong_digest = v1::Bundle { digest: "00".into(), ..unsigned };
+    assert!(matches!(verify(&wrong_digest, None, None), Err(LoadError::Digest { .. })));
+}
+
+#[test]
+fn the_signature_binds_the_node_and_the_generation() {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let pinned = Some(key.verifying_key());
+    let bundle = signed(&content(Vec::new(), 1), &key);
+    // A bundle signed for node-a, offered to node-b.
+    let err = verify(&bundle, pinned.as_ref(), Some("node-b")).expect_err("another node's bundle");
+    assert!(matches!(&err, LoadError::WrongNode { bundle, node } if bundle == "node-a" && node == "node-b"), "{err}");
+    // Relabelled for node-b, or renumbered: the signature no longer verifies.
+    let relabelled = v1::Bundle { node: "node-b".into(), ..bundle.clone() };
+    assert!(matches!(verify(&relabelled, pinned.as_ref(), Some("node-b")), Err(LoadError::Signature)));
+    let renumbered = v1::Bundle { generation: 99, ..bundle.clone() };
+    assert!(matches!(verify(&renumbered, pinned.as_ref(), Some("node-a")), Err(LoadError::Signature)));
+    let reissued = v1::Bundle { issued_at: None, ..bundle };
+    assert!(matches!(verify(&reissued, pinned.as_ref(), Some("node-a")), Err(LoadError::Signature)));
 }
 
 fn array(indices: Vec<u32>, values: Vec<u8>) -> v1::BundleMap {
@@ -60,8 +84,8 @@ fn array(indices: Vec<u32>, values: Vec<u8>) -> v1::BundleMap {
 
 #[test]
 fn verify_rejects_unknown_formats_and_packed_contents_that_do_not_fit() {
-    assert!(verify(&unsigned(&content(vec![array(vec![0, 3], vec![1; 16])], 2)), None).is_ok());
-    assert!(verify(&unsigned(&content(Vec::new(), 1)), None).is_ok(), "format 1 is still read");
+    assert!(verify(&unsigned(&content(vec![array(vec![0, 3], vec![1; 16])], 2)), None, None).is_ok());
+    assert!(verify(&unsigned(&content(Vec::new(), 1)), None, None).is_ok(), "format 1 is still read");
     let bad = [
         (content(Vec::new(), 3), "bundle format 3"),
         (content(vec![array(vec![0, 3], vec![1; 15])], 2), "do not fit"),
@@ -69,7 +93,7 @@ fn verify_rejects_unknown_formats_and_packed_contents_that_do_not_fit() {
         (content(vec![v1::BundleMap { key_size: 8, ..array(vec![0], vec![1; 8]) }], 2), "do not fit"),
     ];
     for (content, reason) in bad {
-        let err = verify(&unsigned(&content), None).expect_err("rejected");
+        let err = verify(&unsigned(&content), None, None).expect_err("rejected");
         assert!(chain(&err).contains(reason), "{err:?}");
     }
 }
@@ -105,7 +129,7 @@ fn map<'a>(c: &'a mut v1::BundleContent, name: &str) -> &'a mut v1::BundleMap {
 fn verify_checks_every_map_and_program_against_the_elf_before_any_bpf_call() {
     type Edit = fn(&mut v1::BundleContent);
     let good = compiled();
-    assert!(verify(&unsigned(&good), None).is_ok(), "the compiler's bundles verify");
+    assert!(verify(&unsigned(&good), None, None).is_ok(), "the compiler's bundles verify");
     let cases: [(&str, Edit, &str); 14] = [
         ("value size", |c| map(c, "pal_values").value_size += 4, "the bundle says value_size"),
         ("key size", |c| map(c, "pal_workloads").key_size = 4, "the bundle says key_size"),
@@ -150,7 +174,7 @@ fn verify_checks_every_map_and_program_against_the_elf_before_any_bpf_call() {
     for (what, edit, reason) in cases {
         let mut bad = good.clone();
         edit(&mut bad);
-        let err = verify(&unsigned(&bad), None).expect_err(what);
+        let err = verify(&unsigned(&bad), None, None).expect_err(what);
         assert!(matches!(err, LoadError::Malformed(_)), "{what}: {err:?}");
         assert!(chain(&err).contains(reason), "{what}: {}", chain(&err));
     }
@@ -159,6 +183,6 @@ fn verify_checks_every_map_and_program_against_the_elf_before_any_bpf_call() {
     let first = twice.programs[0].clone();
     twice.programs[1].hook = first.hook;
     twice.programs[1].section = first.section;
-    let err = verify(&unsigned(&twice), None).expect_err("two programs");
+    let err = verify(&unsigned(&twice), None, None).expect_err("two programs");
     assert!(chain(&err).contains("hook pal_connect4 has two programs"), "{}", chain(&err));
 }

@@ -60,6 +60,43 @@ async fn desired_generation_moves_only_when_the_digest_changes(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "crate::MIGRATOR")]
+async fn a_node_enforcing_a_newer_generation_than_the_database_gets_a_higher_one_next(pool: PgPool) {
+    // The database was restored from a backup taken at generation 2; the agent runs 9.
+    let store = Store::new(pool);
+    store.node_hello(&hello("n1", "web", 0)).await.expect("register");
+    assert_eq!(store.node_set_desired("n1", "a").await.expect("desired"), 1);
+    assert_eq!(store.node_set_desired("n1", "b").await.expect("desired"), 2);
+    store.node_hello(&hello("n1", "web", 9)).await.expect("hello from the future");
+    let node = store.get_node("n1").await.expect("node");
+    assert_eq!((node.desired_generation, node.desired_digest.as_str()), (9, "d9"), "what the node runs");
+    assert_eq!(store.node_set_desired("n1", "b").await.expect("restored policy"), 10, "above what the agent enforces");
+    assert_eq!(store.node_set_desired("n1", "d9").await.expect("back to d9"), 11);
+    // An agent behind the database (its state was wiped) does not pull the number down.
+    store.node_hello(&hello("n1", "web", 0)).await.expect("hello from an empty agent");
+    let node = store.get_node("n1").await.expect("node");
+    assert_eq!((node.desired_generation, node.desired_digest.as_str()), (11, "d9"));
+}
+
+#[sqlx::test(migrator = "crate::MIGRATOR")]
+async fn label_changes_on_re_registration_are_audited(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    store.node_hello(&hello("n1", "web", 0)).await.expect("register");
+    store.node_hello(&hello("n1", "web", 1)).await.expect("same labels");
+    store.node_hello(&hello("n1", "db", 1)).await.expect("new labels");
+    let rows: Vec<(String, String, serde_json::Value)> =
+        sqlx::query_as("SELECT actor, action, details FROM audit_log WHERE object_name = 'n1' ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("audit");
+    let actions: Vec<&str> = rows.iter().map(|(_, a, _)| a.as_str()).collect();
+    assert_eq!(actions, ["node.registered", "node.labels_changed"], "{rows:?}");
+    let (actor, _, details) = &rows[1];
+    assert_eq!(actor, "n1");
+    assert_eq!(details["before"]["team"], "web");
+    assert_eq!(details["after"]["team"], "db");
+}
+
+#[sqlx::test(migrator = "crate::MIGRATOR")]
 async fn ack_clears_only_an_older_or_equal_nack_and_disconnect_is_shown(pool: PgPool) {
     let store = Store::new(pool);
     store.node_hello(&hello("n1", "web", 0)).await.expect("register");

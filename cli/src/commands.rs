@@ -435,6 +435,13 @@ async fn nodes(channel: &Conn) -> anyhow::Result<()> {
                     ));
                 }
             }
+            if n.events_rate_limited > 0 {
+                notes.push(format!(
+                    "node {}: {} decision events refused by the server because the node reported faster than \
+                     its --event-rate",
+                    n.name, n.events_rate_limited
+                ));
+            }
             table.row(vec![
                 n.name,
                 if n.connected { "yes" } else { "no" }.to_owned(),

@@ -9,6 +9,7 @@ pub mod embedded;
 pub mod error;
 pub mod hub;
 pub mod pki;
+pub mod ratelimit;
 pub mod signing;
 pub mod store;
 pub mod tls;
@@ -84,6 +85,14 @@ pub struct Config {
     /// present one; its common name is the node's identity.
     #[arg(long, env = "PALISADE_CLIENT_CA", requires = "tls_cert")]
     pub client_ca: Option<std::path::PathBuf>,
+    /// Events per second one node may report (sustained); beyond it events are refused and
+    /// counted on the node (`events_rate_limited`). 0: no limit.
+    #[arg(long, env = "PALISADE_EVENT_RATE", default_value_t = ratelimit::EventRate::DEFAULT.per_second)]
+    pub event_rate: u32,
+    /// Events one node may report at once after a quiet spell (an agent's backlog after an
+    /// outage).
+    #[arg(long, env = "PALISADE_EVENT_BURST", default_value_t = ratelimit::EventRate::DEFAULT.burst)]
+    pub event_burst: u32,
     /// Development mode, loopback only: plaintext, no client certificates, no node identity.
     #[arg(long, env = "PALISADE_DEV", conflicts_with = "tls_cert")]
     pub dev: bool,
@@ -292,7 +301,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         pool,
         listener,
         shutdown,
-        Options { limits, signer, bundle_mutator: None, tls, shutdown_grace: SHUTDOWN_GRACE },
+        Options {
+            limits,
+            signer,
+            bundle_mutator: None,
+            tls,
+            shutdown_grace: SHUTDOWN_GRACE,
+            event_rate: ratelimit::EventRate { per_second: config.event_rate, burst: config.event_burst },
+        },
     )
     .await
 }
@@ -317,6 +333,8 @@ pub struct Options {
     pub tls: Option<tls::TlsFiles>,
     /// How long shutdown waits for open calls and stream tasks before closing them.
     pub shutdown_grace: Duration,
+    /// How fast each node may report events.
+    pub event_rate: ratelimit::EventRate,
 }
 
 impl Default for Options {
@@ -327,6 +345,7 @@ impl Default for Options {
             signer: signing::BundleSigner::generate(),
             tls: None,
             shutdown_grace: SHUTDOWN_GRACE,
+            event_rate: ratelimit::EventRate::DEFAULT,
         }
     }
 }
@@ -339,6 +358,7 @@ impl std::fmt::Debug for Options {
             .field("signer", &self.signer)
             .field("tls", &self.tls)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("event_rate", &self.event_rate)
             .finish()
     }
 }
@@ -433,7 +453,8 @@ pub async fn serve_with(
         .add_service(
             AgentServiceServer::new(
                 AgentApi::new(store.clone(), bundler, hub.generation(), shutdown.clone(), tracker.clone())
-                    .requiring_identity(require_identity),
+                    .requiring_identity(require_identity)
+                    .limiting_events(ratelimit::EventLimiter::new(options.event_rate)),
             )
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )

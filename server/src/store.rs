@@ -33,12 +33,16 @@ pub const EVENTS_CHANNEL: &str = "palisade_events";
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    /// Event ingest is serialised (see `insert_events`); writers queue here, holding no
+    /// database connection, so however many streams report at once they take at most one
+    /// connection of this process's pool and never starve other calls.
+    ingest: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
     /// Wraps a pool whose database has been migrated with [`MIGRATOR`].
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self { pool, ingest: std::sync::Arc::default() }
     }
 
     /// The underlying pool.

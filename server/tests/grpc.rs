@@ -652,3 +652,156 @@ async fn shutdown_with_an_idle_open_stream_ends_within_the_grace_period(pool: Pg
     assert!(started.elapsed() < grace * 3, "stopped after {:?}", started.elapsed());
     idle.abort();
 }
+
+/// A server on a runtime of its own (two worker threads, as the daemon runs), so a test's
+/// clients on the test's runtime measure the server, not their own scheduling.
+struct OwnRuntimeServer {
+    server: Option<EmbeddedServer>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl OwnRuntimeServer {
+    fn start(pool: PgPool, options: palisade_server::Options) -> Self {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let server = std::thread::scope(|scope| {
+            scope
+                .spawn(|| runtime.block_on(EmbeddedServer::start_with(pool, options)))
+                .join()
+                .expect("start thread")
+                .expect("server starts")
+        });
+        Self { server: Some(server), runtime: Some(runtime) }
+    }
+
+    fn url(&self) -> String {
+        self.server.as_ref().expect("running").url()
+    }
+}
+
+impl Drop for OwnRuntimeServer {
+    fn drop(&mut self) {
+        drop(self.server.take());
+        if let Some(runtime) = self.runtime.take() {
+            // Dropped from the test's async context, where a runtime may not block.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Floods ReportEvents at `url` from `streams` parallel streams (stream `i` reports for
+/// `node(i)`), each sending `messages` messages of `per_message` events, while a client on
+/// a thread of its own lists policies and gets node `probe_node` every 50 ms. Returns
+/// (accepted, rate limited, slowest other call, flood duration).
+async fn flood(
+    url: &str,
+    node: impl Fn(usize) -> String,
+    streams: usize,
+    messages: usize,
+    per_message: usize,
+    probe_node: &str,
+) -> (u64, u64, Duration, Duration) {
+    let channel = Channel::from_shared(url.to_owned()).expect("url").connect().await.expect("connect");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (url, done, probe_node) = (url.to_owned(), done.clone(), probe_node.to_owned());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async move {
+                let channel = Channel::from_shared(url).expect("url").connect().await.expect("connect");
+                let (mut policies, mut nodes) =
+                    (PolicyServiceClient::new(channel.clone()), NodeServiceClient::new(channel));
+                let mut slowest = Duration::ZERO;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = std::time::Instant::now();
+                    policies.list_policies(v1::ListPoliciesRequest::default()).await.expect("list during the flood");
+                    nodes
+                        .get_node(v1::GetNodeRequest { name: probe_node.clone() })
+                        .await
+                        .expect("get during the flood");
+                    slowest = slowest.max(t.elapsed());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                slowest
+            })
+        })
+    };
+    let started = std::time::Instant::now();
+    let floods: Vec<_> = (0..streams)
+        .map(|i| {
+            let (mut agents, node) = (AgentServiceClient::new(channel.clone()), node(i));
+            tokio::spawn(async move {
+                let batch: Vec<v1::DecisionEvent> =
+                    (0..per_message).map(|p| event("web", v1::Verdict::Deny, p as u32)).collect();
+                let requests = (0..messages).map(move |m| v1::ReportEventsRequest {
+                    node_name: if m == 0 { node.clone() } else { String::new() },
+                    events: batch.clone(),
+                });
+                agents.report_events(tokio_stream::iter(requests)).await.expect("report").into_inner()
+            })
+        })
+        .collect();
+    let (mut accepted, mut limited) = (0, 0);
+    for f in floods {
+        let response = f.await.expect("flood task");
+        (accepted, limited) = (accepted + response.accepted, limited + response.rate_limited);
+    }
+    let elapsed = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    (accepted, limited, prober.join().expect("prober"), elapsed)
+}
+
+async fn register(pool: &PgPool, name: &str) {
+    let Some(v1::sync_request::Message::Hello(hello)) = hello(name).message else { unreachable!() };
+    palisade_server::store::Store::new(pool.clone()).node_hello(&hello).await.expect("register");
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn an_events_flood_from_one_node_is_rate_limited_counted_and_other_calls_still_answer(pool: PgPool) {
+    let rate = palisade_server::ratelimit::EventRate { per_second: 1_000, burst: 2_000 };
+    let options = palisade_server::Options { event_rate: rate, ..palisade_server::Options::default() };
+    let server = OwnRuntimeServer::start(pool.clone(), options);
+    register(&pool, "flood").await;
+    register(&pool, "quiet").await;
+    let (streams, messages, per_message) = (16, 20, 2_000);
+    let (accepted, limited, slowest, elapsed) =
+        flood(&server.url(), |_| "flood".into(), streams, messages, per_message, "flood").await;
+    let sent = (streams * messages * per_message) as u64;
+    eprintln!(
+        "flood of {sent} events in {elapsed:?}: {accepted} stored, {limited} refused; slowest other call {slowest:?}"
+    );
+    assert_eq!(accepted + limited, sent, "every event is stored or counted");
+    let allowed = u64::from(rate.burst) + (elapsed.as_secs_f64() * f64::from(rate.per_second)).ceil() as u64;
+    assert!((u64::from(rate.burst)..=allowed).contains(&accepted), "{accepted} stored, the limit allowed {allowed}");
+    assert_eq!(count(&pool, "events").await as u64, accepted, "refused events are not stored");
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let node = NodeServiceClient::new(channel.clone())
+        .get_node(v1::GetNodeRequest { name: "flood".into() })
+        .await
+        .expect("node")
+        .into_inner();
+    assert_eq!(node.node.expect("node").events_rate_limited, limited, "the refusals are counted on the node");
+    assert!(slowest < Duration::from_secs(1), "other calls waited {slowest:?} during the flood");
+    // Another node has its own budget.
+    let quiet = vec![v1::ReportEventsRequest {
+        node_name: "quiet".into(),
+        events: vec![event("web", v1::Verdict::Deny, 1); 100],
+    }];
+    let response = AgentServiceClient::new(channel).report_events(tokio_stream::iter(quiet)).await.expect("quiet");
+    let response = response.into_inner();
+    assert_eq!((response.accepted, response.rate_limited), (100, 0));
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn sixteen_parallel_event_streams_do_not_starve_other_calls(pool: PgPool) {
+    let options = palisade_server::Options {
+        event_rate: palisade_server::ratelimit::EventRate::UNLIMITED,
+        ..palisade_server::Options::default()
+    };
+    let server = OwnRuntimeServer::start(pool.clone(), options);
+    register(&pool, "n0").await;
+    let (accepted, limited, slowest, elapsed) = flood(&server.url(), |i| format!("n{i}"), 16, 8, 2_000, "n0").await;
+    eprintln!("{accepted} events from 16 streams in {elapsed:?}; slowest other call {slowest:?}");
+    assert_eq!((accepted, limited), (16 * 8 * 2_000, 0));
+    assert!(slowest < Duration::from_secs(1), "other calls waited {slowest:?} behind event ingest");
+}

@@ -1,6 +1,9 @@
 //! `AgentService`: the agents' control stream and event ingest.
 
-use std::{pin::Pin, time::Duration};
+use std::{
+    pin::Pin,
+    time::{Duration, Instant},
+};
 
 use futures::Stream;
 use palisade_proto::v1::{self, agent_service_server::AgentService, sync_request::Message as Inbound};
@@ -28,6 +31,8 @@ pub struct AgentApi {
     tracker: TaskTracker,
     /// Whether calls must carry a node's client certificate (TLS), whose node they are bound to.
     require_identity: bool,
+    /// Per-node event rate limits.
+    limiter: crate::ratelimit::EventLimiter,
 }
 
 impl AgentApi {
@@ -40,7 +45,22 @@ impl AgentApi {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
-        Self { store, bundler, generation, shutdown, tracker, require_identity: false }
+        Self {
+            store,
+            bundler,
+            generation,
+            shutdown,
+            tracker,
+            require_identity: false,
+            limiter: crate::ratelimit::EventLimiter::new(crate::ratelimit::EventRate::UNLIMITED),
+        }
+    }
+
+    /// Limits how fast each node may report events; what is beyond it is counted, not stored.
+    #[must_use]
+    pub fn limiting_events(mut self, limiter: crate::ratelimit::EventLimiter) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// Binds every call to the node its client certificate names (TLS with a client CA).
@@ -288,7 +308,8 @@ impl AgentService for AgentApi {
         let identity = tls::node_identity(&request, self.require_identity)?;
         let mut inbound = request.into_inner();
         let mut node: Option<String> = None;
-        let mut accepted = 0;
+        let (mut accepted, mut rate_limited, mut unrecorded) = (0, 0, 0);
+        let mut recorded_at = Instant::now();
         while let Some(message) = inbound.message().await? {
             let node = if let Some(node) = &node {
                 if message.node_name != *node && !message.node_name.is_empty() {
@@ -316,8 +337,31 @@ impl AgentService for AgentApi {
             if !violations.is_empty() {
                 return Err(ApiError::Invalid(violations).into());
             }
-            accepted += self.store.insert_events(&node, &message.events).await?;
+            let admitted = self.limiter.admit(&node, message.events.len());
+            let refused = (message.events.len() - admitted) as u64;
+            if refused > 0 {
+                if rate_limited == 0 {
+                    tracing::warn!(
+                        node,
+                        "node reports events faster than --event-rate; refusing and counting the excess"
+                    );
+                }
+                rate_limited += refused;
+                unrecorded += refused;
+            }
+            // Counted on the node at most once a second: a flood must not turn into a flood
+            // of updates to one row.
+            if unrecorded > 0 && recorded_at.elapsed() >= Duration::from_secs(1) {
+                self.store.node_rate_limited(&node, unrecorded).await?;
+                (unrecorded, recorded_at) = (0, Instant::now());
+            }
+            accepted += self.store.insert_events(&node, &message.events[..admitted]).await?;
         }
-        Ok(Response::new(v1::ReportEventsResponse { accepted }))
+        if let Some(node) = &node
+            && unrecorded > 0
+        {
+            self.store.node_rate_limited(node, unrecorded).await?;
+        }
+        Ok(Response::new(v1::ReportEventsResponse { accepted, rate_limited }))
     }
 }

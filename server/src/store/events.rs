@@ -86,6 +86,7 @@ impl Store {
             return Ok(0);
         }
         let now = Utc::now();
+        let _writer = self.ingest.lock().await;
         let mut tx = self.pool.begin().await?;
         // Serialise ingest so ids become visible in id order: watchers catch up with
         // `id > last_seen`, which would skip a lower id committed after a higher one.

@@ -42,7 +42,7 @@ const LIVENESS_SECONDS: i64 = 90;
 
 const NODE_COLUMNS: &str = "name, labels, features, agent_version, registered_at, last_seen, \
      desired_generation, desired_digest, applied_generation, applied_digest, \
-     last_error, last_error_generation, last_error_digest, last_error_at, event_stats, \
+     last_error, last_error_generation, last_error_digest, last_error_at, event_stats, events_rate_limited, \
      (connected AND last_seen > now() - make_interval(secs => $LIVE)) AS connected_now";
 
 fn columns() -> String {
@@ -89,6 +89,7 @@ fn node_from_row(row: &PgRow) -> Result<v1::Node, ApiError> {
         last_error,
         // Computed by the API from the current policies.
         not_enforceable: Vec::new(),
+        events_rate_limited: row.try_get::<i64, _>("events_rate_limited")? as u64,
     })
 }
 
@@ -194,6 +195,16 @@ impl Store {
             .bind(digest)
             .bind(content)
             .bind(stats)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Counts `dropped` events the node reported beyond its rate limit.
+    pub async fn node_rate_limited(&self, name: &str, dropped: u64) -> Result<(), ApiError> {
+        sqlx::query("UPDATE nodes SET events_rate_limited = events_rate_limited + $2 WHERE name = $1")
+            .bind(name)
+            .bind(i64::try_from(dropped).unwrap_or(i64::MAX))
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -43,6 +43,37 @@ use crate::{
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// How long shutdown waits for stream tasks to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Largest message `AgentService` decodes: a `ReportEvents` message of 10,000 events with
+/// every field at its bound is about 7.1 MB (the agent sends 1,000 per message).
+pub const MAX_AGENT_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Transport bounds: what one client connection may hold open and buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct Transport {
+    /// Longest a call may take until the server answers it: unary calls, a client stream
+    /// (`ReportEvents`: the agent opens one per batch), and a `Sync` stream until its hello.
+    /// Server streams run on after their first answer. Clients may ask for less with
+    /// `grpc-timeout`.
+    pub request_timeout: Duration,
+    /// Most concurrent streams (calls) on one HTTP/2 connection.
+    pub max_streams_per_connection: u32,
+}
+
+impl Transport {
+    /// 60 s per call, 64 streams per connection.
+    pub const DEFAULT: Self = Self { request_timeout: Duration::from_mins(1), max_streams_per_connection: 64 };
+}
+
+/// HTTP/2 flow-control windows: what a client may send on one stream, and on one
+/// connection, before the server has read it.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 4 << 20;
+/// Largest header block (metadata, tokens) a request may carry.
+const MAX_HEADER_LIST: u32 = 16 << 10;
+/// HTTP/2 pings on idle connections, and how long an answer may take before the connection
+/// is dropped: a peer that vanished without closing frees its streams within half a minute.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Server configuration (flags with environment fallbacks).
 #[derive(Debug, Clone, clap::Parser)]
@@ -308,6 +339,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             tls,
             shutdown_grace: SHUTDOWN_GRACE,
             event_rate: ratelimit::EventRate { per_second: config.event_rate, burst: config.event_burst },
+            transport: Transport::DEFAULT,
         },
     )
     .await
@@ -335,6 +367,8 @@ pub struct Options {
     pub shutdown_grace: Duration,
     /// How fast each node may report events.
     pub event_rate: ratelimit::EventRate,
+    /// Per-call and per-connection bounds.
+    pub transport: Transport,
 }
 
 impl Default for Options {
@@ -346,6 +380,7 @@ impl Default for Options {
             tls: None,
             shutdown_grace: SHUTDOWN_GRACE,
             event_rate: ratelimit::EventRate::DEFAULT,
+            transport: Transport::DEFAULT,
         }
     }
 }
@@ -359,6 +394,7 @@ impl std::fmt::Debug for Options {
             .field("tls", &self.tls)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("event_rate", &self.event_rate)
+            .field("transport", &self.transport)
             .finish()
     }
 }
@@ -426,7 +462,15 @@ pub async fn serve_with(
         .build_v1()
         .map_err(ServeError::Reflection)?;
     let local = listener.local_addr().ok();
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .timeout(options.transport.request_timeout)
+        .max_concurrent_streams(options.transport.max_streams_per_connection)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_max_header_list_size(MAX_HEADER_LIST)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(Duration::from_mins(1)));
     if let Some(files) = &options.tls {
         let config = files.server_config().map_err(ServeError::TlsFile)?;
         builder = builder.tls_config(config).map_err(ServeError::Transport)?;
@@ -456,7 +500,7 @@ pub async fn serve_with(
                     .requiring_identity(require_identity)
                     .limiting_events(ratelimit::EventLimiter::new(options.event_rate)),
             )
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES),
         )
         .add_service(NodeServiceServer::new(NodeApi::new(store.clone(), auth.clone())))
         .add_service(TokenServiceServer::new(TokenApi::new(store.clone(), auth.clone())))

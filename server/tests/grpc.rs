@@ -805,3 +805,59 @@ async fn sixteen_parallel_event_streams_do_not_starve_other_calls(pool: PgPool) 
     assert_eq!((accepted, limited), (16 * 8 * 2_000, 0));
     assert!(slowest < Duration::from_secs(1), "other calls waited {slowest:?} behind event ingest");
 }
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn a_call_that_never_sends_is_ended_by_the_request_timeout(pool: PgPool) {
+    let transport =
+        palisade_server::Transport { request_timeout: Duration::from_secs(1), ..palisade_server::Transport::DEFAULT };
+    let options = palisade_server::Options { transport, ..palisade_server::Options::default() };
+    let server = EmbeddedServer::start_with(pool, options).await.expect("server");
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    // A Sync stream that never says hello, and a ReportEvents stream that never reports.
+    let (_sync_tx, sync_rx) = tokio::sync::mpsc::channel::<v1::SyncRequest>(1);
+    let (_report_tx, report_rx) = tokio::sync::mpsc::channel::<v1::ReportEventsRequest>(1);
+    let started = std::time::Instant::now();
+    let (mut syncs, mut reports) = (AgentServiceClient::new(channel.clone()), AgentServiceClient::new(channel));
+    let (sync, report) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(
+            syncs.sync(tokio_stream::wrappers::ReceiverStream::new(sync_rx)),
+            reports.report_events(tokio_stream::wrappers::ReceiverStream::new(report_rx)),
+        )
+    })
+    .await
+    .expect("the server ends both calls");
+    for (what, code) in
+        [("sync", sync.map(drop).expect_err("sync").code()), ("report", report.expect_err("report").code())]
+    {
+        assert_eq!(code, Code::Cancelled, "{what}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "ended after {:?}", started.elapsed());
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn calls_beyond_the_per_connection_stream_limit_wait_for_a_free_stream(pool: PgPool) {
+    let transport = palisade_server::Transport { max_streams_per_connection: 4, ..palisade_server::Transport::DEFAULT };
+    let options = palisade_server::Options { transport, ..palisade_server::Options::default() };
+    let server = EmbeddedServer::start_with(pool, options).await.expect("server");
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<v1::ReportEventsRequest>(1);
+        let mut agents = AgentServiceClient::new(channel.clone());
+        let call =
+            tokio::spawn(async move { agents.report_events(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+        open.push((tx, call));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut nodes = NodeServiceClient::new(channel);
+    let list = nodes.list_nodes(v1::ListNodesRequest::default());
+    tokio::pin!(list);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut list).await.is_err(),
+        "a fifth call on the connection was served while four streams were open"
+    );
+    let (tx, call) = open.pop().expect("a stream");
+    drop(tx);
+    call.await.expect("task").expect("the closed stream ends cleanly");
+    tokio::time::timeout(Duration::from_secs(5), list).await.expect("served once a stream is free").expect("list");
+}

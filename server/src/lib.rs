@@ -124,6 +124,11 @@ pub struct Config {
     /// outage).
     #[arg(long, env = "PALISADE_EVENT_BURST", default_value_t = ratelimit::EventRate::DEFAULT.burst)]
     pub event_burst: u32,
+    /// How long decision events are kept: `30d`, `12h`, `90m`, or `forever`. Events live in
+    /// daily partitions, dropped whole once their day is older than this (so they are kept up
+    /// to a day longer).
+    #[arg(long, env = "PALISADE_EVENT_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    pub event_retention: Retention,
     /// Development mode, loopback only: plaintext, no client certificates, no node identity.
     #[arg(long, env = "PALISADE_DEV", conflicts_with = "tls_cert")]
     pub dev: bool,
@@ -167,6 +172,52 @@ impl Config {
             None => Err(ServeError::Insecure(
                 "give --bundle-signing-key FILE (created on first start, with FILE.pub for agents), or --dev".into(),
             )),
+        }
+    }
+}
+
+/// How long events are kept; `None` keeps them for ever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+/// Parses `--event-retention`: a whole number with unit `m`, `h` or `d` (at least one
+/// hour), or `forever`.
+pub fn parse_retention(text: &str) -> Result<Retention, String> {
+    if text == "forever" {
+        return Ok(Retention(None));
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?}: expected a number and a unit, like 30d"))?;
+    let seconds = match unit {
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be m, h or d (or say forever)")),
+    };
+    let retention = number.checked_mul(seconds).ok_or_else(|| format!("{text:?} is too long"))?;
+    if retention < 3600 {
+        return Err(format!("{text:?}: events are kept at least an hour"));
+    }
+    Ok(Retention(Some(Duration::from_secs(retention))))
+}
+
+/// How often the server creates event partitions ahead and drops expired ones.
+const EVENT_MAINTENANCE_INTERVAL: Duration = Duration::from_hours(1);
+
+/// Keeps event partitions ahead of time and drops expired ones: now, then every
+/// [`EVENT_MAINTENANCE_INTERVAL`], until shutdown.
+async fn maintain_events(store: Store, retention: Retention, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(EVENT_MAINTENANCE_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.maintain_event_partitions(retention.0).await {
+            Ok((0, 0)) => {}
+            Ok((created, dropped)) => tracing::info!(created, dropped, "event partitions maintained"),
+            Err(error) => tracing::warn!(%error, "cannot maintain event partitions; will retry"),
         }
     }
 }
@@ -340,6 +391,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             shutdown_grace: SHUTDOWN_GRACE,
             event_rate: ratelimit::EventRate { per_second: config.event_rate, burst: config.event_burst },
             transport: Transport::DEFAULT,
+            event_retention: Retention(Some(Duration::from_hours(30 * 24))),
         },
     )
     .await
@@ -369,6 +421,8 @@ pub struct Options {
     pub event_rate: ratelimit::EventRate,
     /// Per-call and per-connection bounds.
     pub transport: Transport,
+    /// How long events are kept.
+    pub event_retention: Retention,
 }
 
 impl Default for Options {
@@ -381,6 +435,7 @@ impl Default for Options {
             shutdown_grace: SHUTDOWN_GRACE,
             event_rate: ratelimit::EventRate::DEFAULT,
             transport: Transport::DEFAULT,
+            event_retention: Retention(Some(Duration::from_hours(30 * 24))),
         }
     }
 }
@@ -395,6 +450,7 @@ impl std::fmt::Debug for Options {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("event_rate", &self.event_rate)
             .field("transport", &self.transport)
+            .field("event_retention", &self.event_retention)
             .finish()
     }
 }
@@ -457,6 +513,7 @@ pub async fn serve_with(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, true).await;
     tracker.spawn(watch_database(store.clone(), health.clone(), shutdown.clone()));
+    tracker.spawn(maintain_events(store.clone(), options.event_retention, shutdown.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()

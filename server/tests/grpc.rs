@@ -861,3 +861,50 @@ async fn calls_beyond_the_per_connection_stream_limit_wait_for_a_free_stream(poo
     call.await.expect("task").expect("the closed stream ends cleanly");
     tokio::time::timeout(Duration::from_secs(5), list).await.expect("served once a stream is free").expect("list");
 }
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn the_server_drops_expired_event_partitions_and_keeps_recent_ones(pool: PgPool) {
+    sqlx::query("SELECT palisade_ensure_event_partitions(current_date - 5, current_date)")
+        .execute(&pool)
+        .await
+        .expect("old partitions");
+    for days_ago in [5, 0] {
+        sqlx::query(
+            "INSERT INTO events (node, policy, revision, rule_id, verdict, hook, pid, comm, uid, cgroup_id, address, \
+               port, protocol, bundle_digest, event_time, received_at) \
+             VALUES ('n1', 'web', 1, 'block', 1, 'cgroup/connect4', 1, 'curl', 0, 1, '10.1.2.3', 443, 6, 'abc', \
+               now(), now() - make_interval(days => $1))",
+        )
+        .bind(days_ago)
+        .execute(&pool)
+        .await
+        .expect("event");
+    }
+    let retention = palisade_server::parse_retention("2d").expect("retention");
+    let options = palisade_server::Options { event_retention: retention, ..palisade_server::Options::default() };
+    let server = EmbeddedServer::start_with(pool.clone(), options).await.expect("server");
+    eventually("the expired partitions to be dropped", WAIT, || async {
+        (count(&pool, "events").await == 1).then_some(())
+    })
+    .await;
+    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let listed = EventServiceClient::new(channel)
+        .list_events(v1::ListEventsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .events;
+    assert_eq!(listed.len(), 1, "today's event stays: {listed:?}");
+}
+
+#[test]
+fn event_retention_takes_a_unit_and_at_least_an_hour() {
+    use palisade_server::{Retention, parse_retention};
+    assert_eq!(parse_retention("30d"), Ok(Retention(Some(Duration::from_hours(30 * 24)))));
+    assert_eq!(parse_retention("12h"), Ok(Retention(Some(Duration::from_hours(12)))));
+    assert_eq!(parse_retention("90m"), Ok(Retention(Some(Duration::from_mins(90)))));
+    assert_eq!(parse_retention("forever"), Ok(Retention(None)));
+    for bad in ["", "30", "d", "30w", "-1d", "59m", "99999999999999999999d", "1.5d"] {
+        assert!(parse_retention(bad).is_err(), "{bad:?} was accepted");
+    }
+}

@@ -127,6 +127,32 @@ impl Store {
         Ok(events.len() as u64)
     }
 
+    /// Keeps the event table's daily partitions (UTC) from yesterday to three days ahead,
+    /// and drops every partition whose day ended more than `retention` ago (`None`: keep
+    /// everything). Events are thus kept at least `retention` and at most a day longer.
+    /// Returns (partitions created, partitions dropped).
+    pub async fn maintain_event_partitions(
+        &self,
+        retention: Option<std::time::Duration>,
+    ) -> Result<(u32, u32), ApiError> {
+        let created: i32 = sqlx::query_scalar(
+            "SELECT palisade_ensure_event_partitions(((now() AT TIME ZONE 'UTC') - interval '1 day')::date, \
+               ((now() AT TIME ZONE 'UTC') + interval '3 days')::date)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let dropped: i32 = match retention {
+            None => 0,
+            Some(retention) => {
+                sqlx::query_scalar("SELECT palisade_drop_event_partitions(now() - make_interval(secs => $1))")
+                    .bind(retention.as_secs_f64())
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+        };
+        Ok((created.unsigned_abs(), dropped.unsigned_abs()))
+    }
+
     /// Events matching `q`, ordered by id: descending for listing, ascending when
     /// `q.after_id` is set (catch-up). At most `limit`; the flag says whether more exist.
     pub async fn list_events(&self, q: &EventQuery, limit: u32) -> Result<(Vec<v1::DecisionEvent>, bool), ApiError> {

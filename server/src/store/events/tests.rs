@@ -98,3 +98,62 @@ async fn list_events_filters_paginates_newest_first_and_catches_up_oldest_first(
     assert!(catch_up.windows(2).all(|w| w[0].id < w[1].id), "catch-up is oldest first");
     assert_eq!(catch_up.len(), 5);
 }
+
+async fn partitions(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = 'events'::regclass ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("partitions")
+}
+
+/// Stores an event as if it had arrived `days_ago` days ago.
+async fn arrived(pool: &PgPool, days_ago: i32) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO events (node, policy, revision, rule_id, verdict, hook, pid, comm, uid, cgroup_id, address, \
+           port, protocol, bundle_digest, event_time, received_at) \
+         VALUES ('n1', 'web', 1, 'block', 1, 'cgroup/connect4', 1, 'curl', 0, 1, '10.1.2.3', 443, 6, 'abc', \
+           now(), now() - make_interval(days => $1)) RETURNING id",
+    )
+    .bind(days_ago)
+    .fetch_one(pool)
+    .await
+    .expect("insert an old event")
+}
+
+#[sqlx::test(migrator = "crate::MIGRATOR")]
+async fn retention_drops_whole_expired_partitions_and_keeps_the_rest(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let today = Utc::now().date_naive();
+    let name = |days: i64| format!("events_{}", (today - chrono::TimeDelta::days(days)).format("%Y%m%d"));
+    // Migrated: today and three days ahead exist.
+    let migrated = partitions(&pool).await;
+    for ahead in 0..=3 {
+        assert!(migrated.contains(&name(-ahead)), "{migrated:?} lacks {}", name(-ahead));
+    }
+    sqlx::query("SELECT palisade_ensure_event_partitions(current_date - 10, current_date)")
+        .execute(&pool)
+        .await
+        .expect("old partitions");
+    let ids = [arrived(&pool, 10).await, arrived(&pool, 5).await, arrived(&pool, 1).await, arrived(&pool, 0).await];
+    let (created, dropped) =
+        store.maintain_event_partitions(Some(std::time::Duration::from_hours(72))).await.expect("maintain");
+    assert_eq!(created, 0, "nothing was missing");
+    // Days −10 … −4 ended at least three days ago.
+    assert_eq!(dropped, 7);
+    let kept: Vec<i64> = sqlx::query_scalar("SELECT id FROM events ORDER BY id").fetch_all(&pool).await.expect("ids");
+    assert_eq!(kept, ids[2..], "the events of 10 and 5 days ago went with their partitions");
+    let after = partitions(&pool).await;
+    assert!(!after.contains(&name(4)) && after.contains(&name(3)) && after.contains(&name(-3)), "{after:?}");
+    // Ids keep growing past the dropped ones, and new events land in today's partition.
+    let stored = store.insert_events("n1", &[event("web", v1::Verdict::Deny, 0)]).await.expect("insert");
+    assert_eq!(stored, 1);
+    let newest: i64 = sqlx::query_scalar("SELECT max(id) FROM events").fetch_one(&pool).await.expect("max");
+    assert!(newest > ids[3]);
+    // No retention: nothing is dropped; a missing day ahead is created.
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {}", name(-3)))).execute(&pool).await.expect("drop one");
+    assert_eq!(store.maintain_event_partitions(None).await.expect("maintain"), (1, 0));
+    assert_eq!(partitions(&pool).await, after);
+}

@@ -21,6 +21,10 @@ pub enum Malformed {
     /// The ELF does not parse as a BPF object.
     #[error("the ELF does not parse")]
     Elf(#[source] aya_obj::ParseError),
+    /// The ELF parser panicked on it (aya-obj 0.3 indexes some section data unchecked; found
+    /// by `integration/tests/fuzz.rs`). Caught, so a malformed bundle is a NACK, not a crash.
+    #[error("the ELF parser failed on this object: {0}")]
+    ElfPanic(String),
     /// A map or program name that cannot be a pin name.
     #[error("{kind} name {name:?} is not 1–15 bytes of [A-Za-z0-9_]")]
     Name {
@@ -167,7 +171,16 @@ fn pin_name(name: &str) -> bool {
 /// The content agrees with its ELF and with itself.
 fn check(content: &v1::BundleContent) -> Result<(), Malformed> {
     let words = super::aligned(&content.elf);
-    let elf = aya_obj::Object::parse(super::as_bytes(&words, content.elf.len())).map_err(Malformed::Elf)?;
+    let bytes = super::as_bytes(&words, content.elf.len());
+    let elf = std::panic::catch_unwind(|| aya_obj::Object::parse(bytes))
+        .map_err(|panic| {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()));
+            Malformed::ElfPanic(text.unwrap_or_else(|| "no message".into()))
+        })?
+        .map_err(Malformed::Elf)?;
     let mut names = BTreeSet::new();
     for m in &content.maps {
         if !pin_name(&m.name) {

@@ -186,3 +186,31 @@ fn verify_checks_every_map_and_program_against_the_elf_before_any_bpf_call() {
     let err = verify(&unsigned(&twice), None, None).expect_err("two programs");
     assert!(chain(&err).contains("hook pal_connect4 has two programs"), "{}", chain(&err));
 }
+
+/// Sets every sized symbol of an ELF64 (little-endian) object to `size` bytes.
+fn oversize_symbols(elf: &mut [u8], size: u64) {
+    let u16_at = |b: &[u8], at: usize| usize::from(u16::from_le_bytes([b[at], b[at + 1]]));
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes")) as usize;
+    let (shoff, shentsize, shnum) = (u64_at(elf, 0x28), u16_at(elf, 0x3a), u16_at(elf, 0x3c));
+    for i in 0..shnum {
+        let header = shoff + i * shentsize;
+        if u32::from_le_bytes(elf[header + 4..header + 8].try_into().expect("4 bytes")) != 2 {
+            continue; // not SHT_SYMTAB
+        }
+        let (offset, len) = (u64_at(elf, header + 0x18), u64_at(elf, header + 0x20));
+        for symbol in (offset..offset + len).step_by(24) {
+            if u64_at(elf, symbol + 16) != 0 {
+                elf[symbol + 16..symbol + 24].copy_from_slice(&size.to_le_bytes());
+            }
+        }
+    }
+}
+
+#[test]
+fn an_elf_whose_symbols_overrun_their_sections_is_refused_not_a_panic() {
+    // aya-obj 0.3 slices section data by symbol size unchecked; the fuzzer found it.
+    let mut bad = content(vec![array(vec![0], vec![1; 8])], 2);
+    oversize_symbols(&mut bad.elf, 1 << 32);
+    let err = verify(&unsigned(&bad), None, None).expect_err("refused");
+    assert!(matches!(err, LoadError::Malformed(Malformed::ElfPanic(_))), "{err:?}");
+}

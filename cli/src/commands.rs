@@ -16,23 +16,11 @@ use palisade_proto::{
     },
 };
 use tokio_stream::StreamExt as _;
-use tonic::{Request, Status, service::interceptor::InterceptedService, transport::Channel};
+use tonic::{Request, Status};
 
 /// A connection whose every call carries the `--token` (when one is given).
-type Conn = InterceptedService<Channel, Bearer>;
+type Conn = palisade_proto::client::Connection;
 
-/// Adds `authorization: Bearer TOKEN` to each call.
-#[derive(Clone)]
-struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
 use tonic_types::StatusExt as _;
 
 use crate::{Cli, Command, Format, TokenCommand, table::Table};
@@ -53,12 +41,12 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let channel = connect(&cli.server, cli.ca_cert.as_deref()).await?;
-    let bearer = match cli.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-        Some(token) => Some(format!("Bearer {token}").parse().context("--token has characters a header cannot carry")?),
+    let ca = match cli.ca_cert.as_deref() {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?),
         None => None,
     };
-    let channel = InterceptedService::new(channel, Bearer(bearer));
+    let channel = palisade_proto::client::channel(&cli.server, ca.as_deref(), None).await?;
+    let channel = palisade_proto::client::with_token(channel, cli.token.as_deref())?;
     match cli.command {
         Command::Apply { path, dry_run, expected_revision } => apply(&channel, &path, dry_run, expected_revision).await,
         Command::Get { name, output, revision } => get(&channel, &name, output, revision).await,
@@ -83,20 +71,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             events(&channel, filter, limit, follow).await
         }
     }
-}
-
-async fn connect(server: &str, ca_cert: Option<&Path>) -> anyhow::Result<Channel> {
-    let url = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
-    let mut endpoint =
-        Channel::from_shared(url.clone()).with_context(|| format!("invalid server address {server:?}"))?;
-    if url.starts_with("https://") {
-        let path = ca_cert
-            .context("an https:// server needs --ca-cert (PALISADE_CA_CERT): the CA its certificate chains to")?;
-        let pem = std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?;
-        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
-        endpoint = endpoint.tls_config(tls).context("TLS configuration")?;
-    }
-    endpoint.connect().await.with_context(|| format!("cannot reach the Palisade server at {url}"))
 }
 
 fn policies(channel: &Conn) -> PolicyServiceClient<Conn> {

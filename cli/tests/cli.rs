@@ -10,13 +10,22 @@ use tokio::{
     process::Command,
 };
 
+/// `palisade` pointed at `server`: its URL, its CA and its admin token, through the
+/// environment as an operator would set them.
+fn cli(server: &EmbeddedServer) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
+    command.env("PALISADE_SERVER", server.url()).env_remove("PALISADE_CA_CERT").env_remove("PALISADE_TOKEN");
+    if let Some(ca) = server.ca_cert() {
+        command.env("PALISADE_CA_CERT", ca);
+    }
+    if let Some(token) = server.admin_token() {
+        command.env("PALISADE_TOKEN", token);
+    }
+    command
+}
+
 async fn palisade(server: &EmbeddedServer, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(args)
-        .env("PALISADE_SERVER", server.addr().to_string())
-        .output()
-        .await
-        .expect("palisade runs")
+    cli(server).args(args).output().await.expect("palisade runs")
 }
 
 fn stdout(out: &Output) -> String {
@@ -156,7 +165,7 @@ fn deny_event(port: u32) -> v1::DecisionEvent {
 }
 
 async fn report(server: &EmbeddedServer, port: u32) {
-    let mut agents = v1::agent_service_client::AgentServiceClient::connect(server.url()).await.expect("connect");
+    let mut agents = v1::agent_service_client::AgentServiceClient::new(server.node("node-a").await);
     let batch = v1::ReportEventsRequest { node_name: "node-a".into(), events: vec![deny_event(port)] };
     agents.report_events(tokio_stream::iter(vec![batch])).await.expect("report");
 }
@@ -171,9 +180,8 @@ async fn events_lists_and_follows_decisions(pool: PgPool) {
     let out = palisade(&server, &["events", "--policy", "other"]).await;
     assert_eq!(stdout(&out).lines().count(), 1, "header only");
 
-    let mut follow = Command::new(env!("CARGO_BIN_EXE_palisade"))
+    let mut follow = cli(&server)
         .args(["events", "--follow", "--node", "node-a"])
-        .env("PALISADE_SERVER", server.addr().to_string())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -203,7 +211,6 @@ async fn events_lists_and_follows_decisions(pool: PgPool) {
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
 async fn nodes_shows_registered_agents_and_sections_they_cannot_enforce(pool: PgPool) {
     let server = EmbeddedServer::start(pool).await.expect("server");
-    let mut agents = v1::agent_service_client::AgentServiceClient::connect(server.url()).await.expect("connect");
     let mut streams = Vec::new();
     for (name, bpf_lsm) in [("node-a", false), ("node-b", true)] {
         let hello = v1::SyncRequest {
@@ -227,6 +234,7 @@ async fn nodes_shows_registered_agents_and_sections_they_cannot_enforce(pool: Pg
         };
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tx.send(hello).await.expect("send");
+        let mut agents = v1::agent_service_client::AgentServiceClient::new(server.node(name).await);
         streams.push((tx, agents.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("sync")));
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -258,7 +266,7 @@ async fn nodes_shows_registered_agents_and_sections_they_cannot_enforce(pool: Pg
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
 async fn events_show_the_path_and_access_of_file_decisions(pool: PgPool) {
     let server = EmbeddedServer::start(pool).await.expect("server");
-    let mut agents = v1::agent_service_client::AgentServiceClient::connect(server.url()).await.expect("connect");
+    let mut agents = v1::agent_service_client::AgentServiceClient::new(server.node("node-a").await);
     let event = v1::DecisionEvent {
         policy: "guard".into(),
         revision: 2,

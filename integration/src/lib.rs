@@ -168,18 +168,20 @@ pub struct TestAgent {
 
 impl TestAgent {
     /// Configuration for an agent of `server` named `node` attached at `attach` (cgroup
-    /// path), pinning the server's bundle key.
+    /// path), pinning the server's bundle key, with node `node`'s certificate when the
+    /// server runs TLS.
     pub fn config(
         server: &palisade_server::embedded::EmbeddedServer,
         node: &str,
         attach: &str,
         state_dir: &Path,
     ) -> palisade_agent::Config {
+        let tls = server.node_tls(node);
         palisade_agent::Config {
             server: server.url(),
-            ca_cert: None,
-            cert: None,
-            key: None,
+            ca_cert: tls.as_ref().map(|t| t.ca_cert.clone()),
+            cert: tls.as_ref().map(|t| t.cert.clone()),
+            key: tls.map(|t| t.key),
             bundle_public_key: Some(server.public_key_hex().to_owned()),
             insecure_skip_bundle_signature: false,
             uninstall: false,

@@ -12,6 +12,7 @@ use palisade_compiler::bpf::{
 use palisade_integration::{
     Connect, TestAgent, TestCgroup, TestPins, attached_programs, dual_listeners, kernel_tests_enabled, probe,
 };
+use palisade_proto::client::Connection as Channel;
 use palisade_proto::v1::{
     self, apply_policy_request::Source, event_service_client::EventServiceClient,
     node_service_client::NodeServiceClient, policy_service_client::PolicyServiceClient,
@@ -20,7 +21,6 @@ use palisade_server::embedded::EmbeddedServer;
 use palisade_testkit::eventually;
 use sqlx::PgPool;
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_connect-probe");
 /// The agent's own `main`, built by this package so a test can run it as a process.
@@ -76,7 +76,7 @@ async fn policy_applied_through_the_sdk_is_enforced_reported_updated_and_removed
     let other = TcpListener::bind("127.0.0.1:0").expect("bind");
     let other_port = other.local_addr().expect("addr").port();
     let server = EmbeddedServer::start(pool).await.expect("server");
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let channel = server.admin().await;
     let state = tempfile::tempdir().expect("tempdir");
     let node_name = format!("e2e-{}", std::process::id());
     let _agent = TestAgent::start(TestAgent::config(&server, &node_name, cg.path(), state.path())).await;
@@ -159,7 +159,7 @@ async fn exec_and_files_sections_are_reported_not_enforceable_without_bpf_lsm(po
     let work = cg.create_child("work");
     let (_v4, _v6, port) = dual_listeners();
     let server = EmbeddedServer::start(pool).await.expect("server");
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let channel = server.admin().await;
     let state = tempfile::tempdir().expect("tempdir");
     let node_name = format!("nolsm-{}", std::process::id());
     let _agent = TestAgent::start(TestAgent::config(&server, &node_name, cg.path(), state.path())).await;
@@ -199,7 +199,7 @@ async fn agent_restart_keeps_enforcing_and_adopts_pinned_state(pool: PgPool) {
     let work = cg.create_child("work");
     let (_v4, _v6, port) = dual_listeners();
     let server = EmbeddedServer::start(pool).await.expect("server");
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let channel = server.admin().await;
     let state = tempfile::tempdir().expect("tempdir");
     let node_name = format!("restart-{}", std::process::id());
     PolicyServiceClient::new(channel.clone())
@@ -278,7 +278,7 @@ async fn bundle_the_kernel_rejects_is_nacked_and_the_previous_one_keeps_enforcin
     let (_v4, _v6, port) = dual_listeners();
     let options = palisade_server::Options { bundle_mutator: Some(mutator), ..palisade_server::Options::default() };
     let server = EmbeddedServer::start_with(pool, options).await.expect("server");
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let channel = server.admin().await;
     let state = tempfile::tempdir().expect("tempdir");
     let node_name = format!("nack-{}", std::process::id());
     let mut policies = PolicyServiceClient::new(channel.clone());
@@ -310,8 +310,8 @@ async fn agent_reconnects_after_a_server_restart_and_keeps_enforcing(pool: PgPoo
     let options = palisade_server::Options::default();
     let signer = options.signer.clone();
     let server = EmbeddedServer::start_with(pool.clone(), options).await.expect("server");
-    let addr = server.addr();
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let (addr, secured) = (server.addr(), server.secured());
+    let channel = server.admin().await;
     let state = tempfile::tempdir().expect("tempdir");
     let node_name = format!("reconnect-{}", std::process::id());
     PolicyServiceClient::new(channel.clone())
@@ -327,8 +327,9 @@ async fn agent_reconnects_after_a_server_restart_and_keeps_enforcing(pool: PgPoo
     // A new server on the same address and database; a policy change made meanwhile.
     // Same signing key: agents pin it across server restarts.
     let options = palisade_server::Options { signer, ..palisade_server::Options::default() };
-    let server = EmbeddedServer::start_on(pool, addr, options).await.expect("restart");
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    // The same PKI too: the agent trusts that CA and holds a certificate from it.
+    let server = EmbeddedServer::restart_on(pool, addr, options, secured).await.expect("restart");
+    let channel = server.admin().await;
     PolicyServiceClient::new(channel.clone())
         .apply_policy(policy("reconnect-deny", &work, port, "allow"))
         .await
@@ -347,7 +348,7 @@ async fn bundle_signed_with_another_key_is_nacked_and_never_loaded(pool: PgPool)
     let work = cg.create_child("work");
     let (_v4, _v6, port) = dual_listeners();
     let server = EmbeddedServer::start(pool).await.expect("server");
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let channel = server.admin().await;
     PolicyServiceClient::new(channel.clone())
         .apply_policy(policy("signature-deny", &work, port, "deny"))
         .await
@@ -377,7 +378,7 @@ async fn selected_cgroup_created_after_the_policy_is_enforced_within_a_second(po
     let late = cg.child_path("late");
     let (_v4, _v6, port) = dual_listeners();
     let server = EmbeddedServer::start(pool).await.expect("server");
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let channel = server.admin().await;
     PolicyServiceClient::new(channel.clone())
         .apply_policy(policy("late-deny", &late, port, "deny"))
         .await
@@ -407,6 +408,7 @@ struct Outage {
     _listeners: (TcpListener, TcpListener),
     signer: palisade_server::signing::BundleSigner,
     addr: std::net::SocketAddr,
+    secured: Option<palisade_server::embedded::Secured>,
     server: Option<EmbeddedServer>,
     channel: Channel,
     node_name: String,
@@ -420,7 +422,7 @@ impl Outage {
         let options = palisade_server::Options::default();
         let signer = options.signer.clone();
         let server = EmbeddedServer::start_with(pool.clone(), options).await.expect("server");
-        let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+        let channel = server.admin().await;
         PolicyServiceClient::new(channel.clone()).apply_policy(policy(name, &work, port, "deny")).await.expect("apply");
         let node_name = format!("{name}-{}", std::process::id());
         Self {
@@ -431,6 +433,7 @@ impl Outage {
             _listeners: (v4, v6),
             signer,
             addr: server.addr(),
+            secured: server.secured(),
             server: Some(server),
             channel,
             node_name,
@@ -447,8 +450,10 @@ impl Outage {
 
     async fn restart_server(&mut self) {
         let options = palisade_server::Options { signer: self.signer.clone(), ..palisade_server::Options::default() };
-        let server = EmbeddedServer::start_on(self.pool.clone(), self.addr, options).await.expect("restart");
-        self.channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+        let server = EmbeddedServer::restart_on(self.pool.clone(), self.addr, options, self.secured.clone())
+            .await
+            .expect("restart");
+        self.channel = server.admin().await;
         self.server = Some(server);
     }
 
@@ -541,6 +546,15 @@ async fn a_minute_long_outage_under_50_000_denies_stays_within_the_agents_memory
     let mut agent = tokio::process::Command::new(AGENT)
         .args(["--server", &server.url(), "--node-name", &outage.node_name, "--attach-cgroup", outage.cg.path()])
         .args(["--bundle-public-key", server.public_key_hex(), "--heartbeat-seconds", "1"])
+        .args(
+            server
+                .node_tls(&outage.node_name)
+                .map(|t| {
+                    let arg = |flag: &str, path: &std::path::Path| [flag.to_owned(), path.display().to_string()];
+                    [arg("--ca-cert", &t.ca_cert), arg("--cert", &t.cert), arg("--key", &t.key)].concat()
+                })
+                .unwrap_or_default(),
+        )
         .arg("--bpffs")
         .arg(pins.path())
         .arg("--state-dir")
@@ -597,79 +611,6 @@ async fn a_minute_long_outage_under_50_000_denies_stays_within_the_agents_memory
     let _ = agent.kill().await;
 }
 
-/// `message` carrying `token` as its bearer token.
-fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
-    request
-}
-
-/// The secure path end to end: a TLS server from the development PKI, an agent with its node
-/// certificate — its bundle is enforced and its deny events arrive, attributed to it.
-#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
-async fn an_agent_with_its_node_certificate_enforces_and_reports_over_tls(pool: PgPool) {
-    if !kernel_tests_enabled("agent over TLS") {
-        return;
-    }
-    let pki = tempfile::tempdir().expect("pki");
-    palisade_server::pki::init(pki.path(), &[]).expect("pki init");
-    let node_name = format!("tls-{}", std::process::id());
-    palisade_server::pki::issue_node(&node_name, pki.path()).expect("node certificate");
-    let tls = palisade_server::tls::TlsFiles {
-        cert: pki.path().join("server.crt"),
-        key: pki.path().join("server.key"),
-        client_ca: pki.path().join("ca.crt"),
-    };
-    let options = palisade_server::Options { tls: Some(tls), ..palisade_server::Options::default() };
-    let admin = palisade_server::auth::new_secret();
-    palisade_server::store::Store::new(pool.clone())
-        .create_token("e2e-admin", palisade_server::auth::Role::Admin, &palisade_server::auth::secret_hash(&admin))
-        .await
-        .expect("token");
-    let server = EmbeddedServer::start_with(pool, options).await.expect("server");
-    assert!(server.url().starts_with("https://"));
-    let ca = std::fs::read(pki.path().join("ca.crt")).expect("ca");
-    let channel = Channel::from_shared(server.url())
-        .expect("url")
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-        )
-        .expect("tls")
-        .connect()
-        .await
-        .expect("connect over TLS");
-    let cg = TestCgroup::new("tls");
-    let work = cg.create_child("work");
-    let (_v4, _v6, port) = dual_listeners();
-    PolicyServiceClient::new(channel.clone())
-        .apply_policy(authed(&admin, policy("tls", &work, port, "deny")))
-        .await
-        .expect("apply");
-    let state = tempfile::tempdir().expect("state");
-    let mut config = TestAgent::config(&server, &node_name, cg.path(), state.path());
-    config.ca_cert = Some(pki.path().join("ca.crt"));
-    config.cert = Some(pki.path().join(format!("{node_name}.crt")));
-    config.key = Some(pki.path().join(format!("{node_name}.key")));
-    config.heartbeat_seconds = 1;
-    let _agent = TestAgent::start(config).await;
-    let get = || async {
-        NodeServiceClient::new(channel.clone())
-            .get_node(authed(&admin, v1::GetNodeRequest { name: node_name.clone() }))
-            .await
-            .ok()
-            .and_then(|r| r.into_inner().node)
-    };
-    eventually("the bundle to be applied over TLS", Duration::from_secs(30), || async {
-        get().await.filter(|n| n.applied_generation > 0 && n.applied_digest == n.desired_digest)
-    })
-    .await;
-    assert_eq!(connect(&cg.dir_of(&work), "127.0.0.1", port).await, Connect::Denied);
-    eventually("the deny event to arrive over TLS", Duration::from_secs(30), || async {
-        get().await.filter(|n| n.event_stats.as_ref().is_some_and(|s| s.delivered == 1))
-    })
-    .await;
-}
-
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
 async fn enforcement_that_vanishes_under_the_agent_is_restored_without_manual_steps(pool: PgPool) {
     if !kernel_tests_enabled("vanished pins") {
@@ -679,7 +620,7 @@ async fn enforcement_that_vanishes_under_the_agent_is_restored_without_manual_st
     let work = cg.create_child("work");
     let (_v4, _v6, port) = dual_listeners();
     let server = EmbeddedServer::start(pool).await.expect("server");
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let channel = server.admin().await;
     PolicyServiceClient::new(channel.clone()).apply_policy(policy("vanish", &work, port, "deny")).await.expect("apply");
     let state = tempfile::tempdir().expect("state");
     // A bpffs instance of the test's own, so unmounting it touches no other test.

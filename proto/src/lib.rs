@@ -2,6 +2,8 @@
 //! the human policy document format (YAML/JSON) that maps onto [`v1::Policy`]. The gRPC
 //! services are behind the `grpc` feature; without it the crate holds the messages only.
 
+#[cfg(feature = "grpc")]
+pub mod client;
 pub mod document;
 
 /// Generated code for the `palisade.v1` protobuf package.

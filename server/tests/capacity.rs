@@ -47,9 +47,7 @@ async fn hello_web(
         ..Default::default()
     };
     tx.send(v1::SyncRequest { message: Some(v1::sync_request::Message::Hello(hello)) }).await.expect("hello");
-    let stream = AgentServiceClient::connect(server.url())
-        .await
-        .expect("connect")
+    let stream = AgentServiceClient::new(server.node(name).await)
         .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .expect("sync");
@@ -69,7 +67,7 @@ async fn apply_policy_over_capacity_is_rejected_with_numbers_alone_and_on_a_node
     let mut options = palisade_server::Options::default();
     options.limits.max_map_entries = limit;
     let server = EmbeddedServer::start_with(pool.clone(), options).await.expect("server");
-    let mut policies = PolicyServiceClient::connect(server.url()).await.expect("connect");
+    let mut policies = PolicyServiceClient::new(server.admin().await);
 
     // Too big on its own.
     let big = doc("big", 10_000, 16);
@@ -101,12 +99,12 @@ async fn node_whose_policy_set_is_over_capacity_shows_why_it_gets_no_bundle(pool
     let mut options = palisade_server::Options::default();
     options.limits.max_map_entries = port_entries(&[&a]).max(port_entries(&[&b]));
     let server = EmbeddedServer::start_with(pool, options).await.expect("server");
-    let mut policies = PolicyServiceClient::connect(server.url()).await.expect("connect");
+    let mut policies = PolicyServiceClient::new(server.admin().await);
     // No node is registered yet, so each policy only has to fit alone.
     policies.apply_policy(apply(a)).await.expect("a fits");
     policies.apply_policy(apply(b)).await.expect("b fits");
     let _session = hello_web(&server, "web-2").await;
-    let nodes = v1::node_service_client::NodeServiceClient::connect(server.url()).await.expect("connect");
+    let nodes = v1::node_service_client::NodeServiceClient::new(server.admin().await);
     let error =
         palisade_testkit::eventually("the build failure to be recorded", std::time::Duration::from_secs(10), || {
             let mut nodes = nodes.clone();

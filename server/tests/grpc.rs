@@ -2,6 +2,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use palisade_proto::client::Connection;
 use palisade_proto::v1::{
     self, agent_service_client::AgentServiceClient, apply_policy_request::Source,
     event_service_client::EventServiceClient, node_service_client::NodeServiceClient,
@@ -20,26 +21,36 @@ const WAIT: Duration = Duration::from_secs(10);
 
 struct Harness {
     server: EmbeddedServer,
-    channel: Channel,
+    /// TLS and the admin token.
+    admin: Connection,
+    /// TLS with node-1's certificate.
+    node1: Channel,
 }
 
 impl Harness {
     async fn start(pool: PgPool) -> Self {
-        let server = EmbeddedServer::start(pool).await.expect("server starts");
-        let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
-        Self { server, channel }
+        Self::on(EmbeddedServer::start(pool).await.expect("server starts")).await
     }
-    fn policies(&self) -> PolicyServiceClient<Channel> {
-        PolicyServiceClient::new(self.channel.clone()).max_encoding_message_size(64 << 20)
+    async fn on(server: EmbeddedServer) -> Self {
+        let (admin, node1) = (server.admin().await, server.node("node-1").await);
+        Self { server, admin, node1 }
     }
+    fn policies(&self) -> PolicyServiceClient<Connection> {
+        PolicyServiceClient::new(self.admin.clone()).max_encoding_message_size(64 << 20)
+    }
+    /// `AgentService` as node-1.
     fn agents(&self) -> AgentServiceClient<Channel> {
-        AgentServiceClient::new(self.channel.clone())
+        AgentServiceClient::new(self.node1.clone())
     }
-    fn nodes(&self) -> NodeServiceClient<Channel> {
-        NodeServiceClient::new(self.channel.clone())
+    /// `AgentService` as node `name`.
+    async fn agents_as(&self, name: &str) -> AgentServiceClient<Channel> {
+        AgentServiceClient::new(self.server.node(name).await)
     }
-    fn events(&self) -> EventServiceClient<Channel> {
-        EventServiceClient::new(self.channel.clone())
+    fn nodes(&self) -> NodeServiceClient<Connection> {
+        NodeServiceClient::new(self.admin.clone())
+    }
+    fn events(&self) -> EventServiceClient<Connection> {
+        EventServiceClient::new(self.admin.clone())
     }
 }
 
@@ -70,7 +81,8 @@ async fn policy_crud_round_trip_records_history_and_audit(pool: PgPool) {
     assert!(applied.created && applied.changed);
     let stored = applied.policy.expect("stored");
     assert_eq!(stored.revision, 1);
-    assert_eq!(stored.updated_by, "alice");
+    let actor = h.server.admin_name().expect("a token").to_owned();
+    assert_eq!(stored.updated_by, actor, "the token's name, not the palisade-actor header");
 
     let got = client.get_policy(v1::GetPolicyRequest { name: "web".into(), revision: None }).await.expect("get");
     let got = got.into_inner().policy.expect("policy");
@@ -116,9 +128,27 @@ async fn policy_crud_round_trip_records_history_and_audit(pool: PgPool) {
             .await
             .expect("audit");
     assert_eq!(audit.len(), 3);
-    assert_eq!(audit[0], ("policy.created".to_owned(), "alice".to_owned()));
+    assert_eq!(audit[0], ("policy.created".to_owned(), actor.clone()));
     assert_eq!(audit[2].0, "policy.deleted");
-    assert!(audit[1].1.starts_with("anonymous@127.0.0.1:"), "{audit:?}");
+    assert_eq!(audit[1].1, actor, "{audit:?}");
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn in_dev_mode_the_actor_header_names_the_actor(pool: PgPool) {
+    let server = EmbeddedServer::start_dev(pool.clone(), palisade_server::Options::default()).await.expect("server");
+    assert!(server.url().starts_with("http://") && server.admin_token().is_none());
+    let mut policies = PolicyServiceClient::new(server.admin().await);
+    let mut request = Request::new(apply_doc(&deny_doc("web", 9999)));
+    request.metadata_mut().insert("palisade-actor", "alice".parse().expect("ascii"));
+    policies.apply_policy(request).await.expect("apply");
+    policies.apply_policy(apply_doc(&deny_doc("web", 9998))).await.expect("apply without a header");
+    let actors: Vec<String> =
+        sqlx::query_scalar("SELECT actor FROM audit_log WHERE object_kind = 'policy' ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("audit");
+    assert_eq!(actors[0], "alice");
+    assert!(actors[1].starts_with("anonymous@127.0.0.1:"), "{actors:?}");
 }
 
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
@@ -226,7 +256,7 @@ async fn apply_policy_bad_input_is_rejected_with_field_paths_and_stores_nothing(
     );
     let status = client.apply_policy(v1::ApplyPolicyRequest::default()).await.expect_err("no source");
     assert_eq!(status.code(), Code::InvalidArgument);
-    for table in ["policies", "policy_revisions", "audit_log"] {
+    for table in ["policies", "policy_revisions", "audit_log WHERE object_kind = 'policy'"] {
         assert_eq!(count(&pool, table).await, 0, "{table} must stay empty");
     }
 }
@@ -420,7 +450,7 @@ async fn report_events_are_stored_listed_with_filters_and_watched(pool: PgPool) 
     assert_eq!(accepted, 3);
     let other =
         v1::ReportEventsRequest { node_name: "node-2".into(), events: vec![event("web", v1::Verdict::Deny, 4)] };
-    h.agents().report_events(tokio_stream::iter(vec![other])).await.expect("report node-2");
+    h.agents_as("node-2").await.report_events(tokio_stream::iter(vec![other])).await.expect("report node-2");
 
     let watched = tokio::time::timeout(Duration::from_secs(10), async {
         let mut ports = Vec::new();
@@ -528,7 +558,8 @@ async fn hello_fields_are_bounded(pool: PgPool) {
     for (corrupt, field) in cases {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tx.send(hello(corrupt)).await.expect("send");
-        let err = h.agents().sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect_err(field);
+        let err =
+            h.agents_as("node-x").await.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect_err(field);
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
         assert_eq!(err.get_details_bad_request().expect("violations").field_violations[0].field, field);
     }
@@ -538,7 +569,7 @@ async fn hello_fields_are_bounded(pool: PgPool) {
 #[sqlx::test(migrator = "palisade_server::MIGRATOR")]
 async fn health_reports_serving_and_compile_policy_reports_programs(pool: PgPool) {
     let h = Harness::start(pool.clone()).await;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
+    let mut health = tonic_health::pb::health_client::HealthClient::new(h.admin.clone());
     let status = health
         .check(tonic_health::pb::HealthCheckRequest { service: "palisade.v1.PolicyService".into() })
         .await
@@ -604,7 +635,7 @@ async fn health_is_not_serving_while_the_database_is_gone_and_serving_once_it_is
         .expect("test database");
     palisade_server::MIGRATOR.run(&pool).await.expect("migrate");
     let server = EmbeddedServer::start(pool).await.expect("server");
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let channel = server.admin().await;
     let status = |service: &'static str| {
         let channel = channel.clone();
         async move {
@@ -639,7 +670,7 @@ async fn shutdown_with_an_idle_open_stream_ends_within_the_grace_period(pool: Pg
     let grace = Duration::from_secs(1);
     let options = palisade_server::Options { shutdown_grace: grace, ..palisade_server::Options::default() };
     let server = EmbeddedServer::start_with(pool, options).await.expect("server");
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let channel = server.node("node-1").await;
     // A ReportEvents stream that is open and never sends anything.
     let (_tx, rx) = tokio::sync::mpsc::channel::<v1::ReportEventsRequest>(1);
     let idle = tokio::spawn(async move {
@@ -661,12 +692,19 @@ struct OwnRuntimeServer {
 }
 
 impl OwnRuntimeServer {
-    fn start(pool: PgPool, options: palisade_server::Options) -> Self {
+    /// TLS and tokens, or plaintext (`secure` false).
+    async fn start(pool: PgPool, options: palisade_server::Options, secure: bool) -> Self {
+        // The PKI's token goes in through the test's runtime, which owns the pool's
+        // connections; the server runtime is started after.
+        let secured =
+            if secure { Some(palisade_server::embedded::Secured::create(&pool).await.expect("PKI")) } else { None };
+        let options = if secure { options } else { palisade_server::Options { tls: None, ..options } };
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let addr = "127.0.0.1:0".parse().expect("addr");
         let server = std::thread::scope(|scope| {
             scope
-                .spawn(|| runtime.block_on(EmbeddedServer::start_with(pool, options)))
+                .spawn(|| runtime.block_on(EmbeddedServer::restart_on(pool, addr, options, secured)))
                 .join()
                 .expect("start thread")
                 .expect("server starts")
@@ -674,8 +712,8 @@ impl OwnRuntimeServer {
         Self { server: Some(server), runtime: Some(runtime) }
     }
 
-    fn url(&self) -> String {
-        self.server.as_ref().expect("running").url()
+    fn server(&self) -> &EmbeddedServer {
+        self.server.as_ref().expect("running")
     }
 }
 
@@ -691,26 +729,46 @@ impl Drop for OwnRuntimeServer {
 
 /// Floods ReportEvents at `url` from `streams` parallel streams (stream `i` reports for
 /// `node(i)`), each sending `messages` messages of `per_message` events, while a client on
-/// a thread of its own lists policies and gets node `probe_node` every 50 ms. Returns
+/// a thread of its own, connected before the flood starts, lists policies and gets node
+/// `probe_node` every 50 ms. Returns
 /// (accepted, rate limited, slowest other call, flood duration).
 async fn flood(
-    url: &str,
+    server: &EmbeddedServer,
     node: impl Fn(usize) -> String,
     streams: usize,
     messages: usize,
     per_message: usize,
     probe_node: &str,
 ) -> (u64, u64, Duration, Duration) {
-    let channel = Channel::from_shared(url.to_owned()).expect("url").connect().await.expect("connect");
+    // A node certificate per node with TLS; one shared connection in dev.
+    let mut channels = std::collections::HashMap::new();
+    let shared = if server.admin_token().is_none() { Some(server.node("any").await) } else { None };
+    for name in (0..streams).map(&node) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = channels.entry(name) {
+            let channel = match &shared {
+                Some(channel) => channel.clone(),
+                None => server.node(slot.key()).await,
+            };
+            slot.insert(channel);
+        }
+    }
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Awaited, not blocked on: the test's runtime drives the pool's connections.
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
     let prober = {
-        let (url, done, probe_node) = (url.to_owned(), done.clone(), probe_node.to_owned());
+        let (done, probe_node) = (done.clone(), probe_node.to_owned());
+        let (url, token) = (server.url(), server.admin_token().map(str::to_owned));
+        let ca = server.ca_cert().map(|p| std::fs::read(p).expect("ca"));
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             runtime.block_on(async move {
-                let channel = Channel::from_shared(url).expect("url").connect().await.expect("connect");
+                let channel = palisade_proto::client::channel(&url, ca.as_deref(), None).await.expect("connect");
+                let channel = palisade_proto::client::with_token(channel, token.as_deref()).expect("token");
                 let (mut policies, mut nodes) =
                     (PolicyServiceClient::new(channel.clone()), NodeServiceClient::new(channel));
+                // One call before the flood: the connection is up and the token known.
+                policies.list_policies(v1::ListPoliciesRequest::default()).await.expect("list before the flood");
+                ready_tx.send(()).expect("signal");
                 let mut slowest = Duration::ZERO;
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
                     let t = std::time::Instant::now();
@@ -726,10 +784,12 @@ async fn flood(
             })
         })
     };
+    ready.await.expect("the prober is connected");
     let started = std::time::Instant::now();
     let floods: Vec<_> = (0..streams)
         .map(|i| {
-            let (mut agents, node) = (AgentServiceClient::new(channel.clone()), node(i));
+            let node = node(i);
+            let mut agents = AgentServiceClient::new(channels[&node].clone());
             tokio::spawn(async move {
                 let batch: Vec<v1::DecisionEvent> =
                     (0..per_message).map(|p| event("web", v1::Verdict::Deny, p as u32)).collect();
@@ -760,12 +820,12 @@ async fn register(pool: &PgPool, name: &str) {
 async fn an_events_flood_from_one_node_is_rate_limited_counted_and_other_calls_still_answer(pool: PgPool) {
     let rate = palisade_server::ratelimit::EventRate { per_second: 1_000, burst: 2_000 };
     let options = palisade_server::Options { event_rate: rate, ..palisade_server::Options::default() };
-    let server = OwnRuntimeServer::start(pool.clone(), options);
+    let server = OwnRuntimeServer::start(pool.clone(), options, true).await;
     register(&pool, "flood").await;
     register(&pool, "quiet").await;
-    let (streams, messages, per_message) = (16, 20, 2_000);
+    let (streams, messages, per_message) = (16, 20, 1_000);
     let (accepted, limited, slowest, elapsed) =
-        flood(&server.url(), |_| "flood".into(), streams, messages, per_message, "flood").await;
+        flood(server.server(), |_| "flood".into(), streams, messages, per_message, "flood").await;
     let sent = (streams * messages * per_message) as u64;
     eprintln!(
         "flood of {sent} events in {elapsed:?}: {accepted} stored, {limited} refused; slowest other call {slowest:?}"
@@ -774,8 +834,7 @@ async fn an_events_flood_from_one_node_is_rate_limited_counted_and_other_calls_s
     let allowed = u64::from(rate.burst) + (elapsed.as_secs_f64() * f64::from(rate.per_second)).ceil() as u64;
     assert!((u64::from(rate.burst)..=allowed).contains(&accepted), "{accepted} stored, the limit allowed {allowed}");
     assert_eq!(count(&pool, "events").await as u64, accepted, "refused events are not stored");
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
-    let node = NodeServiceClient::new(channel.clone())
+    let node = NodeServiceClient::new(server.server().admin().await)
         .get_node(v1::GetNodeRequest { name: "flood".into() })
         .await
         .expect("node")
@@ -787,7 +846,10 @@ async fn an_events_flood_from_one_node_is_rate_limited_counted_and_other_calls_s
         node_name: "quiet".into(),
         events: vec![event("web", v1::Verdict::Deny, 1); 100],
     }];
-    let response = AgentServiceClient::new(channel).report_events(tokio_stream::iter(quiet)).await.expect("quiet");
+    let response = AgentServiceClient::new(server.server().node("quiet").await)
+        .report_events(tokio_stream::iter(quiet))
+        .await
+        .expect("quiet");
     let response = response.into_inner();
     assert_eq!((response.accepted, response.rate_limited), (100, 0));
 }
@@ -798,9 +860,12 @@ async fn sixteen_parallel_event_streams_do_not_starve_other_calls(pool: PgPool) 
         event_rate: palisade_server::ratelimit::EventRate::UNLIMITED,
         ..palisade_server::Options::default()
     };
-    let server = OwnRuntimeServer::start(pool.clone(), options);
+    // Plaintext on one connection: this is about database connections, and 16 TLS sessions
+    // in a debug build on two cores would make it a measure of CPU (0.8–1.1 s for the
+    // slowest call).
+    let server = OwnRuntimeServer::start(pool.clone(), options, false).await;
     register(&pool, "n0").await;
-    let (accepted, limited, slowest, elapsed) = flood(&server.url(), |i| format!("n{i}"), 16, 8, 2_000, "n0").await;
+    let (accepted, limited, slowest, elapsed) = flood(server.server(), |i| format!("n{i}"), 16, 8, 2_000, "n0").await;
     eprintln!("{accepted} events from 16 streams in {elapsed:?}; slowest other call {slowest:?}");
     assert_eq!((accepted, limited), (16 * 8 * 2_000, 0));
     assert!(slowest < Duration::from_secs(1), "other calls waited {slowest:?} behind event ingest");
@@ -812,7 +877,7 @@ async fn a_call_that_never_sends_is_ended_by_the_request_timeout(pool: PgPool) {
         palisade_server::Transport { request_timeout: Duration::from_secs(1), ..palisade_server::Transport::DEFAULT };
     let options = palisade_server::Options { transport, ..palisade_server::Options::default() };
     let server = EmbeddedServer::start_with(pool, options).await.expect("server");
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let channel = server.node("node-1").await;
     // A Sync stream that never says hello, and a ReportEvents stream that never reports.
     let (_sync_tx, sync_rx) = tokio::sync::mpsc::channel::<v1::SyncRequest>(1);
     let (_report_tx, report_rx) = tokio::sync::mpsc::channel::<v1::ReportEventsRequest>(1);
@@ -839,7 +904,8 @@ async fn calls_beyond_the_per_connection_stream_limit_wait_for_a_free_stream(poo
     let transport = palisade_server::Transport { max_streams_per_connection: 4, ..palisade_server::Transport::DEFAULT };
     let options = palisade_server::Options { transport, ..palisade_server::Options::default() };
     let server = EmbeddedServer::start_with(pool, options).await.expect("server");
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    // One connection, with a node certificate for the streams and the admin token for the call.
+    let channel = palisade_proto::client::with_token(server.node("node-1").await, server.admin_token()).expect("token");
     let mut open = Vec::new();
     for _ in 0..4 {
         let (tx, rx) = tokio::sync::mpsc::channel::<v1::ReportEventsRequest>(1);
@@ -887,8 +953,7 @@ async fn the_server_drops_expired_event_partitions_and_keeps_recent_ones(pool: P
         (count(&pool, "events").await == 1).then_some(())
     })
     .await;
-    let channel = Channel::from_shared(server.url()).expect("url").connect().await.expect("connect");
-    let listed = EventServiceClient::new(channel)
+    let listed = EventServiceClient::new(server.admin().await)
         .list_events(v1::ListEventsRequest::default())
         .await
         .expect("list")

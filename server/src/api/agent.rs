@@ -196,10 +196,16 @@ const MAX_HELLO_LIST: usize = 1024;
 
 /// Text an agent sent: at most `max` bytes and no NUL (which PostgreSQL text cannot hold).
 fn check_text(field: impl Into<String>, value: &str, max: usize) -> Option<crate::error::Violation> {
+    check_text_at(|| field.into(), value, max)
+}
+
+/// [`check_text`] naming the field only when there is something to say (events are checked
+/// by the hundred thousand).
+fn check_text_at(field: impl FnOnce() -> String, value: &str, max: usize) -> Option<crate::error::Violation> {
     if value.len() > max {
-        Some(crate::error::Violation::new(field, format!("is longer than {max} bytes")))
+        Some(crate::error::Violation::new(field(), format!("is longer than {max} bytes")))
     } else if value.contains('\0') {
-        Some(crate::error::Violation::new(field, "contains a NUL byte"))
+        Some(crate::error::Violation::new(field(), "contains a NUL byte"))
     } else {
         None
     }
@@ -247,7 +253,7 @@ fn check_event(i: usize, e: &v1::DecisionEvent) -> Vec<crate::error::Violation> 
         if required && value.is_empty() {
             v.push(Violation::new(format!("events[{i}].{field}"), "must not be empty"));
         } else {
-            v.extend(check_text(format!("events[{i}].{field}"), value, max));
+            v.extend(check_text_at(|| format!("events[{i}].{field}"), value, max));
         }
     };
     text("policy", &e.policy, 63, true);
@@ -332,12 +338,13 @@ impl AgentService for AgentApi {
                 )
                 .into());
             }
+            // Events beyond the node's rate are dropped before they cost any more work.
+            let admitted = self.limiter.admit(&node, message.events.len());
             let violations: Vec<_> =
-                message.events.iter().enumerate().flat_map(|(i, e)| check_event(i, e)).take(100).collect();
+                message.events[..admitted].iter().enumerate().flat_map(|(i, e)| check_event(i, e)).take(100).collect();
             if !violations.is_empty() {
                 return Err(ApiError::Invalid(violations).into());
             }
-            let admitted = self.limiter.admit(&node, message.events.len());
             let refused = (message.events.len() - admitted) as u64;
             if refused > 0 {
                 if rate_limited == 0 {

@@ -1,0 +1,88 @@
+//! Connecting to a Palisade server (the Rust SDK's entry point): TLS against the CA the
+//! server's certificate chains to, a client certificate for agents, and an admin token on
+//! every call.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use palisade_proto::{client, v1::{self, policy_service_client::PolicyServiceClient}};
+//! let ca = std::fs::read("pki/ca.crt")?;
+//! let channel = client::channel("https://127.0.0.1:50051", Some(&ca), None).await?;
+//! let mut policies = PolicyServiceClient::new(client::with_token(channel, Some("pal_…"))?);
+//! let listed = policies.list_policies(v1::ListPoliciesRequest::default()).await?.into_inner();
+//! # Ok(()) }
+//! ```
+
+use tonic::{
+    Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
+
+/// A channel whose every call carries a bearer token (when one was given).
+pub type Connection = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer TOKEN` to each call.
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The address is not a URL or `host:port`.
+    #[error("invalid server address {0:?}")]
+    Address(String),
+    /// An `https://` server without a CA to check its certificate against.
+    #[error("an https:// server needs the CA its certificate chains to (--ca-cert, PALISADE_CA_CERT)")]
+    NoCa,
+    /// A token a header cannot carry.
+    #[error("the token has characters a header cannot carry")]
+    Token,
+    /// TLS configuration or the connection failed.
+    #[error("cannot reach the Palisade server at {url}")]
+    Transport {
+        /// The URL.
+        url: String,
+        /// Cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Connects to `server` (`https://host:port`, `http://host:port` for a `--dev` server, or
+/// `host:port`, meaning `http://`). `ca_pem` is required for `https://`; `identity_pem`
+/// (certificate, key) is a node's certificate, which `AgentService` requires.
+pub async fn channel(
+    server: &str,
+    ca_pem: Option<&[u8]>,
+    identity_pem: Option<(&[u8], &[u8])>,
+) -> Result<Channel, ConnectError> {
+    let url = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
+    let mut endpoint = Channel::from_shared(url.clone()).map_err(|_| ConnectError::Address(server.to_owned()))?;
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem.ok_or(ConnectError::NoCa)?));
+        if let Some((cert, key)) = identity_pem {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|source| ConnectError::Transport { url: url.clone(), source })?;
+    }
+    endpoint.connect().await.map_err(|source| ConnectError::Transport { url, source })
+}
+
+/// `channel` with `token` on every call (surrounding whitespace ignored; empty means none).
+pub fn with_token(channel: Channel, token: Option<&str>) -> Result<Connection, ConnectError> {
+    let bearer = match token.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| ConnectError::Token)?),
+        None => None,
+    };
+    Ok(InterceptedService::new(channel, Bearer(bearer)))
+}

@@ -109,11 +109,23 @@ impl Server {
     }
 }
 
+/// `host:port` of the server URL, with the port the transport uses when the URL has none
+/// (443 for `https://`, 80 for `http://`), so the failsafe list is never empty for want of
+/// one.
+fn authority(server: &str) -> String {
+    let url = server_url(server);
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", &url));
+    let authority = rest.split('/').next().unwrap_or_default();
+    let has_port = match authority.strip_prefix('[') {
+        Some(v6) => v6.contains("]:"),
+        None => authority.contains(':'),
+    };
+    if has_port { authority.to_owned() } else { format!("{authority}:{}", if scheme == "https" { 443 } else { 80 }) }
+}
+
 /// Resolves the server's addresses so the compiler can exempt them (failsafe).
 async fn server_endpoints(server: &str) -> Vec<String> {
-    let url = server_url(server);
-    let authority = url.split("://").nth(1).unwrap_or(&url).split('/').next().unwrap_or_default().to_owned();
-    match tokio::net::lookup_host(authority.as_str()).await {
+    match tokio::net::lookup_host(authority(server).as_str()).await {
         Ok(addrs) => addrs.map(|a| a.to_string()).collect(),
         Err(error) => {
             tracing::warn!(%error, server, "cannot resolve the server for the failsafe list");
@@ -314,6 +326,21 @@ pub async fn run_reporter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_failsafe_authority_has_the_port_the_transport_uses() {
+        assert_eq!(authority("https://palisade.example:50051/"), "palisade.example:50051");
+        assert_eq!(authority("https://palisade.example"), "palisade.example:443");
+        assert_eq!(authority("http://10.0.0.1"), "10.0.0.1:80");
+        assert_eq!(authority("10.0.0.1:50051"), "10.0.0.1:50051");
+        assert_eq!(authority("https://[2001:db8::1]"), "[2001:db8::1]:443");
+        assert_eq!(authority("https://[2001:db8::1]:8443"), "[2001:db8::1]:8443");
+    }
+
+    #[tokio::test]
+    async fn an_https_url_without_a_port_still_resolves_to_failsafe_endpoints() {
+        assert_eq!(server_endpoints("https://127.0.0.1").await, ["127.0.0.1:443"]);
+    }
 
     #[test]
     fn backoff_grows_to_the_cap_with_jitter_and_resets() {

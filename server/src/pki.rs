@@ -66,8 +66,20 @@ fn refuse_existing(dir: &Path, files: &[String]) -> Result<(), PkiError> {
 /// The files `init` writes; no node may be named after them.
 const RESERVED: [&str; 4] = ["ca.crt", "ca.key", "server.crt", "server.key"];
 
+/// How long the development CA is valid, and the server and node certificates it signs.
+const CA_DAYS: i64 = 10 * 365;
+const LEAF_DAYS: i64 = 397;
+
+/// Valid from a day ago (clock skew between hosts) for `days` days.
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(days);
+}
+
 fn ca_params() -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
+    validity(&mut params, CA_DAYS);
     params.distinguished_name.push(DnType::CommonName, "Palisade development CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
@@ -101,6 +113,7 @@ pub fn init(dir: &Path, sans: &[String]) -> Result<Vec<PathBuf>, PkiError> {
         }
     }
     let mut server = CertificateParams::new(names)?;
+    validity(&mut server, LEAF_DAYS);
     server.distinguished_name.push(DnType::CommonName, "palisade-server");
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -123,6 +136,7 @@ pub fn issue_node(name: &str, dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
     let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)?;
     let issuer = Issuer::from_ca_cert_pem(&read(&dir.join("ca.crt"))?, ca_key)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
+    validity(&mut params, LEAF_DAYS);
     params.distinguished_name.push(DnType::CommonName, name);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

@@ -133,6 +133,16 @@ fn pki_keys_are_private_and_init_refuses_to_replace_a_ca() {
     }
     let ca = std::fs::read_to_string(dir.path().join("ca.crt")).expect("ca");
     assert!(ca.contains("BEGIN CERTIFICATE"), "the CA survived");
+    // Certificates expire: the CA in ten years, the server's and nodes' in 397 days.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    for (file, days) in [("ca.crt", 3650), ("server.crt", 397), ("web-1.crt", 397)] {
+        let pem = std::fs::read(dir.path().join(file)).expect("certificate");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).expect("pem");
+        let cert = pem.parse_x509().expect("x509");
+        let (from, until) = (cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp());
+        assert!(from <= now && now - from <= 2 * 86_400, "{file} valid from {from}");
+        assert!((until - now - days * 86_400).abs() <= 86_400, "{file} valid until {until}, expected {days} days");
+    }
     // A half-made directory (a key without its certificate) is not overwritten either.
     let half = tempfile::tempdir().expect("dir");
     std::fs::write(half.path().join("ca.key"), "old").expect("write");

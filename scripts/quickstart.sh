@@ -30,7 +30,7 @@ say "Building (cargo build --locked)"
 cargo build --locked -q -p palisade-server -p palisade-agent -p palisade-cli
 bin=$root/target/debug
 # The secure path: TLS with a development PKI, and the agent's node certificate.
-export PALISADE_SERVER=https://127.0.0.1:50151
+export PALISADE_SERVER=https://127.0.0.1:15151
 export PALISADE_CA_CERT=$work/pki/ca.crt
 
 cgroup2=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
@@ -69,9 +69,9 @@ PALISADE_TOKEN=$("$bin/palisade-server" token create --role admin --name quickst
   --database-url "$server_url" | tail -n 1)
 export PALISADE_TOKEN
 
-say "Starting palisade-server on 127.0.0.1:50151 (TLS, node certificates, tokens required)"
+say "Starting palisade-server on 127.0.0.1:15151 (TLS, node certificates, tokens required)"
 rm -f "$work/bundle.key" "$work/bundle.key.pub"
-PALISADE_LOG=warn "$bin/palisade-server" --listen 127.0.0.1:50151 --database-url "$server_url" \
+PALISADE_LOG=warn "$bin/palisade-server" --listen 127.0.0.1:15151 --database-url "$server_url" \
   --bundle-signing-key "$work/bundle.key" \
   --tls-cert "$work/pki/server.crt" --tls-key "$work/pki/server.key" --client-ca "$work/pki/ca.crt" \
   >"$work/server.log" 2>&1 &
@@ -108,8 +108,8 @@ say "connect() to 127.0.0.1:9999 from the demo cgroup"
 echo "result: $(attempt 127.0.0.1 9999)"
 say "connect() to [::1]:9999 from the demo cgroup"
 echo "result: $(attempt ::1 9999)"
-say "connect() to the server port 50151 from the demo cgroup (allowed)"
-r=$(attempt 127.0.0.1 50151); echo "result: ${r:-connected}"
+say "connect() to the server port 15151 from the demo cgroup (allowed)"
+r=$(attempt 127.0.0.1 15151); echo "result: ${r:-connected}"
 
 say "palisade events --policy deny-demo-port"
 for _ in $(seq 1 100); do

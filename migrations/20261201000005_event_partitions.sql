@@ -51,6 +51,9 @@ DECLARE
     name text;
 BEGIN
     PERFORM pg_advisory_xact_lock(7061727473);
+    -- Creating a partition locks the parent: rather fail (and retry next hour) than queue
+    -- every event insert and read behind a long query.
+    PERFORM set_config('lock_timeout', '5s', true);
     day := first;
     WHILE day <= last LOOP
         name := 'events_' || to_char(day, 'YYYYMMDD');
@@ -74,6 +77,8 @@ DECLARE
     dropped integer := 0;
 BEGIN
     PERFORM pg_advisory_xact_lock(7061727473);
+    -- Dropping a partition takes an exclusive lock on the parent (see above).
+    PERFORM set_config('lock_timeout', '5s', true);
     FOR part IN
         SELECT c.relname
         FROM pg_inherits i

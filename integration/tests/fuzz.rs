@@ -74,6 +74,19 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
+
+/// Puts a panic hook back when dropped.
+struct RestoreHook(Option<PanicHook>);
+
+impl Drop for RestoreHook {
+    fn drop(&mut self) {
+        if let Some(hook) = self.0.take() {
+            std::panic::set_hook(hook);
+        }
+    }
+}
+
 /// Runs `target` on inputs from `inputs` for the time budget; fails on a panic or an input
 /// that allocates beyond the bound, naming the input. Returns how many inputs ran.
 fn fuzz<T: std::fmt::Debug>(name: &str, inputs: impl Strategy<Value = T>, target: impl FnMut(&T)) -> u64 {
@@ -97,6 +110,10 @@ fn fuzz_for<T: std::fmt::Debug>(
     inputs: impl Strategy<Value = T>,
     mut target: impl FnMut(&T),
 ) -> u64 {
+    // The counters and the panic hook belong to the process: one target at a time (nextest
+    // runs each test in a process of its own; `cargo test` runs them as threads of one).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let seed: u64 = std::env::var("PALISADE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand_seed);
     let mut bytes = [0; 32];
     bytes[..8].copy_from_slice(&seed.to_le_bytes());
@@ -104,8 +121,9 @@ fn fuzz_for<T: std::fmt::Debug>(
     let mut runner = TestRunner::new_with_rng(Config::default(), rng);
     let (deadline, mut runs, mut peak) = (Instant::now() + Duration::from_secs(seconds), 0_u64, 0);
     // Panics the code under test catches itself must not be printed (and symbolised, which
-    // allocates far more than the code did); one that escapes is reported below.
-    let hook = std::panic::take_hook();
+    // allocates far more than the code did); one that escapes is reported below. The hook
+    // comes back however this function ends.
+    let restore = RestoreHook(Some(std::panic::take_hook()));
     std::panic::set_hook(Box::new(|_| {}));
     let mut failure = None;
     while Instant::now() < deadline {
@@ -128,7 +146,7 @@ fn fuzz_for<T: std::fmt::Debug>(
         peak = peak.max(used);
         runs += 1;
     }
-    std::panic::set_hook(hook);
+    drop(restore);
     if let Some(failure) = failure {
         panic!("{failure}");
     }

@@ -437,7 +437,7 @@ impl Datapath {
                 tracing::warn!(dir = %p.dir.display(), "a running generation has no recorded bundle");
                 continue;
             };
-            let content = match verify(&bundle, self.public_key.as_ref(), self.node.as_deref()) {
+            let content = match verify::verify_recorded(&bundle, self.public_key.as_ref(), self.node.as_deref()) {
                 Ok(content) => content,
                 Err(error) => {
                     tracing::warn!(dir = %p.dir.display(), error = error_chain(&error), "recorded bundle does not verify");

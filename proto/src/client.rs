@@ -59,14 +59,19 @@ pub enum ConnectError {
 }
 
 /// Connects to `server` (`https://host:port`, `http://host:port` for a `--dev` server, or
-/// `host:port`, meaning `http://`). `ca_pem` is required for `https://`; `identity_pem`
-/// (certificate, key) is a node's certificate, which `AgentService` requires.
+/// `host:port`, meaning `https://` when a CA is given and `http://` otherwise). `ca_pem` is
+/// required for `https://`; `identity_pem` (certificate, key) is a node's certificate, which
+/// `AgentService` requires.
 pub async fn channel(
     server: &str,
     ca_pem: Option<&[u8]>,
     identity_pem: Option<(&[u8], &[u8])>,
 ) -> Result<Channel, ConnectError> {
-    let url = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
+    let url = match (server.contains("://"), ca_pem) {
+        (true, _) => server.to_owned(),
+        (false, Some(_)) => format!("https://{server}"),
+        (false, None) => format!("http://{server}"),
+    };
     let mut endpoint = Channel::from_shared(url.clone()).map_err(|_| ConnectError::Address(server.to_owned()))?;
     if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem.ok_or(ConnectError::NoCa)?));
@@ -79,6 +84,8 @@ pub async fn channel(
 }
 
 /// `channel` with `token` on every call (surrounding whitespace ignored; empty means none).
+/// Give a token only to a channel made for `https://`: over `http://` (a `--dev` server,
+/// which ignores tokens) it would travel in the clear.
 pub fn with_token(channel: Channel, token: Option<&str>) -> Result<Connection, ConnectError> {
     let bearer = match token.map(str::trim).filter(|t| !t.is_empty()) {
         Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| ConnectError::Token)?),

@@ -40,7 +40,7 @@ impl Secured {
         let dir = tempfile::tempdir()?;
         pki::init(dir.path(), &[]).map_err(std::io::Error::other)?;
         let admin_token = auth::new_secret();
-        let name = format!("embedded-admin-{}", &admin_token[4..16]);
+        let name = format!("embedded-admin-{:016x}", rand::random::<u64>());
         Store::new(pool.clone())
             .create_token(&name, auth::Role::Admin, &auth::secret_hash(&admin_token))
             .await
@@ -186,8 +186,11 @@ impl EmbeddedServer {
     /// # Panics
     /// When the certificate cannot be issued.
     pub fn node_tls(&self, name: &str) -> Option<NodeTls> {
+        // One issuer at a time: a second caller must not see a certificate without its key.
+        static ISSUING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let dir = self.pki_dir()?;
         let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        let _issuing = ISSUING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !cert.exists() {
             pki::issue_node(name, dir).expect("issue the node certificate");
         }

@@ -155,6 +155,24 @@ impl Config {
         }
     }
 
+    /// The server options these flags ask for, with the key and TLS files already checked.
+    pub fn options(&self, signer: signing::BundleSigner, tls: Option<tls::TlsFiles>) -> Options {
+        Options {
+            limits: palisade_compiler::limits::Limits {
+                max_map_entries: self.max_map_entries,
+                max_map_bytes: self.max_map_bytes,
+                ..palisade_compiler::limits::Limits::DEFAULT
+            },
+            signer,
+            bundle_mutator: None,
+            tls,
+            shutdown_grace: SHUTDOWN_GRACE,
+            event_rate: ratelimit::EventRate { per_second: self.event_rate, burst: self.event_burst },
+            transport: Transport::DEFAULT,
+            event_retention: self.event_retention,
+        }
+    }
+
     /// The bundle signing key: `--bundle-signing-key`, or a random one in `--dev`. Without
     /// `--dev` a server must keep its key across restarts, or every agent pinning it would
     /// refuse the next bundle.
@@ -373,28 +391,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     MIGRATOR.run(&pool).await.map_err(ServeError::Migrate)?;
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-    let limits = palisade_compiler::limits::Limits {
-        max_map_entries: config.max_map_entries,
-        max_map_bytes: config.max_map_bytes,
-        ..palisade_compiler::limits::Limits::DEFAULT
-    };
     tracing::info!(public_key = signer.public_key_hex(), "bundles are signed; agents pin this key");
-    serve_with(
-        pool,
-        listener,
-        shutdown,
-        Options {
-            limits,
-            signer,
-            bundle_mutator: None,
-            tls,
-            shutdown_grace: SHUTDOWN_GRACE,
-            event_rate: ratelimit::EventRate { per_second: config.event_rate, burst: config.event_burst },
-            transport: Transport::DEFAULT,
-            event_retention: Retention(Some(Duration::from_hours(30 * 24))),
-        },
-    )
-    .await
+    let options = config.options(signer, tls);
+    serve_with(pool, listener, shutdown, options).await
 }
 
 /// Serves every service on `listener` from a migrated `pool` until `shutdown` is cancelled:

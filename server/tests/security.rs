@@ -303,6 +303,24 @@ fn plaintext_needs_dev_and_dev_needs_loopback() {
     assert!(parse(&["--dev"]).tls().expect("dev on loopback").is_none());
     let tls = parse(&["--tls-cert", "c", "--tls-key", "k", "--client-ca", "ca", "--listen", "0.0.0.0:1"]);
     assert!(tls.tls().expect("TLS anywhere").is_some());
+    // Every flag reaches the options the server runs with.
+    let tuned = parse(&[
+        "--dev",
+        "--event-retention",
+        "forever",
+        "--event-rate",
+        "7",
+        "--event-burst",
+        "9",
+        "--max-map-entries",
+        "123",
+    ]);
+    let options = tuned.options(palisade_server::signing::BundleSigner::generate(), None);
+    assert_eq!(options.event_retention, palisade_server::Retention(None));
+    assert_eq!(options.event_rate, palisade_server::ratelimit::EventRate { per_second: 7, burst: 9 });
+    assert_eq!(options.limits.max_map_entries, 123);
+    let defaults = parse(&["--dev"]).options(palisade_server::signing::BundleSigner::generate(), None);
+    assert_eq!(defaults.event_retention, palisade_server::parse_retention("30d").expect("30d"));
     let err = tls.signer().expect_err("no persistent signing key").to_string();
     assert!(err.contains("--bundle-signing-key"), "{err}");
     assert!(parse(&["--dev"]).signer().is_ok(), "--dev may sign with a key of the moment");

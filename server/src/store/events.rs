@@ -135,10 +135,13 @@ impl Store {
         &self,
         retention: Option<std::time::Duration>,
     ) -> Result<(u32, u32), ApiError> {
+        // From yesterday, but never a day retention would drop again at once.
         let created: i32 = sqlx::query_scalar(
-            "SELECT palisade_ensure_event_partitions(((now() AT TIME ZONE 'UTC') - interval '1 day')::date, \
+            "SELECT palisade_ensure_event_partitions(GREATEST(((now() AT TIME ZONE 'UTC') - interval '1 day')::date, \
+               ((now() - make_interval(secs => $1)) AT TIME ZONE 'UTC')::date), \
                ((now() AT TIME ZONE 'UTC') + interval '3 days')::date)",
         )
+        .bind(retention.map(|r| r.as_secs_f64()))
         .fetch_one(&self.pool)
         .await?;
         let dropped: i32 = match retention {

@@ -214,3 +214,24 @@ fn an_elf_whose_symbols_overrun_their_sections_is_refused_not_a_panic() {
     let err = verify(&unsigned(&bad), None, None).expect_err("refused");
     assert!(matches!(err, LoadError::Malformed(Malformed::ElfPanic(_))), "{err:?}");
 }
+
+#[test]
+fn a_content_signed_bundle_an_older_agent_recorded_is_adopted_but_never_accepted_from_the_server() {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let pinned = Some(key.verifying_key());
+    let mut legacy = unsigned(&content(Vec::new(), 1));
+    legacy.signature = key.sign(&legacy.content).to_bytes().to_vec();
+    assert!(
+        matches!(verify(&legacy, pinned.as_ref(), Some("node-a")), Err(LoadError::Signature)),
+        "not from the server"
+    );
+    assert!(verify_recorded(&legacy, pinned.as_ref(), Some("node-a")).is_ok(), "adopted from the state directory");
+    let forged = v1::Bundle {
+        signature: SigningKey::from_bytes(&[8; 32]).sign(&legacy.content).to_bytes().to_vec(),
+        ..legacy.clone()
+    };
+    assert!(matches!(verify_recorded(&forged, pinned.as_ref(), Some("node-a")), Err(LoadError::Signature)));
+    // An envelope bundle for another node gets no such leniency.
+    let other = signed(&content(Vec::new(), 1), &key);
+    assert!(matches!(verify_recorded(&other, pinned.as_ref(), Some("node-b")), Err(LoadError::WrongNode { .. })));
+}

@@ -416,10 +416,13 @@ struct Outage {
 
 impl Outage {
     async fn start(pool: PgPool, name: &str) -> Self {
+        Self::start_with(pool, name, palisade_server::Options::default()).await
+    }
+
+    async fn start_with(pool: PgPool, name: &str, options: palisade_server::Options) -> Self {
         let cg = TestCgroup::new(name);
         let work = cg.create_child("work");
         let (v4, v6, port) = dual_listeners();
-        let options = palisade_server::Options::default();
         let signer = options.signer.clone();
         let server = EmbeddedServer::start_with(pool.clone(), options).await.expect("server");
         let channel = server.admin().await;
@@ -518,6 +521,31 @@ async fn events_during_a_server_outage_arrive_once_up_to_the_backlog_and_the_res
     let dropped = reported.backlog_full + reported.queue_full + reported.ring_full + reported.undecodable;
     assert_eq!(dropped, DENIES - BACKLOG as u64, "every deny that did not arrive is counted: {reported:?}");
     assert_eq!(outage.stored_events().await, BACKLOG as u64, "what fit the backlog arrived, once");
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn events_the_servers_rate_limit_refuses_wait_in_the_agent_and_all_arrive_once(pool: PgPool) {
+    const DENIES: u64 = 1_000;
+    if !kernel_tests_enabled("rate-limited events") {
+        return;
+    }
+    let rate = palisade_server::ratelimit::EventRate { per_second: 300, burst: 200 };
+    let options = palisade_server::Options { event_rate: rate, ..palisade_server::Options::default() };
+    let outage = Outage::start_with(pool, "ratelimit", options).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut config = TestAgent::config(outage.server(), &outage.node_name, outage.cg.path(), state.path());
+    config.heartbeat_seconds = 1;
+    let _agent = TestAgent::start(config).await;
+    applied_after(&outage.channel, &outage.node_name, 0).await;
+    outage.denies(DENIES).await;
+    let stats = outage.stats_when("every deny to be delivered", |s| s.delivered == DENIES && s.pending == 0).await;
+    assert_eq!(stats.backlog_full + stats.queue_full + stats.ring_full + stats.undecodable, 0, "{stats:?}");
+    assert_eq!(outage.stored_events().await, DENIES, "every event arrived, once");
+    let node = node(&outage.channel, &outage.node_name).await.expect("node");
+    assert!(
+        node.events_rate_limited >= DENIES - u64::from(rate.burst) - 300,
+        "the limit refused and the agent retried: {node:?}"
+    );
 }
 
 /// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`).

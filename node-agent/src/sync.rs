@@ -285,15 +285,25 @@ pub async fn run_reporter(
                 let batch = backlog.oldest(BATCH);
                 let n = batch.len();
                 let request = v1::ReportEventsRequest { node_name: node_name.clone(), events: batch };
-                c.report_events(tokio_stream::iter(vec![request])).await.map(|_| n).map_err(SyncError::Report)
+                c.report_events(tokio_stream::iter(vec![request]))
+                    .await
+                    .map(|r| (n, usize::try_from(r.into_inner().rate_limited).unwrap_or(n).min(n)))
+                    .map_err(SyncError::Report)
             }
             None => Err(SyncError::NotConnected),
         };
-        match sent {
-            Ok(n) => {
-                backlog.sent(n);
-                stats.delivered(n as u64);
+        let pause = match sent {
+            Ok((n, refused)) => {
+                // The server stores a prefix of the batch; what its rate limit refused stays at
+                // the front of the backlog and goes again after a pause.
+                backlog.sent(n - refused);
+                stats.delivered((n - refused) as u64);
                 backoff.reset();
+                if refused == 0 {
+                    continue;
+                }
+                tracing::debug!(refused, pending = backlog.len(), "the server's event rate limit refused events");
+                RATE_LIMITED_PAUSE
             }
             Err(error) => {
                 tracing::warn!(
@@ -302,22 +312,38 @@ pub async fn run_reporter(
                     "reporting events failed; will retry"
                 );
                 client = None;
-                let retry = tokio::time::sleep(backoff.delay());
-                tokio::pin!(retry);
-                loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = &mut retry => break,
-                        e = events.recv() => {
-                            if let Some(e) = e {
-                                keep(&mut backlog, e);
-                            } else {
-                                (&mut retry).await;
-                                break;
-                            }
-                        }
-                    }
-                }
+                backoff.delay()
+            }
+        };
+        if !wait_filling(pause, &shutdown, &mut events, |e| keep(&mut backlog, e)).await {
+            return;
+        }
+    }
+}
+
+/// How long the reporter waits after the server's rate limit refused part of a batch.
+const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(1);
+
+/// Waits `delay`, handing every event that arrives meanwhile to `keep`; false once the agent
+/// shuts down.
+async fn wait_filling(
+    delay: Duration,
+    shutdown: &CancellationToken,
+    events: &mut mpsc::Receiver<v1::DecisionEvent>,
+    mut keep: impl FnMut(v1::DecisionEvent),
+) -> bool {
+    let wait = tokio::time::sleep(delay);
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = &mut wait => return true,
+            e = events.recv() => {
+                let Some(e) = e else {
+                    (&mut wait).await;
+                    return true;
+                };
+                keep(e);
             }
         }
     }

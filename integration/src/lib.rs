@@ -195,6 +195,7 @@ impl TestAgent {
             event_backlog: 100_000,
             event_backlog_bytes: 64 << 20,
             log_json: false,
+            metrics_listen: None,
         }
     }
 
@@ -211,6 +212,11 @@ impl TestAgent {
         if let Some(agent) = self.agent.take() {
             agent.wait().await;
         }
+    }
+
+    /// Where the running agent serves `/metrics` (when `config.metrics_listen` was set).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.agent.as_ref().and_then(palisade_agent::Agent::metrics_addr)
     }
 
     /// The running agent's event counters.

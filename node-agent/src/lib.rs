@@ -7,6 +7,7 @@ pub mod btf;
 pub mod cgroups;
 pub mod events;
 pub mod loader;
+pub mod metrics;
 pub mod probe;
 pub mod stats;
 pub mod sync;
@@ -82,9 +83,32 @@ pub struct Config {
     /// file) and exit, instead of running.
     #[arg(long)]
     pub uninstall: bool,
+    /// Serve Prometheus metrics over plain HTTP at `/metrics` on this address (off when not
+    /// given).
+    #[arg(long, env = "PALISADE_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
+    /// The node name (`--node-name`, else the host name in lower case) and labels.
+    fn identity(&self) -> Result<(String, BTreeMap<String, String>), StartError> {
+        let node_name = match &self.node_name {
+            Some(n) => n.clone(),
+            None => hostname::get()
+                .map_err(|e| StartError::Config(format!("hostname: {e}")))?
+                .to_string_lossy()
+                .to_lowercase(),
+        };
+        let labels = self
+            .labels
+            .iter()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect::<Option<_>>()
+            .ok_or_else(|| StartError::Config("labels must be KEY=VALUE".into()))?;
+        Ok((node_name, labels))
+    }
+
     /// The server and how to reach it; `https://` needs `--ca-cert`, `--cert` and `--key`.
     pub fn server(&self) -> Result<sync::Server, StartError> {
         let url = server_url(&self.server);
@@ -157,6 +181,9 @@ pub enum StartError {
     /// The datapath thread did not start.
     #[error("the datapath thread failed to start")]
     Datapath,
+    /// The metrics endpoint cannot be bound.
+    #[error("metrics endpoint")]
+    Metrics(#[source] std::io::Error),
 }
 
 /// Backstop rescan of selected cgroups (inotify normally reports changes at once).
@@ -199,25 +226,13 @@ pub struct Agent {
     shutdown: CancellationToken,
     enforcing: Enforcing,
     stats: std::sync::Arc<stats::EventCounters>,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Agent {
     /// Starts the datapath, adopts pinned state, and starts syncing and reporting.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
-        let node_name = match &config.node_name {
-            Some(n) => n.clone(),
-            None => hostname::get()
-                .map_err(|e| StartError::Config(format!("hostname: {e}")))?
-                .to_string_lossy()
-                .to_lowercase(),
-        };
-        let labels: BTreeMap<String, String> = config
-            .labels
-            .iter()
-            .filter(|l| !l.is_empty())
-            .map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-            .collect::<Option<_>>()
-            .ok_or_else(|| StartError::Config("labels must be KEY=VALUE".into()))?;
+        let (node_name, labels) = config.identity()?;
         let public_key = match (&config.bundle_public_key, config.insecure_skip_bundle_signature) {
             (Some(value), _) => Some(public_key(value).map_err(StartError::Config)?),
             (None, true) => {
@@ -256,11 +271,24 @@ impl Agent {
         let (ready_tx, ready) = oneshot::channel();
         let stats = std::sync::Arc::new(stats::EventCounters::default());
         let thread_stats = stats.clone();
+        let metrics = metrics::AgentMetrics::new();
+        let thread_metrics = metrics.clone();
+        // Bound before anything starts, so a taken port fails the start rather than later.
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(palisade_metrics::bind(addr).await.map_err(StartError::Metrics)?),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let handle = std::thread::Builder::new()
             .name("palisade-datapath".into())
             .spawn(move || {
-                let queues =
-                    Queues { commands: &command_rx, events: &events_tx, stats: &thread_stats, reports: &reports_tx };
+                let queues = Queues {
+                    commands: &command_rx,
+                    events: &events_tx,
+                    stats: &thread_stats,
+                    reports: &reports_tx,
+                    metrics: &thread_metrics,
+                };
                 datapath_thread(datapath, &queues, &enforcing_tx, ready_tx, &stop);
             })
             .map_err(|_| StartError::Datapath)?;
@@ -278,6 +306,7 @@ impl Agent {
             features,
             failsafe_ports: config.failsafe_ports.iter().map(|&p| u32::from(p)).collect(),
             heartbeat: Duration::from_secs(config.heartbeat_seconds.max(1)),
+            metrics: metrics.clone(),
         };
         let apply = move |bundle: v1::Bundle| {
             let commands = commands.clone();
@@ -298,13 +327,21 @@ impl Agent {
             stats.clone(),
             shutdown.clone(),
         ));
+        if let Some(listener) = metrics_listener {
+            tracker.spawn(serve_metrics(listener, metrics, stats.clone(), shutdown.clone()));
+        }
         tracker.close();
-        Ok(Self { tracker, shutdown, enforcing, stats })
+        Ok(Self { tracker, shutdown, enforcing, stats, metrics_addr })
     }
 
     /// What the datapath enforces now.
     pub fn enforcing(&self) -> Enforcing {
         self.enforcing.clone()
+    }
+
+    /// Where `/metrics` is served (`--metrics-listen`), with the port bound.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// The event counters now (what the next heartbeat reports).
@@ -319,6 +356,24 @@ impl Agent {
     }
 }
 
+/// Serves `/metrics`, refreshing the kernel-side values before each scrape.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: std::sync::Arc<metrics::AgentMetrics>,
+    counters: std::sync::Arc<stats::EventCounters>,
+    shutdown: CancellationToken,
+) {
+    let registry = metrics.registry();
+    let refresh: palisade_metrics::Refresh = std::sync::Arc::new(move || {
+        let (metrics, counters) = (metrics.clone(), counters.clone());
+        // bpf(2) calls on the pins: off the async workers.
+        Box::pin(async move {
+            let _ = tokio::task::spawn_blocking(move || metrics.refresh(&counters)).await;
+        })
+    });
+    palisade_metrics::serve(listener, registry, refresh, shutdown).await;
+}
+
 /// What the datapath thread receives from and sends to the async side.
 struct Queues<'a> {
     commands: &'a std::sync::mpsc::Receiver<Command>,
@@ -326,6 +381,7 @@ struct Queues<'a> {
     stats: &'a stats::EventCounters,
     /// What the datapath reports on its own (dropped when the Sync stream is not keeping up).
     reports: &'a mpsc::Sender<v1::sync_request::Message>,
+    metrics: &'a metrics::AgentMetrics,
 }
 
 /// The datapath thread: applies bundles, polls the ring buffer, keeps the cgroup map current.
@@ -345,6 +401,7 @@ fn datapath_thread(
     }
     let publish = |d: &Datapath| {
         enforcing.send_replace(d.active().map(|(g, digest)| (g, digest.to_owned())));
+        queues.metrics.enforcing(d.active().map(|(g, _)| g), d.active_dir());
     };
     publish(&datapath);
     let _ = ready.send(());
@@ -364,7 +421,10 @@ fn datapath_thread(
         match queues.commands.try_recv() {
             Ok(Command::Apply(bundle, reply)) => {
                 let generation = bundle.generation;
-                let result = datapath.apply(bundle, &mut batch).inspect_err(|e| {
+                let started = std::time::Instant::now();
+                let result = datapath.apply(bundle, &mut batch);
+                queues.metrics.applied(started.elapsed());
+                let result = result.inspect_err(|e| {
                     tracing::warn!(
                         generation,
                         error = error_chain(e),
@@ -390,6 +450,7 @@ fn datapath_thread(
         datapath.drain(&mut batch);
         let mut lost = 0;
         for event in batch.drain(..) {
+            queues.metrics.decision(&event);
             if queues.events.try_send(event).is_err() {
                 lost += 1;
             }

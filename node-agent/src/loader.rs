@@ -420,6 +420,11 @@ impl Datapath {
         self.active.as_ref().map(|a| (a.bundle.generation, a.bundle.digest.as_str()))
     }
 
+    /// The bpffs directory holding the active generation's pins.
+    pub fn active_dir(&self) -> Option<&Path> {
+        self.active.as_ref().map(|a| a.gen_dir.as_path())
+    }
+
     /// Adopts what a previous agent left, as the kernel runs it: finds the generation the
     /// links run (newest first, the one `active.bundle` names when it runs), moves any link
     /// a crash left on another generation to it, records it, releases every other

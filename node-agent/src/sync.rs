@@ -55,6 +55,8 @@ pub struct SyncClient {
     pub heartbeat: Duration,
     /// Event counters, sent with the hello and every heartbeat.
     pub stats: Arc<EventCounters>,
+    /// Where the stream's state is shown.
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// Exponential backoff from 200 ms to 10 s with ±50 % jitter, so a fleet that lost the
@@ -201,6 +203,8 @@ where
         .into_inner();
     tracing::info!(node = client.node_name, "sync stream open");
     backoff.reset();
+    client.metrics.set_connected(true);
+    let _closed = Closed(&client.metrics);
     let mut heartbeat = tokio::time::interval(client.heartbeat);
     heartbeat.tick().await;
     loop {
@@ -346,6 +350,15 @@ async fn wait_filling(
                 keep(e);
             }
         }
+    }
+}
+
+/// Shows the stream closed when the session ends, however it ends.
+struct Closed<'a>(&'a crate::metrics::AgentMetrics);
+
+impl Drop for Closed<'_> {
+    fn drop(&mut self) {
+        self.0.set_connected(false);
     }
 }
 

@@ -8,6 +8,7 @@ pub mod bundler;
 pub mod embedded;
 pub mod error;
 pub mod hub;
+pub mod metrics;
 pub mod pki;
 pub mod ratelimit;
 pub mod signing;
@@ -132,6 +133,10 @@ pub struct Config {
     /// Development mode, loopback only: plaintext, no client certificates, no node identity.
     #[arg(long, env = "PALISADE_DEV", conflicts_with = "tls_cert")]
     pub dev: bool,
+    /// Serve Prometheus metrics over plain HTTP at `/metrics` on this address (off when not
+    /// given).
+    #[arg(long, env = "PALISADE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -170,6 +175,7 @@ impl Config {
             event_rate: ratelimit::EventRate { per_second: self.event_rate, burst: self.event_burst },
             transport: Transport::DEFAULT,
             event_retention: self.event_retention,
+            metrics_listener: None,
         }
     }
 
@@ -370,6 +376,9 @@ pub enum ServeError {
     /// A TLS file cannot be read.
     #[error("TLS file")]
     TlsFile(#[source] tls::TlsFileError),
+    /// The metrics endpoint cannot be served.
+    #[error("metrics endpoint")]
+    Metrics(#[source] std::io::Error),
 }
 
 /// Connects to the database, migrates it, binds `config.listen` and serves until `shutdown`.
@@ -392,7 +401,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     tracing::info!(public_key = signer.public_key_hex(), "bundles are signed; agents pin this key");
-    let options = config.options(signer, tls);
+    let mut options = config.options(signer, tls);
+    if let Some(addr) = config.metrics_listen {
+        options.metrics_listener = Some(MetricsListener::bind(addr).map_err(ServeError::Metrics)?);
+    }
     serve_with(pool, listener, shutdown, options).await
 }
 
@@ -422,6 +434,38 @@ pub struct Options {
     pub transport: Transport,
     /// How long events are kept.
     pub event_retention: Retention,
+    /// Where `/metrics` is served (`--metrics-listen`); `None`: not served.
+    pub metrics_listener: Option<MetricsListener>,
+}
+
+/// A bound listener for the metrics endpoint, shareable so [`Options`] stays `Clone` (tests
+/// bind port 0 and read the address before the server starts).
+#[derive(Clone, Debug)]
+pub struct MetricsListener(std::sync::Arc<std::net::TcpListener>);
+
+impl MetricsListener {
+    /// Binds `addr` now.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("--metrics-listen {addr}: {e}")))?;
+        listener.set_nonblocking(true)?;
+        Ok(Self(std::sync::Arc::new(listener)))
+    }
+
+    /// The bound address.
+    ///
+    /// # Errors
+    /// The socket has no local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+
+    fn tokio(&self) -> std::io::Result<TcpListener> {
+        TcpListener::from_std(self.0.try_clone()?)
+    }
 }
 
 impl Default for Options {
@@ -435,6 +479,7 @@ impl Default for Options {
             event_rate: ratelimit::EventRate::DEFAULT,
             transport: Transport::DEFAULT,
             event_retention: Retention(Some(Duration::from_hours(30 * 24))),
+            metrics_listener: None,
         }
     }
 }
@@ -450,6 +495,7 @@ impl std::fmt::Debug for Options {
             .field("event_rate", &self.event_rate)
             .field("transport", &self.transport)
             .field("event_retention", &self.event_retention)
+            .field("metrics_listener", &self.metrics_listener)
             .finish()
     }
 }
@@ -513,6 +559,16 @@ pub async fn serve_with(
     set_health(&health, true).await;
     tracker.spawn(watch_database(store.clone(), health.clone(), shutdown.clone()));
     tracker.spawn(maintain_events(store.clone(), options.event_retention, shutdown.clone()));
+    let metrics = metrics::ServerMetrics::new();
+    if let Some(listener) = &options.metrics_listener {
+        let listener = listener.tokio().map_err(ServeError::Metrics)?;
+        let (scraped, store) = (metrics.clone(), store.clone());
+        let refresh: palisade_metrics::Refresh = std::sync::Arc::new(move || {
+            let (metrics, store) = (scraped.clone(), store.clone());
+            Box::pin(async move { metrics.refresh(&store).await })
+        });
+        tracker.spawn(palisade_metrics::serve(listener, metrics.registry(), refresh, shutdown.clone()));
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -526,7 +582,8 @@ pub async fn serve_with(
         .http2_max_header_list_size(MAX_HEADER_LIST)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .tcp_keepalive(Some(Duration::from_mins(1)));
+        .tcp_keepalive(Some(Duration::from_mins(1)))
+        .layer(metrics::GrpcMetricsLayer(metrics.clone()));
     if let Some(files) = &options.tls {
         let config = files.server_config().map_err(ServeError::TlsFile)?;
         builder = builder.tls_config(config).map_err(ServeError::Transport)?;
@@ -554,7 +611,8 @@ pub async fn serve_with(
             AgentServiceServer::new(
                 AgentApi::new(store.clone(), bundler, hub.generation(), shutdown.clone(), tracker.clone())
                     .requiring_identity(require_identity)
-                    .limiting_events(ratelimit::EventLimiter::new(options.event_rate)),
+                    .limiting_events(ratelimit::EventLimiter::new(options.event_rate))
+                    .with_metrics(metrics),
             )
             .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES),
         )

@@ -2,6 +2,7 @@
 
 use std::{
     pin::Pin,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -12,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{bundler::Bundler, error::ApiError, store::Store, tls, validate};
+use crate::{bundler::Bundler, error::ApiError, metrics::ServerMetrics, store::Store, tls, validate};
 
 /// How often the server sends a heartbeat on each Sync stream.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -33,6 +34,7 @@ pub struct AgentApi {
     require_identity: bool,
     /// Per-node event rate limits.
     limiter: crate::ratelimit::EventLimiter,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl AgentApi {
@@ -53,7 +55,15 @@ impl AgentApi {
             tracker,
             require_identity: false,
             limiter: crate::ratelimit::EventLimiter::new(crate::ratelimit::EventRate::UNLIMITED),
+            metrics: ServerMetrics::new(),
         }
+    }
+
+    /// Records events, connections and apply→ACK delays in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<ServerMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Limits how fast each node may report events; what is beyond it is counted, not stored.
@@ -88,11 +98,16 @@ struct Session {
     outbound: mpsc::Sender<Result<v1::SyncResponse, Status>>,
     /// Digest the agent runs or was last sent.
     sent: String,
+    metrics: Arc<ServerMetrics>,
+    /// The newest generation pushed because policy changed, and when this server first saw
+    /// the change it carries (for the apply→ACK histogram).
+    awaiting: Option<(u64, Instant)>,
 }
 
 impl Session {
-    /// Computes the node's bundle and pushes it if the agent does not have it yet.
-    async fn push(&mut self) -> Result<(), ()> {
+    /// Computes the node's bundle and pushes it if the agent does not have it yet; the
+    /// generation pushed, if any.
+    async fn push(&mut self) -> Result<Option<u64>, ()> {
         let built = match self.bundler.for_node(&self.node).await {
             Ok(built) => built,
             Err(error) => {
@@ -103,25 +118,44 @@ impl Session {
                 if let Err(e) = self.store.node_nack(&self.node, 0, "", &message).await {
                     tracing::warn!(node = self.node, error = %e, "cannot record the build failure");
                 }
-                return Ok(());
+                return Ok(None);
             }
         };
         let generation = match self.store.node_set_desired(&self.node, &built.digest).await {
             Ok(g) => g,
             Err(error) => {
                 tracing::warn!(node = self.node, %error, "cannot record the desired bundle");
-                return Ok(());
+                return Ok(None);
             }
         };
         if built.digest == self.sent {
-            return Ok(());
+            return Ok(None);
         }
         tracing::info!(node = self.node, generation, digest = built.digest, "pushing bundle");
         let bundle = self.bundler.issue(&built, &self.node, generation);
         let message = v1::SyncResponse { message: Some(v1::sync_response::Message::Bundle(bundle)) };
         self.outbound.send(Ok(message)).await.map_err(drop)?;
         self.sent.clone_from(&built.digest);
+        Ok(Some(generation))
+    }
+
+    /// The policy generation moved (seen `since`): push, and time the node's ACK.
+    async fn policy_changed(&mut self, since: Instant) -> Result<(), ()> {
+        if let Some(generation) = self.push().await? {
+            let first_seen = self.awaiting.map_or(since, |(_, t)| t);
+            self.awaiting = Some((generation, first_seen));
+        }
         Ok(())
+    }
+
+    /// The agent acknowledged `generation`.
+    fn acknowledged(&mut self, generation: u64) {
+        if let Some((awaited, since)) = self.awaiting
+            && generation >= awaited
+        {
+            self.metrics.applied(since.elapsed());
+            self.awaiting = None;
+        }
     }
 }
 
@@ -139,6 +173,7 @@ async fn drive(
     let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
     ticker.tick().await;
     generation.mark_unchanged();
+    let _connected = session.metrics.agent_connected();
     if session.push().await.is_err() {
         return;
     }
@@ -150,7 +185,7 @@ async fn drive(
                 continue;
             }
             changed = generation.changed() => {
-                if changed.is_err() || session.push().await.is_err() { break; }
+                if changed.is_err() || session.policy_changed(Instant::now()).await.is_err() { break; }
                 continue;
             }
             m = inbound.message() => m,
@@ -161,7 +196,11 @@ async fn drive(
             }
             Ok(Some(v1::SyncRequest { message: Some(Inbound::Ack(ack)) })) => {
                 tracing::info!(node, generation = ack.generation, digest = ack.digest, "bundle acknowledged");
-                store.node_ack(&node, ack.generation, &ack.digest).await
+                let result = store.node_ack(&node, ack.generation, &ack.digest).await;
+                if result.is_ok() {
+                    session.acknowledged(ack.generation);
+                }
+                result
             }
             Ok(Some(v1::SyncRequest { message: Some(Inbound::Nack(nack)) })) => {
                 tracing::warn!(node, generation = nack.generation, error = nack.error, "bundle rejected");
@@ -302,6 +341,8 @@ impl AgentService for AgentApi {
             node: hello.node_name,
             outbound: sender,
             sent: hello.bundle_digest,
+            metrics: self.metrics.clone(),
+            awaiting: None,
         };
         self.tracker.spawn(drive(session, inbound, self.generation.clone(), self.shutdown.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
@@ -343,6 +384,8 @@ impl AgentService for AgentApi {
             let violations: Vec<_> =
                 message.events[..admitted].iter().enumerate().flat_map(|(i, e)| check_event(i, e)).take(100).collect();
             if !violations.is_empty() {
+                self.metrics.dropped("invalid", admitted as u64);
+                self.metrics.dropped("rate_limited", (message.events.len() - admitted) as u64);
                 return Err(ApiError::Invalid(violations).into());
             }
             let refused = (message.events.len() - admitted) as u64;
@@ -355,6 +398,7 @@ impl AgentService for AgentApi {
                 }
                 rate_limited += refused;
                 unrecorded += refused;
+                self.metrics.dropped("rate_limited", refused);
             }
             // Counted on the node at most once a second: a flood must not turn into a flood
             // of updates to one row.
@@ -362,7 +406,9 @@ impl AgentService for AgentApi {
                 self.store.node_rate_limited(&node, unrecorded).await?;
                 (unrecorded, recorded_at) = (0, Instant::now());
             }
-            accepted += self.store.insert_events(&node, &message.events[..admitted]).await?;
+            let stored = self.store.insert_events(&node, &message.events[..admitted]).await?;
+            self.metrics.ingested(stored);
+            accepted += stored;
         }
         if let Some(node) = &node
             && unrecorded > 0

@@ -297,3 +297,37 @@ impl Store {
 
 #[cfg(test)]
 mod tests;
+
+/// Counts for the server's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetSummary {
+    /// Live policies.
+    pub policies: i64,
+    /// Nodes by [`crate::metrics::NODE_STATES`] (`in_sync`, `pending`, `failed`, `disconnected`).
+    pub nodes: [i64; 4],
+    /// Largest desired minus acknowledged generation over connected nodes.
+    pub lag_max: i64,
+}
+
+impl Store {
+    /// Policies and nodes by sync state, in one statement. A connected node is in sync when
+    /// it acknowledged the desired digest, failed when it rejected something since, pending
+    /// otherwise.
+    pub async fn fleet_summary(&self) -> Result<FleetSummary, ApiError> {
+        let sql = "WITH n AS (SELECT desired_generation, desired_digest, applied_generation, applied_digest, \
+                     last_error, (connected AND last_seen > now() - make_interval(secs => $LIVE)) AS live FROM nodes) \
+                   SELECT (SELECT count(*) FROM policies WHERE NOT deleted), \
+                     count(*) FILTER (WHERE live AND desired_digest <> '' AND applied_digest = desired_digest), \
+                     count(*) FILTER (WHERE live AND NOT (desired_digest <> '' AND applied_digest = desired_digest) \
+                       AND last_error IS NULL), \
+                     count(*) FILTER (WHERE live AND NOT (desired_digest <> '' AND applied_digest = desired_digest) \
+                       AND last_error IS NOT NULL), \
+                     count(*) FILTER (WHERE NOT live), \
+                     COALESCE(max(GREATEST(desired_generation - applied_generation, 0)) FILTER (WHERE live), 0) \
+                   FROM n"
+            .replace("$LIVE", &LIVENESS_SECONDS.to_string());
+        let row: (i64, i64, i64, i64, i64, i64) =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(&self.pool).await?;
+        Ok(FleetSummary { policies: row.0, nodes: [row.1, row.2, row.3, row.4], lag_max: row.5 })
+    }
+}

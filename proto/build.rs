@@ -11,6 +11,8 @@ const PROTOS: &[&str] = &[
     "palisade/v1/node.proto",
     "palisade/v1/bundle.proto",
     "palisade/v1/token.proto",
+    "palisade/v1/explain.proto",
+    "palisade/v1/rollout.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

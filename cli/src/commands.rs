@@ -23,7 +23,11 @@ type Conn = palisade_proto::client::Connection;
 
 use tonic_types::StatusExt as _;
 
-use crate::{Cli, Command, Format, TokenCommand, table::Table};
+use crate::{
+    Cli, Command, Format, RolloutCommand, TokenCommand,
+    output::{Listing, Output, print_value},
+    table::Table,
+};
 
 /// Verdict filter for `events`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -41,6 +45,16 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Commands that need no server.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "palisade", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Compile { path, disasm, offline: true, output } => return compile_offline(path, *disasm, *output),
+        _ => {}
+    }
     let ca = match cli.ca_cert.as_deref() {
         Some(path) => Some(std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?),
         None => None,
@@ -48,16 +62,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let channel = palisade_proto::client::channel(&cli.server, ca.as_deref(), None).await?;
     let channel = palisade_proto::client::with_token(channel, cli.token.as_deref())?;
     match cli.command {
-        Command::Apply { path, dry_run, expected_revision } => apply(&channel, &path, dry_run, expected_revision).await,
+        Command::Apply { path, dry_run, expected_revision, wait, timeout } => {
+            let applied = apply(&channel, &path, dry_run, expected_revision).await?;
+            if wait { crate::rollout::wait(&channel, &applied, timeout).await } else { Ok(()) }
+        }
         Command::Get { name, output, revision } => get(&channel, &name, output, revision).await,
-        Command::List { selector } => list(&channel, &selector).await,
+        Command::List { selector, output } => list(&channel, &selector, output).await,
         Command::Delete { name, expected_revision } => delete(&channel, &name, expected_revision).await,
-        Command::History { name } => history(&channel, &name).await,
-        Command::Compile { path, disasm } => compile(&channel, &path, disasm).await,
-        Command::Nodes => nodes(&channel).await,
-        Command::Token(TokenCommand::List) => tokens(&channel).await,
+        Command::History { name, output } => history(&channel, &name, output).await,
+        Command::Compile { path, disasm, output, .. } => compile(&channel, &path, disasm, output).await,
+        Command::Nodes { output } => nodes(&channel, output).await,
+        Command::Rollout(RolloutCommand::Status { policy, revision, watch, output }) => {
+            crate::rollout::status(&channel, policy.as_deref(), revision, watch, output).await
+        }
+        Command::Explain(args) => crate::explain::run(&channel, args).await,
+        Command::Version { output } => version(&channel, output).await,
+        Command::Completions { .. } => Ok(()),
+        Command::Token(TokenCommand::List { output }) => tokens(&channel, output).await,
         Command::Token(TokenCommand::Revoke { name }) => revoke_token(&channel, &name).await,
-        Command::Events { policy, node, verdict, limit, follow } => {
+        Command::Events { policy, node, verdict, limit, follow, output } => {
             let filter = v1::EventFilter {
                 policy: policy.unwrap_or_default(),
                 node: node.unwrap_or_default(),
@@ -68,19 +91,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }) as i32,
                 ..Default::default()
             };
-            events(&channel, filter, limit, follow).await
+            events(&channel, filter, limit, follow, output).await
         }
     }
 }
 
-fn policies(channel: &Conn) -> PolicyServiceClient<Conn> {
+pub fn policies(channel: &Conn) -> PolicyServiceClient<Conn> {
     PolicyServiceClient::new(channel.clone())
         .max_encoding_message_size(MAX_MESSAGE)
         .max_decoding_message_size(MAX_MESSAGE)
 }
 
 /// Wraps a message with the actor metadata the audit log records.
-fn request<T>(message: T) -> Request<T> {
+pub fn request<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
     if let Ok(value) = format!("{user} (palisade cli)").parse() {
@@ -101,7 +124,7 @@ fn describe(status: &Status) -> String {
     out
 }
 
-fn failed(context: &str, status: &Status) -> anyhow::Error {
+pub fn failed(context: &str, status: &Status) -> anyhow::Error {
     anyhow::anyhow!("error: {context}: {}", describe(status))
 }
 
@@ -146,10 +169,17 @@ fn load_documents(path: &Path) -> anyhow::Result<Vec<(String, PolicyDocument)>> 
     Ok(documents)
 }
 
-async fn apply(channel: &Conn, path: &Path, dry_run: bool, expected_revision: Option<u64>) -> anyhow::Result<()> {
+/// Applies every document; returns each applied policy's name and revision.
+async fn apply(
+    channel: &Conn,
+    path: &Path,
+    dry_run: bool,
+    expected_revision: Option<u64>,
+) -> anyhow::Result<Vec<(String, u64)>> {
     let documents = load_documents(path)?;
     let mut client = policies(channel);
     let mut failures = 0;
+    let mut applied = Vec::new();
     for (origin, doc) in documents {
         let message = v1::ApplyPolicyRequest {
             source: Some(v1::apply_policy_request::Source::Policy(doc.to_proto())),
@@ -167,6 +197,7 @@ async fn apply(channel: &Conn, path: &Path, dry_run: bool, expected_revision: Op
                 };
                 let suffix = if dry_run { " [dry run]" } else { "" };
                 println!("policy/{} {what}{suffix}", doc.name);
+                applied.push((doc.name.clone(), revision));
             }
             Err(status) => {
                 failures += 1;
@@ -177,7 +208,7 @@ async fn apply(channel: &Conn, path: &Path, dry_run: bool, expected_revision: Op
     if failures > 0 {
         bail!("error: {failures} policy document(s) were not applied");
     }
-    Ok(())
+    Ok(applied)
 }
 
 async fn get(channel: &Conn, name: &str, output: Format, revision: Option<u64>) -> anyhow::Result<()> {
@@ -217,10 +248,10 @@ fn mode_name(mode: i32) -> &'static str {
     }
 }
 
-async fn list(channel: &Conn, selector: &[String]) -> anyhow::Result<()> {
+async fn list(channel: &Conn, selector: &[String], output: Output) -> anyhow::Result<()> {
     let label_selector = parse_selector(selector)?;
     let mut client = policies(channel);
-    let mut table = Table::new(&["NAME", "REVISION", "MODE", "CONNECT RULES", "UPDATED", "BY"]);
+    let mut table = Listing::new(output, &["NAME", "REVISION", "MODE", "CONNECT RULES", "UPDATED", "BY"]);
     let mut page_token = String::new();
     loop {
         let page = client
@@ -235,37 +266,39 @@ async fn list(channel: &Conn, selector: &[String]) -> anyhow::Result<()> {
         for stored in page.policies {
             let Some(policy) = &stored.policy else { continue };
             let rules = policy.network.as_ref().and_then(|n| n.connect.as_ref()).map_or(0, |c| c.rules.len());
-            table.row(vec![
+            let row = vec![
                 policy.name.clone(),
                 stored.revision.to_string(),
                 mode_name(policy.mode).to_owned(),
                 rules.to_string(),
                 when(stored.updated_at.as_ref()),
                 stored.updated_by.clone(),
-            ]);
+            ];
+            table.push("palisade.v1.StoredPolicy", &stored, row);
         }
         if page.next_page_token.is_empty() {
             break;
         }
         page_token = page.next_page_token;
     }
-    print!("{}", table.render());
+    table.finish();
     Ok(())
 }
 
-async fn tokens(channel: &Conn) -> anyhow::Result<()> {
+async fn tokens(channel: &Conn, output: Output) -> anyhow::Result<()> {
     let tokens = TokenServiceClient::new(channel.clone())
         .list_tokens(v1::ListTokensRequest {})
         .await
         .map_err(|s| failed("list tokens", &s))?
         .into_inner()
         .tokens;
-    let mut table = Table::new(&["NAME", "ROLE", "CREATED", "REVOKED"]);
+    let mut table = Listing::new(output, &["NAME", "ROLE", "CREATED", "REVOKED"]);
     for t in tokens {
         let role = v1::Role::try_from(t.role).map_or("?", |r| r.as_str_name().trim_start_matches("ROLE_"));
-        table.row(vec![t.name, role.to_lowercase(), when(t.created_at.as_ref()), when(t.revoked_at.as_ref())]);
+        let row = vec![t.name.clone(), role.to_lowercase(), when(t.created_at.as_ref()), when(t.revoked_at.as_ref())];
+        table.push("palisade.v1.Token", &t, row);
     }
-    print!("{}", table.render());
+    table.finish();
     Ok(())
 }
 
@@ -287,9 +320,9 @@ async fn delete(channel: &Conn, name: &str, expected_revision: Option<u64>) -> a
     Ok(())
 }
 
-async fn history(channel: &Conn, name: &str) -> anyhow::Result<()> {
+async fn history(channel: &Conn, name: &str, output: Output) -> anyhow::Result<()> {
     let mut client = policies(channel);
-    let mut table = Table::new(&["REVISION", "KIND", "DIGEST", "WHEN", "BY"]);
+    let mut table = Listing::new(output, &["REVISION", "KIND", "DIGEST", "WHEN", "BY"]);
     let mut page_token = String::new();
     loop {
         let page = client
@@ -309,21 +342,50 @@ async fn history(channel: &Conn, name: &str) -> anyhow::Result<()> {
                 _ => "?",
             };
             let digest: String = r.digest.chars().take(12).collect();
-            table.row(vec![r.revision.to_string(), kind.to_owned(), digest, when(r.created_at.as_ref()), r.created_by]);
+            let row = vec![
+                r.revision.to_string(),
+                kind.to_owned(),
+                digest,
+                when(r.created_at.as_ref()),
+                r.created_by.clone(),
+            ];
+            table.push("palisade.v1.PolicyRevision", &r, row);
         }
         if page.next_page_token.is_empty() {
             break;
         }
         page_token = page.next_page_token;
     }
-    print!("{}", table.render());
+    table.finish();
     Ok(())
 }
 
-async fn compile(channel: &Conn, path: &Path, disasm: bool) -> anyhow::Result<()> {
+/// Reads the one policy document `compile` takes.
+fn compile_document(path: &Path) -> anyhow::Result<PolicyDocument> {
     let text = std::fs::read_to_string(path).with_context(|| format!("error: cannot read {}", path.display()))?;
-    let doc =
-        document::parse(&text).map_err(|e| anyhow::anyhow!("error: {}: {}: {}", path.display(), e.path, e.message))?;
+    document::parse(&text).map_err(|e| anyhow::anyhow!("error: {}: {}: {}", path.display(), e.path, e.message))
+}
+
+/// `compile --offline`: the server's validation and compiler, linked into the CLI.
+fn compile_offline(path: &Path, disasm: bool, output: Output) -> anyhow::Result<()> {
+    use palisade_compiler::{bundle, limits, policy::model::PolicySet, program::KernelOffsets};
+    let doc = compile_document(path)?;
+    let policy = palisade_compiler::validate::policy(&doc.to_proto()).map_err(|violations| {
+        let lines: Vec<String> = violations.iter().map(|v| format!("\n  {}: {}", v.field, v.description)).collect();
+        anyhow::anyhow!("error: compile {}: invalid:{}", path.display(), lines.concat())
+    })?;
+    let set = PolicySet::new([(&policy, 0)], Vec::new())
+        .map_err(|e| anyhow::anyhow!("error: compile {}: policy cannot be compiled: {e}", path.display()))?;
+    let compiled = palisade_compiler::compile(&set, KernelOffsets::LINUX_6_12)
+        .map_err(|e| anyhow::anyhow!("error: compile {}: compilation failed: {e}", path.display()))?;
+    limits::check(&compiled, &limits::Limits::DEFAULT)
+        .map_err(|e| anyhow::anyhow!("error: compile {}: {e}", path.display()))?;
+    print_compiled(&bundle::describe(&compiled, &set, disasm), disasm, output);
+    Ok(())
+}
+
+async fn compile(channel: &Conn, path: &Path, disasm: bool, output: Output) -> anyhow::Result<()> {
+    let doc = compile_document(path)?;
     let response = policies(channel)
         .compile_policy(v1::CompilePolicyRequest {
             target: Some(v1::compile_policy_request::Target::Policy(doc.to_proto())),
@@ -332,6 +394,15 @@ async fn compile(channel: &Conn, path: &Path, disasm: bool) -> anyhow::Result<()
         .await
         .map_err(|s| failed(&format!("compile {}", path.display()), &s))?
         .into_inner();
+    print_compiled(&response, disasm, output);
+    Ok(())
+}
+
+fn print_compiled(response: &v1::CompilePolicyResponse, disasm: bool, output: Output) {
+    if output != Output::Table {
+        print_value(output, &crate::output::json("palisade.v1.CompilePolicyResponse", response));
+        return;
+    }
     let mut programs = Table::new(&["PROGRAM", "SECTION", "INSTRUCTIONS", "MAX PATH JUMPS"]);
     for p in &response.programs {
         programs.row(vec![p.name.clone(), p.section.clone(), p.instructions.to_string(), p.max_path_jumps.to_string()]);
@@ -358,22 +429,35 @@ async fn compile(channel: &Conn, path: &Path, disasm: bool) -> anyhow::Result<()
     if disasm {
         println!("\n{}", response.disassembly);
     }
+}
+
+async fn version(channel: &Conn, output: Output) -> anyhow::Result<()> {
+    let client = env!("CARGO_PKG_VERSION");
+    let server = v1::rollout_service_client::RolloutServiceClient::new(channel.clone())
+        .get_server_info(v1::GetServerInfoRequest {})
+        .await
+        .map_err(|s| failed("server info", &s))?
+        .into_inner();
+    if output == Output::Table {
+        println!("client  {client}");
+        println!("server  {}", server.version);
+        println!("bundle public key  {}", server.bundle_public_key);
+    } else {
+        let value = serde_json::json!({
+            "client": {"version": client},
+            "server": crate::output::json("palisade.v1.ServerInfo", &server),
+        });
+        print_value(output, &value);
+    }
     Ok(())
 }
 
-async fn nodes(channel: &Conn) -> anyhow::Result<()> {
+async fn nodes(channel: &Conn, output: Output) -> anyhow::Result<()> {
     let mut client = NodeServiceClient::new(channel.clone());
-    let mut table = Table::new(&[
-        "NAME",
-        "CONNECTED",
-        "LAST SEEN",
-        "KERNEL",
-        "BPF-LSM",
-        "DESIRED",
-        "APPLIED",
-        "NOT ENFORCEABLE",
-        "LAST ERROR",
-    ]);
+    let mut table = Listing::new(
+        output,
+        &["NAME", "CONNECTED", "LAST SEEN", "KERNEL", "BPF-LSM", "DESIRED", "APPLIED", "NOT ENFORCEABLE", "LAST ERROR"],
+    );
     let mut notes = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -383,6 +467,7 @@ async fn nodes(channel: &Conn) -> anyhow::Result<()> {
             .map_err(|s| failed("list nodes", &s))?
             .into_inner();
         for n in page.nodes {
+            let node = n.clone();
             let features = n.features.unwrap_or_default();
             let error = n.last_error.map_or_else(|| "-".to_owned(), |e| format!("gen {}: {}", e.generation, e.message));
             let unenforced: Vec<String> =
@@ -416,7 +501,7 @@ async fn nodes(channel: &Conn) -> anyhow::Result<()> {
                     n.name, n.events_rate_limited
                 ));
             }
-            table.row(vec![
+            let row = vec![
                 n.name,
                 if n.connected { "yes" } else { "no" }.to_owned(),
                 when(n.last_seen.as_ref()),
@@ -426,14 +511,19 @@ async fn nodes(channel: &Conn) -> anyhow::Result<()> {
                 n.applied_generation.to_string(),
                 if unenforced.is_empty() { "-".to_owned() } else { unenforced.join(",") },
                 error.lines().next().unwrap_or_default().to_owned(),
-            ]);
+            ];
+            table.push("palisade.v1.Node", &node, row);
         }
         if page.next_page_token.is_empty() {
             break;
         }
         page_token = page.next_page_token;
     }
-    print!("{}", table.render());
+    // Notes explain the table; JSON and YAML carry the same facts as fields.
+    if !table.is_table() {
+        notes.clear();
+    }
+    table.finish();
     for note in notes {
         println!("{}", crate::table::escape_controls(&note));
     }
@@ -487,7 +577,13 @@ fn event_row(e: &v1::DecisionEvent) -> Vec<String> {
     ]
 }
 
-async fn events(channel: &Conn, filter: v1::EventFilter, limit: u32, follow: bool) -> anyhow::Result<()> {
+async fn events(
+    channel: &Conn,
+    filter: v1::EventFilter,
+    limit: u32,
+    follow: bool,
+    output: Output,
+) -> anyhow::Result<()> {
     let mut client = EventServiceClient::new(channel.clone());
     // Subscribe first so nothing stored between the listing and the watch is missed.
     let watch = if follow {
@@ -510,21 +606,25 @@ async fn events(channel: &Conn, filter: v1::EventFilter, limit: u32, follow: boo
         .await
         .map_err(|s| failed("list events", &s))?
         .into_inner();
-    let mut table = Table::new(EVENT_HEADERS);
+    let mut table = Listing::new(output, EVENT_HEADERS);
     let newest = page.events.first().map_or(0, |e| e.id);
     for e in page.events.iter().rev() {
-        table.row(event_row(e));
+        table.push("palisade.v1.DecisionEvent", e, event_row(e));
     }
-    print!("{}", table.render());
+    table.finish();
     if let Some(mut watch) = watch {
         while let Some(item) = watch.next().await {
             let e = item.map_err(|s| failed("watch events", &s))?;
             if e.id <= newest {
                 continue;
             }
-            let mut line = Table::default();
-            line.row(event_row(&e));
-            print!("{}", line.render());
+            if output == Output::Table {
+                let mut line = Table::default();
+                line.row(event_row(&e));
+                print!("{}", line.render());
+            } else {
+                print_value(output, &crate::output::json("palisade.v1.DecisionEvent", &e));
+            }
         }
     }
     Ok(())

@@ -2,11 +2,15 @@
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool prints its results")]
 
 mod commands;
+mod explain;
+mod output;
+mod rollout;
 mod table;
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use output::Output;
 
 /// Palisade: fleet-wide eBPF network and security policy.
 #[derive(Debug, Parser)]
@@ -38,7 +42,11 @@ enum Format {
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Lists tokens (names, roles, creation and revocation times; never secrets).
-    List,
+    List {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Revokes a token: calls carrying it are refused from then on.
     Revoke {
         /// Token name.
@@ -60,6 +68,13 @@ enum Command {
         /// Only apply if the policy is at this revision (0: it must not exist yet).
         #[arg(long)]
         expected_revision: Option<u64>,
+        /// Wait until every connected node the policies select enforces them, showing
+        /// progress; exit non-zero naming any node that rejects them.
+        #[arg(long, conflicts_with = "dry_run")]
+        wait: bool,
+        /// How long --wait waits (e.g. 30s, 5m).
+        #[arg(long, default_value = "2m", value_parser = rollout::parse_duration, requires = "wait")]
+        timeout: std::time::Duration,
     },
     /// Print a policy as stored (defaults filled in).
     Get {
@@ -77,6 +92,9 @@ enum Command {
         /// Only policies with these labels (KEY=VALUE, repeatable or comma-separated).
         #[arg(short = 'l', long = "selector", value_delimiter = ',')]
         selector: Vec<String>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Delete a policy (its history stays).
     Delete {
@@ -90,6 +108,9 @@ enum Command {
     History {
         /// Policy name.
         name: String,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Compile a policy file without storing it and show program statistics.
     Compile {
@@ -99,9 +120,37 @@ enum Command {
         /// Print the disassembly with rule ids as comments.
         #[arg(long)]
         disasm: bool,
+        /// Compile here with the linked compiler instead of asking the server (no server
+        /// needed; the same validation and compiler).
+        #[arg(long)]
+        offline: bool,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// List nodes and their sync state.
-    Nodes,
+    Nodes {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Which nodes enforce a policy's current revision (or every policy's).
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// What a node's kernel would decide for an operation, and why: every policy in the
+    /// node's bundle with its own outcome, the verdict and the event it would report.
+    Explain(explain::ExplainArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Show the client's and the server's versions.
+    Version {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Admin API tokens (needs an admin token). Create them on the server's host with
     /// `palisade-server token create`.
     #[command(subcommand)]
@@ -123,6 +172,28 @@ enum Command {
         /// Keep streaming new events until interrupted.
         #[arg(long)]
         follow: bool,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+/// `palisade rollout ...`.
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Rollout progress: per node for one policy, or a summary per policy.
+    Status {
+        /// Policy name; omitted: every policy.
+        policy: Option<String>,
+        /// A past revision instead of the current one.
+        #[arg(long, requires = "policy")]
+        revision: Option<u64>,
+        /// Keep showing progress until no connected node is pending.
+        #[arg(long)]
+        watch: bool,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
 }
 

@@ -361,3 +361,195 @@ async fn the_cli_speaks_tls_and_carries_its_token(pool: PgPool) {
     let out = run(&["--ca-cert", &ca_arg, "--token", &secret, "list"]).await.expect("runs");
     assert!(!out.status.success() && stderr(&out).contains("revoked"), "{}", stderr(&out));
 }
+
+/// A rendered table as header → cell maps, cut at the header's column starts.
+fn table_rows(text: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut lines = text.lines();
+    let header = lines.next().expect("a header line");
+    let chars: Vec<char> = header.chars().collect();
+    let mut starts = vec![0];
+    for i in 1..chars.len() {
+        if chars[i] != ' ' && chars[i - 1] == ' ' && i >= 2 && chars[i - 2] == ' ' {
+            starts.push(i);
+        }
+    }
+    let cut = |line: &str| -> Vec<String> {
+        let chars: Vec<char> = line.chars().collect();
+        starts
+            .iter()
+            .enumerate()
+            .map(|(k, &s)| {
+                let end = starts.get(k + 1).copied().unwrap_or(chars.len()).min(chars.len());
+                chars
+                    .get(s.min(chars.len())..end)
+                    .map(|c| c.iter().collect::<String>())
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let names = cut(header);
+    lines.map(|l| names.iter().cloned().zip(cut(l)).collect()).collect()
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "{}", stderr(out));
+    stdout(out).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+}
+
+fn yaml_documents(out: &Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "{}", stderr(out));
+    stdout(out)
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_saphyr::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
+        .collect()
+}
+
+/// `value` as the table prints it.
+fn cell(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A listing command and, for the table columns checked, the JSON pointer carrying each.
+type Check<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn every_listing_prints_json_and_yaml_carrying_the_tables_fields(pool: PgPool) {
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    let hello = v1::SyncRequest {
+        message: Some(v1::sync_request::Message::Hello(v1::AgentHello {
+            node_name: "node-a".into(),
+            features: Some(v1::KernelFeatures { kernel_release: "6.18.9".into(), ..Default::default() }),
+            ..Default::default()
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(hello).await.expect("send");
+    let mut agents = v1::agent_service_client::AgentServiceClient::new(server.node("node-a").await);
+    let _stream = agents.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("sync");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("p.yaml");
+    std::fs::write(&file, "name: alpha\nmode: audit\n---\nname: beta\n").expect("write");
+    assert!(palisade(&server, &["apply", "-f", &file.display().to_string()]).await.status.success());
+    assert!(palisade(&server, &["apply", "-f", &example()]).await.status.success());
+    std::fs::write(&file, "name: alpha\n").expect("write");
+    assert!(palisade(&server, &["apply", "-f", &file.display().to_string()]).await.status.success());
+    report(&server, 9999).await;
+
+    // (command, JSON path for each table column checked)
+    let checks: [Check; 5] = [
+        (&["list"], &[("NAME", "/policy/name"), ("REVISION", "/revision"), ("BY", "/updated_by")]),
+        (
+            &["nodes"],
+            &[
+                ("NAME", "/name"),
+                ("KERNEL", "/features/kernel_release"),
+                ("DESIRED", "/desired_generation"),
+                ("APPLIED", "/applied_generation"),
+            ],
+        ),
+        (&["history", "alpha"], &[("REVISION", "/revision"), ("BY", "/created_by")]),
+        (
+            &["events"],
+            &[
+                ("NODE", "/node"),
+                ("POLICY", "/policy"),
+                ("REV", "/revision"),
+                ("RULE", "/rule_id"),
+                ("PID", "/pid"),
+                ("UID", "/uid"),
+                ("COMM", "/comm"),
+            ],
+        ),
+        (&["token", "list"], &[("NAME", "/name")]),
+    ];
+    for (command, columns) in checks {
+        let table = table_rows(&stdout(&palisade(&server, command).await));
+        let json = json_lines(&palisade(&server, &[command, &["-o", "json"]].concat()).await);
+        let yaml = yaml_documents(&palisade(&server, &[command, &["-o", "yaml"]].concat()).await);
+        assert!(!table.is_empty(), "{command:?} lists something");
+        assert_eq!(table.len(), json.len(), "{command:?}: one JSON object per row");
+        assert_eq!(json, yaml, "{command:?}: YAML carries the same values as JSON");
+        for (row, object) in table.iter().zip(&json) {
+            for (column, pointer) in columns {
+                let value = object.pointer(pointer).unwrap_or_else(|| panic!("{command:?}: {pointer} in {object}"));
+                assert_eq!(&cell(value), &row[*column], "{command:?} column {column} vs {pointer}");
+            }
+        }
+    }
+    // Enum and timestamp columns: the JSON carries them by name and in RFC 3339.
+    let json = json_lines(&palisade(&server, &["list", "-o", "json"]).await);
+    assert_eq!(json[0]["policy"]["mode"], "MODE_ENFORCE");
+    assert!(json[0]["updated_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{}", json[0]);
+    let json = json_lines(&palisade(&server, &["nodes", "-o", "json"]).await);
+    assert_eq!(json[0]["connected"], true);
+    let json = json_lines(&palisade(&server, &["history", "alpha", "-o", "json"]).await);
+    assert_eq!(
+        json.iter().map(|r| r["kind"].as_str().unwrap_or("")).collect::<Vec<_>>(),
+        ["REVISION_KIND_UPDATED", "REVISION_KIND_CREATED"]
+    );
+    let json = json_lines(&palisade(&server, &["events", "-o", "json"]).await);
+    assert_eq!((json[0]["verdict"].as_str(), json[0]["port"].as_u64()), (Some("VERDICT_DENY"), Some(9999)));
+
+    // compile: the server's answer and the offline compiler's are the same.
+    let online = json_lines(&palisade(&server, &["compile", "-f", &example(), "-o", "json"]).await);
+    let offline = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["--server", "http://127.0.0.1:1", "compile", "--offline", "-f", &example(), "-o", "json"])
+        .output()
+        .await
+        .expect("runs");
+    let offline = json_lines(&offline);
+    assert_eq!(online, offline, "offline compile equals the server's");
+    assert!(online[0]["digest"].as_str().is_some_and(|d| d.len() == 64), "{}", online[0]);
+    let table = table_rows(&stdout(&palisade(&server, &["compile", "-f", &example()]).await));
+    let programs: Vec<&str> =
+        online[0]["programs"].as_array().expect("programs").iter().filter_map(|p| p["name"].as_str()).collect();
+    let listed: Vec<&str> = table.iter().map(|r| r["PROGRAM"].as_str()).take(programs.len()).collect();
+    assert_eq!(programs, listed);
+}
+
+#[tokio::test]
+async fn offline_compile_refuses_what_the_server_refuses_and_completions_need_no_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "name: bad\nnetwork:\n  connect:\n    rules:\n      - {id: r, action: deny, ports: [70000]}\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["--server", "http://127.0.0.1:1", "compile", "--offline", "-f", &file.display().to_string()])
+        .output()
+        .await
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("network.connect.rules[0].ports[0]: port 70000 is above 65535"), "{}", stderr(&out));
+    for shell in ["bash", "zsh", "fish"] {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_palisade")).args(["completions", shell]).output().await.expect("runs");
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        assert!(script.contains("palisade") && script.contains("rollout") && script.contains("explain"), "{shell}");
+    }
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn version_shows_the_client_and_the_server(pool: PgPool) {
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    let out = palisade(&server, &["version", "-o", "json"]).await;
+    let json = json_lines(&out);
+    assert_eq!(json[0]["client"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(json[0]["server"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(json[0]["server"]["bundle_public_key"], server.public_key_hex());
+    assert_eq!(json[0]["server"]["secure"], true);
+    let text = stdout(&palisade(&server, &["version"]).await);
+    assert!(
+        text.starts_with(&format!("client  {}\nserver  {}\n", env!("CARGO_PKG_VERSION"), env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+}

@@ -328,6 +328,42 @@ impl Compiled {
     }
 }
 
+/// The `CompilePolicy` answer for a compiled set: instructions per program, map sizes and
+/// kernel bytes, digest, and (with `disassemble`) [`render`]. The server and `palisade
+/// compile --offline` both answer with it.
+pub fn describe(compiled: &Compiled, set: &PolicySet, disassemble: bool) -> v1::CompilePolicyResponse {
+    v1::CompilePolicyResponse {
+        programs: compiled
+            .programs
+            .iter()
+            .map(|(hook, p)| v1::ProgramStats {
+                name: hook.symbol().to_owned(),
+                section: hook.section().to_owned(),
+                instructions: p.insns.len() as u64,
+                max_path_jumps: p.max_path_jumps(),
+            })
+            .collect(),
+        maps: compiled
+            .content
+            .maps
+            .iter()
+            .map(|m| v1::MapStats {
+                name: m.name.clone(),
+                kind: palisade_contract::map::kind::name(m.map_type).to_owned(),
+                key_size: m.key_size,
+                value_size: m.value_size,
+                max_entries: m.max_entries,
+                entries: m.filled() as u32,
+                bytes: crate::limits::map_bytes(m),
+            })
+            .collect(),
+        digest: compiled.digest.clone(),
+        elf_size: compiled.content.elf.len() as u64,
+        warnings: Vec::new(),
+        disassembly: if disassemble { render(compiled, set) } else { String::new() },
+    }
+}
+
 /// Renders a compiled bundle for humans: every program's assembly (with the generator's
 /// comments), then the decision tables the programs look up, with each decision's rule named
 /// as `policy@revision/rule`.

@@ -32,5 +32,6 @@ pub mod limits;
 pub mod policy;
 pub mod program;
 pub mod simulate;
+pub mod validate;
 
 pub use bundle::{CompileError, Compiled, compile};

@@ -1,7 +1,11 @@
 //! Both daemons' `/metrics`, scraped live after a real deny: the server's request, policy,
 //! node, apply→ACK and event series, and the agent's decision, generation, apply, map and
 //! per-program series (with the kernel's run-time statistics switched on for the test).
-#![allow(clippy::float_cmp, clippy::cast_precision_loss, reason = "the samples compared are small integers, exact in f64")]
+#![allow(
+    clippy::float_cmp,
+    clippy::cast_precision_loss,
+    reason = "the samples compared are small integers, exact in f64"
+)]
 
 use std::{net::TcpListener, time::Duration};
 

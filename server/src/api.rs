@@ -2,8 +2,10 @@
 
 pub mod agent;
 pub mod event;
+pub mod explain;
 pub mod node;
 pub mod policy;
+pub mod rollout;
 pub mod token;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};

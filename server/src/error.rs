@@ -3,22 +3,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
 
-/// One invalid field: its path relative to the request's policy (or the request field) and
-/// what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    /// Field path, e.g. `network.connect.rules[2].cidrs[0]`.
-    pub field: String,
-    /// Why the value is rejected.
-    pub description: String,
-}
-
-impl Violation {
-    /// Builds a violation.
-    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self { field: field.into(), description: description.into() }
-    }
-}
+pub use palisade_compiler::validate::Violation;
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,6 @@ pub mod ratelimit;
 pub mod signing;
 pub mod store;
 pub mod tls;
-pub mod validate;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -22,7 +21,8 @@ use palisade_proto::{
     FILE_DESCRIPTOR_SET,
     v1::{
         agent_service_server::AgentServiceServer, event_service_server::EventServiceServer,
-        node_service_server::NodeServiceServer, policy_service_server::PolicyServiceServer,
+        explain_service_server::ExplainServiceServer, node_service_server::NodeServiceServer,
+        policy_service_server::PolicyServiceServer, rollout_service_server::RolloutServiceServer,
         token_service_server::TokenServiceServer,
     },
 };
@@ -31,10 +31,14 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+pub use palisade_compiler::validate;
 pub use store::MIGRATOR;
 
 use crate::{
-    api::{agent::AgentApi, event::EventApi, node::NodeApi, policy::PolicyApi, token::TokenApi},
+    api::{
+        agent::AgentApi, event::EventApi, explain::ExplainApi, node::NodeApi, policy::PolicyApi, rollout::RolloutApi,
+        token::TokenApi,
+    },
     hub::EventHub,
     store::Store,
 };
@@ -512,6 +516,8 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
         PolicyServiceServer::<PolicyApi>::NAME,
         AgentServiceServer::<AgentApi>::NAME,
         NodeServiceServer::<NodeApi>::NAME,
+        ExplainServiceServer::<ExplainApi>::NAME,
+        RolloutServiceServer::<RolloutApi>::NAME,
         EventServiceServer::<EventApi>::NAME,
         TokenServiceServer::<TokenApi>::NAME,
     ] {
@@ -553,6 +559,7 @@ pub async fn serve_with(
 ) -> Result<(), ServeError> {
     let tracker = TaskTracker::new();
     let store = Store::new(pool);
+    let signer = options.signer.clone();
     let bundler = bundler::Bundler::new(store.clone(), options.bundle_mutator, options.limits, options.signer);
     let hub = EventHub::start(store.clone(), shutdown.clone(), &tracker).await.map_err(ServeError::Hub)?;
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -617,6 +624,8 @@ pub async fn serve_with(
             .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES),
         )
         .add_service(NodeServiceServer::new(NodeApi::new(store.clone(), auth.clone())))
+        .add_service(ExplainServiceServer::new(ExplainApi::new(store.clone(), auth.clone())))
+        .add_service(RolloutServiceServer::new(RolloutApi::new(store.clone(), auth.clone(), &signer, require_identity)))
         .add_service(TokenServiceServer::new(TokenApi::new(store.clone(), auth.clone())))
         .add_service(EventServiceServer::new(EventApi::new(store, hub, shutdown.clone(), auth)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);

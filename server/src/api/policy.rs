@@ -7,7 +7,7 @@ use palisade_proto::{
 use tonic::{Request, Response, Status};
 
 use super::{decode_number_token, decode_token, encode_token, page_size};
-use palisade_compiler::{bundle::render, policy::model};
+use palisade_compiler::policy::model;
 
 use crate::{
     auth::{Auth, Role},
@@ -163,36 +163,7 @@ impl PolicyService for PolicyApi {
             let (set, compiled) = bundler::compile_set(&policies, failsafe, offsets)?;
             palisade_compiler::limits::check(&compiled, &limits)
                 .map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
-            Ok::<_, ApiError>(v1::CompilePolicyResponse {
-                programs: compiled
-                    .programs
-                    .iter()
-                    .map(|(hook, p)| v1::ProgramStats {
-                        name: hook.symbol().to_owned(),
-                        section: hook.section().to_owned(),
-                        instructions: p.insns.len() as u64,
-                        max_path_jumps: p.max_path_jumps(),
-                    })
-                    .collect(),
-                maps: compiled
-                    .content
-                    .maps
-                    .iter()
-                    .map(|m| v1::MapStats {
-                        name: m.name.clone(),
-                        kind: palisade_contract::map::kind::name(m.map_type).to_owned(),
-                        key_size: m.key_size,
-                        value_size: m.value_size,
-                        max_entries: m.max_entries,
-                        entries: m.filled() as u32,
-                        bytes: palisade_compiler::limits::map_bytes(m),
-                    })
-                    .collect(),
-                digest: compiled.digest.clone(),
-                elf_size: compiled.content.elf.len() as u64,
-                warnings: Vec::new(),
-                disassembly: if disassemble { render(&compiled, &set) } else { String::new() },
-            })
+            Ok::<_, ApiError>(palisade_compiler::bundle::describe(&compiled, &set, disassemble))
         })
         .await
         .map_err(ApiError::Task)??;

@@ -189,6 +189,16 @@ impl Store {
         Ok(generation as u64)
     }
 
+    /// The content of the stored bundle `digest`.
+    pub async fn bundle_content(&self, digest: &str) -> Result<v1::BundleContent, ApiError> {
+        let content: Vec<u8> = sqlx::query_scalar("SELECT content FROM bundles WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| ApiError::NotFound { kind: "bundle", name: digest.to_owned() })?;
+        v1::BundleContent::decode(content.as_slice()).map_err(|e| ApiError::Corrupt(format!("bundle {digest}: {e}")))
+    }
+
     /// Stores a compiled bundle (content-addressed; storing it again is a no-op).
     pub async fn save_bundle(&self, digest: &str, content: &[u8], stats: serde_json::Value) -> Result<(), ApiError> {
         sqlx::query("INSERT INTO bundles (digest, content, stats) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")

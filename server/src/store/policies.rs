@@ -323,6 +323,78 @@ impl Store {
         Ok((generation as u64, policies))
     }
 
+    /// The specs of exactly these `(name, revision)` pairs (a bundle's policies), in the
+    /// order given. A pair that is not stored is `Corrupt`: bundles only name stored ones.
+    pub async fn policy_revisions(&self, wanted: &[(String, u64)]) -> Result<Vec<(v1::Policy, u64)>, ApiError> {
+        let names: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
+        let revisions: Vec<i64> = wanted.iter().map(|(_, r)| *r as i64).collect();
+        let rows: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT r.policy_name, r.revision, r.spec FROM policy_revisions r \
+             JOIN unnest($1::text[], $2::bigint[]) AS w(name, revision) \
+               ON r.policy_name = w.name AND r.revision = w.revision \
+             WHERE r.spec IS NOT NULL",
+        )
+        .bind(&names)
+        .bind(&revisions)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut found: std::collections::HashMap<(String, u64), Vec<u8>> =
+            rows.into_iter().map(|(n, r, spec)| ((n, r as u64), spec)).collect();
+        wanted
+            .iter()
+            .map(|(name, revision)| {
+                let spec = found
+                    .remove(&(name.clone(), *revision))
+                    .ok_or_else(|| ApiError::Corrupt(format!("policy {name} revision {revision} is not stored")))?;
+                Ok((decode(name, &spec)?, *revision))
+            })
+            .collect()
+    }
+
+    /// What a rollout of `name` at `revision` (default: current) wants: the revision, its
+    /// spec (`None` when it deletes the policy), and the spec whose node selector says which
+    /// nodes it concerns (for a deletion, the last live revision's).
+    pub async fn rollout_target(
+        &self,
+        name: &str,
+        revision: Option<u64>,
+    ) -> Result<(u64, Option<v1::Policy>, v1::Policy), ApiError> {
+        let not_found = || ApiError::NotFound { kind: "policy", name: name.to_owned() };
+        let revision = match revision {
+            Some(r) => r as i64,
+            None => sqlx::query_scalar("SELECT current_revision FROM policies WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(not_found)?,
+        };
+        let rows: Vec<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT revision, spec FROM policy_revisions WHERE policy_name = $1 AND revision <= $2 \
+             AND (revision = $2 OR spec IS NOT NULL) ORDER BY revision DESC LIMIT 2",
+        )
+        .bind(name)
+        .bind(revision)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some((found, spec)) = rows.first() else { return Err(not_found()) };
+        if *found != revision {
+            return Err(ApiError::NotFound { kind: "policy revision", name: format!("{name}@{revision}") });
+        }
+        let target = spec.as_deref().map(|s| decode(name, s)).transpose()?;
+        let selector = match &target {
+            Some(p) => p.clone(),
+            None => match rows.get(1) {
+                Some((_, Some(spec))) => decode(name, spec)?,
+                _ => {
+                    return Err(ApiError::Corrupt(format!(
+                        "policy {name}: a deletion without a live revision before it"
+                    )));
+                }
+            },
+        };
+        Ok((revision as u64, target, selector))
+    }
+
     /// Revisions of a policy (live or deleted) older than `before`, newest first.
     pub async fn list_revisions(
         &self,

@@ -1,4 +1,5 @@
-//! Semantic validation and normalisation of policies.
+//! Semantic validation and normalisation of policies: what the server applies and what
+//! `palisade compile --offline` checks, so both refuse exactly the same policies.
 //!
 //! Every problem is reported with its field path relative to the policy (the same paths the
 //! document parser uses), all at once, so an author fixes a policy in one round trip.
@@ -12,7 +13,22 @@ use std::{
 use ipnet::IpNet;
 use palisade_proto::v1;
 
-use crate::error::Violation;
+/// One invalid field: its path relative to the request's policy (or the request field) and
+/// what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Field path, e.g. `network.connect.rules[2].cidrs[0]`.
+    pub field: String,
+    /// Why the value is rejected.
+    pub description: String,
+}
+
+impl Violation {
+    /// Builds a violation.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self { field: field.into(), description: description.into() }
+    }
+}
 
 /// Most labels a policy (or selector) may carry.
 pub const MAX_LABELS: usize = 64;
@@ -25,7 +41,7 @@ pub const MAX_PORTS: usize = 1024;
 /// Most path patterns in one rule.
 pub const MAX_PATHS: usize = 4096;
 /// Longest path pattern (the kernel programs resolve paths of up to this many bytes).
-pub const MAX_PATH: usize = palisade_compiler::policy::model::MAX_PATH;
+pub const MAX_PATH: usize = crate::policy::model::MAX_PATH;
 /// Longest description.
 pub const MAX_DESCRIPTION: usize = 1024;
 /// Longest cgroup path.
@@ -110,6 +126,14 @@ impl Violations {
     fn finish(self) -> Result<(), Vec<Violation>> {
         if self.0.is_empty() { Ok(()) } else { Err(self.0) }
     }
+}
+
+/// Checks a cgroup path as policies spell it (absolute, below the cgroup2 mount) and
+/// returns it normalised ("/" and "" are the root).
+pub fn cgroup(field: &str, path: &str) -> Result<String, Vec<Violation>> {
+    let mut v = Violations(Vec::new());
+    let normalised = check_cgroup(&mut v, field, path);
+    v.finish().map(|()| normalised)
 }
 
 fn check_name(v: &mut Violations, field: &str, name: &str, max: usize, what: &str) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, and every test (unit, PostgreSQL, gRPC, CLI) in the
-# order STYLE.md sets. Starts or installs PostgreSQL when none is reachable.
+# The test command: formatting, lints, and every test (unit, PostgreSQL, gRPC, CLI, the
+# Python SDK, the generated API reference, the systemd units) in the order STYLE.md sets. Starts or installs PostgreSQL when none is reachable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,15 @@ elif [[ -n ${CI:-} ]]; then
 else
   echo "test: SKIPPED the BPF-LSM suite (needs root)" >&2
 fi
+# The binaries, for the checks below that run them as an operator would.
+cargo build --workspace --locked --bins
+# docs/api.md is generated from the proto comments; the systemd units and example
+# environment files name only flags and variables the binaries have.
+python3 scripts/gen-api-doc.py --check
+deploy/systemd/check.sh
+# The Python SDK: generated code current with the protos, then pytest in fresh venvs against
+# the real server (and, as root, a real agent and a denied connect).
+scripts/python-sdk-test.sh
 # Last, so the run's closing line is the full suite's summary.
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

@@ -1,0 +1,50 @@
+"""Requests the sync and the asyncio client both build, defined once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from .v1 import event_pb2, node_pb2, policy_pb2
+
+
+def apply(document: str | bytes, dry_run: bool, expected_revision: int | None) -> policy_pb2.ApplyPolicyRequest:
+    """ApplyPolicy with a YAML or JSON `document` (one policy; the server parses it strictly)."""
+    if isinstance(document, bytes):
+        document = document.decode("utf-8")
+    request = policy_pb2.ApplyPolicyRequest(document=document, dry_run=dry_run)
+    if expected_revision is not None:
+        request.expected_revision = expected_revision
+    return request
+
+
+def list_policies(label_selector: Mapping[str, str] | None, page_size: int) -> policy_pb2.ListPoliciesRequest:
+    return policy_pb2.ListPoliciesRequest(label_selector=label_selector or {}, page_size=page_size)
+
+
+def list_nodes(label_selector: Mapping[str, str] | None, page_size: int) -> node_pb2.ListNodesRequest:
+    return node_pb2.ListNodesRequest(label_selector=label_selector or {}, page_size=page_size)
+
+
+def event_filter(
+    node: str,
+    policy: str,
+    verdict: event_pb2.Verdict | str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> event_pb2.EventFilter:
+    """An EventFilter; empty values do not filter. Naive datetimes are taken as UTC."""
+    event = event_pb2.EventFilter(node=node, policy=policy, verdict=verdict)
+    if since is not None:
+        event.since.FromDatetime(since)
+    if until is not None:
+        event.until.FromDatetime(until)
+    return event
+
+
+def next_token(previous: str, token: str) -> str:
+    """The page token to ask for next; refuses a server that hands out the same token twice,
+    which would page for ever."""
+    if token and token == previous:
+        raise RuntimeError(f"the server returned page token {token!r} twice")
+    return token

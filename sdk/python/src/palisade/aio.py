@@ -1,0 +1,204 @@
+"""The asyncio client (`grpc.aio`): the same connection, stubs and helpers as
+`palisade.Client`, with coroutines and async iterators.
+
+    async with palisade.aio.connect("https://127.0.0.1:50051", ca_cert="pki/ca.crt", token=t) as client:
+        await client.apply(Path("policy.yaml").read_text())
+        async for policy in client.list_policies():
+            ...
+
+Create and use it inside one running event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from . import _connection, _requests
+from ._connection import Pem
+from .v1 import (
+    agent_pb2_grpc,
+    event_pb2,
+    event_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
+    token_pb2_grpc,
+)
+
+
+def connect(
+    server: str | None = None,
+    *,
+    ca_cert: Pem | None = None,
+    token: str | None = None,
+    client_cert: Pem | None = None,
+    client_key: Pem | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> AsyncClient:
+    """As `palisade.connect`, returning an `AsyncClient` on a `grpc.aio` channel."""
+    settings = _connection.resolve(server, ca_cert, token, client_cert, client_key, options)
+    if settings.credentials is None:
+        channel = grpc.aio.insecure_channel(settings.target, options=settings.options)
+    else:
+        channel = grpc.aio.secure_channel(settings.target, settings.credentials, options=settings.options)
+    return AsyncClient(channel)
+
+
+class AsyncClient:
+    """A `grpc.aio` connection to a Palisade server; see `palisade.Client`. The stub
+    attributes return awaitables (and async iterators for streams)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        """Wraps an existing `grpc.aio` channel."""
+        self.channel = channel
+        self.policies = policy_pb2_grpc.PolicyServiceStub(channel)
+        self.events = event_pb2_grpc.EventServiceStub(channel)
+        self.nodes = node_pb2_grpc.NodeServiceStub(channel)
+        self.tokens = token_pb2_grpc.TokenServiceStub(channel)
+        self.agent = agent_pb2_grpc.AgentServiceStub(channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        await self.channel.close()
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Waits until the channel is connected; `asyncio.TimeoutError` after `timeout` s."""
+        await asyncio.wait_for(self.channel.channel_ready(), timeout)
+
+    async def apply(
+        self,
+        document: str | bytes,
+        *,
+        dry_run: bool = False,
+        expected_revision: int | None = None,
+        timeout: float | None = None,
+    ) -> policy_pb2.ApplyPolicyResponse:
+        """As `palisade.Client.apply`; raises `grpc.aio.AioRpcError`."""
+        request = _requests.apply(document, dry_run, expected_revision)
+        response: policy_pb2.ApplyPolicyResponse = await self.policies.ApplyPolicy(request, timeout=timeout)
+        return response
+
+    def list_policies(
+        self,
+        *,
+        label_selector: Mapping[str, str] | None = None,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[policy_pb2.StoredPolicy]:
+        """As `palisade.Client.list_policies`, as an async iterator."""
+        request = _requests.list_policies(label_selector, page_size)
+        return _pages(self.policies.ListPolicies, request, "policies", timeout)
+
+    def list_nodes(
+        self,
+        *,
+        label_selector: Mapping[str, str] | None = None,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[node_pb2.Node]:
+        """As `palisade.Client.list_nodes`, as an async iterator."""
+        request = _requests.list_nodes(label_selector, page_size)
+        return _pages(self.nodes.ListNodes, request, "nodes", timeout)
+
+    def list_events(
+        self,
+        *,
+        node: str = "",
+        policy: str = "",
+        verdict: event_pb2.Verdict | str = event_pb2.VERDICT_UNSPECIFIED,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[event_pb2.DecisionEvent]:
+        """As `palisade.Client.list_events`, as an async iterator."""
+        request = event_pb2.ListEventsRequest(
+            filter=_requests.event_filter(node, policy, verdict, since, until), page_size=page_size
+        )
+        return _pages(self.events.ListEvents, request, "events", timeout)
+
+    async def watch_events(
+        self,
+        *,
+        node: str = "",
+        policy: str = "",
+        verdict: event_pb2.Verdict | str = event_pb2.VERDICT_UNSPECIFIED,
+        timeout: float | None = None,
+    ) -> AsyncEventWatch:
+        """As `palisade.Client.watch_events`: returns once the server has subscribed."""
+        request = event_pb2.WatchEventsRequest(filter=_requests.event_filter(node, policy, verdict))
+        call = self.events.WatchEvents(request, timeout=timeout)
+        await call.initial_metadata()  # the server answers once it has subscribed
+        if call.done():
+            await call.read()  # raises the error of a call that failed before answering
+        return AsyncEventWatch(call)
+
+
+async def _pages(method: Any, request: Any, field: str, timeout: float | None) -> AsyncIterator[Any]:
+    """As `palisade.client._pages`, awaiting each page."""
+    while True:
+        page = await method(request, timeout=timeout)
+        for item in getattr(page, field):
+            yield item
+        if not page.next_page_token:
+            return
+        request.page_token = _requests.next_token(request.page_token, page.next_page_token)
+
+
+class AsyncEventWatch(AsyncIterator[event_pb2.DecisionEvent]):
+    """A live event stream from `AsyncClient.watch_events`: an async iterator of
+    DecisionEvent that raises `grpc.aio.AioRpcError` if the stream fails and stops when
+    cancelled or when the server closes it. ``async with`` cancels it on exit."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._cancelled = False
+
+    def __aiter__(self) -> AsyncEventWatch:
+        return self
+
+    async def __anext__(self) -> event_pb2.DecisionEvent:
+        try:
+            message = await self._call.read()
+        except asyncio.CancelledError:
+            # grpc.aio reports a cancelled call as a cancelled await; only ours ends quietly.
+            if self._cancelled:
+                raise StopAsyncIteration from None
+            raise
+        except grpc.aio.AioRpcError as error:
+            if self._cancelled and error.code() is grpc.StatusCode.CANCELLED:
+                raise StopAsyncIteration from None
+            raise
+        if message is grpc.aio.EOF:
+            raise StopAsyncIteration
+        event: event_pb2.DecisionEvent = message
+        return event
+
+    def cancel(self) -> None:
+        """Ends the stream; the iteration stops."""
+        self._cancelled = True
+        self._call.cancel()
+
+    async def __aenter__(self) -> AsyncEventWatch:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cancel()

@@ -31,6 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(grpc)
         // BTreeMap keeps map encoding deterministic, so policy digests are stable.
         .btree_map(".")
+        // A bundle's content is shared by every push of it (reference-counted, not copied).
+        .bytes(".palisade.v1.Bundle.content")
         .compile_fds(fds)?;
     Ok(())
 }

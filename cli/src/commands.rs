@@ -178,37 +178,60 @@ async fn apply(
 ) -> anyhow::Result<Vec<(String, u64)>> {
     let documents = load_documents(path)?;
     let mut client = policies(channel);
-    let mut failures = 0;
-    let mut applied = Vec::new();
-    for (origin, doc) in documents {
-        let message = v1::ApplyPolicyRequest {
+    let entries: Vec<v1::ApplyPolicyRequest> = documents
+        .iter()
+        .map(|(_, doc)| v1::ApplyPolicyRequest {
             source: Some(v1::apply_policy_request::Source::Policy(doc.to_proto())),
             expected_revision,
-            dry_run,
-        };
-        match client.apply_policy(request(message)).await {
-            Ok(response) => {
-                let response = response.into_inner();
-                let revision = response.policy.map_or(0, |p| p.revision);
-                let what = match (response.changed, response.created) {
-                    (false, _) => "unchanged".to_owned(),
-                    (true, true) => format!("created (revision {revision})"),
-                    (true, false) => format!("updated (revision {revision})"),
-                };
-                let suffix = if dry_run { " [dry run]" } else { "" };
-                println!("policy/{} {what}{suffix}", doc.name);
-                applied.push((doc.name.clone(), revision));
-            }
-            Err(status) => {
-                failures += 1;
-                eprintln!("{}", failed(&format!("{origin}: policy/{}", doc.name), &status));
-            }
+            dry_run: documents.len() == 1 && dry_run,
+        })
+        .collect();
+    // One document: ApplyPolicy. Several: one ApplyPolicies call, one transaction and one
+    // policy generation — all or nothing.
+    let results = if let [entry] = entries.as_slice() {
+        let (origin, doc) = &documents[0];
+        let response = client
+            .apply_policy(request(entry.clone()))
+            .await
+            .map_err(|s| failed(&format!("{origin}: policy/{}", doc.name), &s))?;
+        vec![response.into_inner()]
+    } else {
+        let batch = v1::ApplyPoliciesRequest { policies: entries, dry_run };
+        match client.apply_policies(request(batch)).await {
+            Ok(response) => response.into_inner().results,
+            Err(status) => bail!("{}", batch_failure(&documents, &status)),
         }
-    }
-    if failures > 0 {
-        bail!("error: {failures} policy document(s) were not applied");
+    };
+    let mut applied = Vec::new();
+    for ((_, doc), response) in documents.iter().zip(results) {
+        let revision = response.policy.map_or(0, |p| p.revision);
+        let what = match (response.changed, response.created) {
+            (false, _) => "unchanged".to_owned(),
+            (true, true) => format!("created (revision {revision})"),
+            (true, false) => format!("updated (revision {revision})"),
+        };
+        let suffix = if dry_run { " [dry run]" } else { "" };
+        println!("policy/{} {what}{suffix}", doc.name);
+        applied.push((doc.name.clone(), revision));
     }
     Ok(applied)
+}
+
+/// A refused batch, with every field violation under the file and document it came from.
+fn batch_failure(documents: &[(String, PolicyDocument)], status: &Status) -> String {
+    let Some(bad) = status.get_details_bad_request() else {
+        return format!("error: nothing applied: {}", describe(status));
+    };
+    let mut out = format!("error: nothing applied ({:?}):", status.code());
+    for violation in bad.field_violations {
+        let located = violation.field.strip_prefix("policies[").and_then(|rest| {
+            let (index, field) = rest.split_once(']')?;
+            let (origin, doc) = documents.get(index.parse::<usize>().ok()?)?;
+            Some(format!("{origin}: policy/{}: {}", doc.name, field.trim_start_matches('.')))
+        });
+        let _ = write!(out, "\n  {}: {}", located.unwrap_or(violation.field), violation.description);
+    }
+    out
 }
 
 async fn get(channel: &Conn, name: &str, output: Format, revision: Option<u64>) -> anyhow::Result<()> {

@@ -16,10 +16,11 @@ use palisade_proto::{
 use crate::{
     commands::failed,
     output::{Listing, Output},
+    table::escape_controls,
 };
 
 /// How often progress is polled.
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(500);
 
 /// Parses `500ms`, `30s`, `5m`, `1h` (or plain seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -58,6 +59,8 @@ async fn rollout(channel: &Connection, policy: &str, revision: Option<u64>) -> a
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Fleet {
     nodes: BTreeMap<String, (v1::RolloutState, String)>,
+    /// Nodes that hold a revision but cannot enforce part of it, and why.
+    not_enforced: BTreeMap<String, String>,
 }
 
 impl Fleet {
@@ -69,6 +72,9 @@ impl Fleet {
             v1::RolloutState::Disconnected => 1,
             v1::RolloutState::Applied => 0,
         };
+        if !row.not_enforced.is_empty() {
+            self.not_enforced.insert(row.node.clone(), row.not_enforced.clone());
+        }
         let entry = self.nodes.entry(row.node.clone()).or_insert((v1::RolloutState::Applied, String::new()));
         if rank(state) > rank(entry.0) {
             *entry = (state, row.error.clone());
@@ -123,7 +129,12 @@ pub async fn wait(channel: &Connection, applied: &[(String, u64)], timeout: Dura
     let deadline = Instant::now() + timeout;
     let mut last = None;
     let fleet = loop {
-        let fleet = fleet(channel, applied).await?;
+        // Each round of calls gets the time that is left, so a slow server cannot stretch
+        // the timeout.
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let fleet = tokio::time::timeout(left, fleet(channel, applied))
+            .await
+            .map_err(|_| anyhow::anyhow!("error: timed out after {timeout:?} asking the server for the rollout"))??;
         let line = if terminal { fleet.bar() } else { fleet.summary() };
         if last.as_ref() != Some(&line) {
             let mut err = std::io::stderr().lock();
@@ -147,6 +158,12 @@ pub async fn wait(channel: &Connection, applied: &[(String, u64)], timeout: Dura
     };
     if terminal {
         eprintln!();
+    }
+    if fleet.nodes.is_empty() {
+        eprintln!("rollout: warning: no registered node is selected by these policies (check node_selector)");
+    }
+    for (node, why) in &fleet.not_enforced {
+        eprintln!("rollout: warning: node {node} holds the policy but does not enforce {why}");
     }
     let disconnected = fleet.names(v1::RolloutState::Disconnected);
     if !disconnected.is_empty() {
@@ -194,6 +211,9 @@ fn print_status(response: &v1::GetRolloutResponse, per_node: bool, output: Outpu
                 table.push("palisade.v1.NodeRollout", n, row);
             }
             table.finish();
+            for n in r.nodes.iter().filter(|n| !n.not_enforced.is_empty()) {
+                println!("note: node {} holds it but does not enforce {}", n.node, escape_controls(&n.not_enforced));
+            }
         }
         return;
     }

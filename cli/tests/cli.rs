@@ -553,3 +553,34 @@ async fn version_shows_the_client_and_the_server(pool: PgPool) {
         "{text}"
     );
 }
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn apply_of_a_directory_is_all_or_nothing_and_names_the_file_at_fault(pool: PgPool) {
+    let server = EmbeddedServer::start(pool.clone()).await.expect("server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (file, port) in [("a.yaml", 80), ("b.yaml", 70_000), ("c.yaml", 443)] {
+        let doc = format!(
+            "name: {}\nnetwork:\n  connect:\n    rules:\n      - {{id: r, action: deny, ports: [{port}]}}\n",
+            &file[..1]
+        );
+        std::fs::write(dir.path().join(file), doc).expect("write");
+    }
+    let out = palisade(&server, &["apply", "-f", &dir.path().display().to_string()]).await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("nothing applied"), "{err}");
+    assert!(err.contains("b.yaml (document 1): policy/b: network.connect.rules[0].ports[0]"), "{err}");
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM policy_revisions").fetch_one(&pool).await.expect("count");
+    assert_eq!(stored, 0, "a and c were not applied either");
+
+    std::fs::remove_file(dir.path().join("b.yaml")).expect("rm");
+    let before: i64 =
+        sqlx::query_scalar("SELECT generation FROM policy_generation").fetch_one(&pool).await.expect("gen");
+    let out = palisade(&server, &["apply", "-f", &dir.path().display().to_string()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "policy/a created (revision 1)\npolicy/c created (revision 1)\n");
+    let after: i64 =
+        sqlx::query_scalar("SELECT generation FROM policy_generation").fetch_one(&pool).await.expect("gen");
+    assert_eq!(after, before + 1, "one generation for the directory");
+}

@@ -19,7 +19,7 @@ fn bundle(yaml: &str, generation: u64) -> (Compiled, v1::Bundle) {
     let bundle = v1::Bundle {
         generation,
         digest: compiled.digest.clone(),
-        content: compiled.bytes.clone(),
+        content: compiled.bytes.clone().into(),
         ..Default::default()
     };
     (compiled, bundle)

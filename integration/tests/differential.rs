@@ -156,7 +156,7 @@ fn bytecode_in_the_kernel_decides_exactly_as_the_reference_evaluator() {
         let bundle = v1::Bundle {
             generation,
             digest: compiled.digest.clone(),
-            content: compiled.bytes.clone(),
+            content: compiled.bytes.clone().into(),
             ..Default::default()
         };
         let mut drained = Vec::new();

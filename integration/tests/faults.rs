@@ -32,7 +32,7 @@ fn bundle(cgroup: &str, port: u16, action: &str, rule: &str, generation: u64) ->
     let policies: Vec<_> = document::parse_all(&yaml).into_iter().map(|d| d.expect("parses").to_proto()).collect();
     let set = PolicySet::new(policies.iter().map(|p| (p, generation)), Vec::new()).expect("model");
     let compiled = compile(&set, KernelOffsets::LINUX_6_12).expect("compiles");
-    v1::Bundle { generation, digest: compiled.digest, content: compiled.bytes, ..Default::default() }
+    v1::Bundle { generation, digest: compiled.digest, content: compiled.bytes.into(), ..Default::default() }
 }
 
 /// A node for one test: a workload cgroup, a listener the policies deny or allow, pins and

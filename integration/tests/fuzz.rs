@@ -233,7 +233,7 @@ fn verify_bundle(content: &[u8]) -> &'static str {
     let bundle = v1::Bundle {
         generation: 1,
         digest: palisade_proto::sha256_hex(content),
-        content: content.to_vec(),
+        content: content.to_vec().into(),
         node: "n".into(),
         ..Default::default()
     };
@@ -296,7 +296,8 @@ fn fuzz_the_agents_bundle_decoder_and_verifier() {
 #[test]
 fn fuzz_the_agents_event_record_decoder() {
     let seed = &bundles()[0];
-    let bundle = v1::Bundle { digest: palisade_proto::sha256_hex(seed), content: seed.clone(), ..Default::default() };
+    let bundle =
+        v1::Bundle { digest: palisade_proto::sha256_hex(seed), content: seed.clone().into(), ..Default::default() };
     let content = palisade_agent::loader::verify(&bundle, None, None).expect("seed verifies");
     let records: Vec<Vec<u8>> = [1_u32, 9, 17, 0, 99]
         .iter()

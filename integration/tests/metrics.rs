@@ -48,6 +48,20 @@ async fn a_scrape_of_server_and_agent_shows_the_deny_the_rollout_and_the_program
     let agent = TestAgent::start(config).await;
     let agent_addr = agent.metrics_addr().expect("the agent serves metrics");
 
+    let nodes = NodeServiceClient::new(channel.clone());
+    let applied_after = |after: u64| {
+        let (nodes, node) = (nodes.clone(), node.clone());
+        eventually("the node applies a new generation", Duration::from_secs(30), move || {
+            let (mut nodes, node) = (nodes.clone(), node.clone());
+            async move {
+                let n = nodes.get_node(v1::GetNodeRequest { name: node }).await.ok()?.into_inner().node?;
+                (n.applied_digest == n.desired_digest && n.applied_generation > after).then_some(n)
+            }
+        })
+    };
+    // The node syncs its first bundle before the policy exists, so applying it is a change
+    // the server times from commit to ACK.
+    let first = applied_after(0).await;
     let doc = format!(
         "name: m-deny\nworkload: {{cgroup: \"{work}\"}}\nnetwork:\n  connect:\n    rules:\n      - {{id: block, action: deny, cidrs: [127.0.0.0/8], ports: [{port}]}}\n"
     );
@@ -55,18 +69,11 @@ async fn a_scrape_of_server_and_agent_shows_the_deny_the_rollout_and_the_program
         .apply_policy(v1::ApplyPolicyRequest { source: Some(Source::Document(doc)), ..Default::default() })
         .await
         .expect("apply");
-    let nodes = NodeServiceClient::new(channel.clone());
-    let applied = eventually("the node applies the policy", Duration::from_secs(30), || {
-        let mut nodes = nodes.clone();
-        let node = node.clone();
-        async move {
-            let n = nodes.get_node(v1::GetNodeRequest { name: node }).await.ok()?.into_inner().node?;
-            (n.applied_digest == n.desired_digest && n.applied_generation >= 2).then_some(n)
-        }
-    })
-    .await;
-    let missing = nodes.clone().get_node(v1::GetNodeRequest { name: "no-such-node".into() }).await;
-    assert_eq!(missing.expect_err("unknown node").code(), tonic::Code::NotFound);
+    let applied = applied_after(first.applied_generation).await;
+    let missing = PolicyServiceClient::new(channel.clone())
+        .get_policy(v1::GetPolicyRequest { name: "no-such-policy".into(), revision: None })
+        .await;
+    assert_eq!(missing.expect_err("unknown policy").code(), tonic::Code::NotFound);
 
     let dir = cg.dir_of(&work);
     for _ in 0..3 {
@@ -123,7 +130,7 @@ async fn a_scrape_of_server_and_agent_shows_the_deny_the_rollout_and_the_program
     assert!(delay > 0.0 && delay < 30.0, "apply→ack {delay} s");
     let apply = r#"{method="palisade.v1.PolicyService/ApplyPolicy",code="Ok"}"#;
     assert_eq!(value(&server_scrape, &format!("palisade_server_grpc_requests_total{apply}")), 1.0);
-    let not_found = r#"{method="palisade.v1.NodeService/GetNode",code="NotFound"}"#;
+    let not_found = r#"{method="palisade.v1.PolicyService/GetPolicy",code="NotFound"}"#;
     assert_eq!(value(&server_scrape, &format!("palisade_server_grpc_requests_total{not_found}")), 1.0);
     let timed =
         r#"palisade_server_grpc_request_duration_seconds_count{method="palisade.v1.PolicyService/ApplyPolicy"}"#;

@@ -145,7 +145,9 @@ impl AgentMetrics {
         };
         let policy = {
             let mut labelled = self.labelled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if labelled.contains(&event.policy) || labelled.len() < MAX_POLICY_LABELS {
+            if labelled.contains(&event.policy) {
+                event.policy.clone()
+            } else if labelled.len() < MAX_POLICY_LABELS {
                 labelled.insert(event.policy.clone());
                 event.policy.clone()
             } else {

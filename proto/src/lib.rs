@@ -95,10 +95,10 @@ mod tests {
             digest: "ab".repeat(32),
             node: "node-a".into(),
             issued_at: Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 5 }),
-            content: vec![1, 2, 3],
+            content: vec![1, 2, 3].into(),
             signature: vec![9],
         };
-        let same_target = v1::Bundle { content: vec![4], signature: Vec::new(), ..base.clone() };
+        let same_target = v1::Bundle { content: vec![4].into(), signature: Vec::new(), ..base.clone() };
         assert_eq!(envelope(&base), envelope(&same_target), "content and signature are not in the envelope");
         for other in [
             v1::Bundle { generation: 8, ..base.clone() },

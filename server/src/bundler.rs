@@ -38,9 +38,22 @@ pub type BundleMutator = Arc<dyn Fn(&mut v1::BundleContent) + Send + Sync>;
 pub struct Built {
     /// Hex SHA-256 of `bytes`.
     pub digest: String,
-    /// Encoded `BundleContent`.
-    pub bytes: Vec<u8>,
+    /// Encoded `BundleContent`, shared by every push of it (reference-counted).
+    pub bytes: bytes::Bytes,
 }
+
+/// The live policies at one policy generation, shared by every session that builds from it.
+#[derive(Debug)]
+struct Snapshot {
+    generation: u64,
+    policies: Arc<Vec<(v1::Policy, u64)>>,
+}
+
+/// One cache slot: filled once by whichever caller gets there first; the others wait for it.
+type Slot = Arc<tokio::sync::OnceCell<Arc<Built>>>;
+
+/// New policies that share one node selector, checked together.
+type Group<'a> = (Option<&'a v1::NodeSelector>, Vec<(v1::Policy, u64)>);
 
 /// A policy set to check: (what it is, policies, failsafe, offsets).
 type CheckTarget = (String, Vec<(v1::Policy, u64)>, Vec<Failsafe>, KernelOffsets);
@@ -49,7 +62,9 @@ type CheckTarget = (String, Vec<(v1::Policy, u64)>, Vec<Failsafe>, KernelOffsets
 #[derive(Clone)]
 pub struct Bundler {
     store: Store,
-    cache: Arc<Mutex<HashMap<String, Arc<Built>>>>,
+    cache: Arc<Mutex<HashMap<String, Slot>>>,
+    /// The newest policy set read, so a generation change costs one read, not one per node.
+    snapshot: Arc<tokio::sync::Mutex<Option<Snapshot>>>,
     mutator: Option<BundleMutator>,
     limits: Limits,
     signer: crate::signing::BundleSigner,
@@ -114,7 +129,14 @@ impl Bundler {
         limits: Limits,
         signer: crate::signing::BundleSigner,
     ) -> Self {
-        Self { store, cache: Arc::new(Mutex::new(HashMap::new())), mutator, limits, signer }
+        Self {
+            store,
+            cache: Arc::new(Mutex::new(HashMap::new())),
+            snapshot: Arc::new(tokio::sync::Mutex::new(None)),
+            mutator,
+            limits,
+            signer,
+        }
     }
 
     /// `built` as generation `generation` of node `node`, issued now and signed for exactly
@@ -137,29 +159,47 @@ impl Bundler {
         self.limits
     }
 
-    /// Rejects `policy` if it, or the policy set of any registered node it would join, would
-    /// compile to a bundle over capacity — so the failure happens at apply time, with the
-    /// numbers, never on the node.
-    pub async fn check_apply(&self, policy: &v1::Policy) -> Result<(), ApiError> {
+    /// Rejects `policies` (one apply or one batch) if they, or the policy set of any
+    /// registered node they would join, would compile to a bundle over capacity — so the
+    /// failure happens at apply time, with the numbers, never on the node. Each distinct set
+    /// is compiled once: the new policies grouped by node selector ("alone"), and each
+    /// distinct node context they select.
+    pub async fn check_apply(&self, policies: &[v1::Policy]) -> Result<(), ApiError> {
         let (_, live) = self.store.live_policies().await?;
-        let mut sets: Vec<CheckTarget> =
-            vec![("the policy alone".to_owned(), vec![(policy.clone(), 0)], Vec::new(), DEFAULT_OFFSETS)];
+        let new: std::collections::HashSet<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+        let mut sets: Vec<CheckTarget> = Vec::new();
+        let mut groups: Vec<Group<'_>> = Vec::new();
+        for policy in policies {
+            match groups.iter_mut().find(|(selector, _)| *selector == policy.node_selector.as_ref()) {
+                Some((_, members)) => members.push((policy.clone(), 0)),
+                None => groups.push((policy.node_selector.as_ref(), vec![(policy.clone(), 0)])),
+            }
+        }
+        for (_, members) in groups {
+            let what = match members.as_slice() {
+                [_] if policies.len() == 1 => "the policy alone".to_owned(),
+                _ => format!("the {} new policies with the same node selector", members.len()),
+            };
+            sets.push((what, members, Vec::new(), DEFAULT_OFFSETS));
+        }
         let mut seen = std::collections::HashSet::new();
         for (name, context) in self.store.node_contexts().await? {
-            if !model::node_selected(policy, &context.labels) {
+            if !policies.iter().any(|p| model::node_selected(p, &context.labels)) {
                 continue;
             }
-            let mut held: Vec<(v1::Policy, u64)> = live
-                .iter()
-                .filter(|(p, _)| p.name != policy.name && model::node_selected(p, &context.labels))
-                .cloned()
-                .collect();
-            held.push((policy.clone(), 0));
-            let key = format!("{:?}", context.labels);
-            // Nodes with the same labels hold the same set: check it once.
-            if seen.insert(key) {
-                sets.push((format!("node {name}"), held, failsafe(&context), offsets(context.features.as_ref())));
+            let failsafe = failsafe(&context);
+            let offsets = offsets(context.features.as_ref());
+            // Nodes with the same context hold the same set: check it once.
+            if !seen.insert(format!("{:?}|{failsafe:?}|{offsets:?}", context.labels)) {
+                continue;
             }
+            let held: Vec<(v1::Policy, u64)> = live
+                .iter()
+                .filter(|(p, _)| !new.contains(p.name.as_str()) && model::node_selected(p, &context.labels))
+                .cloned()
+                .chain(policies.iter().filter(|p| model::node_selected(p, &context.labels)).map(|p| (p.clone(), 0)))
+                .collect();
+            sets.push((format!("node {name}"), held, failsafe, offsets));
         }
         let limits = self.limits;
         tokio::task::spawn_blocking(move || {
@@ -174,21 +214,60 @@ impl Bundler {
         .map_err(ApiError::Task)?
     }
 
-    /// The bundle `node` should run now.
+    /// The live policies at policy generation `at_least` or newer: read once per generation
+    /// and shared (callers arriving while it is read wait for that read).
+    async fn policies(&self, at_least: u64) -> Result<Arc<Vec<(v1::Policy, u64)>>, ApiError> {
+        let mut snapshot = self.snapshot.lock().await;
+        if let Some(s) = snapshot.as_ref()
+            && s.generation >= at_least
+        {
+            return Ok(s.policies.clone());
+        }
+        let (generation, policies) = self.store.live_policies().await?;
+        let policies = Arc::new(policies);
+        *snapshot = Some(Snapshot { generation, policies: policies.clone() });
+        Ok(policies)
+    }
+
+    /// The bundle `node` should run now (reads its context; sessions hold theirs and call
+    /// [`Self::for_context`]).
     pub async fn for_node(&self, node: &str) -> Result<Arc<Built>, ApiError> {
         let context = self.store.node_context(node).await?;
-        let (_generation, policies) = self.store.live_policies().await?;
+        let generation = self.store.generation().await?;
+        self.for_context(&context, generation).await
+    }
+
+    /// The bundle a node with `context` should run at policy generation `at_least` or
+    /// newer: compiled once per distinct (policy set, failsafe list, kernel offsets) and
+    /// shared by every node with the same inputs, stored once.
+    pub async fn for_context(&self, context: &NodeContext, at_least: u64) -> Result<Arc<Built>, ApiError> {
+        let policies = self.policies(at_least).await?;
         let held: Vec<(v1::Policy, u64)> =
-            policies.into_iter().filter(|(p, _)| model::node_selected(p, &context.labels)).collect();
-        let failsafe = failsafe(&context);
+            policies.iter().filter(|(p, _)| model::node_selected(p, &context.labels)).cloned().collect();
+        let failsafe = failsafe(context);
         let offsets = offsets(context.features.as_ref());
         let mut key = format!("{offsets:?}|{failsafe:?}");
         for (p, revision) in &held {
             let _ = write!(key, "|{}@{revision}", p.name);
         }
-        if let Some(built) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
-            return Ok(built);
-        }
+        let slot = {
+            let mut cache = self.cache.lock().map_err(|_| ApiError::Corrupt("bundle cache poisoned".into()))?;
+            if cache.len() >= CACHE_ENTRIES && !cache.contains_key(&key) {
+                cache.clear();
+            }
+            cache.entry(key).or_default().clone()
+        };
+        let built = slot.get_or_try_init(|| self.build(held, failsafe, offsets)).await?;
+        Ok(built.clone())
+    }
+
+    /// Compiles, checks and stores one bundle.
+    async fn build(
+        &self,
+        held: Vec<(v1::Policy, u64)>,
+        failsafe: Vec<Failsafe>,
+        offsets: KernelOffsets,
+    ) -> Result<Arc<Built>, ApiError> {
         let mutator = self.mutator.clone();
         let limits = self.limits;
         let (built, stats) = tokio::task::spawn_blocking(move || {
@@ -203,18 +282,11 @@ impl Bundler {
                 }
                 None => compiled.bytes,
             };
-            Ok::<_, ApiError>((Built { digest: palisade_proto::sha256_hex(&bytes), bytes }, stats))
+            Ok::<_, ApiError>((Built { digest: palisade_proto::sha256_hex(&bytes), bytes: bytes.into() }, stats))
         })
         .await
         .map_err(ApiError::Task)??;
         self.store.save_bundle(&built.digest, &built.bytes, stats).await?;
-        let built = Arc::new(built);
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(key, built.clone());
-        }
-        Ok(built)
+        Ok(Arc::new(built))
     }
 }

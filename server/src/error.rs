@@ -70,7 +70,9 @@ impl ApiError {
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         match e {
-            ApiError::Invalid(violations) => {
+            ApiError::Invalid(mut violations) => {
+                // However a request came to list its problems, the answer stays small.
+                violations.truncate(crate::validate::MAX_VIOLATIONS);
                 let message = format!("invalid request: {}", summarize(&violations));
                 let details = ErrorDetails::with_bad_request(
                     violations.into_iter().map(|v| FieldViolation::new(v.field, v.description)).collect::<Vec<_>>(),

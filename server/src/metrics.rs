@@ -267,7 +267,12 @@ where
         let start = Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
+            // Counts the call as Cancelled if this future is dropped before the handler
+            // answers (the client went away, or the request timeout cut it off).
+            let mut waiting = Observed { inner: None, method, metrics, start, done: false };
             let response = future.await?;
+            waiting.done = true;
+            let (method, metrics) = (std::mem::take(&mut waiting.method), waiting.metrics.clone());
             if let Some(code) = status_of(response.headers()) {
                 metrics.finished(&method, code, start.elapsed());
                 return Ok(response);

@@ -973,3 +973,59 @@ fn event_retention_takes_a_unit_and_at_least_an_hour() {
         assert!(parse_retention(bad).is_err(), "{bad:?} was accepted");
     }
 }
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn apply_policies_is_one_transaction_and_one_generation_all_or_nothing(pool: PgPool) {
+    let h = Harness::start(pool.clone()).await;
+    let mut policies = h.policies();
+    let generation = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT generation FROM policy_generation").fetch_one(&pool).await.expect("gen")
+    };
+    let before = generation(pool.clone()).await;
+    let batch = |docs: Vec<String>| v1::ApplyPoliciesRequest {
+        policies: docs.iter().map(|d| apply_doc(d)).collect(),
+        dry_run: false,
+    };
+    let docs: Vec<String> = (0..50).map(|i| deny_doc(&format!("batch-{i:02}"), 1000 + i)).collect();
+    let applied = policies.apply_policies(batch(docs.clone())).await.expect("batch").into_inner();
+    assert_eq!(applied.results.len(), 50);
+    assert!(applied.results.iter().all(|r| r.created && r.changed));
+    let names: Vec<&str> =
+        applied.results.iter().filter_map(|r| r.policy.as_ref()?.policy.as_ref().map(|p| p.name.as_str())).collect();
+    assert_eq!(names[0], "batch-00");
+    assert_eq!(names[49], "batch-49", "results in request order");
+    assert_eq!(generation(pool.clone()).await, before + 1, "fifty policies, one generation");
+    assert_eq!(count(&pool, "policy_revisions").await, 50);
+
+    // Re-applying the same batch changes nothing and moves no generation.
+    let again = policies.apply_policies(batch(docs.clone())).await.expect("again").into_inner();
+    assert!(again.results.iter().all(|r| !r.changed));
+    assert_eq!(generation(pool.clone()).await, before + 1);
+
+    // One invalid entry, one duplicate name: refused whole, every problem under policies[i].
+    let mut bad = docs.clone();
+    bad[3] = deny_doc("batch-03", 70_000);
+    bad.push(deny_doc("batch-07", 1));
+    bad.push(deny_doc("brand-new", 1));
+    let status = policies.apply_policies(batch(bad)).await.expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields: Vec<String> =
+        status.get_details_bad_request().expect("details").field_violations.into_iter().map(|v| v.field).collect();
+    assert_eq!(fields, ["policies[3].network.connect.rules[0].ports[0]", "policies[50].name"]);
+    assert_eq!(count(&pool, "policy_revisions").await, 50, "nothing stored");
+
+    // A stale expected revision on one entry aborts the transaction: the other entries'
+    // changes are rolled back too.
+    let mut stale: Vec<v1::ApplyPolicyRequest> =
+        docs.iter().map(|d| apply_doc(&d.replace("action: deny", "action: audit"))).collect();
+    stale[10].expected_revision = Some(7);
+    let status =
+        policies.apply_policies(v1::ApplyPoliciesRequest { policies: stale, dry_run: false }).await.expect_err("stale");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(status.message().contains("batch-10"), "{}", status.message());
+    assert_eq!(count(&pool, "policy_revisions").await, 50, "rolled back whole");
+    assert_eq!(generation(pool.clone()).await, before + 1);
+
+    let empty = policies.apply_policies(v1::ApplyPoliciesRequest::default()).await.expect_err("empty");
+    assert_eq!(empty.code(), Code::InvalidArgument);
+}

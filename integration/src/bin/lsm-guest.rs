@@ -61,7 +61,7 @@ fn bundle(yaml: &str, generation: u64) -> Result<v1::Bundle, String> {
         .collect::<Result<_, _>>()?;
     let set = PolicySet::new(policies.iter().map(|p| (p, generation)), Vec::new()).map_err(|e| e.to_string())?;
     let compiled = compile(&set, offsets()).map_err(|e| e.to_string())?;
-    Ok(v1::Bundle { generation, digest: compiled.digest, content: compiled.bytes, ..Default::default() })
+    Ok(v1::Bundle { generation, digest: compiled.digest, content: compiled.bytes.into(), ..Default::default() })
 }
 
 /// Runs the probe in `cgroup` with `args`: "ok", "EPERM" or the error text.
@@ -595,7 +595,7 @@ fn restart_and_reject(
             return restarted;
         }
     };
-    let mut content = <v1::BundleContent as prost::Message>::decode(bad.content.as_slice()).unwrap_or_default();
+    let mut content = <v1::BundleContent as prost::Message>::decode(&bad.content[..]).unwrap_or_default();
     let mut a = palisade_compiler::bpf::asm::Asm::new();
     a.push(palisade_compiler::bpf::insn::exit());
     let exit_only = a.finish().unwrap_or_else(|_| palisade_compiler::bpf::asm::Asm::new().finish().unwrap_or_default());
@@ -606,7 +606,7 @@ fn restart_and_reject(
         .collect();
     content.elf = palisade_compiler::bpf::elf::write(&programs, &palisade_compiler::bundle::map_defs(&content.maps))
         .unwrap_or_default();
-    bad.content = prost::Message::encode_to_vec(&content);
+    bad.content = prost::Message::encode_to_vec(&content).into();
     bad.digest = palisade_proto::sha256_hex(&bad.content);
     let result = restarted.apply(bad, &mut drained);
     let still = connect(work, "tcp", "127.0.0.1", port);

@@ -153,7 +153,7 @@ fn bundle(generation: u64, compiled: &Compiled) -> v1::Bundle {
     v1::Bundle {
         generation,
         digest: compiled.digest.clone(),
-        content: compiled.bytes.clone(),
+        content: compiled.bytes.clone().into(),
         ..std::default::Default::default()
     }
 }
@@ -196,7 +196,7 @@ fn probe_bundle(
     Ok(v1::Bundle {
         generation,
         digest: palisade_proto::sha256_hex(&bytes),
-        content: bytes,
+        content: bytes.into(),
         ..std::default::Default::default()
     })
 }

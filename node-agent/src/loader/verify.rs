@@ -155,7 +155,7 @@ pub fn verify(
     if actual != bundle.digest {
         return Err(LoadError::Digest { expected: bundle.digest.clone(), actual });
     }
-    let content = v1::BundleContent::decode(bundle.content.as_slice()).map_err(LoadError::Decode)?;
+    let content = v1::BundleContent::decode(&bundle.content[..]).map_err(LoadError::Decode)?;
     if !palisade_contract::format::readable(content.format) {
         return Err(LoadError::Format { format: content.format, readable: &palisade_contract::format::READ });
     }

@@ -117,3 +117,22 @@ def test_field_violations_of_other_errors_are_empty(client: palisade.Client) -> 
         client.policies.GetPolicy(policy_pb2.GetPolicyRequest(name=support.unique("absent")), timeout=10)
     assert failed.value.code() is grpc.StatusCode.NOT_FOUND
     assert palisade.field_violations(failed.value) == []
+
+
+def test_apply_all_is_one_transaction_all_or_nothing(client: palisade.Client) -> None:
+    batch = support.unique("all")
+    names = [support.unique("many") for _ in range(3)]
+    applied = client.apply_all([deny_document(name, {"batch": batch}) for name in names])
+    assert [r.policy.policy.name for r in applied.results] == names
+    assert all(r.created for r in applied.results)
+    assert {p.policy.name for p in client.list_policies(label_selector={"batch": batch})} == set(names)
+
+    # One bad entry refuses the whole batch, with its index in the field path.
+    broken = support.unique("broken")
+    good = deny_document(support.unique("good"), {"batch": broken})
+    with pytest.raises(grpc.RpcError) as failed:
+        client.apply_all([good, deny_document(support.unique("bad"), {"batch": broken}, port=70000)])
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = [v.field for v in palisade.field_violations(failed.value)]
+    assert fields == ["policies[1].network.connect.rules[0].ports[0]"]
+    assert list(client.list_policies(label_selector={"batch": broken})) == []

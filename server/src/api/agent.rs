@@ -13,7 +13,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{bundler::Bundler, error::ApiError, metrics::ServerMetrics, store::Store, tls, validate};
+use crate::{
+    bundler::Bundler,
+    error::ApiError,
+    metrics::ServerMetrics,
+    store::{NodeContext, Store},
+    tls, validate,
+};
 
 /// How often the server sends a heartbeat on each Sync stream.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -95,6 +101,14 @@ struct Session {
     store: Store,
     bundler: Bundler,
     node: String,
+    /// What bundles depend on, as the hello that opened this stream set it.
+    context: NodeContext,
+    /// The policy generation as this replica last saw it.
+    generation: watch::Receiver<u64>,
+    /// The desired digest last recorded for the node (empty: none yet on this stream).
+    desired: String,
+    /// When a failed build or record is tried again, and the next backoff.
+    retry: Option<(tokio::time::Instant, Duration)>,
     outbound: mpsc::Sender<Result<v1::SyncResponse, Status>>,
     /// Digest the agent runs or was last sent.
     sent: String,
@@ -108,7 +122,8 @@ impl Session {
     /// Computes the node's bundle and pushes it if the agent does not have it yet; the
     /// generation pushed, if any.
     async fn push(&mut self) -> Result<Option<u64>, ()> {
-        let built = match self.bundler.for_node(&self.node).await {
+        let at = *self.generation.borrow_and_update();
+        let built = match self.bundler.for_context(&self.context, at).await {
             Ok(built) => built,
             Err(error) => {
                 // Shown as the node's last error, so "why does this node not run the current
@@ -118,25 +133,41 @@ impl Session {
                 if let Err(e) = self.store.node_nack(&self.node, 0, "", &message).await {
                     tracing::warn!(node = self.node, error = %e, "cannot record the build failure");
                 }
+                self.retry_later();
                 return Ok(None);
             }
         };
+        // Most generation changes leave most nodes' bundles as they are: those cost nothing
+        // more (no write, no push).
+        if built.digest == self.desired && built.digest == self.sent {
+            self.retry = None;
+            return Ok(None);
+        }
         let generation = match self.store.node_set_desired(&self.node, &built.digest).await {
             Ok(g) => g,
             Err(error) => {
                 tracing::warn!(node = self.node, %error, "cannot record the desired bundle");
+                self.retry_later();
                 return Ok(None);
             }
         };
+        self.retry = None;
+        self.desired.clone_from(&built.digest);
         if built.digest == self.sent {
             return Ok(None);
         }
-        tracing::info!(node = self.node, generation, digest = built.digest, "pushing bundle");
+        tracing::debug!(node = self.node, generation, digest = built.digest, "pushing bundle");
         let bundle = self.bundler.issue(&built, &self.node, generation);
         let message = v1::SyncResponse { message: Some(v1::sync_response::Message::Bundle(bundle)) };
         self.outbound.send(Ok(message)).await.map_err(drop)?;
         self.sent.clone_from(&built.digest);
         Ok(Some(generation))
+    }
+
+    /// Schedules the next attempt after a failure: 1 s, doubling to at most a minute.
+    fn retry_later(&mut self) {
+        let backoff = self.retry.map_or(Duration::from_secs(1), |(_, b)| (b * 2).min(Duration::from_mins(1)));
+        self.retry = Some((tokio::time::Instant::now() + backoff, backoff));
     }
 
     /// The policy generation moved (seen `since`): push, and time the node's ACK.
@@ -178,10 +209,21 @@ async fn drive(
         return;
     }
     loop {
+        let retry_at = session.retry.map(|(at, _)| at);
+        let retry = async move {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {
                 if session.outbound.send(Ok(heartbeat())).await.is_err() { break; }
+                continue;
+            }
+            () = retry => {
+                if session.push().await.is_err() { break; }
                 continue;
             }
             changed = generation.changed() => {
@@ -205,6 +247,10 @@ async fn drive(
             Ok(Some(v1::SyncRequest { message: Some(Inbound::Nack(nack)) })) => {
                 tracing::warn!(node, generation = nack.generation, error = nack.error, "bundle rejected");
                 let error: String = nack.error.chars().take(MAX_NACK_ERROR).collect();
+                // The change was rejected: whatever fixes it starts a new measurement.
+                if session.awaiting.is_some_and(|(g, _)| nack.generation >= g) {
+                    session.awaiting = None;
+                }
                 store.node_nack(&node, nack.generation, &nack.digest, &error).await
             }
             Ok(Some(v1::SyncRequest { message: Some(Inbound::Hello(_)) | None })) => {
@@ -334,10 +380,15 @@ impl AgentService for AgentApi {
         check_hello(&hello)?;
         self.store.node_hello(&hello).await?;
         tracing::info!(node = hello.node_name, digest = hello.bundle_digest, "agent connected");
+        let context = self.store.node_context(&hello.node_name).await?;
         let (sender, receiver) = mpsc::channel(16);
         let session = Session {
             store: self.store.clone(),
             bundler: self.bundler.clone(),
+            context,
+            generation: self.generation.clone(),
+            desired: String::new(),
+            retry: None,
             node: hello.node_name,
             outbound: sender,
             sent: hello.bundle_digest,

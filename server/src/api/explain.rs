@@ -126,8 +126,14 @@ fn check(request: &v1::ExplainRequest) -> Result<Checked, Vec<Violation>> {
         }
         Some(Op::Open(o)) => {
             check_path(&mut violations, "open.path", &o.path);
+            if o.access.len() > 2 {
+                violations.push(Violation::new(
+                    "open.access",
+                    format!("{} entries; give read, write or both", o.access.len()),
+                ));
+            }
             let mut access = 0;
-            for (i, a) in o.access.iter().enumerate() {
+            for (i, a) in o.access.iter().enumerate().take(2) {
                 match v1::FileAccess::try_from(*a) {
                     Ok(v1::FileAccess::Read) => access |= ACCESS_READ,
                     Ok(v1::FileAccess::Write) => access |= ACCESS_WRITE,

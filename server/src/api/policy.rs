@@ -12,10 +12,60 @@ use palisade_compiler::policy::model;
 use crate::{
     auth::{Auth, Role},
     bundler::{self, DEFAULT_OFFSETS},
-    error::ApiError,
+    error::{ApiError, Violation},
     store::Store,
     validate,
 };
+
+/// Most policies in one `ApplyPolicies` call.
+pub const MAX_BATCH: usize = 10_000;
+
+/// Parses and validates every entry of a batch; every problem with `policies[i].` paths.
+fn check_batch(entries: Vec<v1::ApplyPolicyRequest>) -> Result<Vec<(v1::Policy, Option<u64>)>, Vec<Violation>> {
+    let mut violations = Vec::new();
+    let mut checked = Vec::with_capacity(entries.len());
+    let mut names = std::collections::HashMap::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let prefix = format!("policies[{i}]");
+        if violations.len() >= validate::MAX_VIOLATIONS {
+            break;
+        }
+        if entry.dry_run {
+            violations.push(Violation::new(format!("{prefix}.dry_run"), "set dry_run on the batch, not on an entry"));
+        }
+        let policy = match entry.source {
+            Some(Source::Policy(policy)) => policy,
+            Some(Source::Document(text)) => match document::parse(&text) {
+                Ok(doc) => doc.to_proto(),
+                Err(e) => {
+                    let field =
+                        if e.path == "." { format!("{prefix}.document") } else { format!("{prefix}.{}", e.path) };
+                    violations.push(Violation::new(field, e.message));
+                    continue;
+                }
+            },
+            None => {
+                violations.push(Violation::new(format!("{prefix}.source"), "a policy or a document is required"));
+                continue;
+            }
+        };
+        match validate::policy(&policy) {
+            Ok(policy) => {
+                if let Some(first) = names.insert(policy.name.clone(), i) {
+                    violations.push(Violation::new(
+                        format!("{prefix}.name"),
+                        format!("{:?} is also policies[{first}]: names in a batch must be distinct", policy.name),
+                    ));
+                }
+                checked.push((policy, entry.expected_revision));
+            }
+            Err(found) => violations
+                .extend(found.into_iter().map(|v| Violation::new(format!("{prefix}.{}", v.field), v.description))),
+        }
+    }
+    violations.truncate(validate::MAX_VIOLATIONS);
+    if violations.is_empty() { Ok(checked) } else { Err(violations) }
+}
 
 /// Policy CRUD over the store.
 #[derive(Debug, Clone)]
@@ -61,7 +111,7 @@ impl PolicyService for PolicyApi {
             None => return Err(ApiError::invalid("source", "a policy or a document is required").into()),
         };
         let policy = validate::policy(&policy).map_err(ApiError::Invalid)?;
-        self.bundler.check_apply(&policy).await?;
+        self.bundler.check_apply(std::slice::from_ref(&policy)).await?;
         let outcome =
             self.store.apply_policy(&policy, request.expected_revision, request.dry_run, &actor).await.map_err(
                 |e| match e {
@@ -77,6 +127,39 @@ impl PolicyService for PolicyApi {
             changed: outcome.changed,
             created: outcome.created,
         }))
+    }
+
+    async fn apply_policies(
+        &self,
+        request: Request<v1::ApplyPoliciesRequest>,
+    ) -> Result<Response<v1::ApplyPoliciesResponse>, Status> {
+        let actor = self.auth.check(&request, Role::Editor).await?;
+        let request = request.into_inner();
+        if request.policies.is_empty() || request.policies.len() > MAX_BATCH {
+            let what = format!("{} policies; give 1 to {MAX_BATCH}", request.policies.len());
+            return Err(ApiError::invalid("policies", what).into());
+        }
+        // Parsing and validation are CPU work proportional to the batch: off the workers.
+        let checked = tokio::task::spawn_blocking(move || check_batch(request.policies))
+            .await
+            .map_err(ApiError::Task)?
+            .map_err(ApiError::Invalid)?;
+        let policies: Vec<v1::Policy> = checked.iter().map(|(p, _)| p.clone()).collect();
+        self.bundler.check_apply(&policies).await?;
+        let outcomes =
+            self.store.apply_policies(&checked, request.dry_run, &actor).await.map_err(|(_, e)| match e {
+                // As for ApplyPolicy: create-only meeting a live policy is a duplicate; a
+                // stale revision is ABORTED (naming the policy). Either rolls back the batch.
+                ApiError::RevisionMismatch { name, expected: 0, actual } => {
+                    ApiError::AlreadyExists { kind: "policy", name, revision: actual }
+                }
+                other => other,
+            })?;
+        let results = outcomes
+            .into_iter()
+            .map(|o| v1::ApplyPolicyResponse { policy: Some(o.stored), changed: o.changed, created: o.created })
+            .collect();
+        Ok(Response::new(v1::ApplyPoliciesResponse { results }))
     }
 
     async fn get_policy(

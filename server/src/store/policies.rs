@@ -108,16 +108,68 @@ impl Store {
         dry_run: bool,
         actor: &str,
     ) -> Result<ApplyOutcome, ApiError> {
+        let mut tx = self.pool.begin().await?;
+        let outcome = apply_in(&mut tx, policy, expected_revision, actor, &mut None).await?;
+        if dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+            if outcome.changed {
+                let (name, revision) = (&policy.name, outcome.stored.revision);
+                tracing::info!(policy = name, revision, actor, "policy stored");
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Stores several policies (validated, distinct names) in one transaction and at most
+    /// one new policy generation: all or nothing. Rows are locked in name order, so two
+    /// batches never deadlock. On failure, the index of the policy that failed.
+    pub async fn apply_policies(
+        &self,
+        policies: &[(v1::Policy, Option<u64>)],
+        dry_run: bool,
+        actor: &str,
+    ) -> Result<Vec<ApplyOutcome>, (usize, ApiError)> {
+        let mut order: Vec<usize> = (0..policies.len()).collect();
+        order.sort_by(|a, b| policies[*a].0.name.cmp(&policies[*b].0.name));
+        let mut tx = self.pool.begin().await.map_err(|e| (0, e.into()))?;
+        let mut generation = None;
+        let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; policies.len()];
+        for i in order {
+            let (policy, expected) = &policies[i];
+            outcomes[i] = Some(apply_in(&mut tx, policy, *expected, actor, &mut generation).await.map_err(|e| (i, e))?);
+        }
+        if dry_run {
+            tx.rollback().await.map_err(|e| (0, e.into()))?;
+        } else {
+            tx.commit().await.map_err(|e| (0, e.into()))?;
+            let changed = outcomes.iter().flatten().filter(|o| o.changed).count();
+            tracing::info!(policies = policies.len(), changed, ?generation, actor, "policies stored");
+        }
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+}
+
+/// Stores `policy` in `tx` unless it equals the current revision; the first change in the
+/// transaction bumps the policy generation (`generation`), later ones reuse it.
+async fn apply_in(
+    tx: &mut Transaction<'_, Postgres>,
+    policy: &v1::Policy,
+    expected_revision: Option<u64>,
+    actor: &str,
+    generation: &mut Option<i64>,
+) -> Result<ApplyOutcome, ApiError> {
+    {
         let name = policy.name.as_str();
         let (spec, digest) = canonical(policy);
-        let mut tx = self.pool.begin().await?;
         // Insert a placeholder (revision 0, deleted) so that concurrent creates of the same
         // name serialise on the row; it disappears if this transaction rolls back.
         let inserted = sqlx::query(
             "INSERT INTO policies (name, current_revision, deleted) VALUES ($1, 0, true) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected()
             == 1;
@@ -127,14 +179,14 @@ impl Store {
             // Lock first, read second: under READ COMMITTED a locking join would re-check
             // the join against the pre-lock revision row and return nothing after a
             // concurrent update. The next statement takes a fresh snapshot.
-            sqlx::query("SELECT 1 FROM policies WHERE name = $1 FOR UPDATE").bind(name).execute(&mut *tx).await?;
+            sqlx::query("SELECT 1 FROM policies WHERE name = $1 FOR UPDATE").bind(name).execute(&mut **tx).await?;
             sqlx::query(dynamic_sql!(
                 "SELECT {STORED_COLUMNS}, p.deleted FROM policies p \
                  JOIN policy_revisions r ON r.policy_name = p.name AND r.revision = p.current_revision \
                  WHERE p.name = $1"
             ))
             .bind(name)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?
         };
         let (current_revision, live_digest) = match &current {
@@ -153,7 +205,10 @@ impl Store {
         }
         let revision = current_revision + 1;
         let kind = if live { "updated" } else { "created" };
-        let generation = bump_generation(&mut tx).await?;
+        let generation = match *generation {
+            Some(g) => g,
+            None => *generation.insert(bump_generation(tx).await?),
+        };
         let labels = serde_json::to_value(&policy.labels).map_err(|e| ApiError::Corrupt(e.to_string()))?;
         let created_at: DateTime<Utc> = sqlx::query_scalar(
             "UPDATE policies SET current_revision = $2, deleted = false, labels = $3, updated_at = now() \
@@ -162,7 +217,7 @@ impl Store {
         .bind(name)
         .bind(revision)
         .bind(labels)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
         let updated_at: DateTime<Utc> = sqlx::query_scalar(
             "INSERT INTO policy_revisions (policy_name, revision, kind, spec, spec_json, digest, created_by, generation) \
@@ -176,10 +231,10 @@ impl Store {
         .bind(&digest)
         .bind(actor)
         .bind(generation)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
         audit(
-            &mut tx,
+            tx,
             actor,
             &format!("policy.{kind}"),
             name,
@@ -187,12 +242,6 @@ impl Store {
             serde_json::json!({ "digest": digest, "generation": generation }),
         )
         .await?;
-        if dry_run {
-            tx.rollback().await?;
-        } else {
-            tx.commit().await?;
-            tracing::info!(policy = name, revision, generation, actor, kind, "policy stored");
-        }
         Ok(ApplyOutcome {
             stored: v1::StoredPolicy {
                 policy: Some(policy.clone()),
@@ -206,7 +255,9 @@ impl Store {
             created: !live,
         })
     }
+}
 
+impl Store {
     /// The current revision of a live policy, or a given non-deletion revision.
     pub async fn get_policy(&self, name: &str, revision: Option<u64>) -> Result<v1::StoredPolicy, ApiError> {
         let row = match revision {
@@ -358,7 +409,7 @@ impl Store {
         &self,
         name: &str,
         revision: Option<u64>,
-    ) -> Result<(u64, Option<v1::Policy>, v1::Policy), ApiError> {
+    ) -> Result<(u64, Option<v1::Policy>, v1::Policy, DateTime<Utc>), ApiError> {
         let not_found = || ApiError::NotFound { kind: "policy", name: name.to_owned() };
         let revision = match revision {
             Some(r) => r as i64,
@@ -368,15 +419,15 @@ impl Store {
                 .await?
                 .ok_or_else(not_found)?,
         };
-        let rows: Vec<(i64, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT revision, spec FROM policy_revisions WHERE policy_name = $1 AND revision <= $2 \
+        let rows: Vec<(i64, Option<Vec<u8>>, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT revision, spec, created_at FROM policy_revisions WHERE policy_name = $1 AND revision <= $2 \
              AND (revision = $2 OR spec IS NOT NULL) ORDER BY revision DESC LIMIT 2",
         )
         .bind(name)
         .bind(revision)
         .fetch_all(&self.pool)
         .await?;
-        let Some((found, spec)) = rows.first() else { return Err(not_found()) };
+        let Some((found, spec, committed)) = rows.first() else { return Err(not_found()) };
         if *found != revision {
             return Err(ApiError::NotFound { kind: "policy revision", name: format!("{name}@{revision}") });
         }
@@ -384,7 +435,7 @@ impl Store {
         let selector = match &target {
             Some(p) => p.clone(),
             None => match rows.get(1) {
-                Some((_, Some(spec))) => decode(name, spec)?,
+                Some((_, Some(spec), _)) => decode(name, spec)?,
                 _ => {
                     return Err(ApiError::Corrupt(format!(
                         "policy {name}: a deletion without a live revision before it"
@@ -392,7 +443,19 @@ impl Store {
                 }
             },
         };
-        Ok((revision as u64, target, selector))
+        Ok((revision as u64, target, selector, *committed))
+    }
+
+    /// When each live policy's current revision was committed.
+    pub async fn current_revision_times(&self) -> Result<std::collections::HashMap<String, DateTime<Utc>>, ApiError> {
+        let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT p.name, r.created_at FROM policies p \
+             JOIN policy_revisions r ON r.policy_name = p.name AND r.revision = p.current_revision \
+             WHERE NOT p.deleted",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Revisions of a policy (live or deleted) older than `before`, newest first.

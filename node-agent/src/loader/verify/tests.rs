@@ -16,7 +16,7 @@ fn signed(content: &v1::BundleContent, key: &SigningKey) -> v1::Bundle {
     let mut bundle = v1::Bundle {
         generation: 1,
         digest: palisade_proto::sha256_hex(&content),
-        content,
+        content: content.into(),
         node: "node-a".into(),
         issued_at: Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 0 }),
         ..Default::default()
@@ -27,7 +27,12 @@ fn signed(content: &v1::BundleContent, key: &SigningKey) -> v1::Bundle {
 
 fn unsigned(content: &v1::BundleContent) -> v1::Bundle {
     let content = content.encode_to_vec();
-    v1::Bundle { generation: 1, digest: palisade_proto::sha256_hex(&content), content, ..Default::default() }
+    v1::Bundle {
+        generation: 1,
+        digest: palisade_proto::sha256_hex(&content),
+        content: content.into(),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -39,7 +44,7 @@ fn verify_accepts_only_bundles_signed_by_the_pinned_key() {
     assert!(verify(&bundle, pinned.as_ref(), Some("node-a")).is_ok());
     assert!(matches!(verify(&bundle, Some(&other.verifying_key()), None), Err(LoadError::Signature)));
     let mut tampered = bundle.clone();
-    tampered.content.push(0);
+    tampered.content = [&tampered.content[..], &[0]].concat().into();
     tampered.digest = palisade_proto::sha256_hex(&tampered.content);
     assert!(matches!(verify(&tampered, pinned.as_ref(), None), Err(LoadError::Signature)));
     let unsigned = v1::Bundle { signature: Vec::new(), ..bundle.clone() };

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from .v1 import event_pb2, node_pb2, policy_pb2
@@ -16,6 +16,14 @@ def apply(document: str | bytes, dry_run: bool, expected_revision: int | None) -
     if expected_revision is not None:
         request.expected_revision = expected_revision
     return request
+
+
+def apply_all(
+    documents: Sequence[str | bytes], dry_run: bool, expected_revision: int | None
+) -> policy_pb2.ApplyPoliciesRequest:
+    """ApplyPolicies with one YAML or JSON document per policy: one transaction, all or nothing."""
+    entries = [apply(document, False, expected_revision) for document in documents]
+    return policy_pb2.ApplyPoliciesRequest(policies=entries, dry_run=dry_run)
 
 
 def list_policies(label_selector: Mapping[str, str] | None, page_size: int) -> policy_pb2.ListPoliciesRequest:

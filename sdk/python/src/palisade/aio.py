@@ -94,6 +94,19 @@ class AsyncClient:
         response: policy_pb2.ApplyPolicyResponse = await self.policies.ApplyPolicy(request, timeout=timeout)
         return response
 
+    async def apply_all(
+        self,
+        documents: Sequence[str | bytes],
+        *,
+        dry_run: bool = False,
+        expected_revision: int | None = None,
+        timeout: float | None = None,
+    ) -> policy_pb2.ApplyPoliciesResponse:
+        """As `palisade.Client.apply_all`; raises `grpc.aio.AioRpcError`."""
+        request = _requests.apply_all(documents, dry_run, expected_revision)
+        response: policy_pb2.ApplyPoliciesResponse = await self.policies.ApplyPolicies(request, timeout=timeout)
+        return response
+
     def list_policies(
         self,
         *,

@@ -102,6 +102,19 @@ class Client:
         `expected_revision` makes the apply conditional (0: create only)."""
         return self.policies.ApplyPolicy(_requests.apply(document, dry_run, expected_revision), timeout=timeout)
 
+    def apply_all(
+        self,
+        documents: Sequence[str | bytes],
+        *,
+        dry_run: bool = False,
+        expected_revision: int | None = None,
+        timeout: float | None = None,
+    ) -> policy_pb2.ApplyPoliciesResponse:
+        """Applies several policies (a directory, a GitOps sync) in one transaction and one
+        policy generation: all or nothing. Field paths in errors start `policies[i].`."""
+        request = _requests.apply_all(documents, dry_run, expected_revision)
+        return self.policies.ApplyPolicies(request, timeout=timeout)
+
     def list_policies(
         self,
         *,

@@ -211,6 +211,20 @@ class ApplyPolicyResponse(_message.Message):
     created: bool
     def __init__(self, policy: _Optional[_Union[StoredPolicy, _Mapping]] = ..., changed: _Optional[bool] = ..., created: _Optional[bool] = ...) -> None: ...
 
+class ApplyPoliciesRequest(_message.Message):
+    __slots__ = ("policies", "dry_run")
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    policies: _containers.RepeatedCompositeFieldContainer[ApplyPolicyRequest]
+    dry_run: bool
+    def __init__(self, policies: _Optional[_Iterable[_Union[ApplyPolicyRequest, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class ApplyPoliciesResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ApplyPolicyResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[ApplyPolicyResponse, _Mapping]]] = ...) -> None: ...
+
 class GetPolicyRequest(_message.Message):
     __slots__ = ("name", "revision")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -40,6 +40,11 @@ class PolicyServiceStub:
                 request_serializer=palisade_dot_v1_dot_policy__pb2.ApplyPolicyRequest.SerializeToString,
                 response_deserializer=palisade_dot_v1_dot_policy__pb2.ApplyPolicyResponse.FromString,
                 _registered_method=True)
+        self.ApplyPolicies = channel.unary_unary(
+                '/palisade.v1.PolicyService/ApplyPolicies',
+                request_serializer=palisade_dot_v1_dot_policy__pb2.ApplyPoliciesRequest.SerializeToString,
+                response_deserializer=palisade_dot_v1_dot_policy__pb2.ApplyPoliciesResponse.FromString,
+                _registered_method=True)
         self.GetPolicy = channel.unary_unary(
                 '/palisade.v1.PolicyService/GetPolicy',
                 request_serializer=palisade_dot_v1_dot_policy__pb2.GetPolicyRequest.SerializeToString,
@@ -77,6 +82,15 @@ class PolicyServiceServicer:
         (`changed = false`). Errors: INVALID_ARGUMENT with one field violation per problem
         (google.rpc.BadRequest), ABORTED when `expected_revision` does not match,
         ALREADY_EXISTS when it is 0 (create only) and the policy is live.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyPolicies(self, request, context):
+        """Creates or updates several policies at once — a directory, a GitOps sync — in one
+        transaction and at most one new policy generation: all or nothing. An invalid policy
+        fails the whole call with field paths under `policies[i]`; nothing is stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,6 +141,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.ApplyPolicy,
                     request_deserializer=palisade_dot_v1_dot_policy__pb2.ApplyPolicyRequest.FromString,
                     response_serializer=palisade_dot_v1_dot_policy__pb2.ApplyPolicyResponse.SerializeToString,
+            ),
+            'ApplyPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyPolicies,
+                    request_deserializer=palisade_dot_v1_dot_policy__pb2.ApplyPoliciesRequest.FromString,
+                    response_serializer=palisade_dot_v1_dot_policy__pb2.ApplyPoliciesResponse.SerializeToString,
             ),
             'GetPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPolicy,
@@ -182,6 +201,33 @@ class PolicyService:
             '/palisade.v1.PolicyService/ApplyPolicy',
             palisade_dot_v1_dot_policy__pb2.ApplyPolicyRequest.SerializeToString,
             palisade_dot_v1_dot_policy__pb2.ApplyPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/palisade.v1.PolicyService/ApplyPolicies',
+            palisade_dot_v1_dot_policy__pb2.ApplyPoliciesRequest.SerializeToString,
+            palisade_dot_v1_dot_policy__pb2.ApplyPoliciesResponse.FromString,
             options,
             channel_credentials,
             insecure,

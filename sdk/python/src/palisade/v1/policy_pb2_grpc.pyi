@@ -46,6 +46,11 @@ class PolicyServiceStub:
     (google.rpc.BadRequest), ABORTED when `expected_revision` does not match,
     ALREADY_EXISTS when it is 0 (create only) and the policy is live.
     """
+    ApplyPolicies: _grpc.UnaryUnaryMultiCallable[_policy_pb2.ApplyPoliciesRequest, _policy_pb2.ApplyPoliciesResponse]
+    """Creates or updates several policies at once — a directory, a GitOps sync — in one
+    transaction and at most one new policy generation: all or nothing. An invalid policy
+    fails the whole call with field paths under `policies[i]`; nothing is stored.
+    """
     GetPolicy: _grpc.UnaryUnaryMultiCallable[_policy_pb2.GetPolicyRequest, _policy_pb2.GetPolicyResponse]
     """Returns the current revision of a live policy, or a given revision (also of a deleted
     policy) that is not itself a deletion. NOT_FOUND otherwise.
@@ -74,6 +79,11 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     (`changed = false`). Errors: INVALID_ARGUMENT with one field violation per problem
     (google.rpc.BadRequest), ABORTED when `expected_revision` does not match,
     ALREADY_EXISTS when it is 0 (create only) and the policy is live.
+    """
+    ApplyPolicies: _aio.UnaryUnaryMultiCallable[_policy_pb2.ApplyPoliciesRequest, _policy_pb2.ApplyPoliciesResponse]  # type: ignore[assignment]
+    """Creates or updates several policies at once — a directory, a GitOps sync — in one
+    transaction and at most one new policy generation: all or nothing. An invalid policy
+    fails the whole call with field paths under `policies[i]`; nothing is stored.
     """
     GetPolicy: _aio.UnaryUnaryMultiCallable[_policy_pb2.GetPolicyRequest, _policy_pb2.GetPolicyResponse]  # type: ignore[assignment]
     """Returns the current revision of a live policy, or a given revision (also of a deleted
@@ -106,6 +116,17 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         (`changed = false`). Errors: INVALID_ARGUMENT with one field violation per problem
         (google.rpc.BadRequest), ABORTED when `expected_revision` does not match,
         ALREADY_EXISTS when it is 0 (create only) and the policy is live.
+        """
+
+    @_abc_1.abstractmethod
+    def ApplyPolicies(
+        self,
+        request: _policy_pb2.ApplyPoliciesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.ApplyPoliciesResponse, _abc.Awaitable[_policy_pb2.ApplyPoliciesResponse]]:
+        """Creates or updates several policies at once — a directory, a GitOps sync — in one
+        transaction and at most one new policy generation: all or nothing. An invalid policy
+        fails the whole call with field paths under `policies[i]`; nothing is stored.
         """
 
     @_abc_1.abstractmethod

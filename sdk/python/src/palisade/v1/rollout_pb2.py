@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19palisade/v1/rollout.proto\x12\x0bpalisade.v1\"G\n\x11GetRolloutRequest\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x15\n\x08revision\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x0b\n\t_revision\"B\n\x12GetRolloutResponse\x12,\n\x08policies\x18\x01 \x03(\x0b\x32\x1a.palisade.v1.PolicyRollout\"\xc5\x01\n\rPolicyRollout\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\x12\x10\n\x08selected\x18\x04 \x01(\r\x12\x0f\n\x07\x61pplied\x18\x05 \x01(\r\x12\x0f\n\x07pending\x18\x06 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\r\x12\x14\n\x0c\x64isconnected\x18\x08 \x01(\r\x12\'\n\x05nodes\x18\t \x03(\x0b\x32\x18.palisade.v1.NodeRollout\"\xa7\x01\n\x0bNodeRollout\x12\x0c\n\x04node\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.palisade.v1.RolloutState\x12\x19\n\x11\x65nforced_revision\x18\x03 \x01(\x04\x12\x1a\n\x12\x61pplied_generation\x18\x04 \x01(\x04\x12\x1a\n\x12\x64\x65sired_generation\x18\x05 \x01(\x04\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\x16\n\x14GetServerInfoRequest\"H\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x19\n\x11\x62undle_public_key\x18\x02 \x01(\t\x12\x0e\n\x06secure\x18\x03 \x01(\x08*\x9d\x01\n\x0cRolloutState\x12\x1d\n\x19ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15ROLLOUT_STATE_APPLIED\x10\x01\x12\x19\n\x15ROLLOUT_STATE_PENDING\x10\x02\x12\x18\n\x14ROLLOUT_STATE_FAILED\x10\x03\x12\x1e\n\x1aROLLOUT_STATE_DISCONNECTED\x10\x04\x32\xac\x01\n\x0eRolloutService\x12M\n\nGetRollout\x12\x1e.palisade.v1.GetRolloutRequest\x1a\x1f.palisade.v1.GetRolloutResponse\x12K\n\rGetServerInfo\x12!.palisade.v1.GetServerInfoRequest\x1a\x17.palisade.v1.ServerInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19palisade/v1/rollout.proto\x12\x0bpalisade.v1\"G\n\x11GetRolloutRequest\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x15\n\x08revision\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x0b\n\t_revision\"B\n\x12GetRolloutResponse\x12,\n\x08policies\x18\x01 \x03(\x0b\x32\x1a.palisade.v1.PolicyRollout\"\xc5\x01\n\rPolicyRollout\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\x12\x10\n\x08selected\x18\x04 \x01(\r\x12\x0f\n\x07\x61pplied\x18\x05 \x01(\r\x12\x0f\n\x07pending\x18\x06 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\r\x12\x14\n\x0c\x64isconnected\x18\x08 \x01(\r\x12\'\n\x05nodes\x18\t \x03(\x0b\x32\x18.palisade.v1.NodeRollout\"\xbd\x01\n\x0bNodeRollout\x12\x0c\n\x04node\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.palisade.v1.RolloutState\x12\x19\n\x11\x65nforced_revision\x18\x03 \x01(\x04\x12\x1a\n\x12\x61pplied_generation\x18\x04 \x01(\x04\x12\x1a\n\x12\x64\x65sired_generation\x18\x05 \x01(\x04\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x14\n\x0cnot_enforced\x18\x07 \x01(\t\"\x16\n\x14GetServerInfoRequest\"H\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x19\n\x11\x62undle_public_key\x18\x02 \x01(\t\x12\x0e\n\x06secure\x18\x03 \x01(\x08*\x9d\x01\n\x0cRolloutState\x12\x1d\n\x19ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15ROLLOUT_STATE_APPLIED\x10\x01\x12\x19\n\x15ROLLOUT_STATE_PENDING\x10\x02\x12\x18\n\x14ROLLOUT_STATE_FAILED\x10\x03\x12\x1e\n\x1aROLLOUT_STATE_DISCONNECTED\x10\x04\x32\xac\x01\n\x0eRolloutService\x12M\n\nGetRollout\x12\x1e.palisade.v1.GetRolloutRequest\x1a\x1f.palisade.v1.GetRolloutResponse\x12K\n\rGetServerInfo\x12!.palisade.v1.GetServerInfoRequest\x1a\x17.palisade.v1.ServerInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'palisade.v1.rollout_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLLOUTSTATE']._serialized_start=652
-  _globals['_ROLLOUTSTATE']._serialized_end=809
+  _globals['_ROLLOUTSTATE']._serialized_start=674
+  _globals['_ROLLOUTSTATE']._serialized_end=831
   _globals['_GETROLLOUTREQUEST']._serialized_start=42
   _globals['_GETROLLOUTREQUEST']._serialized_end=113
   _globals['_GETROLLOUTRESPONSE']._serialized_start=115
@@ -40,11 +40,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POLICYROLLOUT']._serialized_start=184
   _globals['_POLICYROLLOUT']._serialized_end=381
   _globals['_NODEROLLOUT']._serialized_start=384
-  _globals['_NODEROLLOUT']._serialized_end=551
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=553
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=575
-  _globals['_SERVERINFO']._serialized_start=577
-  _globals['_SERVERINFO']._serialized_end=649
-  _globals['_ROLLOUTSERVICE']._serialized_start=812
-  _globals['_ROLLOUTSERVICE']._serialized_end=984
+  _globals['_NODEROLLOUT']._serialized_end=573
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=575
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=597
+  _globals['_SERVERINFO']._serialized_start=599
+  _globals['_SERVERINFO']._serialized_end=671
+  _globals['_ROLLOUTSERVICE']._serialized_start=834
+  _globals['_ROLLOUTSERVICE']._serialized_end=1006
 # @@protoc_insertion_point(module_scope)

@@ -57,20 +57,22 @@ class PolicyRollout(_message.Message):
     def __init__(self, policy: _Optional[str] = ..., revision: _Optional[int] = ..., deleted: _Optional[bool] = ..., selected: _Optional[int] = ..., applied: _Optional[int] = ..., pending: _Optional[int] = ..., failed: _Optional[int] = ..., disconnected: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeRollout, _Mapping]]] = ...) -> None: ...
 
 class NodeRollout(_message.Message):
-    __slots__ = ("node", "state", "enforced_revision", "applied_generation", "desired_generation", "error")
+    __slots__ = ("node", "state", "enforced_revision", "applied_generation", "desired_generation", "error", "not_enforced")
     NODE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ENFORCED_REVISION_FIELD_NUMBER: _ClassVar[int]
     APPLIED_GENERATION_FIELD_NUMBER: _ClassVar[int]
     DESIRED_GENERATION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    NOT_ENFORCED_FIELD_NUMBER: _ClassVar[int]
     node: str
     state: RolloutState
     enforced_revision: int
     applied_generation: int
     desired_generation: int
     error: str
-    def __init__(self, node: _Optional[str] = ..., state: _Optional[_Union[RolloutState, str]] = ..., enforced_revision: _Optional[int] = ..., applied_generation: _Optional[int] = ..., desired_generation: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    not_enforced: str
+    def __init__(self, node: _Optional[str] = ..., state: _Optional[_Union[RolloutState, str]] = ..., enforced_revision: _Optional[int] = ..., applied_generation: _Optional[int] = ..., desired_generation: _Optional[int] = ..., error: _Optional[str] = ..., not_enforced: _Optional[str] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()

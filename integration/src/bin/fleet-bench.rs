@@ -1,0 +1,500 @@
+//! `fleet-bench`: how fast a policy change reaches a fleet, measured against a real server
+//! and PostgreSQL with simulated agents (real `Sync` streams, one HTTP/2 connection each,
+//! that say hello and ACK every bundle at once; no kernel).
+//!
+//! For each fleet size it reports, over several applies: the `ApplyPolicy` RPC latency, the
+//! time from the apply to each agent receiving the new bundle (p50/p99/max), the time until
+//! the server has recorded each ACK (what `GetNode` shows), the server's RSS per connected
+//! idle agent — and, in the same run as the baseline, raw tonic fan-out of the same bundle
+//! bytes to the same number of streams (a minimal `AgentService` that only broadcasts),
+//! with the ratio of the two p99s.
+//!
+//! `cargo run --release -p palisade-integration --bin fleet-bench -- --agents 1000,10000`
+//! (builds `palisade-server` first: `cargo build --release -p palisade-server`). Needs
+//! `DATABASE_URL` (a database per fleet size is created and dropped) and raises its open-file
+//! limit to the hard limit. The server runs `--dev` (plaintext): the figures are the fan-out's,
+//! not TLS's.
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a benchmark prints its table")]
+#![allow(clippy::cast_precision_loss, reason = "durations and counts far below 2^52")]
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use palisade_proto::v1::{
+    self,
+    agent_service_client::AgentServiceClient,
+    agent_service_server::{AgentService, AgentServiceServer},
+    apply_policy_request::Source,
+    policy_service_client::PolicyServiceClient,
+    sync_request::Message as Up,
+    sync_response::Message as Down,
+};
+use sqlx::{Connection as _, Executor as _};
+use tokio::sync::mpsc;
+use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
+use tonic::transport::Endpoint;
+
+/// Flags.
+#[derive(Debug, Parser)]
+#[command(name = "fleet-bench", about = "Policy fan-out to simulated agents against a real server")]
+struct Args {
+    /// Fleet sizes to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    agents: Vec<usize>,
+    /// Applies measured per fleet size.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// The `palisade-server` binary (default: next to this one).
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// Agents connecting at once while the fleet starts.
+    #[arg(long, default_value_t = 256)]
+    connect_parallel: usize,
+    /// Internal: run the raw fan-out baseline server on this port, broadcasting the bundle in
+    /// this file `--rounds` times once `--agents` streams are open.
+    #[arg(long, hide = true)]
+    raw_server: Option<u16>,
+    /// Internal: the bundle bytes the raw server sends.
+    #[arg(long, hide = true)]
+    raw_bundle: Option<PathBuf>,
+}
+
+/// One receipt: which agent, which generation, when (wall clock: the raw baseline runs in
+/// another process).
+type Receipt = (usize, u64, SystemTime);
+
+/// Percentiles of a sample of durations.
+fn percentiles(mut sample: Vec<Duration>) -> (Duration, Duration, Duration) {
+    if sample.is_empty() {
+        return (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    }
+    sample.sort();
+    let at = |q: f64| sample[((sample.len() as f64 * q).ceil() as usize).clamp(1, sample.len()) - 1];
+    (at(0.50), at(0.99), sample[sample.len() - 1])
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+/// A free port below the ephemeral range (32768–60999), so thousands of client sockets never
+/// collide with it.
+fn free_port() -> anyhow::Result<u16> {
+    for port in (20_000..32_000).step_by(7) {
+        let port = u16::try_from(port)?;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between 20000 and 32000")
+}
+
+/// Raises the open-file limit to the hard limit (each agent holds one connection, and the
+/// server one per agent).
+fn raise_nofile() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A simulated agent: one connection, one Sync stream; every bundle is reported to
+/// `receipts` and acknowledged at once. Returns when the stream ends.
+async fn agent(
+    index: usize,
+    url: String,
+    receipts: mpsc::UnboundedSender<Receipt>,
+    first: Option<Arc<Mutex<Vec<u8>>>>,
+) -> anyhow::Result<()> {
+    let channel = Endpoint::from_shared(url)?.connect().await?;
+    let (up, rx) = mpsc::channel(4);
+    let hello = v1::AgentHello {
+        node_name: format!("sim-{index:05}"),
+        labels: [("fleet".to_owned(), "bench".to_owned())].into(),
+        features: Some(v1::KernelFeatures { kernel_release: "6.18.0-sim".into(), ..Default::default() }),
+        agent_version: "fleet-bench".into(),
+        ..Default::default()
+    };
+    up.send(v1::SyncRequest { message: Some(Up::Hello(hello)) }).await?;
+    let mut down = AgentServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .sync(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    while let Some(message) = down.next().await {
+        let Some(Down::Bundle(bundle)) = message?.message else { continue };
+        let _ = receipts.send((index, bundle.generation, SystemTime::now()));
+        if let Some(slot) = &first
+            && let Ok(mut slot) = slot.lock()
+            && slot.is_empty()
+        {
+            *slot = bundle.content.to_vec();
+        }
+        let ack = v1::BundleAck { generation: bundle.generation, digest: bundle.digest };
+        if up.send(v1::SyncRequest { message: Some(Up::Ack(ack)) }).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Starts `n` agents against `url`, at most `parallel` connecting at once; returns once every
+/// one has its stream open and its first bundle (or, against the raw server, its stream).
+async fn start_fleet(
+    n: usize,
+    url: &str,
+    parallel: usize,
+    receipts: &mpsc::UnboundedSender<Receipt>,
+    first: Option<Arc<Mutex<Vec<u8>>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let mut handles = Vec::with_capacity(n);
+    for index in 0..n {
+        let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+        let (url, receipts, first) = (url.to_owned(), receipts.clone(), first.clone());
+        handles.push(tokio::spawn(async move {
+            // The permit is held while connecting only.
+            let task = agent(index, url, receipts, first);
+            tokio::pin!(task);
+            let result = tokio::select! {
+                r = &mut task => Some(r),
+                () = tokio::time::sleep(Duration::from_millis(500)) => None,
+            };
+            drop(permit);
+            let result = match result {
+                Some(r) => r,
+                None => task.await,
+            };
+            if let Err(error) = result {
+                eprintln!("fleet-bench: agent {index}: {error:#}");
+            }
+        }));
+    }
+    handles
+}
+
+/// Waits until `count` receipts of a generation above `above` (per agent) arrived; returns
+/// each agent's receipt time.
+async fn receipts_after(
+    rx: &mut mpsc::UnboundedReceiver<Receipt>,
+    count: usize,
+    above: &HashMap<usize, u64>,
+    timeout: Duration,
+) -> anyhow::Result<HashMap<usize, (u64, SystemTime)>> {
+    let mut got = HashMap::with_capacity(count);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while got.len() < count {
+        let Ok(Some((index, generation, at))) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            bail!("only {} of {count} agents received a new bundle within {timeout:?}", got.len());
+        };
+        if generation > above.get(&index).copied().unwrap_or(0) {
+            got.insert(index, (generation, at));
+        }
+    }
+    Ok(got)
+}
+
+fn since(t0: SystemTime, at: SystemTime) -> Duration {
+    at.duration_since(t0).unwrap_or_default()
+}
+
+fn policy(round: usize) -> v1::ApplyPolicyRequest {
+    let doc = format!(
+        "name: fleet-bench\nworkload: {{cgroup: /fleet-bench}}\nnetwork:\n  connect:\n    rules:\n      - {{id: r{round}, action: deny, cidrs: [10.{}.0.0/16], ports: [443]}}\n",
+        round % 250
+    );
+    v1::ApplyPolicyRequest { source: Some(Source::Document(doc)), ..Default::default() }
+}
+
+/// Figures for one fleet size against the real server.
+struct Real {
+    apply: Vec<Duration>,
+    receipt: Vec<Duration>,
+    recorded: Vec<Duration>,
+    rss_per_agent_kib: f64,
+    bundle: Vec<u8>,
+}
+
+async fn measure_real(args: &Args, n: usize, database: &str, server_bin: &PathBuf) -> anyhow::Result<Real> {
+    let port = free_port()?;
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("fleet-bench-server-{n}.log")))?;
+    let mut server = tokio::process::Command::new(server_bin)
+        .args(["--dev", "--listen", &format!("127.0.0.1:{port}"), "--database-url", database])
+        .args(["--db-connections", "16", "--event-rate", "0"])
+        .env("PALISADE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("start palisade-server")?;
+    let pid = server.id().context("server pid")?;
+    let url = format!("http://127.0.0.1:{port}");
+    let admin = loop {
+        if let Ok(channel) = Endpoint::from_shared(url.clone())?.connect().await {
+            break channel;
+        }
+        if let Some(status) = server.try_wait()? {
+            bail!("palisade-server exited: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut policies = PolicyServiceClient::new(admin.clone());
+    policies.apply_policy(policy(0)).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_before = rss_kib(pid);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let first = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let handles = start_fleet(n, &url, args.connect_parallel, &tx, Some(first.clone())).await;
+    let mut seen = receipts_after(&mut rx, n, &HashMap::new(), Duration::from_mins(5)).await?;
+    eprintln!("fleet-bench: {n} agents connected and synced in {:.1} s", started.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_after = rss_kib(pid);
+    let pool = sqlx::PgPool::connect(database).await?;
+    let mut real = Real {
+        apply: Vec::new(),
+        receipt: Vec::new(),
+        recorded: Vec::new(),
+        rss_per_agent_kib: (idle_after.saturating_sub(idle_before)) as f64 / n as f64,
+        bundle: first.lock().map(|b| b.clone()).unwrap_or_default(),
+    };
+    for round in 1..=args.rounds {
+        let above: HashMap<usize, u64> = seen.iter().map(|(i, (g, _))| (*i, *g)).collect();
+        let t0 = SystemTime::now();
+        let clock = Instant::now();
+        policies.apply_policy(policy(round)).await?;
+        real.apply.push(clock.elapsed());
+        let got = receipts_after(&mut rx, n, &above, Duration::from_mins(2)).await?;
+        real.receipt.extend(got.values().map(|(_, at)| since(t0, *at)));
+        // ACK recorded: poll how many nodes show the new generation applied.
+        let want: HashMap<String, i64> =
+            got.iter().map(|(i, (g, _))| (format!("sim-{i:05}"), i64::try_from(*g).unwrap_or(i64::MAX))).collect();
+        let mut recorded = 0;
+        let deadline = Instant::now() + Duration::from_mins(2);
+        while recorded < n {
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as("SELECT name, applied_generation FROM nodes WHERE name LIKE 'sim-%'")
+                    .fetch_all(&pool)
+                    .await?;
+            let now = since(t0, SystemTime::now());
+            let done = rows.iter().filter(|(name, g)| want.get(name).is_some_and(|w| g >= w)).count();
+            for _ in recorded..done {
+                real.recorded.push(now);
+            }
+            recorded = done;
+            if Instant::now() > deadline {
+                bail!("only {recorded} of {n} ACKs recorded within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        seen = got;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for h in handles {
+        h.abort();
+    }
+    pool.close().await;
+    let _ = server.kill().await;
+    Ok(real)
+}
+
+/// The raw baseline, client side: starts the raw server process, connects `n` agents, and
+/// collects each round's receipt times from the wall-clock send times it prints.
+async fn measure_raw(args: &Args, n: usize, bundle: &[u8]) -> anyhow::Result<Vec<Duration>> {
+    let port = free_port()?;
+    let file = std::env::temp_dir().join(format!("fleet-bench-bundle-{}", std::process::id()));
+    std::fs::write(&file, bundle)?;
+    let mut raw = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["--raw-server", &port.to_string(), "--agents", &n.to_string(), "--rounds", &args.rounds.to_string()])
+        .arg("--raw-bundle")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(raw.stdout.take().context("stdout")?));
+    let url = format!("http://127.0.0.1:{port}");
+    loop {
+        if Endpoint::from_shared(url.clone())?.connect().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handles = start_fleet(n, &url, args.connect_parallel, &tx, None).await;
+    let mut sample = Vec::new();
+    let mut above = HashMap::new();
+    for _ in 0..args.rounds {
+        let line = lines.next_line().await?.context("raw server ended")?;
+        let sent: u128 = line.trim().parse().context("raw server's send time")?;
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(sent)?);
+        let got = receipts_after(&mut rx, n, &above, Duration::from_mins(2)).await?;
+        sample.extend(got.values().map(|(_, at)| since(t0, *at)));
+        above = got.iter().map(|(i, (g, _))| (*i, *g)).collect();
+    }
+    for h in handles {
+        h.abort();
+    }
+    let _ = raw.kill().await;
+    let _ = std::fs::remove_file(&file);
+    Ok(sample)
+}
+
+/// One stream's sending half.
+type Outbound = mpsc::Sender<Result<v1::SyncResponse, tonic::Status>>;
+
+/// The raw baseline server: streams register; once `agents` are open it sends the same
+/// bundle to every stream, `rounds` times, printing each send's wall-clock start.
+#[derive(Clone)]
+struct RawServer {
+    streams: Arc<Mutex<Vec<Outbound>>>,
+}
+
+type SyncStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::SyncResponse, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for RawServer {
+    type SyncStream = SyncStream;
+
+    async fn sync(
+        &self,
+        request: tonic::Request<tonic::Streaming<v1::SyncRequest>>,
+    ) -> Result<tonic::Response<Self::SyncStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.push(tx);
+        }
+        // Drain ACKs so the client's sends never block.
+        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report_events(
+        &self,
+        _: tonic::Request<tonic::Streaming<v1::ReportEventsRequest>>,
+    ) -> Result<tonic::Response<v1::ReportEventsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("raw baseline"))
+    }
+}
+
+async fn raw_server(port: u16, agents: usize, rounds: usize, bundle: PathBuf) -> anyhow::Result<()> {
+    let content = std::fs::read(bundle)?;
+    let server = RawServer { streams: Arc::new(Mutex::new(Vec::new())) };
+    let streams = server.streams.clone();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AgentServiceServer::new(server).max_decoding_message_size(64 << 20))
+            .serve(addr),
+    );
+    while streams.lock().map_or(0, |s| s.len()) < agents {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for round in 1..=rounds {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let senders: Vec<_> = streams.lock().map(|s| s.clone()).unwrap_or_default();
+        let sent = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_nanos();
+        println!("{sent}");
+        let bundle = v1::Bundle {
+            generation: round as u64 + 1,
+            digest: palisade_proto::sha256_hex(&content),
+            content: content.clone().into(),
+            ..Default::default()
+        };
+        for tx in senders {
+            let message = v1::SyncResponse { message: Some(Down::Bundle(bundle.clone())) };
+            let _ = tx.send(Ok(message)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_hours(1)).await;
+    Ok(())
+}
+
+/// A fresh database for one fleet size; dropped by the returned guard's `drop` call.
+async fn create_database(base: &str, name: &str) -> anyhow::Result<String> {
+    let mut admin = sqlx::PgConnection::connect(base).await?;
+    admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await?;
+    admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await?;
+    let (prefix, _) = base.rsplit_once('/').context("DATABASE_URL has no database name")?;
+    Ok(format!("{prefix}/{name}"))
+}
+
+async fn drop_database(base: &str, name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(base).await {
+        let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    raise_nofile();
+    if let Some(port) = args.raw_server {
+        let bundle = args.raw_bundle.clone().context("--raw-bundle")?;
+        return raw_server(port, args.agents.first().copied().unwrap_or(1), args.rounds, bundle).await;
+    }
+    let base = std::env::var("DATABASE_URL").context("set DATABASE_URL (scripts/ensure-postgres.sh prints one)")?;
+    let server_bin = match &args.server {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("palisade-server"),
+    };
+    anyhow::ensure!(
+        server_bin.exists(),
+        "{} is missing: cargo build --release -p palisade-server",
+        server_bin.display()
+    );
+    println!(
+        "| agents | apply RPC p50 / max | receipt p50 / p99 / max | ACK recorded p50 / p99 / max | raw fan-out p50 / p99 / max | receipt p99 ÷ raw p99 | server RSS per idle agent |"
+    );
+    println!("|---:|---|---|---|---|---:|---:|");
+    for &n in &args.agents {
+        let name = format!("palisade_fleet_bench_{}_{n}", std::process::id());
+        let database = create_database(&base, &name).await?;
+        let real = measure_real(&args, n, &database, &server_bin).await;
+        drop_database(&base, &name).await;
+        let real = real?;
+        let raw = measure_raw(&args, n, &real.bundle).await?;
+        let (a50, _, amax) = percentiles(real.apply.clone());
+        let (r50, r99, rmax) = percentiles(real.receipt.clone());
+        let (c50, c99, cmax) = percentiles(real.recorded.clone());
+        let (b50, b99, bmax) = percentiles(raw);
+        println!(
+            "| {n} | {} / {} | {} / {} / {} | {} / {} / {} | {} / {} / {} | {:.2} | {:.1} KiB |",
+            ms(a50),
+            ms(amax),
+            ms(r50),
+            ms(r99),
+            ms(rmax),
+            ms(c50),
+            ms(c99),
+            ms(cmax),
+            ms(b50),
+            ms(b99),
+            ms(bmax),
+            r99.as_secs_f64() / b99.as_secs_f64().max(1e-9),
+            real.rss_per_agent_kib
+        );
+    }
+    Ok(())
+}

@@ -242,12 +242,12 @@ impl Bundler {
     /// shared by every node with the same inputs, stored once.
     pub async fn for_context(&self, context: &NodeContext, at_least: u64) -> Result<Arc<Built>, ApiError> {
         let policies = self.policies(at_least).await?;
-        let held: Vec<(v1::Policy, u64)> =
-            policies.iter().filter(|(p, _)| model::node_selected(p, &context.labels)).cloned().collect();
         let failsafe = failsafe(context);
         let offsets = offsets(context.features.as_ref());
+        // The key names the inputs; the policies themselves are only copied by the one
+        // caller that compiles them.
         let mut key = format!("{offsets:?}|{failsafe:?}");
-        for (p, revision) in &held {
+        for (p, revision) in policies.iter().filter(|(p, _)| model::node_selected(p, &context.labels)) {
             let _ = write!(key, "|{}@{revision}", p.name);
         }
         let slot = {
@@ -257,7 +257,13 @@ impl Bundler {
             }
             cache.entry(key).or_default().clone()
         };
-        let built = slot.get_or_try_init(|| self.build(held, failsafe, offsets)).await?;
+        let built = slot
+            .get_or_try_init(|| {
+                let held: Vec<(v1::Policy, u64)> =
+                    policies.iter().filter(|(p, _)| model::node_selected(p, &context.labels)).cloned().collect();
+                self.build(held, failsafe, offsets)
+            })
+            .await?;
         Ok(built.clone())
     }
 

@@ -8,6 +8,7 @@ macro_rules! dynamic_sql {
     };
 }
 
+mod batch;
 mod events;
 mod nodes;
 mod policies;
@@ -37,12 +38,21 @@ pub struct Store {
     /// database connection, so however many streams report at once they take at most one
     /// connection of this process's pool and never starve other calls.
     ingest: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Desired-bundle records (node, digest → desired generation), written in groups.
+    desired: std::sync::Arc<batch::Batcher<(String, String), Option<u64>>>,
+    /// ACK records (node, generation, digest), written in groups.
+    acks: std::sync::Arc<batch::Batcher<(String, u64, String), ()>>,
 }
 
 impl Store {
     /// Wraps a pool whose database has been migrated with [`MIGRATOR`].
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, ingest: std::sync::Arc::default() }
+        Self {
+            pool,
+            ingest: std::sync::Arc::default(),
+            desired: std::sync::Arc::default(),
+            acks: std::sync::Arc::default(),
+        }
     }
 
     /// The underlying pool.

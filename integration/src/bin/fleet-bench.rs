@@ -234,15 +234,22 @@ struct Real {
     recorded: Vec<Duration>,
     rss_per_agent_kib: f64,
     bundle: Vec<u8>,
+    /// Mean `ApplyPolicy` handler time as the server's metrics report it.
+    apply_handler: Duration,
 }
 
 async fn measure_real(args: &Args, n: usize, database: &str, server_bin: &PathBuf) -> anyhow::Result<Real> {
-    let port = free_port()?;
+    let (port, metrics_port) = {
+        let first = std::net::TcpListener::bind(("127.0.0.1", free_port()?))?;
+        let second = free_port()?;
+        (first.local_addr()?.port(), second)
+    };
     let log = std::fs::File::create(std::env::temp_dir().join(format!("fleet-bench-server-{n}.log")))?;
     let mut server = tokio::process::Command::new(server_bin)
         .args(["--dev", "--listen", &format!("127.0.0.1:{port}"), "--database-url", database])
         .args(["--db-connections", "16", "--event-rate", "0"])
-        .env("PALISADE_LOG", "warn")
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .env("PALISADE_LOG", std::env::var("FLEET_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()))
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -278,6 +285,7 @@ async fn measure_real(args: &Args, n: usize, database: &str, server_bin: &PathBu
         recorded: Vec::new(),
         rss_per_agent_kib: (idle_after.saturating_sub(idle_before)) as f64 / n as f64,
         bundle: first.lock().map(|b| b.clone()).unwrap_or_default(),
+        apply_handler: Duration::ZERO,
     };
     for round in 1..=args.rounds {
         let above: HashMap<usize, u64> = seen.iter().map(|(i, (g, _))| (*i, *g)).collect();
@@ -310,6 +318,16 @@ async fn measure_real(args: &Args, n: usize, database: &str, server_bin: &PathBu
         }
         seen = got;
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The server's own view of ApplyPolicy (handler time, without the answer's trip back).
+    if let Ok(scrape) = palisade_metrics::scrape(format!("127.0.0.1:{metrics_port}").parse()?).await {
+        let series =
+            r#"palisade_server_grpc_request_duration_seconds_{}{method="palisade.v1.PolicyService/ApplyPolicy"}"#;
+        let sum = palisade_metrics::sample(&scrape, &series.replace("{}", "sum"));
+        let count = palisade_metrics::sample(&scrape, &series.replace("{}", "count"));
+        if let (Some(sum), Some(count)) = (sum, count) {
+            real.apply_handler = Duration::from_secs_f64(sum / count.max(1.0));
+        }
     }
     for h in handles {
         h.abort();
@@ -465,7 +483,7 @@ async fn main() -> anyhow::Result<()> {
         server_bin.display()
     );
     println!(
-        "| agents | apply RPC p50 / max | receipt p50 / p99 / max | ACK recorded p50 / p99 / max | raw fan-out p50 / p99 / max | receipt p99 ÷ raw p99 | server RSS per idle agent |"
+        "| agents | apply RPC p50 / max (server-side mean) | receipt p50 / p99 / max | ACK recorded p50 / p99 / max | raw fan-out p50 / p99 / max | receipt p99 ÷ raw p99 | server RSS per idle agent |"
     );
     println!("|---:|---|---|---|---|---:|---:|");
     for &n in &args.agents {
@@ -480,9 +498,10 @@ async fn main() -> anyhow::Result<()> {
         let (c50, c99, cmax) = percentiles(real.recorded.clone());
         let (b50, b99, bmax) = percentiles(raw);
         println!(
-            "| {n} | {} / {} | {} / {} / {} | {} / {} / {} | {} / {} / {} | {:.2} | {:.1} KiB |",
+            "| {n} | {} / {} ({}) | {} / {} / {} | {} / {} / {} | {} / {} / {} | {:.2} | {:.1} KiB |",
             ms(a50),
             ms(amax),
+            ms(real.apply_handler),
             ms(r50),
             ms(r99),
             ms(rmax),

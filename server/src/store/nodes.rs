@@ -166,27 +166,40 @@ impl Store {
         Ok(context_from_row(row)?.1)
     }
 
-    /// Every registered node's context, by name, in one query.
+    /// Every distinct context among registered nodes (labels, features, failsafe), each
+    /// with the first node (by name) that has it, ordered by that name.
     pub async fn node_contexts(&self) -> Result<Vec<(String, NodeContext)>, ApiError> {
-        let rows: Vec<ContextRow> = sqlx::query_as("SELECT name, labels, features, failsafe FROM nodes ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+        // One row per distinct context (named by its first node): a fleet of thousands of
+        // alike nodes is a handful of rows to decode, not thousands.
+        // A skip scan over nodes_context_digest_idx: one index probe per distinct context.
+        let rows: Vec<ContextRow> = sqlx::query_as(
+            "WITH RECURSIVE d(digest) AS ( \
+               (SELECT context_digest FROM nodes ORDER BY context_digest LIMIT 1) \
+               UNION ALL \
+               SELECT (SELECT n.context_digest FROM nodes n WHERE n.context_digest > d.digest \
+                       ORDER BY n.context_digest LIMIT 1) FROM d WHERE d.digest IS NOT NULL) \
+             SELECT x.name, x.labels, x.features, x.failsafe FROM d CROSS JOIN LATERAL \
+               (SELECT name, labels, features, failsafe FROM nodes WHERE context_digest = d.digest \
+                ORDER BY name LIMIT 1) x \
+             ORDER BY x.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter().map(context_from_row).collect()
     }
 
     /// Records the bundle the node should run; the node's generation moves only when the
-    /// digest changes. Returns the desired generation.
+    /// digest changes. Returns the desired generation. Concurrent calls (a policy change
+    /// reaching every session at once) are written together, one statement per group.
     pub async fn node_set_desired(&self, name: &str, digest: &str) -> Result<u64, ApiError> {
-        let generation: i64 = sqlx::query_scalar(
-            "UPDATE nodes SET desired_generation = CASE WHEN desired_digest = $2 THEN desired_generation \
-               ELSE desired_generation + 1 END, desired_digest = $2 WHERE name = $1 RETURNING desired_generation",
-        )
-        .bind(name)
-        .bind(digest)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| ApiError::NotFound { kind: "node", name: name.to_owned() })?;
-        Ok(generation as u64)
+        let pool = self.pool.clone();
+        self.desired
+            .submit((name.to_owned(), digest.to_owned()), move |rows| {
+                let pool = pool.clone();
+                async move { set_desired(&pool, rows).await }
+            })
+            .await?
+            .ok_or_else(|| ApiError::NotFound { kind: "node", name: name.to_owned() })
     }
 
     /// The content of the stored bundle `digest`.
@@ -233,22 +246,16 @@ impl Store {
         Ok(())
     }
 
-    /// Records an ACK: the node enforces `generation`/`digest`; an older NACK is cleared.
+    /// Records an ACK: the node runs `generation`/`digest`; a rejection of that generation
+    /// or an older one is cleared. Concurrent ACKs are written together.
     pub async fn node_ack(&self, name: &str, generation: u64, digest: &str) -> Result<(), ApiError> {
-        sqlx::query(
-            "UPDATE nodes SET last_seen = now(), applied_generation = $2, applied_digest = $3, \
-               last_error = CASE WHEN last_error_generation <= $2 THEN NULL ELSE last_error END, \
-               last_error_generation = CASE WHEN last_error_generation <= $2 THEN NULL ELSE last_error_generation END, \
-               last_error_digest = CASE WHEN last_error_generation <= $2 THEN NULL ELSE last_error_digest END, \
-               last_error_at = CASE WHEN last_error_generation <= $2 THEN NULL ELSE last_error_at END \
-             WHERE name = $1",
-        )
-        .bind(name)
-        .bind(generation as i64)
-        .bind(digest)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let pool = self.pool.clone();
+        self.acks
+            .submit((name.to_owned(), generation, digest.to_owned()), move |rows| {
+                let pool = pool.clone();
+                async move { record_acks(&pool, rows).await }
+            })
+            .await
     }
 
     /// Records a NACK with the loader's error.
@@ -340,4 +347,61 @@ impl Store {
             sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(&self.pool).await?;
         Ok(FleetSummary { policies: row.0, nodes: [row.1, row.2, row.3, row.4], lag_max: row.5 })
     }
+}
+
+/// One statement for a group of desired-bundle records, in name order (two replicas' groups
+/// lock rows in the same order). Each answer is the node's desired generation, `None` for a
+/// node that does not exist.
+async fn set_desired(pool: &sqlx::PgPool, rows: Vec<(String, String)>) -> Result<Vec<Option<u64>>, ApiError> {
+    // The last record per node wins (a node has one session; a duplicate is a reconnect).
+    let mut latest: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, digest) in &rows {
+        latest.insert(name, digest);
+    }
+    let (names, digests): (Vec<&str>, Vec<&str>) = latest.into_iter().unzip();
+    let written: Vec<(String, i64)> = sqlx::query_as(
+        "WITH w AS (SELECT * FROM unnest($1::text[], $2::text[]) AS w(name, digest)), \
+              locked AS (SELECT n.name FROM nodes n JOIN w USING (name) ORDER BY n.name FOR UPDATE OF n) \
+         UPDATE nodes n SET desired_generation = CASE WHEN n.desired_digest = w.digest THEN n.desired_generation \
+               ELSE n.desired_generation + 1 END, desired_digest = w.digest \
+         FROM w WHERE n.name = w.name AND n.name IN (SELECT name FROM locked) \
+         RETURNING n.name, n.desired_generation",
+    )
+    .bind(&names)
+    .bind(&digests)
+    .fetch_all(pool)
+    .await?;
+    let generations: std::collections::HashMap<String, i64> = written.into_iter().collect();
+    Ok(rows.iter().map(|(name, _)| generations.get(name).map(|g| *g as u64)).collect())
+}
+
+/// One statement for a group of ACKs, in name order.
+async fn record_acks(pool: &sqlx::PgPool, rows: Vec<(String, u64, String)>) -> Result<Vec<()>, ApiError> {
+    let mut latest: BTreeMap<&str, (i64, &str)> = BTreeMap::new();
+    for (name, generation, digest) in &rows {
+        let generation = *generation as i64;
+        if latest.get(name.as_str()).is_none_or(|(g, _)| *g <= generation) {
+            latest.insert(name, (generation, digest));
+        }
+    }
+    let names: Vec<&str> = latest.keys().copied().collect();
+    let generations: Vec<i64> = latest.values().map(|(g, _)| *g).collect();
+    let digests: Vec<&str> = latest.values().map(|(_, d)| *d).collect();
+    sqlx::query(
+        "WITH w AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) AS w(name, generation, digest)), \
+              locked AS (SELECT n.name FROM nodes n JOIN w USING (name) ORDER BY n.name FOR UPDATE OF n) \
+         UPDATE nodes n SET last_seen = now(), applied_generation = w.generation, applied_digest = w.digest, \
+           last_error = CASE WHEN n.last_error_generation <= w.generation THEN NULL ELSE n.last_error END, \
+           last_error_generation = CASE WHEN n.last_error_generation <= w.generation THEN NULL \
+             ELSE n.last_error_generation END, \
+           last_error_digest = CASE WHEN n.last_error_generation <= w.generation THEN NULL ELSE n.last_error_digest END, \
+           last_error_at = CASE WHEN n.last_error_generation <= w.generation THEN NULL ELSE n.last_error_at END \
+         FROM w WHERE n.name = w.name AND n.name IN (SELECT name FROM locked)",
+    )
+    .bind(&names)
+    .bind(&generations)
+    .bind(&digests)
+    .execute(pool)
+    .await?;
+    Ok(vec![(); rows.len()])
 }

@@ -372,11 +372,44 @@ fn compile_ms(set: &PolicySet) -> f64 {
     median(runs)
 }
 
-fn main() -> anyhow::Result<()> {
-    if std::env::args().any(|a| a == "--compile-only") {
-        return compile_table("/palisade-bench");
+/// Flags.
+#[derive(Debug, clap::Parser)]
+#[command(name = "palisade-bench", about = "connect() cost with Palisade bundles, compile times and sizes (root)")]
+struct Args {
+    /// Only the compile table (no privileges needed).
+    #[arg(long)]
+    compile_only: bool,
+    /// The cost of one lookup per map kind on the connect path instead of the main tables.
+    #[arg(long)]
+    lookup_costs: bool,
+    /// Limit the compile table to one rule profile.
+    #[arg(long, value_parser = ["hosts", "uniform"])]
+    profile: Option<String>,
+}
+
+/// Removes the bench's pins and cgroup however the run ends (error or panic): removing the
+/// pins detaches every program they hold.
+struct Cleanup {
+    pins: PathBuf,
+    cgroup2: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pins);
+        // Move back out so the cgroup can be removed.
+        let _ = std::fs::write(self.cgroup2.join("cgroup.procs"), std::process::id().to_string());
+        let _ = std::fs::remove_dir(&self.dir);
     }
-    let lookup_costs = std::env::args().any(|a| a == "--lookup-costs");
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = <Args as clap::Parser>::parse();
+    if args.compile_only {
+        return compile_table("/palisade-bench", args.profile.as_deref());
+    }
+    let lookup_costs = args.lookup_costs;
     // SAFETY: geteuid has no preconditions.
     anyhow::ensure!(unsafe { libc::geteuid() } == 0, "palisade-bench loads BPF programs: run it as root");
     isolate_network()?;
@@ -388,6 +421,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())?;
     palisade_agent::sys::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
     let pins = PathBuf::from(format!("/sys/fs/bpf/palisade-bench-{}", std::process::id()));
+    let _cleanup = Cleanup { pins: pins.clone(), cgroup2: cgroup2.clone(), dir: dir.clone() };
     let state = tempfile::tempdir()?;
     let mut datapath = Datapath::new(Paths {
         bpffs: pins,
@@ -395,11 +429,11 @@ fn main() -> anyhow::Result<()> {
         cgroup2: cgroup2.clone(),
         attach: dir.clone(),
     });
-    let result = if lookup_costs { run_lookup_costs(&mut datapath) } else { run(&mut datapath, &path) };
-    let _ = datapath.remove_all();
-    // Move back out so the cgroup can be removed.
-    let _ = std::fs::write(cgroup2.join("cgroup.procs"), std::process::id().to_string());
-    let _ = std::fs::remove_dir(&dir);
+    let result =
+        if lookup_costs { run_lookup_costs(&mut datapath) } else { run(&mut datapath, &path, args.profile.as_deref()) };
+    if let Err(error) = datapath.remove_all() {
+        eprintln!("palisade-bench: removing the pins: {error}; removing the directory instead");
+    }
     let _ = original;
     result
 }
@@ -436,7 +470,7 @@ fn isolate_network() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(datapath: &mut Datapath, cgroup: &str) -> anyhow::Result<()> {
+fn run(datapath: &mut Datapath, cgroup: &str, only: Option<&str>) -> anyhow::Result<()> {
     let sizes = [10_usize, 1_000, 10_000];
     let sets: Vec<PolicySet> = sizes.iter().map(|&n| set(n, Profile::Hosts, cgroup)).collect();
     let compiled: Vec<Compiled> = sets.iter().map(|s| compile(s, OFFSETS)).collect::<Result<_, _>>()?;
@@ -497,19 +531,18 @@ fn run(datapath: &mut Datapath, cgroup: &str) -> anyhow::Result<()> {
         applies.join(" / ")
     );
     println!();
-    compile_table(cgroup)
+    compile_table(cgroup, only)
 }
 
 /// Compile time and sizes for both profiles (needs no privileges: `--compile-only`).
-fn compile_table(cgroup: &str) -> anyhow::Result<()> {
+fn compile_table(cgroup: &str, only: Option<&str>) -> anyhow::Result<()> {
     println!(
         "| profile | rules | compile (ms, median of 3) | bundle bytes | instructions per program (connect4/connect6/lsm connect/bind4/bind6/lsm bind/lsm exec/lsm file) | map entries filled | kernel memory of the maps (MiB, estimated) |"
     );
     println!("|---|---:|---:|---:|---|---:|---:|");
     // `--profile hosts|uniform` limits the table to one profile (handy under a profiler).
-    let only = std::env::args().skip_while(|a| a != "--profile").nth(1);
     for profile in [Profile::Hosts, Profile::Uniform] {
-        if only.as_deref().is_some_and(|o| o != profile.name()) {
+        if only.is_some_and(|o| o != profile.name()) {
             continue;
         }
         for n in [10_usize, 1_000, 10_000] {

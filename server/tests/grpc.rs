@@ -357,7 +357,8 @@ async fn sync_hello_registers_node_and_records_ack_and_nack(pool: PgPool) {
     assert!(nodes[0].connected);
     assert_eq!(nodes[0].features.as_ref().map(|f| f.kernel_release.as_str()), Some("6.18.0"));
 
-    let nack = v1::BundleNack { generation: 4, digest: "d4".into(), error: "verifier: R1 invalid mem access".into() };
+    let nack =
+        v1::BundleNack { generation: 4, digest: "d4".repeat(32), error: "verifier: R1 invalid mem access".into() };
     tx.send(v1::SyncRequest { message: Some(v1::sync_request::Message::Nack(nack)) }).await.expect("nack");
     let mut nodes = h.nodes();
     eventually("the NACK to be recorded", WAIT, || {
@@ -371,19 +372,49 @@ async fn sync_hello_registers_node_and_records_ack_and_nack(pool: PgPool) {
         }
     })
     .await;
-    let ack = v1::BundleAck { generation: 5, digest: "d5".into() };
+    let ack = v1::BundleAck { generation: 5, digest: "d5".repeat(32) };
     tx.send(v1::SyncRequest { message: Some(v1::sync_request::Message::Ack(ack)) }).await.expect("ack");
     eventually("the ACK to be recorded and clear the older NACK", WAIT, || {
         let mut nodes = nodes.clone();
         async move {
             let node =
                 nodes.get_node(v1::GetNodeRequest { name: "node-1".into() }).await.expect("get").into_inner().node;
-            node.is_some_and(|n| n.applied_generation == 5 && n.applied_digest == "d5" && n.last_error.is_none())
-                .then_some(())
+            node.is_some_and(|n| {
+                n.applied_generation == 5 && n.applied_digest == "d5".repeat(32) && n.last_error.is_none()
+            })
+            .then_some(())
         }
     })
     .await;
     drop(tx);
+    // An ACK naming something that is not a digest ends the stream (grouped ACK writes must
+    // not fail for every node because one sent a NUL); nothing is recorded.
+    let (bad_tx, bad_rx) = tokio::sync::mpsc::channel(8);
+    bad_tx.send(hello("node-1")).await.expect("send hello");
+    let ack = v1::BundleAck { generation: 6, digest: "not\0hex".into() };
+    bad_tx.send(v1::SyncRequest { message: Some(v1::sync_request::Message::Ack(ack)) }).await.expect("ack");
+    let mut bad =
+        h.agents().sync(tokio_stream::wrappers::ReceiverStream::new(bad_rx)).await.expect("sync").into_inner();
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match bad.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(status)) => return Some(status),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    assert_eq!(ended.map(|s| s.code()), Some(Code::InvalidArgument));
+    let node = h.nodes().get_node(v1::GetNodeRequest { name: "node-1".into() }).await.expect("get").into_inner().node;
+    // (The hello said it enforces nothing, which the server records; the ACK is not.)
+    assert_eq!(
+        node.map(|n| (n.applied_generation, n.applied_digest)),
+        Some((0, String::new())),
+        "the bad ACK recorded nothing"
+    );
+    drop(bad_tx);
     eventually("the node to show as disconnected", WAIT, || {
         let mut nodes = nodes.clone();
         async move {

@@ -105,8 +105,6 @@ struct Session {
     context: NodeContext,
     /// The policy generation as this replica last saw it.
     generation: watch::Receiver<u64>,
-    /// The desired digest last recorded for the node (empty: none yet on this stream).
-    desired: String,
     /// When a failed build or record is tried again, and the next backoff.
     retry: Option<(tokio::time::Instant, Duration)>,
     outbound: mpsc::Sender<Result<v1::SyncResponse, Status>>,
@@ -137,12 +135,9 @@ impl Session {
                 return Ok(None);
             }
         };
-        // Most generation changes leave most nodes' bundles as they are: those cost nothing
-        // more (no write, no push).
-        if built.digest == self.desired && built.digest == self.sent {
-            self.retry = None;
-            return Ok(None);
-        }
+        // Recorded on every change (grouped with every other session's record, one statement
+        // per group), so a stale record — an old stream's, another replica's — is repaired by
+        // the next change; pushed only when the node does not have it.
         let generation = match self.store.node_set_desired(&self.node, &built.digest).await {
             Ok(g) => g,
             Err(error) => {
@@ -152,7 +147,6 @@ impl Session {
             }
         };
         self.retry = None;
-        self.desired.clone_from(&built.digest);
         if built.digest == self.sent {
             return Ok(None);
         }
@@ -188,6 +182,12 @@ impl Session {
             self.awaiting = None;
         }
     }
+}
+
+/// Whether `digest` is a hex SHA-256 (what ACKs and NACKs must name; empty for a NACK of a
+/// bundle the server could not build).
+fn is_digest(digest: &str) -> bool {
+    digest.is_empty() || (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Drives one Sync stream after its hello: pushes the node's bundle now and whenever the
@@ -235,6 +235,13 @@ async fn drive(
         let result = match message {
             Ok(Some(v1::SyncRequest { message: Some(Inbound::Heartbeat(h)) })) => {
                 store.node_seen(&node, h.event_stats.as_ref()).await
+            }
+            Ok(Some(v1::SyncRequest {
+                message: Some(Inbound::Ack(v1::BundleAck { digest, .. }) | Inbound::Nack(v1::BundleNack { digest, .. })),
+            })) if !is_digest(&digest) => {
+                let _ =
+                    session.outbound.send(Err(Status::invalid_argument("a bundle digest is 64 hex characters"))).await;
+                break;
             }
             Ok(Some(v1::SyncRequest { message: Some(Inbound::Ack(ack)) })) => {
                 tracing::info!(node, generation = ack.generation, digest = ack.digest, "bundle acknowledged");
@@ -387,7 +394,6 @@ impl AgentService for AgentApi {
             bundler: self.bundler.clone(),
             context,
             generation: self.generation.clone(),
-            desired: String::new(),
             retry: None,
             node: hello.node_name,
             outbound: sender,

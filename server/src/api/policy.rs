@@ -51,7 +51,8 @@ fn check_batch(entries: Vec<v1::ApplyPolicyRequest>) -> Result<Vec<(v1::Policy, 
         };
         match validate::policy(&policy) {
             Ok(policy) => {
-                if let Some(first) = names.insert(policy.name.clone(), i) {
+                let first = *names.entry(policy.name.clone()).or_insert(i);
+                if first != i {
                     violations.push(Violation::new(
                         format!("{prefix}.name"),
                         format!("{:?} is also policies[{first}]: names in a batch must be distinct", policy.name),

@@ -40,7 +40,14 @@ impl<R, A> Batcher<R, A> {
         let (tx, mut rx) = oneshot::channel();
         self.pending.lock().map_err(|_| ApiError::Corrupt("batch queue poisoned".into()))?.push((row, tx));
         loop {
-            let turn = self.running.lock().await;
+            // Answered by someone else's turn: leave at once instead of queueing for one.
+            let turn = tokio::select! {
+                biased;
+                answer = &mut rx => {
+                    return answer.unwrap_or_else(|_| Err(ApiError::Corrupt("batch writer dropped an answer".into())));
+                }
+                turn = self.running.lock() => turn,
+            };
             let batch: Vec<_> = {
                 let mut pending = self.pending.lock().map_err(|_| ApiError::Corrupt("batch queue poisoned".into()))?;
                 let n = pending.len().min(MAX_BATCH);

@@ -134,6 +134,24 @@ impl Store {
         let mut order: Vec<usize> = (0..policies.len()).collect();
         order.sort_by(|a, b| policies[*a].0.name.cmp(&policies[*b].0.name));
         let mut tx = self.pool.begin().await.map_err(|e| (0, e.into()))?;
+        // Every policy row first, in name order, then (at the first change) the generation
+        // row: the order a single apply or delete takes them in, so no two writers wait on
+        // each other in a cycle.
+        let mut names: Vec<&str> = policies.iter().map(|(p, _)| p.name.as_str()).collect();
+        names.sort_unstable();
+        sqlx::query(
+            "INSERT INTO policies (name, current_revision, deleted) \
+             SELECT unnest($1::text[]), 0, true ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&names)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| (0, e.into()))?;
+        sqlx::query("SELECT 1 FROM policies WHERE name = ANY($1) ORDER BY name FOR UPDATE")
+            .bind(&names)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| (0, e.into()))?;
         let mut generation = None;
         let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; policies.len()];
         for i in order {

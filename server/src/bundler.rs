@@ -229,14 +229,6 @@ impl Bundler {
         Ok(policies)
     }
 
-    /// The bundle `node` should run now (reads its context; sessions hold theirs and call
-    /// [`Self::for_context`]).
-    pub async fn for_node(&self, node: &str) -> Result<Arc<Built>, ApiError> {
-        let context = self.store.node_context(node).await?;
-        let generation = self.store.generation().await?;
-        self.for_context(&context, generation).await
-    }
-
     /// The bundle a node with `context` should run at policy generation `at_least` or
     /// newer: compiled once per distinct (policy set, failsafe list, kernel offsets) and
     /// shared by every node with the same inputs, stored once.

@@ -17,7 +17,8 @@ use output::Output;
 #[command(name = "palisade", version)]
 struct Cli {
     /// Server address: https://HOST:PORT (TLS), or http://HOST:PORT / HOST:PORT for a
-    /// `--dev` server.
+    /// `--dev` server. Several replicas, comma-separated: the first that accepts a connection
+    /// is used.
     #[arg(long, env = "PALISADE_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
     server: String,
     /// PEM CA certificate the server's certificate must chain to (needed for https://).

@@ -178,7 +178,7 @@ impl TestAgent {
     ) -> palisade_agent::Config {
         let tls = server.node_tls(node);
         palisade_agent::Config {
-            server: server.url(),
+            server: vec![server.url()],
             ca_cert: tls.as_ref().map(|t| t.ca_cert.clone()),
             cert: tls.as_ref().map(|t| t.cert.clone()),
             key: tls.map(|t| t.key),

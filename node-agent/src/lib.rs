@@ -26,9 +26,11 @@ use crate::loader::{Datapath, Enforcement, LoadError, Paths};
 #[command(name = "palisade-agent", version, about = "Palisade node agent: enforces the node's policy bundle")]
 pub struct Config {
     /// Server address: `https://HOST:PORT` (TLS, with `--ca-cert`, `--cert`, `--key`), or
-    /// `http://HOST:PORT` / `HOST:PORT` for a `--dev` server.
-    #[arg(long, env = "PALISADE_SERVER", default_value = "http://127.0.0.1:50051")]
-    pub server: String,
+    /// `http://HOST:PORT` / `HOST:PORT` for a `--dev` server. Several replicas: repeat the
+    /// flag or separate them with commas; the agent holds one stream, to the first that
+    /// answers, and fails over to the next when it is lost.
+    #[arg(long, env = "PALISADE_SERVER", value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
+    pub server: Vec<String>,
     /// PEM CA certificate the server's certificate must chain to (`https://` servers).
     #[arg(long, env = "PALISADE_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
@@ -109,11 +111,19 @@ impl Config {
         Ok((node_name, labels))
     }
 
-    /// The server and how to reach it; `https://` needs `--ca-cert`, `--cert` and `--key`.
+    /// The server replicas and how to reach them; `https://` needs `--ca-cert`, `--cert` and
+    /// `--key`. All replicas use the same scheme: they are one service.
     pub fn server(&self) -> Result<sync::Server, StartError> {
-        let url = server_url(&self.server);
-        if !url.starts_with("https://") {
-            return Ok(sync::Server { url, tls: None });
+        let urls: Vec<String> = self.server.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(server_url).collect();
+        if urls.is_empty() {
+            return Err(StartError::Config("--server: no server address".into()));
+        }
+        let https = urls.iter().filter(|u| u.starts_with("https://")).count();
+        if https != 0 && https != urls.len() {
+            return Err(StartError::Config("--server: mix of https:// and http:// addresses".into()));
+        }
+        if https == 0 {
+            return Ok(sync::Server { urls, tls: None });
         }
         let read = |flag: &str, path: &Option<PathBuf>| {
             let path = path.as_ref().ok_or_else(|| StartError::Config(format!("an https:// server needs {flag}")))?;
@@ -122,7 +132,7 @@ impl Config {
         let ca = tonic::transport::Certificate::from_pem(read("--ca-cert", &self.ca_cert)?);
         let identity = tonic::transport::Identity::from_pem(read("--cert", &self.cert)?, read("--key", &self.key)?);
         let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(ca).identity(identity);
-        Ok(sync::Server { url, tls: Some(tls) })
+        Ok(sync::Server { urls, tls: Some(tls) })
     }
 
     /// Where the datapath keeps things, with the cgroup2 mount found on this node.

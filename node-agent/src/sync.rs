@@ -89,25 +89,76 @@ impl Backoff {
     }
 }
 
-/// Where the server is and how to reach it: its URL and, for `https://`, the CA to trust and
-/// this node's client certificate.
+/// Where the server replicas are and how to reach them: their URLs and, for `https://`, the
+/// CA to trust and this node's client certificate.
 #[derive(Debug, Clone)]
 pub struct Server {
-    /// URL (`http://` only against a `--dev` server).
-    pub url: String,
+    /// URLs, one per replica (`http://` only against `--dev` servers); at least one.
+    pub urls: Vec<String>,
     /// TLS settings for `https://` URLs.
     pub tls: Option<ClientTlsConfig>,
 }
 
 impl Server {
-    async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
-        let mut endpoint = Endpoint::from_shared(self.url.clone())?
+    /// Connects to replica `at` (an index into `urls`, taken modulo their number).
+    async fn connect(&self, at: usize) -> Result<Channel, tonic::transport::Error> {
+        let url = &self.urls[at % self.urls.len()];
+        let mut endpoint = Endpoint::from_shared(url.clone())?
             .connect_timeout(Duration::from_secs(5))
             .tcp_keepalive(Some(Duration::from_secs(30)));
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone())?;
         }
         endpoint.connect().await
+    }
+
+    /// The URL of replica `at`.
+    fn url(&self, at: usize) -> &str {
+        &self.urls[at % self.urls.len()]
+    }
+}
+
+/// Which replica to use next and how long to wait first. A stream that fails moves on to
+/// the next replica after a short jittered pause (so a fleet leaving a dead replica does not
+/// arrive at the next one in the same millisecond); once every replica failed in a row, the
+/// growing [`Backoff`] applies before the next round.
+#[derive(Debug)]
+pub struct Failover {
+    replicas: usize,
+    at: usize,
+    failed_in_row: usize,
+    backoff: Backoff,
+}
+
+impl Failover {
+    /// Pause before trying the next replica while untried ones remain in this round.
+    const NEXT: std::ops::Range<u64> = 20..120;
+
+    /// Starts at the first of `replicas` replicas.
+    pub fn new(replicas: usize) -> Self {
+        Self { replicas: replicas.max(1), at: 0, failed_in_row: 0, backoff: Backoff::default() }
+    }
+
+    /// The replica to use now.
+    pub fn current(&self) -> usize {
+        self.at
+    }
+
+    /// The current replica failed: moves to the next and says how long to wait before it.
+    pub fn failed(&mut self) -> Duration {
+        self.at = (self.at + 1) % self.replicas;
+        self.failed_in_row += 1;
+        if self.failed_in_row < self.replicas {
+            return Duration::from_millis(rand::rng().random_range(Self::NEXT));
+        }
+        self.failed_in_row = 0;
+        self.backoff.delay()
+    }
+
+    /// The current replica answered: stay on it, and start over the backoff.
+    pub fn connected(&mut self) {
+        self.failed_in_row = 0;
+        self.backoff.reset();
     }
 }
 
@@ -125,15 +176,19 @@ fn authority(server: &str) -> String {
     if has_port { authority.to_owned() } else { format!("{authority}:{}", if scheme == "https" { 443 } else { 80 }) }
 }
 
-/// Resolves the server's addresses so the compiler can exempt them (failsafe).
-async fn server_endpoints(server: &str) -> Vec<String> {
-    match tokio::net::lookup_host(authority(server).as_str()).await {
-        Ok(addrs) => addrs.map(|a| a.to_string()).collect(),
-        Err(error) => {
-            tracing::warn!(%error, server, "cannot resolve the server for the failsafe list");
-            Vec::new()
+/// Resolves every replica's addresses so the compiler can exempt them all (failsafe): the
+/// replica an agent fails over to must be reachable whatever the policies say.
+async fn server_endpoints(servers: &[String]) -> Vec<String> {
+    let mut endpoints = Vec::new();
+    for server in servers {
+        match tokio::net::lookup_host(authority(server).as_str()).await {
+            Ok(addrs) => endpoints.extend(addrs.map(|a| a.to_string())),
+            Err(error) => tracing::warn!(%error, server, "cannot resolve the server for the failsafe list"),
         }
     }
+    endpoints.sort();
+    endpoints.dedup();
+    endpoints
 }
 
 /// Holds the Sync stream until `shutdown`: says hello with what is enforced, hands every
@@ -150,13 +205,17 @@ pub async fn run_sync<A, F>(
     A: Fn(v1::Bundle) -> F,
     F: Future<Output = Result<(), ApplyError>>,
 {
-    let mut backoff = Backoff::default();
+    let mut failover = Failover::new(client.server.urls.len());
     while !shutdown.is_cancelled() {
-        match session(&client, &apply, &enforcing, &mut reports, &shutdown, &mut backoff).await {
+        match session(&client, &apply, &enforcing, &mut reports, &shutdown, &mut failover).await {
             Ok(()) => return,
-            Err(error) => tracing::warn!(error = error_chain(&error), "sync stream ended"),
+            Err(error) => tracing::warn!(
+                server = client.server.url(failover.current()),
+                error = error_chain(&error),
+                "sync stream ended"
+            ),
         }
-        let delay = backoff.delay();
+        let delay = failover.failed();
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
@@ -170,13 +229,13 @@ async fn session<A, F>(
     enforcing: &Enforcing,
     reports: &mut mpsc::Receiver<sync_request::Message>,
     shutdown: &CancellationToken,
-    backoff: &mut Backoff,
+    failover: &mut Failover,
 ) -> Result<(), SyncError>
 where
     A: Fn(v1::Bundle) -> F,
     F: Future<Output = Result<(), ApplyError>>,
 {
-    let channel = client.server.connect().await.map_err(SyncError::Connect)?;
+    let channel = client.server.connect(failover.current()).await.map_err(SyncError::Connect)?;
     let (generation, digest) = enforcing.borrow().clone().unwrap_or_default();
     let hello = v1::AgentHello {
         node_name: client.node_name.clone(),
@@ -185,7 +244,7 @@ where
         bundle_digest: digest,
         bundle_generation: generation,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        server_endpoints: server_endpoints(&client.server.url).await,
+        server_endpoints: server_endpoints(&client.server.urls).await,
         failsafe_ports: client.failsafe_ports.clone(),
         event_stats: Some(client.stats.snapshot()),
     };
@@ -201,8 +260,8 @@ where
         .await
         .map_err(SyncError::Hello)?
         .into_inner();
-    tracing::info!(node = client.node_name, "sync stream open");
-    backoff.reset();
+    tracing::info!(node = client.node_name, server = client.server.url(failover.current()), "sync stream open");
+    failover.connected();
     client.metrics.set_connected(true);
     let _closed = Closed(&client.metrics);
     let mut heartbeat = tokio::time::interval(client.heartbeat);
@@ -260,7 +319,7 @@ pub async fn run_reporter(
         }
     };
     let mut client: Option<AgentServiceClient<Channel>> = None;
-    let mut backoff = Backoff::default();
+    let mut failover = Failover::new(server.urls.len());
     loop {
         stats.set_pending(backlog.len(), backlog.bytes());
         if backlog.is_empty() {
@@ -277,10 +336,10 @@ pub async fn run_reporter(
         }
         stats.set_pending(backlog.len(), backlog.bytes());
         if client.is_none() {
-            match server.connect().await {
+            match server.connect(failover.current()).await {
                 Ok(channel) => client = Some(AgentServiceClient::new(channel)),
                 Err(error) => {
-                    tracing::debug!(%error, "event reporter cannot connect");
+                    tracing::debug!(%error, server = server.url(failover.current()), "event reporter cannot connect");
                 }
             }
         }
@@ -302,7 +361,7 @@ pub async fn run_reporter(
                 // the front of the backlog and goes again after a pause.
                 backlog.sent(n - refused);
                 stats.delivered((n - refused) as u64);
-                backoff.reset();
+                failover.connected();
                 if refused == 0 {
                     continue;
                 }
@@ -316,7 +375,7 @@ pub async fn run_reporter(
                     "reporting events failed; will retry"
                 );
                 client = None;
-                backoff.delay()
+                failover.failed()
             }
         };
         if !wait_filling(pause, &shutdown, &mut events, |e| keep(&mut backlog, e)).await {
@@ -378,7 +437,43 @@ mod tests {
 
     #[tokio::test]
     async fn an_https_url_without_a_port_still_resolves_to_failsafe_endpoints() {
-        assert_eq!(server_endpoints("https://127.0.0.1").await, ["127.0.0.1:443"]);
+        assert_eq!(server_endpoints(&["https://127.0.0.1".to_owned()]).await, ["127.0.0.1:443"]);
+    }
+
+    #[tokio::test]
+    async fn every_replica_is_in_the_failsafe_list() {
+        let servers = ["https://127.0.0.2:50051", "127.0.0.1:50052", "https://127.0.0.2:50051"].map(str::to_owned);
+        assert_eq!(server_endpoints(&servers).await, ["127.0.0.1:50052", "127.0.0.2:50051"]);
+    }
+
+    #[test]
+    fn failover_moves_to_the_next_replica_quickly_then_backs_off_after_a_full_round() {
+        let mut f = Failover::new(3);
+        assert_eq!(f.current(), 0);
+        let quick = Duration::from_millis(Failover::NEXT.end);
+        assert!(f.failed() < quick);
+        assert_eq!(f.current(), 1);
+        assert!(f.failed() < quick);
+        assert_eq!(f.current(), 2);
+        // Every replica failed in a row: the backoff (200 ms ± 50 %), then the next round.
+        let first = f.failed();
+        assert!(first >= Duration::from_millis(100), "{first:?}");
+        assert_eq!(f.current(), 0);
+        assert!(f.failed() < quick);
+        assert!(f.failed() < quick);
+        let second = f.failed();
+        assert!(second >= Duration::from_millis(200), "grows: {second:?}");
+        // A replica that answers is kept, and the backoff starts over.
+        f.failed();
+        assert_eq!(f.current(), 1);
+        f.connected();
+        assert_eq!(f.current(), 1);
+        assert!(f.failed() < quick, "the next replica is tried at once");
+        assert!(f.failed() < quick);
+        assert!(f.failed() <= Duration::from_millis(300), "backoff was reset");
+        let mut single = Failover::new(1);
+        assert!(single.failed() >= Duration::from_millis(100), "one replica: always the backoff");
+        assert_eq!(single.current(), 0);
     }
 
     #[test]

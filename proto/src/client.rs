@@ -12,6 +12,8 @@
 //! # Ok(()) }
 //! ```
 
+use std::time::Duration;
+
 use tonic::{
     Request, Status,
     metadata::{Ascii, MetadataValue},
@@ -58,11 +60,34 @@ pub enum ConnectError {
     },
 }
 
+/// How long one replica may take to accept a connection before the next is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Connects to `server` (`https://host:port`, `http://host:port` for a `--dev` server, or
 /// `host:port`, meaning `https://` when a CA is given and `http://` otherwise). `ca_pem` is
 /// required for `https://`; `identity_pem` (certificate, key) is a node's certificate, which
 /// `AgentService` requires.
+///
+/// `server` may name several replicas, separated by commas: they are tried in order and the
+/// first that accepts a connection within [`CONNECT_TIMEOUT`] is used. The error, when none
+/// does, is the last replica's.
 pub async fn channel(
+    server: &str,
+    ca_pem: Option<&[u8]>,
+    identity_pem: Option<(&[u8], &[u8])>,
+) -> Result<Channel, ConnectError> {
+    let mut last = ConnectError::Address(server.to_owned());
+    for one in server.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match replica(one, ca_pem, identity_pem).await {
+            Ok(channel) => return Ok(channel),
+            Err(error @ ConnectError::Transport { .. }) => last = error,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last)
+}
+
+async fn replica(
     server: &str,
     ca_pem: Option<&[u8]>,
     identity_pem: Option<(&[u8], &[u8])>,
@@ -72,7 +97,9 @@ pub async fn channel(
         (false, Some(_)) => format!("https://{server}"),
         (false, None) => format!("http://{server}"),
     };
-    let mut endpoint = Channel::from_shared(url.clone()).map_err(|_| ConnectError::Address(server.to_owned()))?;
+    let mut endpoint = Channel::from_shared(url.clone())
+        .map_err(|_| ConnectError::Address(server.to_owned()))?
+        .connect_timeout(CONNECT_TIMEOUT);
     if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem.ok_or(ConnectError::NoCa)?));
         if let Some((cert, key)) = identity_pem {

@@ -87,3 +87,24 @@ def test_aio_watch_cancel_ends_the_iteration(server: support.Server, tokens: dic
 
 async def _drain(watch: palisade.aio.AsyncEventWatch) -> list[object]:
     return [event async for event in watch]
+
+
+def test_aio_connect_any_uses_the_first_replica_that_answers(server: support.Server, tokens: dict[str, str]) -> None:
+    down = "https://127.0.0.1:1"
+
+    async def run() -> int:
+        client = await palisade.aio.connect_any(
+            [down, server.address], ca_cert=server.ca, token=tokens["viewer"], connect_timeout=3
+        )
+        async with client:
+            return len([p async for p in client.list_policies()])
+
+    assert asyncio.run(run()) >= 0
+    with pytest.raises(palisade.ConnectError, match="connect_any"):
+        palisade.aio.connect(f"{down},{server.address}", ca_cert=server.ca)
+
+    async def none_answers() -> None:
+        await palisade.aio.connect_any([down], ca_cert=server.ca, connect_timeout=0.5)
+
+    with pytest.raises(palisade.ConnectError, match="no server replica accepted"):
+        asyncio.run(none_answers())

@@ -102,3 +102,20 @@ def test_admin_token_names_itself_in_token_service(client: palisade.Client) -> N
     roles = {token.name: token.role for token in listed}
     assert roles["pytest-admin"] == token_pb2.ROLE_ADMIN
     assert roles["pytest-viewer"] == token_pb2.ROLE_VIEWER
+
+
+def test_connect_to_several_replicas_uses_the_first_that_answers(
+    server: support.Server, tokens: dict[str, str]
+) -> None:
+    # Port 1 on loopback refuses connections: a replica that is down.
+    down = "https://127.0.0.1:1"
+    with palisade.connect(
+        f"{down}, {server.address}", ca_cert=server.ca, token=tokens["viewer"], connect_timeout=3
+    ) as client:
+        client.policies.ListPolicies(policy_pb2.ListPoliciesRequest(), timeout=10)
+    with palisade.connect([server.address, down], ca_cert=server.ca, token=tokens["viewer"]) as client:
+        client.policies.ListPolicies(policy_pb2.ListPoliciesRequest(), timeout=10)
+    with pytest.raises(palisade.ConnectError, match="no server replica accepted"):
+        palisade.connect([down, "https://127.0.0.1:2"], ca_cert=server.ca, connect_timeout=0.5)
+    with pytest.raises(palisade.ConnectError, match="no server address"):
+        palisade.connect(" , ", ca_cert=server.ca)

@@ -111,6 +111,8 @@ struct Session {
     /// Digest the agent runs or was last sent.
     sent: String,
     metrics: Arc<ServerMetrics>,
+    /// This stream's number among the node's streams ([`Store::node_hello`]).
+    sync_session: i64,
     /// The newest generation pushed because policy changed, and when this server first saw
     /// the change it carries (for the apply→ACK histogram).
     awaiting: Option<(u64, Instant)>,
@@ -277,7 +279,7 @@ async fn drive(
             tracing::warn!(node, %error, "could not record sync message");
         }
     }
-    if let Err(error) = store.node_disconnected(&node).await {
+    if let Err(error) = store.node_disconnected(&node, session.sync_session).await {
         tracing::warn!(node, %error, "could not mark node disconnected");
     }
     tracing::info!(node, "agent disconnected");
@@ -385,7 +387,7 @@ impl AgentService for AgentApi {
         tls::check_node(identity.as_deref(), "hello.node_name", &hello.node_name)?;
         validate::selector("hello.labels", &hello.labels).map_err(ApiError::Invalid)?;
         check_hello(&hello)?;
-        self.store.node_hello(&hello).await?;
+        let sync_session = self.store.node_hello(&hello).await?;
         tracing::info!(node = hello.node_name, digest = hello.bundle_digest, "agent connected");
         let context = self.store.node_context(&hello.node_name).await?;
         let (sender, receiver) = mpsc::channel(16);
@@ -396,6 +398,7 @@ impl AgentService for AgentApi {
             generation: self.generation.clone(),
             retry: None,
             node: hello.node_name,
+            sync_session,
             outbound: sender,
             sent: hello.bundle_digest,
             metrics: self.metrics.clone(),

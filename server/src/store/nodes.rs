@@ -101,7 +101,9 @@ impl Store {
     /// any bundle older than what it runs (a replay or a downgrade), so after the database is
     /// restored from a backup the next bundle is numbered above the agent's, and a
     /// deliberate rollback of policy reaches the node as a new, higher generation.
-    pub async fn node_hello(&self, hello: &v1::AgentHello) -> Result<(), ApiError> {
+    ///
+    /// Returns the stream's session number, which [`Self::node_disconnected`] needs.
+    pub async fn node_hello(&self, hello: &v1::AgentHello) -> Result<i64, ApiError> {
         let labels = serde_json::to_value(&hello.labels).map_err(|e| ApiError::Corrupt(e.to_string()))?;
         let features = hello.features.as_ref().map(prost::Message::encode_to_vec);
         let failsafe = serde_json::json!({ "endpoints": hello.server_endpoints, "ports": hello.failsafe_ports });
@@ -112,14 +114,15 @@ impl Store {
                 .bind(&hello.node_name)
                 .fetch_optional(&mut *tx)
                 .await?;
-        sqlx::query(
+        let session: i64 = sqlx::query_scalar(
             "INSERT INTO nodes (name, labels, features, agent_version, connected, last_seen, applied_generation, applied_digest, \
-               failsafe, event_stats, desired_generation, desired_digest) \
-             VALUES ($1, $2, $3, $4, true, now(), $5, $6, $7, $8, $5, $6) \
+               failsafe, event_stats, desired_generation, desired_digest, sync_session) \
+             VALUES ($1, $2, $3, $4, true, now(), $5, $6, $7, $8, $5, $6, 1) \
              ON CONFLICT (name) DO UPDATE SET labels = $2, features = $3, agent_version = $4, connected = true, \
                last_seen = now(), applied_generation = $5, applied_digest = $6, failsafe = $7, event_stats = $8, \
                desired_digest = CASE WHEN $5 >= nodes.desired_generation THEN $6 ELSE nodes.desired_digest END, \
-               desired_generation = GREATEST(nodes.desired_generation, $5)",
+               desired_generation = GREATEST(nodes.desired_generation, $5), sync_session = nodes.sync_session + 1 \
+             RETURNING sync_session",
         )
         .bind(&hello.node_name)
         .bind(labels.clone())
@@ -129,7 +132,7 @@ impl Store {
         .bind(&hello.bundle_digest)
         .bind(failsafe)
         .bind(event_stats)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         let audit = match previous {
             None => {
@@ -152,7 +155,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(session)
     }
 
     /// What compiling a bundle for the node needs: labels, features and failsafe list.
@@ -273,9 +276,15 @@ impl Store {
         Ok(())
     }
 
-    /// Marks the node's Sync stream as closed.
-    pub async fn node_disconnected(&self, name: &str) -> Result<(), ApiError> {
-        sqlx::query("UPDATE nodes SET connected = false WHERE name = $1").bind(name).execute(&self.pool).await?;
+    /// Marks the node's Sync stream `session` (from [`Self::node_hello`]) as closed, unless
+    /// the node has said hello again since — on this replica or another — and so is
+    /// connected through a newer stream.
+    pub async fn node_disconnected(&self, name: &str, session: i64) -> Result<(), ApiError> {
+        sqlx::query("UPDATE nodes SET connected = false WHERE name = $1 AND sync_session = $2")
+            .bind(name)
+            .bind(session)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -101,3 +101,20 @@ def resolve(
         # `authorization: Bearer TOKEN` on every call, exactly what server/src/auth.rs reads.
         credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
     return Settings(target, credentials, options)
+
+
+#: How long each of several replicas may take to accept a connection before the next is tried.
+CONNECT_TIMEOUT = 5.0
+
+
+def replicas(server: str | Sequence[str] | None) -> list[str]:
+    """The replicas `server` names: a sequence, or one string with commas between addresses
+    (as the CLI's ``--server`` and PALISADE_SERVER take them); ``None``: PALISADE_SERVER,
+    which may name several too, else the CLI's default."""
+    if server is None:
+        server = os.environ.get("PALISADE_SERVER", DEFAULT_SERVER)
+    names = server.split(",") if isinstance(server, str) else list(server)
+    found = [n.strip() for n in names if n.strip()]
+    if not found:
+        raise ConnectError(f"no server address in {server!r}")
+    return found

@@ -22,6 +22,7 @@ import grpc.aio
 
 from . import _connection, _requests
 from ._connection import Pem
+from .errors import ConnectError
 from .v1 import (
     agent_pb2_grpc,
     event_pb2,
@@ -35,7 +36,7 @@ from .v1 import (
 
 
 def connect(
-    server: str | None = None,
+    server: str | Sequence[str] | None = None,
     *,
     ca_cert: Pem | None = None,
     token: str | None = None,
@@ -43,13 +44,44 @@ def connect(
     client_key: Pem | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> AsyncClient:
-    """As `palisade.connect`, returning an `AsyncClient` on a `grpc.aio` channel."""
-    settings = _connection.resolve(server, ca_cert, token, client_cert, client_key, options)
+    """As `palisade.connect` with one server, returning an `AsyncClient` on a `grpc.aio`
+    channel. For several replicas use `connect_any`, which waits for one to answer."""
+    servers = _connection.replicas(server)
+    if len(servers) > 1:
+        raise ConnectError("several servers: use `await palisade.aio.connect_any(...)`, which picks one that answers")
+    return AsyncClient(_channel(_connection.resolve(servers[0], ca_cert, token, client_cert, client_key, options)))
+
+
+async def connect_any(
+    server: str | Sequence[str] | None = None,
+    *,
+    ca_cert: Pem | None = None,
+    token: str | None = None,
+    client_cert: Pem | None = None,
+    client_key: Pem | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+    connect_timeout: float = _connection.CONNECT_TIMEOUT,
+) -> AsyncClient:
+    """As `palisade.connect` with several replicas: tries them in order, each for up to
+    `connect_timeout` seconds, and returns a client of the first that accepts a connection;
+    `palisade.ConnectError` when none does."""
+    servers = _connection.replicas(server)
+    every = [_connection.resolve(s, ca_cert, token, client_cert, client_key, options) for s in servers]
+    for settings in every:
+        channel = _channel(settings)
+        try:
+            await asyncio.wait_for(channel.channel_ready(), connect_timeout)
+        except asyncio.TimeoutError:  # not yet the builtin on Python 3.10
+            await channel.close()
+            continue
+        return AsyncClient(channel)
+    raise ConnectError(f"no server replica accepted a connection within {connect_timeout} s: {', '.join(map(str, servers))}")
+
+
+def _channel(settings: _connection.Settings) -> grpc.aio.Channel:
     if settings.credentials is None:
-        channel = grpc.aio.insecure_channel(settings.target, options=settings.options)
-    else:
-        channel = grpc.aio.secure_channel(settings.target, settings.credentials, options=settings.options)
-    return AsyncClient(channel)
+        return grpc.aio.insecure_channel(settings.target, options=settings.options)
+    return grpc.aio.secure_channel(settings.target, settings.credentials, options=settings.options)
 
 
 class AsyncClient:

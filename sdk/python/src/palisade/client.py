@@ -12,6 +12,7 @@ import grpc
 
 from . import _connection, _requests
 from ._connection import Pem
+from .errors import ConnectError
 from .v1 import (
     agent_pb2_grpc,
     event_pb2,
@@ -25,13 +26,14 @@ from .v1 import (
 
 
 def connect(
-    server: str | None = None,
+    server: str | Sequence[str] | None = None,
     *,
     ca_cert: Pem | None = None,
     token: str | None = None,
     client_cert: Pem | None = None,
     client_key: Pem | None = None,
     options: Sequence[tuple[str, Any]] = (),
+    connect_timeout: float = _connection.CONNECT_TIMEOUT,
 ) -> Client:
     """Connects to a Palisade server, like the CLI.
 
@@ -45,15 +47,31 @@ def connect(
     PALISADE_SERVER (default ``http://127.0.0.1:50051``), PALISADE_CA_CERT and PALISADE_TOKEN.
     `options` are gRPC channel options.
 
-    The channel connects lazily: an unreachable server shows as UNAVAILABLE on the first
-    call, or use `wait_ready`. Raises `palisade.ConnectError` for arguments that cannot work.
+    Several server replicas — a sequence, or addresses separated by commas — are tried in
+    order, each for up to `connect_timeout` seconds, and the first that accepts a connection
+    is used; `palisade.ConnectError` when none does. With one server the channel connects
+    lazily: an unreachable server shows as UNAVAILABLE on the first call, or use
+    `wait_ready`. Raises `palisade.ConnectError` for arguments that cannot work.
     """
-    settings = _connection.resolve(server, ca_cert, token, client_cert, client_key, options)
+    servers = _connection.replicas(server)
+    every = [_connection.resolve(s, ca_cert, token, client_cert, client_key, options) for s in servers]
+    if len(every) == 1:
+        return Client(_channel(every[0]))
+    for settings in every:
+        client = Client(_channel(settings))
+        try:
+            client.wait_ready(connect_timeout)
+        except grpc.FutureTimeoutError:
+            client.close()
+            continue
+        return client
+    raise ConnectError(f"no server replica accepted a connection within {connect_timeout} s: {', '.join(map(str, servers))}")
+
+
+def _channel(settings: _connection.Settings) -> grpc.Channel:
     if settings.credentials is None:
-        channel = grpc.insecure_channel(settings.target, options=settings.options)
-    else:
-        channel = grpc.secure_channel(settings.target, settings.credentials, options=settings.options)
-    return Client(channel)
+        return grpc.insecure_channel(settings.target, options=settings.options)
+    return grpc.secure_channel(settings.target, settings.credentials, options=settings.options)
 
 
 class Client:

@@ -99,7 +99,7 @@ async fn label_changes_on_re_registration_are_audited(pool: PgPool) {
 #[sqlx::test(migrator = "crate::MIGRATOR")]
 async fn ack_clears_only_an_older_or_equal_nack_and_disconnect_is_shown(pool: PgPool) {
     let store = Store::new(pool);
-    store.node_hello(&hello("n1", "web", 0)).await.expect("register");
+    let session = store.node_hello(&hello("n1", "web", 0)).await.expect("register");
     store.node_nack("n1", 5, "d5", "verifier said no").await.expect("nack");
     store.node_ack("n1", 4, "d4").await.expect("ack of an older generation");
     let node = store.get_node("n1").await.expect("node");
@@ -110,7 +110,7 @@ async fn ack_clears_only_an_older_or_equal_nack_and_disconnect_is_shown(pool: Pg
     let node = store.get_node("n1").await.expect("node");
     assert!(node.last_error.is_none(), "{:?}", node.last_error);
     assert_eq!((node.applied_generation, node.applied_digest.as_str()), (5, "d5"));
-    store.node_disconnected("n1").await.expect("disconnect");
+    store.node_disconnected("n1", session).await.expect("disconnect");
     assert!(!store.get_node("n1").await.expect("node").connected);
     let stats = v1::EventStats { backlog_full: 7, pending: 3, ..Default::default() };
     store.node_seen("n1", Some(&stats)).await.expect("seen");
@@ -148,4 +148,18 @@ async fn list_nodes_filters_by_labels_and_paginates_by_name(pool: PgPool) {
     let contexts = store.node_contexts().await.expect("contexts");
     // a, c and d report the same labels and kernel: one context, named by a.
     assert_eq!(contexts.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+}
+
+#[sqlx::test(migrator = "crate::MIGRATOR")]
+async fn an_old_stream_ending_after_a_new_hello_leaves_the_node_connected(pool: PgPool) {
+    // The agent failed over: its new stream (another replica's) said hello before the old
+    // one noticed it was gone.
+    let store = Store::new(pool);
+    let old = store.node_hello(&hello("n1", "web", 0)).await.expect("first stream");
+    let new = store.node_hello(&hello("n1", "web", 0)).await.expect("second stream");
+    assert!(new > old, "{new} > {old}");
+    store.node_disconnected("n1", old).await.expect("old stream ends");
+    assert!(store.get_node("n1").await.expect("node").connected, "connected through the new stream");
+    store.node_disconnected("n1", new).await.expect("new stream ends");
+    assert!(!store.get_node("n1").await.expect("node").connected);
 }

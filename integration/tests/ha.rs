@@ -1,6 +1,6 @@
 //! High availability: two server replicas (real processes, real TLS) on one PostgreSQL
 //! database, agents spread over both, a stream of applies through the multi-endpoint SDK,
-//! and one replica SIGKILLed in the middle. Every agent must be enforcing a generation made
+//! and one replica killed (`SIGKILL`) in the middle. Every agent must be enforcing a generation made
 //! after the kill — which only the surviving replica can have served — within a second, and
 //! every apply the client saw acknowledged must be in the database.
 //!
@@ -34,7 +34,7 @@ const AGENTS: usize = 20;
 /// The target: every agent on a post-kill generation within this.
 const CONVERGE: Duration = Duration::from_secs(1);
 
-/// A `palisade-server` process; SIGKILLed when dropped.
+/// A `palisade-server` process; killed (`SIGKILL`) when dropped.
 struct Replica {
     child: std::process::Child,
     url: String,
@@ -80,7 +80,7 @@ impl Replica {
                 }
             }
         });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+        let addr = addr_rx.recv_timeout(Duration::from_mins(1)).unwrap_or_else(|_| {
             let status = child.try_wait();
             panic!("palisade-server did not start serving: {status:?}")
         });
@@ -125,7 +125,9 @@ impl Drop for Database {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             runtime.block_on(async {
                 if let Ok(mut admin) = sqlx::PgConnection::connect(&base).await {
-                    let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
+                    let _ = admin
+                        .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .await;
                 }
             });
         })

@@ -114,7 +114,8 @@ impl Config {
     /// The server replicas and how to reach them; `https://` needs `--ca-cert`, `--cert` and
     /// `--key`. All replicas use the same scheme: they are one service.
     pub fn server(&self) -> Result<sync::Server, StartError> {
-        let urls: Vec<String> = self.server.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(server_url).collect();
+        let urls: Vec<String> =
+            self.server.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(server_url).collect();
         if urls.is_empty() {
             return Err(StartError::Config("--server: no server address".into()));
         }

@@ -112,7 +112,7 @@ struct Session {
     sent: String,
     metrics: Arc<ServerMetrics>,
     /// This stream's number among the node's streams ([`Store::node_hello`]).
-    sync_session: i64,
+    stream: i64,
     /// The newest generation pushed because policy changed, and when this server first saw
     /// the change it carries (for the apply→ACK histogram).
     awaiting: Option<(u64, Instant)>,
@@ -279,7 +279,7 @@ async fn drive(
             tracing::warn!(node, %error, "could not record sync message");
         }
     }
-    if let Err(error) = store.node_disconnected(&node, session.sync_session).await {
+    if let Err(error) = store.node_disconnected(&node, session.stream).await {
         tracing::warn!(node, %error, "could not mark node disconnected");
     }
     tracing::info!(node, "agent disconnected");
@@ -398,7 +398,7 @@ impl AgentService for AgentApi {
             generation: self.generation.clone(),
             retry: None,
             node: hello.node_name,
-            sync_session,
+            stream: sync_session,
             outbound: sender,
             sent: hello.bundle_digest,
             metrics: self.metrics.clone(),

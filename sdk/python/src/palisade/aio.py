@@ -70,12 +70,26 @@ async def connect_any(
     for settings in every:
         channel = _channel(settings)
         try:
-            await asyncio.wait_for(channel.channel_ready(), connect_timeout)
+            if await asyncio.wait_for(_answers(channel), connect_timeout):
+                return AsyncClient(channel)
         except asyncio.TimeoutError:  # not yet the builtin on Python 3.10
-            await channel.close()
-            continue
-        return AsyncClient(channel)
-    raise ConnectError(f"no server replica accepted a connection within {connect_timeout} s: {', '.join(map(str, servers))}")
+            pass
+        await channel.close()
+    raise ConnectError(
+        f"no server replica accepted a connection within {connect_timeout} s: {', '.join(map(str, servers))}"
+    )
+
+
+async def _answers(channel: grpc.aio.Channel) -> bool:
+    """Whether `channel` connects: True once READY, False at its first TRANSIENT_FAILURE (a
+    refused connection), so a replica that is down costs no timeout."""
+    state = channel.get_state(try_to_connect=True)
+    while state is not grpc.ChannelConnectivity.READY:
+        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+            return False
+        await channel.wait_for_state_change(state)
+        state = channel.get_state(try_to_connect=True)
+    return True
 
 
 def _channel(settings: _connection.Settings) -> grpc.aio.Channel:

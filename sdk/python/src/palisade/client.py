@@ -3,6 +3,7 @@ and helpers for what the stubs leave to every caller (documents, pages, a live w
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -48,8 +49,8 @@ def connect(
     `options` are gRPC channel options.
 
     Several server replicas — a sequence, or addresses separated by commas — are tried in
-    order, each for up to `connect_timeout` seconds, and the first that accepts a connection
-    is used; `palisade.ConnectError` when none does. With one server the channel connects
+    order — a refused connection moves on at once, a silent one after `connect_timeout`
+    seconds — and the first that accepts a connection is used; `palisade.ConnectError` when none does. With one server the channel connects
     lazily: an unreachable server shows as UNAVAILABLE on the first call, or use
     `wait_ready`. Raises `palisade.ConnectError` for arguments that cannot work.
     """
@@ -58,14 +59,35 @@ def connect(
     if len(every) == 1:
         return Client(_channel(every[0]))
     for settings in every:
-        client = Client(_channel(settings))
-        try:
-            client.wait_ready(connect_timeout)
-        except grpc.FutureTimeoutError:
-            client.close()
-            continue
-        return client
-    raise ConnectError(f"no server replica accepted a connection within {connect_timeout} s: {', '.join(map(str, servers))}")
+        channel = _channel(settings)
+        if _answers(channel, connect_timeout):
+            return Client(channel)
+        channel.close()
+    raise ConnectError(
+        f"no server replica accepted a connection within {connect_timeout} s: {', '.join(map(str, servers))}"
+    )
+
+
+def _answers(channel: grpc.Channel, timeout: float) -> bool:
+    """Whether `channel` connects within `timeout` s; a refused connection (the channel's
+    first TRANSIENT_FAILURE) answers at once rather than after the timeout."""
+    settled = threading.Event()
+    ready = False
+
+    def watch(state: grpc.ChannelConnectivity) -> None:
+        nonlocal ready
+        if state is grpc.ChannelConnectivity.READY:
+            ready = True
+            settled.set()
+        elif state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+            settled.set()
+
+    channel.subscribe(watch, try_to_connect=True)
+    try:
+        settled.wait(timeout)
+    finally:
+        channel.unsubscribe(watch)
+    return ready
 
 
 def _channel(settings: _connection.Settings) -> grpc.Channel:

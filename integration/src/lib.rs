@@ -262,3 +262,34 @@ pub fn attached_programs(cgroup_dir: &Path, attach_type: u32) -> u32 {
     assert!(ret == 0, "BPF_PROG_QUERY failed: {}", std::io::Error::last_os_error());
     attr.prog_cnt
 }
+
+/// Creates (after dropping any leftover of that name) database `name` on the server of
+/// `base` (a `DATABASE_URL`), and returns its URL.
+///
+/// # Errors
+/// When the server cannot be reached or refuses.
+pub async fn create_database(base: &str, name: &str) -> Result<String, sqlx::Error> {
+    use sqlx::{Connection as _, Executor as _};
+    let mut admin = sqlx::PgConnection::connect(base).await?;
+    admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await?;
+    admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await?;
+    let prefix = base.rsplit_once('/').map_or(base, |(prefix, _)| prefix);
+    Ok(format!("{prefix}/{name}"))
+}
+
+/// Drops database `name` from the server of `base`, from any context (a `Drop`, a runtime
+/// shutting down): on a thread with a runtime of its own. Failures are ignored.
+pub fn drop_database_blocking(base: &str, name: &str) {
+    use sqlx::{Connection as _, Executor as _};
+    let (base, name) = (base.to_owned(), name.to_owned());
+    let _ = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        runtime.block_on(async {
+            if let Ok(mut admin) = sqlx::PgConnection::connect(&base).await {
+                let _ =
+                    admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
+            }
+        });
+    })
+    .join();
+}

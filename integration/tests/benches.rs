@@ -45,3 +45,35 @@ fn fleet_bench_reports_every_figure_for_a_small_fleet() {
     assert!(ratio > 0.0, "{row}");
     assert!(cells[6].ends_with("KiB"), "{row}");
 }
+
+/// The agent's footprint, on the agent binary in the real kernel: the idle agent stays small
+/// and gives back what a 10,000-rule bundle took. Anonymous memory is what the agent
+/// controls (file-backed pages are its binary, far larger in a debug build); before the
+/// allocator was held to one arena and trimmed after loads it was ~27 MiB idle.
+#[test]
+fn agent_footprint_reports_rss_and_the_idle_agent_stays_small() {
+    if !palisade_integration::kernel_tests_enabled("agent-footprint") {
+        return;
+    }
+    let Ok(database) = std::env::var("DATABASE_URL") else {
+        assert!(std::env::var_os("CI").is_none(), "DATABASE_URL is required");
+        eprintln!("SKIPPED agent-footprint: no DATABASE_URL");
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_agent-footprint"))
+        .args(["--max-idle-mib", "24"])
+        .env("DATABASE_URL", database)
+        .output()
+        .expect("agent-footprint runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    let anon = |state: &str| -> f64 {
+        let row = stdout.lines().find(|l| l.starts_with(&format!("| {state}"))).unwrap_or_else(|| panic!("{stdout}"));
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        cells[2].trim_end_matches(" MiB").parse().unwrap_or_else(|_| panic!("{row}"))
+    };
+    let (idle, busy, after) = (anon("idle, the empty"), anon("enforcing 10000"), anon("idle again"));
+    assert!(idle <= 8.0, "idle anonymous memory {idle} MiB:\n{stdout}");
+    assert!(busy > 0.0 && busy <= 16.0, "anonymous memory enforcing 10,000 rules {busy} MiB:\n{stdout}");
+    assert!(after <= idle + 2.0, "memory taken by the large bundle is given back ({after} vs {idle} MiB):\n{stdout}");
+}

@@ -24,7 +24,6 @@ use palisade_proto::{
     client,
     v1::{self, apply_policy_request::Source, policy_service_client::PolicyServiceClient},
 };
-use sqlx::{Connection as _, Executor as _};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
@@ -109,29 +108,14 @@ struct Database {
 impl Database {
     async fn create(base: &str) -> Self {
         let name = format!("palisade_ha_{}", std::process::id());
-        let mut admin = sqlx::PgConnection::connect(base).await.expect("connect to DATABASE_URL");
-        admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await.expect("drop");
-        admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create");
-        let (prefix, _) = base.rsplit_once('/').expect("DATABASE_URL names a database");
-        Self { base: base.to_owned(), url: format!("{prefix}/{name}"), name }
+        let url = palisade_integration::create_database(base, &name).await.expect("create the database");
+        Self { base: base.to_owned(), url, name }
     }
 }
 
 impl Drop for Database {
     fn drop(&mut self) {
-        let (base, name) = (self.base.clone(), self.name.clone());
-        // A runtime of its own: drop may run while the test's runtime shuts down.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(async {
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&base).await {
-                    let _ = admin
-                        .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .await;
-                }
-            });
-        })
-        .join();
+        palisade_integration::drop_database_blocking(&self.base, &self.name);
     }
 }
 

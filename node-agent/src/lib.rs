@@ -197,6 +197,18 @@ pub enum StartError {
     Metrics(#[source] std::io::Error),
 }
 
+/// Probes the kernel on a blocking thread, then gives back what probing allocated (the
+/// kernel's BTF, parsed: tens of MB for a moment).
+async fn probe_kernel() -> Result<v1::KernelFeatures, StartError> {
+    tokio::task::spawn_blocking(|| {
+        let features = probe::probe();
+        sys::release_freed_memory();
+        features
+    })
+    .await
+    .map_err(|_| StartError::Datapath)
+}
+
 /// Backstop rescan of selected cgroups (inotify normally reports changes at once).
 const CGROUP_RESCAN: Duration = Duration::from_secs(5);
 
@@ -258,7 +270,7 @@ impl Agent {
             }
         };
         let server = config.server()?;
-        let features = tokio::task::spawn_blocking(probe::probe).await.map_err(|_| StartError::Datapath)?;
+        let features = probe_kernel().await?;
         tracing::info!(
             kernel = features.kernel_release,
             bpf_lsm = features.bpf_lsm,
@@ -410,6 +422,7 @@ fn datapath_thread(
             tracing::warn!(error = error_chain(&error), "could not adopt the pinned bundle; waiting for the server");
         }
     }
+    sys::release_freed_memory();
     let publish = |d: &Datapath| {
         enforcing.send_replace(d.active().map(|(g, digest)| (g, digest.to_owned())));
         queues.metrics.enforcing(d.active().map(|(g, _)| g), d.active_dir());
@@ -445,6 +458,7 @@ fn datapath_thread(
                 publish(&datapath);
                 rearm(&mut watch, &datapath);
                 let _ = reply.send(result);
+                sys::release_freed_memory();
             }
             Err(std::sync::mpsc::TryRecvError::Empty) => {}
             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,

@@ -258,6 +258,35 @@ pub struct Datapath {
     lost_retired: std::sync::atomic::AtomicU64,
 }
 
+/// What an enforcing generation keeps of its content: everything but the ELF and the map
+/// elements, which are in the kernel once loaded (a restore decodes the bundle again). For
+/// 10,000 rules that is ~200,000 elements the agent no longer holds.
+fn retained(content: &v1::BundleContent) -> v1::BundleContent {
+    v1::BundleContent {
+        format: content.format,
+        elf: Vec::new(),
+        programs: content.programs.clone(),
+        maps: content
+            .maps
+            .iter()
+            .map(|m| v1::BundleMap {
+                name: m.name.clone(),
+                role: m.role,
+                map_type: m.map_type,
+                key_size: m.key_size,
+                value_size: m.value_size,
+                max_entries: m.max_entries,
+                entries: Vec::new(),
+                indices: Vec::new(),
+                values: Vec::new(),
+            })
+            .collect(),
+        policies: content.policies.clone(),
+        rules: content.rules.clone(),
+        cgroups: content.cgroups.clone(),
+    }
+}
+
 /// Where a generation pins its program `name`.
 fn prog_pin(gen_dir: &Path, name: &str) -> PathBuf {
     gen_dir.join(format!("prog_{name}"))
@@ -479,6 +508,7 @@ impl Datapath {
             );
             write_state(&self.paths, &bundle.encode_to_vec())?;
         }
+        let content = retained(&content);
         let mut active = Active { bundle, content, gen_dir, cgroup_maps: BTreeMap::new(), events: None, lost: None };
         self.open_maps(&mut active)?;
         self.release_others(&active.gen_dir, None, &mut Vec::new());
@@ -607,7 +637,7 @@ impl Datapath {
         fault_point("released");
         active.bundle = bundle;
         tracing::info!(generation = active.bundle.generation, digest = active.bundle.digest, "bundle enforcing");
-        self.warn_not_enforceable(&active.content);
+        self.warn_not_enforceable(&content);
         self.active = Some(active);
         Ok(())
     }
@@ -695,7 +725,11 @@ impl Datapath {
         let _ = std::fs::remove_dir_all(gen_dir);
         std::fs::create_dir_all(gen_dir).map_err(io_err(format!("creating {}", gen_dir.display())))?;
         let words = aligned(&content.elf);
+        // No CO-RE relocations in our objects (the compiler resolves offsets from the node's
+        // BTF itself), so aya need not parse the kernel's BTF for every load: that took ~20 MB
+        // and tens of ms per bundle.
         let mut ebpf = EbpfLoader::new()
+            .btf(None)
             .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
             .load(as_bytes(&words, content.elf.len()))
             .map_err(LoadError::Elf)?;
@@ -729,7 +763,7 @@ impl Datapath {
         fault_point("staged");
         let mut active = Active {
             bundle: bundle.clone(),
-            content: content.clone(),
+            content: retained(content),
             gen_dir: gen_dir.to_owned(),
             cgroup_maps: BTreeMap::new(),
             events: None,

@@ -4,8 +4,15 @@
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before any thread exists, so that every thread allocates from the one arena.
+    palisade_agent::sys::limit_allocator_arenas();
+    // The agent's async work is a few streams; its kernel work has a thread of its own. Two
+    // workers, whatever the node's core count (tokio's default is one per core).
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let config = palisade_agent::Config::parse();
     palisade_agent::init_logging(config.log_json);
     if config.uninstall {

@@ -38,7 +38,6 @@ use palisade_proto::v1::{
     sync_request::Message as Up,
     sync_response::Message as Down,
 };
-use sqlx::{Connection as _, Executor as _};
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 use tonic::transport::Endpoint;
@@ -450,20 +449,6 @@ async fn raw_server(port: u16, agents: usize, rounds: usize, bundle: PathBuf) ->
 }
 
 /// A fresh database for one fleet size; dropped by the returned guard's `drop` call.
-async fn create_database(base: &str, name: &str) -> anyhow::Result<String> {
-    let mut admin = sqlx::PgConnection::connect(base).await?;
-    admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await?;
-    admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await?;
-    let (prefix, _) = base.rsplit_once('/').context("DATABASE_URL has no database name")?;
-    Ok(format!("{prefix}/{name}"))
-}
-
-async fn drop_database(base: &str, name: &str) {
-    if let Ok(mut admin) = sqlx::PgConnection::connect(base).await {
-        let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -488,9 +473,9 @@ async fn main() -> anyhow::Result<()> {
     println!("|---:|---|---|---|---|---:|---:|");
     for &n in &args.agents {
         let name = format!("palisade_fleet_bench_{}_{n}", std::process::id());
-        let database = create_database(&base, &name).await?;
+        let database = palisade_integration::create_database(&base, &name).await?;
         let real = measure_real(&args, n, &database, &server_bin).await;
-        drop_database(&base, &name).await;
+        palisade_integration::drop_database_blocking(&base, &name);
         let real = real?;
         let raw = measure_raw(&args, n, &real.bundle).await?;
         let (a50, _, amax) = percentiles(real.apply.clone());

@@ -470,15 +470,34 @@ fn isolate_network() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Cumulative run time (ns) and run count of the enforced generation's cgroup connect
+/// program for `family` (0: IPv4, 1: IPv6), from `bpf_prog_info`; counted while run-time
+/// statistics are on.
+fn kernel_runs(datapath: &Datapath, family: usize) -> Option<(u64, u64)> {
+    let program = if family == 0 { "prog_pal_connect4" } else { "prog_pal_connect6" };
+    let info = aya::programs::ProgramInfo::from_pin(datapath.active_dir()?.join(program)).ok()?;
+    Some((u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX), info.run_count()))
+}
+
+/// Mean in-kernel ns per run between two [`kernel_runs`] readings.
+fn per_run(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((t0, n0), (t1, n1)) = (before?, after?);
+    (n1 > n0).then(|| (t1 - t0) as f64 / (n1 - n0) as f64)
+}
+
 fn run(datapath: &mut Datapath, cgroup: &str, only: Option<&str>) -> anyhow::Result<()> {
-    let sizes = [10_usize, 1_000, 10_000];
+    let sizes = [10_usize, 1_000, 10_000, 100_000];
     let sets: Vec<PolicySet> = sizes.iter().map(|&n| set(n, Profile::Hosts, cgroup)).collect();
     let compiled: Vec<Compiled> = sets.iter().map(|s| compile(s, OFFSETS)).collect::<Result<_, _>>()?;
     let targets: [SocketAddr; 2] = ["127.1.2.3:9".parse()?, deep_v6_target(&sets[2])?];
     let mut drained = Vec::new();
     let mut generation = 0;
-    let names = ["no program", "empty program", "10 rules", "1,000 rules", "10,000 rules"];
+    let names = ["no program", "empty program", "10 rules", "1,000 rules", "10,000 rules", "100,000 rules"];
     let mut samples: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; names.len()];
+    // The kernel's own figure: run time per program run while this fd is open
+    // (BPF_ENABLE_STATS, as `kernel.bpf_stats_enabled=1` but only for this process's life).
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let mut in_kernel: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; names.len()];
     // How long the agent's datapath takes to make each bundle enforce (load, verify, fill the
     // maps, attach, release the previous generation), per rule count.
     let mut applies: Vec<Vec<f64>> = vec![Vec::new(); sizes.len()];
@@ -496,7 +515,11 @@ fn run(datapath: &mut Datapath, cgroup: &str, only: Option<&str>) -> anyhow::Res
             }
             std::thread::sleep(Duration::from_millis(20));
             for (family, target) in targets.iter().enumerate() {
+                let before = kernel_runs(datapath, family);
                 samples[i][family].push(connect_ns(*target)?);
+                if let Some(ns) = per_run(before, kernel_runs(datapath, family)) {
+                    in_kernel[i][family].push(ns);
+                }
             }
         }
     }
@@ -504,10 +527,26 @@ fn run(datapath: &mut Datapath, cgroup: &str, only: Option<&str>) -> anyhow::Res
     let m: Vec<[f64; 2]> = samples.into_iter().map(|[v4, v6]| [median(v4), median(v6)]).collect();
     println!("connect() from a selected cgroup, UDP, rules of the `hosts` profile, median of {ROUNDS}");
     println!("interleaved rounds of {CONNECTS} connects to each destination:\n");
-    println!("| configuration | {} ns | overhead | {} ns | overhead |", targets[0], targets[1]);
-    println!("|---|---:|---:|---:|---:|");
-    for (name, ns) in names.iter().zip(&m) {
-        println!("| {name} | {:.0} | {:+.0} ns | {:.0} | {:+.0} ns |", ns[0], ns[0] - m[0][0], ns[1], ns[1] - m[0][1]);
+    println!(
+        "| configuration | {} ns | overhead | in-kernel ns per run | {} ns | overhead | in-kernel ns per run |",
+        targets[0], targets[1]
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let k: Vec<[Option<f64>; 2]> = in_kernel
+        .into_iter()
+        .map(|[v4, v6]| [(!v4.is_empty()).then(|| median(v4)), (!v6.is_empty()).then(|| median(v6))])
+        .collect();
+    let shown = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    for ((name, ns), k) in names.iter().zip(&m).zip(&k) {
+        println!(
+            "| {name} | {:.0} | {:+.0} ns | {} | {:.0} | {:+.0} ns | {} |",
+            ns[0],
+            ns[0] - m[0][0],
+            shown(k[0]),
+            ns[1],
+            ns[1] - m[0][1],
+            shown(k[1])
+        );
     }
     for (family, label) in ["IPv4", "IPv6"].iter().enumerate() {
         let overhead = |i: usize| m[i][family] - m[0][family];
@@ -523,11 +562,19 @@ fn run(datapath: &mut Datapath, cgroup: &str, only: Option<&str>) -> anyhow::Res
         println!("- empty program (hook cost): {:+.0} ns", overhead(1));
         println!("- 10,000 rules vs 10 rules, overhead ratio: {:.2}x (target <= 1.10x)", overhead(4) / overhead(2));
         println!("- 10,000 rules above the empty program: {:+.0} ns (target <= 100 ns)", overhead(4) - overhead(1));
+        println!("- 100,000 rules vs 10 rules, overhead ratio: {:.2}x", overhead(5) / overhead(2));
+        if let (Some(ten), Some(big), Some(huge)) = (k[2][family], k[4][family], k[5][family]) {
+            println!(
+                "- in-kernel run time, 10,000 / 100,000 rules vs 10 rules: {:.2}x / {:.2}x (target at 100,000 <= 1.10x)",
+                big / ten,
+                huge / ten
+            );
+        }
     }
     println!();
     let applies: Vec<String> = applies.into_iter().map(|a| format!("{:.1}", median(a))).collect();
     println!(
-        "Applying a bundle on the node (load, verify, fill, attach, release the previous one), median ms for 10 / 1,000 / 10,000 rules: {}",
+        "Applying a bundle on the node (load, verify, fill, attach, release the previous one), median ms for 10 / 1,000 / 10,000 / 100,000 rules: {}",
         applies.join(" / ")
     );
     println!();
@@ -545,7 +592,7 @@ fn compile_table(cgroup: &str, only: Option<&str>) -> anyhow::Result<()> {
         if only.is_some_and(|o| o != profile.name()) {
             continue;
         }
-        for n in [10_usize, 1_000, 10_000] {
+        for n in [10_usize, 1_000, 10_000, 100_000] {
             let s = set(n, profile, cgroup);
             let c = compile(&s, OFFSETS)?;
             let insns: Vec<String> = c.programs.iter().map(|(_, p)| p.insns.len().to_string()).collect();

@@ -1,0 +1,203 @@
+//! `agent-footprint`: the node agent's memory, measured on the real binary against a real
+//! server and PostgreSQL, enforcing in the real kernel.
+//!
+//! It starts a `--dev` server in-process on a database of its own, runs the agent binary
+//! next to this one (`agent-process`, the agent's own `main`) attached to a cgroup it
+//! creates, and reads the agent's `/proc/PID/status` (`VmRSS`, `RssAnon`, `RssFile`,
+//! `VmHWM`) once idle with the empty bundle, once enforcing a 10,000-rule policy, and once
+//! after that policy is deleted again.
+//!
+//! `cargo build --release -p palisade-integration --bin agent-process --bin agent-footprint &&
+//! sudo -E target/release/agent-footprint` (root: the agent loads programs; `DATABASE_URL`).
+//! `--max-idle-mib N` fails the run when idle RSS exceeds N MiB.
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a benchmark prints its table")]
+#![allow(clippy::cast_precision_loss, reason = "memory sizes far below 2^52")]
+
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use palisade_proto::v1::{self, apply_policy_request::Source, policy_service_client::PolicyServiceClient};
+
+/// Flags.
+#[derive(Debug, clap::Parser)]
+#[command(name = "agent-footprint", about = "RSS of the node agent: idle, enforcing 10,000 rules, and after")]
+struct Args {
+    /// Rules in the large policy.
+    #[arg(long, default_value_t = 10_000)]
+    rules: usize,
+    /// Exit non-zero when the idle RSS is above this many MiB.
+    #[arg(long)]
+    max_idle_mib: Option<f64>,
+}
+
+/// Memory figures of a process, in KiB.
+#[derive(Debug, Clone, Copy, Default)]
+struct Memory {
+    rss: u64,
+    anon: u64,
+    file: u64,
+    peak: u64,
+}
+
+fn memory(pid: u32) -> anyhow::Result<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("the agent's /proc status")?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok(Memory { rss: field("VmRSS:"), anon: field("RssAnon:"), file: field("RssFile:"), peak: field("VmHWM:") })
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// A deny policy of `n` host rules for `cgroup`.
+fn policy(n: usize, cgroup: &str) -> String {
+    let mut doc = format!("name: footprint\nworkload: {{cgroup: {cgroup}}}\nnetwork:\n  connect:\n    rules:\n");
+    for i in 0..n {
+        let _ = writeln!(
+            doc,
+            "      - {{id: r{i}, action: deny, cidrs: [10.{}.{}.{}/32], ports: [{}]}}",
+            i / 62_500 % 250,
+            i / 250 % 250,
+            i % 250,
+            1000 + i % 5000
+        );
+    }
+    doc
+}
+
+/// Everything the run made, removed on every exit path.
+struct Cleanup {
+    agent: Option<Child>,
+    agent_bin: PathBuf,
+    bpffs: PathBuf,
+    state: PathBuf,
+    cgroup_dir: PathBuf,
+    base: String,
+    database: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+        // The agent's own uninstall removes its pins (and so its programs).
+        let _ = Command::new(&self.agent_bin)
+            .arg("--uninstall")
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+        let _ = std::fs::remove_dir_all(&self.state);
+        let _ = std::fs::remove_dir(&self.cgroup_dir);
+        palisade_integration::drop_database_blocking(&self.base, &self.database);
+    }
+}
+
+/// Waits until the node has acknowledged `generation`, then lets the agent settle.
+async fn acknowledged(store: &palisade_server::store::Store, node: &str, generation: u64) -> anyhow::Result<()> {
+    palisade_testkit::poll(Duration::from_mins(2), || async {
+        store.get_node(node).await.ok().filter(|n| n.applied_generation >= generation).map(|_| ())
+    })
+    .await
+    .with_context(|| format!("the agent did not acknowledge generation {generation}"))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = <Args as clap::Parser>::parse();
+    // SAFETY: geteuid has no preconditions.
+    anyhow::ensure!(unsafe { libc::geteuid() } == 0, "the agent loads BPF programs: run agent-footprint as root");
+    let agent_bin = std::env::current_exe()?.with_file_name("agent-process");
+    anyhow::ensure!(agent_bin.exists(), "{} is missing: build the agent-process binary too", agent_bin.display());
+    let base = std::env::var("DATABASE_URL").context("set DATABASE_URL (scripts/ensure-postgres.sh prints one)")?;
+    let pid = std::process::id();
+    let name = format!("palisade_footprint_{pid}");
+    let cgroup = format!("/palisade-footprint-{pid}");
+    let cgroup2 = palisade_agent::probe::cgroup2_mount().context("no cgroup2 mount")?;
+    let mut cleanup = Cleanup {
+        agent: None,
+        agent_bin: agent_bin.clone(),
+        bpffs: PathBuf::from(format!("/sys/fs/bpf/palisade-footprint-{pid}")),
+        state: std::env::temp_dir().join(format!("palisade-footprint-{pid}")),
+        cgroup_dir: cgroup2.join(cgroup.trim_start_matches('/')),
+        base: base.clone(),
+        database: name.clone(),
+    };
+    std::fs::create_dir_all(&cleanup.cgroup_dir)?;
+    let database = palisade_integration::create_database(&base, &name).await?;
+    let pool = sqlx::PgPool::connect(&database).await?;
+    palisade_server::MIGRATOR.run(&pool).await?;
+    let store = palisade_server::store::Store::new(pool.clone());
+    let server =
+        palisade_server::embedded::EmbeddedServer::start_dev(pool, palisade_server::Options::default()).await?;
+    let node = "footprint";
+    let agent = Command::new(&agent_bin)
+        .args(["--server", &server.url(), "--node-name", node, "--bundle-public-key", server.public_key_hex()])
+        .arg("--bpffs")
+        .arg(&cleanup.bpffs)
+        .arg("--state-dir")
+        .arg(&cleanup.state)
+        .args(["--attach-cgroup", &cgroup])
+        .env("PALISADE_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start the agent")?;
+    let agent_pid = agent.id();
+    cleanup.agent = Some(agent);
+
+    let mut rows: Vec<(String, Memory)> = Vec::new();
+    acknowledged(&store, node, store.generation().await?).await?;
+    rows.push(("idle, the empty bundle enforced".to_owned(), memory(agent_pid)?));
+    let mut policies = PolicyServiceClient::new(server.admin().await);
+    let request =
+        v1::ApplyPolicyRequest { source: Some(Source::Document(policy(args.rules, &cgroup))), ..Default::default() };
+    policies.apply_policy(request).await.context("apply the large policy")?;
+    acknowledged(&store, node, store.generation().await?).await?;
+    rows.push((format!("enforcing {} rules", args.rules), memory(agent_pid)?));
+    policies
+        .delete_policy(v1::DeletePolicyRequest { name: "footprint".into(), ..Default::default() })
+        .await
+        .context("delete the large policy")?;
+    acknowledged(&store, node, store.generation().await?).await?;
+    rows.push(("idle again, after the policy was deleted".to_owned(), memory(agent_pid)?));
+    if let Some(mut child) = cleanup.agent.take() {
+        let _ = child.kill();
+        let status = child.wait()?;
+        if !status.success() && status.code().is_some() {
+            bail!("the agent exited: {status}");
+        }
+    }
+
+    println!("palisade-agent memory ({}):\n", agent_bin.display());
+    println!("| state | RSS | anonymous | file-backed | peak RSS so far |");
+    println!("|---|---:|---:|---:|---:|");
+    for (state, m) in &rows {
+        println!("| {state} | {} | {} | {} | {} |", mib(m.rss), mib(m.anon), mib(m.file), mib(m.peak));
+    }
+    let idle = rows[0].1.rss as f64 / 1024.0;
+    println!("\nidle RSS: {idle:.1} MiB (target <= 24 MiB)");
+    if let Some(max) = args.max_idle_mib {
+        anyhow::ensure!(idle <= max, "idle RSS {idle:.1} MiB is above --max-idle-mib {max}");
+    }
+    Ok(())
+}

@@ -584,3 +584,24 @@ async fn apply_of_a_directory_is_all_or_nothing_and_names_the_file_at_fault(pool
         sqlx::query_scalar("SELECT generation FROM policy_generation").fetch_one(&pool).await.expect("gen");
     assert_eq!(after, before + 1, "one generation for the directory");
 }
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn several_server_replicas_use_the_first_that_answers_and_never_mix_schemes(pool: PgPool) {
+    let server = EmbeddedServer::start(pool).await.expect("server");
+    // Port 1 on loopback refuses connections: a replica that is down.
+    let down = "https://127.0.0.1:1";
+    let replicas = format!("{down},{}", server.url());
+    let out = cli(&server).env("PALISADE_SERVER", &replicas).args(["list", "-o", "json"]).output().await.expect("runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let none = cli(&server).env("PALISADE_SERVER", format!("{down},https://127.0.0.1:2")).arg("list").output().await;
+    let none = none.expect("runs");
+    assert!(
+        !none.status.success() && stderr(&none).contains("127.0.0.1:2"),
+        "the last replica's error: {}",
+        stderr(&none)
+    );
+    let mixed =
+        cli(&server).env("PALISADE_SERVER", format!("{},http://127.0.0.1:2", server.url())).arg("list").output();
+    let mixed = mixed.await.expect("runs");
+    assert!(!mixed.status.success() && stderr(&mixed).contains("mix https:// and http://"), "{}", stderr(&mixed));
+}

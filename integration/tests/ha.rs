@@ -125,14 +125,20 @@ struct Sim {
     enforcing: watch::Receiver<Option<(u64, String)>>,
 }
 
-fn start_sim(index: usize, urls: Vec<String>, pki: &Path, shutdown: &CancellationToken) -> Sim {
-    let name = format!("ha-node-{index:02}");
+fn sim_name(index: usize) -> String {
+    format!("ha-node-{index:02}")
+}
+
+/// Starts simulated node `index` against `urls`, with a certificate from the CA in `pki`,
+/// pinning `key` (hex, or a file holding it).
+fn start_sim(index: usize, urls: Vec<String>, pki: &Path, key: &str, shutdown: &CancellationToken) -> Sim {
+    let name = sim_name(index);
     palisade_server::pki::issue_node(&name, pki).expect("node certificate");
     let read = |file: &str| std::fs::read(pki.join(file)).expect("PKI file");
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("ca.crt")))
         .identity(Identity::from_pem(read(&format!("{name}.crt")), read(&format!("{name}.key"))));
-    let key = palisade_agent::public_key(&pki.join("bundle.key.pub").display().to_string()).expect("public key");
+    let key = palisade_agent::public_key(key).expect("public key");
     let (enforced, enforcing) = watch::channel(None);
     let enforced = Arc::new(enforced);
     let node = name.clone();
@@ -275,11 +281,19 @@ async fn killing_one_of_two_replicas_under_applies_loses_no_acknowledged_apply_a
     let store = palisade_server::store::Store::new(pool);
     let ca = std::fs::read(pki.path().join("ca.crt")).expect("ca");
 
+    let key = pki.path().join("bundle.key.pub").display().to_string();
     let shutdown = CancellationToken::new();
+    // Every node starts at the replica its name hashes to; order each node's list so that
+    // exactly half of them start on each replica.
     let sims: Vec<Sim> = (0..AGENTS)
         .map(|i| {
-            let urls = if i % 2 == 0 { vec![a.url.clone(), b.url.clone()] } else { vec![b.url.clone(), a.url.clone()] };
-            start_sim(i, urls, pki.path(), &shutdown)
+            let on_a_first = sync::Failover::first_for(&sim_name(i)).is_multiple_of(2);
+            let urls = if on_a_first == i.is_multiple_of(2) {
+                vec![a.url.clone(), b.url.clone()]
+            } else {
+                vec![b.url.clone(), a.url.clone()]
+            };
+            start_sim(i, urls, pki.path(), &key, &shutdown)
         })
         .collect();
     let stop = CancellationToken::new();
@@ -349,4 +363,41 @@ async fn killing_one_of_two_replicas_under_applies_loses_no_acknowledged_apply_a
     }
     shutdown.cancel();
     drop(b);
+}
+
+/// A replica that accepts connections and never answers (a hung process, a half-dead load
+/// balancer) costs an agent one open timeout, then it syncs with the next replica.
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn a_replica_that_accepts_and_never_answers_is_left_after_the_open_timeout(pool: sqlx::PgPool) {
+    let server = palisade_server::embedded::EmbeddedServer::start(pool.clone()).await.expect("server");
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_url = format!("https://{}", silent.local_addr().expect("addr"));
+    // Accepts and holds every connection, reading nothing, writing nothing.
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let shutdown = CancellationToken::new();
+    // Node 0 starts at the first replica its name hashes to: put the silent one there.
+    let urls = if sync::Failover::first_for(&sim_name(0)).is_multiple_of(2) {
+        vec![silent_url, server.url()]
+    } else {
+        vec![server.url(), silent_url]
+    };
+    let pki = server.pki_dir().expect("the embedded server's PKI").to_owned();
+    let started = Instant::now();
+    let sim = start_sim(0, urls, &pki, server.public_key_hex(), &shutdown);
+    let store = palisade_server::store::Store::new(pool);
+    let generation = store.generation().await.expect("generation");
+    let took = palisade_testkit::poll(sync::OPEN_TIMEOUT + Duration::from_secs(10), || async {
+        (generation_of(&sim) >= generation.max(1)).then(|| started.elapsed())
+    })
+    .await
+    .expect("the node syncs through the replica that answers");
+    assert!(took >= sync::OPEN_TIMEOUT, "it did try the silent replica first: {took:?}");
+    eprintln!("ha: synced through the answering replica {took:?} after start (open timeout {:?})", sync::OPEN_TIMEOUT);
+    shutdown.cancel();
+    held.abort();
 }

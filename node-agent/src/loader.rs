@@ -726,8 +726,9 @@ impl Datapath {
         std::fs::create_dir_all(gen_dir).map_err(io_err(format!("creating {}", gen_dir.display())))?;
         let words = aligned(&content.elf);
         // No CO-RE relocations in our objects (the compiler resolves offsets from the node's
-        // BTF itself), so aya need not parse the kernel's BTF for every load: that took ~20 MB
-        // and tens of ms per bundle.
+        // BTF itself), so none are attempted. aya 0.14 still parses the kernel's BTF in
+        // `EbpfLoader::new` (~20 MB for a moment on 6.18); the trim after each apply gives
+        // that memory back.
         let mut ebpf = EbpfLoader::new()
             .btf(None)
             .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)

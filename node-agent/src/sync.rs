@@ -27,6 +27,9 @@ pub enum SyncError {
     /// The server ended the stream.
     #[error("server closed the stream")]
     ServerClosed,
+    /// No answer to the hello within [`OPEN_TIMEOUT`].
+    #[error("no answer from the server within {OPEN_TIMEOUT:?}")]
+    Timeout,
     /// Our side of the stream is gone (the request task stopped).
     #[error("request stream closed")]
     RequestClosed,
@@ -58,6 +61,9 @@ pub struct SyncClient {
     /// Where the stream's state is shown.
     pub metrics: Arc<crate::metrics::AgentMetrics>,
 }
+
+/// How long connecting to a replica and its answer to the hello may take together.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Exponential backoff from 200 ms to 10 s with ±50 % jitter, so a fleet that lost the
 /// server does not reconnect in lockstep.
@@ -93,7 +99,8 @@ impl Backoff {
 /// CA to trust and this node's client certificate.
 #[derive(Debug, Clone)]
 pub struct Server {
-    /// URLs, one per replica (`http://` only against `--dev` servers); at least one.
+    /// URLs, one per replica (`http://` only against `--dev` servers). With none, the
+    /// Sync loop and the reporter log an error and stop.
     pub urls: Vec<String>,
     /// TLS settings for `https://` URLs.
     pub tls: Option<ClientTlsConfig>,
@@ -103,9 +110,14 @@ impl Server {
     /// Connects to replica `at` (an index into `urls`, taken modulo their number).
     async fn connect(&self, at: usize) -> Result<Channel, tonic::transport::Error> {
         let url = &self.urls[at % self.urls.len()];
+        // HTTP/2 pings find a replica that died without closing the connection (a crashed
+        // host, a partition) in under 30 s, where TCP alone would take minutes.
         let mut endpoint = Endpoint::from_shared(url.clone())?
             .connect_timeout(Duration::from_secs(5))
-            .tcp_keepalive(Some(Duration::from_secs(30)));
+            .tcp_keepalive(Some(Duration::from_secs(30)))
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone())?;
         }
@@ -134,9 +146,19 @@ impl Failover {
     /// Pause before trying the next replica while untried ones remain in this round.
     const NEXT: std::ops::Range<u64> = 20..120;
 
-    /// Starts at the first of `replicas` replicas.
-    pub fn new(replicas: usize) -> Self {
-        Self { replicas: replicas.max(1), at: 0, failed_in_row: 0, backoff: Backoff::default() }
+    /// Starts at replica `first` (modulo their number) of `replicas`.
+    pub fn new(replicas: usize, first: usize) -> Self {
+        let replicas = replicas.max(1);
+        Self { replicas, at: first % replicas, failed_in_row: 0, backoff: Backoff::default() }
+    }
+
+    /// Where node `name` starts: a stable hash of its name, so a fleet configured with the
+    /// same replica list spreads over the replicas instead of all landing on the first.
+    pub fn first_for(name: &str) -> usize {
+        // FNV-1a: stable across builds and platforms (std's hasher is neither promised).
+        let hash =
+            name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        usize::try_from(hash % 1_000_003).unwrap_or(0)
     }
 
     /// The replica to use now.
@@ -205,7 +227,11 @@ pub async fn run_sync<A, F>(
     A: Fn(v1::Bundle) -> F,
     F: Future<Output = Result<(), ApplyError>>,
 {
-    let mut failover = Failover::new(client.server.urls.len());
+    if client.server.urls.is_empty() {
+        tracing::error!("no server address to sync with");
+        return;
+    }
+    let mut failover = Failover::new(client.server.urls.len(), Failover::first_for(&client.node_name));
     while !shutdown.is_cancelled() {
         match session(&client, &apply, &enforcing, &mut reports, &shutdown, &mut failover).await {
             Ok(()) => return,
@@ -235,7 +261,6 @@ where
     A: Fn(v1::Bundle) -> F,
     F: Future<Output = Result<(), ApplyError>>,
 {
-    let channel = client.server.connect(failover.current()).await.map_err(SyncError::Connect)?;
     let (generation, digest) = enforcing.borrow().clone().unwrap_or_default();
     let hello = v1::AgentHello {
         node_name: client.node_name.clone(),
@@ -254,12 +279,20 @@ where
         async move { out.send(v1::SyncRequest { message: Some(m) }).await.map_err(|_| SyncError::RequestClosed) }
     };
     send(sync_request::Message::Hello(hello)).await?;
-    let mut inbound = AgentServiceClient::new(channel)
-        .max_decoding_message_size(256 << 20)
-        .sync(ReceiverStream::new(out_rx))
-        .await
-        .map_err(SyncError::Hello)?
-        .into_inner();
+    // Connecting, the TLS handshake and the answer to the hello, bounded together: a replica
+    // that accepts connections but never answers must not hold the agent.
+    let open = async {
+        let channel = client.server.connect(failover.current()).await.map_err(SyncError::Connect)?;
+        AgentServiceClient::new(channel)
+            .max_decoding_message_size(256 << 20)
+            .sync(ReceiverStream::new(out_rx))
+            .await
+            .map_err(SyncError::Hello)
+    };
+    let mut inbound = tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        opened = tokio::time::timeout(OPEN_TIMEOUT, open) => opened.map_err(|_| SyncError::Timeout)??.into_inner(),
+    };
     tracing::info!(node = client.node_name, server = client.server.url(failover.current()), "sync stream open");
     failover.connected();
     client.metrics.set_connected(true);
@@ -319,7 +352,11 @@ pub async fn run_reporter(
         }
     };
     let mut client: Option<AgentServiceClient<Channel>> = None;
-    let mut failover = Failover::new(server.urls.len());
+    if server.urls.is_empty() {
+        tracing::error!("no server address to report events to");
+        return;
+    }
+    let mut failover = Failover::new(server.urls.len(), Failover::first_for(&node_name));
     loop {
         stats.set_pending(backlog.len(), backlog.bytes());
         if backlog.is_empty() {
@@ -336,11 +373,17 @@ pub async fn run_reporter(
         }
         stats.set_pending(backlog.len(), backlog.bytes());
         if client.is_none() {
-            match server.connect(failover.current()).await {
-                Ok(channel) => client = Some(AgentServiceClient::new(channel)),
-                Err(error) => {
+            let connect = tokio::time::timeout(OPEN_TIMEOUT, server.connect(failover.current()));
+            let connected = tokio::select! {
+                () = shutdown.cancelled() => return,
+                c = connect => c,
+            };
+            match connected {
+                Ok(Ok(channel)) => client = Some(AgentServiceClient::new(channel)),
+                Ok(Err(error)) => {
                     tracing::debug!(%error, server = server.url(failover.current()), "event reporter cannot connect");
                 }
+                Err(_) => tracing::debug!(server = server.url(failover.current()), "event reporter: connect timed out"),
             }
         }
         let sent = match &mut client {
@@ -447,8 +490,16 @@ mod tests {
     }
 
     #[test]
+    fn nodes_start_on_different_replicas() {
+        let starts: std::collections::BTreeSet<usize> =
+            (0..32).map(|i| Failover::new(3, Failover::first_for(&format!("web-{i}"))).current()).collect();
+        assert_eq!(starts.len(), 3, "32 nodes over 3 replicas use all of them: {starts:?}");
+        assert_eq!(Failover::first_for("web-1"), Failover::first_for("web-1"), "stable");
+    }
+
+    #[test]
     fn failover_moves_to_the_next_replica_quickly_then_backs_off_after_a_full_round() {
-        let mut f = Failover::new(3);
+        let mut f = Failover::new(3, 0);
         assert_eq!(f.current(), 0);
         let quick = Duration::from_millis(Failover::NEXT.end);
         assert!(f.failed() < quick);
@@ -471,7 +522,7 @@ mod tests {
         assert!(f.failed() < quick, "the next replica is tried at once");
         assert!(f.failed() < quick);
         assert!(f.failed() <= Duration::from_millis(300), "backoff was reset");
-        let mut single = Failover::new(1);
+        let mut single = Failover::new(1, 5);
         assert!(single.failed() >= Duration::from_millis(100), "one replica: always the backoff");
         assert_eq!(single.current(), 0);
     }

@@ -49,6 +49,12 @@ pub enum ConnectError {
     /// A token a header cannot carry.
     #[error("the token has characters a header cannot carry")]
     Token,
+    /// Several replicas, some `https://` and some `http://`.
+    #[error("server replicas {0:?} mix https:// and http://")]
+    MixedSchemes(String),
+    /// The server accepted no connection (TCP and TLS) within [`CONNECT_TIMEOUT`].
+    #[error("no connection to the Palisade server at {0} within {CONNECT_TIMEOUT:?}")]
+    Timeout(String),
     /// TLS configuration or the connection failed.
     #[error("cannot reach the Palisade server at {url}")]
     Transport {
@@ -76,11 +82,18 @@ pub async fn channel(
     ca_pem: Option<&[u8]>,
     identity_pem: Option<(&[u8], &[u8])>,
 ) -> Result<Channel, ConnectError> {
+    let replicas: Vec<&str> = server.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    // One service, one scheme: a list mixing them would send a token in the clear to
+    // whichever plaintext replica answered.
+    let https = |s: &&str| s.starts_with("https://") || (!s.contains("://") && ca_pem.is_some());
+    if replicas.iter().any(https) && !replicas.iter().all(https) {
+        return Err(ConnectError::MixedSchemes(server.to_owned()));
+    }
     let mut last = ConnectError::Address(server.to_owned());
-    for one in server.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for one in replicas {
         match replica(one, ca_pem, identity_pem).await {
             Ok(channel) => return Ok(channel),
-            Err(error @ ConnectError::Transport { .. }) => last = error,
+            Err(error @ (ConnectError::Transport { .. } | ConnectError::Timeout(_))) => last = error,
             Err(error) => return Err(error),
         }
     }
@@ -107,7 +120,11 @@ async fn replica(
         }
         endpoint = endpoint.tls_config(tls).map_err(|source| ConnectError::Transport { url: url.clone(), source })?;
     }
-    endpoint.connect().await.map_err(|source| ConnectError::Transport { url, source })
+    // `connect_timeout` bounds the TCP connect only; this bounds the TLS handshake too.
+    match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+        Ok(connected) => connected.map_err(|source| ConnectError::Transport { url, source }),
+        Err(_) => Err(ConnectError::Timeout(url)),
+    }
 }
 
 /// `channel` with `token` on every call (surrounding whitespace ignored; empty means none).

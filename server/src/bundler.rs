@@ -165,7 +165,10 @@ impl Bundler {
     /// is compiled once: the new policies grouped by node selector ("alone"), and each
     /// distinct node context they select.
     pub async fn check_apply(&self, policies: &[v1::Policy]) -> Result<(), ApiError> {
-        let (_, live) = self.store.live_policies().await?;
+        // The stored policies are read only when a registered node's set must be checked,
+        // and then through the per-generation snapshot the Sync streams share: an apply on
+        // an empty fleet does not pay for the policies already stored.
+        let mut stored: Option<Arc<Vec<(v1::Policy, u64)>>> = None;
         let new: std::collections::HashSet<&str> = policies.iter().map(|p| p.name.as_str()).collect();
         let mut sets: Vec<CheckTarget> = Vec::new();
         let mut groups: Vec<Group<'_>> = Vec::new();
@@ -193,6 +196,13 @@ impl Bundler {
             if !seen.insert(format!("{:?}|{failsafe:?}|{offsets:?}", context.labels)) {
                 continue;
             }
+            let live = if let Some(live) = &stored {
+                live.clone()
+            } else {
+                let live = self.policies(self.store.generation().await?).await?;
+                stored = Some(live.clone());
+                live
+            };
             let held: Vec<(v1::Policy, u64)> = live
                 .iter()
                 .filter(|(p, _)| !new.contains(p.name.as_str()) && model::node_selected(p, &context.labels))

@@ -9,6 +9,10 @@
 //! bytes to the same number of streams (a minimal `AgentService` that only broadcasts),
 //! with the ratio of the two p99s.
 //!
+//! With `--policies 10,10000` it measures policy scale instead (no agent): one
+//! `ApplyPolicies` of that many stored 10-rule policies, `ApplyPolicy` of one more with them
+//! stored, and `palisade apply -f DIR` of 1,000 files (the CLI next to the server binary).
+//!
 //! `cargo run --release -p palisade-integration --bin fleet-bench -- --agents 1000,10000`
 //! (builds `palisade-server` first: `cargo build --release -p palisade-server`). Needs
 //! `DATABASE_URL` (a database per fleet size is created and dropped) and raises its open-file
@@ -58,6 +62,11 @@ struct Args {
     /// Agents connecting at once while the fleet starts.
     #[arg(long, default_value_t = 256)]
     connect_parallel: usize,
+    /// Instead of fleets: measure applies against these numbers of stored policies (10 rules
+    /// each, no agent): `ApplyPolicies` of them all in one call, then `ApplyPolicy` of one
+    /// more with them stored; and `palisade apply -f DIR` of 1,000 such files.
+    #[arg(long, value_delimiter = ',')]
+    policies: Vec<usize>,
     /// Internal: run the raw fan-out baseline server on this port, broadcasting the bundle in
     /// this file `--rounds` times once `--agents` streams are open.
     #[arg(long, hide = true)]
@@ -237,13 +246,22 @@ struct Real {
     apply_handler: Duration,
 }
 
-async fn measure_real(args: &Args, n: usize, database: &str, server_bin: &PathBuf) -> anyhow::Result<Real> {
+/// A `palisade-server --dev` process on `database`, serving; killed when dropped.
+struct ServerProcess {
+    child: tokio::process::Child,
+    pid: u32,
+    url: String,
+    metrics_port: u16,
+    admin: tonic::transport::Channel,
+}
+
+async fn start_server(server_bin: &PathBuf, database: &str, tag: &str) -> anyhow::Result<ServerProcess> {
     let (port, metrics_port) = {
         let first = std::net::TcpListener::bind(("127.0.0.1", free_port()?))?;
         let second = free_port()?;
         (first.local_addr()?.port(), second)
     };
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("fleet-bench-server-{n}.log")))?;
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("fleet-bench-server-{tag}.log")))?;
     let mut server = tokio::process::Command::new(server_bin)
         .args(["--dev", "--listen", &format!("127.0.0.1:{port}"), "--database-url", database])
         .args(["--db-connections", "16", "--event-rate", "0"])
@@ -265,6 +283,12 @@ async fn measure_real(args: &Args, n: usize, database: &str, server_bin: &PathBu
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    Ok(ServerProcess { child: server, pid, url, metrics_port, admin })
+}
+
+async fn measure_real(args: &Args, n: usize, database: &str, server_bin: &PathBuf) -> anyhow::Result<Real> {
+    let ServerProcess { child: mut server, pid, url, metrics_port, admin } =
+        start_server(server_bin, database, &n.to_string()).await?;
     let mut policies = PolicyServiceClient::new(admin.clone());
     policies.apply_policy(policy(0)).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -448,7 +472,104 @@ async fn raw_server(port: u16, agents: usize, rounds: usize, bundle: PathBuf) ->
     Ok(())
 }
 
-/// A fresh database for one fleet size; dropped by the returned guard's `drop` call.
+/// Policy `name` with ten deny rules (distinct addresses per policy).
+fn ten_rule_document(name: &str, index: usize) -> String {
+    use std::fmt::Write as _;
+    let mut doc =
+        format!("name: {name}\nworkload: {{cgroup: /fleet-bench/{name}}}\nnetwork:\n  connect:\n    rules:\n");
+    for r in 0..10 {
+        let _ = writeln!(
+            doc,
+            "      - {{id: r{r}, action: deny, cidrs: [10.{}.{}.{r}/32], ports: [{}]}}",
+            index / 250 % 250,
+            index % 250,
+            1000 + r
+        );
+    }
+    doc
+}
+
+fn apply_request(doc: String) -> v1::ApplyPolicyRequest {
+    v1::ApplyPolicyRequest { source: Some(Source::Document(doc)), ..Default::default() }
+}
+
+/// `--policies`: apply latency against stored policies, and the CLI's directory apply.
+async fn measure_policies(args: &Args, base: &str, server_bin: &PathBuf) -> anyhow::Result<()> {
+    println!(
+        "| stored policies (10 rules each) | ApplyPolicies of them all | ApplyPolicy of one more, p50 / max of 20 |"
+    );
+    println!("|---:|---:|---|");
+    let mut p50s = Vec::new();
+    for &n in &args.policies {
+        let name = format!("palisade_fleet_bench_{}_p{n}", std::process::id());
+        let database = palisade_integration::create_database(base, &name).await?;
+        let result = async {
+            let server = start_server(server_bin, &database, &format!("p{n}")).await?;
+            let mut policies = PolicyServiceClient::new(server.admin.clone())
+                .max_encoding_message_size(256 << 20)
+                .max_decoding_message_size(256 << 20);
+            let batch = v1::ApplyPoliciesRequest {
+                policies: (0..n).map(|i| apply_request(ten_rule_document(&format!("stored-{i:05}"), i))).collect(),
+                ..Default::default()
+            };
+            let clock = Instant::now();
+            policies.apply_policies(batch).await?;
+            let all = clock.elapsed();
+            let mut one = Vec::new();
+            for round in 0..20 {
+                let clock = Instant::now();
+                policies.apply_policy(apply_request(ten_rule_document("one-more", 60_000 + round))).await?;
+                one.push(clock.elapsed());
+            }
+            drop(server);
+            anyhow::Ok((all, one))
+        }
+        .await;
+        palisade_integration::drop_database_blocking(base, &name);
+        let (all, one) = result?;
+        let (p50, _, max) = percentiles(one);
+        p50s.push(p50);
+        println!("| {n} | {} | {} / {} |", ms(all), ms(p50), ms(max));
+    }
+    if let (Some(first), Some(last)) = (p50s.first(), p50s.last()) {
+        println!(
+            "\nApplyPolicy p50 at {} stored policies ÷ at {}: {:.2} (target <= 2)",
+            args.policies.last().unwrap_or(&0),
+            args.policies.first().unwrap_or(&0),
+            last.as_secs_f64() / first.as_secs_f64().max(1e-9)
+        );
+    }
+    // The CLI over a directory (what a GitOps sync does), on an empty database.
+    let cli = server_bin.with_file_name("palisade");
+    if !cli.exists() {
+        println!("\n(palisade apply -f DIR not measured: {} is missing)", cli.display());
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    for i in 0..1000 {
+        std::fs::write(dir.path().join(format!("p{i:04}.yaml")), ten_rule_document(&format!("dir-{i:04}"), i))?;
+    }
+    let name = format!("palisade_fleet_bench_{}_dir", std::process::id());
+    let database = palisade_integration::create_database(base, &name).await?;
+    let result = async {
+        let server = start_server(server_bin, &database, "dir").await?;
+        let clock = Instant::now();
+        let out = tokio::process::Command::new(&cli)
+            .args(["--server", &server.url, "apply", "-f"])
+            .arg(dir.path())
+            .output()
+            .await?;
+        let took = clock.elapsed();
+        anyhow::ensure!(out.status.success(), "palisade apply -f: {}", String::from_utf8_lossy(&out.stderr));
+        drop(server);
+        anyhow::Ok(took)
+    }
+    .await;
+    palisade_integration::drop_database_blocking(base, &name);
+    println!("\n`palisade apply -f DIR`, 1,000 files of one 10-rule policy each: {} (target <= 2 s)", ms(result?));
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -467,6 +588,9 @@ async fn main() -> anyhow::Result<()> {
         "{} is missing: cargo build --release -p palisade-server",
         server_bin.display()
     );
+    if !args.policies.is_empty() {
+        return measure_policies(&args, &base, &server_bin).await;
+    }
     println!(
         "| agents | apply RPC p50 / max (server-side mean) | receipt p50 / p99 / max | ACK recorded p50 / p99 / max | raw fan-out p50 / p99 / max | receipt p99 ÷ raw p99 | server RSS per idle agent |"
     );

@@ -119,3 +119,7 @@ def test_connect_to_several_replicas_uses_the_first_that_answers(
         palisade.connect([down, "https://127.0.0.1:2"], ca_cert=server.ca, connect_timeout=0.5)
     with pytest.raises(palisade.ConnectError, match="no server address"):
         palisade.connect(" , ", ca_cert=server.ca)
+    with pytest.raises(palisade.ConnectError, match="mix https:// and http://"):
+        palisade.connect([server.address, "http://127.0.0.1:1"], ca_cert=server.ca)
+    with pytest.raises(palisade.ConnectError, match="mix https:// and http://"):
+        palisade.connect([server.address, "http://127.0.0.1:1"], ca_cert=server.ca)

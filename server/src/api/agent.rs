@@ -236,7 +236,7 @@ async fn drive(
         };
         let result = match message {
             Ok(Some(v1::SyncRequest { message: Some(Inbound::Heartbeat(h)) })) => {
-                store.node_seen(&node, h.event_stats.as_ref()).await
+                store.node_seen(&node, session.stream, h.event_stats.as_ref()).await
             }
             Ok(Some(v1::SyncRequest {
                 message: Some(Inbound::Ack(v1::BundleAck { digest, .. }) | Inbound::Nack(v1::BundleNack { digest, .. })),

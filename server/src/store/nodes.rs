@@ -237,13 +237,24 @@ impl Store {
     }
 
     /// Records that the node was heard from, with its event counters when it sent them.
-    pub async fn node_seen(&self, name: &str, event_stats: Option<&v1::EventStats>) -> Result<(), ApiError> {
+    ///
+    /// Only the node's newest stream (`session`, from [`Self::node_hello`]) marks it
+    /// connected: a last heartbeat on a stream the node has left must not undo the
+    /// disconnect of the stream it moved to.
+    pub async fn node_seen(
+        &self,
+        name: &str,
+        session: i64,
+        event_stats: Option<&v1::EventStats>,
+    ) -> Result<(), ApiError> {
         sqlx::query(
-            "UPDATE nodes SET last_seen = now(), connected = true, event_stats = COALESCE($2, event_stats) \
+            "UPDATE nodes SET last_seen = now(), connected = (connected OR sync_session = $3), \
+               event_stats = COALESCE($2, event_stats) \
              WHERE name = $1",
         )
         .bind(name)
         .bind(event_stats.map(prost::Message::encode_to_vec))
+        .bind(session)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -118,3 +118,19 @@ def replicas(server: str | Sequence[str] | None) -> list[str]:
     if not found:
         raise ConnectError(f"no server address in {server!r}")
     return found
+
+
+def resolve_all(
+    servers: Sequence[str],
+    ca_cert: Pem | None,
+    token: str | None,
+    client_cert: Pem | None,
+    client_key: Pem | None,
+    options: Sequence[tuple[str, Any]],
+) -> list[Settings]:
+    """`resolve` for each replica; a list mixing TLS and plaintext replicas is refused (a
+    token would go in the clear to whichever plaintext one answered)."""
+    every = [resolve(s, ca_cert, token, client_cert, client_key, options) for s in servers]
+    if len({s.credentials is None for s in every}) > 1:
+        raise ConnectError(f"server replicas {', '.join(servers)} mix https:// and http://")
+    return every

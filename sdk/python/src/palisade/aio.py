@@ -66,7 +66,7 @@ async def connect_any(
     `connect_timeout` seconds, and returns a client of the first that accepts a connection;
     `palisade.ConnectError` when none does."""
     servers = _connection.replicas(server)
-    every = [_connection.resolve(s, ca_cert, token, client_cert, client_key, options) for s in servers]
+    every = _connection.resolve_all(servers, ca_cert, token, client_cert, client_key, options)
     for settings in every:
         channel = _channel(settings)
         try:

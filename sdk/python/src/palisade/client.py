@@ -48,14 +48,15 @@ def connect(
     PALISADE_SERVER (default ``http://127.0.0.1:50051``), PALISADE_CA_CERT and PALISADE_TOKEN.
     `options` are gRPC channel options.
 
-    Several server replicas — a sequence, or addresses separated by commas — are tried in
-    order — a refused connection moves on at once, a silent one after `connect_timeout`
-    seconds — and the first that accepts a connection is used; `palisade.ConnectError` when none does. With one server the channel connects
+    Several server replicas (a sequence, or addresses separated by commas) are tried in
+    order: a refused connection moves on at once, a silent one after `connect_timeout`
+    seconds, and the first that accepts a connection is used; `palisade.ConnectError` when
+    none does or when they mix https and http. With one server the channel connects
     lazily: an unreachable server shows as UNAVAILABLE on the first call, or use
     `wait_ready`. Raises `palisade.ConnectError` for arguments that cannot work.
     """
     servers = _connection.replicas(server)
-    every = [_connection.resolve(s, ca_cert, token, client_cert, client_key, options) for s in servers]
+    every = _connection.resolve_all(servers, ca_cert, token, client_cert, client_key, options)
     if len(every) == 1:
         return Client(_channel(every[0]))
     for settings in every:

@@ -113,8 +113,8 @@ async fn ack_clears_only_an_older_or_equal_nack_and_disconnect_is_shown(pool: Pg
     store.node_disconnected("n1", session).await.expect("disconnect");
     assert!(!store.get_node("n1").await.expect("node").connected);
     let stats = v1::EventStats { backlog_full: 7, pending: 3, ..Default::default() };
-    store.node_seen("n1", Some(&stats)).await.expect("seen");
-    store.node_seen("n1", None).await.expect("seen without counters");
+    store.node_seen("n1", session, Some(&stats)).await.expect("seen");
+    store.node_seen("n1", session, None).await.expect("seen without counters");
     assert_eq!(store.get_node("n1").await.expect("node").event_stats, Some(stats), "kept until new counters come");
     assert!(store.get_node("n1").await.expect("node").connected, "heard from again");
 }
@@ -162,4 +162,11 @@ async fn an_old_stream_ending_after_a_new_hello_leaves_the_node_connected(pool: 
     assert!(store.get_node("n1").await.expect("node").connected, "connected through the new stream");
     store.node_disconnected("n1", new).await.expect("new stream ends");
     assert!(!store.get_node("n1").await.expect("node").connected);
+    // A late heartbeat on the old stream does not bring the node back.
+    store.node_seen("n1", old, None).await.expect("late heartbeat");
+    assert!(!store.get_node("n1").await.expect("node").connected, "the old stream's heartbeat");
+    let newest = store.node_hello(&hello("n1", "web", 0)).await.expect("third stream");
+    store.node_disconnected("n1", newest).await.expect("ends");
+    store.node_seen("n1", newest, None).await.expect("its heartbeat");
+    assert!(store.get_node("n1").await.expect("node").connected, "the newest stream's heartbeat");
 }

@@ -33,6 +33,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".")
         // A bundle's content is shared by every push of it (reference-counted, not copied).
         .bytes(".palisade.v1.Bundle.content")
+        // Parts are slices of that shared content.
+        .bytes(".palisade.v1.BundlePart.content")
         .compile_fds(fds)?;
     Ok(())
 }

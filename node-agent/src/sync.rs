@@ -27,6 +27,9 @@ pub enum SyncError {
     /// The server ended the stream.
     #[error("server closed the stream")]
     ServerClosed,
+    /// The server broke the bundle-part protocol.
+    #[error("bundle parts: {0}")]
+    Parts(#[from] PartError),
     /// No answer to the hello within [`OPEN_TIMEOUT`].
     #[error("no answer from the server within {OPEN_TIMEOUT:?}")]
     Timeout,
@@ -60,6 +63,57 @@ pub struct SyncClient {
     pub stats: Arc<EventCounters>,
     /// Where the stream's state is shown.
     pub metrics: Arc<crate::metrics::AgentMetrics>,
+}
+
+/// Largest bundle content the agent accepts, whole or in parts.
+pub const MAX_BUNDLE_BYTES: usize = 256 << 20;
+
+/// A sequence of bundle parts that cannot be a bundle.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PartError {
+    /// A first part announcing more than [`MAX_BUNDLE_BYTES`].
+    #[error("a bundle of {0} bytes is larger than the agent accepts ({MAX_BUNDLE_BYTES})")]
+    TooLarge(u64),
+    /// A continuation without a first part.
+    #[error("a continuation part without a first part")]
+    NoFirst,
+    /// More content than the first part announced.
+    #[error("parts carry more than the {0} bytes announced")]
+    Overrun(usize),
+}
+
+/// Reassembles bundles the server sends as [`v1::BundlePart`]s.
+#[derive(Debug, Default)]
+pub struct Assembly {
+    pending: Option<(v1::Bundle, usize, Vec<u8>)>,
+}
+
+impl Assembly {
+    /// Takes the next part; the bundle once its content is complete. A first part discards
+    /// any bundle left incomplete.
+    pub fn add(&mut self, part: v1::BundlePart) -> Result<Option<v1::Bundle>, PartError> {
+        if let Some(bundle) = part.bundle {
+            let size = usize::try_from(part.content_size)
+                .ok()
+                .filter(|&n| n <= MAX_BUNDLE_BYTES)
+                .ok_or(PartError::TooLarge(part.content_size))?;
+            self.pending = Some((bundle, size, Vec::with_capacity(size)));
+        }
+        let Some((_, size, content)) = self.pending.as_mut() else { return Err(PartError::NoFirst) };
+        if content.len() + part.content.len() > *size {
+            let size = *size;
+            self.pending = None;
+            return Err(PartError::Overrun(size));
+        }
+        content.extend_from_slice(&part.content);
+        if content.len() < *size {
+            return Ok(None);
+        }
+        Ok(self.pending.take().map(|(mut bundle, _, content)| {
+            bundle.content = content.into();
+            bundle
+        }))
+    }
 }
 
 /// How long connecting to a replica and its answer to the hello may take together.
@@ -272,6 +326,7 @@ where
         server_endpoints: server_endpoints(&client.server.urls).await,
         failsafe_ports: client.failsafe_ports.clone(),
         event_stats: Some(client.stats.snapshot()),
+        accepts_bundle_parts: true,
     };
     let (out, out_rx) = mpsc::channel(16);
     let send = |m: sync_request::Message| {
@@ -299,6 +354,7 @@ where
     let _closed = Closed(&client.metrics);
     let mut heartbeat = tokio::time::interval(client.heartbeat);
     heartbeat.tick().await;
+    let mut parts = Assembly::default();
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -315,20 +371,21 @@ where
             m = inbound.message() => m.map_err(SyncError::Stream)?,
         };
         let Some(message) = message else { return Err(SyncError::ServerClosed) };
-        match message.message {
-            Some(sync_response::Message::Bundle(bundle)) => {
-                let (generation, digest) = (bundle.generation, bundle.digest.clone());
-                tracing::info!(generation, digest, "bundle received");
-                let reply = match apply(bundle).await {
-                    Ok(()) => sync_request::Message::Ack(v1::BundleAck { generation, digest }),
-                    Err(error) => {
-                        sync_request::Message::Nack(v1::BundleNack { generation, digest, error: error_chain(&error) })
-                    }
-                };
-                send(reply).await?;
+        let bundle = match message.message {
+            Some(sync_response::Message::Bundle(bundle)) => Some(bundle),
+            Some(sync_response::Message::BundlePart(part)) => parts.add(part)?,
+            Some(sync_response::Message::Heartbeat(_)) | None => None,
+        };
+        let Some(bundle) = bundle else { continue };
+        let (generation, digest) = (bundle.generation, bundle.digest.clone());
+        tracing::info!(generation, digest, "bundle received");
+        let reply = match apply(bundle).await {
+            Ok(()) => sync_request::Message::Ack(v1::BundleAck { generation, digest }),
+            Err(error) => {
+                sync_request::Message::Nack(v1::BundleNack { generation, digest, error: error_chain(&error) })
             }
-            Some(sync_response::Message::Heartbeat(_)) | None => {}
-        }
+        };
+        send(reply).await?;
     }
 }
 
@@ -487,6 +544,29 @@ mod tests {
     async fn every_replica_is_in_the_failsafe_list() {
         let servers = ["https://127.0.0.2:50051", "127.0.0.1:50052", "https://127.0.0.2:50051"].map(str::to_owned);
         assert_eq!(server_endpoints(&servers).await, ["127.0.0.1:50052", "127.0.0.2:50051"]);
+    }
+
+    fn part(bundle: Option<v1::Bundle>, size: u64, content: &[u8]) -> v1::BundlePart {
+        v1::BundlePart { bundle, content_size: size, content: content.to_vec().into() }
+    }
+
+    #[test]
+    fn parts_reassemble_into_the_bundle_and_bad_sequences_are_refused() {
+        let header = v1::Bundle { generation: 7, digest: "d".into(), ..Default::default() };
+        let mut a = Assembly::default();
+        assert_eq!(a.add(part(Some(header.clone()), 5, b"ab")), Ok(None));
+        assert_eq!(a.add(part(None, 0, b"cd")), Ok(None));
+        let bundle = a.add(part(None, 0, b"e")).expect("valid").expect("complete");
+        assert_eq!((bundle.generation, &bundle.content[..]), (7, &b"abcde"[..]));
+        // A new first part replaces an incomplete bundle.
+        assert_eq!(a.add(part(Some(header.clone()), 4, b"xy")), Ok(None));
+        let fresh = a.add(part(Some(header.clone()), 2, b"zz")).expect("valid").expect("complete");
+        assert_eq!(&fresh.content[..], b"zz");
+        assert_eq!(a.add(part(None, 0, b"x")), Err(PartError::NoFirst));
+        assert_eq!(a.add(part(Some(header.clone()), 2, b"abc")), Err(PartError::Overrun(2)));
+        assert_eq!(a.add(part(None, 0, b"x")), Err(PartError::NoFirst), "an overrun drops the bundle");
+        let huge = MAX_BUNDLE_BYTES as u64 + 1;
+        assert_eq!(a.add(part(Some(header), huge, b"")), Err(PartError::TooLarge(huge)));
     }
 
     #[test]

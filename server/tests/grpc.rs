@@ -1060,3 +1060,57 @@ async fn apply_policies_is_one_transaction_and_one_generation_all_or_nothing(poo
     let empty = policies.apply_policies(v1::ApplyPoliciesRequest::default()).await.expect_err("empty");
     assert_eq!(empty.code(), Code::InvalidArgument);
 }
+
+/// The first bundle of a Sync stream, reassembled from parts when they come in parts; and
+/// how many messages carried it.
+async fn first_bundle(h: &Harness, name: &str, parts: bool) -> (v1::Bundle, usize) {
+    let mut request = hello(name);
+    if let Some(v1::sync_request::Message::Hello(hello)) = request.message.as_mut() {
+        hello.accepts_bundle_parts = parts;
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(request).await.expect("send hello");
+    let mut responses =
+        h.agents().sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("sync").into_inner();
+    let (mut first, mut content, mut messages) = (None, Vec::new(), 0);
+    loop {
+        let message = tokio::time::timeout(WAIT, responses.next()).await.expect("a bundle").expect("open").expect("ok");
+        messages += 1;
+        match message.message {
+            Some(v1::sync_response::Message::Bundle(b)) => return (b, messages),
+            Some(v1::sync_response::Message::BundlePart(part)) => {
+                assert!(part.content.len() <= palisade_server::api::agent::PART_BYTES);
+                if let Some(b) = part.bundle {
+                    assert!(first.is_none() && b.content.is_empty(), "one first part, without content");
+                    first = Some((b, usize::try_from(part.content_size).expect("size")));
+                } else {
+                    assert_eq!(part.content_size, 0, "only the first part says the size");
+                }
+                content.extend_from_slice(&part.content);
+                let (bundle, size) = first.as_ref().expect("the first part comes first");
+                if content.len() == *size {
+                    let mut bundle = bundle.clone();
+                    bundle.content = content.into();
+                    return (bundle, messages);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[sqlx::test(migrator = "palisade_server::MIGRATOR")]
+async fn an_agent_that_accepts_parts_gets_the_same_bundle_in_parts_of_at_most_16_kib(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    h.policies().apply_policy(apply_doc(&deny_doc("web", 1))).await.expect("apply");
+    let (whole, one) = first_bundle(&h, "node-1", false).await;
+    assert_eq!(one, 1, "an agent that does not accept parts gets one message");
+    assert!(whole.content.len() > palisade_server::api::agent::PART_BYTES, "{} bytes", whole.content.len());
+    let (parted, messages) = first_bundle(&h, "node-1", true).await;
+    assert_eq!(messages, whole.content.len().div_ceil(palisade_server::api::agent::PART_BYTES));
+    assert_eq!(parted.content, whole.content, "same content");
+    assert_eq!(parted.digest, whole.digest);
+    assert_eq!(palisade_proto::sha256_hex(&parted.content), parted.digest);
+    assert_eq!((parted.generation, parted.node.as_str()), (whole.generation, "node-1"));
+    assert!(!parted.signature.is_empty());
+}

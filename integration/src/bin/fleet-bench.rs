@@ -67,6 +67,14 @@ struct Args {
     /// more with them stored; and `palisade apply -f DIR` of 1,000 such files.
     #[arg(long, value_delimiter = ',')]
     policies: Vec<usize>,
+    /// Rules in the applied policy (its bundle grows with them: ~40 KB at 1, ~5 MB at
+    /// 10,000).
+    #[arg(long, default_value_t = 1)]
+    rules: usize,
+    /// Simulated agents that take bundles only whole, as agents from before bundle parts
+    /// (for comparing the server's memory per agent).
+    #[arg(long)]
+    whole_bundles: bool,
     /// Internal: run the raw fan-out baseline server on this port, broadcasting the bundle in
     /// this file `--rounds` times once `--agents` streams are open.
     #[arg(long, hide = true)]
@@ -134,6 +142,7 @@ async fn agent(
     url: String,
     receipts: mpsc::UnboundedSender<Receipt>,
     first: Option<Arc<Mutex<Vec<u8>>>>,
+    whole: bool,
 ) -> anyhow::Result<()> {
     let channel = Endpoint::from_shared(url)?.connect().await?;
     let (up, rx) = mpsc::channel(4);
@@ -142,6 +151,8 @@ async fn agent(
         labels: [("fleet".to_owned(), "bench".to_owned())].into(),
         features: Some(v1::KernelFeatures { kernel_release: "6.18.0-sim".into(), ..Default::default() }),
         agent_version: "fleet-bench".into(),
+        // As real agents: bundles larger than a part come in parts.
+        accepts_bundle_parts: !whole,
         ..Default::default()
     };
     up.send(v1::SyncRequest { message: Some(Up::Hello(hello)) }).await?;
@@ -150,8 +161,16 @@ async fn agent(
         .sync(ReceiverStream::new(rx))
         .await?
         .into_inner();
+    let mut parts = palisade_agent::sync::Assembly::default();
     while let Some(message) = down.next().await {
-        let Some(Down::Bundle(bundle)) = message?.message else { continue };
+        let bundle = match message?.message {
+            Some(Down::Bundle(bundle)) => bundle,
+            Some(Down::BundlePart(part)) => match parts.add(part)? {
+                Some(bundle) => bundle,
+                None => continue,
+            },
+            _ => continue,
+        };
         let _ = receipts.send((index, bundle.generation, SystemTime::now()));
         if let Some(slot) = &first
             && let Ok(mut slot) = slot.lock()
@@ -175,6 +194,7 @@ async fn start_fleet(
     parallel: usize,
     receipts: &mpsc::UnboundedSender<Receipt>,
     first: Option<Arc<Mutex<Vec<u8>>>>,
+    whole: bool,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
     let mut handles = Vec::with_capacity(n);
@@ -183,7 +203,7 @@ async fn start_fleet(
         let (url, receipts, first) = (url.to_owned(), receipts.clone(), first.clone());
         handles.push(tokio::spawn(async move {
             // The permit is held while connecting only.
-            let task = agent(index, url, receipts, first);
+            let task = agent(index, url, receipts, first, whole);
             tokio::pin!(task);
             let result = tokio::select! {
                 r = &mut task => Some(r),
@@ -227,11 +247,22 @@ fn since(t0: SystemTime, at: SystemTime) -> Duration {
     at.duration_since(t0).unwrap_or_default()
 }
 
-fn policy(round: usize) -> v1::ApplyPolicyRequest {
-    let doc = format!(
+fn policy(round: usize, rules: usize) -> v1::ApplyPolicyRequest {
+    use std::fmt::Write as _;
+    let mut doc = format!(
         "name: fleet-bench\nworkload: {{cgroup: /fleet-bench}}\nnetwork:\n  connect:\n    rules:\n      - {{id: r{round}, action: deny, cidrs: [10.{}.0.0/16], ports: [443]}}\n",
         round % 250
     );
+    for i in 1..rules {
+        let _ = writeln!(
+            doc,
+            "      - {{id: h{i}, action: deny, cidrs: [172.{}.{}.{}/32], ports: [{}]}}",
+            16 + i / 62_500 % 16,
+            i / 250 % 250,
+            i % 250,
+            1000 + i % 5000
+        );
+    }
     v1::ApplyPolicyRequest { source: Some(Source::Document(doc)), ..Default::default() }
 }
 
@@ -290,13 +321,13 @@ async fn measure_real(args: &Args, n: usize, database: &str, server_bin: &PathBu
     let ServerProcess { child: mut server, pid, url, metrics_port, admin } =
         start_server(server_bin, database, &n.to_string()).await?;
     let mut policies = PolicyServiceClient::new(admin.clone());
-    policies.apply_policy(policy(0)).await?;
+    policies.apply_policy(policy(0, args.rules)).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_before = rss_kib(pid);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let first = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
-    let handles = start_fleet(n, &url, args.connect_parallel, &tx, Some(first.clone())).await;
+    let handles = start_fleet(n, &url, args.connect_parallel, &tx, Some(first.clone()), args.whole_bundles).await;
     let mut seen = receipts_after(&mut rx, n, &HashMap::new(), Duration::from_mins(5)).await?;
     eprintln!("fleet-bench: {n} agents connected and synced in {:.1} s", started.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -314,7 +345,7 @@ async fn measure_real(args: &Args, n: usize, database: &str, server_bin: &PathBu
         let above: HashMap<usize, u64> = seen.iter().map(|(i, (g, _))| (*i, *g)).collect();
         let t0 = SystemTime::now();
         let clock = Instant::now();
-        policies.apply_policy(policy(round)).await?;
+        policies.apply_policy(policy(round, args.rules)).await?;
         real.apply.push(clock.elapsed());
         let got = receipts_after(&mut rx, n, &above, Duration::from_mins(2)).await?;
         real.receipt.extend(got.values().map(|(_, at)| since(t0, *at)));
@@ -382,7 +413,7 @@ async fn measure_raw(args: &Args, n: usize, bundle: &[u8]) -> anyhow::Result<Vec
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let handles = start_fleet(n, &url, args.connect_parallel, &tx, None).await;
+    let handles = start_fleet(n, &url, args.connect_parallel, &tx, None, true).await;
     let mut sample = Vec::new();
     let mut above = HashMap::new();
     for _ in 0..args.rounds {

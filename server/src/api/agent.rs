@@ -113,6 +113,8 @@ struct Session {
     metrics: Arc<ServerMetrics>,
     /// This stream's number among the node's streams ([`Store::node_hello`]).
     stream: i64,
+    /// Whether the agent reassembles bundles sent in parts.
+    accepts_parts: bool,
     /// The newest generation pushed because policy changed, and when this server first saw
     /// the change it carries (for the apply→ACK histogram).
     awaiting: Option<(u64, Instant)>,
@@ -154,8 +156,9 @@ impl Session {
         }
         tracing::debug!(node = self.node, generation, digest = built.digest, "pushing bundle");
         let bundle = self.bundler.issue(&built, &self.node, generation);
-        let message = v1::SyncResponse { message: Some(v1::sync_response::Message::Bundle(bundle)) };
-        self.outbound.send(Ok(message)).await.map_err(drop)?;
+        for message in messages(bundle, self.accepts_parts) {
+            self.outbound.send(Ok(message)).await.map_err(drop)?;
+        }
         self.sent.clone_from(&built.digest);
         Ok(Some(generation))
     }
@@ -184,6 +187,31 @@ impl Session {
             self.awaiting = None;
         }
     }
+}
+
+/// Content bytes per [`v1::BundlePart`].
+pub const PART_BYTES: usize = 16 << 10;
+
+/// The messages that carry `bundle`: itself, or — to an agent that reassembles parts, when
+/// the content is larger than one part — parts of at most [`PART_BYTES`], each a slice of
+/// the shared content (no copy).
+pub fn messages(mut bundle: v1::Bundle, parts: bool) -> Vec<v1::SyncResponse> {
+    use v1::sync_response::Message;
+    if !parts || bundle.content.len() <= PART_BYTES {
+        return vec![v1::SyncResponse { message: Some(Message::Bundle(bundle)) }];
+    }
+    let content = std::mem::take(&mut bundle.content);
+    let mut header = Some((bundle, content.len() as u64));
+    (0..content.len())
+        .step_by(PART_BYTES)
+        .map(|start| {
+            let slice = content.slice(start..(start + PART_BYTES).min(content.len()));
+            let (bundle, content_size) = header.take().map_or((None, 0), |(b, n)| (Some(b), n));
+            v1::SyncResponse {
+                message: Some(Message::BundlePart(v1::BundlePart { bundle, content_size, content: slice })),
+            }
+        })
+        .collect()
 }
 
 /// Whether `digest` is a hex SHA-256 (what ACKs and NACKs must name; empty for a NACK of a
@@ -399,6 +427,7 @@ impl AgentService for AgentApi {
             retry: None,
             node: hello.node_name,
             stream: sync_session,
+            accepts_parts: hello.accepts_bundle_parts,
             outbound: sender,
             sent: hello.bundle_digest,
             metrics: self.metrics.clone(),

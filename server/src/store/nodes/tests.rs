@@ -18,6 +18,7 @@ fn hello(name: &str, team: &str, generation: u64) -> v1::AgentHello {
         server_endpoints: vec!["127.0.0.1:50051".into()],
         failsafe_ports: vec![22],
         event_stats: None,
+        accepts_bundle_parts: true,
     }
 }
 

@@ -23,15 +23,27 @@ class SyncRequest(_message.Message):
     def __init__(self, hello: _Optional[_Union[AgentHello, _Mapping]] = ..., ack: _Optional[_Union[BundleAck, _Mapping]] = ..., nack: _Optional[_Union[BundleNack, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
 class SyncResponse(_message.Message):
-    __slots__ = ("bundle", "heartbeat")
+    __slots__ = ("bundle", "heartbeat", "bundle_part")
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_PART_FIELD_NUMBER: _ClassVar[int]
     bundle: Bundle
     heartbeat: Heartbeat
-    def __init__(self, bundle: _Optional[_Union[Bundle, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    bundle_part: BundlePart
+    def __init__(self, bundle: _Optional[_Union[Bundle, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., bundle_part: _Optional[_Union[BundlePart, _Mapping]] = ...) -> None: ...
+
+class BundlePart(_message.Message):
+    __slots__ = ("bundle", "content_size", "content")
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    bundle: Bundle
+    content_size: int
+    content: bytes
+    def __init__(self, bundle: _Optional[_Union[Bundle, _Mapping]] = ..., content_size: _Optional[int] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class AgentHello(_message.Message):
-    __slots__ = ("node_name", "labels", "features", "bundle_digest", "bundle_generation", "agent_version", "server_endpoints", "failsafe_ports", "event_stats")
+    __slots__ = ("node_name", "labels", "features", "bundle_digest", "bundle_generation", "agent_version", "server_endpoints", "failsafe_ports", "event_stats", "accepts_bundle_parts")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +60,7 @@ class AgentHello(_message.Message):
     SERVER_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     FAILSAFE_PORTS_FIELD_NUMBER: _ClassVar[int]
     EVENT_STATS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_BUNDLE_PARTS_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     labels: _containers.ScalarMap[str, str]
     features: KernelFeatures
@@ -57,7 +70,8 @@ class AgentHello(_message.Message):
     server_endpoints: _containers.RepeatedScalarFieldContainer[str]
     failsafe_ports: _containers.RepeatedScalarFieldContainer[int]
     event_stats: EventStats
-    def __init__(self, node_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., features: _Optional[_Union[KernelFeatures, _Mapping]] = ..., bundle_digest: _Optional[str] = ..., bundle_generation: _Optional[int] = ..., agent_version: _Optional[str] = ..., server_endpoints: _Optional[_Iterable[str]] = ..., failsafe_ports: _Optional[_Iterable[int]] = ..., event_stats: _Optional[_Union[EventStats, _Mapping]] = ...) -> None: ...
+    accepts_bundle_parts: bool
+    def __init__(self, node_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., features: _Optional[_Union[KernelFeatures, _Mapping]] = ..., bundle_digest: _Optional[str] = ..., bundle_generation: _Optional[int] = ..., agent_version: _Optional[str] = ..., server_endpoints: _Optional[_Iterable[str]] = ..., failsafe_ports: _Optional[_Iterable[int]] = ..., event_stats: _Optional[_Union[EventStats, _Mapping]] = ..., accepts_bundle_parts: _Optional[bool] = ...) -> None: ...
 
 class EventStats(_message.Message):
     __slots__ = ("queue_full", "backlog_full", "undecodable", "pending", "delivered", "ring_full", "pending_bytes")

@@ -273,8 +273,10 @@ pub async fn create_database(base: &str, name: &str) -> Result<String, sqlx::Err
     let mut admin = sqlx::PgConnection::connect(base).await?;
     admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await?;
     admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await?;
-    let prefix = base.rsplit_once('/').map_or(base, |(prefix, _)| prefix);
-    Ok(format!("{prefix}/{name}"))
+    // postgres://USER@HOST:PORT/DB?PARAMS: swap DB, keep PARAMS (sslmode and the like).
+    let (url, params) = base.split_once('?').map_or((base, None), |(u, p)| (u, Some(p)));
+    let prefix = url.rsplit_once('/').map_or(url, |(prefix, _)| prefix);
+    Ok(params.map_or_else(|| format!("{prefix}/{name}"), |p| format!("{prefix}/{name}?{p}")))
 }
 
 /// Drops database `name` from the server of `base`, from any context (a `Drop`, a runtime

@@ -10,6 +10,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::Arc,
@@ -42,7 +43,8 @@ struct Replica {
 impl Replica {
     /// Starts the server binary on an ephemeral loopback port and waits until it serves.
     fn start(bin: &Path, name: &str, database: &str, pki: &Path) -> Self {
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(["--listen", "127.0.0.1:0", "--database-url", database])
             .arg("--tls-cert")
             .arg(pki.join("server.crt"))
@@ -54,9 +56,20 @@ impl Replica {
             .arg(pki.join("bundle.key"))
             .env("PALISADE_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start palisade-server");
+            .stderr(Stdio::piped());
+        // Dies with the test process, however that ends (a timeout kills the test with
+        // SIGKILL, which runs no destructor).
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let mut child = command.spawn().expect("start palisade-server");
         let stderr = child.stderr.take().expect("stderr");
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let name = name.to_owned();

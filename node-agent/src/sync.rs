@@ -257,9 +257,12 @@ fn authority(server: &str) -> String {
 async fn server_endpoints(servers: &[String]) -> Vec<String> {
     let mut endpoints = Vec::new();
     for server in servers {
-        match tokio::net::lookup_host(authority(server).as_str()).await {
-            Ok(addrs) => endpoints.extend(addrs.map(|a| a.to_string())),
-            Err(error) => tracing::warn!(%error, server, "cannot resolve the server for the failsafe list"),
+        // Bounded: a resolver that does not answer must not delay the hello (and failover).
+        let lookup = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(authority(server)));
+        match lookup.await {
+            Ok(Ok(addrs)) => endpoints.extend(addrs.map(|a| a.to_string())),
+            Ok(Err(error)) => tracing::warn!(%error, server, "cannot resolve the server for the failsafe list"),
+            Err(_) => tracing::warn!(server, "resolving the server for the failsafe list timed out"),
         }
     }
     endpoints.sort();

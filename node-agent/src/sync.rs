@@ -97,7 +97,8 @@ impl Assembly {
                 .ok()
                 .filter(|&n| n <= MAX_BUNDLE_BYTES)
                 .ok_or(PartError::TooLarge(part.content_size))?;
-            self.pending = Some((bundle, size, Vec::with_capacity(size)));
+            // Grown as parts arrive: a first part alone must not reserve what it announces.
+            self.pending = Some((bundle, size, Vec::with_capacity(size.min(1 << 20))));
         }
         let Some((_, size, content)) = self.pending.as_mut() else { return Err(PartError::NoFirst) };
         if content.len() + part.content.len() > *size {
@@ -375,7 +376,11 @@ where
         };
         let Some(message) = message else { return Err(SyncError::ServerClosed) };
         let bundle = match message.message {
-            Some(sync_response::Message::Bundle(bundle)) => Some(bundle),
+            Some(sync_response::Message::Bundle(bundle)) => {
+                // A whole bundle is newer than any bundle left incomplete.
+                parts = Assembly::default();
+                Some(bundle)
+            }
             Some(sync_response::Message::BundlePart(part)) => parts.add(part)?,
             Some(sync_response::Message::Heartbeat(_)) | None => None,
         };

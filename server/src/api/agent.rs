@@ -507,3 +507,31 @@ impl AgentService for AgentApi {
         Ok(Response::new(v1::ReportEventsResponse { accepted, rate_limited }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(content: usize) -> Vec<(bool, usize)> {
+        let bundle = v1::Bundle { content: vec![7; content].into(), ..Default::default() };
+        messages(bundle, true)
+            .into_iter()
+            .map(|m| match m.message {
+                Some(v1::sync_response::Message::Bundle(b)) => (false, b.content.len()),
+                Some(v1::sync_response::Message::BundlePart(p)) => (p.bundle.is_some(), p.content.len()),
+                _ => unreachable!("only bundles"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parts_split_at_the_part_size_with_no_empty_part() {
+        const P: usize = PART_BYTES;
+        assert_eq!(sizes(0), [(false, 0)], "whole");
+        assert_eq!(sizes(P), [(false, P)], "whole");
+        assert_eq!(sizes(P + 1), [(true, P), (false, 1)]);
+        assert_eq!(sizes(2 * P), [(true, P), (false, P)]);
+        let whole = messages(v1::Bundle { content: vec![1; 3 * P].into(), ..Default::default() }, false);
+        assert_eq!(whole.len(), 1, "an agent without parts gets it whole");
+    }
+}

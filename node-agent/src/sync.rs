@@ -164,10 +164,10 @@ pub struct Server {
 impl Server {
     /// Connects to replica `at` (an index into `urls`, taken modulo their number).
     async fn connect(&self, at: usize) -> Result<Channel, tonic::transport::Error> {
-        let url = &self.urls[at % self.urls.len()];
+        let url = self.url(at);
         // HTTP/2 pings find a replica that died without closing the connection (a crashed
         // host, a partition) in under 30 s, where TCP alone would take minutes.
-        let mut endpoint = Endpoint::from_shared(url.clone())?
+        let mut endpoint = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(Duration::from_secs(5))
             .tcp_keepalive(Some(Duration::from_secs(30)))
             .http2_keep_alive_interval(Duration::from_secs(15))

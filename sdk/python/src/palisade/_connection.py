@@ -120,6 +120,11 @@ def replicas(server: str | Sequence[str] | None) -> list[str]:
     return found
 
 
+def none_answered(servers: Sequence[str], timeout: float) -> ConnectError:
+    """The error when no replica of `servers` accepted a connection within `timeout` s."""
+    return ConnectError(f"no server replica accepted a connection within {timeout} s: {', '.join(servers)}")
+
+
 def resolve_all(
     servers: Sequence[str],
     ca_cert: Pem | None,

@@ -75,9 +75,7 @@ async def connect_any(
         except asyncio.TimeoutError:  # not yet the builtin on Python 3.10
             pass
         await channel.close()
-    raise ConnectError(
-        f"no server replica accepted a connection within {connect_timeout} s: {', '.join(map(str, servers))}"
-    )
+    raise _connection.none_answered(servers, connect_timeout)
 
 
 async def _answers(channel: grpc.aio.Channel) -> bool:

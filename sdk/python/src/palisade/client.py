@@ -13,7 +13,6 @@ import grpc
 
 from . import _connection, _requests
 from ._connection import Pem
-from .errors import ConnectError
 from .v1 import (
     agent_pb2_grpc,
     event_pb2,
@@ -64,9 +63,7 @@ def connect(
         if _answers(channel, connect_timeout):
             return Client(channel)
         channel.close()
-    raise ConnectError(
-        f"no server replica accepted a connection within {connect_timeout} s: {', '.join(map(str, servers))}"
-    )
+    raise _connection.none_answered(servers, connect_timeout)
 
 
 def _answers(channel: grpc.Channel, timeout: float) -> bool:

@@ -4,6 +4,7 @@
 //! IPv4-mapped IPv6, adjacent and overlapping port ranges, nested cgroups — so random cases
 //! hit the interesting boundaries instead of missing everything.
 
+use crate::policy::model::TuneSettings;
 use std::net::IpAddr;
 
 use proptest::prelude::*;
@@ -171,6 +172,26 @@ fn section() -> impl Strategy<Value = Option<Section>> {
         .prop_map(|(default, rules, present)| present.then_some(Section { default, rules }))
 }
 
+/// A `connections.observe` or `connections.tune` section as the model holds it: peer rules
+/// (action audit, TCP), default audit for an observe section without rules.
+fn peer_section(prefix: &'static str, observe: bool) -> impl Strategy<Value = Option<Section>> {
+    ((0_usize..5).prop_flat_map(|n| (0..n).map(rule).collect::<Vec<_>>()), prop::bool::weighted(0.6)).prop_map(
+        move |(rules, present)| {
+            let rules: Vec<Rule> = rules
+                .into_iter()
+                .map(|r| Rule {
+                    id: format!("{prefix}{}", r.id),
+                    action: Action::Audit,
+                    protocols: vec![Protocol::Tcp],
+                    ..r
+                })
+                .collect();
+            let default = if observe && rules.is_empty() { Default::Audit } else { Default::Allow };
+            present.then_some(Section { default, rules })
+        },
+    )
+}
+
 fn path_rule(id: usize, files: bool) -> impl Strategy<Value = PathRule> {
     let access = if files { vec![ACCESS_READ | ACCESS_WRITE, ACCESS_READ, ACCESS_WRITE] } else { vec![3] };
     (
@@ -204,8 +225,9 @@ fn policy(index: usize, space: &Space) -> impl Strategy<Value = Policy> + use<> 
         section(),
         section(),
         (path_section(false), path_section(true)),
+        (peer_section("o", true), peer_section("t", false)),
     )
-        .prop_map(move |(mode, cgroup, uid, connect, bind, (exec, files))| Policy {
+        .prop_map(move |(mode, cgroup, uid, connect, bind, (exec, files), (observe, tune))| Policy {
             name: format!("p{index}"),
             revision: 1 + index as u64,
             mode,
@@ -221,6 +243,14 @@ fn policy(index: usize, space: &Space) -> impl Strategy<Value = Policy> + use<> 
             }),
             exec,
             files,
+            tune_settings: tune.as_ref().map_or_else(Vec::new, |t| {
+                t.rules
+                    .iter()
+                    .map(|_| TuneSettings { congestion: "cubic".to_owned(), ..TuneSettings::default() })
+                    .collect()
+            }),
+            observe,
+            tune,
         })
 }
 
@@ -257,6 +287,25 @@ pub fn attempt(space: &Space) -> impl Strategy<Value = Attempt> + use<> {
             addr: addr.parse::<IpAddr>().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
             port,
             protocol,
+        })
+}
+
+/// One established TCP connection (`connections.observe` and `.tune`) from a task in `space`.
+pub fn connection_attempt(space: &Space) -> impl Strategy<Value = Attempt> + use<> {
+    (
+        prop::sample::select(vec![Operation::Observe, Operation::Tune]),
+        prop::sample::select(space.task_cgroups.clone()),
+        prop::sample::select(space.uids.iter().copied().chain([5]).collect::<Vec<_>>()),
+        prop::sample::select(ADDRS),
+        prop::sample::select(ATTEMPT_PORTS),
+    )
+        .prop_map(|(operation, cgroup, uid, addr, port)| Attempt {
+            operation,
+            cgroup: cgroup_components(&cgroup),
+            uid,
+            addr: addr.parse::<IpAddr>().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            port,
+            protocol: Protocol::Tcp,
         })
 }
 

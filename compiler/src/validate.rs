@@ -96,6 +96,12 @@ pub fn policy(policy: &v1::Policy) -> Result<v1::Policy, Vec<Violation>> {
     if let Some(files) = out.files.as_mut() {
         check_path_section(&mut v, "files", files, &mut rule_ids);
     }
+    if out.connections.as_ref().is_some_and(|c| c.observe.is_none() && c.tune.is_none()) {
+        out.connections = None;
+    }
+    if let Some(connections) = out.connections.as_mut() {
+        check_connections(&mut v, connections, &mut rule_ids);
+    }
     v.finish().map(|()| out)
 }
 
@@ -270,6 +276,76 @@ fn check_path_section(v: &mut Violations, field: &str, section: &mut v1::PathSec
     }
 }
 
+/// Largest initial congestion window a tune rule may ask for, in segments.
+pub const MAX_INITIAL_CWND: u32 = 1024;
+/// Longest congestion control name (`TCP_CA_NAME_MAX` is 16 with the NUL).
+pub const MAX_CONGESTION_NAME: usize = 15;
+
+/// `connections.observe` and `connections.tune` (semantics §13).
+fn check_connections(v: &mut Violations, c: &mut v1::ConnectionsPolicy, ids: &mut HashSet<String>) {
+    if let Some(observe) = c.observe.as_mut() {
+        let field = "connections.observe";
+        if check_rule_count(v, field, observe.rules.len()) {
+            for (i, rule) in observe.rules.iter_mut().enumerate() {
+                let field = format!("{field}.rules[{i}]");
+                check_peer(v, &field, &rule.id, &rule.cidrs, &mut rule.ports, ids);
+                check_description(v, &format!("{field}.description"), &rule.description);
+            }
+        }
+    }
+    if let Some(tune) = c.tune.as_mut() {
+        let field = "connections.tune";
+        if check_rule_count(v, field, tune.rules.len()) {
+            for (i, rule) in tune.rules.iter_mut().enumerate() {
+                let field = format!("{field}.rules[{i}]");
+                check_peer(v, &field, &rule.id, &rule.cidrs, &mut rule.ports, ids);
+                check_description(v, &format!("{field}.description"), &rule.description);
+                if let Err(reason) = check_congestion(&rule.congestion) {
+                    v.push(format!("{field}.congestion"), reason);
+                }
+                if rule.initial_cwnd > MAX_INITIAL_CWND {
+                    v.push(
+                        format!("{field}.initial_cwnd"),
+                        format!("{} segments is above the limit of {MAX_INITIAL_CWND}", rule.initial_cwnd),
+                    );
+                }
+                if rule.congestion.is_empty() && rule.initial_cwnd == 0 && !rule.no_delay {
+                    v.push(&field, "sets nothing: give congestion, initial_cwnd or no_delay");
+                }
+            }
+        }
+    }
+}
+
+/// The id and peer filter of an observe or tune rule.
+fn check_peer(
+    v: &mut Violations,
+    field: &str,
+    id: &str,
+    cidrs: &[String],
+    ports: &mut [v1::PortRange],
+    ids: &mut HashSet<String>,
+) {
+    let id_field = format!("{field}.id");
+    check_rule_id(v, &id_field, id);
+    if !ids.insert(id.to_owned()) && !id.is_empty() {
+        v.push(&id_field, format!("duplicate rule id {id:?}: ids must be unique within the policy"));
+    }
+    check_cidrs(v, field, cidrs);
+    check_port_list(v, field, ports);
+}
+
+/// A congestion control name as `tcp_available_congestion_control` lists them.
+fn check_congestion(name: &str) -> Result<(), String> {
+    if name.len() > MAX_CONGESTION_NAME {
+        return Err(format!("is {} characters, the limit is {MAX_CONGESTION_NAME}", name.len()));
+    }
+    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-')) {
+        return Err(format!("{name:?} is not a congestion control name ([a-z0-9_-], e.g. cubic, bbr, reno)"));
+    }
+    Ok(())
+}
+
 /// A path pattern (semantics §12.3): absolute, canonical, at most one trailing `*`.
 fn check_path_pattern(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
@@ -320,27 +396,37 @@ fn check_rule_head(v: &mut Violations, field: &str, id: &str, action: i32, ids: 
 
 fn check_rule(v: &mut Violations, field: &str, rule: &mut v1::NetworkRule, ids: &mut HashSet<String>) {
     check_rule_head(v, field, &rule.id, rule.action, ids);
-    if rule.cidrs.len() > MAX_CIDRS {
-        v.push(format!("{field}.cidrs"), format!("has {} entries, the limit is {MAX_CIDRS}", rule.cidrs.len()));
-    } else {
-        for (j, cidr) in rule.cidrs.iter().enumerate() {
-            if let Err(reason) = check_cidr(cidr) {
-                v.push(format!("{field}.cidrs[{j}]"), reason);
-            }
-        }
-    }
-    if rule.ports.len() > MAX_PORTS {
-        v.push(format!("{field}.ports"), format!("has {} entries, the limit is {MAX_PORTS}", rule.ports.len()));
-    } else {
-        for (j, range) in rule.ports.iter_mut().enumerate() {
-            if let Err(reason) = check_ports(range) {
-                v.push(format!("{field}.ports[{j}]"), reason);
-            }
-        }
-    }
+    check_cidrs(v, field, &rule.cidrs);
+    check_port_list(v, field, &mut rule.ports);
     let known = |p| matches!(v1::Protocol::try_from(p), Ok(v1::Protocol::Tcp | v1::Protocol::Udp));
     check_enum_list(v, &format!("{field}.protocols"), &rule.protocols, known, "protocol", "tcp or udp");
     check_description(v, &format!("{field}.description"), &rule.description);
+}
+
+/// A rule's `cidrs`.
+fn check_cidrs(v: &mut Violations, field: &str, cidrs: &[String]) {
+    if cidrs.len() > MAX_CIDRS {
+        v.push(format!("{field}.cidrs"), format!("has {} entries, the limit is {MAX_CIDRS}", cidrs.len()));
+        return;
+    }
+    for (j, cidr) in cidrs.iter().enumerate() {
+        if let Err(reason) = check_cidr(cidr) {
+            v.push(format!("{field}.cidrs[{j}]"), reason);
+        }
+    }
+}
+
+/// A rule's `ports` (normalised: a one-port range has `last` 0).
+fn check_port_list(v: &mut Violations, field: &str, ports: &mut [v1::PortRange]) {
+    if ports.len() > MAX_PORTS {
+        v.push(format!("{field}.ports"), format!("has {} entries, the limit is {MAX_PORTS}", ports.len()));
+        return;
+    }
+    for (j, range) in ports.iter_mut().enumerate() {
+        if let Err(reason) = check_ports(range) {
+            v.push(format!("{field}.ports[{j}]"), reason);
+        }
+    }
 }
 
 /// Checks a list of enum values: each one known, none twice.

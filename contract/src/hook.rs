@@ -20,11 +20,15 @@ pub enum Operation {
     Exec,
     /// open(2): `files`, matched on the file's path and the access asked for.
     Files,
+    /// An established TCP connection: `connections.observe`, matched on the peer.
+    Observe,
+    /// An established TCP connection: `connections.tune`, matched on the peer.
+    Tune,
 }
 
 impl Operation {
     /// Every operation, in bundle order.
-    pub const ALL: [Self; 4] = [Self::Connect, Self::Bind, Self::Exec, Self::Files];
+    pub const ALL: [Self; 6] = [Self::Connect, Self::Bind, Self::Exec, Self::Files, Self::Observe, Self::Tune];
 
     /// The section's field path.
     pub fn section_path(self) -> &'static str {
@@ -33,6 +37,8 @@ impl Operation {
             Self::Bind => "network.bind",
             Self::Exec => "exec",
             Self::Files => "files",
+            Self::Observe => "connections.observe",
+            Self::Tune => "connections.tune",
         }
     }
 

@@ -84,6 +84,32 @@ pub const BIND: Names = Names {
     paths: "",
 };
 
+/// `connections.observe`.
+pub const OBSERVE: Names = Names {
+    cgroups: "palo_cgroups",
+    workloads: "palo_workloads",
+    nodes: "palo_nodes",
+    tails: "palo_tails",
+    regions: "palo_regions",
+    ports: "palo_ports",
+    port_nodes: "palo_pnodes",
+    values: "palo_values",
+    paths: "",
+};
+
+/// `connections.tune`.
+pub const TUNE: Names = Names {
+    cgroups: "palt_cgroups",
+    workloads: "palt_workloads",
+    nodes: "palt_nodes",
+    tails: "palt_tails",
+    regions: "palt_regions",
+    ports: "palt_ports",
+    port_nodes: "palt_pnodes",
+    values: "palt_values",
+    paths: "",
+};
+
 /// `exec`.
 pub const EXEC: Names = Names { cgroups: "pale_cgroups", workloads: "pale_workloads", paths: "pale_paths", ..NONE };
 
@@ -109,6 +135,8 @@ pub fn of(op: Operation) -> Names {
         Operation::Bind => BIND,
         Operation::Exec => EXEC,
         Operation::Files => FILES,
+        Operation::Observe => OBSERVE,
+        Operation::Tune => TUNE,
     }
 }
 

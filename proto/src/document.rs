@@ -62,6 +62,9 @@ pub struct PolicyDocument {
     /// File opens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<PathSection>,
+    /// TCP connections: flow records and tuning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<Connections>,
 }
 
 /// Policy mode.
@@ -204,6 +207,158 @@ pub struct PathRule {
     /// Human description.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+}
+
+/// The `connections` sections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connections {
+    /// Flow records (`observe: {}` records every connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observe: Option<Observe>,
+    /// TCP settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tune: Option<Tune>,
+}
+
+/// `connections.observe`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observe {
+    /// Peer filters; empty records every connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<PeerRule>,
+}
+
+/// A peer filter of `connections.observe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRule {
+    /// Stable rule id.
+    pub id: String,
+    /// Peer CIDRs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cidrs: Vec<String>,
+    /// Peer ports and ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Ports>,
+    /// Human description.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// `connections.tune`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tune {
+    /// Rules in order.
+    #[serde(default)]
+    pub rules: Vec<TuneRule>,
+}
+
+/// A tuning rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuneRule {
+    /// Stable rule id.
+    pub id: String,
+    /// Peer CIDRs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cidrs: Vec<String>,
+    /// Peer ports and ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Ports>,
+    /// Congestion control algorithm.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub congestion: String,
+    /// Initial congestion window in segments.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub initial_cwnd: u32,
+    /// `TCP_NODELAY`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_delay: bool,
+    /// Human description.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+fn ports_to_proto(ports: &[Ports]) -> Vec<v1::PortRange> {
+    ports.iter().map(|p| v1::PortRange { first: p.first, last: if p.last == p.first { 0 } else { p.last } }).collect()
+}
+
+fn ports_from_proto(ports: &[v1::PortRange]) -> Vec<Ports> {
+    ports.iter().map(|p| Ports { first: p.first, last: if p.last == 0 { p.first } else { p.last } }).collect()
+}
+
+impl Connections {
+    fn to_proto(&self) -> v1::ConnectionsPolicy {
+        v1::ConnectionsPolicy {
+            observe: self.observe.as_ref().map(|o| v1::ObserveSection {
+                rules: o
+                    .rules
+                    .iter()
+                    .map(|r| v1::PeerRule {
+                        id: r.id.clone(),
+                        cidrs: r.cidrs.clone(),
+                        ports: ports_to_proto(&r.ports),
+                        description: r.description.clone(),
+                    })
+                    .collect(),
+            }),
+            tune: self.tune.as_ref().map(|t| v1::TuneSection {
+                rules: t
+                    .rules
+                    .iter()
+                    .map(|r| v1::TuneRule {
+                        id: r.id.clone(),
+                        cidrs: r.cidrs.clone(),
+                        ports: ports_to_proto(&r.ports),
+                        congestion: r.congestion.clone(),
+                        initial_cwnd: r.initial_cwnd,
+                        no_delay: r.no_delay,
+                        description: r.description.clone(),
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    fn from_proto(c: &v1::ConnectionsPolicy) -> Self {
+        Self {
+            observe: c.observe.as_ref().map(|o| Observe {
+                rules: o
+                    .rules
+                    .iter()
+                    .map(|r| PeerRule {
+                        id: r.id.clone(),
+                        cidrs: r.cidrs.clone(),
+                        ports: ports_from_proto(&r.ports),
+                        description: r.description.clone(),
+                    })
+                    .collect(),
+            }),
+            tune: c.tune.as_ref().map(|t| Tune {
+                rules: t
+                    .rules
+                    .iter()
+                    .map(|r| TuneRule {
+                        id: r.id.clone(),
+                        cidrs: r.cidrs.clone(),
+                        ports: ports_from_proto(&r.ports),
+                        congestion: r.congestion.clone(),
+                        initial_cwnd: r.initial_cwnd,
+                        no_delay: r.no_delay,
+                        description: r.description.clone(),
+                    })
+                    .collect(),
+            }),
+        }
+    }
 }
 
 /// A port (`443`) or an inclusive range (`"8000-8080"`). Bounds are checked by the server.
@@ -364,6 +519,7 @@ impl PolicyDocument {
             description: self.description.clone(),
             exec: self.exec.as_ref().map(PathSection::to_proto),
             files: self.files.as_ref().map(PathSection::to_proto),
+            connections: self.connections.as_ref().map(Connections::to_proto),
         }
     }
 
@@ -392,6 +548,7 @@ impl PolicyDocument {
             },
             exec: p.exec.as_ref().map(|s| PathSection::from_proto(s, "exec")).transpose()?,
             files: p.files.as_ref().map(|s| PathSection::from_proto(s, "files")).transpose()?,
+            connections: p.connections.as_ref().map(Connections::from_proto),
         })
     }
 
@@ -418,11 +575,7 @@ impl Section {
                     id: r.id.clone(),
                     action: r.action.to_proto() as i32,
                     cidrs: r.cidrs.clone(),
-                    ports: r
-                        .ports
-                        .iter()
-                        .map(|p| v1::PortRange { first: p.first, last: if p.last == p.first { 0 } else { p.last } })
-                        .collect(),
+                    ports: ports_to_proto(&r.ports),
                     protocols: r
                         .protocols
                         .iter()
@@ -460,11 +613,7 @@ impl Section {
                     id: r.id.clone(),
                     action,
                     cidrs: r.cidrs.clone(),
-                    ports: r
-                        .ports
-                        .iter()
-                        .map(|p| Ports { first: p.first, last: if p.last == 0 { p.first } else { p.last } })
-                        .collect(),
+                    ports: ports_from_proto(&r.ports),
                     protocols,
                     description: r.description.clone(),
                 })
@@ -620,6 +769,24 @@ network:
         assert_eq!(err.path, "files.rules[0].access[0]");
         let err = parse("name: a\nexec: {rules: [{id: r, action: deny, pathz: [/x]}]}").expect_err("unknown field");
         assert_eq!(err.path, "exec.rules[0].pathz");
+    }
+
+    #[test]
+    fn connections_round_trip_and_observe_all_stays_present() {
+        let text = "name: a\nconnections:\n  observe: {}\n  tune:\n    rules:\n    - id: wan\n      cidrs:\n      - 0.0.0.0/0\n      ports:\n      - 443\n      - 8000-8099\n      congestion: cubic\n      initial_cwnd: 20\n      no_delay: true\n";
+        let doc = parse(text).expect("parses");
+        let proto = doc.to_proto();
+        let c = proto.connections.as_ref().expect("connections");
+        assert_eq!(c.observe, Some(v1::ObserveSection { rules: Vec::new() }), "observe: {{}} is not absent");
+        let tune = &c.tune.as_ref().expect("tune").rules[0];
+        assert_eq!((tune.congestion.as_str(), tune.initial_cwnd, tune.no_delay), ("cubic", 20, true));
+        assert_eq!(tune.ports, [v1::PortRange { first: 443, last: 0 }, v1::PortRange { first: 8000, last: 8099 }]);
+        let back = PolicyDocument::from_proto(&proto).expect("from proto");
+        assert_eq!(back, doc);
+        assert_eq!(parse(&back.to_yaml()).expect("rendered yaml parses"), doc);
+        let err = parse("name: a\nconnections: {tune: {rules: [{id: t, congestion: cubic, action: deny}]}}")
+            .expect_err("no action");
+        assert_eq!(err.path, "connections.tune.rules[0].action");
     }
 
     #[test]

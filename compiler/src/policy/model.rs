@@ -234,6 +234,24 @@ pub struct Policy {
     pub exec: Option<PathSection>,
     /// `files`.
     pub files: Option<PathSection>,
+    /// `connections.observe`: rules are peer filters (action audit); the default is audit
+    /// (record every connection) when the section has no rules, allow otherwise.
+    pub observe: Option<Section>,
+    /// `connections.tune`: rules are peer filters (action audit), default allow.
+    pub tune: Option<Section>,
+    /// The settings of each `tune` rule, by rule index.
+    pub tune_settings: Vec<TuneSettings>,
+}
+
+/// What a `connections.tune` rule sets on a matching connection (§13.4).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, std::default::Default)]
+pub struct TuneSettings {
+    /// Congestion control algorithm (empty: unchanged).
+    pub congestion: String,
+    /// Initial congestion window in segments (0: unchanged).
+    pub initial_cwnd: u32,
+    /// `TCP_NODELAY`.
+    pub no_delay: bool,
 }
 
 pub use palisade_contract::Operation;
@@ -244,6 +262,8 @@ impl Policy {
         match op {
             Operation::Connect => self.connect.as_ref(),
             Operation::Bind => self.bind.as_ref(),
+            Operation::Observe => self.observe.as_ref(),
+            Operation::Tune => self.tune.as_ref(),
             Operation::Exec | Operation::Files => None,
         }
     }
@@ -253,7 +273,7 @@ impl Policy {
         match op {
             Operation::Exec => self.exec.as_ref(),
             Operation::Files => self.files.as_ref(),
-            Operation::Connect | Operation::Bind => None,
+            Operation::Connect | Operation::Bind | Operation::Observe | Operation::Tune => None,
         }
     }
 
@@ -427,6 +447,46 @@ pub fn policy(p: &v1::Policy, revision: u64) -> Result<Option<Policy>, ModelErro
     };
     let exec = path_section(p.exec.as_ref(), "exec")?;
     let files = path_section(p.files.as_ref(), "files")?;
+    let connections = p.connections.as_ref();
+    let peer = |path: String, id: &str, cidrs: &[String], ports: &[v1::PortRange]| {
+        let r = v1::NetworkRule {
+            id: id.to_owned(),
+            action: v1::Action::Audit as i32,
+            cidrs: cidrs.to_vec(),
+            ports: ports.to_vec(),
+            protocols: vec![v1::Protocol::Tcp as i32],
+            description: String::new(),
+        };
+        rule(&p.name, &path, &r)
+    };
+    let observe = connections
+        .and_then(|c| c.observe.as_ref())
+        .map(|o| -> Result<Section, ModelError> {
+            let rules = o
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| peer(format!("connections.observe.rules[{i}]"), &r.id, &r.cidrs, &r.ports))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Section { default: if rules.is_empty() { Default::Audit } else { Default::Allow }, rules })
+        })
+        .transpose()?;
+    let tune_rules = connections.and_then(|c| c.tune.as_ref()).map(|t| t.rules.as_slice());
+    let tune = tune_rules
+        .map(|rules| -> Result<Section, ModelError> {
+            let rules = rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| peer(format!("connections.tune.rules[{i}]"), &r.id, &r.cidrs, &r.ports))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Section { default: Default::Allow, rules })
+        })
+        .transpose()?;
+    let tune_settings = tune_rules
+        .unwrap_or_default()
+        .iter()
+        .map(|r| TuneSettings { congestion: r.congestion.clone(), initial_cwnd: r.initial_cwnd, no_delay: r.no_delay })
+        .collect();
     let workload = p.workload.as_ref();
     Ok(Some(Policy {
         name: p.name.clone(),
@@ -438,6 +498,9 @@ pub fn policy(p: &v1::Policy, revision: u64) -> Result<Option<Policy>, ModelErro
         bind,
         exec,
         files,
+        observe,
+        tune,
+        tune_settings,
     }))
 }
 

@@ -166,3 +166,38 @@ fn policy_valid_path_rules_are_accepted_and_normalised() {
     assert_eq!(p.exec.as_ref().map(|e| e.default), Some(v1::Action::Allow as i32));
     assert_eq!(p.files.as_ref().map(|f| f.rules[0].access.clone()), Some(vec![v1::FileAccess::Write as i32]));
 }
+
+#[test]
+fn connections_are_validated_with_paths_and_normalised() {
+    let p = policy(&doc(
+        "name: p\nconnections:\n  observe: {}\n  tune:\n    rules:\n      - {id: wan, cidrs: [0.0.0.0/0], ports: [443-443], congestion: cubic, initial_cwnd: 20}\n",
+    ))
+    .expect("valid");
+    let c = p.connections.expect("connections kept");
+    assert!(c.observe.expect("observe: {} is kept").rules.is_empty(), "observe: {{}} means every connection");
+    assert_eq!(c.tune.expect("tune").rules[0].ports[0], v1::PortRange { first: 443, last: 0 });
+    assert_eq!(policy(&doc("name: p\nconnections: {}\n")).expect("valid").connections, None);
+    let bad = doc(concat!(
+        "name: p\nnetwork: {connect: {rules: [{id: dup, action: deny}]}}\nconnections:\n",
+        "  observe: {rules: [{id: dup}, {id: o, cidrs: [10.0.0.1/8], ports: [0]}]}\n",
+        "  tune:\n    rules:\n",
+        "      - {id: t0}\n",
+        "      - {id: t1, congestion: \"Cubic!\"}\n",
+        "      - {id: t2, congestion: averyveryverylongname}\n",
+        "      - {id: t3, initial_cwnd: 5000}\n",
+        "      - {id: default, no_delay: true}\n",
+    ));
+    assert_eq!(
+        fields(policy(&bad)),
+        [
+            "connections.observe.rules[0].id",
+            "connections.observe.rules[1].cidrs[0]",
+            "connections.observe.rules[1].ports[0]",
+            "connections.tune.rules[0]",
+            "connections.tune.rules[1].congestion",
+            "connections.tune.rules[2].congestion",
+            "connections.tune.rules[3].initial_cwnd",
+            "connections.tune.rules[4].id",
+        ]
+    );
+}

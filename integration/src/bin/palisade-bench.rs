@@ -144,6 +144,9 @@ fn set(n: usize, profile: Profile, cgroup: &str) -> PolicySet {
             bind: None,
             exec: None,
             files: None,
+            observe: None,
+            tune: None,
+            tune_settings: Vec::new(),
         }],
         failsafe: Vec::new(),
     }

@@ -176,13 +176,7 @@ fn rule_id(policy: &model::Policy, op: Operation, rule: RuleName) -> String {
 fn not_applying(policy: &model::Policy, checked: &Checked) -> Option<String> {
     let op = checked.operation();
     if policy.default_of(op).is_none() {
-        let section = match op {
-            Operation::Connect => "network.connect",
-            Operation::Bind => "network.bind",
-            Operation::Exec => "exec",
-            Operation::Files => "files",
-        };
-        return Some(format!("no {section} section"));
+        return Some(format!("no {} section", op.section_path()));
     }
     let (cgroup, uid) = match checked {
         Checked::Network(a) => (&a.cgroup, a.uid),

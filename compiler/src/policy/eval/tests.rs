@@ -71,6 +71,8 @@ fn run_row(example: &Example, row: &[String]) -> (Decision, PolicySet, crate::po
             };
             ((Operation::Files, (*path).to_owned(), bits), rest)
         }
+        ["observe", protocol, peer, rest @ ..] => ((Operation::Observe, format!("{protocol} {peer}"), 0), rest),
+        ["tune", protocol, peer, rest @ ..] => ((Operation::Tune, format!("{protocol} {peer}"), 0), rest),
         [protocol, destination, rest @ ..] => ((Operation::Connect, format!("{protocol} {destination}"), 0), rest),
         _ => panic!("{}: bad attempt {:?}", example.name, row[0]),
     };
@@ -100,7 +102,7 @@ fn run_row(example: &Example, row: &[String]) -> (Decision, PolicySet, crate::po
 #[test]
 fn evaluate_matches_every_worked_example_in_the_semantics_doc() {
     let examples = examples();
-    assert!(examples.len() >= 11, "found {} examples", examples.len());
+    assert!(examples.len() >= 12, "found {} examples", examples.len());
     let mut rows = 0;
     for example in &examples {
         for row in &example.rows {
@@ -118,10 +120,12 @@ fn evaluate_matches_every_worked_example_in_the_semantics_doc() {
                         RuleName::Default => "default".to_owned(),
                         RuleName::Rule(i) => p.rule_id(op, i).expect("rule").to_owned(),
                     };
-                    let kind = match r.kind {
-                        ReportKind::Deny => "DENY",
-                        ReportKind::WouldDeny => "AUDIT would_deny",
-                        ReportKind::Audit => "AUDIT",
+                    let kind = match (op, r.kind) {
+                        (crate::policy::model::Operation::Observe, _) => "OBSERVE",
+                        (crate::policy::model::Operation::Tune, _) => "TUNE",
+                        (_, ReportKind::Deny) => "DENY",
+                        (_, ReportKind::WouldDeny) => "AUDIT would_deny",
+                        (_, ReportKind::Audit) => "AUDIT",
                     };
                     (kind.to_owned(), p.name.clone(), rule)
                 }
@@ -135,7 +139,7 @@ fn evaluate_matches_every_worked_example_in_the_semantics_doc() {
             );
         }
     }
-    assert!(rows >= 44, "only {rows} rows checked");
+    assert!(rows >= 51, "only {rows} rows checked");
 }
 
 fn set(yaml: &str) -> PolicySet {

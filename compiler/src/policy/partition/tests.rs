@@ -40,6 +40,21 @@ proptest! {
     }
 
     #[test]
+    fn plan_connection_lookup_equals_reference(
+        set in arbitrary::policy_set(&Space::under("")),
+        attempts in prop::collection::vec(arbitrary::connection_attempt(&Space::under("")), 20),
+    ) {
+        let plans: Vec<Plan> = [Operation::Observe, Operation::Tune].iter().map(|&op| plan(&set, op)).collect();
+        for attempt in attempts {
+            let plan = plans.iter().find(|p| p.operation == attempt.operation).expect("a plan per operation");
+            let want = evaluate(&set, &attempt);
+            prop_assert_eq!(want.verdict, Verdict::Allow, "connections sections never deny");
+            let got = plan.lookup(class_of(plan, &attempt.cgroup), attempt.uid, attempt.addr, attempt.port, attempt.protocol);
+            prop_assert_eq!(observed(plan, got), expected(&want), "attempt {:?}", attempt);
+        }
+    }
+
+    #[test]
     fn plan_path_lookup_equals_reference(
         set in arbitrary::policy_set(&Space::under("")),
         attempts in prop::collection::vec(arbitrary::path_attempt(&Space::under("")), 20),
@@ -147,6 +162,9 @@ fn connect_only(default: Default, rules: Vec<Rule>) -> PolicySet {
             bind: None,
             exec: None,
             files: None,
+            observe: None,
+            tune: None,
+            tune_settings: Vec::new(),
             connect: Some(Section { default, rules }),
         }],
         failsafe: Vec::new(),

@@ -62,7 +62,7 @@ REVISION_KIND_UPDATED: RevisionKind
 REVISION_KIND_DELETED: RevisionKind
 
 class Policy(_message.Message):
-    __slots__ = ("name", "labels", "mode", "node_selector", "workload", "network", "description", "exec", "files")
+    __slots__ = ("name", "labels", "mode", "node_selector", "workload", "network", "description", "exec", "files", "connections")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class Policy(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     EXEC_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     mode: Mode
@@ -88,7 +89,58 @@ class Policy(_message.Message):
     description: str
     exec: PathSection
     files: PathSection
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., node_selector: _Optional[_Union[NodeSelector, _Mapping]] = ..., workload: _Optional[_Union[WorkloadSelector, _Mapping]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., description: _Optional[str] = ..., exec: _Optional[_Union[PathSection, _Mapping]] = ..., files: _Optional[_Union[PathSection, _Mapping]] = ...) -> None: ...
+    connections: ConnectionsPolicy
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., node_selector: _Optional[_Union[NodeSelector, _Mapping]] = ..., workload: _Optional[_Union[WorkloadSelector, _Mapping]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., description: _Optional[str] = ..., exec: _Optional[_Union[PathSection, _Mapping]] = ..., files: _Optional[_Union[PathSection, _Mapping]] = ..., connections: _Optional[_Union[ConnectionsPolicy, _Mapping]] = ...) -> None: ...
+
+class ConnectionsPolicy(_message.Message):
+    __slots__ = ("observe", "tune")
+    OBSERVE_FIELD_NUMBER: _ClassVar[int]
+    TUNE_FIELD_NUMBER: _ClassVar[int]
+    observe: ObserveSection
+    tune: TuneSection
+    def __init__(self, observe: _Optional[_Union[ObserveSection, _Mapping]] = ..., tune: _Optional[_Union[TuneSection, _Mapping]] = ...) -> None: ...
+
+class ObserveSection(_message.Message):
+    __slots__ = ("rules",)
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    rules: _containers.RepeatedCompositeFieldContainer[PeerRule]
+    def __init__(self, rules: _Optional[_Iterable[_Union[PeerRule, _Mapping]]] = ...) -> None: ...
+
+class PeerRule(_message.Message):
+    __slots__ = ("id", "cidrs", "ports", "description")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CIDRS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    cidrs: _containers.RepeatedScalarFieldContainer[str]
+    ports: _containers.RepeatedCompositeFieldContainer[PortRange]
+    description: str
+    def __init__(self, id: _Optional[str] = ..., cidrs: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[PortRange, _Mapping]]] = ..., description: _Optional[str] = ...) -> None: ...
+
+class TuneSection(_message.Message):
+    __slots__ = ("rules",)
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    rules: _containers.RepeatedCompositeFieldContainer[TuneRule]
+    def __init__(self, rules: _Optional[_Iterable[_Union[TuneRule, _Mapping]]] = ...) -> None: ...
+
+class TuneRule(_message.Message):
+    __slots__ = ("id", "cidrs", "ports", "congestion", "initial_cwnd", "no_delay", "description")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CIDRS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    CONGESTION_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_CWND_FIELD_NUMBER: _ClassVar[int]
+    NO_DELAY_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    cidrs: _containers.RepeatedScalarFieldContainer[str]
+    ports: _containers.RepeatedCompositeFieldContainer[PortRange]
+    congestion: str
+    initial_cwnd: int
+    no_delay: bool
+    description: str
+    def __init__(self, id: _Optional[str] = ..., cidrs: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[PortRange, _Mapping]]] = ..., congestion: _Optional[str] = ..., initial_cwnd: _Optional[int] = ..., no_delay: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
 
 class NodeSelector(_message.Message):
     __slots__ = ("match_labels",)

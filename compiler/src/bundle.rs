@@ -10,6 +10,8 @@ use palisade_contract::map::kind::{
 use palisade_proto::v1;
 use prost::Message as _;
 
+use palisade_contract::map::{FLOW_STAT_COUNT, FLOW_STATE_SIZE, FLOWS_MAX, PROFILE_SIZE};
+
 use crate::{
     bpf::{
         asm::Program,
@@ -253,20 +255,12 @@ fn plan_maps(plan: &Plan, shift: u32) -> Vec<v1::BundleMap> {
 /// Compiles a policy set for kernels with the given struct offsets.
 pub fn compile(set: &PolicySet, offsets: KernelOffsets) -> Result<Compiled, CompileError> {
     let plans: Vec<Plan> = Operation::ALL.iter().map(|&op| partition::plan(set, op)).collect();
-    let programs = Hook::ALL
-        .iter()
-        .map(|&hook| {
-            let plan = &plans[Operation::ALL.iter().position(|op| *op == hook.operation()).unwrap_or(0)];
-            program::program(hook, plan, offsets)
-                .map(|p| (hook, p))
-                .map_err(|source| CompileError::Assemble { hook, source })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     // One rule table for the bundle: entry 0 is "no rule", then every operation's rules; each
     // plan's rule indices are shifted into it.
     let mut rules = vec![v1::BundleRule { policy: u32::MAX, rule_id: String::new() }];
     let mut maps_out = Vec::new();
     let mut cgroups = Vec::new();
+    let mut profiles = Packed::new(PROFILE_SIZE, 0);
     for plan in &plans {
         let names = maps::of(plan.operation);
         let shift = (rules.len() - 1) as u32;
@@ -277,6 +271,14 @@ pub fn compile(set: &PolicySet, offsets: KernelOffsets) -> Result<Compiled, Comp
             };
             v1::BundleRule { policy: r.policy as u32, rule_id }
         }));
+        if plan.operation == Operation::Tune {
+            for (i, r) in plan.rules.iter().enumerate().skip(1) {
+                if let (Some(p), RuleName::Rule(rule)) = (set.policies.get(r.policy), r.rule) {
+                    profiles.index(i + shift as usize);
+                    profiles.values.extend_from_slice(&profile_bytes(p, rule));
+                }
+            }
+        }
         maps_out.extend(plan_maps(plan, shift));
         cgroups.extend(plan.cgroups.iter().map(|c| v1::BundleCgroup {
             path: c.path.clone(),
@@ -285,10 +287,30 @@ pub fn compile(set: &PolicySet, offsets: KernelOffsets) -> Result<Compiled, Comp
             map: names.cgroups.to_owned(),
         }));
     }
+    let policies: Vec<v1::BundlePolicy> =
+        set.policies.iter().map(|p| v1::BundlePolicy { name: p.name.clone(), revision: p.revision }).collect();
+    let rules_tag = palisade_contract::record::rules_tag(&policies, &rules);
+    let inputs = program::Inputs { plans: &plans, offsets, rules_tag };
+    let programs = Hook::ALL
+        .iter()
+        .filter_map(|&hook| {
+            program::program(hook, inputs)
+                .map(|p| p.map(|p| (hook, p)).map_err(|source| CompileError::Assemble { hook, source }))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut events = map(maps::EVENTS, v1::MapRole::Events, BPF_MAP_TYPE_RINGBUF, 0, 0, Vec::new());
     events.max_entries = EVENTS_BYTES;
     maps_out.push(events);
     maps_out.push(map(maps::LOST, v1::MapRole::Counters, BPF_MAP_TYPE_ARRAY, 4, 8, Vec::new()));
+    if programs.iter().any(|(h, _)| *h == Hook::SockOps) {
+        maps_out.push(profiles.map(maps::PROFILES, rules.len() as u32));
+        let mut flows = map(maps::FLOWS, v1::MapRole::Shared, BPF_MAP_TYPE_HASH, 8, FLOW_STATE_SIZE, Vec::new());
+        flows.max_entries = FLOWS_MAX;
+        maps_out.push(flows);
+        let mut stats = map(maps::FLOW_STATS, v1::MapRole::Counters, BPF_MAP_TYPE_ARRAY, 4, 8, Vec::new());
+        stats.max_entries = FLOW_STAT_COUNT;
+        maps_out.push(stats);
+    }
     let defs = map_defs(&maps_out);
     let elf_programs: Vec<ElfProgram<'_>> = programs
         .iter()
@@ -308,17 +330,28 @@ pub fn compile(set: &PolicySet, offsets: KernelOffsets) -> Result<Compiled, Comp
             })
             .collect(),
         maps: maps_out,
-        policies: set
-            .policies
-            .iter()
-            .map(|p| v1::BundlePolicy { name: p.name.clone(), revision: p.revision })
-            .collect(),
+        policies,
         rules,
         cgroups,
     };
     let bytes = content.encode_to_vec();
     let digest = palisade_proto::sha256_hex(&bytes);
     Ok(Compiled { content, bytes, digest, plans, programs })
+}
+
+/// A tuning profile as the sockops program reads it (`palisade_contract::map::PROFILES`).
+fn profile_bytes(p: &crate::policy::model::Policy, rule: usize) -> [u8; PROFILE_SIZE as usize] {
+    let mut out = [0_u8; PROFILE_SIZE as usize];
+    let settings = p.tune_settings.get(rule).cloned().unwrap_or_default();
+    let name = settings.congestion.as_bytes();
+    // Validation keeps names at 15 bytes, so the NUL always fits.
+    let n = name.len().min(15);
+    out[..n].copy_from_slice(&name[..n]);
+    out[16..20].copy_from_slice(&settings.initial_cwnd.to_le_bytes());
+    out[20..24].copy_from_slice(&u32::from(settings.no_delay).to_le_bytes());
+    let flags = if p.mode == crate::policy::model::Mode::Audit { palisade_contract::record::profile::AUDIT } else { 0 };
+    out[24..28].copy_from_slice(&flags.to_le_bytes());
+    out
 }
 
 impl Compiled {
@@ -485,8 +518,9 @@ mod tests {
         assert_eq!(a.bytes, b.bytes);
         assert_eq!(a.digest, b.digest);
         let obj = aya_obj::Object::parse(&a.content.elf).expect("aya parses the ELF");
+        // No connections section: no sockops program (and none without the node's offsets).
         for hook in Hook::ALL {
-            assert!(obj.programs.contains_key(hook.symbol()), "{hook:?}");
+            assert_eq!(obj.programs.contains_key(hook.symbol()), hook != Hook::SockOps, "{hook:?}");
         }
         for m in &a.content.maps {
             assert!(obj.maps.contains_key(&m.name), "{}", m.name);
@@ -528,5 +562,36 @@ mod tests {
                 assert_eq!(exits, 2, "{hook:?}");
             }
         }
+    }
+
+    #[test]
+    fn connections_sections_add_the_sockops_program_and_its_maps_only_with_the_nodes_offsets() {
+        let yaml = "name: c\nworkload: {cgroup: /web}\nconnections:\n  observe: {}\n  tune:\n    rules:\n      - {id: t, cidrs: [10.0.0.0/8], congestion: cubic, initial_cwnd: 10}\n";
+        let sock = crate::program::SockOffsets {
+            sk_cgrp_data: 640,
+            sk_uid: 300,
+            cgroup_level: 96,
+            cgroup_kn: 256,
+            cgroup_ancestors: 1000,
+            kernfs_node_id: 88,
+        };
+        let with = compile(&set(yaml), KernelOffsets { sock: Some(sock), ..OFFSETS }).expect("compiles");
+        let program = with.programs.iter().find(|(h, _)| *h == Hook::SockOps).map(|(_, p)| p).expect("sockops");
+        let exits: Vec<_> =
+            program.insns.windows(2).filter(|w| w[1] == crate::bpf::insn::exit()).map(|w| w[0]).collect();
+        assert_eq!(exits, [crate::bpf::insn::mov64_imm(R0, 1)], "one exit, returning 1");
+        let names: Vec<&str> = with.content.maps.iter().map(|m| m.name.as_str()).collect();
+        for name in [maps::FLOWS, maps::PROFILES, maps::FLOW_STATS] {
+            assert!(names.contains(&name), "{name} in {names:?}");
+        }
+        let profiles = with.content.maps.iter().find(|m| m.name == maps::PROFILES).expect("profiles");
+        assert_eq!(profiles.indices.len(), 1, "one profile, at the tune rule's index");
+        let at = profiles.indices[0] as usize;
+        assert_eq!(with.content.rules[at].rule_id, "t");
+        assert_eq!(&profiles.values[..6], b"cubic\0");
+        assert_eq!(profiles.values[16..20], 10_u32.to_le_bytes());
+        let without = compile(&set(yaml), OFFSETS).expect("compiles");
+        assert!(without.programs.iter().all(|(h, _)| *h != Hook::SockOps), "no offsets, no sockops program");
+        assert!(without.content.maps.iter().all(|m| m.name != maps::FLOWS));
     }
 }

@@ -20,8 +20,9 @@ mod lsm;
 mod path;
 mod record;
 mod sock_addr;
+mod sockops;
 
-use palisade_contract::{Attach, SockAddrHook, btf};
+use palisade_contract::{Attach, Operation, SockAddrHook, btf};
 pub use palisade_contract::{Hook, map as maps};
 
 pub use self::core::lookup;
@@ -45,8 +46,9 @@ pub trait Returns {
 impl Returns for Hook {
     fn allow(self) -> i32 {
         match self.spec().attach {
-            // cgroup sock_addr: 1 lets the call proceed (kernel/bpf/cgroup.c).
-            Attach::CgroupSockAddr(_) => 1,
+            // cgroup sock_addr: 1 lets the call proceed (kernel/bpf/cgroup.c); sockops
+            // programs return 1 too (they never refuse anything).
+            Attach::CgroupSockAddr(_) | Attach::CgroupSockOps => 1,
             // LSM: 0 allows.
             Attach::Lsm { .. } => 0,
         }
@@ -58,6 +60,8 @@ impl Returns for Hook {
             Attach::CgroupSockAddr(_) => 0,
             // LSM: a negative errno; never 1 (6.1 accepts it and connect then returns 1).
             Attach::Lsm { .. } => -EPERM,
+            // Nothing to deny: the same 1.
+            Attach::CgroupSockOps => 1,
         }
     }
 }
@@ -76,12 +80,32 @@ pub struct KernelOffsets {
     pub file_path: u32,
     /// `offsetof(struct file, f_mode)`.
     pub file_mode: u32,
+    /// What the sockops program reads of a socket's cgroup; `None` when the node did not
+    /// report every one of them (then no sockops program is generated).
+    pub sock: Option<SockOffsets>,
+}
+
+/// Kernel struct offsets the sockops program walks from a socket to its cgroup and ancestors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SockOffsets {
+    /// `offsetof(struct sock, sk_cgrp_data)` (its first member is the cgroup pointer).
+    pub sk_cgrp_data: u32,
+    /// `offsetof(struct sock, sk_uid)`.
+    pub sk_uid: u32,
+    /// `offsetof(struct cgroup, level)`.
+    pub cgroup_level: u32,
+    /// `offsetof(struct cgroup, kn)`.
+    pub cgroup_kn: u32,
+    /// `offsetof(struct cgroup, ancestors)`.
+    pub cgroup_ancestors: u32,
+    /// `offsetof(struct kernfs_node, id)`.
+    pub kernfs_node_id: u32,
 }
 
 impl KernelOffsets {
     /// The offsets of Debian's 6.12 x86-64 kernel: what the server compiles with for nodes
     /// that did not report their own (and for `CompilePolicy`).
-    pub const LINUX_6_12: Self = Self { socket_type: 4, binprm_file: 64, file_path: 64, file_mode: 12 };
+    pub const LINUX_6_12: Self = Self { socket_type: 4, binprm_file: 64, file_path: 64, file_mode: 12, sock: None };
 
     /// Offsets from reported `"struct.member"` values ([`palisade_contract::btf`] keys) (`reported` looks one up), each missing
     /// one taken from `defaults`.
@@ -92,6 +116,17 @@ impl KernelOffsets {
             binprm_file: get(btf::BINPRM_FILE.key, defaults.binprm_file),
             file_path: get(btf::FILE_PATH.key, defaults.file_path),
             file_mode: get(btf::FILE_MODE.key, defaults.file_mode),
+            sock: (|| {
+                Some(SockOffsets {
+                    sk_cgrp_data: reported(btf::SOCK_CGRP_DATA.key)?,
+                    sk_uid: reported(btf::SOCK_UID.key)?,
+                    cgroup_level: reported(btf::CGROUP_LEVEL.key)?,
+                    cgroup_kn: reported(btf::CGROUP_KN.key)?,
+                    cgroup_ancestors: reported(btf::CGROUP_ANCESTORS.key)?,
+                    kernfs_node_id: reported(btf::KERNFS_NODE_ID.key)?,
+                })
+            })()
+            .or(defaults.sock),
         }
     }
 }
@@ -119,17 +154,46 @@ const IPPROTO_UDP: i32 = 17;
 const SOCK_STREAM: i32 = 1;
 const SOCK_DGRAM: i32 = 2;
 
-/// Generates the program for `hook` from the partition of its operation: the adapter its
-/// attach kind needs in front of the shared core.
-pub fn program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result<Program, AsmError> {
-    debug_assert_eq!(plan.operation, hook.operation());
-    match hook.spec().attach {
+/// What a program is generated from: the partition of every operation, the node's struct
+/// offsets, and the tag of the bundle's rule table.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// Partitions, one per operation.
+    pub plans: &'a [Plan],
+    /// The node's struct offsets.
+    pub offsets: KernelOffsets,
+    /// Tag of the bundle's rule table (written into per-connection state, so a record can
+    /// be attributed with the table of the generation that decided it).
+    pub rules_tag: u32,
+}
+
+impl Inputs<'_> {
+    /// The partition of `op`.
+    fn plan(&self, op: crate::policy::model::Operation) -> &Plan {
+        self.plans.iter().find(|p| p.operation == op).unwrap_or(&self.plans[0])
+    }
+}
+
+/// Generates the program for `hook`: the adapter its attach kind needs in front of the shared
+/// core. None when the bundle needs no such program (sockops without a `connections`
+/// section) or the node lacks what it needs (sockops without [`SockOffsets`]).
+pub fn program(hook: Hook, inputs: Inputs<'_>) -> Option<Result<Program, AsmError>> {
+    let plan = inputs.plan(hook.operation());
+    let offsets = inputs.offsets;
+    Some(match hook.spec().attach {
+        Attach::CgroupSockOps => {
+            let (observe, tune) = (inputs.plan(Operation::Observe), inputs.plan(Operation::Tune));
+            if !sockops::needed(observe, tune) {
+                return None;
+            }
+            sockops::program(hook, observe, tune, offsets.sock?, inputs.rules_tag)
+        }
         Attach::CgroupSockAddr(which) => {
             sock_addr::program(hook, plan, matches!(which, SockAddrHook::Connect6 | SockAddrHook::Bind6))
         }
         Attach::Lsm { resolves_paths: true, .. } => path::program(hook, plan, offsets),
         Attach::Lsm { resolves_paths: false, .. } => lsm::program(hook, plan, offsets),
-    }
+    })
 }
 
 /// The labels every program exits through.

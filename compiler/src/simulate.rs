@@ -163,6 +163,7 @@ impl<'c> Simulation<'c> {
                 put(&mut ctx, 36, &protocol.to_le_bytes());
                 run.object(ctx)
             }
+            Attach::CgroupSockOps => return Err(SimulateError::NoProgram(hook)),
             Attach::Lsm { .. } => {
                 // socket_connect / socket_bind(struct socket *, struct sockaddr *, int): the
                 // sockaddr lives in a kernel sockaddr_storage (128 bytes).

@@ -22,8 +22,33 @@ pub const FILE_PATH: Field = Field { key: "file.f_path", struct_name: "file", me
 /// `offsetof(struct file, f_mode)`: the `files` program's access bits.
 pub const FILE_MODE: Field = Field { key: "file.f_mode", struct_name: "file", member: "f_mode" };
 
+/// `offsetof(struct sock, sk_cgrp_data)`: the sockops program's socket cgroup (its first
+/// member is the `struct cgroup *`).
+pub const SOCK_CGRP_DATA: Field = Field { key: "sock.sk_cgrp_data", struct_name: "sock", member: "sk_cgrp_data" };
+/// `offsetof(struct sock, sk_uid)`: the socket's owner uid.
+pub const SOCK_UID: Field = Field { key: "sock.sk_uid", struct_name: "sock", member: "sk_uid" };
+/// `offsetof(struct cgroup, level)`: the cgroup's depth.
+pub const CGROUP_LEVEL: Field = Field { key: "cgroup.level", struct_name: "cgroup", member: "level" };
+/// `offsetof(struct cgroup, kn)`: its kernfs node, whose id is the cgroup id.
+pub const CGROUP_KN: Field = Field { key: "cgroup.kn", struct_name: "cgroup", member: "kn" };
+/// `offsetof(struct cgroup, ancestors)`: the ancestors by level (Linux 6.0 and later).
+pub const CGROUP_ANCESTORS: Field = Field { key: "cgroup.ancestors", struct_name: "cgroup", member: "ancestors" };
+/// `offsetof(struct kernfs_node, id)`: the cgroup id of a cgroup's node.
+pub const KERNFS_NODE_ID: Field = Field { key: "kernfs_node.id", struct_name: "kernfs_node", member: "id" };
+
 /// Every field, in the order agents report them.
-pub const FIELDS: [Field; 4] = [SOCKET_TYPE, BINPRM_FILE, FILE_PATH, FILE_MODE];
+pub const FIELDS: [Field; 10] = [
+    SOCKET_TYPE,
+    BINPRM_FILE,
+    FILE_PATH,
+    FILE_MODE,
+    SOCK_CGRP_DATA,
+    SOCK_UID,
+    CGROUP_LEVEL,
+    CGROUP_KN,
+    CGROUP_ANCESTORS,
+    KERNFS_NODE_ID,
+];
 
 #[cfg(test)]
 mod tests {

@@ -75,6 +75,9 @@ pub enum Attach {
         /// Whether the program calls `bpf_d_path`, which some kernels refuse to LSM programs.
         resolves_paths: bool,
     },
+    /// A `sockops` program on the agent's attach cgroup (`BPF_CGROUP_SOCK_OPS`), through a
+    /// pinned link moved with `BPF_LINK_UPDATE`, on every node whatever its enforcement.
+    CgroupSockOps,
 }
 
 /// One generated program.
@@ -115,10 +118,12 @@ pub enum Hook {
     LsmExec,
     /// `lsm/file_open`.
     LsmFileOpen,
+    /// `sockops`.
+    SockOps,
 }
 
 /// The table, in [`Hook`] order (which is bundle order).
-pub const HOOKS: [HookSpec; 8] = [
+pub const HOOKS: [HookSpec; 9] = [
     HookSpec {
         hook: Hook::Connect4,
         id: v1::Hook::CgroupConnect4,
@@ -191,11 +196,21 @@ pub const HOOKS: [HookSpec; 8] = [
         operation: Operation::Files,
         record: RecordKind::PathDecision,
     },
+    HookSpec {
+        hook: Hook::SockOps,
+        id: v1::Hook::SockOps,
+        section: "sockops",
+        symbol: "pal_sockops",
+        attach: Attach::CgroupSockOps,
+        // It decides `connections.tune` too (both partitions are its input).
+        operation: Operation::Observe,
+        record: RecordKind::Flow,
+    },
 ];
 
 impl Hook {
     /// Every hook, in bundle order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Connect4,
         Self::Connect6,
         Self::LsmSocketConnect,
@@ -204,6 +219,7 @@ impl Hook {
         Self::LsmSocketBind,
         Self::LsmExec,
         Self::LsmFileOpen,
+        Self::SockOps,
     ];
 
     /// Its row of the table.
@@ -272,6 +288,7 @@ mod tests {
                     assert_eq!(h.record == RecordKind::PathDecision, h.operation.is_path());
                 }
                 Attach::CgroupSockAddr(_) => assert!(h.section.starts_with("cgroup/"), "{h:?}"),
+                Attach::CgroupSockOps => assert_eq!((h.section, h.record), ("sockops", RecordKind::Flow)),
             }
         }
     }

@@ -103,6 +103,18 @@ pub mod helper {
     /// `long bpf_d_path(struct path *path, char *buf, u32 sz)`: the path with its NUL, length
     /// including the NUL, or a negative errno.
     pub const D_PATH: i32 = 147;
+    /// `long bpf_map_update_elem(map, key, value, flags)`.
+    pub const MAP_UPDATE_ELEM: i32 = 2;
+    /// `long bpf_map_delete_elem(map, key)`.
+    pub const MAP_DELETE_ELEM: i32 = 3;
+    /// `u64 bpf_get_socket_cookie(ctx)`.
+    pub const GET_SOCKET_COOKIE: i32 = 46;
+    /// `long bpf_setsockopt(ctx, level, optname, optval, optlen)`.
+    pub const SETSOCKOPT: i32 = 49;
+    /// `long bpf_sock_ops_cb_flags_set(ctx, flags)`.
+    pub const SOCK_OPS_CB_FLAGS_SET: i32 = 59;
+    /// `struct tcp_sock *bpf_skc_to_tcp_sock(sk)`: a BTF pointer, or NULL.
+    pub const SKC_TO_TCP_SOCK: i32 = 137;
 
     /// The kernel name (`bpf_…`) of a helper this crate knows, for the disassembler.
     pub fn name(id: i32) -> Option<&'static str> {
@@ -117,6 +129,12 @@ pub mod helper {
             PROBE_READ_KERNEL => "bpf_probe_read_kernel",
             RINGBUF_OUTPUT => "bpf_ringbuf_output",
             D_PATH => "bpf_d_path",
+            MAP_UPDATE_ELEM => "bpf_map_update_elem",
+            MAP_DELETE_ELEM => "bpf_map_delete_elem",
+            GET_SOCKET_COOKIE => "bpf_get_socket_cookie",
+            SETSOCKOPT => "bpf_setsockopt",
+            SOCK_OPS_CB_FLAGS_SET => "bpf_sock_ops_cb_flags_set",
+            SKC_TO_TCP_SOCK => "bpf_skc_to_tcp_sock",
             _ => return None,
         })
     }

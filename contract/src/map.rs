@@ -12,6 +12,36 @@ pub const EVENTS: &str = "pal_events";
 /// (role `Counters`) the programs add to atomically and the agent reads.
 pub const LOST: &str = "pal_lost";
 
+/// Per-connection state of observed connections (role `Shared`, kept across generations):
+/// socket cookie (u64) → [`FLOW_STATE_SIZE`] bytes (see [`crate::record::flow_state`]).
+pub const FLOWS: &str = "pal_flows";
+
+/// Observed connections open at once, at most (a connection beyond it is counted in
+/// [`FLOW_STATS`] as untracked instead of recorded).
+pub const FLOWS_MAX: u32 = 65_536;
+
+/// Size of a [`FLOWS`] value.
+pub const FLOW_STATE_SIZE: u32 = 40;
+
+/// Tuning profiles by rule-table index (array, role `Static`): congestion name (16 bytes,
+/// NUL-padded), initial window u32, `TCP_NODELAY` u32, [`crate::record::profile`] flags u32,
+/// padding u32.
+pub const PROFILES: &str = "palt_profiles";
+
+/// Size of a [`PROFILES`] value.
+pub const PROFILE_SIZE: u32 = 32;
+
+/// Counters of the sockops program (array of [`FLOW_STAT_COUNT`] u64, role `Counters`):
+/// index [`FLOW_STAT_TUNE_REFUSED`], [`FLOW_STAT_UNTRACKED`].
+pub const FLOW_STATS: &str = "pal_flowstat";
+
+/// Counters in [`FLOW_STATS`].
+pub const FLOW_STAT_COUNT: u32 = 2;
+/// A setting of a tuning profile the kernel refused for one connection.
+pub const FLOW_STAT_TUNE_REFUSED: u32 = 0;
+/// An observed connection not recorded because [`FLOWS`] was full.
+pub const FLOW_STAT_UNTRACKED: u32 = 1;
+
 /// The kernel map types bundles use (UAPI `enum bpf_map_type`).
 pub mod kind {
     /// `BPF_MAP_TYPE_HASH`.

@@ -94,6 +94,8 @@ pub enum RecordKind {
     Decision,
     /// A path decision: the header, the key header and the path.
     PathDecision,
+    /// A closed TCP connection ([`flow`]).
+    Flow,
 }
 
 impl RecordKind {
@@ -102,7 +104,208 @@ impl RecordKind {
         match self {
             Self::Decision => HEADER_SIZE,
             Self::PathDecision => PATH_RECORD_SIZE,
+            Self::Flow => flow::SIZE,
         }
+    }
+}
+
+/// The flow record the sockops program writes when an observed connection closes. It shares
+/// the header's first 56 bytes (the hook id stays at 52, so readers tell records apart):
+///
+/// | offset | size | field |
+/// |---:|---:|---|
+/// | 0 | 8 | close time, `bpf_ktime_get_ns()` |
+/// | 8 | 8 | cgroup id of the socket |
+/// | 16 | 4 | 0 (no task runs a close in softirq; see semantics §13.8) |
+/// | 20 | 4 | uid of the socket (`sk_uid`) |
+/// | 24 | 4 | observe rule index into the establishing generation's rule table |
+/// | 28 | 4 | [`flow::flags`] |
+/// | 32 | 16 | peer address (IPv4 in the first 4 bytes) |
+/// | 48 | 2 | peer port, **network order** |
+/// | 50 | 1 | family ([`FAMILY_V4`]/[`FAMILY_V6`]) |
+/// | 51 | 1 | [`PROTO_TCP`] |
+/// | 52 | 4 | hook id |
+/// | 56 | 16 | local address |
+/// | 72 | 2 | local port, host order |
+/// | 76 | 4 | tune rule index (0: none) |
+/// | 80 | 8 | establishment time, `bpf_ktime_get_ns()` |
+/// | 88 | 8 | bytes sent and acknowledged (`bytes_acked`) |
+/// | 96 | 8 | bytes received (`bytes_received`) |
+/// | 104 | 4 | data segments out |
+/// | 108 | 4 | data segments in |
+/// | 112 | 4 | retransmitted segments (`total_retrans`) |
+/// | 116 | 4 | smoothed RTT, µs × 8 (`srtt_us` as the kernel keeps it) |
+/// | 120 | 4 | rule-table tag of the establishing generation |
+/// | 124 | 4 | minimum RTT, µs (`rtt_min`) |
+pub mod flow {
+    /// Record size.
+    pub const SIZE: usize = 128;
+    /// Local address.
+    pub const LOCAL_ADDR: usize = 56;
+    /// Local port (host order).
+    pub const LOCAL_PORT: usize = 72;
+    /// Tune rule.
+    pub const TUNE_RULE: usize = 76;
+    /// Establishment time.
+    pub const START: usize = 80;
+    /// Bytes acknowledged.
+    pub const BYTES_ACKED: usize = 88;
+    /// Bytes received.
+    pub const BYTES_RECEIVED: usize = 96;
+    /// Data segments out.
+    pub const SEGS_OUT: usize = 104;
+    /// Data segments in.
+    pub const SEGS_IN: usize = 108;
+    /// Retransmits.
+    pub const RETRANS: usize = 112;
+    /// srtt × 8.
+    pub const SRTT: usize = 116;
+    /// Rule-table tag.
+    pub const TAG: usize = 120;
+    /// Minimum RTT.
+    pub const RTT_MIN: usize = 124;
+
+    /// Flag bits of a flow record (and of the per-connection state).
+    pub mod flags {
+        /// The connection was accepted (passive open); else the node connected.
+        pub const INBOUND: u32 = 1;
+        /// A tuning profile was applied.
+        pub const TUNED: u32 = 2;
+        /// The deciding tune rule belongs to an audit-mode policy: nothing was set.
+        pub const WOULD_TUNE: u32 = 4;
+        /// The kernel refused at least one setting of the profile.
+        pub const TUNE_REFUSED: u32 = 8;
+    }
+}
+
+/// The per-connection state in `pal_flows`, written at establishment.
+pub mod flow_state {
+    /// Establishment time, u64.
+    pub const START: usize = 0;
+    /// Observe rule, u32.
+    pub const OBSERVE_RULE: usize = 8;
+    /// Tune rule, u32.
+    pub const TUNE_RULE: usize = 12;
+    /// [`super::flow::flags`], u32.
+    pub const FLAGS: usize = 16;
+    /// Rule-table tag, u32.
+    pub const TAG: usize = 20;
+    /// cgroup id of the socket, u64.
+    pub const CGROUP: usize = 24;
+    /// uid of the socket, u32.
+    pub const UID: usize = 32;
+}
+
+/// Flag bits of a tuning profile (`palt_profiles`).
+pub mod profile {
+    /// The rule's policy is in audit mode: choose the profile, set nothing.
+    pub const AUDIT: u32 = 1;
+}
+
+/// The 32-bit tag of a bundle's rule table (FNV-1a over the policies' names and revisions
+/// and the rules' policy indices and ids), which the sockops program writes into every
+/// connection's state: a flow record written after a swap is attributed with the table of
+/// the generation that decided it, found by this tag.
+pub fn rules_tag(policies: &[palisade_proto::v1::BundlePolicy], rules: &[palisade_proto::v1::BundleRule]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+        }
+    };
+    for p in policies {
+        eat(p.name.as_bytes());
+        eat(&[0]);
+        eat(&p.revision.to_le_bytes());
+    }
+    for r in rules {
+        eat(&r.policy.to_le_bytes());
+        eat(r.rule_id.as_bytes());
+        eat(&[0]);
+    }
+    h
+}
+
+/// One decoded flow record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FlowRecord {
+    /// Close time, `CLOCK_MONOTONIC` ns.
+    pub end_ns: u64,
+    /// Establishment time.
+    pub start_ns: u64,
+    /// cgroup id of the socket.
+    pub cgroup_id: u64,
+    /// uid of the socket.
+    pub uid: u32,
+    /// Observe rule index (establishing generation).
+    pub rule: u32,
+    /// Tune rule index (0: none).
+    pub tune_rule: u32,
+    /// [`flow::flags`].
+    pub flags: u32,
+    /// Peer address bytes.
+    pub peer: [u8; 16],
+    /// Peer port, host order.
+    pub peer_port: u16,
+    /// Local address bytes.
+    pub local: [u8; 16],
+    /// Local port.
+    pub local_port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Bytes sent (acknowledged by the peer).
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Data segments out.
+    pub segs_out: u32,
+    /// Data segments in.
+    pub segs_in: u32,
+    /// Retransmitted segments.
+    pub retransmits: u32,
+    /// Smoothed RTT in µs.
+    pub srtt_us: u32,
+    /// Minimum RTT in µs.
+    pub rtt_min_us: u32,
+    /// Rule-table tag of the establishing generation.
+    pub tag: u32,
+}
+
+impl FlowRecord {
+    /// Decodes a flow record.
+    pub fn decode(b: &[u8]) -> Result<Self, RecordError> {
+        if b.len() < flow::SIZE {
+            return Err(RecordError::Size { len: b.len(), expected: flow::SIZE });
+        }
+        let mut r = Self {
+            end_ns: u64_at(b, offset::TIME),
+            start_ns: u64_at(b, flow::START),
+            cgroup_id: u64_at(b, offset::CGROUP),
+            uid: u32_at(b, offset::UID),
+            rule: u32_at(b, offset::RULE),
+            tune_rule: u32_at(b, flow::TUNE_RULE),
+            flags: u32_at(b, offset::FLAGS),
+            peer_port: u16::from_be_bytes([b[offset::PORT], b[offset::PORT + 1]]),
+            local_port: u16::from_le_bytes([b[flow::LOCAL_PORT], b[flow::LOCAL_PORT + 1]]),
+            family: b[offset::FAMILY],
+            bytes_sent: u64_at(b, flow::BYTES_ACKED),
+            bytes_received: u64_at(b, flow::BYTES_RECEIVED),
+            segs_out: u32_at(b, flow::SEGS_OUT),
+            segs_in: u32_at(b, flow::SEGS_IN),
+            retransmits: u32_at(b, flow::RETRANS),
+            srtt_us: u32_at(b, flow::SRTT) >> 3,
+            rtt_min_us: u32_at(b, flow::RTT_MIN),
+            tag: u32_at(b, flow::TAG),
+            ..Self::default()
+        };
+        r.peer.copy_from_slice(&b[offset::ADDR..offset::ADDR + 16]);
+        r.local.copy_from_slice(&b[flow::LOCAL_ADDR..flow::LOCAL_ADDR + 16]);
+        Ok(r)
+    }
+
+    /// The hook id a record carries at offset 52, if it is long enough to have one.
+    pub fn hook_of(b: &[u8]) -> Option<u32> {
+        (b.len() >= HEADER_SIZE).then(|| u32_at(b, offset::HOOK))
     }
 }
 

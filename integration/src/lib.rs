@@ -295,3 +295,24 @@ pub fn drop_database_blocking(base: &str, name: &str) {
     })
     .join();
 }
+
+/// Removes a bench's pins and cgroup however the run ends (error or panic): removing the pins
+/// detaches every program they hold; the process moves back to the root cgroup first so its
+/// own can be removed.
+#[derive(Debug)]
+pub struct BenchCleanup {
+    /// The bench's bpffs directory.
+    pub pins: PathBuf,
+    /// The cgroup2 mount.
+    pub cgroup2: PathBuf,
+    /// The bench's cgroup directory.
+    pub dir: PathBuf,
+}
+
+impl Drop for BenchCleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pins);
+        let _ = std::fs::write(self.cgroup2.join("cgroup.procs"), std::process::id().to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

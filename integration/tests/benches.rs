@@ -77,3 +77,22 @@ fn agent_footprint_reports_rss_and_the_idle_agent_stays_small() {
     assert!(busy > 0.0 && busy <= 16.0, "anonymous memory enforcing 10,000 rules {busy} MiB:\n{stdout}");
     assert!(after <= idle + 2.0, "memory taken by the large bundle is given back ({after} vs {idle} MiB):\n{stdout}");
 }
+
+/// `flow-bench` runs (debug build, a small tune table) and accounts for every connection end
+/// of its loop: each is decoded from the ring buffer exactly once, none dropped or untracked.
+#[test]
+fn flow_bench_reports_its_figures_and_records_every_connection_end() {
+    if !palisade_integration::kernel_tests_enabled("flow-bench") {
+        return;
+    }
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_flow-bench")).args(["--rules", "100"]).output().expect("flow-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("x no program") && stdout.contains("ns per sockops callback"), "{stdout}");
+    let line = stdout.lines().find(|l| l.contains("flow records decoded")).unwrap_or_else(|| panic!("{stdout}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // "- flow records decoded: N of M connection ends (dropped D, untracked U); …"
+    assert_eq!(words[4], words[6], "every connection end recorded: {line}");
+    assert!(line.contains("(dropped 0, untracked 0)"), "{line}");
+}

@@ -102,6 +102,89 @@ pub fn decode(
     })
 }
 
+/// One closed TCP connection, attributed (semantics §13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    /// The observing policy, its revision and the rule that named the record ("default" for
+    /// `observe: {}`).
+    pub policy: String,
+    /// Its revision.
+    pub revision: u64,
+    /// The observe rule id.
+    pub rule_id: String,
+    /// The deciding tune rule as `policy/rule`, if any.
+    pub tune: Option<String>,
+    /// The decoded record.
+    pub record: record::FlowRecord,
+    /// Peer address.
+    pub peer: IpAddr,
+    /// Local address.
+    pub local: IpAddr,
+    /// Close time, Unix ns.
+    pub end_unix_ns: i128,
+}
+
+impl Flow {
+    /// Whether the node accepted the connection (else it connected).
+    pub fn inbound(&self) -> bool {
+        self.record.flags & record::flow::flags::INBOUND != 0
+    }
+}
+
+/// The attribution tables of one generation, for flow records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleTable {
+    /// `BundleContent.policies`.
+    pub policies: Vec<v1::BundlePolicy>,
+    /// `BundleContent.rules`.
+    pub rules: Vec<v1::BundleRule>,
+}
+
+impl RuleTable {
+    /// The tables of `content` and their tag.
+    pub fn of(content: &v1::BundleContent) -> (u32, Self) {
+        let table = Self { policies: content.policies.clone(), rules: content.rules.clone() };
+        (record::rules_tag(&table.policies, &table.rules), table)
+    }
+
+    /// `(policy, revision, rule id)` of rule `index`.
+    fn name(&self, index: u32) -> Option<(&str, u64, &str)> {
+        let rule = self.rules.get(index as usize).filter(|_| index != 0)?;
+        let policy = self.policies.get(rule.policy as usize)?;
+        Some((policy.name.as_str(), policy.revision, rule.rule_id.as_str()))
+    }
+}
+
+fn ip(family: u8, bytes: [u8; 16]) -> IpAddr {
+    if family == record::FAMILY_V6 {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    }
+}
+
+/// Decodes a flow record with the rule table whose tag it carries.
+pub fn decode_flow(
+    bytes: &[u8],
+    table: impl Fn(u32) -> Option<std::sync::Arc<RuleTable>>,
+    clock_offset: i128,
+) -> Result<Flow, DecodeError> {
+    let r = record::FlowRecord::decode(bytes).map_err(|RecordError::Size { len, .. }| DecodeError::Size(len))?;
+    let table = table(r.tag).ok_or(DecodeError::Rule(r.rule))?;
+    let (policy, revision, rule_id) = table.name(r.rule).ok_or(DecodeError::Rule(r.rule))?;
+    let tune = table.name(r.tune_rule).map(|(p, _, rule)| format!("{p}/{rule}"));
+    Ok(Flow {
+        policy: policy.to_owned(),
+        revision,
+        rule_id: rule_id.to_owned(),
+        tune,
+        peer: ip(r.family, r.peer),
+        local: ip(r.family, r.local),
+        end_unix_ns: i128::from(r.end_ns) + clock_offset,
+        record: r,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,6 +58,11 @@ impl Paths {
         self.bpffs.join("links")
     }
 
+    /// Maps every generation shares (role `Shared`), pinned by name.
+    fn shared(&self) -> PathBuf {
+        self.bpffs.join("shared")
+    }
+
     fn state_file(&self) -> PathBuf {
         self.state_dir.join("active.bundle")
     }
@@ -219,9 +224,28 @@ pub struct Active {
     events: Option<RingBuf<MapData>>,
     /// `pal_lost`: records the ring buffer had no room for.
     lost: Option<MapFd>,
+    /// `pal_flowstat`: the sockops program's counters.
+    flow_stats: Option<MapFd>,
+    /// Its rule table and tag, to attribute flow records.
+    table: (u32, std::sync::Arc<events::RuleTable>),
 }
 
 impl Active {
+    /// A generation whose maps are not opened yet.
+    fn new(bundle: v1::Bundle, content: v1::BundleContent, gen_dir: PathBuf) -> Self {
+        let (tag, table) = events::RuleTable::of(&content);
+        Self {
+            bundle,
+            content,
+            gen_dir,
+            cgroup_maps: BTreeMap::new(),
+            events: None,
+            lost: None,
+            flow_stats: None,
+            table: (tag, std::sync::Arc::new(table)),
+        }
+    }
+
     /// Records this generation's programs could not write to its ring buffer so far.
     fn lost(&self) -> u64 {
         self.lost.as_ref().and_then(|m| m.lookup_u64(0).ok().flatten()).unwrap_or(0)
@@ -256,6 +280,40 @@ pub struct Datapath {
     undecodable: std::sync::atomic::AtomicU64,
     /// Records released generations could not write to their ring buffers.
     lost_retired: std::sync::atomic::AtomicU64,
+    /// Closed connections decoded from the ring buffers, until [`Datapath::take_flows`].
+    flows: FlowSink,
+}
+
+/// Most decoded flow records the datapath holds before the agent takes them; beyond it they
+/// are counted in [`FlowSink::dropped`].
+pub const MAX_PENDING_FLOWS: usize = 8192;
+
+/// Rule tables of generations recently run, by tag (flow records of connections opened under
+/// an earlier generation carry its tag).
+const FLOW_TABLES: usize = 16;
+
+/// Decoded flow records and what attributes them.
+#[derive(Debug, Default)]
+struct FlowSink {
+    tables: std::collections::VecDeque<(u32, std::sync::Arc<events::RuleTable>)>,
+    pending: Vec<events::Flow>,
+    /// Records not kept because `pending` was full.
+    dropped: u64,
+}
+
+impl FlowSink {
+    fn remember(&mut self, (tag, table): &(u32, std::sync::Arc<events::RuleTable>)) {
+        if self.tables.front().is_some_and(|(t, _)| t == tag) {
+            return;
+        }
+        self.tables.retain(|(t, _)| t != tag);
+        self.tables.push_front((*tag, table.clone()));
+        self.tables.truncate(FLOW_TABLES);
+    }
+
+    fn table(&self, tag: u32) -> Option<std::sync::Arc<events::RuleTable>> {
+        self.tables.iter().find(|(t, _)| *t == tag).map(|(_, table)| table.clone())
+    }
 }
 
 /// What an enforcing generation keeps of its content: everything but the ELF and the map
@@ -386,6 +444,7 @@ impl Datapath {
             batch_fallbacks: std::sync::atomic::AtomicU64::new(0),
             undecodable: std::sync::atomic::AtomicU64::new(0),
             lost_retired: std::sync::atomic::AtomicU64::new(0),
+            flows: FlowSink::default(),
         }
     }
 
@@ -508,8 +567,9 @@ impl Datapath {
             );
             write_state(&self.paths, &bundle.encode_to_vec())?;
         }
+        self.remove_stale_links(&content);
         let content = retained(&content);
-        let mut active = Active { bundle, content, gen_dir, cgroup_maps: BTreeMap::new(), events: None, lost: None };
+        let mut active = Active::new(bundle, content, gen_dir);
         self.open_maps(&mut active)?;
         self.release_others(&active.gen_dir, None, &mut Vec::new());
         tracing::info!(generation = active.bundle.generation, digest = active.bundle.digest, "adopted pinned bundle");
@@ -553,6 +613,9 @@ impl Datapath {
                 active.cgroup_maps.insert(m.name.clone(), (map, ids));
             } else if m.role == v1::MapRole::Counters as i32 && m.name == map::LOST {
                 active.lost = Some(MapFd::open(&pin).map_err(io_err(format!("opening pinned map {}", pin.display())))?);
+            } else if m.role == v1::MapRole::Counters as i32 && m.name == map::FLOW_STATS {
+                active.flow_stats =
+                    Some(MapFd::open(&pin).map_err(io_err(format!("opening pinned map {}", pin.display())))?);
             } else if m.role == v1::MapRole::Events as i32 {
                 let data = MapData::from_pin(&pin).map_err(LoadError::Events)?;
                 let map = Map::from_map_data(data).map_err(LoadError::Events)?;
@@ -631,6 +694,7 @@ impl Datapath {
         }
         drop(undo);
         fault_point("state");
+        self.remove_stale_links(&content);
         self.drain(drained);
         let old = self.active.take();
         self.release_others(&gen_dir, old, drained);
@@ -647,7 +711,7 @@ impl Datapath {
     /// (make-before-break), waits until the kernel has detached them, so that an
     /// acknowledged generation is exactly what enforces, then drains the decisions `old`
     /// made during the overlap.
-    fn release_others(&self, keep: &Path, old: Option<Active>, drained: &mut Vec<v1::DecisionEvent>) {
+    fn release_others(&mut self, keep: &Path, old: Option<Active>, drained: &mut Vec<v1::DecisionEvent>) {
         let others: Vec<recover::Pinned> =
             recover::pinned_generations(&self.paths.bpffs).into_iter().filter(|p| p.dir != keep).collect();
         let overlapping: Vec<u32> = if self.strategies.iter().any(|s| s.overlaps()) {
@@ -662,7 +726,7 @@ impl Datapath {
         }
         wait_released(&overlapping);
         if let Some(mut old) = old {
-            drain_active(&mut old, self.clock_offset, &self.undecodable, drained);
+            drain_active(&mut old, self.clock_offset, &self.undecodable, drained, &mut self.flows);
             self.lost_retired.fetch_add(old.lost(), std::sync::atomic::Ordering::Relaxed);
         }
         let kept = self.paths.bundle_file(keep);
@@ -688,7 +752,7 @@ impl Datapath {
     /// again if needed, the same bundle staged and attached anew.
     pub fn restore(&mut self, drained: &mut Vec<v1::DecisionEvent>) -> Result<(), LoadError> {
         let Some(mut vanished) = self.active.take() else { return Ok(()) };
-        drain_active(&mut vanished, self.clock_offset, &self.undecodable, drained);
+        drain_active(&mut vanished, self.clock_offset, &self.undecodable, drained, &mut self.flows);
         self.lost_retired.fetch_add(vanished.lost(), std::sync::atomic::Ordering::Relaxed);
         let bundle = vanished.bundle.clone();
         drop(vanished);
@@ -729,11 +793,23 @@ impl Datapath {
         // BTF itself), so none are attempted. aya 0.14 still parses the kernel's BTF in
         // `EbpfLoader::new` (~20 MB for a moment on 6.18); the trim after each apply gives
         // that memory back.
-        let mut ebpf = EbpfLoader::new()
-            .btf(None)
-            .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
-            .load(as_bytes(&words, content.elf.len()))
-            .map_err(LoadError::Elf)?;
+        // Shared maps (pal_flows) are opened from their pin under `shared/` when an earlier
+        // generation created them, and created and pinned there otherwise.
+        let shared: Vec<(&str, PathBuf)> = content
+            .maps
+            .iter()
+            .filter(|m| m.role == v1::MapRole::Shared as i32)
+            .map(|m| (m.name.as_str(), self.paths.shared().join(&m.name)))
+            .collect();
+        if !shared.is_empty() {
+            std::fs::create_dir_all(self.paths.shared()).map_err(io_err("creating the shared maps directory"))?;
+        }
+        let mut loader = EbpfLoader::new();
+        loader.btf(None).verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
+        for (name, pin) in &shared {
+            loader.map_pin_path(name, pin.as_path());
+        }
+        let mut ebpf = loader.load(as_bytes(&words, content.elf.len())).map_err(LoadError::Elf)?;
         for m in &content.maps {
             let map = ebpf.map(&m.name).ok_or_else(|| Malformed::Missing { kind: "map", name: m.name.clone() })?;
             let fd = map_fd(map).ok_or_else(|| Malformed::Role {
@@ -762,14 +838,7 @@ impl Datapath {
             strategy.stage(&mut ebpf, p, hook, gen_dir)?;
         }
         fault_point("staged");
-        let mut active = Active {
-            bundle: bundle.clone(),
-            content: retained(content),
-            gen_dir: gen_dir.to_owned(),
-            cgroup_maps: BTreeMap::new(),
-            events: None,
-            lost: None,
-        };
+        let mut active = Active::new(bundle.clone(), retained(content), gen_dir.to_owned());
         self.open_maps(&mut active)?;
         Ok(active)
     }
@@ -833,8 +902,50 @@ impl Datapath {
     /// Moves every queued event record into `out`.
     pub fn drain(&mut self, out: &mut Vec<v1::DecisionEvent>) {
         if let Some(active) = &mut self.active {
-            drain_active(active, self.clock_offset, &self.undecodable, out);
+            drain_active(active, self.clock_offset, &self.undecodable, out, &mut self.flows);
         }
+    }
+
+    /// Removes the stable links of hooks `content` has no program for (a generation without
+    /// `connections` sections has no sockops program): the kernel detaches them. Runs once the
+    /// generation is recorded; after a crash before it, [`Self::adopt`] does it.
+    fn remove_stale_links(&self, content: &v1::BundleContent) {
+        let Ok(entries) = std::fs::read_dir(self.paths.links()) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let known = palisade_contract::hook::HOOKS.iter().any(|h| h.symbol == name);
+            if known && !content.programs.iter().any(|p| p.name == name) {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => {
+                        tracing::info!(program = name, "detached a hook the enforced generation has no program for");
+                    }
+                    Err(error) => tracing::warn!(%error, program = name, "could not remove a stale link"),
+                }
+            }
+        }
+    }
+
+    /// Takes the closed connections decoded so far (call [`Self::drain`] first).
+    pub fn take_flows(&mut self) -> Vec<events::Flow> {
+        std::mem::take(&mut self.flows.pending)
+    }
+
+    /// Flow records dropped because the agent did not take them in time.
+    pub fn flows_dropped(&self) -> u64 {
+        self.flows.dropped
+    }
+
+    /// The sockops program's counters in the active generation: tune settings the kernel
+    /// refused, and observed connections not recorded because `pal_flows` was full.
+    pub fn flow_stats(&self) -> (u64, u64) {
+        let read = |i| {
+            self.active
+                .as_ref()
+                .and_then(|a| a.flow_stats.as_ref())
+                .and_then(|m| m.lookup_u64(i).ok().flatten())
+                .unwrap_or(0)
+        };
+        (read(map::FLOW_STAT_TUNE_REFUSED), read(map::FLOW_STAT_UNTRACKED))
     }
 
     /// Detaches everything this agent attached and removes its pins and state (used by tests
@@ -862,9 +973,23 @@ fn drain_active(
     clock_offset: i128,
     undecodable: &std::sync::atomic::AtomicU64,
     out: &mut Vec<v1::DecisionEvent>,
+    flows: &mut FlowSink,
 ) {
+    flows.remember(&active.table);
     let Some(ring) = &mut active.events else { return };
+    let sockops = palisade_contract::Hook::SockOps.id() as u32;
     while let Some(item) = ring.next() {
+        if palisade_contract::record::FlowRecord::hook_of(&item) == Some(sockops) {
+            match events::decode_flow(&item, |tag| flows.table(tag), clock_offset) {
+                Ok(flow) if flows.pending.len() < MAX_PENDING_FLOWS => flows.pending.push(flow),
+                Ok(_) => flows.dropped += 1,
+                Err(error) => {
+                    undecodable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(%error, "dropping an undecodable flow record");
+                }
+            }
+            continue;
+        }
         match events::decode(&item, &active.content, &active.bundle.digest, clock_offset) {
             Ok(event) => out.push(event),
             Err(error) => {

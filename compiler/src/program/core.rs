@@ -115,6 +115,18 @@ fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, Exits { allow, deny }: E
     a.jmp_imm(Jmp::Jne, R1, 0, deny);
 }
 
+/// r9 = workload class, `ADDR_KEY` = the address, r7 = port (network order), r8 = protocol →
+/// r0 = the cell's value (rule, flags), or go to `none` when the partition has no value
+/// there. r6 is scratch. The walk of the decision core, for programs that act on a value
+/// instead of deciding (sockops).
+pub(super) fn value_of(a: &mut Asm, names: maps::Names, v6: bool, none: Label) {
+    address_region(a, names, v6);
+    port_value(a, names, none);
+    a.push(insn::stx(Size::W, R10, R1, INDEX_KEY));
+    lookup(a, names.values, INDEX_KEY);
+    a.jmp_imm(Jmp::Jeq, R0, 0, none);
+}
+
 /// r9 = workload class → r9 = region id of the destination (in `ADDR_KEY`); r6 is scratch.
 fn address_region(a: &mut Asm, names: maps::Names, v6: bool) {
     let walked = a.label();

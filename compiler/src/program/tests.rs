@@ -148,6 +148,13 @@ exec:
 files:
   rules:
     - {id: f1, action: deny, access: [write], paths: [/etc/]}
+connections:
+  observe:
+    rules:
+      - {id: o1, cidrs: [10.0.0.0/8], ports: [443]}
+  tune:
+    rules:
+      - {id: t1, cidrs: [\"::/0\"], congestion: cubic, no_delay: true}
 ---
 name: watch
 mode: audit
@@ -164,7 +171,16 @@ fn disassembly_of_every_hook_matches_its_reviewed_golden_file() {
     let docs: Vec<_> =
         palisade_proto::document::parse_all(GOLDEN_SET).into_iter().map(|d| d.expect("parses").to_proto()).collect();
     let set = PolicySet::new(docs.iter().map(|p| (p, 1)), Vec::new()).expect("model");
-    let compiled = compile(&set, OFFSETS).expect("compiles");
+    // Struct offsets of the sockops program as a node would report them (Debian 6.18).
+    let sock = crate::program::SockOffsets {
+        sk_cgrp_data: 664,
+        sk_uid: 604,
+        cgroup_level: 196,
+        cgroup_kn: 256,
+        cgroup_ancestors: 2288,
+        kernfs_node_id: 96,
+    };
+    let compiled = compile(&set, KernelOffsets { sock: Some(sock), ..OFFSETS }).expect("compiles");
     assert_eq!(compiled.programs.len(), Hook::ALL.len());
     let bless = std::env::var_os("PALISADE_BLESS").is_some();
     for (hook, program) in &compiled.programs {

@@ -219,6 +219,7 @@ fn main() {
         format!("listed={listed} unlisted={unlisted}"),
     );
 
+    connections_checks(&mut suite, &mut datapath, &mut apply, &work, other_port);
     swap_under_load(&mut suite, &mut datapath, &mut apply, &work, port);
 
     bind_denied(&mut suite, &mut datapath, &mut apply, &work, &other, other_port);
@@ -230,6 +231,43 @@ fn main() {
 
     remove_and_check_detached(&mut suite, datapath, &work, port);
     println!("DONE {} {}", suite.passed, suite.failed);
+}
+
+/// connections: the sockops program records and tunes a connection from the workload (its
+/// establishment path verified by this kernel).
+fn connections_checks(
+    suite: &mut Suite,
+    datapath: &mut Datapath,
+    apply: &mut impl FnMut(&mut Datapath, &str, &mut Vec<v1::DecisionEvent>) -> Result<(), String>,
+    work: &Path,
+    other_port: u16,
+) {
+    let flows_policy = format!(
+        "name: lsm-flows\nworkload: {{cgroup: /work}}\nconnections:\n  observe: {{}}\n  tune:\n    rules:\n      - {{id: tune-{other_port}, cidrs: [127.0.0.0/8], ports: [{other_port}], congestion: reno, initial_cwnd: 16, no_delay: true}}\n"
+    );
+    let loaded = apply(datapath, &flows_policy, &mut Vec::new());
+    let made = connect(work, "tcp", "127.0.0.1", other_port);
+    let flows = palisade_testkit::poll_blocking(Duration::from_secs(3), || {
+        datapath.drain(&mut Vec::new());
+        let flows = datapath.take_flows();
+        (!flows.is_empty()).then_some(flows)
+    })
+    .unwrap_or_default();
+    let seen: Vec<String> = flows
+        .iter()
+        .map(|f| format!("{}:{}:{}:{:?}:{}", f.rule_id, f.peer, f.record.peer_port, f.tune, f.record.flags))
+        .collect();
+    let tuned = palisade_contract::record::flow::flags::TUNED;
+    let ok = flows.iter().any(|f| {
+        f.record.peer_port == other_port
+            && f.tune.as_deref() == Some(&format!("lsm-flows/tune-{other_port}"))
+            && f.record.flags == tuned
+    });
+    suite.check(
+        "connections_recorded_and_tuned",
+        loaded.is_ok() && made == "ok" && ok,
+        format!("loaded={loaded:?} connect={made} flows={seen:?} stats={:?}", datapath.flow_stats()),
+    );
 }
 
 /// Removing the pins detaches everything.
@@ -522,7 +560,8 @@ fn crash_at_every_step(suite: &mut Suite, datapath: Datapath, work: &Path, port:
         generation += 1;
         let deny = deny_policy("/work", port, "enforce", "allow", "deny");
         let dying = run(&deny.replace("id: rule", &format!("id: {step}-rule")), generation, step);
-        // LSM swaps move no links, so `hook` is never reached: that worker finishes.
+        // LSM swaps move no links (these bundles have no connections section, so no sockops
+        // link either), so `hook` is never reached: that worker finishes.
         let aborted = dying.as_ref().is_ok_and(|o| {
             use std::os::unix::process::ExitStatusExt as _;
             if step == "hook" { o.status.success() } else { o.status.signal() == Some(libc::SIGABRT) }

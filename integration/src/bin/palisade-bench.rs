@@ -390,23 +390,6 @@ struct Args {
     profile: Option<String>,
 }
 
-/// Removes the bench's pins and cgroup however the run ends (error or panic): removing the
-/// pins detaches every program they hold.
-struct Cleanup {
-    pins: PathBuf,
-    cgroup2: PathBuf,
-    dir: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pins);
-        // Move back out so the cgroup can be removed.
-        let _ = std::fs::write(self.cgroup2.join("cgroup.procs"), std::process::id().to_string());
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
     if args.compile_only {
@@ -424,7 +407,8 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())?;
     palisade_agent::sys::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
     let pins = PathBuf::from(format!("/sys/fs/bpf/palisade-bench-{}", std::process::id()));
-    let _cleanup = Cleanup { pins: pins.clone(), cgroup2: cgroup2.clone(), dir: dir.clone() };
+    let _cleanup =
+        palisade_integration::BenchCleanup { pins: pins.clone(), cgroup2: cgroup2.clone(), dir: dir.clone() };
     let state = tempfile::tempdir()?;
     let mut datapath = Datapath::new(Paths {
         bpffs: pins,

@@ -18,7 +18,7 @@ use std::{
     sync::OnceLock,
 };
 
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps, links::FdLink};
 use palisade_contract::{Attach, HookSpec, SockAddrHook, hook::HOOKS};
 use palisade_proto::v1;
 
@@ -47,8 +47,12 @@ impl Enforcement {
     /// The strategies that attach this enforcement's programs.
     pub(super) fn strategies(self, attach_cgroup: &Path) -> Vec<Box<dyn Strategy>> {
         match self {
-            Self::Cgroup => vec![Box::new(CgroupLinks { cgroup: attach_cgroup.to_owned() })],
-            Self::Lsm { resolve_paths } => vec![Box::new(LsmGenerations { resolve_paths, btf: OnceLock::new() })],
+            Self::Cgroup => vec![Box::new(CgroupLinks { cgroup: attach_cgroup.to_owned(), sock_addr: true })],
+            // sockops programs attach to the cgroup whatever enforces the decisions.
+            Self::Lsm { resolve_paths } => vec![
+                Box::new(LsmGenerations { resolve_paths, btf: OnceLock::new() }),
+                Box::new(CgroupLinks { cgroup: attach_cgroup.to_owned(), sock_addr: false }),
+            ],
         }
     }
 }
@@ -157,29 +161,46 @@ fn program_error(what: &'static str, name: &str) -> impl FnOnce(aya::programs::P
 pub(super) struct CgroupLinks {
     /// The cgroup the programs attach to (its subtree is covered).
     cgroup: PathBuf,
+    /// Whether it attaches the `sock_addr` programs too (else only sockops).
+    sock_addr: bool,
 }
 
 impl CgroupLinks {
     /// Creates and pins the cgroup link for a program that has none yet.
-    fn attach(&self, p: &v1::BundleProgram, hook: SockAddrHook, gen_dir: &Path, pin: &Path) -> Result<(), LoadError> {
+    fn attach(&self, p: &v1::BundleProgram, hook: Attach, gen_dir: &Path, pin: &Path) -> Result<(), LoadError> {
         use aya::programs::cgroup_sock_addr::CgroupSockAddrAttachType as T;
-        let attach_type = match hook {
-            SockAddrHook::Connect4 => T::Connect4,
-            SockAddrHook::Connect6 => T::Connect6,
-            SockAddrHook::Bind4 => T::Bind4,
-            SockAddrHook::Bind6 => T::Bind6,
-        };
         let program_error = |what| program_error(what, &p.name);
-        let mut program = CgroupSockAddr::from_pin(prog_pin(gen_dir, &p.name), attach_type)
-            .map_err(program_error("reopening pinned program"))?;
         let cgroup = File::open(&self.cgroup).map_err(super::io_err(format!("opening {}", self.cgroup.display())))?;
-        // aya 0.14 passes the mode as link flags; only Single is accepted by link_create.
-        let id = program.attach(&cgroup, CgroupAttachMode::Single).map_err(program_error("attaching"))?;
-        let link: FdLink = program
-            .take_link(id)
-            .map_err(program_error("taking the link of"))?
-            .try_into()
-            .map_err(|source| LoadError::Link { program: p.name.clone(), source })?;
+        let link: FdLink = match hook {
+            Attach::CgroupSockAddr(hook) => {
+                let attach_type = match hook {
+                    SockAddrHook::Connect4 => T::Connect4,
+                    SockAddrHook::Connect6 => T::Connect6,
+                    SockAddrHook::Bind4 => T::Bind4,
+                    SockAddrHook::Bind6 => T::Bind6,
+                };
+                let mut program = CgroupSockAddr::from_pin(prog_pin(gen_dir, &p.name), attach_type)
+                    .map_err(program_error("reopening pinned program"))?;
+                // aya 0.14 passes the mode as link flags; only Single is accepted by link_create.
+                let id = program.attach(&cgroup, CgroupAttachMode::Single).map_err(program_error("attaching"))?;
+                program
+                    .take_link(id)
+                    .map_err(program_error("taking the link of"))?
+                    .try_into()
+                    .map_err(|source| LoadError::Link { program: p.name.clone(), source })?
+            }
+            Attach::CgroupSockOps => {
+                let mut program =
+                    SockOps::from_pin(prog_pin(gen_dir, &p.name)).map_err(program_error("reopening pinned program"))?;
+                let id = program.attach(&cgroup, CgroupAttachMode::Single).map_err(program_error("attaching"))?;
+                program
+                    .take_link(id)
+                    .map_err(program_error("taking the link of"))?
+                    .try_into()
+                    .map_err(|source| LoadError::Link { program: p.name.clone(), source })?
+            }
+            Attach::Lsm { .. } => return Ok(()),
+        };
         link.pin(pin).map_err(|source| LoadError::Pin { what: format!("link {}", pin.display()), source })?;
         Ok(())
     }
@@ -187,21 +208,31 @@ impl CgroupLinks {
 
 impl Strategy for CgroupLinks {
     fn handles(&self, hook: &HookSpec) -> bool {
-        matches!(hook.attach, Attach::CgroupSockAddr(_))
+        match hook.attach {
+            Attach::CgroupSockAddr(_) => self.sock_addr,
+            Attach::CgroupSockOps => true,
+            Attach::Lsm { .. } => false,
+        }
     }
 
     fn stage(
         &self,
         ebpf: &mut aya::Ebpf,
         p: &v1::BundleProgram,
-        _hook: &HookSpec,
+        hook: &HookSpec,
         gen_dir: &Path,
     ) -> Result<(), LoadError> {
-        let program: &mut CgroupSockAddr = super::program_mut(ebpf, &p.name)?;
-        load_retrying(&p.name, || program.load())?;
-        program
-            .pin(prog_pin(gen_dir, &p.name))
-            .map_err(|source| LoadError::Pin { what: format!("program {}", p.name), source })
+        let pin = prog_pin(gen_dir, &p.name);
+        let pinned = if matches!(hook.attach, Attach::CgroupSockOps) {
+            let program: &mut SockOps = super::program_mut(ebpf, &p.name)?;
+            load_retrying(&p.name, || program.load())?;
+            program.pin(pin)
+        } else {
+            let program: &mut CgroupSockAddr = super::program_mut(ebpf, &p.name)?;
+            load_retrying(&p.name, || program.load())?;
+            program.pin(pin)
+        };
+        pinned.map_err(|source| LoadError::Pin { what: format!("program {}", p.name), source })
     }
 
     fn commit(
@@ -213,13 +244,15 @@ impl Strategy for CgroupLinks {
         std::fs::create_dir_all(links).map_err(super::io_err("creating the links directory"))?;
         let mut undo = Undo::default();
         for &(p, hook) in programs {
-            let Attach::CgroupSockAddr(sock_addr) = hook.attach else { continue };
+            if !matches!(hook.attach, Attach::CgroupSockAddr(_) | Attach::CgroupSockOps) {
+                continue;
+            }
             let step = (|| {
                 let new = ProgFd::open(&prog_pin(next, &p.name))
                     .map_err(super::io_err(format!("opening pinned program {}", p.name)))?;
                 let pin = self.link_pin(links, next, &p.name);
                 if !pin.exists() {
-                    self.attach(p, sock_addr, next, &pin)?;
+                    self.attach(p, hook.attach, next, &pin)?;
                     undo.created.push(pin);
                     return Ok(());
                 }

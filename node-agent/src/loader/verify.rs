@@ -272,6 +272,7 @@ fn section_fits(section: &ProgramSection, hook: &HookSpec) -> bool {
     match hook.attach {
         Attach::CgroupSockAddr(_) => matches!(section, ProgramSection::CgroupSockAddr { .. }),
         Attach::Lsm { .. } => matches!(section, ProgramSection::Lsm { sleepable: false }),
+        Attach::CgroupSockOps => matches!(section, ProgramSection::SockOps),
     }
 }
 
@@ -324,6 +325,18 @@ fn check_role(m: &v1::BundleMap) -> Result<(), Malformed> {
                 || !m.indices.is_empty() =>
         {
             role("counters", "an empty array of u64 counters")
+        }
+        // Shared maps are reused across generations by name: only the one this agent knows.
+        Ok(v1::MapRole::Shared)
+            if m.name != palisade_contract::map::FLOWS
+                || m.map_type != MAP_HASH
+                || m.key_size != 8
+                || m.value_size != palisade_contract::map::FLOW_STATE_SIZE
+                || m.max_entries != palisade_contract::map::FLOWS_MAX
+                || !m.entries.is_empty()
+                || !m.indices.is_empty() =>
+        {
+            role("shared", "pal_flows: an empty hash of u64 cookies to connection states, as this agent defines it")
         }
         Ok(_) => Ok(()),
         Err(_) => role("unknown", "a role this agent knows"),

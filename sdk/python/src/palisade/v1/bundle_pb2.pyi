@@ -18,6 +18,7 @@ class Hook(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HOOK_LSM_SOCKET_BIND: _ClassVar[Hook]
     HOOK_LSM_BPRM_CHECK_SECURITY: _ClassVar[Hook]
     HOOK_LSM_FILE_OPEN: _ClassVar[Hook]
+    HOOK_SOCK_OPS: _ClassVar[Hook]
 
 class MapRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -26,6 +27,7 @@ class MapRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MAP_ROLE_CGROUPS: _ClassVar[MapRole]
     MAP_ROLE_EVENTS: _ClassVar[MapRole]
     MAP_ROLE_COUNTERS: _ClassVar[MapRole]
+    MAP_ROLE_SHARED: _ClassVar[MapRole]
 HOOK_UNSPECIFIED: Hook
 HOOK_CGROUP_CONNECT4: Hook
 HOOK_CGROUP_CONNECT6: Hook
@@ -35,11 +37,13 @@ HOOK_CGROUP_BIND6: Hook
 HOOK_LSM_SOCKET_BIND: Hook
 HOOK_LSM_BPRM_CHECK_SECURITY: Hook
 HOOK_LSM_FILE_OPEN: Hook
+HOOK_SOCK_OPS: Hook
 MAP_ROLE_UNSPECIFIED: MapRole
 MAP_ROLE_STATIC: MapRole
 MAP_ROLE_CGROUPS: MapRole
 MAP_ROLE_EVENTS: MapRole
 MAP_ROLE_COUNTERS: MapRole
+MAP_ROLE_SHARED: MapRole
 
 class BundleContent(_message.Message):
     __slots__ = ("format", "elf", "programs", "maps", "policies", "rules", "cgroups")

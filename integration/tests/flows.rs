@@ -203,6 +203,19 @@ fn sockops_records_and_tunes_a_cgroups_connections_and_counts_each_once_across_s
     }
     assert_eq!(datapath.flow_stats(), (0, 0), "nothing refused, nothing untracked");
 
+    // A cgroup below the selected one is selected too: its sockets' ancestor at the policy's
+    // depth is found through the cgroup's ancestors.
+    let inner = format!("{web}/inner");
+    std::fs::create_dir_all(cg.dir_of(&inner)).expect("inner cgroup");
+    let inner_dir = cg.dir_of(&inner);
+    let (inner_server, inner_port) = server(&inner_dir, "127.0.0.1", 1000, 1);
+    client(&inner_dir, "127.0.0.1", inner_port, 2000, 1000, 1);
+    finish(inner_server);
+    let nested = flows(&mut datapath, 2, Duration::from_secs(10));
+    let inner_id = std::fs::metadata(&inner_dir).expect("cgroup").ino();
+    assert_eq!(nested.len(), 2, "{nested:#?}");
+    assert!(nested.iter().all(|f| f.record.cgroup_id == inner_id && f.policy == "flows"), "{nested:#?}");
+
     swaps_count_each_connection_once(&mut datapath, &web, &web_dir, offsets);
     no_connections_section_detaches(&mut datapath, &pins.path().join("links"), &web, &web_dir, offsets);
     datapath.remove_all().expect("cleanup");
@@ -242,6 +255,7 @@ fn no_connections_section_detaches(
     offsets: KernelOffsets,
 ) {
     assert!(links.join("pal_sockops").exists(), "the sockops link while connections sections exist");
+    assert!(links.with_file_name("shared").join("pal_flows").exists(), "the connection states' pin");
     let plain = format!(
         "name: flows\nworkload: {{cgroup: \"{web}\"}}\nnetwork: {{connect: {{rules: [{{id: r, action: deny, ports: [9]}}]}}}}\n"
     );
@@ -253,6 +267,8 @@ fn no_connections_section_detaches(
         v1::Bundle { generation: 30, digest: compiled.digest, content: compiled.bytes.into(), ..Default::default() };
     datapath.apply(bundle, &mut Vec::new()).expect("apply without connections");
     assert!(!links.join("pal_sockops").exists(), "the sockops link was removed");
+    let shared = links.with_file_name("shared").join("pal_flows");
+    assert!(!shared.exists(), "and the connection states with it");
     let (after_server, after_port) = server(web_dir, "127.0.0.1", 10, 1);
     client(web_dir, "127.0.0.1", after_port, 10, 10, 1);
     finish(after_server);

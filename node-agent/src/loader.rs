@@ -910,6 +910,16 @@ impl Datapath {
     /// `connections` sections has no sockops program): the kernel detaches them. Runs once the
     /// generation is recorded; after a crash before it, [`Self::adopt`] does it.
     fn remove_stale_links(&self, content: &v1::BundleContent) {
+        // Shared maps no program of this generation uses (pal_flows once no sockops program
+        // runs): their connections will never be closed by a program, so the state goes too.
+        if let Ok(entries) = std::fs::read_dir(self.paths.shared()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !content.maps.iter().any(|m| m.role == v1::MapRole::Shared as i32 && m.name == name) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         let Ok(entries) = std::fs::read_dir(self.paths.links()) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();

@@ -2,9 +2,9 @@
 //! `struct bpf_sock_ops` (include/uapi/linux/bpf.h).
 //!
 //! - At `ACTIVE_ESTABLISHED` and `PASSIVE_ESTABLISHED` it finds the socket's workload class
-//!   (the socket's cgroup and its ancestors, read through the socket's BTF pointer with
-//!   `bpf_probe_read_kernel`: sockops runs in softirq, where the current task is not the
-//!   socket's), walks both partitions with the peer address and port, applies the tune rule's
+//!   (the socket's cgroup and uid by BTF-checked loads through `bpf_skc_to_tcp_sock`, its
+//!   ancestors with `bpf_probe_read_kernel`: sockops runs in softirq, where the current task
+//!   is not the socket's, and the `bpf_sk_*cgroup_id` helpers are refused to sockops), walks both partitions with the peer address and port, applies the tune rule's
 //!   profile with `bpf_setsockopt`, and for an observed connection asks for state callbacks
 //!   and stores its state in `pal_flows` by socket cookie.
 //! - At the `STATE_CB` transition to `TCP_CLOSE` it writes the flow record from that state
@@ -28,7 +28,6 @@ use crate::{
 
 // Stack layout (offsets from r10), below the shared keys (ADDR_KEY … CGROUP_KEY).
 const CTX: i16 = -144; // the context pointer
-const TCP_SOCK: i16 = -152; // BTF pointer to the socket
 const SOCK_CGROUP: i16 = -160; // struct cgroup * of the socket
 const TMP: i16 = -168; // 8 bytes read through probe_read_kernel
 const CGROUP_ID: i16 = -176; // the socket's cgroup id
@@ -150,29 +149,28 @@ fn deref(a: &mut Asm, slot: i16, add: u32, null: Label) {
 /// Everything at establishment: the socket's cgroup, uid and peer, both walks, the profile,
 /// and the state of an observed connection.
 fn establish(a: &mut Asm, hook: Hook, observe: &Plan, tune: &Plan, o: SockOffsets, rules_tag: u32, done: Label) {
-    a.comment("the socket: its BTF pointer, cgroup, uid, cgroup level and id");
+    a.comment("the socket: its BTF pointer, then its cgroup, uid, cgroup level and id by BTF-checked loads");
     a.push(insn::st(Size::W, R10, OBSERVE_RULE, 0));
     a.push(insn::st(Size::W, R10, TUNE_RULE, 0));
     a.push(insn::ldx(Size::DW, R1, R6, ctx::SK));
     a.jmp_imm(Jmp::Jeq, R1, 0, done);
     a.push(insn::call(helper::SKC_TO_TCP_SOCK));
     a.jmp_imm(Jmp::Jeq, R0, 0, done);
-    a.push(insn::stx(Size::DW, R10, R0, TCP_SOCK));
-    a.push(insn::mov64_reg(R3, R0));
-    a.push(insn::alu64_imm(Alu::Add, R3, o.sk_cgrp_data as i32));
-    probe_read(a, SOCK_CGROUP, 8);
-    pointer_at(a, TCP_SOCK, o.sk_uid);
-    probe_read(a, SOCK_UID, 4);
-    pointer_at(a, SOCK_CGROUP, 0);
-    a.jmp_imm(Jmp::Jeq, R3, 0, done);
-    pointer_at(a, SOCK_CGROUP, o.cgroup_level);
-    probe_read(a, LEVEL, 4);
+    // struct tcp_sock starts with struct sock, so the sock offsets apply. Loads through a BTF
+    // pointer are checked against the kernel's types and cannot fault.
+    a.push(insn::ldx(Size::W, R2, R0, o.sk_uid as i16));
+    a.push(insn::stx(Size::W, R10, R2, SOCK_UID));
+    a.push(insn::ldx(Size::DW, R1, R0, o.sk_cgrp_data as i16));
+    a.jmp_imm(Jmp::Jeq, R1, 0, done);
+    a.push(insn::stx(Size::DW, R10, R1, SOCK_CGROUP));
+    a.push(insn::ldx(Size::W, R2, R1, o.cgroup_level as i16));
+    a.push(insn::stx(Size::W, R10, R2, LEVEL));
     a.push(insn::st(Size::DW, R10, CGROUP_ID, 0));
     let no_id = a.label();
-    pointer_at(a, SOCK_CGROUP, o.cgroup_kn);
-    probe_read(a, TMP, 8);
-    deref(a, TMP, o.kernfs_node_id, no_id);
-    probe_read(a, CGROUP_ID, 8);
+    a.push(insn::ldx(Size::DW, R2, R1, o.cgroup_kn as i16));
+    a.jmp_imm(Jmp::Jeq, R2, 0, no_id);
+    a.push(insn::ldx(Size::DW, R3, R2, o.kernfs_node_id as i16));
+    a.push(insn::stx(Size::DW, R10, R3, CGROUP_ID));
     a.bind(no_id);
 
     a.comment("the peer: address into the key, port (network order) into r7");
@@ -222,14 +220,23 @@ fn workload_class(a: &mut Asm, plan: &Plan, o: SockOffsets, none: Label) {
     for &level in &plan.levels {
         let next = a.label();
         a.comment(format!("selected cgroups at depth {level}: the socket cgroup's ancestor there"));
+        let ancestor = a.label();
+        let have_id = a.label();
         a.push(insn::ldx(Size::W, R1, R10, LEVEL));
         a.jmp_imm(Jmp::Jlt, R1, level as i32, next);
+        a.jmp_imm(Jmp::Jne, R1, level as i32, ancestor);
+        // The socket's own cgroup is at this depth: its id is already known.
+        a.push(insn::ldx(Size::DW, R1, R10, CGROUP_ID));
+        a.push(insn::stx(Size::DW, R10, R1, CGROUP_KEY));
+        a.ja(have_id);
+        a.bind(ancestor);
         pointer_at(a, SOCK_CGROUP, o.cgroup_ancestors + 8 * level);
         probe_read(a, TMP, 8);
         deref(a, TMP, o.cgroup_kn, next);
         probe_read(a, TMP, 8);
         deref(a, TMP, o.kernfs_node_id, next);
         probe_read(a, CGROUP_KEY, 8);
+        a.bind(have_id);
         core::lookup(a, names.cgroups, CGROUP_KEY);
         a.jmp_imm(Jmp::Jeq, R0, 0, next);
         a.push(insn::ldx(Size::W, R9, R0, 0));

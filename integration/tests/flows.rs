@@ -42,9 +42,19 @@ fn bundle(yaml: &str, generation: u64, offsets: KernelOffsets) -> v1::Bundle {
     v1::Bundle { generation, digest: compiled.digest, content: compiled.bytes.into(), ..Default::default() }
 }
 
+/// An algorithm the kernel does not offer (BPF cannot load its module).
+fn unavailable_algorithm() -> &'static str {
+    let offered = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control").expect("sysctl");
+    ["vegas", "westwood", "htcp", "illinois", "veno", "yeah"]
+        .into_iter()
+        .find(|a| !offered.split_whitespace().any(|o| o == *a))
+        .expect("some algorithm is not offered")
+}
+
 fn policy(cgroup: &str, port: u16, tune_id: &str) -> String {
     format!(
-        "name: flows\nworkload: {{cgroup: \"{cgroup}\"}}\nconnections:\n  observe: {{}}\n  tune:\n    rules:\n      - {{id: {tune_id}, cidrs: [127.0.0.0/8], ports: [{port}], congestion: cubic, no_delay: true}}\n"
+        "name: flows\nworkload: {{cgroup: \"{cgroup}\"}}\nconnections:\n  observe: {{}}\n  tune:\n    rules:\n      - {{id: {tune_id}, cidrs: [127.0.0.0/8], ports: [{port}], congestion: cubic, no_delay: true}}\n      - {{id: missing-algo, cidrs: [\"::1\"], congestion: {}}}\n",
+        unavailable_algorithm()
     )
 }
 
@@ -188,6 +198,12 @@ fn sockops_records_and_tunes_a_cgroups_connections_and_counts_each_once_across_s
         );
         assert_eq!(f.tune, None, "the peer port is the client's");
     }
+    // The IPv6 connections match a rule naming an algorithm the node lacks: the kernel refuses
+    // it for each of them, they keep the default and work (nothing breaks), and it is counted.
+    for f in out6.iter().chain(&in6) {
+        assert_eq!(f.tune.as_deref(), Some("flows/missing-algo"));
+        assert_eq!(f.record.flags & (flags::TUNED | flags::TUNE_REFUSED), flags::TUNED | flags::TUNE_REFUSED, "{f:?}");
+    }
     for f in &out6 {
         assert_eq!(f.record.peer_port, port6);
         assert!(
@@ -201,7 +217,7 @@ fn sockops_records_and_tunes_a_cgroups_connections_and_counts_each_once_across_s
             "{f:?}"
         );
     }
-    assert_eq!(datapath.flow_stats(), (0, 0), "nothing refused, nothing untracked");
+    assert_eq!(datapath.flow_stats(), (4, 0), "one refusal per IPv6 connection end, nothing untracked");
 
     // A cgroup below the selected one is selected too: its sockets' ancestor at the policy's
     // depth is found through the cgroup's ancestors.

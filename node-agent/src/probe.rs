@@ -158,7 +158,16 @@ pub fn probe() -> v1::KernelFeatures {
         // the loader relies on it and reports a NACK if it fails.
         link_update: cgroup2_mount().is_some(),
         btf_offsets,
+        tcp_congestion: tcp_congestion(),
     }
+}
+
+/// The congestion control algorithms the kernel offers (loaded or built in): what a tune rule
+/// may name on this node.
+fn tcp_congestion() -> Vec<String> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+        .map(|text| text.split_whitespace().take(64).filter(|n| n.len() <= 15).map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -344,6 +344,10 @@ fn check_hello(hello: &v1::AgentHello) -> Result<(), ApiError> {
             violations.push(crate::error::Violation::new("hello.features.btf_offsets", "more than 64 offsets"));
         }
         violations.extend(f.btf_offsets.keys().filter_map(|key| check_text("hello.features.btf_offsets", key, 64)));
+        if f.tcp_congestion.len() > 64 {
+            violations.push(crate::error::Violation::new("hello.features.tcp_congestion", "more than 64 names"));
+        }
+        violations.extend(f.tcp_congestion.iter().filter_map(|n| check_text("hello.features.tcp_congestion", n, 15)));
     }
     for (field, n) in
         [("hello.server_endpoints", hello.server_endpoints.len()), ("hello.failsafe_ports", hello.failsafe_ports.len())]

@@ -71,6 +71,25 @@ pub fn not_enforceable(node: &v1::Node, policies: &[(v1::Policy, u64)]) -> Vec<v
                 });
             }
         }
+        // A tune rule naming an algorithm the node does not offer (semantics §13.5).
+        let offered = features.map_or(&[][..], |f| f.tcp_congestion.as_slice());
+        let rules = connections.and_then(|c| c.tune.as_ref()).map_or(&[][..], |t| t.rules.as_slice());
+        if sockops.is_none() && !offered.is_empty() {
+            for (i, rule) in rules.iter().enumerate() {
+                if !rule.congestion.is_empty() && !offered.contains(&rule.congestion) {
+                    out.push(v1::UnenforceableSection {
+                        policy: policy.name.clone(),
+                        revision: *revision,
+                        section: format!("connections.tune.rules[{i}].congestion"),
+                        reason: format!(
+                            "congestion control {:?} is not offered by this node (it offers {}); its connections keep the default algorithm, the rule's other settings apply",
+                            rule.congestion,
+                            offered.join(" ")
+                        ),
+                    });
+                }
+            }
+        }
     }
     out
 }
@@ -174,6 +193,13 @@ mod tests {
         let full = not_enforceable(&with_offsets, &policies);
         assert_eq!(full.iter().map(|u| u.section.as_str()).collect::<Vec<_>>(), ["connections.observe"]);
         assert_eq!(full[0].reason, OBSERVE_NOT_REPORTED);
+        if let Some(f) = with_offsets.features.as_mut() {
+            f.tcp_congestion = vec!["reno".to_owned(), "bbr".to_owned()];
+        }
+        let unoffered = not_enforceable(&with_offsets, &policies);
+        let sections: Vec<&str> = unoffered.iter().map(|u| u.section.as_str()).collect();
+        assert_eq!(sections, ["connections.observe", "connections.tune.rules[0].congestion"]);
+        assert!(unoffered[1].reason.contains("\"cubic\" is not offered") && unoffered[1].reason.contains("reno bbr"));
         let partial = not_enforceable(&node(true, false), &policies);
         assert_eq!(partial.len(), 3);
         assert!(partial[0].reason.contains("cannot resolve paths"), "{}", partial[0].reason);

@@ -92,7 +92,7 @@ class EventStats(_message.Message):
     def __init__(self, queue_full: _Optional[int] = ..., backlog_full: _Optional[int] = ..., undecodable: _Optional[int] = ..., pending: _Optional[int] = ..., delivered: _Optional[int] = ..., ring_full: _Optional[int] = ..., pending_bytes: _Optional[int] = ...) -> None: ...
 
 class KernelFeatures(_message.Message):
-    __slots__ = ("kernel_release", "bpf_lsm", "cgroup_sock_addr", "sock_ops", "socket_filter", "ring_buffer", "btf", "link_update", "btf_offsets", "bpf_lsm_paths")
+    __slots__ = ("kernel_release", "bpf_lsm", "cgroup_sock_addr", "sock_ops", "socket_filter", "ring_buffer", "btf", "link_update", "btf_offsets", "bpf_lsm_paths", "tcp_congestion")
     class BtfOffsetsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class KernelFeatures(_message.Message):
     LINK_UPDATE_FIELD_NUMBER: _ClassVar[int]
     BTF_OFFSETS_FIELD_NUMBER: _ClassVar[int]
     BPF_LSM_PATHS_FIELD_NUMBER: _ClassVar[int]
+    TCP_CONGESTION_FIELD_NUMBER: _ClassVar[int]
     kernel_release: str
     bpf_lsm: bool
     cgroup_sock_addr: bool
@@ -120,7 +121,8 @@ class KernelFeatures(_message.Message):
     link_update: bool
     btf_offsets: _containers.ScalarMap[str, int]
     bpf_lsm_paths: bool
-    def __init__(self, kernel_release: _Optional[str] = ..., bpf_lsm: _Optional[bool] = ..., cgroup_sock_addr: _Optional[bool] = ..., sock_ops: _Optional[bool] = ..., socket_filter: _Optional[bool] = ..., ring_buffer: _Optional[bool] = ..., btf: _Optional[bool] = ..., link_update: _Optional[bool] = ..., btf_offsets: _Optional[_Mapping[str, int]] = ..., bpf_lsm_paths: _Optional[bool] = ...) -> None: ...
+    tcp_congestion: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kernel_release: _Optional[str] = ..., bpf_lsm: _Optional[bool] = ..., cgroup_sock_addr: _Optional[bool] = ..., sock_ops: _Optional[bool] = ..., socket_filter: _Optional[bool] = ..., ring_buffer: _Optional[bool] = ..., btf: _Optional[bool] = ..., link_update: _Optional[bool] = ..., btf_offsets: _Optional[_Mapping[str, int]] = ..., bpf_lsm_paths: _Optional[bool] = ..., tcp_congestion: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Bundle(_message.Message):
     __slots__ = ("generation", "digest", "content", "signature", "node", "issued_at")

@@ -517,6 +517,15 @@ async fn nodes(channel: &Conn, output: Output) -> anyhow::Result<()> {
                     ));
                 }
             }
+            if let Some(s) = n.event_stats.as_ref()
+                && s.flows_dropped + s.flows_untracked + s.tune_refused > 0
+            {
+                notes.push(format!(
+                    "node {}: connections: {} flow records dropped in the agent, {} connections not tracked \
+                     (the kernel's connection-state map was full), {} tuning settings refused by the kernel",
+                    n.name, s.flows_dropped, s.flows_untracked, s.tune_refused
+                ));
+            }
             if n.events_rate_limited > 0 {
                 notes.push(format!(
                     "node {}: {} decision events refused by the server because the node reported faster than \

@@ -488,6 +488,11 @@ fn datapath_thread(
             }
         }
         queues.stats.set_undecodable(datapath.undecodable());
+        // Flow records are counted; reporting them to the server is not built yet.
+        let flows = datapath.take_flows();
+        if !flows.is_empty() {
+            queues.stats.flows_recorded(flows.len() as u64);
+        }
         let changed = watch.as_ref().is_some_and(cgroups::CgroupWatch::drain);
         // The periodic rescan is only a backstop for missed or unsupported notifications.
         if changed || last_cgroup_sync.elapsed() >= CGROUP_RESCAN {
@@ -499,6 +504,8 @@ fn datapath_thread(
             // A map lookup: on the rescan tick, not on every wake-up for events (heartbeats,
             // which carry it, are rarer still).
             queues.stats.set_ring_full(datapath.ring_lost());
+            let (tune_refused, untracked) = datapath.flow_stats();
+            queues.stats.set_flows(datapath.flows_dropped(), untracked, tune_refused);
             publish(&datapath);
             rearm(&mut watch, &datapath);
         }

@@ -246,6 +246,12 @@ impl Active {
         }
     }
 
+    /// Its sockops counters: `[tune refused, untracked]`.
+    fn flow_stats(&self) -> [u64; 2] {
+        let read = |i| self.flow_stats.as_ref().and_then(|m| m.lookup_u64(i).ok().flatten()).unwrap_or(0);
+        [read(map::FLOW_STAT_TUNE_REFUSED), read(map::FLOW_STAT_UNTRACKED)]
+    }
+
     /// Records this generation's programs could not write to its ring buffer so far.
     fn lost(&self) -> u64 {
         self.lost.as_ref().and_then(|m| m.lookup_u64(0).ok().flatten()).unwrap_or(0)
@@ -282,6 +288,8 @@ pub struct Datapath {
     lost_retired: std::sync::atomic::AtomicU64,
     /// Closed connections decoded from the ring buffers, until [`Datapath::take_flows`].
     flows: FlowSink,
+    /// `pal_flowstat` counters of released generations (tune refused, untracked).
+    flow_stats_retired: [std::sync::atomic::AtomicU64; 2],
 }
 
 /// Most decoded flow records the datapath holds before the agent takes them; beyond it they
@@ -445,6 +453,7 @@ impl Datapath {
             undecodable: std::sync::atomic::AtomicU64::new(0),
             lost_retired: std::sync::atomic::AtomicU64::new(0),
             flows: FlowSink::default(),
+            flow_stats_retired: Default::default(),
         }
     }
 
@@ -728,6 +737,9 @@ impl Datapath {
         if let Some(mut old) = old {
             drain_active(&mut old, self.clock_offset, &self.undecodable, drained, &mut self.flows);
             self.lost_retired.fetch_add(old.lost(), std::sync::atomic::Ordering::Relaxed);
+            for (retired, now) in self.flow_stats_retired.iter().zip(old.flow_stats()) {
+                retired.fetch_add(now, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         let kept = self.paths.bundle_file(keep);
         if let Ok(files) = std::fs::read_dir(self.paths.generations()) {
@@ -945,17 +957,13 @@ impl Datapath {
         self.flows.dropped
     }
 
-    /// The sockops program's counters in the active generation: tune settings the kernel
-    /// refused, and observed connections not recorded because `pal_flows` was full.
+    /// The sockops program's counters over every generation this datapath ran: tune
+    /// settings the kernel refused, and observed connections not recorded because
+    /// `pal_flows` was full.
     pub fn flow_stats(&self) -> (u64, u64) {
-        let read = |i| {
-            self.active
-                .as_ref()
-                .and_then(|a| a.flow_stats.as_ref())
-                .and_then(|m| m.lookup_u64(i).ok().flatten())
-                .unwrap_or(0)
-        };
-        (read(map::FLOW_STAT_TUNE_REFUSED), read(map::FLOW_STAT_UNTRACKED))
+        let now = self.active.as_ref().map_or([0, 0], Active::flow_stats);
+        let retired = |i: usize| self.flow_stats_retired[i].load(std::sync::atomic::Ordering::Relaxed);
+        (retired(0) + now[0], retired(1) + now[1])
     }
 
     /// Detaches everything this agent attached and removes its pins and state (used by tests

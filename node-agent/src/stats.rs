@@ -15,6 +15,10 @@ pub struct EventCounters {
     pending_bytes: AtomicU64,
     delivered: AtomicU64,
     ring_full: AtomicU64,
+    flows_recorded: AtomicU64,
+    flows_dropped: AtomicU64,
+    flows_untracked: AtomicU64,
+    tune_refused: AtomicU64,
 }
 
 impl EventCounters {
@@ -44,6 +48,19 @@ impl EventCounters {
         self.pending_bytes.store(bytes as u64, Ordering::Relaxed);
     }
 
+    /// `n` flow records decoded from the kernel.
+    pub fn flows_recorded(&self, n: u64) {
+        self.flows_recorded.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The datapath's flow counters: records dropped in the agent, connections the kernel
+    /// could not track, tuning settings the kernel refused.
+    pub fn set_flows(&self, dropped: u64, untracked: u64, tune_refused: u64) {
+        self.flows_dropped.store(dropped, Ordering::Relaxed);
+        self.flows_untracked.store(untracked, Ordering::Relaxed);
+        self.tune_refused.store(tune_refused, Ordering::Relaxed);
+    }
+
     /// `n` events the server acknowledged.
     pub fn delivered(&self, n: u64) {
         self.delivered.fetch_add(n, Ordering::Relaxed);
@@ -59,6 +76,10 @@ impl EventCounters {
             delivered: self.delivered.load(Ordering::Relaxed),
             ring_full: self.ring_full.load(Ordering::Relaxed),
             pending_bytes: self.pending_bytes.load(Ordering::Relaxed),
+            flows_recorded: self.flows_recorded.load(Ordering::Relaxed),
+            flows_dropped: self.flows_dropped.load(Ordering::Relaxed),
+            flows_untracked: self.flows_untracked.load(Ordering::Relaxed),
+            tune_refused: self.tune_refused.load(Ordering::Relaxed),
         }
     }
 }

@@ -74,7 +74,7 @@ class AgentHello(_message.Message):
     def __init__(self, node_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., features: _Optional[_Union[KernelFeatures, _Mapping]] = ..., bundle_digest: _Optional[str] = ..., bundle_generation: _Optional[int] = ..., agent_version: _Optional[str] = ..., server_endpoints: _Optional[_Iterable[str]] = ..., failsafe_ports: _Optional[_Iterable[int]] = ..., event_stats: _Optional[_Union[EventStats, _Mapping]] = ..., accepts_bundle_parts: _Optional[bool] = ...) -> None: ...
 
 class EventStats(_message.Message):
-    __slots__ = ("queue_full", "backlog_full", "undecodable", "pending", "delivered", "ring_full", "pending_bytes")
+    __slots__ = ("queue_full", "backlog_full", "undecodable", "pending", "delivered", "ring_full", "pending_bytes", "flows_recorded", "flows_dropped", "flows_untracked", "tune_refused")
     QUEUE_FULL_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_FULL_FIELD_NUMBER: _ClassVar[int]
     UNDECODABLE_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,10 @@ class EventStats(_message.Message):
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
     RING_FULL_FIELD_NUMBER: _ClassVar[int]
     PENDING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_RECORDED_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_UNTRACKED_FIELD_NUMBER: _ClassVar[int]
+    TUNE_REFUSED_FIELD_NUMBER: _ClassVar[int]
     queue_full: int
     backlog_full: int
     undecodable: int
@@ -89,7 +93,11 @@ class EventStats(_message.Message):
     delivered: int
     ring_full: int
     pending_bytes: int
-    def __init__(self, queue_full: _Optional[int] = ..., backlog_full: _Optional[int] = ..., undecodable: _Optional[int] = ..., pending: _Optional[int] = ..., delivered: _Optional[int] = ..., ring_full: _Optional[int] = ..., pending_bytes: _Optional[int] = ...) -> None: ...
+    flows_recorded: int
+    flows_dropped: int
+    flows_untracked: int
+    tune_refused: int
+    def __init__(self, queue_full: _Optional[int] = ..., backlog_full: _Optional[int] = ..., undecodable: _Optional[int] = ..., pending: _Optional[int] = ..., delivered: _Optional[int] = ..., ring_full: _Optional[int] = ..., pending_bytes: _Optional[int] = ..., flows_recorded: _Optional[int] = ..., flows_dropped: _Optional[int] = ..., flows_untracked: _Optional[int] = ..., tune_refused: _Optional[int] = ...) -> None: ...
 
 class KernelFeatures(_message.Message):
     __slots__ = ("kernel_release", "bpf_lsm", "cgroup_sock_addr", "sock_ops", "socket_filter", "ring_buffer", "btf", "link_update", "btf_offsets", "bpf_lsm_paths", "tcp_congestion")

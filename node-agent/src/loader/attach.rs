@@ -165,6 +165,17 @@ pub(super) struct CgroupLinks {
     sock_addr: bool,
 }
 
+/// The owned link aya handed over, as a pinnable fd link.
+fn fd_link<L: TryInto<FdLink, Error = aya::programs::links::LinkError>>(
+    taken: Result<L, aya::programs::ProgramError>,
+    name: &str,
+) -> Result<FdLink, LoadError> {
+    taken
+        .map_err(program_error("taking the link of", name))?
+        .try_into()
+        .map_err(|source| LoadError::Link { program: name.to_owned(), source })
+}
+
 impl CgroupLinks {
     /// Creates and pins the cgroup link for a program that has none yet.
     fn attach(&self, p: &v1::BundleProgram, hook: Attach, gen_dir: &Path, pin: &Path) -> Result<(), LoadError> {
@@ -183,21 +194,13 @@ impl CgroupLinks {
                     .map_err(program_error("reopening pinned program"))?;
                 // aya 0.14 passes the mode as link flags; only Single is accepted by link_create.
                 let id = program.attach(&cgroup, CgroupAttachMode::Single).map_err(program_error("attaching"))?;
-                program
-                    .take_link(id)
-                    .map_err(program_error("taking the link of"))?
-                    .try_into()
-                    .map_err(|source| LoadError::Link { program: p.name.clone(), source })?
+                fd_link(program.take_link(id), &p.name)?
             }
             Attach::CgroupSockOps => {
                 let mut program =
                     SockOps::from_pin(prog_pin(gen_dir, &p.name)).map_err(program_error("reopening pinned program"))?;
                 let id = program.attach(&cgroup, CgroupAttachMode::Single).map_err(program_error("attaching"))?;
-                program
-                    .take_link(id)
-                    .map_err(program_error("taking the link of"))?
-                    .try_into()
-                    .map_err(|source| LoadError::Link { program: p.name.clone(), source })?
+                fd_link(program.take_link(id), &p.name)?
             }
             Attach::Lsm { .. } => return Ok(()),
         };

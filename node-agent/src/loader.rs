@@ -1051,9 +1051,11 @@ fn wait_released(ids: &[u32]) {
 
 /// Loads a program, trying again when the verifier gave up because a signal was pending: it
 /// returns EAGAIN then (`kernel/bpf/verifier.c`, `do_check`), which a busy agent — child
-/// processes, timers — meets on large programs. libbpf retries the same way.
+/// processes, timers — meets on large programs. libbpf retries the same way. Attempts back
+/// off (1, 2, … ms): five immediate retries were all interrupted once in CI while a test
+/// spawned a process every few milliseconds.
 fn load_retrying(name: &str, mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), LoadError> {
-    const ATTEMPTS: usize = 5;
+    const ATTEMPTS: u64 = 20;
     let mut attempt = 1;
     loop {
         match load() {
@@ -1061,6 +1063,7 @@ fn load_retrying(name: &str, mut load: impl FnMut() -> Result<(), ProgramError>)
                 if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
             {
                 tracing::debug!(program = name, attempt, "verifier interrupted by a signal; loading again");
+                std::thread::sleep(Duration::from_millis(attempt));
                 attempt += 1;
             }
             other => return other.map_err(|e| program_error(name, e)),

@@ -99,7 +99,7 @@ pub(super) fn program(
     a.bind(passive);
     a.push(insn::st(Size::W, R10, FLAGS, flow::flags::INBOUND as i32));
     a.bind(established);
-    establish(&mut a, hook, observe, tune, offsets, rules_tag, done);
+    establish(&mut a, observe, tune, offsets, rules_tag, done);
     a.ja(done);
     a.bind(state);
     close(&mut a, hook, done);
@@ -148,7 +148,7 @@ fn deref(a: &mut Asm, slot: i16, add: u32, null: Label) {
 
 /// Everything at establishment: the socket's cgroup, uid and peer, both walks, the profile,
 /// and the state of an observed connection.
-fn establish(a: &mut Asm, hook: Hook, observe: &Plan, tune: &Plan, o: SockOffsets, rules_tag: u32, done: Label) {
+fn establish(a: &mut Asm, observe: &Plan, tune: &Plan, o: SockOffsets, rules_tag: u32, done: Label) {
     a.comment("the socket: its BTF pointer, then its cgroup, uid, cgroup level and id by BTF-checked loads");
     a.push(insn::st(Size::W, R10, OBSERVE_RULE, 0));
     a.push(insn::st(Size::W, R10, TUNE_RULE, 0));
@@ -194,7 +194,7 @@ fn establish(a: &mut Asm, hook: Hook, observe: &Plan, tune: &Plan, o: SockOffset
     walks(a, observe, tune, o, true);
     a.bind(walked);
     apply_profile(a);
-    remember(a, hook, rules_tag, done);
+    remember(a, rules_tag, done);
 }
 
 /// Both partitions' walks for one family: `OBSERVE_RULE`, `TUNE_RULE` = the rules of the
@@ -323,7 +323,7 @@ fn set_flag(a: &mut Asm, flag: u32) {
 }
 
 /// For an observed connection: state callbacks on, and its state in `pal_flows`.
-fn remember(a: &mut Asm, _hook: Hook, rules_tag: u32, done: Label) {
+fn remember(a: &mut Asm, rules_tag: u32, done: Label) {
     a.comment("observe: ask for state callbacks and keep the connection's state by cookie");
     a.push(insn::ldx(Size::W, R1, R10, OBSERVE_RULE));
     a.jmp_imm(Jmp::Jeq, R1, 0, done);

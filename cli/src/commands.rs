@@ -76,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::rollout::status(&channel, policy.as_deref(), revision, watch, output).await
         }
         Command::Explain(args) => crate::explain::run(&channel, args).await,
+        Command::Flows(args) => crate::flows::run(&channel, args).await,
         Command::Version { output } => version(&channel, output).await,
         Command::Completions { .. } => Ok(()),
         Command::Token(TokenCommand::List { output }) => tokens(&channel, output).await,
@@ -518,12 +519,27 @@ async fn nodes(channel: &Conn, output: Output) -> anyhow::Result<()> {
                 }
             }
             if let Some(s) = n.event_stats.as_ref()
-                && s.flows_dropped + s.flows_untracked + s.tune_refused > 0
+                && s.flows_dropped + s.flows_untracked + s.tune_refused + s.flows_backlog_full + s.flow_records_dropped
+                    > 0
             {
                 notes.push(format!(
-                    "node {}: connections: {} flow records dropped in the agent, {} connections not tracked \
-                     (the kernel's connection-state map was full), {} tuning settings refused by the kernel",
-                    n.name, s.flows_dropped, s.flows_untracked, s.tune_refused
+                    "node {}: connections: {} flow records dropped in the agent (queue or --flow-max-keys), {} \
+                     connections not tracked (the kernel's connection-state map was full), {} tuning settings \
+                     refused by the kernel, {} aggregates dropped from the backlog, {} live records not sent \
+                     (--flow-record-rate)",
+                    n.name,
+                    s.flows_dropped,
+                    s.flows_untracked,
+                    s.tune_refused,
+                    s.flows_backlog_full,
+                    s.flow_records_dropped
+                ));
+            }
+            if n.flows_rate_limited > 0 {
+                notes.push(format!(
+                    "node {}: {} flow aggregates refused by the server because the node reported faster than \
+                     its --flow-rate (the agent sends them again)",
+                    n.name, n.flows_rate_limited
                 ));
             }
             if n.events_rate_limited > 0 {

@@ -3,6 +3,7 @@
 
 mod commands;
 mod explain;
+mod flows;
 mod output;
 mod rollout;
 mod table;
@@ -156,6 +157,9 @@ enum Command {
     /// `palisade-server token create`.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Show TCP flow aggregates (`connections.observe`), newest last; --follow streams new
+    /// ones; `flows top` shows the top talkers.
+    Flows(flows::FlowsArgs),
     /// Show decision events, newest first; --follow streams new ones.
     Events {
         /// Only events of this policy.

@@ -196,6 +196,10 @@ impl TestAgent {
             event_backlog_bytes: 64 << 20,
             log_json: false,
             metrics_listen: None,
+            flow_window_seconds: 10,
+            flow_max_keys: 10_000,
+            flow_backlog: 100_000,
+            flow_record_rate: 1_000,
         }
     }
 

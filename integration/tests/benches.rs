@@ -96,3 +96,21 @@ fn flow_bench_reports_its_figures_and_records_every_connection_end() {
     assert_eq!(words[4], words[6], "every connection end recorded: {line}");
     assert!(line.contains("(dropped 0, untracked 0)"), "{line}");
 }
+
+/// `flow-ingest` (debug build, a small run) stores every aggregate and prints its rate and
+/// the ratio to PostgreSQL alone.
+#[test]
+fn flow_ingest_reports_rows_per_second_and_stores_every_row() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flow-ingest"))
+        .args(["--rows", "20000", "--batch", "5000"])
+        .output()
+        .expect("flow-ingest runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    let rate = |label: &str| -> f64 {
+        let line = stdout.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("{label}: {stdout}"));
+        line.split_whitespace().find_map(|w| w.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    assert!(rate("insert_flows") > 0.0 && rate("PostgreSQL alone") > 0.0, "{stdout}");
+    assert!(stdout.contains("ratio ours / PostgreSQL alone"), "{stdout}");
+}

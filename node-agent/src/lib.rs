@@ -6,6 +6,7 @@ pub mod backlog;
 pub mod btf;
 pub mod cgroups;
 pub mod events;
+pub mod flows;
 pub mod loader;
 pub mod metrics;
 pub mod probe;
@@ -89,6 +90,22 @@ pub struct Config {
     /// given).
     #[arg(long, env = "PALISADE_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Seconds per flow aggregation window (`connections.observe`): closed connections are
+    /// summed per key and window, and each window is reported when it ends.
+    #[arg(long, env = "PALISADE_FLOW_WINDOW_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub flow_window_seconds: u64,
+    /// Most keys one flow window holds; a closed connection with a new key beyond it is
+    /// dropped and counted (`flows_dropped`).
+    #[arg(long, env = "PALISADE_FLOW_MAX_KEYS", default_value_t = 10_000)]
+    pub flow_max_keys: usize,
+    /// Flow aggregates kept while the server is unreachable; beyond it the oldest are dropped
+    /// and counted (`flows_backlog_full`).
+    #[arg(long, env = "PALISADE_FLOW_BACKLOG", default_value_t = 100_000)]
+    pub flow_backlog: usize,
+    /// Per-connection flow records sent per second while a live watcher asks for them;
+    /// beyond it they are counted (`flow_records_dropped`), not sent.
+    #[arg(long, env = "PALISADE_FLOW_RECORD_RATE", default_value_t = 1_000)]
+    pub flow_record_rate: u32,
 }
 
 impl Config {
@@ -282,6 +299,8 @@ impl Agent {
         sys::ensure_bpffs(&bpffs_root).map_err(|source| StartError::Bpffs { path: bpffs_root.clone(), source })?;
         let (commands, command_rx) = std::sync::mpsc::channel();
         let (events_tx, events_rx) = mpsc::channel(16 * 1024);
+        // Batches of closed connections, one per datapath wake-up.
+        let (flows_tx, flows_rx) = mpsc::channel(256);
         let (enforcing_tx, enforcing) = watch::channel(None);
         let (reports_tx, reports) = mpsc::channel(16);
         let tracker = TaskTracker::new();
@@ -308,6 +327,7 @@ impl Agent {
                 let queues = Queues {
                     commands: &command_rx,
                     events: &events_tx,
+                    flows: &flows_tx,
                     stats: &thread_stats,
                     reports: &reports_tx,
                     metrics: &thread_metrics,
@@ -342,14 +362,7 @@ impl Agent {
         // Say hello only after adoption, so the hello names the bundle the kernel runs.
         ready.await.map_err(|_| StartError::Datapath)?;
         tracker.spawn(sync::run_sync(sync, apply, enforcing.clone(), reports, shutdown.clone()));
-        tracker.spawn(sync::run_reporter(
-            server,
-            node_name,
-            events_rx,
-            backlog::Backlog::new(config.event_backlog, config.event_backlog_bytes),
-            stats.clone(),
-            shutdown.clone(),
-        ));
+        spawn_reporters(&tracker, &config, server, node_name, (events_rx, flows_rx), &stats, &shutdown);
         if let Some(listener) = metrics_listener {
             tracker.spawn(serve_metrics(listener, metrics, stats.clone(), shutdown.clone()));
         }
@@ -379,6 +392,34 @@ impl Agent {
     }
 }
 
+/// Starts the event reporter and the flow reporter.
+fn spawn_reporters(
+    tracker: &TaskTracker,
+    config: &Config,
+    server: sync::Server,
+    node_name: String,
+    (events, flows): (mpsc::Receiver<v1::DecisionEvent>, mpsc::Receiver<Vec<events::Flow>>),
+    stats: &std::sync::Arc<stats::EventCounters>,
+    shutdown: &CancellationToken,
+) {
+    let backlog = backlog::Backlog::new(config.event_backlog, config.event_backlog_bytes);
+    tracker.spawn(sync::run_reporter(
+        server.clone(),
+        node_name.clone(),
+        events,
+        backlog,
+        stats.clone(),
+        shutdown.clone(),
+    ));
+    let flow_config = flows::FlowConfig {
+        window: Duration::from_secs(config.flow_window_seconds),
+        max_keys: config.flow_max_keys,
+        backlog: config.flow_backlog,
+        record_rate: config.flow_record_rate,
+    };
+    tracker.spawn(flows::run_flow_reporter(server, node_name, flow_config, flows, stats.clone(), shutdown.clone()));
+}
+
 /// Serves `/metrics`, refreshing the kernel-side values before each scrape.
 async fn serve_metrics(
     listener: tokio::net::TcpListener,
@@ -401,6 +442,8 @@ async fn serve_metrics(
 struct Queues<'a> {
     commands: &'a std::sync::mpsc::Receiver<Command>,
     events: &'a mpsc::Sender<v1::DecisionEvent>,
+    /// Closed connections, to the flow reporter.
+    flows: &'a mpsc::Sender<Vec<events::Flow>>,
     stats: &'a stats::EventCounters,
     /// What the datapath reports on its own (dropped when the Sync stream is not keeping up).
     reports: &'a mpsc::Sender<v1::sync_request::Message>,
@@ -488,10 +531,13 @@ fn datapath_thread(
             }
         }
         queues.stats.set_undecodable(datapath.undecodable());
-        // Flow records are counted; reporting them to the server is not built yet.
         let flows = datapath.take_flows();
         if !flows.is_empty() {
-            queues.stats.flows_recorded(flows.len() as u64);
+            let n = flows.len() as u64;
+            queues.stats.flows_recorded(n);
+            if queues.flows.try_send(flows).is_err() {
+                queues.stats.flows_key_dropped(n);
+            }
         }
         let changed = watch.as_ref().is_some_and(cgroups::CgroupWatch::drain);
         // The periodic rescan is only a backstop for missed or unsupported notifications.

@@ -19,6 +19,12 @@ pub struct EventCounters {
     flows_dropped: AtomicU64,
     flows_untracked: AtomicU64,
     tune_refused: AtomicU64,
+    /// Flows dropped after the datapath: the queue to the reporter, a full window.
+    flows_agent_dropped: AtomicU64,
+    flows_reported: AtomicU64,
+    flows_backlog_full: AtomicU64,
+    flow_records_dropped: AtomicU64,
+    flows_pending: AtomicU64,
 }
 
 impl EventCounters {
@@ -61,6 +67,31 @@ impl EventCounters {
         self.tune_refused.store(tune_refused, Ordering::Relaxed);
     }
 
+    /// `n` flow records dropped on their way to aggregation (a full queue or window).
+    pub fn flows_key_dropped(&self, n: u64) {
+        self.flows_agent_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` flow aggregates the server stored.
+    pub fn flows_reported(&self, n: u64) {
+        self.flows_reported.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` flow aggregates dropped from the full backlog.
+    pub fn flows_backlog_full(&self, n: u64) {
+        self.flows_backlog_full.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` per-connection records a watcher wanted that were not sent.
+    pub fn flow_records_dropped(&self, n: u64) {
+        self.flow_records_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Flow aggregates waiting to be reported now.
+    pub fn set_flows_pending(&self, n: u64) {
+        self.flows_pending.store(n, Ordering::Relaxed);
+    }
+
     /// `n` events the server acknowledged.
     pub fn delivered(&self, n: u64) {
         self.delivered.fetch_add(n, Ordering::Relaxed);
@@ -77,9 +108,14 @@ impl EventCounters {
             ring_full: self.ring_full.load(Ordering::Relaxed),
             pending_bytes: self.pending_bytes.load(Ordering::Relaxed),
             flows_recorded: self.flows_recorded.load(Ordering::Relaxed),
-            flows_dropped: self.flows_dropped.load(Ordering::Relaxed),
+            flows_dropped: self.flows_dropped.load(Ordering::Relaxed)
+                + self.flows_agent_dropped.load(Ordering::Relaxed),
             flows_untracked: self.flows_untracked.load(Ordering::Relaxed),
             tune_refused: self.tune_refused.load(Ordering::Relaxed),
+            flows_reported: self.flows_reported.load(Ordering::Relaxed),
+            flows_backlog_full: self.flows_backlog_full.load(Ordering::Relaxed),
+            flow_records_dropped: self.flow_records_dropped.load(Ordering::Relaxed),
+            flows_pending: self.flows_pending.load(Ordering::Relaxed),
         }
     }
 }

@@ -163,7 +163,7 @@ pub struct Server {
 
 impl Server {
     /// Connects to replica `at` (an index into `urls`, taken modulo their number).
-    async fn connect(&self, at: usize) -> Result<Channel, tonic::transport::Error> {
+    pub(crate) async fn connect(&self, at: usize) -> Result<Channel, tonic::transport::Error> {
         let url = self.url(at);
         // HTTP/2 pings find a replica that died without closing the connection (a crashed
         // host, a partition) in under 30 s, where TCP alone would take minutes.

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod event;
 pub mod explain;
+pub mod flow;
 pub mod node;
 pub mod policy;
 pub mod rollout;

@@ -1,12 +1,18 @@
 //! Fan-out of database changes to this replica: newly stored events to `WatchEvents`
-//! subscribers, and the global policy generation to Sync streams.
+//! subscribers, newly stored flow aggregates and relayed flow records to `WatchFlows`
+//! subscribers, which nodes' records live watchers want (to `ReportFlows`), and the global
+//! policy generation to Sync streams.
 //!
 //! Writes may happen on any server replica, so the hub does not trust in-process calls: it
 //! LISTENs on [`EVENTS_CHANNEL`] and [`GENERATION_CHANNEL`] and, on every notification, after
 //! every listener reconnect (notifications sent while disconnected are lost) and every
 //! [`REREAD`] as a backstop, re-reads what changed.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use palisade_proto::v1;
 use sqlx::postgres::PgListener;
@@ -17,8 +23,22 @@ use tokio::sync::watch;
 
 use crate::{
     error::ApiError,
-    store::{EVENTS_CHANNEL, EventQuery, GENERATION_CHANNEL, Store},
+    store::{
+        EVENTS_CHANNEL, EventQuery, FLOW_RECORDS_CHANNEL, FLOW_WATCH_CHANNEL, FLOWS_CHANNEL, FlowQuery,
+        GENERATION_CHANNEL, Store, decode_relayed,
+    },
 };
+
+/// A live watcher's record interest lasts this long after its last announcement; watchers
+/// announce every [`WATCH_RENEWAL`].
+pub const WATCH_LIFETIME: Duration = Duration::from_mins(1);
+/// How often a `WatchFlows` call asking for records announces itself.
+pub const WATCH_RENEWAL: Duration = Duration::from_secs(20);
+/// Most distinct node filters of record watchers remembered (a filter is a node name).
+const MAX_WATCH_FILTERS: usize = 4096;
+
+/// What `WatchFlows` subscribers receive.
+pub type FlowItem = v1::watch_flows_response::Item;
 
 /// How often the hub re-reads even without notifications.
 pub const REREAD: Duration = Duration::from_secs(30);
@@ -32,6 +52,9 @@ const CATCH_UP_BATCH: u32 = 1000;
 #[derive(Clone, Debug)]
 pub struct EventHub {
     sender: broadcast::Sender<Arc<v1::DecisionEvent>>,
+    flows: broadcast::Sender<Arc<FlowItem>>,
+    /// Node filter ("" for every node) → when a watcher last asked for its records.
+    record_watches: Arc<Mutex<HashMap<String, Instant>>>,
     generation: watch::Receiver<u64>,
 }
 
@@ -39,13 +62,39 @@ impl EventHub {
     /// Starts listening. Events stored after this returns are broadcast.
     pub async fn start(store: Store, shutdown: CancellationToken, tracker: &TaskTracker) -> Result<Self, ApiError> {
         let mut listener = PgListener::connect_with(store.pool()).await?;
-        listener.listen_all([EVENTS_CHANNEL, GENERATION_CHANNEL]).await?;
-        let last = store.max_event_id().await?;
+        listener
+            .listen_all([EVENTS_CHANNEL, GENERATION_CHANNEL, FLOWS_CHANNEL, FLOW_RECORDS_CHANNEL, FLOW_WATCH_CHANNEL])
+            .await?;
+        let last = (store.max_event_id().await?, store.max_flow_id().await?);
         let (sender, _) = broadcast::channel(SUBSCRIBER_BUFFER);
+        let (flows, _) = broadcast::channel(SUBSCRIBER_BUFFER);
         let (generation_tx, generation) = watch::channel(store.generation().await?);
-        let hub = Self { sender: sender.clone(), generation };
-        tracker.spawn(run(store, listener, sender, generation_tx, last, shutdown));
+        let hub = Self { sender, flows, record_watches: Arc::default(), generation };
+        tracker.spawn(run(store, listener, hub.clone(), generation_tx, last, shutdown));
         Ok(hub)
+    }
+
+    /// A receiver of every flow aggregate stored and every flow record relayed from now on.
+    pub fn subscribe_flows(&self) -> broadcast::Receiver<Arc<FlowItem>> {
+        self.flows.subscribe()
+    }
+
+    /// Whether a live watcher on any replica asked for `node`'s flow records within
+    /// [`WATCH_LIFETIME`].
+    pub fn records_wanted(&self, node: &str) -> bool {
+        let Ok(watches) = self.record_watches.lock() else { return false };
+        [node, ""].iter().any(|f| watches.get(*f).is_some_and(|at| at.elapsed() < WATCH_LIFETIME))
+    }
+
+    /// Notes a watcher's announcement for `filter` (a node name, "" for every node).
+    fn watched(&self, filter: &str) {
+        let Ok(mut watches) = self.record_watches.lock() else { return };
+        if watches.len() >= MAX_WATCH_FILTERS {
+            watches.retain(|_, at| at.elapsed() < WATCH_LIFETIME);
+        }
+        if watches.len() < MAX_WATCH_FILTERS || watches.contains_key(filter) {
+            watches.insert(filter.to_owned(), Instant::now());
+        }
     }
 
     /// The global policy generation, updated as it moves.
@@ -62,9 +111,9 @@ impl EventHub {
 async fn run(
     store: Store,
     mut listener: PgListener,
-    sender: broadcast::Sender<Arc<v1::DecisionEvent>>,
+    hub: EventHub,
     generation: watch::Sender<u64>,
-    mut last: i64,
+    (mut last, mut last_flow): (i64, i64),
     shutdown: CancellationToken,
 ) {
     loop {
@@ -74,6 +123,17 @@ async fn run(
             n = listener.recv() => Some(n),
         };
         let channel = match notified {
+            Some(Ok(n)) if n.channel() == FLOW_RECORDS_CHANNEL => {
+                // Live only: nothing to catch up with, so nothing to re-read.
+                for record in decode_relayed(n.payload()).unwrap_or_default() {
+                    let _ = hub.flows.send(Arc::new(FlowItem::Record(record)));
+                }
+                continue;
+            }
+            Some(Ok(n)) if n.channel() == FLOW_WATCH_CHANNEL => {
+                hub.watched(n.payload());
+                continue;
+            }
             Some(Ok(n)) => Some(n.channel().to_owned()),
             Some(Err(error)) => {
                 // PgListener reconnects on the next recv; re-read everything below.
@@ -86,12 +146,18 @@ async fn run(
             }
             None => None,
         };
-        if channel.as_deref() != Some(GENERATION_CHANNEL)
-            && let Err(error) = catch_up(&store, &sender, &mut last).await
+        let only = |c: &str| channel.as_deref().is_none_or(|channel| channel == c);
+        if only(EVENTS_CHANNEL)
+            && let Err(error) = catch_up(&store, &hub.sender, &mut last).await
         {
             tracing::warn!(%error, "event catch-up failed; retrying on the next notification");
         }
-        if channel.as_deref() != Some(EVENTS_CHANNEL) {
+        if only(FLOWS_CHANNEL)
+            && let Err(error) = catch_up_flows(&store, &hub.flows, &mut last_flow).await
+        {
+            tracing::warn!(%error, "flow catch-up failed; retrying on the next notification");
+        }
+        if only(GENERATION_CHANNEL) {
             match store.generation().await {
                 Ok(g) => {
                     generation.send_if_modified(|current| {
@@ -102,6 +168,24 @@ async fn run(
                 }
                 Err(error) => tracing::warn!(%error, "cannot read the policy generation"),
             }
+        }
+    }
+}
+
+async fn catch_up_flows(
+    store: &Store,
+    sender: &broadcast::Sender<Arc<FlowItem>>,
+    last: &mut i64,
+) -> Result<(), ApiError> {
+    loop {
+        let query = FlowQuery { after_id: Some(*last), ..FlowQuery::default() };
+        let (flows, more) = store.list_flows(&query, CATCH_UP_BATCH).await?;
+        for flow in flows {
+            *last = flow.id as i64;
+            let _ = sender.send(Arc::new(FlowItem::Aggregate(flow)));
+        }
+        if !more {
+            return Ok(());
         }
     }
 }

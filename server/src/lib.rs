@@ -21,9 +21,9 @@ use palisade_proto::{
     FILE_DESCRIPTOR_SET,
     v1::{
         agent_service_server::AgentServiceServer, event_service_server::EventServiceServer,
-        explain_service_server::ExplainServiceServer, node_service_server::NodeServiceServer,
-        policy_service_server::PolicyServiceServer, rollout_service_server::RolloutServiceServer,
-        token_service_server::TokenServiceServer,
+        explain_service_server::ExplainServiceServer, flow_service_server::FlowServiceServer,
+        node_service_server::NodeServiceServer, policy_service_server::PolicyServiceServer,
+        rollout_service_server::RolloutServiceServer, token_service_server::TokenServiceServer,
     },
 };
 use sqlx::{PgPool, postgres::PgPoolOptions};
@@ -36,8 +36,8 @@ pub use store::MIGRATOR;
 
 use crate::{
     api::{
-        agent::AgentApi, event::EventApi, explain::ExplainApi, node::NodeApi, policy::PolicyApi, rollout::RolloutApi,
-        token::TokenApi,
+        agent::AgentApi, event::EventApi, explain::ExplainApi, flow::FlowApi, node::NodeApi, policy::PolicyApi,
+        rollout::RolloutApi, token::TokenApi,
     },
     hub::EventHub,
     store::Store,
@@ -134,6 +134,18 @@ pub struct Config {
     /// to a day longer).
     #[arg(long, env = "PALISADE_EVENT_RETENTION", default_value = "30d", value_parser = parse_retention)]
     pub event_retention: Retention,
+    /// Flow aggregates per second one node may report (sustained); beyond it they are
+    /// refused, counted on the node (`flows_rate_limited`) and sent again by the agent
+    /// later. 0: no limit.
+    #[arg(long, env = "PALISADE_FLOW_RATE", default_value_t = ratelimit::EventRate::FLOWS.per_second)]
+    pub flow_rate: u32,
+    /// Flow aggregates one node may report at once after a quiet spell.
+    #[arg(long, env = "PALISADE_FLOW_BURST", default_value_t = ratelimit::EventRate::FLOWS.burst)]
+    pub flow_burst: u32,
+    /// How long flow aggregates are kept, like `--event-retention` (daily partitions of the
+    /// window's start, dropped whole).
+    #[arg(long, env = "PALISADE_FLOW_RETENTION", default_value = "7d", value_parser = parse_retention)]
+    pub flow_retention: Retention,
     /// Development mode, loopback only: plaintext, no client certificates, no node identity.
     #[arg(long, env = "PALISADE_DEV", conflicts_with = "tls_cert")]
     pub dev: bool,
@@ -179,6 +191,8 @@ impl Config {
             event_rate: ratelimit::EventRate { per_second: self.event_rate, burst: self.event_burst },
             transport: Transport::DEFAULT,
             event_retention: self.event_retention,
+            flow_rate: ratelimit::EventRate { per_second: self.flow_rate, burst: self.flow_burst },
+            flow_retention: self.flow_retention,
             metrics_listener: None,
         }
     }
@@ -230,22 +244,27 @@ pub fn parse_retention(text: &str) -> Result<Retention, String> {
     Ok(Retention(Some(Duration::from_secs(retention))))
 }
 
-/// How often the server creates event partitions ahead and drops expired ones.
+/// How often the server creates event and flow partitions ahead and drops expired ones.
 const EVENT_MAINTENANCE_INTERVAL: Duration = Duration::from_hours(1);
 
-/// Keeps event partitions ahead of time and drops expired ones: now, then every
+/// Keeps event and flow partitions ahead of time and drops expired ones: now, then every
 /// [`EVENT_MAINTENANCE_INTERVAL`], until shutdown.
-async fn maintain_events(store: Store, retention: Retention, shutdown: CancellationToken) {
+async fn maintain_events(store: Store, events: Retention, flows: Retention, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(EVENT_MAINTENANCE_INTERVAL);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match store.maintain_event_partitions(retention.0).await {
-            Ok((0, 0)) => {}
-            Ok((created, dropped)) => tracing::info!(created, dropped, "event partitions maintained"),
-            Err(error) => tracing::warn!(%error, "cannot maintain event partitions; will retry"),
+        for (table, result) in [
+            ("event", store.maintain_event_partitions(events.0).await),
+            ("flow", store.maintain_flow_partitions(flows.0).await),
+        ] {
+            match result {
+                Ok((0, 0)) => {}
+                Ok((created, dropped)) => tracing::info!(table, created, dropped, "partitions maintained"),
+                Err(error) => tracing::warn!(table, %error, "cannot maintain partitions; will retry"),
+            }
         }
     }
 }
@@ -438,6 +457,10 @@ pub struct Options {
     pub transport: Transport,
     /// How long events are kept.
     pub event_retention: Retention,
+    /// How fast each node may report flow aggregates.
+    pub flow_rate: ratelimit::EventRate,
+    /// How long flow aggregates are kept.
+    pub flow_retention: Retention,
     /// Where `/metrics` is served (`--metrics-listen`); `None`: not served.
     pub metrics_listener: Option<MetricsListener>,
 }
@@ -483,6 +506,8 @@ impl Default for Options {
             event_rate: ratelimit::EventRate::DEFAULT,
             transport: Transport::DEFAULT,
             event_retention: Retention(Some(Duration::from_hours(30 * 24))),
+            flow_rate: ratelimit::EventRate::FLOWS,
+            flow_retention: Retention(Some(Duration::from_hours(7 * 24))),
             metrics_listener: None,
         }
     }
@@ -499,6 +524,8 @@ impl std::fmt::Debug for Options {
             .field("event_rate", &self.event_rate)
             .field("transport", &self.transport)
             .field("event_retention", &self.event_retention)
+            .field("flow_rate", &self.flow_rate)
+            .field("flow_retention", &self.flow_retention)
             .field("metrics_listener", &self.metrics_listener)
             .finish()
     }
@@ -519,6 +546,7 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
         ExplainServiceServer::<ExplainApi>::NAME,
         RolloutServiceServer::<RolloutApi>::NAME,
         EventServiceServer::<EventApi>::NAME,
+        FlowServiceServer::<FlowApi>::NAME,
         TokenServiceServer::<TokenApi>::NAME,
     ] {
         health.set_service_status(service, status).await;
@@ -565,7 +593,7 @@ pub async fn serve_with(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, true).await;
     tracker.spawn(watch_database(store.clone(), health.clone(), shutdown.clone()));
-    tracker.spawn(maintain_events(store.clone(), options.event_retention, shutdown.clone()));
+    tracker.spawn(maintain_events(store.clone(), options.event_retention, options.flow_retention, shutdown.clone()));
     let metrics = metrics::ServerMetrics::new();
     if let Some(listener) = &options.metrics_listener {
         let listener = listener.tokio().map_err(ServeError::Metrics)?;
@@ -619,6 +647,7 @@ pub async fn serve_with(
                 AgentApi::new(store.clone(), bundler, hub.generation(), shutdown.clone(), tracker.clone())
                     .requiring_identity(require_identity)
                     .limiting_events(ratelimit::EventLimiter::new(options.event_rate))
+                    .with_flows(hub.clone(), ratelimit::EventLimiter::new(options.flow_rate))
                     .with_metrics(metrics),
             )
             .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES),
@@ -627,6 +656,7 @@ pub async fn serve_with(
         .add_service(ExplainServiceServer::new(ExplainApi::new(store.clone(), auth.clone())))
         .add_service(RolloutServiceServer::new(RolloutApi::new(store.clone(), auth.clone(), &signer, require_identity)))
         .add_service(TokenServiceServer::new(TokenApi::new(store.clone(), auth.clone())))
+        .add_service(FlowServiceServer::new(FlowApi::new(store.clone(), hub.clone(), shutdown.clone(), auth.clone())))
         .add_service(EventServiceServer::new(EventApi::new(store, hub, shutdown.clone(), auth)))
         .serve_with_incoming_shutdown(incoming(listener), signal);
     // Graceful shutdown waits for every open call; a client that holds a call open and idle

@@ -21,6 +21,9 @@ pub struct EventRate {
 impl EventRate {
     /// 2,000 events per second per node, bursts of 100,000 (the agent's default backlog).
     pub const DEFAULT: Self = Self { per_second: 2_000, burst: 100_000 };
+    /// Flow aggregates: 2,000 per second per node (an agent sends one per key and 10 s
+    /// window, so 20,000 distinct keys per window), bursts of 100,000.
+    pub const FLOWS: Self = Self { per_second: 2_000, burst: 100_000 };
     /// No limit.
     pub const UNLIMITED: Self = Self { per_second: 0, burst: 0 };
 }

@@ -10,6 +10,7 @@ macro_rules! dynamic_sql {
 
 mod batch;
 mod events;
+mod flows;
 mod nodes;
 mod policies;
 mod tokens;
@@ -18,7 +19,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 pub use events::EventQuery;
-pub use nodes::NodeContext;
+pub use flows::{FlowQuery, decode_relayed};
+pub use nodes::{NodeContext, Reported};
 pub use policies::ApplyOutcome;
 pub use tokens::StoredToken;
 
@@ -29,6 +31,14 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 pub const GENERATION_CHANNEL: &str = "palisade_generation";
 /// NOTIFY channel announcing newly stored events (payload: highest new event id).
 pub const EVENTS_CHANNEL: &str = "palisade_events";
+/// NOTIFY channel announcing newly stored flow aggregates (payload: highest new id).
+pub const FLOWS_CHANNEL: &str = "palisade_flows";
+/// NOTIFY channel relaying per-connection flow records to every replica's live watchers
+/// (payload: base64 of an encoded `ReportFlowsRequest` holding only records).
+pub const FLOW_RECORDS_CHANNEL: &str = "palisade_flow_records";
+/// NOTIFY channel on which replicas announce that they have live record watchers (payload:
+/// the node filter, empty for every node), renewed while they stay.
+pub const FLOW_WATCH_CHANNEL: &str = "palisade_flow_watch";
 
 /// Handle to the database.
 #[derive(Clone, Debug)]
@@ -38,10 +48,14 @@ pub struct Store {
     /// database connection, so however many streams report at once they take at most one
     /// connection of this process's pool and never starve other calls.
     ingest: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The same for flow aggregates.
+    flow_ingest: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Desired-bundle records (node, digest → desired generation), written in groups.
     desired: std::sync::Arc<batch::Batcher<(String, String), Option<u64>>>,
     /// ACK records (node, generation, digest), written in groups.
     acks: std::sync::Arc<batch::Batcher<(String, u64, String), ()>>,
+    /// Rate-limit refusals (node, what, count), written in groups.
+    rate_limited: std::sync::Arc<batch::Batcher<(String, nodes::Reported, u64), ()>>,
 }
 
 impl Store {
@@ -50,8 +64,10 @@ impl Store {
         Self {
             pool,
             ingest: std::sync::Arc::default(),
+            flow_ingest: std::sync::Arc::default(),
             desired: std::sync::Arc::default(),
             acks: std::sync::Arc::default(),
+            rate_limited: std::sync::Arc::default(),
         }
     }
 

@@ -468,6 +468,13 @@ impl AgentService for RawServer {
     ) -> Result<tonic::Response<v1::ReportEventsResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("raw baseline"))
     }
+
+    async fn report_flows(
+        &self,
+        _: tonic::Request<tonic::Streaming<v1::ReportFlowsRequest>>,
+    ) -> Result<tonic::Response<v1::ReportFlowsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("raw baseline"))
+    }
 }
 
 async fn raw_server(port: u16, agents: usize, rounds: usize, bundle: PathBuf) -> anyhow::Result<()> {

@@ -17,7 +17,7 @@ use crate::{
     bundler::Bundler,
     error::ApiError,
     metrics::ServerMetrics,
-    store::{NodeContext, Store},
+    store::{NodeContext, Reported, Store},
     tls, validate,
 };
 
@@ -25,6 +25,8 @@ use crate::{
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// Most events in one `ReportEvents` message.
 pub const MAX_EVENTS_PER_MESSAGE: usize = 10_000;
+/// Most aggregates, and most records, in one `ReportFlows` message.
+pub const MAX_FLOWS_PER_MESSAGE: usize = 10_000;
 /// Longest error text stored from a NACK.
 const MAX_NACK_ERROR: usize = 64 * 1024;
 
@@ -40,6 +42,10 @@ pub struct AgentApi {
     require_identity: bool,
     /// Per-node event rate limits.
     limiter: crate::ratelimit::EventLimiter,
+    /// Per-node flow aggregate rate limits.
+    flow_limiter: crate::ratelimit::EventLimiter,
+    /// Which nodes' flow records live watchers want; `None`: flows are refused.
+    hub: Option<crate::hub::EventHub>,
     metrics: Arc<ServerMetrics>,
 }
 
@@ -61,6 +67,8 @@ impl AgentApi {
             tracker,
             require_identity: false,
             limiter: crate::ratelimit::EventLimiter::new(crate::ratelimit::EventRate::UNLIMITED),
+            flow_limiter: crate::ratelimit::EventLimiter::new(crate::ratelimit::EventRate::UNLIMITED),
+            hub: None,
             metrics: ServerMetrics::new(),
         }
     }
@@ -76,6 +84,15 @@ impl AgentApi {
     #[must_use]
     pub fn limiting_events(mut self, limiter: crate::ratelimit::EventLimiter) -> Self {
         self.limiter = limiter;
+        self
+    }
+
+    /// Accepts flow reports, limited per node by `limiter`, relaying records to the
+    /// watchers `hub` knows of.
+    #[must_use]
+    pub fn with_flows(mut self, hub: crate::hub::EventHub, limiter: crate::ratelimit::EventLimiter) -> Self {
+        self.hub = Some(hub);
+        self.flow_limiter = limiter;
         self
     }
 
@@ -405,6 +422,84 @@ fn check_event(i: usize, e: &v1::DecisionEvent) -> Vec<crate::error::Violation> 
     v
 }
 
+/// The checks shared by aggregates and records, at `at` (e.g. `aggregates[3]`).
+fn check_flow_common(
+    at: &dyn Fn(&str) -> String,
+    v: &mut Vec<crate::error::Violation>,
+    text: [(&str, &str, bool); 3],
+    direction: i32,
+    addresses: [(&str, &str); 2],
+    ports: [(&str, u32); 2],
+) {
+    use crate::error::Violation;
+    for (field, value, required) in text {
+        if required && value.is_empty() {
+            v.push(Violation::new(at(field), "must not be empty"));
+        } else {
+            v.extend(check_text_at(|| at(field), value, 63));
+        }
+    }
+    if !matches!(v1::FlowDirection::try_from(direction), Ok(v1::FlowDirection::Outbound | v1::FlowDirection::Inbound)) {
+        v.push(Violation::new(at("direction"), format!("unknown direction {direction}")));
+    }
+    for (field, value) in addresses {
+        if value.len() > 64 || value.parse::<std::net::IpAddr>().is_err() {
+            v.push(Violation::new(at(field), "not an IPv4 or IPv6 address"));
+        }
+    }
+    for (field, port) in ports {
+        if port > 65_535 {
+            v.push(Violation::new(at(field), format!("port {port} is above 65535")));
+        }
+    }
+}
+
+fn check_aggregate(i: usize, a: &v1::FlowAggregate) -> Vec<crate::error::Violation> {
+    use crate::error::Violation;
+    let at = |field: &str| format!("aggregates[{i}].{field}");
+    let mut v = Vec::new();
+    check_flow_common(
+        &at,
+        &mut v,
+        [("policy", &a.policy, true), ("rule_id", &a.rule_id, true), ("node", &a.node, false)],
+        a.direction,
+        [("local_address", &a.local_address), ("peer_address", &a.peer_address)],
+        [("local_port", a.local_port), ("peer_port", a.peer_port)],
+    );
+    if a.connections == 0 {
+        v.push(Violation::new(at("connections"), "an aggregate counts at least one connection"));
+    }
+    if !(a.srtt_us_min <= a.srtt_us_avg && a.srtt_us_avg <= a.srtt_us_max) {
+        v.push(Violation::new(at("srtt_us_avg"), "min ≤ avg ≤ max does not hold"));
+    }
+    match (a.window_start.as_ref().and_then(from_timestamp), a.window_end.as_ref().and_then(from_timestamp)) {
+        (Some(start), Some(end)) if start <= end => {}
+        (Some(_), Some(_)) => v.push(Violation::new(at("window_end"), "is before window_start")),
+        _ => v.push(Violation::new(at("window_start"), "window_start and window_end are required timestamps")),
+    }
+    v
+}
+
+fn check_record(i: usize, r: &v1::FlowRecord) -> Vec<crate::error::Violation> {
+    let at = |field: &str| format!("records[{i}].{field}");
+    let mut v = Vec::new();
+    check_flow_common(
+        &at,
+        &mut v,
+        [("policy", &r.policy, true), ("rule_id", &r.rule_id, true), ("node", &r.node, false)],
+        r.direction,
+        [("local_address", &r.local_address), ("peer_address", &r.peer_address)],
+        [("local_port", r.local_port), ("peer_port", r.peer_port)],
+    );
+    // "policy/rule": two names of up to 63 characters.
+    v.extend(check_text_at(|| at("tune_rule"), &r.tune_rule, 127));
+    v
+}
+
+fn from_timestamp(t: &prost_types::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
+    crate::store::from_timestamp(t)
+}
+
 #[tonic::async_trait]
 impl AgentService for AgentApi {
     type SyncStream = SyncStream;
@@ -496,7 +591,7 @@ impl AgentService for AgentApi {
             // Counted on the node at most once a second: a flood must not turn into a flood
             // of updates to one row.
             if unrecorded > 0 && recorded_at.elapsed() >= Duration::from_secs(1) {
-                self.store.node_rate_limited(&node, unrecorded).await?;
+                self.store.node_rate_limited(&node, Reported::Events, unrecorded).await?;
                 (unrecorded, recorded_at) = (0, Instant::now());
             }
             let stored = self.store.insert_events(&node, &message.events[..admitted]).await?;
@@ -506,9 +601,84 @@ impl AgentService for AgentApi {
         if let Some(node) = &node
             && unrecorded > 0
         {
-            self.store.node_rate_limited(node, unrecorded).await?;
+            self.store.node_rate_limited(node, Reported::Events, unrecorded).await?;
         }
         Ok(Response::new(v1::ReportEventsResponse { accepted, rate_limited }))
+    }
+
+    async fn report_flows(
+        &self,
+        request: Request<Streaming<v1::ReportFlowsRequest>>,
+    ) -> Result<Response<v1::ReportFlowsResponse>, Status> {
+        let Some(hub) = &self.hub else {
+            return Err(Status::unimplemented("this server does not take flow reports"));
+        };
+        let identity = tls::node_identity(&request, self.require_identity)?;
+        let mut inbound = request.into_inner();
+        let mut node: Option<String> = None;
+        let (mut accepted, mut rate_limited) = (0, 0);
+        while let Some(mut message) = inbound.message().await? {
+            let node = match &node {
+                Some(node) if message.node_name != *node && !message.node_name.is_empty() => {
+                    return Err(ApiError::invalid(
+                        "node_name",
+                        format!("this stream reports for {node:?}, not {:?}", message.node_name),
+                    )
+                    .into());
+                }
+                Some(node) => node.clone(),
+                None => {
+                    validate::node_name("node_name", &message.node_name).map_err(ApiError::Invalid)?;
+                    tls::check_node(identity.as_deref(), "node_name", &message.node_name)?;
+                    node.insert(message.node_name.clone()).clone()
+                }
+            };
+            for (field, n) in [("aggregates", message.aggregates.len()), ("records", message.records.len())] {
+                if n > MAX_FLOWS_PER_MESSAGE {
+                    return Err(ApiError::invalid(
+                        field,
+                        format!("{n} {field} in one message, the limit is {MAX_FLOWS_PER_MESSAGE}"),
+                    )
+                    .into());
+                }
+            }
+            let admitted = self.flow_limiter.admit(&node, message.aggregates.len());
+            let violations: Vec<_> = message.aggregates[..admitted]
+                .iter()
+                .enumerate()
+                .flat_map(|(i, a)| check_aggregate(i, a))
+                .chain(message.records.iter().enumerate().flat_map(|(i, r)| check_record(i, r)))
+                .take(100)
+                .collect();
+            if !violations.is_empty() {
+                return Err(ApiError::Invalid(violations).into());
+            }
+            let refused = (message.aggregates.len() - admitted) as u64;
+            if refused > 0 {
+                if rate_limited == 0 {
+                    tracing::warn!(
+                        node,
+                        "node reports flows faster than --flow-rate; refusing and counting the excess"
+                    );
+                }
+                rate_limited += refused;
+                self.store.node_rate_limited(&node, Reported::Flows, refused).await?;
+            }
+            message.aggregates.truncate(admitted);
+            for a in &mut message.aggregates {
+                a.node.clone_from(&node);
+                a.id = 0;
+            }
+            accepted += self.store.insert_flows(&node, &message.aggregates).await?;
+            if !message.records.is_empty() && hub.records_wanted(&node) {
+                for r in &mut message.records {
+                    r.node.clone_from(&node);
+                }
+                self.store.relay_flow_records(&message.records).await?;
+            }
+        }
+        let records_wanted = node.as_deref().is_some_and(|n| hub.records_wanted(n));
+        Ok(Response::new(v1::ReportFlowsResponse { accepted, rate_limited, records_wanted }))
     }
 }
 

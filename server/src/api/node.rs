@@ -13,11 +13,6 @@ use crate::{
     validate,
 };
 
-/// Why `connections.observe` is not enforced yet: the node's sockops program records
-/// connections, but the records do not reach the server.
-pub const OBSERVE_NOT_REPORTED: &str =
-    "flow records are collected on the node but not yet sent to the server (FlowService is not built yet)";
-
 /// Why a node cannot run the sockops program, if it cannot: it must have reported the kernel
 /// struct offsets the program walks from a socket to its cgroup.
 fn sockops_reason(features: Option<&v1::KernelFeatures>) -> Option<String> {
@@ -33,8 +28,7 @@ fn sockops_reason(features: Option<&v1::KernelFeatures>) -> Option<String> {
 }
 
 /// The sections of `policies` selecting `node` that it cannot enforce: `exec` and `files`
-/// need BPF-LSM (semantics §12.5); `connections` sections need the sockops program (§13.5),
-/// and `observe` records do not reach the server yet.
+/// need BPF-LSM (semantics §12.5); `connections` sections need the sockops program (§13.5).
 pub fn not_enforceable(node: &v1::Node, policies: &[(v1::Policy, u64)]) -> Vec<v1::UnenforceableSection> {
     let features = node.features.as_ref();
     let path_reason = match features {
@@ -47,7 +41,6 @@ pub fn not_enforceable(node: &v1::Node, policies: &[(v1::Policy, u64)]) -> Vec<v
         None => Some("the node has not reported its kernel features".to_owned()),
     };
     let sockops = sockops_reason(features);
-    let observe = Some(sockops.clone().unwrap_or_else(|| OBSERVE_NOT_REPORTED.to_owned()));
     let labels = node.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let mut out = Vec::new();
     for (policy, revision) in policies {
@@ -58,7 +51,7 @@ pub fn not_enforceable(node: &v1::Node, policies: &[(v1::Policy, u64)]) -> Vec<v
         let sections = [
             ("exec", policy.exec.is_some(), path_reason.as_deref()),
             ("files", policy.files.is_some(), path_reason.as_deref()),
-            ("connections.observe", connections.is_some_and(|c| c.observe.is_some()), observe.as_deref()),
+            ("connections.observe", connections.is_some_and(|c| c.observe.is_some()), sockops.as_deref()),
             ("connections.tune", connections.is_some_and(|c| c.tune.is_some()), sockops.as_deref()),
         ];
         for (section, present, reason) in sections {
@@ -190,16 +183,14 @@ mod tests {
                 f.btf_offsets.insert(field.key.to_owned(), 8 * i as u32);
             }
         }
-        let full = not_enforceable(&with_offsets, &policies);
-        assert_eq!(full.iter().map(|u| u.section.as_str()).collect::<Vec<_>>(), ["connections.observe"]);
-        assert_eq!(full[0].reason, OBSERVE_NOT_REPORTED);
+        assert!(not_enforceable(&with_offsets, &policies).is_empty(), "a node with sock_ops and offsets runs both");
         if let Some(f) = with_offsets.features.as_mut() {
             f.tcp_congestion = vec!["reno".to_owned(), "bbr".to_owned()];
         }
         let unoffered = not_enforceable(&with_offsets, &policies);
         let sections: Vec<&str> = unoffered.iter().map(|u| u.section.as_str()).collect();
-        assert_eq!(sections, ["connections.observe", "connections.tune.rules[0].congestion"]);
-        assert!(unoffered[1].reason.contains("\"cubic\" is not offered") && unoffered[1].reason.contains("reno bbr"));
+        assert_eq!(sections, ["connections.tune.rules[0].congestion"]);
+        assert!(unoffered[0].reason.contains("\"cubic\" is not offered") && unoffered[0].reason.contains("reno bbr"));
         let partial = not_enforceable(&node(true, false), &policies);
         assert_eq!(partial.len(), 3);
         assert!(partial[0].reason.contains("cannot resolve paths"), "{}", partial[0].reason);

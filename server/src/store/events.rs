@@ -135,20 +135,32 @@ impl Store {
         &self,
         retention: Option<std::time::Duration>,
     ) -> Result<(u32, u32), ApiError> {
+        self.maintain_partitions("events", retention).await
+    }
+
+    /// [`Store::maintain_event_partitions`] for any table partitioned by day (`events`,
+    /// `flows`).
+    pub(super) async fn maintain_partitions(
+        &self,
+        table: &str,
+        retention: Option<std::time::Duration>,
+    ) -> Result<(u32, u32), ApiError> {
         // From yesterday, but never a day retention would drop again at once.
         let created: i32 = sqlx::query_scalar(
-            "SELECT palisade_ensure_event_partitions(GREATEST(((now() AT TIME ZONE 'UTC') - interval '1 day')::date, \
+            "SELECT palisade_ensure_partitions($2, GREATEST(((now() AT TIME ZONE 'UTC') - interval '1 day')::date, \
                ((now() - make_interval(secs => $1)) AT TIME ZONE 'UTC')::date), \
                ((now() AT TIME ZONE 'UTC') + interval '3 days')::date)",
         )
         .bind(retention.map(|r| r.as_secs_f64()))
+        .bind(table)
         .fetch_one(&self.pool)
         .await?;
         let dropped: i32 = match retention {
             None => 0,
             Some(retention) => {
-                sqlx::query_scalar("SELECT palisade_drop_event_partitions(now() - make_interval(secs => $1))")
+                sqlx::query_scalar("SELECT palisade_drop_partitions($2, now() - make_interval(secs => $1))")
                     .bind(retention.as_secs_f64())
+                    .bind(table)
                     .fetch_one(&self.pool)
                     .await?
             }

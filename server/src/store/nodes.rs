@@ -40,9 +40,19 @@ fn context_from_row((name, labels, features, failsafe): ContextRow) -> Result<(S
 /// died without marking its streams closed does not leave nodes "connected" forever.
 const LIVENESS_SECONDS: i64 = 90;
 
+/// What a node reports on its own streams, each with its own rate limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reported {
+    /// Decision events (`ReportEvents`).
+    Events,
+    /// Flow aggregates (`ReportFlows`).
+    Flows,
+}
+
 const NODE_COLUMNS: &str = "name, labels, features, agent_version, registered_at, last_seen, \
      desired_generation, desired_digest, applied_generation, applied_digest, \
      last_error, last_error_generation, last_error_digest, last_error_at, event_stats, events_rate_limited, \
+     flows_rate_limited, \
      (connected AND last_seen > now() - make_interval(secs => $LIVE)) AS connected_now";
 
 fn columns() -> String {
@@ -90,6 +100,7 @@ fn node_from_row(row: &PgRow) -> Result<v1::Node, ApiError> {
         // Computed by the API from the current policies.
         not_enforceable: Vec::new(),
         events_rate_limited: row.try_get::<i64, _>("events_rate_limited")? as u64,
+        flows_rate_limited: row.try_get::<i64, _>("flows_rate_limited")? as u64,
     })
 }
 
@@ -226,14 +237,18 @@ impl Store {
         Ok(())
     }
 
-    /// Counts `dropped` events the node reported beyond its rate limit.
-    pub async fn node_rate_limited(&self, name: &str, dropped: u64) -> Result<(), ApiError> {
-        sqlx::query("UPDATE nodes SET events_rate_limited = events_rate_limited + $2 WHERE name = $1")
-            .bind(name)
-            .bind(i64::try_from(dropped).unwrap_or(i64::MAX))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Counts `dropped` events (or flow aggregates) the node reported beyond its rate limit.
+    /// Concurrent counts are written together, summed per node, in one statement: a flood
+    /// from many streams of one node must not queue its streams' updates of that node's row
+    /// on as many database connections (which other calls then wait for).
+    pub async fn node_rate_limited(&self, name: &str, what: Reported, dropped: u64) -> Result<(), ApiError> {
+        let pool = self.pool.clone();
+        self.rate_limited
+            .submit((name.to_owned(), what, dropped), move |rows| {
+                let pool = pool.clone();
+                async move { record_rate_limited(&pool, rows).await }
+            })
+            .await
     }
 
     /// Records that the node was heard from, with its event counters when it sent them.
@@ -393,6 +408,30 @@ async fn set_desired(pool: &sqlx::PgPool, rows: Vec<(String, String)>) -> Result
     .await?;
     let generations: std::collections::HashMap<String, i64> = written.into_iter().collect();
     Ok(rows.iter().map(|(name, _)| generations.get(name).map(|g| *g as u64)).collect())
+}
+
+/// Adds refused counts to the nodes' rows, one statement for every row queued.
+async fn record_rate_limited(pool: &sqlx::PgPool, rows: Vec<(String, Reported, u64)>) -> Result<Vec<()>, ApiError> {
+    let mut sums: std::collections::BTreeMap<&str, (i64, i64)> = std::collections::BTreeMap::new();
+    for (name, what, n) in &rows {
+        let n = i64::try_from(*n).unwrap_or(i64::MAX);
+        let entry = sums.entry(name.as_str()).or_default();
+        match what {
+            Reported::Events => entry.0 = entry.0.saturating_add(n),
+            Reported::Flows => entry.1 = entry.1.saturating_add(n),
+        }
+    }
+    sqlx::query(
+        "UPDATE nodes SET events_rate_limited = events_rate_limited + d.events, \
+           flows_rate_limited = flows_rate_limited + d.flows \
+         FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS d(name, events, flows) WHERE nodes.name = d.name",
+    )
+    .bind(sums.keys().copied().collect::<Vec<_>>())
+    .bind(sums.values().map(|s| s.0).collect::<Vec<_>>())
+    .bind(sums.values().map(|s| s.1).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    Ok(vec![(); rows.len()])
 }
 
 /// One statement for a group of ACKs, in name order.

@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from . import event_pb2 as _event_pb2
+from . import flow_pb2 as _flow_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -74,7 +75,7 @@ class AgentHello(_message.Message):
     def __init__(self, node_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., features: _Optional[_Union[KernelFeatures, _Mapping]] = ..., bundle_digest: _Optional[str] = ..., bundle_generation: _Optional[int] = ..., agent_version: _Optional[str] = ..., server_endpoints: _Optional[_Iterable[str]] = ..., failsafe_ports: _Optional[_Iterable[int]] = ..., event_stats: _Optional[_Union[EventStats, _Mapping]] = ..., accepts_bundle_parts: _Optional[bool] = ...) -> None: ...
 
 class EventStats(_message.Message):
-    __slots__ = ("queue_full", "backlog_full", "undecodable", "pending", "delivered", "ring_full", "pending_bytes", "flows_recorded", "flows_dropped", "flows_untracked", "tune_refused")
+    __slots__ = ("queue_full", "backlog_full", "undecodable", "pending", "delivered", "ring_full", "pending_bytes", "flows_recorded", "flows_dropped", "flows_untracked", "tune_refused", "flows_reported", "flows_backlog_full", "flow_records_dropped", "flows_pending")
     QUEUE_FULL_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_FULL_FIELD_NUMBER: _ClassVar[int]
     UNDECODABLE_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +87,10 @@ class EventStats(_message.Message):
     FLOWS_DROPPED_FIELD_NUMBER: _ClassVar[int]
     FLOWS_UNTRACKED_FIELD_NUMBER: _ClassVar[int]
     TUNE_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_REPORTED_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_BACKLOG_FULL_FIELD_NUMBER: _ClassVar[int]
+    FLOW_RECORDS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_PENDING_FIELD_NUMBER: _ClassVar[int]
     queue_full: int
     backlog_full: int
     undecodable: int
@@ -97,7 +102,11 @@ class EventStats(_message.Message):
     flows_dropped: int
     flows_untracked: int
     tune_refused: int
-    def __init__(self, queue_full: _Optional[int] = ..., backlog_full: _Optional[int] = ..., undecodable: _Optional[int] = ..., pending: _Optional[int] = ..., delivered: _Optional[int] = ..., ring_full: _Optional[int] = ..., pending_bytes: _Optional[int] = ..., flows_recorded: _Optional[int] = ..., flows_dropped: _Optional[int] = ..., flows_untracked: _Optional[int] = ..., tune_refused: _Optional[int] = ...) -> None: ...
+    flows_reported: int
+    flows_backlog_full: int
+    flow_records_dropped: int
+    flows_pending: int
+    def __init__(self, queue_full: _Optional[int] = ..., backlog_full: _Optional[int] = ..., undecodable: _Optional[int] = ..., pending: _Optional[int] = ..., delivered: _Optional[int] = ..., ring_full: _Optional[int] = ..., pending_bytes: _Optional[int] = ..., flows_recorded: _Optional[int] = ..., flows_dropped: _Optional[int] = ..., flows_untracked: _Optional[int] = ..., tune_refused: _Optional[int] = ..., flows_reported: _Optional[int] = ..., flows_backlog_full: _Optional[int] = ..., flow_records_dropped: _Optional[int] = ..., flows_pending: _Optional[int] = ...) -> None: ...
 
 class KernelFeatures(_message.Message):
     __slots__ = ("kernel_release", "bpf_lsm", "cgroup_sock_addr", "sock_ops", "socket_filter", "ring_buffer", "btf", "link_update", "btf_offsets", "bpf_lsm_paths", "tcp_congestion")
@@ -189,3 +198,23 @@ class ReportEventsResponse(_message.Message):
     accepted: int
     rate_limited: int
     def __init__(self, accepted: _Optional[int] = ..., rate_limited: _Optional[int] = ...) -> None: ...
+
+class ReportFlowsRequest(_message.Message):
+    __slots__ = ("node_name", "aggregates", "records")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATES_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    aggregates: _containers.RepeatedCompositeFieldContainer[_flow_pb2.FlowAggregate]
+    records: _containers.RepeatedCompositeFieldContainer[_flow_pb2.FlowRecord]
+    def __init__(self, node_name: _Optional[str] = ..., aggregates: _Optional[_Iterable[_Union[_flow_pb2.FlowAggregate, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[_flow_pb2.FlowRecord, _Mapping]]] = ...) -> None: ...
+
+class ReportFlowsResponse(_message.Message):
+    __slots__ = ("accepted", "rate_limited", "records_wanted")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMITED_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_WANTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    rate_limited: int
+    records_wanted: bool
+    def __init__(self, accepted: _Optional[int] = ..., rate_limited: _Optional[int] = ..., records_wanted: _Optional[bool] = ...) -> None: ...

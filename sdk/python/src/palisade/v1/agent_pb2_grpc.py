@@ -45,6 +45,11 @@ class AgentServiceStub:
                 request_serializer=palisade_dot_v1_dot_agent__pb2.ReportEventsRequest.SerializeToString,
                 response_deserializer=palisade_dot_v1_dot_agent__pb2.ReportEventsResponse.FromString,
                 _registered_method=True)
+        self.ReportFlows = channel.stream_unary(
+                '/palisade.v1.AgentService/ReportFlows',
+                request_serializer=palisade_dot_v1_dot_agent__pb2.ReportFlowsRequest.SerializeToString,
+                response_deserializer=palisade_dot_v1_dot_agent__pb2.ReportFlowsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -67,6 +72,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportFlows(self, request_iterator, context):
+        """Flow aggregates of closed TCP connections (`connections.observe`) and, while a live
+        watcher asks for them, per-connection records. The first message must name the node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ReportEvents,
                     request_deserializer=palisade_dot_v1_dot_agent__pb2.ReportEventsRequest.FromString,
                     response_serializer=palisade_dot_v1_dot_agent__pb2.ReportEventsResponse.SerializeToString,
+            ),
+            'ReportFlows': grpc.stream_unary_rpc_method_handler(
+                    servicer.ReportFlows,
+                    request_deserializer=palisade_dot_v1_dot_agent__pb2.ReportFlowsRequest.FromString,
+                    response_serializer=palisade_dot_v1_dot_agent__pb2.ReportFlowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +154,33 @@ class AgentService:
             '/palisade.v1.AgentService/ReportEvents',
             palisade_dot_v1_dot_agent__pb2.ReportEventsRequest.SerializeToString,
             palisade_dot_v1_dot_agent__pb2.ReportEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportFlows(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/palisade.v1.AgentService/ReportFlows',
+            palisade_dot_v1_dot_agent__pb2.ReportFlowsRequest.SerializeToString,
+            palisade_dot_v1_dot_agent__pb2.ReportFlowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

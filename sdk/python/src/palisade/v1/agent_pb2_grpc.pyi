@@ -45,6 +45,10 @@ class AgentServiceStub:
     """
     ReportEvents: _grpc.StreamUnaryMultiCallable[_agent_pb2.ReportEventsRequest, _agent_pb2.ReportEventsResponse]
     """Decision events from the node's kernel. The first message must name the node."""
+    ReportFlows: _grpc.StreamUnaryMultiCallable[_agent_pb2.ReportFlowsRequest, _agent_pb2.ReportFlowsResponse]
+    """Flow aggregates of closed TCP connections (`connections.observe`) and, while a live
+    watcher asks for them, per-connection records. The first message must name the node.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -58,6 +62,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """
     ReportEvents: _aio.StreamUnaryMultiCallable[_agent_pb2.ReportEventsRequest, _agent_pb2.ReportEventsResponse]  # type: ignore[assignment]
     """Decision events from the node's kernel. The first message must name the node."""
+    ReportFlows: _aio.StreamUnaryMultiCallable[_agent_pb2.ReportFlowsRequest, _agent_pb2.ReportFlowsResponse]  # type: ignore[assignment]
+    """Flow aggregates of closed TCP connections (`connections.observe`) and, while a live
+    watcher asks for them, per-connection records. The first message must name the node.
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """Used by node agents only."""
@@ -80,5 +88,15 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.ReportEventsResponse, _abc.Awaitable[_agent_pb2.ReportEventsResponse]]:
         """Decision events from the node's kernel. The first message must name the node."""
+
+    @_abc_1.abstractmethod
+    def ReportFlows(
+        self,
+        request_iterator: _MaybeAsyncIterator[_agent_pb2.ReportFlowsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ReportFlowsResponse, _abc.Awaitable[_agent_pb2.ReportFlowsResponse]]:
+        """Flow aggregates of closed TCP connections (`connections.observe`) and, while a live
+        watcher asks for them, per-connection records. The first message must name the node.
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from . import agent_pb2 as palisade_dot_v1_dot_agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16palisade/v1/node.proto\x12\x0bpalisade.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17palisade/v1/agent.proto\"\xc8\x04\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x06labels\x18\x02 \x03(\x0b\x32\x1d.palisade.v1.Node.LabelsEntry\x12-\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x1b.palisade.v1.KernelFeatures\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rregistered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x64\x65sired_generation\x18\x08 \x01(\x04\x12\x16\n\x0e\x64\x65sired_digest\x18\t \x01(\t\x12\x1a\n\x12\x61pplied_generation\x18\n \x01(\x04\x12\x16\n\x0e\x61pplied_digest\x18\x0b \x01(\t\x12*\n\nlast_error\x18\x0c \x01(\x0b\x32\x16.palisade.v1.NodeError\x12:\n\x0fnot_enforceable\x18\r \x03(\x0b\x32!.palisade.v1.UnenforceableSection\x12,\n\x0b\x65vent_stats\x18\x0e \x01(\x0b\x32\x17.palisade.v1.EventStats\x12\x1b\n\x13\x65vents_rate_limited\x18\x0f \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x14UnenforceableSection\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x0f\n\x07section\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"h\n\tNodeError\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb9\x01\n\x10ListNodesRequest\x12H\n\x0elabel_selector\x18\x01 \x03(\x0b\x32\x30.palisade.v1.ListNodesRequest.LabelSelectorEntry\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.palisade.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x0fGetNodeResponse\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.palisade.v1.Node2\x9f\x01\n\x0bNodeService\x12J\n\tListNodes\x12\x1d.palisade.v1.ListNodesRequest\x1a\x1e.palisade.v1.ListNodesResponse\x12\x44\n\x07GetNode\x12\x1b.palisade.v1.GetNodeRequest\x1a\x1c.palisade.v1.GetNodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16palisade/v1/node.proto\x12\x0bpalisade.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17palisade/v1/agent.proto\"\xe4\x04\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x06labels\x18\x02 \x03(\x0b\x32\x1d.palisade.v1.Node.LabelsEntry\x12-\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x1b.palisade.v1.KernelFeatures\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rregistered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x64\x65sired_generation\x18\x08 \x01(\x04\x12\x16\n\x0e\x64\x65sired_digest\x18\t \x01(\t\x12\x1a\n\x12\x61pplied_generation\x18\n \x01(\x04\x12\x16\n\x0e\x61pplied_digest\x18\x0b \x01(\t\x12*\n\nlast_error\x18\x0c \x01(\x0b\x32\x16.palisade.v1.NodeError\x12:\n\x0fnot_enforceable\x18\r \x03(\x0b\x32!.palisade.v1.UnenforceableSection\x12,\n\x0b\x65vent_stats\x18\x0e \x01(\x0b\x32\x17.palisade.v1.EventStats\x12\x1b\n\x13\x65vents_rate_limited\x18\x0f \x01(\x04\x12\x1a\n\x12\x66lows_rate_limited\x18\x10 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x14UnenforceableSection\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x0f\n\x07section\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"h\n\tNodeError\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb9\x01\n\x10ListNodesRequest\x12H\n\x0elabel_selector\x18\x01 \x03(\x0b\x32\x30.palisade.v1.ListNodesRequest.LabelSelectorEntry\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x1a\x34\n\x12LabelSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.palisade.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x0fGetNodeResponse\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.palisade.v1.Node2\x9f\x01\n\x0bNodeService\x12J\n\tListNodes\x12\x1d.palisade.v1.ListNodesRequest\x1a\x1e.palisade.v1.ListNodesResponse\x12\x44\n\x07GetNode\x12\x1b.palisade.v1.GetNodeRequest\x1a\x1c.palisade.v1.GetNodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,23 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTNODESREQUEST_LABELSELECTORENTRY']._loaded_options = None
   _globals['_LISTNODESREQUEST_LABELSELECTORENTRY']._serialized_options = b'8\001'
   _globals['_NODE']._serialized_start=98
-  _globals['_NODE']._serialized_end=682
-  _globals['_NODE_LABELSENTRY']._serialized_start=637
-  _globals['_NODE_LABELSENTRY']._serialized_end=682
-  _globals['_UNENFORCEABLESECTION']._serialized_start=684
-  _globals['_UNENFORCEABLESECTION']._serialized_end=773
-  _globals['_NODEERROR']._serialized_start=775
-  _globals['_NODEERROR']._serialized_end=879
-  _globals['_LISTNODESREQUEST']._serialized_start=882
-  _globals['_LISTNODESREQUEST']._serialized_end=1067
-  _globals['_LISTNODESREQUEST_LABELSELECTORENTRY']._serialized_start=1015
-  _globals['_LISTNODESREQUEST_LABELSELECTORENTRY']._serialized_end=1067
-  _globals['_LISTNODESRESPONSE']._serialized_start=1069
-  _globals['_LISTNODESRESPONSE']._serialized_end=1147
-  _globals['_GETNODEREQUEST']._serialized_start=1149
-  _globals['_GETNODEREQUEST']._serialized_end=1179
-  _globals['_GETNODERESPONSE']._serialized_start=1181
-  _globals['_GETNODERESPONSE']._serialized_end=1231
-  _globals['_NODESERVICE']._serialized_start=1234
-  _globals['_NODESERVICE']._serialized_end=1393
+  _globals['_NODE']._serialized_end=710
+  _globals['_NODE_LABELSENTRY']._serialized_start=665
+  _globals['_NODE_LABELSENTRY']._serialized_end=710
+  _globals['_UNENFORCEABLESECTION']._serialized_start=712
+  _globals['_UNENFORCEABLESECTION']._serialized_end=801
+  _globals['_NODEERROR']._serialized_start=803
+  _globals['_NODEERROR']._serialized_end=907
+  _globals['_LISTNODESREQUEST']._serialized_start=910
+  _globals['_LISTNODESREQUEST']._serialized_end=1095
+  _globals['_LISTNODESREQUEST_LABELSELECTORENTRY']._serialized_start=1043
+  _globals['_LISTNODESREQUEST_LABELSELECTORENTRY']._serialized_end=1095
+  _globals['_LISTNODESRESPONSE']._serialized_start=1097
+  _globals['_LISTNODESRESPONSE']._serialized_end=1175
+  _globals['_GETNODEREQUEST']._serialized_start=1177
+  _globals['_GETNODEREQUEST']._serialized_end=1207
+  _globals['_GETNODERESPONSE']._serialized_start=1209
+  _globals['_GETNODERESPONSE']._serialized_end=1259
+  _globals['_NODESERVICE']._serialized_start=1262
+  _globals['_NODESERVICE']._serialized_end=1421
 # @@protoc_insertion_point(module_scope)

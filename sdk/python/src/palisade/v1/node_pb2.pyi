@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Node(_message.Message):
-    __slots__ = ("name", "labels", "features", "agent_version", "connected", "last_seen", "registered_at", "desired_generation", "desired_digest", "applied_generation", "applied_digest", "last_error", "not_enforceable", "event_stats", "events_rate_limited")
+    __slots__ = ("name", "labels", "features", "agent_version", "connected", "last_seen", "registered_at", "desired_generation", "desired_digest", "applied_generation", "applied_digest", "last_error", "not_enforceable", "event_stats", "events_rate_limited", "flows_rate_limited")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class Node(_message.Message):
     NOT_ENFORCEABLE_FIELD_NUMBER: _ClassVar[int]
     EVENT_STATS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_RATE_LIMITED_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_RATE_LIMITED_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     features: _agent_pb2.KernelFeatures
@@ -49,7 +50,8 @@ class Node(_message.Message):
     not_enforceable: _containers.RepeatedCompositeFieldContainer[UnenforceableSection]
     event_stats: _agent_pb2.EventStats
     events_rate_limited: int
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., features: _Optional[_Union[_agent_pb2.KernelFeatures, _Mapping]] = ..., agent_version: _Optional[str] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., desired_generation: _Optional[int] = ..., desired_digest: _Optional[str] = ..., applied_generation: _Optional[int] = ..., applied_digest: _Optional[str] = ..., last_error: _Optional[_Union[NodeError, _Mapping]] = ..., not_enforceable: _Optional[_Iterable[_Union[UnenforceableSection, _Mapping]]] = ..., event_stats: _Optional[_Union[_agent_pb2.EventStats, _Mapping]] = ..., events_rate_limited: _Optional[int] = ...) -> None: ...
+    flows_rate_limited: int
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., features: _Optional[_Union[_agent_pb2.KernelFeatures, _Mapping]] = ..., agent_version: _Optional[str] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., desired_generation: _Optional[int] = ..., desired_digest: _Optional[str] = ..., applied_generation: _Optional[int] = ..., applied_digest: _Optional[str] = ..., last_error: _Optional[_Union[NodeError, _Mapping]] = ..., not_enforceable: _Optional[_Iterable[_Union[UnenforceableSection, _Mapping]]] = ..., event_stats: _Optional[_Union[_agent_pb2.EventStats, _Mapping]] = ..., events_rate_limited: _Optional[int] = ..., flows_rate_limited: _Optional[int] = ...) -> None: ...
 
 class UnenforceableSection(_message.Message):
     __slots__ = ("policy", "revision", "section", "reason")

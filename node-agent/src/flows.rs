@@ -414,6 +414,19 @@ async fn report(
             let pause = if response.rate_limited > 0 { Duration::from_secs(1) } else { Duration::ZERO };
             Ok((response.records_wanted, pause))
         }
+        Err(failure) if failure.code() == tonic::Code::InvalidArgument => {
+            // The server will never take these (a bug on one side): sending them again would
+            // block every later window. Their connections are counted as dropped.
+            let lost: u64 = pending.backlog.drain(..n).map(|a| a.connections).sum();
+            stats.flows_key_dropped(lost);
+            stats.flow_records_dropped(sent_records);
+            tracing::error!(
+                error = error_chain(&failure),
+                lost,
+                "the server refused flow aggregates as invalid; dropped"
+            );
+            Ok((false, Duration::from_secs(1)))
+        }
         Err(failure) => {
             // Records are live only: not kept for a later call.
             stats.flow_records_dropped(sent_records);

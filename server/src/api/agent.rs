@@ -472,6 +472,10 @@ fn check_aggregate(i: usize, a: &v1::FlowAggregate) -> Vec<crate::error::Violati
     if !(a.srtt_us_min <= a.srtt_us_avg && a.srtt_us_avg <= a.srtt_us_max) {
         v.push(Violation::new(at("srtt_us_avg"), "min ≤ avg ≤ max does not hold"));
     }
+    // The kernel's srtt is a u32 of µs << 3: real values are far below this.
+    if a.srtt_us_max > i32::MAX as u32 {
+        v.push(Violation::new(at("srtt_us_max"), format!("{} µs is not a round-trip time", a.srtt_us_max)));
+    }
     match (a.window_start.as_ref().and_then(from_timestamp), a.window_end.as_ref().and_then(from_timestamp)) {
         (Some(start), Some(end)) if start <= end => {}
         (Some(_), Some(_)) => v.push(Violation::new(at("window_end"), "is before window_start")),

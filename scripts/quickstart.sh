@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Palisade in one command: PostgreSQL, the server, an agent, a policy from examples/ that
-# denies connects from a demo cgroup to port 9999, the denied connect and its event — then
-# everything it started is stopped and removed again. Needs root (it loads BPF programs).
+# Palisade in one command: PostgreSQL, the server, an agent, the policies from examples/
+# (one denies connects from a demo cgroup to port 9999, one records and tunes its TCP
+# connections), the denied connect and its event, the allowed connect's flow aggregate —
+# then everything it started is stopped and removed again. Needs root (it loads BPF programs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -84,12 +85,14 @@ for _ in $(seq 1 50); do [[ -s $work/bundle.key.pub ]] && break; sleep 0.1; done
 PALISADE_LOG=info "$bin/palisade-agent" --node-name quickstart --labels env=demo \
   --bundle-public-key "$work/bundle.key.pub" \
   --ca-cert "$work/pki/ca.crt" --cert "$work/pki/quickstart.crt" --key "$work/pki/quickstart.key" \
-  --attach-cgroup /palisade-demo --bpffs "$pins" --state-dir "$work/agent" \
+  --attach-cgroup /palisade-demo --bpffs "$pins" --state-dir "$work/agent" --flow-window-seconds 2 \
   >"$work/agent.log" 2>&1 &
 agent_pid=$!
 
-say "palisade apply -f examples/deny-demo-port.yaml"
-"$bin/palisade" apply -f examples/deny-demo-port.yaml
+# Both example policies in one call, so they reach the node in one bundle: the deny of
+# deny-demo-port.yaml, and the flow records and tuning of observe-demo-connections.yaml.
+say "palisade apply -f examples/"
+"$bin/palisade" apply -f examples/
 "$bin/palisade" get deny-demo-port
 
 # A connect from inside the demo cgroup (bash's /dev/tcp); prints the error, if any.
@@ -117,3 +120,11 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 "$bin/palisade" events --policy deny-demo-port
+
+say "palisade flows --policy observe-demo-connections (the connect to 15151, aggregated)"
+for _ in $(seq 1 100); do
+  [[ $("$bin/palisade" flows --policy observe-demo-connections -o json | wc -l) -ge 1 ]] && break
+  sleep 0.2
+done
+"$bin/palisade" flows --policy observe-demo-connections
+"$bin/palisade" flows --policy observe-demo-connections -o json

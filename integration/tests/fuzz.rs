@@ -190,6 +190,7 @@ fn mutate(seed: &[u8], edits: &[(u8, usize, u8)], interesting: &[u8]) -> Vec<u8>
 
 const DOCUMENTS: &[&str] = &[
     include_str!("../../examples/deny-demo-port.yaml"),
+    include_str!("../../examples/observe-demo-connections.yaml"),
     "name: exec-guard\nworkload:\n  cgroup: /app\n  uid: 1000\nnode_selector:\n  match_labels: {zone: a}\nexec:\n  rules:\n    - id: no-net-tools\n      action: deny\n      paths: [/usr/bin/curl, /usr/bin/wget]\n    - {id: watch-python, action: audit, paths: [\"/usr/bin/python*\"]}\n",
     "name: files-guard\nmode: audit\nworkload: {cgroup: /app}\nfiles:\n  default: deny\n  rules:\n    - id: read-system\n      action: allow\n      access: [read]\n      paths: [/usr/, /etc/]\n---\nname: bind\nnetwork:\n  bind:\n    default: deny\n    rules:\n      - {id: dns, action: allow, cidrs: [0.0.0.0/0, \"::/0\"], ports: [53, \"8000-8099\"], protocols: [udp, tcp]}\n",
     "{\"name\": \"json\", \"network\": {\"connect\": {\"rules\": [{\"id\": \"x\", \"action\": \"deny\", \"ports\": [1]}]}}}",

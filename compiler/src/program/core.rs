@@ -46,19 +46,42 @@ pub fn lookup(a: &mut Asm, map: &str, key: i16) {
     a.push(insn::call(helper::MAP_LOOKUP_ELEM));
 }
 
-/// The workload stage shared by every program: r9 = workload class, or go to `allow` when no
-/// policy applies to the calling task.
-pub(super) fn workload_class(a: &mut Asm, plan: &Plan, allow: Label) {
+/// Whose cgroup and uid the workload stage classifies.
+pub(super) trait Identity {
+    /// Stores the id of the cgroup's ancestor at depth `level` (the cgroup itself at its own
+    /// depth) at `r10 + CGROUP_KEY`, or jumps to `none` when it has none there.
+    fn ancestor(&self, a: &mut Asm, level: u32, none: Label);
+    /// Stores the uid at `r10 + UID_KEY + 4`.
+    fn uid(&self, a: &mut Asm);
+}
+
+/// The calling task: the helpers that read its cgroup ancestors and uid.
+pub(super) struct CurrentTask;
+
+impl Identity for CurrentTask {
+    fn ancestor(&self, a: &mut Asm, level: u32, none: Label) {
+        a.push(insn::mov64_imm(R1, level as i32));
+        a.push(insn::call(helper::GET_CURRENT_ANCESTOR_CGROUP_ID));
+        a.jmp_imm(Jmp::Jeq, R0, 0, none);
+        a.push(insn::stx(Size::DW, R10, R0, CGROUP_KEY));
+    }
+
+    fn uid(&self, a: &mut Asm) {
+        a.push(insn::call(helper::GET_CURRENT_UID_GID));
+        a.push(insn::stx(Size::W, R10, R0, UID_KEY + 4));
+    }
+}
+
+/// The workload stage shared by every program: r9 = workload class of `who`, or go to
+/// `allow` (for sockops: nothing to do) when no policy applies to it.
+pub(super) fn workload_class(a: &mut Asm, plan: &Plan, who: &dyn Identity, allow: Label) {
     let have_class = a.label();
     let have_workload = a.label();
     a.push(insn::mov64_imm(R9, if plan.direct { plan.root_workload as i32 } else { 0 }));
     for (n, &level) in plan.levels.iter().enumerate() {
         let next = a.label();
         a.comment(format!("selected cgroups at depth {level}"));
-        a.push(insn::mov64_imm(R1, level as i32));
-        a.push(insn::call(helper::GET_CURRENT_ANCESTOR_CGROUP_ID));
-        a.jmp_imm(Jmp::Jeq, R0, 0, next);
-        a.push(insn::stx(Size::DW, R10, R0, CGROUP_KEY));
+        who.ancestor(a, level, next);
         lookup(a, maps::of(plan.operation).cgroups, CGROUP_KEY);
         a.jmp_imm(Jmp::Jeq, R0, 0, next);
         a.push(insn::ldx(Size::W, R9, R0, 0));
@@ -75,8 +98,7 @@ pub(super) fn workload_class(a: &mut Asm, plan: &Plan, allow: Label) {
         a.jmp_imm(Jmp::Jeq, R9, 0, allow);
     } else {
         a.push(insn::stx(Size::W, R10, R9, UID_KEY));
-        a.push(insn::call(helper::GET_CURRENT_UID_GID));
-        a.push(insn::stx(Size::W, R10, R0, UID_KEY + 4));
+        who.uid(a);
         lookup(a, maps::of(plan.operation).workloads, UID_KEY);
         a.jmp_imm(Jmp::Jne, R0, 0, have_workload);
         a.push(insn::st(Size::W, R10, UID_KEY + 4, -1));
@@ -97,7 +119,7 @@ fn core(a: &mut Asm, hook: Hook, plan: &Plan, v6: bool, Exits { allow, deny }: E
     let verdict = a.label();
     let names = maps::of(plan.operation);
     a.comment(format!("core ({}): workload class", if v6 { "IPv6" } else { "IPv4" }));
-    workload_class(a, plan, allow);
+    workload_class(a, plan, &CurrentTask, allow);
     address_region(a, names, v6);
     port_value(a, names, allow);
     a.comment("decision");

@@ -27,7 +27,7 @@ pub(super) fn program(hook: Hook, plan: &Plan, offsets: KernelOffsets) -> Result
     let verdict = a.label();
     a.comment(format!("palisade {} — adapter", hook.section()));
     a.push(insn::mov64_reg(R6, R1));
-    core::workload_class(&mut a, plan, allow);
+    core::workload_class(&mut a, plan, &core::CurrentTask, allow);
     // Typed (BTF) loads: the verifier knows the hook's argument types and checks the offsets
     // against the running kernel's structs.
     a.push(insn::ldx(Size::DW, R8, R6, 0));

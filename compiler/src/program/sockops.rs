@@ -203,7 +203,7 @@ fn walks(a: &mut Asm, observe: &Plan, tune: &Plan, o: SockOffsets, v6: bool) {
     for (plan, slot) in [(observe, OBSERVE_RULE), (tune, TUNE_RULE)] {
         let none = a.label();
         a.comment(format!("{} ({})", plan.operation.section_path(), if v6 { "IPv6" } else { "IPv4" }));
-        workload_class(a, plan, o, none);
+        core::workload_class(a, plan, &Socket(o), none);
         core::value_of(a, maps::of(plan.operation), v6, none);
         a.push(insn::ldx(Size::W, R1, R0, 0));
         a.push(insn::stx(Size::W, R10, R1, slot));
@@ -211,54 +211,34 @@ fn walks(a: &mut Asm, observe: &Plan, tune: &Plan, o: SockOffsets, v6: bool) {
     }
 }
 
-/// r9 = the workload class of the socket in `plan` (its deepest selected ancestor cgroup,
-/// then its uid), or go to `none` when no policy of the section applies to it.
-fn workload_class(a: &mut Asm, plan: &Plan, o: SockOffsets, none: Label) {
-    let names = maps::of(plan.operation);
-    let have_class = a.label();
-    a.push(insn::mov64_imm(R9, if plan.direct { plan.root_workload as i32 } else { 0 }));
-    for &level in &plan.levels {
-        let next = a.label();
-        a.comment(format!("selected cgroups at depth {level}: the socket cgroup's ancestor there"));
-        let ancestor = a.label();
-        let have_id = a.label();
+/// The socket: its cgroup (id and level, loaded at establishment) and `sk_uid`; ancestors
+/// above its own depth through `cgroup.ancestors[level]`.
+struct Socket(SockOffsets);
+
+impl core::Identity for Socket {
+    fn ancestor(&self, a: &mut Asm, level: u32, none: Label) {
+        let (ancestor, have_id) = (a.label(), a.label());
         a.push(insn::ldx(Size::W, R1, R10, LEVEL));
-        a.jmp_imm(Jmp::Jlt, R1, level as i32, next);
+        a.jmp_imm(Jmp::Jlt, R1, level as i32, none);
         a.jmp_imm(Jmp::Jne, R1, level as i32, ancestor);
         // The socket's own cgroup is at this depth: its id is already known.
         a.push(insn::ldx(Size::DW, R1, R10, CGROUP_ID));
         a.push(insn::stx(Size::DW, R10, R1, CGROUP_KEY));
         a.ja(have_id);
         a.bind(ancestor);
-        pointer_at(a, SOCK_CGROUP, o.cgroup_ancestors + 8 * level);
+        pointer_at(a, SOCK_CGROUP, self.0.cgroup_ancestors + 8 * level);
         probe_read(a, TMP, 8);
-        deref(a, TMP, o.cgroup_kn, next);
+        deref(a, TMP, self.0.cgroup_kn, none);
         probe_read(a, TMP, 8);
-        deref(a, TMP, o.kernfs_node_id, next);
+        deref(a, TMP, self.0.kernfs_node_id, none);
         probe_read(a, CGROUP_KEY, 8);
         a.bind(have_id);
-        core::lookup(a, names.cgroups, CGROUP_KEY);
-        a.jmp_imm(Jmp::Jeq, R0, 0, next);
-        a.push(insn::ldx(Size::W, R9, R0, 0));
-        a.ja(have_class);
-        a.bind(next);
     }
-    a.bind(have_class);
-    if plan.direct {
-        a.jmp_imm(Jmp::Jeq, R9, 0, none);
-        return;
+
+    fn uid(&self, a: &mut Asm) {
+        a.push(insn::ldx(Size::W, R1, R10, SOCK_UID));
+        a.push(insn::stx(Size::W, R10, R1, UID_KEY + 4));
     }
-    let have_workload = a.label();
-    a.push(insn::stx(Size::W, R10, R9, UID_KEY));
-    a.push(insn::ldx(Size::W, R1, R10, SOCK_UID));
-    a.push(insn::stx(Size::W, R10, R1, UID_KEY + 4));
-    core::lookup(a, names.workloads, UID_KEY);
-    a.jmp_imm(Jmp::Jne, R0, 0, have_workload);
-    a.push(insn::st(Size::W, R10, UID_KEY + 4, -1));
-    core::lookup(a, names.workloads, UID_KEY);
-    a.jmp_imm(Jmp::Jeq, R0, 0, none);
-    a.bind(have_workload);
-    a.push(insn::ldx(Size::W, R9, R0, 0));
 }
 
 /// Adds 1 to counter `index` of `pal_flowstat` (r0–r5 clobbered; `INDEX_KEY` reused).

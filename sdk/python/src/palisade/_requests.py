@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from .v1 import event_pb2, node_pb2, policy_pb2
+from .v1 import event_pb2, flow_pb2, node_pb2, policy_pb2
 
 
 def apply(document: str | bytes, dry_run: bool, expected_revision: int | None) -> policy_pb2.ApplyPolicyRequest:
@@ -48,6 +48,26 @@ def event_filter(
     if until is not None:
         event.until.FromDatetime(until)
     return event
+
+
+def flow_filter(
+    node: str = "",
+    policy: str = "",
+    rule_id: str = "",
+    cgroup_id: int = 0,
+    peer: str = "",
+    port: int = 0,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> flow_pb2.FlowFilter:
+    """A FlowFilter; empty values do not filter. `peer` is a CIDR or one address; `port`
+    matches the local or the peer port. Naive datetimes are taken as UTC."""
+    flow = flow_pb2.FlowFilter(node=node, policy=policy, rule_id=rule_id, cgroup_id=cgroup_id, peer=peer, port=port)
+    if since is not None:
+        flow.since.FromDatetime(since)
+    if until is not None:
+        flow.until.FromDatetime(until)
+    return flow
 
 
 def next_token(previous: str, token: str) -> str:

@@ -27,6 +27,8 @@ from .v1 import (
     agent_pb2_grpc,
     event_pb2,
     event_pb2_grpc,
+    flow_pb2,
+    flow_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
     policy_pb2,
@@ -105,6 +107,7 @@ class AsyncClient:
         self.channel = channel
         self.policies = policy_pb2_grpc.PolicyServiceStub(channel)
         self.events = event_pb2_grpc.EventServiceStub(channel)
+        self.flows = flow_pb2_grpc.FlowServiceStub(channel)
         self.nodes = node_pb2_grpc.NodeServiceStub(channel)
         self.tokens = token_pb2_grpc.TokenServiceStub(channel)
         self.agent = agent_pb2_grpc.AgentServiceStub(channel)
@@ -189,6 +192,44 @@ class AsyncClient:
             filter=_requests.event_filter(node, policy, verdict, since, until), page_size=page_size
         )
         return _pages(self.events.ListEvents, request, "events", timeout)
+
+    def list_flows(
+        self,
+        *,
+        node: str = "",
+        policy: str = "",
+        rule_id: str = "",
+        cgroup_id: int = 0,
+        peer: str = "",
+        port: int = 0,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[flow_pb2.FlowAggregate]:
+        """As `palisade.Client.list_flows`, as an async iterator."""
+        request = flow_pb2.ListFlowsRequest(
+            filter=_requests.flow_filter(node, policy, rule_id, cgroup_id, peer, port, since, until),
+            page_size=page_size,
+        )
+        return _pages(self.flows.ListFlows, request, "flows", timeout)
+
+    async def top_flows(
+        self,
+        *,
+        node: str = "",
+        policy: str = "",
+        peer: str = "",
+        since: datetime | None = None,
+        limit: int = 0,
+        timeout: float | None = None,
+    ) -> list[flow_pb2.FlowAggregate]:
+        """As `palisade.Client.top_flows`."""
+        request = flow_pb2.TopFlowsRequest(
+            filter=_requests.flow_filter(node=node, policy=policy, peer=peer, since=since), limit=limit
+        )
+        response = await self.flows.TopFlows(request, timeout=timeout)
+        return list(response.talkers)
 
     async def watch_events(
         self,

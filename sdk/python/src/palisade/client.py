@@ -17,6 +17,8 @@ from .v1 import (
     agent_pb2_grpc,
     event_pb2,
     event_pb2_grpc,
+    flow_pb2,
+    flow_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
     policy_pb2,
@@ -97,7 +99,8 @@ def _channel(settings: _connection.Settings) -> grpc.Channel:
 class Client:
     """A connection to a Palisade server.
 
-    The generated stubs are attributes (`policies`, `events`, `nodes`, `tokens`, `agent`):
+    The generated stubs are attributes (`policies`, `events`, `flows`, `nodes`, `tokens`,
+    `agent`):
     every RPC is available on them with the messages of `palisade.v1`, and every call carries
     the token. Close the client (or use it as a context manager) to release the channel.
     """
@@ -107,6 +110,7 @@ class Client:
         self.channel = channel
         self.policies = policy_pb2_grpc.PolicyServiceStub(channel)
         self.events = event_pb2_grpc.EventServiceStub(channel)
+        self.flows = flow_pb2_grpc.FlowServiceStub(channel)
         self.nodes = node_pb2_grpc.NodeServiceStub(channel)
         self.tokens = token_pb2_grpc.TokenServiceStub(channel)
         self.agent = agent_pb2_grpc.AgentServiceStub(channel)
@@ -193,6 +197,46 @@ class Client:
             filter=_requests.event_filter(node, policy, verdict, since, until), page_size=page_size
         )
         return _pages(self.events.ListEvents, request, "events", timeout)
+
+    def list_flows(
+        self,
+        *,
+        node: str = "",
+        policy: str = "",
+        rule_id: str = "",
+        cgroup_id: int = 0,
+        peer: str = "",
+        port: int = 0,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[flow_pb2.FlowAggregate]:
+        """Stored flow aggregates (`connections.observe`, docs/policy-semantics.md §13.9)
+        matching the filter, newest first, page by page. `peer` is a CIDR or one address;
+        `port` matches the local or the peer port; `since`/`until` bound the windows."""
+        request = flow_pb2.ListFlowsRequest(
+            filter=_requests.flow_filter(node, policy, rule_id, cgroup_id, peer, port, since, until),
+            page_size=page_size,
+        )
+        return _pages(self.flows.ListFlows, request, "flows", timeout)
+
+    def top_flows(
+        self,
+        *,
+        node: str = "",
+        policy: str = "",
+        peer: str = "",
+        since: datetime | None = None,
+        limit: int = 0,
+        timeout: float | None = None,
+    ) -> list[flow_pb2.FlowAggregate]:
+        """The top talkers: aggregates summed per key since `since` (default: the last hour),
+        most bytes first, at most `limit` (0: 10)."""
+        request = flow_pb2.TopFlowsRequest(
+            filter=_requests.flow_filter(node=node, policy=policy, peer=peer, since=since), limit=limit
+        )
+        return list(self.flows.TopFlows(request, timeout=timeout).talkers)
 
     def watch_events(
         self,

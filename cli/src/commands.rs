@@ -259,7 +259,7 @@ fn parse_selector(selector: &[String]) -> anyhow::Result<BTreeMap<String, String
         .collect()
 }
 
-fn when(t: Option<&prost_types::Timestamp>) -> String {
+pub(crate) fn when(t: Option<&prost_types::Timestamp>) -> String {
     t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
         .map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
 }

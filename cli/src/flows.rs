@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio_stream::StreamExt as _;
 
 use crate::{
-    commands::failed,
+    commands::{failed, when},
     output::{Output, print_value},
     rollout::parse_duration,
     table::Table,
@@ -187,11 +187,6 @@ fn record_json(r: &v1::FlowRecord) -> serde_json::Value {
         "start": rfc3339(r.start.as_ref()),
         "end": rfc3339(r.end.as_ref()),
     })
-}
-
-fn when(t: Option<&prost_types::Timestamp>) -> String {
-    t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-        .map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
 }
 
 fn aggregate_row(f: &v1::FlowAggregate) -> Vec<String> {

@@ -28,6 +28,14 @@ pub fn monotonic_to_unix_offset() -> i128 {
     read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC)
 }
 
+/// Unix nanoseconds as the wire's timestamp.
+pub fn unix_timestamp(ns: i128) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: i64::try_from(ns.div_euclid(1_000_000_000)).unwrap_or_default(),
+        nanos: i32::try_from(ns.rem_euclid(1_000_000_000)).unwrap_or_default(),
+    }
+}
+
 /// A record that does not decode.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -55,11 +63,7 @@ pub fn decode(
     } else {
         IpAddr::V4(Ipv4Addr::new(r.addr[0], r.addr[1], r.addr[2], r.addr[3]))
     };
-    let nanos = i128::from(r.time_ns) + clock_offset;
-    let time = prost_types::Timestamp {
-        seconds: i64::try_from(nanos.div_euclid(1_000_000_000)).unwrap_or_default(),
-        nanos: i32::try_from(nanos.rem_euclid(1_000_000_000)).unwrap_or_default(),
-    };
+    let time = unix_timestamp(i128::from(r.time_ns) + clock_offset);
     let verdict = if r.flags & flags::DENY != 0 {
         v1::Verdict::Deny
     } else if r.flags & flags::AUDIT != 0 {

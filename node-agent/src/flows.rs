@@ -23,7 +23,7 @@ use tonic::transport::Channel;
 
 use crate::{
     error_chain,
-    events::Flow,
+    events::{Flow, unix_timestamp},
     stats::EventCounters,
     sync::{Failover, OPEN_TIMEOUT, Server},
 };
@@ -100,13 +100,6 @@ fn timestamp(t: Duration) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(t.subsec_nanos()).unwrap_or(0),
-    }
-}
-
-fn unix_timestamp(ns: i128) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: i64::try_from(ns.div_euclid(1_000_000_000)).unwrap_or_default(),
-        nanos: i32::try_from(ns.rem_euclid(1_000_000_000)).unwrap_or_default(),
     }
 }
 

@@ -17,7 +17,7 @@ use crate::{
     bundler::Bundler,
     error::ApiError,
     metrics::ServerMetrics,
-    store::{NodeContext, Reported, Store},
+    store::{NodeContext, Reported, Store, from_timestamp},
     tls, validate,
 };
 
@@ -422,6 +422,22 @@ fn check_event(i: usize, e: &v1::DecisionEvent) -> Vec<crate::error::Violation> 
     v
 }
 
+/// The node a report stream speaks for: named (and checked against the caller's certificate)
+/// by its first message; a later message may repeat the name or leave it empty.
+fn stream_node(node: &mut Option<String>, named: &str, identity: Option<&str>) -> Result<String, Status> {
+    match node {
+        Some(node) if named != node.as_str() && !named.is_empty() => {
+            Err(ApiError::invalid("node_name", format!("this stream reports for {node:?}, not {named:?}")).into())
+        }
+        Some(node) => Ok(node.clone()),
+        None => {
+            validate::node_name("node_name", named).map_err(ApiError::Invalid)?;
+            tls::check_node(identity, "node_name", named)?;
+            Ok(node.insert(named.to_owned()).clone())
+        }
+    }
+}
+
 /// The checks shared by aggregates and records, at `at` (e.g. `aggregates[3]`).
 fn check_flow_common(
     at: &dyn Fn(&str) -> String,
@@ -500,10 +516,6 @@ fn check_record(i: usize, r: &v1::FlowRecord) -> Vec<crate::error::Violation> {
     v
 }
 
-fn from_timestamp(t: &prost_types::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
-    crate::store::from_timestamp(t)
-}
-
 #[tonic::async_trait]
 impl AgentService for AgentApi {
     type SyncStream = SyncStream;
@@ -550,20 +562,7 @@ impl AgentService for AgentApi {
         let (mut accepted, mut rate_limited, mut unrecorded) = (0, 0, 0);
         let mut recorded_at = Instant::now();
         while let Some(message) = inbound.message().await? {
-            let node = if let Some(node) = &node {
-                if message.node_name != *node && !message.node_name.is_empty() {
-                    return Err(ApiError::invalid(
-                        "node_name",
-                        format!("this stream reports for {node:?}, not {:?}", message.node_name),
-                    )
-                    .into());
-                }
-                node.clone()
-            } else {
-                validate::node_name("node_name", &message.node_name).map_err(ApiError::Invalid)?;
-                tls::check_node(identity.as_deref(), "node_name", &message.node_name)?;
-                node.insert(message.node_name.clone()).clone()
-            };
+            let node = stream_node(&mut node, &message.node_name, identity.as_deref())?;
             if message.events.len() > MAX_EVENTS_PER_MESSAGE {
                 return Err(ApiError::invalid(
                     "events",
@@ -622,21 +621,7 @@ impl AgentService for AgentApi {
         let mut node: Option<String> = None;
         let (mut accepted, mut rate_limited) = (0, 0);
         while let Some(mut message) = inbound.message().await? {
-            let node = match &node {
-                Some(node) if message.node_name != *node && !message.node_name.is_empty() => {
-                    return Err(ApiError::invalid(
-                        "node_name",
-                        format!("this stream reports for {node:?}, not {:?}", message.node_name),
-                    )
-                    .into());
-                }
-                Some(node) => node.clone(),
-                None => {
-                    validate::node_name("node_name", &message.node_name).map_err(ApiError::Invalid)?;
-                    tls::check_node(identity.as_deref(), "node_name", &message.node_name)?;
-                    node.insert(message.node_name.clone()).clone()
-                }
-            };
+            let node = stream_node(&mut node, &message.node_name, identity.as_deref())?;
             for (field, n) in [("aggregates", message.aggregates.len()), ("records", message.records.len())] {
                 if n > MAX_FLOWS_PER_MESSAGE {
                     return Err(ApiError::invalid(

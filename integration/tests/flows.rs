@@ -318,20 +318,23 @@ async fn apply(channel: &palisade_proto::client::Connection, doc: String) {
         .expect("apply");
 }
 
+/// The node, once it has said hello (`None` before: the agent may still be connecting).
+async fn registered(channel: &palisade_proto::client::Connection, name: &str) -> Option<v1::Node> {
+    match NodeServiceClient::new(channel.clone()).get_node(v1::GetNodeRequest { name: name.to_owned() }).await {
+        Ok(response) => response.into_inner().node,
+        Err(status) if status.code() == tonic::Code::NotFound => None,
+        Err(status) => panic!("get node {name}: {status}"),
+    }
+}
+
 async fn node(channel: &palisade_proto::client::Connection, name: &str) -> v1::Node {
-    NodeServiceClient::new(channel.clone())
-        .get_node(v1::GetNodeRequest { name: name.to_owned() })
-        .await
-        .expect("node")
-        .into_inner()
-        .node
-        .expect("node")
+    registered(channel, name).await.unwrap_or_else(|| panic!("node {name} is registered"))
 }
 
 /// Waits (30 s) until the node runs the newest generation the server wants for it.
 async fn applied(channel: &palisade_proto::client::Connection, name: &str, after: u64) -> u64 {
     eventually("the node to apply the policy", Duration::from_secs(30), || async {
-        let n = node(channel, name).await;
+        let n = registered(channel, name).await?;
         (n.desired_generation > after && n.applied_digest == n.desired_digest).then_some(n.applied_generation)
     })
     .await

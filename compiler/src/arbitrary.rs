@@ -192,6 +192,18 @@ fn peer_section(prefix: &'static str, observe: bool) -> impl Strategy<Value = Op
     )
 }
 
+/// A tuning profile: algorithms every node here offers (so the differential can tell a
+/// profile from the default and one profile from another), sometimes none.
+fn tune_settings() -> impl Strategy<Value = TuneSettings> {
+    (prop::sample::select(vec!["cubic", "bbr", ""]), prop::sample::select(vec![0_u32, 20]), any::<bool>()).prop_map(
+        |(congestion, initial_cwnd, no_delay)| TuneSettings {
+            congestion: congestion.to_owned(),
+            initial_cwnd,
+            no_delay,
+        },
+    )
+}
+
 fn path_rule(id: usize, files: bool) -> impl Strategy<Value = PathRule> {
     let access = if files { vec![ACCESS_READ | ACCESS_WRITE, ACCESS_READ, ACCESS_WRITE] } else { vec![3] };
     (
@@ -225,9 +237,9 @@ fn policy(index: usize, space: &Space) -> impl Strategy<Value = Policy> + use<> 
         section(),
         section(),
         (path_section(false), path_section(true)),
-        (peer_section("o", true), peer_section("t", false)),
+        (peer_section("o", true), peer_section("t", false), prop::collection::vec(tune_settings(), 5)),
     )
-        .prop_map(move |(mode, cgroup, uid, connect, bind, (exec, files), (observe, tune))| Policy {
+        .prop_map(move |(mode, cgroup, uid, connect, bind, (exec, files), (observe, tune, settings))| Policy {
             name: format!("p{index}"),
             revision: 1 + index as u64,
             mode,
@@ -243,12 +255,7 @@ fn policy(index: usize, space: &Space) -> impl Strategy<Value = Policy> + use<> 
             }),
             exec,
             files,
-            tune_settings: tune.as_ref().map_or_else(Vec::new, |t| {
-                t.rules
-                    .iter()
-                    .map(|_| TuneSettings { congestion: "cubic".to_owned(), ..TuneSettings::default() })
-                    .collect()
-            }),
+            tune_settings: tune.as_ref().map_or_else(Vec::new, |t| settings[..t.rules.len()].to_vec()),
             observe,
             tune,
         })

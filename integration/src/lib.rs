@@ -21,6 +21,32 @@ pub fn kernel_tests_enabled(test: &str) -> bool {
     false
 }
 
+/// This kernel's struct offsets, from its BTF (what the agent reports), sockops included.
+pub fn node_offsets() -> palisade_compiler::program::KernelOffsets {
+    use palisade_compiler::program::KernelOffsets;
+    let blob = std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel has BTF");
+    let found = palisade_agent::btf::member_offsets(&blob, &palisade_contract::btf::FIELDS).expect("BTF parses");
+    let offsets = KernelOffsets::from_reported(|key| found.get(key).copied(), KernelOffsets::LINUX_6_12);
+    assert!(offsets.sock.is_some(), "this kernel reports every offset the sockops program needs: {found:?}");
+    offsets
+}
+
+/// `getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION)`: the congestion control a TCP socket uses
+/// (`error` when the call fails).
+pub fn tcp_congestion(fd: i32) -> String {
+    let mut name = [0_u8; 16];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: valid buffer and length; a bad fd only makes the call fail.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_mut_ptr().cast(), &raw mut len)
+    };
+    if rc != 0 {
+        return "error".to_owned();
+    }
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    String::from_utf8_lossy(&name[..end]).into_owned()
+}
+
 /// The cgroup2 mount point.
 pub fn cgroup2() -> PathBuf {
     palisade_agent::probe::cgroup2_mount().expect("this machine has a cgroup2 hierarchy")

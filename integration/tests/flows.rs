@@ -12,27 +12,17 @@ use std::{
 };
 
 use palisade_agent::{
-    btf,
     events::Flow,
     loader::{Datapath, Paths},
 };
 use palisade_compiler::{compile, policy::model::PolicySet, program::KernelOffsets};
 use palisade_contract::record::flow::flags;
-use palisade_integration::{TestCgroup, TestPins, cgroup2, kernel_tests_enabled};
+use palisade_integration::{TestCgroup, TestPins, cgroup2, kernel_tests_enabled, node_offsets as offsets};
 use palisade_proto::{document, v1};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_flow-probe");
 /// Connections made during the generation swaps.
 const LOOP: usize = 300;
-
-/// This kernel's struct offsets, from its BTF (what the agent reports).
-fn offsets() -> KernelOffsets {
-    let blob = std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel has BTF");
-    let found = btf::member_offsets(&blob, &palisade_contract::btf::FIELDS).expect("BTF parses");
-    let offsets = KernelOffsets::from_reported(|key| found.get(key).copied(), KernelOffsets::LINUX_6_12);
-    assert!(offsets.sock.is_some(), "this kernel reports every offset the sockops program needs: {found:?}");
-    offsets
-}
 
 fn bundle(yaml: &str, generation: u64, offsets: KernelOffsets) -> v1::Bundle {
     let policies: Vec<_> = document::parse_all(yaml).into_iter().map(|d| d.expect("parses").to_proto()).collect();

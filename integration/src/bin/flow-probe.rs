@@ -19,21 +19,6 @@ use std::{
     process::ExitCode,
 };
 
-/// `getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION)`.
-fn congestion(fd: i32) -> String {
-    let mut name = [0_u8; 16];
-    let mut len = name.len() as libc::socklen_t;
-    // SAFETY: valid fd, buffer and length.
-    let rc = unsafe {
-        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_mut_ptr().cast(), &raw mut len)
-    };
-    if rc != 0 {
-        return "error".to_owned();
-    }
-    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-    String::from_utf8_lossy(&name[..end]).into_owned()
-}
-
 fn join(dir: &str) -> std::io::Result<()> {
     std::fs::OpenOptions::new()
         .write(true)
@@ -77,7 +62,7 @@ fn main() -> ExitCode {
                     }
                 };
                 let local = s.local_addr().map(|a| a.port()).unwrap_or_default();
-                let algorithm = congestion(s.as_raw_fd());
+                let algorithm = palisade_integration::tcp_congestion(s.as_raw_fd());
                 match exchange(s, send) {
                     Ok(received) => println!("local={local} congestion={algorithm} received={received}"),
                     Err(e) => {
@@ -104,7 +89,7 @@ fn main() -> ExitCode {
             let _ = std::io::stdout().flush();
             for _ in 0..count {
                 let Ok((mut s, peer)) = listener.accept() else { return ExitCode::from(1) };
-                let algorithm = congestion(s.as_raw_fd());
+                let algorithm = palisade_integration::tcp_congestion(s.as_raw_fd());
                 let mut got = Vec::new();
                 let received = s.read_to_end(&mut got).map_or(0, |_| got.len());
                 let _ = s.write_all(&vec![b'y'; send]);

@@ -27,8 +27,7 @@ use crate::{
 
 /// `BundleContent.format` this compiler writes.
 pub const FORMAT: u32 = palisade_contract::format::WRITTEN;
-/// Ring buffer size: 256 KiB holds ~3600 events while the agent is away.
-pub const EVENTS_BYTES: u32 = 256 * 1024;
+pub use palisade_contract::map::EVENTS_BYTES;
 
 /// LPM tries must not be preallocated (`kernel/bpf/lpm_trie.c`).
 const BPF_F_NO_PREALLOC: u32 = 1;

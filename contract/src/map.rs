@@ -8,6 +8,10 @@ use crate::hook::Operation;
 /// Ring buffer of records (shared by every program).
 pub const EVENTS: &str = "pal_events";
 
+/// Size of [`EVENTS`]: 256 KiB holds ~3,600 decision records (or ~1,900 flow records)
+/// while the agent is away.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
 /// Records the programs could not write because [`EVENTS`] was full: an array of one `u64`
 /// (role `Counters`) the programs add to atomically and the agent reads.
 pub const LOST: &str = "pal_lost";

@@ -50,6 +50,8 @@ fn fleet_bench_reports_every_figure_for_a_small_fleet() {
 /// and gives back what a 10,000-rule bundle took. Anonymous memory is what the agent
 /// controls (file-backed pages are its binary, far larger in a debug build); before the
 /// allocator was held to one arena and trimmed after loads it was ~27 MiB idle.
+/// Its flow phase (a light load in a debug build) must bring every closed connection end to
+/// the server.
 #[test]
 fn agent_footprint_reports_rss_and_the_idle_agent_stays_small() {
     if !palisade_integration::kernel_tests_enabled("agent-footprint") {
@@ -61,7 +63,7 @@ fn agent_footprint_reports_rss_and_the_idle_agent_stays_small() {
         return;
     };
     let out = Command::new(env!("CARGO_BIN_EXE_agent-footprint"))
-        .args(["--max-idle-mib", "24"])
+        .args(["--max-idle-mib", "24", "--flow-rate", "2000", "--flow-seconds", "5"])
         .env("DATABASE_URL", database)
         .output()
         .expect("agent-footprint runs");
@@ -76,6 +78,15 @@ fn agent_footprint_reports_rss_and_the_idle_agent_stays_small() {
     assert!(idle <= 8.0, "idle anonymous memory {idle} MiB:\n{stdout}");
     assert!(busy > 0.0 && busy <= 16.0, "anonymous memory enforcing 10,000 rules {busy} MiB:\n{stdout}");
     assert!(after <= idle + 2.0, "memory taken by the large bundle is given back ({after} vs {idle} MiB):\n{stdout}");
+    // The flow phase: every connection end the load closed reached the server's table.
+    let line = stdout.lines().find(|l| l.starts_with("flow records:")).unwrap_or_else(|| panic!("{stdout}"));
+    let number_after = |key: &str| -> u64 {
+        let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len()..];
+        rest.trim_start().split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    let (connections, stored) = (number_after("flow records:"), number_after("the server stored"));
+    assert!(connections >= 5_000, "the load made its connections: {line}");
+    assert_eq!(stored, 2 * connections, "every connection end was stored: {line}");
 }
 
 /// `flow-bench` runs (debug build, a small tune table) and accounts for every connection end

@@ -160,7 +160,7 @@ fn sockops_records_and_tunes_a_cgroups_connections_and_counts_each_once_across_s
     let got = flows(&mut datapath, 10, Duration::from_secs(10));
     assert_eq!(got.len(), 10, "3 + 2 connections, both ends in the cgroup, none from outside: {got:#?}");
     for f in &got {
-        assert_eq!((f.policy.as_str(), f.revision, f.rule_id.as_str()), ("flows", 1, "default"));
+        assert_eq!((&*f.policy, f.revision, &*f.rule_id), ("flows", 1, "default"));
         assert_eq!(f.record.cgroup_id, web_id, "the socket's cgroup");
         assert!(f.record.end_ns >= f.record.start_ns && f.record.start_ns > 0);
     }
@@ -220,7 +220,7 @@ fn sockops_records_and_tunes_a_cgroups_connections_and_counts_each_once_across_s
     let nested = flows(&mut datapath, 2, Duration::from_secs(10));
     let inner_id = std::fs::metadata(&inner_dir).expect("cgroup").ino();
     assert_eq!(nested.len(), 2, "{nested:#?}");
-    assert!(nested.iter().all(|f| f.record.cgroup_id == inner_id && f.policy == "flows"), "{nested:#?}");
+    assert!(nested.iter().all(|f| f.record.cgroup_id == inner_id && &*f.policy == "flows"), "{nested:#?}");
 
     swaps_count_each_connection_once(&mut datapath, &web, &web_dir, offsets);
     no_connections_section_detaches(&mut datapath, &pins.path().join("links"), &web, &web_dir, offsets);

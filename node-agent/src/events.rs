@@ -2,7 +2,10 @@
 //! [`palisade_contract::record`]; this adds what the bundle's tables say (policy, revision,
 //! rule) and the wall-clock time.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use palisade_contract::{
     Hook,
@@ -111,13 +114,13 @@ pub fn decode(
 pub struct Flow {
     /// The observing policy, its revision and the rule that named the record ("default" for
     /// `observe: {}`).
-    pub policy: String,
+    pub policy: Arc<str>,
     /// Its revision.
     pub revision: u64,
     /// The observe rule id.
-    pub rule_id: String,
+    pub rule_id: Arc<str>,
     /// The deciding tune rule as `policy/rule`, if any.
-    pub tune: Option<String>,
+    pub tune: Option<Arc<str>>,
     /// The decoded record.
     pub record: record::FlowRecord,
     /// Peer address.
@@ -135,27 +138,48 @@ impl Flow {
     }
 }
 
-/// The attribution tables of one generation, for flow records.
+/// The attribution tables of one generation, for flow records: per rule index its names,
+/// made once per generation and shared by every record (decoding allocates nothing).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuleTable {
-    /// `BundleContent.policies`.
-    pub policies: Vec<v1::BundlePolicy>,
-    /// `BundleContent.rules`.
-    pub rules: Vec<v1::BundleRule>,
+    names: Vec<Option<RuleNames>>,
+}
+
+/// The names of one rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RuleNames {
+    policy: Arc<str>,
+    revision: u64,
+    rule_id: Arc<str>,
+    /// `policy/rule`, as a tune rule is named.
+    qualified: Arc<str>,
 }
 
 impl RuleTable {
     /// The tables of `content` and their tag.
     pub fn of(content: &v1::BundleContent) -> (u32, Self) {
-        let table = Self { policies: content.policies.clone(), rules: content.rules.clone() };
-        (record::rules_tag(&table.policies, &table.rules), table)
+        let policies: Vec<(Arc<str>, u64)> =
+            content.policies.iter().map(|p| (Arc::from(p.name.as_str()), p.revision)).collect();
+        let names = content
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| {
+                let (policy, revision) = policies.get(rule.policy as usize).filter(|_| index != 0)?;
+                Some(RuleNames {
+                    policy: policy.clone(),
+                    revision: *revision,
+                    rule_id: Arc::from(rule.rule_id.as_str()),
+                    qualified: Arc::from(format!("{policy}/{}", rule.rule_id)),
+                })
+            })
+            .collect();
+        (record::rules_tag(&content.policies, &content.rules), Self { names })
     }
 
-    /// `(policy, revision, rule id)` of rule `index`.
-    fn name(&self, index: u32) -> Option<(&str, u64, &str)> {
-        let rule = self.rules.get(index as usize).filter(|_| index != 0)?;
-        let policy = self.policies.get(rule.policy as usize)?;
-        Some((policy.name.as_str(), policy.revision, rule.rule_id.as_str()))
+    /// The names of rule `index` (0: none).
+    fn name(&self, index: u32) -> Option<&RuleNames> {
+        self.names.get(index as usize)?.as_ref()
     }
 }
 
@@ -170,18 +194,17 @@ fn ip(family: u8, bytes: [u8; 16]) -> IpAddr {
 /// Decodes a flow record with the rule table whose tag it carries.
 pub fn decode_flow(
     bytes: &[u8],
-    table: impl Fn(u32) -> Option<std::sync::Arc<RuleTable>>,
+    table: impl Fn(u32) -> Option<Arc<RuleTable>>,
     clock_offset: i128,
 ) -> Result<Flow, DecodeError> {
     let r = record::FlowRecord::decode(bytes).map_err(|RecordError::Size { len, .. }| DecodeError::Size(len))?;
     let table = table(r.tag).ok_or(DecodeError::Rule(r.rule))?;
-    let (policy, revision, rule_id) = table.name(r.rule).ok_or(DecodeError::Rule(r.rule))?;
-    let tune = table.name(r.tune_rule).map(|(p, _, rule)| format!("{p}/{rule}"));
+    let names = table.name(r.rule).ok_or(DecodeError::Rule(r.rule))?;
     Ok(Flow {
-        policy: policy.to_owned(),
-        revision,
-        rule_id: rule_id.to_owned(),
-        tune,
+        policy: names.policy.clone(),
+        revision: names.revision,
+        rule_id: names.rule_id.clone(),
+        tune: table.name(r.tune_rule).map(|t| t.qualified.clone()),
         peer: ip(r.family, r.peer),
         local: ip(r.family, r.local),
         end_unix_ns: i128::from(r.end_ns) + clock_offset,

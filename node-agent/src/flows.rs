@@ -9,7 +9,7 @@
 //! second's worth of the record rate.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     net::IpAddr,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -88,8 +88,6 @@ pub struct Aggregator {
     /// Start of the open window, Unix time.
     start: Duration,
     keys: HashMap<Key, Sums>,
-    /// Policy and rule names, interned: a window of 10,000 keys shares a few dozen strings.
-    names: HashSet<Arc<str>>,
 }
 
 fn unix_now() -> Duration {
@@ -107,7 +105,7 @@ impl Aggregator {
     /// An empty window containing `now` (Unix time).
     pub fn new(window: Duration, max_keys: usize, now: Duration) -> Self {
         let window = window.max(Duration::from_secs(1));
-        Self { window, max_keys, start: Self::align(window, now), keys: HashMap::new(), names: HashSet::default() }
+        Self { window, max_keys, start: Self::align(window, now), keys: HashMap::new() }
     }
 
     fn align(window: Duration, now: Duration) -> Duration {
@@ -115,22 +113,15 @@ impl Aggregator {
         Duration::from_nanos(u64::try_from(now.as_nanos() / w * w).unwrap_or(u64::MAX))
     }
 
-    fn intern(&mut self, name: &str) -> Arc<str> {
-        if let Some(n) = self.names.get(name) {
-            return n.clone();
-        }
-        let n: Arc<str> = Arc::from(name);
-        self.names.insert(n.clone());
-        n
-    }
-
     /// Adds a closed connection; false when it had a new key and the window was full.
     pub fn add(&mut self, flow: &Flow) -> bool {
         let r = &flow.record;
         let inbound = flow.inbound();
         let key = Key {
-            policy: self.intern(&flow.policy),
-            rule_id: self.intern(&flow.rule_id),
+            // The generation's rule table made these once: a window of 10,000 keys shares a
+            // few dozen strings.
+            policy: flow.policy.clone(),
+            rule_id: flow.rule_id.clone(),
             cgroup_id: r.cgroup_id,
             inbound,
             local: flow.local.to_canonical(),
@@ -211,7 +202,6 @@ impl Aggregator {
                 ..Default::default()
             })
             .collect();
-        self.names.clear();
         self.start = Self::align(self.window, now);
         out
     }
@@ -226,10 +216,10 @@ pub fn record(flow: &Flow) -> v1::FlowRecord {
     let r = &flow.record;
     let duration_ns = i128::from(r.end_ns.saturating_sub(r.start_ns));
     v1::FlowRecord {
-        policy: flow.policy.clone(),
+        policy: flow.policy.to_string(),
         revision: flow.revision,
-        rule_id: flow.rule_id.clone(),
-        tune_rule: flow.tune.clone().unwrap_or_default(),
+        rule_id: flow.rule_id.to_string(),
+        tune_rule: flow.tune.as_deref().unwrap_or_default().to_owned(),
         tune_refused: r.flags & flags::TUNE_REFUSED != 0,
         cgroup_id: r.cgroup_id,
         uid: r.uid,

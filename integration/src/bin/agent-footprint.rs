@@ -7,6 +7,12 @@
 //! `VmHWM`) once idle with the empty bundle, once enforcing a 10,000-rule policy, and once
 //! after that policy is deleted again.
 //!
+//! Then its CPU for flow records: with `connections.observe: {}` on the cgroup, the agent's
+//! CPU time (`/proc/PID/task/*/schedstat`, nanoseconds) over `--flow-seconds` idle, and
+//! over the same time while `flow-probe loop` makes `--flow-rate` connections a second in
+//! the cgroup (both ends observed: two records per connection). The connections the server
+//! stored afterwards show the records were all read, aggregated and sent.
+//!
 //! `cargo build --release -p palisade-integration --bin agent-process --bin agent-footprint &&
 //! sudo -E target/release/agent-footprint` (root: the agent loads programs; `DATABASE_URL`).
 //! `--max-idle-mib N` fails the run when idle RSS exceeds N MiB.
@@ -33,6 +39,114 @@ struct Args {
     /// Exit non-zero when the idle RSS is above this many MiB.
     #[arg(long)]
     max_idle_mib: Option<f64>,
+    /// Connections a second of the flow load.
+    #[arg(long, default_value_t = 10_000)]
+    flow_rate: usize,
+    /// Length of the idle and the loaded CPU measurement.
+    #[arg(long, default_value_t = 10)]
+    flow_seconds: usize,
+}
+
+/// CPU time of every thread of `pid`, ns.
+fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).context("the agent's threads")? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        total += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// What the flow phase measured.
+struct FlowLoad {
+    idle_ns: u64,
+    loaded_ns: u64,
+    seconds: f64,
+    connections: u64,
+    workload_cpu_ns: u64,
+    stored: i64,
+    memory: Memory,
+}
+
+/// Prints the flow phase's figures.
+fn print_flows(flows: &FlowLoad) {
+    let share = |ns: u64| ns as f64 / (flows.seconds * 1e9) * 100.0;
+    println!(
+        "\nflow records: {} connections in {:.2} s ({:.0}/s, both ends observed: {:.0} records/s); the server stored {} \
+         connection ends (want {})",
+        flows.connections,
+        flows.seconds,
+        flows.connections as f64 / flows.seconds,
+        2.0 * flows.connections as f64 / flows.seconds,
+        flows.stored,
+        2 * flows.connections
+    );
+    println!(
+        "- agent CPU, idle with the observe policy: {:.2}% of one core; under the load: {:.2}% of one core (target <= 5%), \
+         {:.0} ns per record",
+        share(flows.idle_ns),
+        share(flows.loaded_ns),
+        flows.loaded_ns.saturating_sub(flows.idle_ns) as f64 / (2.0 * flows.connections.max(1) as f64)
+    );
+    println!(
+        "- the workload's own CPU for the same connections (baseline): {:.2}% of one core; agent / workload = {:.3}",
+        share(flows.workload_cpu_ns),
+        flows.loaded_ns as f64 / flows.workload_cpu_ns.max(1) as f64
+    );
+}
+
+/// The flow phase (module comment).
+async fn flow_load(
+    args: &Args,
+    policies: &mut PolicyServiceClient<palisade_proto::client::Connection>,
+    store: &palisade_server::store::Store,
+    pool: &sqlx::PgPool,
+    (node, agent_pid, cgroup, cgroup_dir): (&str, u32, &str, &std::path::Path),
+) -> anyhow::Result<FlowLoad> {
+    let probe = std::env::current_exe()?.with_file_name("flow-probe");
+    anyhow::ensure!(probe.exists(), "{} is missing: build the flow-probe binary too", probe.display());
+    let doc = format!("name: footprint-flows\nworkload: {{cgroup: {cgroup}}}\nconnections:\n  observe: {{}}\n");
+    let request = v1::ApplyPolicyRequest { source: Some(Source::Document(doc)), ..Default::default() };
+    policies.apply_policy(request).await.context("apply the observe policy")?;
+    acknowledged(store, node, store.generation().await?).await?;
+    let length = Duration::from_secs(args.flow_seconds as u64);
+    let before = cpu_ns(agent_pid)?;
+    tokio::time::sleep(length).await;
+    let idle_ns = cpu_ns(agent_pid)? - before;
+    let before = cpu_ns(agent_pid)?;
+    let output = tokio::process::Command::new(&probe)
+        .arg("--cgroup")
+        .arg(cgroup_dir)
+        .args(["loop", &args.flow_rate.to_string(), &args.flow_seconds.to_string()])
+        .output()
+        .await
+        .context("run flow-probe")?;
+    let loaded_ns = cpu_ns(agent_pid)? - before;
+    let line = String::from_utf8_lossy(&output.stdout).into_owned();
+    anyhow::ensure!(output.status.success(), "flow-probe: {line}");
+    let field = |key: &str| -> anyhow::Result<f64> {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .with_context(|| format!("{key} in {line:?}"))
+    };
+    let (connections, seconds, workload_cpu_ns) = (field("connections")? as u64, field("seconds")?, field("cpu_ns")?);
+    let memory = memory(agent_pid)?;
+    // Both ends are observed; the last window is sent once it closes.
+    let want = i64::try_from(2 * connections)?;
+    let stored_now = || async {
+        sqlx::query_scalar::<_, i64>("SELECT coalesce(sum(connections), 0)::bigint FROM flows WHERE node = $1")
+            .bind(node)
+            .fetch_one(pool)
+            .await
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let mut stored = stored_now().await;
+    while stored < want && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stored = stored_now().await;
+    }
+    Ok(FlowLoad { idle_ns, loaded_ns, seconds, connections, workload_cpu_ns: workload_cpu_ns as u64, stored, memory })
 }
 
 /// Memory figures of a process, in KiB.
@@ -146,6 +260,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&cleanup.cgroup_dir)?;
     let database = palisade_integration::create_database(&base, &name).await?;
     let pool = sqlx::PgPool::connect(&database).await?;
+    let pool_for_flows = pool.clone();
     palisade_server::MIGRATOR.run(&pool).await?;
     let store = palisade_server::store::Store::new(pool.clone());
     let server =
@@ -180,6 +295,10 @@ async fn main() -> anyhow::Result<()> {
         .context("delete the large policy")?;
     acknowledged(&store, node, store.generation().await?).await?;
     rows.push(("idle again, after the policy was deleted".to_owned(), memory(agent_pid)?));
+    let flows =
+        flow_load(&args, &mut policies, &store, &pool_for_flows, (node, agent_pid, &cgroup, &cleanup.cgroup_dir))
+            .await?;
+    rows.push((format!("after {} connections/s observed", args.flow_rate), flows.memory));
     if let Some(mut child) = cleanup.agent.take() {
         let _ = child.kill();
         let status = child.wait()?;
@@ -194,6 +313,7 @@ async fn main() -> anyhow::Result<()> {
     for (state, m) in &rows {
         println!("| {state} | {} | {} | {} | {} |", mib(m.rss), mib(m.anon), mib(m.file), mib(m.peak));
     }
+    print_flows(&flows);
     let idle = rows[0].1.rss as f64 / 1024.0;
     println!("\nidle RSS: {idle:.1} MiB (target <= 24 MiB)");
     if let Some(max) = args.max_idle_mib {

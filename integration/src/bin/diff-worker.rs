@@ -92,21 +92,6 @@ fn settings(fd: i32) -> String {
     format!("{},{no_delay},{cwnd}", palisade_integration::tcp_congestion(fd))
 }
 
-/// Closes with a reset (`SO_LINGER` 0): both ends reach `TCP_CLOSE` at once, no `TIME_WAIT`.
-fn reset(fd: i32) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: valid fd and option value.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-}
-
 fn run(args: &[&str]) -> Result<(), String> {
     let status = std::process::Command::new("ip").args(args).status().map_err(|e| format!("ip: {e}"))?;
     if status.success() { Ok(()) } else { Err(format!("ip {}: {status}", args.join(" "))) }
@@ -147,7 +132,7 @@ fn connect(listeners: &HashMap<u16, TcpListener>, addr: SocketAddr) -> String {
         }
     };
     let answer = format!("C {} {}", show(&client), show(&accepted));
-    reset(accepted.as_raw_fd());
+    palisade_integration::reset_on_close(accepted.as_raw_fd());
     drop(accepted);
     drop(client);
     answer

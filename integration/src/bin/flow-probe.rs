@@ -8,6 +8,11 @@
 //! half-closes and answered with SEND bytes. Prints `peer=PORT congestion=NAME received=N` per
 //! connection.
 //!
+//! `flow-probe [--cgroup DIR] loop RATE SECONDS`: moves itself into a cgroup, listens on
+//! 127.0.0.1 port 0 and for SECONDS makes RATE connections a second to itself, each accepted
+//! and closed with a reset (no data, no `TIME_WAIT`). Prints `connections=N seconds=S
+//! cpu_ns=C` (its own CPU time). Benchmarks use it as a steady connection load.
+//!
 //! Tests use it as a workload whose TCP connections a sockops program records and tunes; the
 //! congestion algorithm is what `getsockopt(TCP_CONGESTION)` says inside the workload.
 #![allow(clippy::print_stdout, reason = "the probe reports on stdout")]
@@ -32,6 +37,39 @@ fn exchange(mut s: TcpStream, send: usize) -> std::io::Result<usize> {
     let mut got = Vec::new();
     s.read_to_end(&mut got)?;
     Ok(got.len())
+}
+
+/// The `loop` mode (module comment): paced in 10 ms steps, so the rate holds without a
+/// timer per connection.
+fn connection_loop(rate: usize, seconds: usize) -> std::io::Result<()> {
+    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    let addr = listener.local_addr()?;
+    let started = std::time::Instant::now();
+    let length = std::time::Duration::from_secs(seconds as u64);
+    let mut made = 0_u64;
+    while started.elapsed() < length {
+        let due = (started.elapsed().as_secs_f64() * f64::from(u32::try_from(rate).unwrap_or(u32::MAX))) as u64;
+        while made < due {
+            let client = TcpStream::connect(addr)?;
+            let (accepted, _) = listener.accept()?;
+            palisade_integration::reset_on_close(accepted.as_raw_fd());
+            drop(accepted);
+            drop(client);
+            made += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: rusage is plain old data, filled by the call.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut usage) };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    println!(
+        "connections={made} seconds={:.3} cpu_ns={}",
+        started.elapsed().as_secs_f64(),
+        ns(usage.ru_utime) + ns(usage.ru_stime)
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -99,8 +137,24 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        ["loop", rate, seconds] => {
+            let (Some(rate), Some(seconds)) = (num(rate), num(seconds)) else {
+                println!("bad arguments");
+                return ExitCode::from(3);
+            };
+            match connection_loop(rate, seconds) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    println!("loop: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         _ => {
-            println!("usage: flow-probe [--cgroup DIR] (client ADDR PORT SEND RECV COUNT | server ADDR SEND COUNT)");
+            println!(
+                "usage: flow-probe [--cgroup DIR] (client ADDR PORT SEND RECV COUNT | server ADDR SEND COUNT | loop \
+                 RATE SECONDS)"
+            );
             ExitCode::from(3)
         }
     }

@@ -243,6 +243,30 @@ async fn receipts_after(
     Ok(got)
 }
 
+/// When each of `n` simulated nodes showed a generation above `before` applied (what
+/// `GetNode` shows), polling a count every 2 ms, as offsets from `t0`.
+async fn acks_recorded(pool: sqlx::PgPool, n: usize, before: i64, t0: SystemTime) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(n);
+    let deadline = Instant::now() + Duration::from_mins(2);
+    while times.len() < n {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM nodes WHERE name LIKE 'sim-%' AND applied_generation > $1")
+                .bind(before)
+                .fetch_one(&pool)
+                .await?;
+        let now = since(t0, SystemTime::now());
+        let done = usize::try_from(done).unwrap_or(0).min(n);
+        while times.len() < done {
+            times.push(now);
+        }
+        if Instant::now() > deadline {
+            bail!("only {} of {n} ACKs recorded within 120 s", times.len());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(times)
+}
+
 fn since(t0: SystemTime, at: SystemTime) -> Duration {
     at.duration_since(t0).unwrap_or_default()
 }
@@ -345,31 +369,15 @@ async fn measure_real(args: &Args, n: usize, database: &str, server_bin: &PathBu
         let above: HashMap<usize, u64> = seen.iter().map(|(i, (g, _))| (*i, *g)).collect();
         let t0 = SystemTime::now();
         let clock = Instant::now();
+        // Every simulated agent has the same context, so the same generation before and after.
+        let before = i64::try_from(above.values().copied().max().unwrap_or(0)).unwrap_or(i64::MAX);
         policies.apply_policy(policy(round, args.rules)).await?;
         real.apply.push(clock.elapsed());
+        // ACK recorded, polled while the bundles go out (not after the last receipt).
+        let recorded = tokio::spawn(acks_recorded(pool.clone(), n, before, t0));
         let got = receipts_after(&mut rx, n, &above, Duration::from_mins(2)).await?;
         real.receipt.extend(got.values().map(|(_, at)| since(t0, *at)));
-        // ACK recorded: poll how many nodes show the new generation applied.
-        let want: HashMap<String, i64> =
-            got.iter().map(|(i, (g, _))| (format!("sim-{i:05}"), i64::try_from(*g).unwrap_or(i64::MAX))).collect();
-        let mut recorded = 0;
-        let deadline = Instant::now() + Duration::from_mins(2);
-        while recorded < n {
-            let rows: Vec<(String, i64)> =
-                sqlx::query_as("SELECT name, applied_generation FROM nodes WHERE name LIKE 'sim-%'")
-                    .fetch_all(&pool)
-                    .await?;
-            let now = since(t0, SystemTime::now());
-            let done = rows.iter().filter(|(name, g)| want.get(name).is_some_and(|w| g >= w)).count();
-            for _ in recorded..done {
-                real.recorded.push(now);
-            }
-            recorded = done;
-            if Instant::now() > deadline {
-                bail!("only {recorded} of {n} ACKs recorded within 120 s");
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        real.recorded.extend(recorded.await.context("the ACK poll")??);
         seen = got;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

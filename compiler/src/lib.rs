@@ -28,6 +28,7 @@
 pub mod arbitrary;
 pub mod bpf;
 pub mod bundle;
+pub mod capture;
 pub mod limits;
 pub mod policy;
 pub mod program;

@@ -29,6 +29,16 @@ deploy/systemd/check.sh
 # The Python SDK: generated code current with the protos, then pytest in fresh venvs against
 # the real server (and, as root, a real agent and a denied connect).
 scripts/python-sdk-test.sh
+# The capture filter language is checked against libpcap itself (tcpdump -d).
+if ! command -v tcpdump >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "test: installing tcpdump (the capture filter differential's oracle)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump >/dev/null; }
+  else
+    echo "test: tcpdump is missing and only root can install it (apt-get install tcpdump)" >&2
+  fi
+fi
 # Last, so the run's closing line is the full suite's summary.
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

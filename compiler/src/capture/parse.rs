@@ -10,8 +10,15 @@
 //!   10.1.0.0/16, `host 10` the address 0.0.0.10; a protocol name that is also a keyword
 //!   needs a backslash (`ip proto \tcp`).
 //!
-//! Checked against tcpdump 4.99.3 / libpcap 1.10.3 (`tcpdump -d`) by hand so far; the
-//! differential test over packets is still to come.
+//! - A bare ID is read only right after `and`/`or` or after qualifiers, as libpcap's
+//!   grammar has it (`(10.0.0.1)` alone is an error; `host (a or b)` and `port not 80` are
+//!   not), and after a parenthesized group it repeats the qualifiers from before the group.
+//!
+//! The oracle is tcpdump 4.99.3 / libpcap 1.10.3 (Debian bookworm): the accept/reject
+//! differential in `integration/tests/capture.rs` runs random expressions through both. The
+//! deliberate differences: an empty expression is refused (libpcap: everything), names are
+//! never resolved (libpcap asks /etc/services, /etc/protocols and DNS), and dotted parts
+//! above 255 are refused.
 //!
 //! Every error carries the 1-based column of the token it is about.
 
@@ -199,15 +206,16 @@ pub enum Prim {
         /// Address.
         mac: [u8; 6],
     },
-    /// `ether proto N` (also what `ip`, `ip6`, `arp` and `rarp` alone mean).
-    EtherProto(u16),
+    /// `ether proto N` (also what `ip`, `ip6`, `arp` and `rarp` alone mean); libpcap takes
+    /// any 32-bit value (above 65535 it matches nothing).
+    EtherProto(u32),
     /// `ip proto N`, `ip6 proto N` (`family` Ip or Ip6), `proto N` and `tcp`/`udp`/`sctp`
     /// (Any: either), `icmp` (Ip), `icmp6` (Ip6).
     Proto {
         /// Ip, Ip6 or Any.
         family: Family,
-        /// Protocol number.
-        number: u8,
+        /// Protocol number (above 255 it matches nothing, as in libpcap).
+        number: u32,
     },
     /// `vlan [ID]`.
     Vlan(Option<u16>),
@@ -348,10 +356,10 @@ const CONSTANTS: &[(&str, u32)] = &[
 ];
 
 /// Protocol names `ip proto`, `ip6 proto` and `proto` accept.
-const PROTOCOLS: &[(&str, u8)] = &[("icmp", 1), ("tcp", 6), ("udp", 17), ("icmp6", 58), ("sctp", 132)];
+const PROTOCOLS: &[(&str, u32)] = &[("ip", 0), ("icmp", 1), ("tcp", 6), ("udp", 17), ("icmp6", 58), ("sctp", 132)];
 
 /// Ethertype names `ether proto` accepts.
-const ETHERTYPES: &[(&str, u16)] = &[("ip", 0x0800), ("arp", 0x0806), ("rarp", 0x8035), ("ip6", 0x86dd)];
+const ETHERTYPES: &[(&str, u32)] = &[("ip", 0x0800), ("arp", 0x0806), ("rarp", 0x8035), ("ip6", 0x86dd)];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Tok {
@@ -539,17 +547,88 @@ impl Parser {
     /// `expr := term ((and | or) term)*`, left-associative, one precedence.
     fn expr(&mut self) -> Result<Expr, ParseError> {
         let mut left = self.term()?;
-        loop {
-            let and = if self.eat_word("and") || self.eat_sym("&&") {
-                true
-            } else if self.eat_word("or") || self.eat_sym("||") {
-                false
-            } else {
-                return Ok(left);
-            };
-            let right = self.term()?;
-            left = if and { Expr::And(left.into(), right.into()) } else { Expr::Or(left.into(), right.into()) };
+        while let Some(and) = self.conjunction() {
+            let right = self.operand_after_conjunction()?;
+            left = join(and, left, right);
         }
+        Ok(left)
+    }
+
+    /// `and`/`&&` (true) or `or`/`||` (false), consumed.
+    fn conjunction(&mut self) -> Option<bool> {
+        if self.eat_word("and") || self.eat_sym("&&") {
+            Some(true)
+        } else if self.eat_word("or") || self.eat_sym("||") {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// What may follow `and`/`or`: a term, or — libpcap's `expr and id` — a bare ID that
+    /// repeats the qualifiers before it (`host a or b`, `host a and not b`, `host a or (b or
+    /// c)`). The ID reading is tried first; a term is read when it does not fit.
+    fn operand_after_conjunction(&mut self) -> Result<Expr, ParseError> {
+        if let Some((kind, dir)) = self.last {
+            let (save, depth) = (self.pos, self.depth);
+            match self.id(kind, dir) {
+                Ok(e)
+                    if self.peek().is_none_or(|t| {
+                        matches!(&t.tok, Tok::Word(w) if w == "and" || w == "or")
+                            || matches!(t.tok, Tok::Sym("&&" | "||" | ")"))
+                    }) =>
+                {
+                    return Ok(e);
+                }
+                _ => (self.pos, self.depth, self.last) = (save, depth, Some((kind, dir))),
+            }
+        }
+        self.term()
+    }
+
+    /// `( … ( NUMBER ) … )`: a parenthesized number as an ID.
+    fn pnum(&mut self, kind: Kind, dir: Dir) -> Result<Expr, ParseError> {
+        if self.eat_sym("(") {
+            self.deeper()?;
+            let inner = self.pnum(kind, dir)?;
+            self.depth -= 1;
+            self.expect_sym(")")?;
+            return Ok(inner);
+        }
+        match self.peek_word() {
+            Some(w) if number(w).is_some() => self.primitive(kind, dir),
+            _ => Err(err(self.column(), "a group of addresses starts with an address, not another group")),
+        }
+    }
+
+    /// libpcap's `id`: `not`s, then a bare address/number/range, or `( id (and|or) id … )`,
+    /// read with the qualifiers `kind` and `dir`.
+    fn id(&mut self, kind: Kind, dir: Dir) -> Result<Expr, ParseError> {
+        if self.eat_word("not") || self.eat_sym("!") {
+            self.deeper()?;
+            let inner = self.id(kind, dir)?;
+            self.depth -= 1;
+            return Ok(Expr::Not(inner.into()));
+        }
+        if self.eat_sym("(") {
+            self.deeper()?;
+            // libpcap's `pid`: a group starts with an address or a number (`((a))` is a
+            // syntax error there); after and/or, any ID, groups included.
+            let mut left = if self.peek_sym() == Some("(") {
+                // Only a number nests alone (libpcap's `pnum: NUM | '(' pnum ')'`).
+                self.pnum(kind, dir)?
+            } else {
+                self.id(kind, dir)?
+            };
+            while let Some(and) = self.conjunction() {
+                let right = self.id(kind, dir)?;
+                left = join(and, left, right);
+            }
+            self.depth -= 1;
+            self.expect_sym(")")?;
+            return Ok(left);
+        }
+        self.primitive(kind, dir)
     }
 
     fn term(&mut self) -> Result<Expr, ParseError> {
@@ -571,6 +650,9 @@ impl Parser {
             let inner = self.expr()?;
             self.depth -= 1;
             self.expect_sym(")")?;
+            // After a parenthesized group a bare ID repeats the qualifiers from before the
+            // group, not those of its last term (libpcap's grammar: `paren expr ')'`).
+            self.last = last;
             return Ok(inner);
         }
         let Some((word, column)) = self.peek_word().map(str::to_owned).zip(Some(self.column())) else {
@@ -740,12 +822,9 @@ impl Parser {
         }
         match (proto, dir, kind) {
             (None, None, None) => {
-                // A bare ID: the previous term's qualifiers.
-                let Some((kind, dir)) = self.last else {
-                    let (w, c) = self.next_word("a primitive")?;
-                    return Err(err(c, format!("{w:?} needs a keyword before it (host, net, port, …)")));
-                };
-                self.primitive(kind, dir)
+                // A bare ID is only read right after `and`/`or` (operand_after_conjunction).
+                let (w, c) = self.next_word("a primitive")?;
+                Err(err(c, format!("{w:?} needs a keyword before it (host, net, port, …)")))
             }
             (Some((p, c)), None, None) => {
                 // A protocol alone: `ip`, `tcp`, …; an ID right after it (`ip 10.0.0.1`) is a
@@ -770,7 +849,8 @@ impl Parser {
                 let dir = dir.unwrap_or(Dir::Either);
                 let kind = resolve_kind(proto.as_ref(), kind.as_ref(), dir, start)?;
                 self.last = Some((kind, dir));
-                self.primitive(kind, dir)
+                // `tcp port not 80`, `host (a or b)`: the ID may carry nots and groups.
+                self.id(kind, dir)
             }
         }
     }
@@ -813,8 +893,8 @@ impl Parser {
                     debug_assert_eq!(net.prefix_len(), 8 * parts);
                     Prim::Net { family, dir, net }
                 }
-                Some((_, 1)) => {
-                    let n = number(&id).ok_or_else(|| err(column, format!("{id:?} is not an address")))?;
+                _ if let Some(n) = number(&id) => {
+                    // A number is the 32-bit address itself (`host 443` is 0.0.1.187).
                     let addr = IpAddr::V4(Ipv4Addr::from(n));
                     check_family(family, addr, column)?;
                     Prim::Host { family, dir, addr }
@@ -829,6 +909,8 @@ impl Parser {
                 let net = if self.eat_word("mask") {
                     let (m, mc) = self.next_word("a netmask")?;
                     net_with_mask(&id, column, &m, mc)?
+                } else if let Some(n) = number(&id) {
+                    short_net(n)
                 } else {
                     network(&id, column)?
                 };
@@ -840,9 +922,7 @@ impl Parser {
                 Prim::Port { transport, dir, first: port, last: port }
             }
             Kind::PortRange(transport) => {
-                let (a, b) =
-                    id.split_once('-').ok_or_else(|| err(column, format!("a port range is FIRST-LAST, not {id:?}")))?;
-                let (first, last) = (port(a, column)?, port(b, column)?);
+                let (first, last) = port_range(&id, column)?;
                 let (first, last) = (first.min(last), first.max(last));
                 Prim::Port { transport, dir, first, last }
             }
@@ -852,6 +932,10 @@ impl Parser {
         };
         Ok(Expr::Prim(prim))
     }
+}
+
+fn join(and: bool, left: Expr, right: Expr) -> Expr {
+    if and { Expr::And(left.into(), right.into()) } else { Expr::Or(left.into(), right.into()) }
 }
 
 fn is_proto(w: &str) -> bool {
@@ -964,6 +1048,29 @@ fn port(w: &str, column: usize) -> Result<u16, ParseError> {
     }
 }
 
+/// A `portrange` ID as libpcap 1.10 reads it (`sscanf("%d-%d")`): decimal only, and the
+/// second number is its leading digits (`80-0x50` is 80-0); a single port is that port
+/// (`portrange 80`, read as a port).
+fn port_range(w: &str, column: usize) -> Result<(u16, u16), ParseError> {
+    let Some((a, b)) = w.split_once('-') else {
+        let p = port(w, column)?;
+        return Ok((p, p));
+    };
+    let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
+    let (na, nb) = (digits(a), digits(b));
+    if na == 0 || na != a.len() || nb == 0 {
+        return Err(err(column, format!("{w:?} is not a port range (FIRST-LAST, decimal)")));
+    }
+    let parse = |s: &str| {
+        s.parse::<u32>()
+            .ok()
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| err(column, format!("port {s} is above 65535")))
+    };
+    let (first, last) = (parse(a)?, parse(&b[..nb])?);
+    Ok((first.min(last), first.max(last)))
+}
+
 fn vlan_id(w: &str, column: usize) -> Result<u16, ParseError> {
     match number(w) {
         Some(n) if n <= 4095 => Ok(n as u16),
@@ -988,24 +1095,25 @@ fn escaped_name<T: Copy>(table: &[(&str, T)], w: &str, column: usize) -> Result<
     Ok(None)
 }
 
-fn protocol_number(w: &str, column: usize) -> Result<u8, ParseError> {
+/// A protocol number; libpcap takes any 32-bit value (above 255 it matches nothing).
+fn protocol_number(w: &str, column: usize) -> Result<u32, ParseError> {
     if let Some(n) = escaped_name(PROTOCOLS, w, column)? {
         return Ok(n);
     }
     match number(w) {
-        Some(n) => u8::try_from(n).map_err(|_| err(column, format!("protocol {n} is above 255"))),
+        Some(n) => Ok(n),
         None => {
             Err(err(column, format!("unknown protocol {w:?} (a number, or \\icmp, \\tcp, \\udp, \\icmp6, \\sctp)")))
         }
     }
 }
 
-fn ethertype(w: &str, column: usize) -> Result<u16, ParseError> {
+fn ethertype(w: &str, column: usize) -> Result<u32, ParseError> {
     if let Some(n) = escaped_name(ETHERTYPES, w, column)? {
         return Ok(n);
     }
     match number(w) {
-        Some(n) => u16::try_from(n).map_err(|_| err(column, format!("ethertype {n} is above 65535"))),
+        Some(n) => Ok(n),
         None => Err(err(column, format!("unknown ethertype {w:?} (a number, or \\ip, \\ip6, \\arp, \\rarp)"))),
     }
 }
@@ -1040,6 +1148,17 @@ fn network(w: &str, column: usize) -> Result<IpNet, ParseError> {
         return Err(err(column, format!("{w:?} is not a network")));
     };
     checked(addr, len.unwrap_or(128), w, column)
+}
+
+/// `net N` for a number N, as libpcap promotes a short net number: shifted left a byte at a
+/// time until its top byte is not zero (`net 10` is 10.0.0.0/8, `net 70000` 1.17.112.0/24).
+fn short_net(n: u32) -> IpNet {
+    let (mut v, mut mask) = (n, u32::MAX);
+    while v != 0 && v & 0xff00_0000 == 0 {
+        v <<= 8;
+        mask <<= 8;
+    }
+    IpNet::new(IpAddr::V4(Ipv4Addr::from(v)), mask.leading_ones() as u8).unwrap_or_default()
 }
 
 /// `a`, `a.b`, `a.b.c` or `a.b.c.d` and how many parts it had.

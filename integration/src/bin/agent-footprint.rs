@@ -8,7 +8,7 @@
 //! after that policy is deleted again.
 //!
 //! Then its CPU for flow records: with `connections.observe: {}` on the cgroup, the agent's
-//! CPU time (`/proc/PID/task/*/schedstat`, nanoseconds) over `--flow-seconds` idle, and
+//! CPU time (`/proc/PID/stat`, every thread) over `--flow-seconds` idle, and
 //! over the same time while `flow-probe loop` makes `--flow-rate` connections a second in
 //! the cgroup (both ends observed: two records per connection). The connections the server
 //! stored afterwards show the records were all read, aggregated and sent.
@@ -47,14 +47,18 @@ struct Args {
     flow_seconds: usize,
 }
 
-/// CPU time of every thread of `pid`, ns.
+/// CPU time of process `pid` (every thread, exited ones included: `/proc/PID/stat` utime +
+/// stime, in clock ticks), ns. Summing `/proc/PID/task/*` would lose the time of threads
+/// that exit between two readings (tokio's blocking threads do, after 10 s idle).
 fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).context("the agent's threads")? {
-        let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
-        total += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    }
-    Ok(total)
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("the agent's /proc stat")?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("a /proc stat line")?;
+    let fields: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse().ok()).collect();
+    anyhow::ensure!(fields.len() == 2, "utime and stime in {stat:?}");
+    // SAFETY: sysconf has no preconditions.
+    let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
+    Ok((fields[0] + fields[1]) * 1_000_000_000 / ticks)
 }
 
 /// What the flow phase measured.
@@ -112,7 +116,7 @@ async fn flow_load(
     let length = Duration::from_secs(args.flow_seconds as u64);
     let before = cpu_ns(agent_pid)?;
     tokio::time::sleep(length).await;
-    let idle_ns = cpu_ns(agent_pid)? - before;
+    let idle_ns = cpu_ns(agent_pid)?.saturating_sub(before);
     let before = cpu_ns(agent_pid)?;
     let output = tokio::process::Command::new(&probe)
         .arg("--cgroup")
@@ -121,7 +125,7 @@ async fn flow_load(
         .output()
         .await
         .context("run flow-probe")?;
-    let loaded_ns = cpu_ns(agent_pid)? - before;
+    let loaded_ns = cpu_ns(agent_pid)?.saturating_sub(before);
     let line = String::from_utf8_lossy(&output.stdout).into_owned();
     anyhow::ensure!(output.status.success(), "flow-probe: {line}");
     let field = |key: &str| -> anyhow::Result<f64> {

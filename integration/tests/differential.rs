@@ -145,6 +145,17 @@ impl<W> Rig<W> {
     }
 }
 
+/// Compiles `set` for `offsets` and makes it generation `generation` of `datapath`; every
+/// generated bundle must pass the verifier.
+fn enforce(datapath: &mut Datapath, set: &PolicySet, generation: u64, offsets: KernelOffsets) {
+    let compiled = compile(set, offsets).expect("compiles");
+    let bundle =
+        v1::Bundle { generation, digest: compiled.digest, content: compiled.bytes.into(), ..Default::default() };
+    datapath
+        .apply(bundle, &mut Vec::new())
+        .unwrap_or_else(|e| panic!("the kernel rejected a generated bundle: {e}\nset: {set:#?}"));
+}
+
 /// `PALISADE_DIFF_SEED`, else a new seed.
 fn seed() -> u64 {
     std::env::var("PALISADE_DIFF_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
@@ -205,17 +216,7 @@ fn bytecode_in_the_kernel_decides_exactly_as_the_reference_evaluator() {
         generation += 1;
         let set = sets.new_tree(&mut runner).expect("generate a set").current();
         let batch = attempts.new_tree(&mut runner).expect("generate attempts").current();
-        let compiled = compile(&set, KernelOffsets::LINUX_6_12).expect("compiles");
-        let bundle = v1::Bundle {
-            generation,
-            digest: compiled.digest.clone(),
-            content: compiled.bytes.clone().into(),
-            ..Default::default()
-        };
-        let mut drained = Vec::new();
-        datapath
-            .apply(bundle, &mut drained)
-            .unwrap_or_else(|e| panic!("the kernel rejected a generated bundle: {e}\nset: {set:#?}"));
+        enforce(&mut datapath, &set, generation, KernelOffsets::LINUX_6_12);
         let mut expected_events = Vec::new();
         for attempt in &batch {
             let want = evaluate(&set, attempt);
@@ -491,16 +492,7 @@ fn sock_ops_in_the_kernel_observes_and_tunes_exactly_as_the_reference_evaluator(
         generation += 1;
         let set = sets.new_tree(&mut runner).expect("generate a set").current();
         let batch = attempts.new_tree(&mut runner).expect("generate attempts").current();
-        let compiled = compile(&set, offsets).expect("compiles");
-        let bundle = v1::Bundle {
-            generation,
-            digest: compiled.digest.clone(),
-            content: compiled.bytes.clone().into(),
-            ..Default::default()
-        };
-        datapath
-            .apply(bundle, &mut Vec::new())
-            .unwrap_or_else(|e| panic!("the kernel rejected a generated bundle: {e}\nset: {set:#?}"));
+        enforce(&mut datapath, &set, generation, offsets);
         let mut expected = connect_all(&set, &batch, &mut workers, &mut counts, seed);
         let flows = drain_flows(&mut datapath, expected.len(), Duration::from_secs(5));
         for f in &flows {

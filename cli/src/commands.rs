@@ -55,6 +55,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compile { path, disasm, offline: true, output } => return compile_offline(path, *disasm, *output),
         _ => {}
     }
+    let cli = match cli {
+        Cli { command: Command::Capture(command), .. } => return crate::capture::run(command),
+        cli => cli,
+    };
     let ca = match cli.ca_cert.as_deref() {
         Some(path) => Some(std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?),
         None => None,
@@ -78,7 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explain(args) => crate::explain::run(&channel, args).await,
         Command::Flows(args) => crate::flows::run(&channel, args).await,
         Command::Version { output } => version(&channel, output).await,
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::Capture(_) => Ok(()),
         Command::Token(TokenCommand::List { output }) => tokens(&channel, output).await,
         Command::Token(TokenCommand::Revoke { name }) => revoke_token(&channel, &name).await,
         Command::Events { policy, node, verdict, limit, follow, output } => {

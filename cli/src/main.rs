@@ -1,6 +1,7 @@
 //! `palisade`: the operator's command line for the Palisade control plane.
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool prints its results")]
 
+mod capture;
 mod commands;
 mod explain;
 mod flows;
@@ -142,6 +143,10 @@ enum Command {
     /// What a node's kernel would decide for an operation, and why: every policy in the
     /// node's bundle with its own outcome, the verdict and the event it would report.
     Explain(explain::ExplainArgs),
+    /// Packet capture filters: `capture filter EXPR -r IN.pcap [-w OUT.pcap] [--count]` runs
+    /// one over a capture file, without a server.
+    #[command(subcommand)]
+    Capture(capture::CaptureCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.

@@ -4,6 +4,8 @@
 #![allow(clippy::print_stderr, reason = "tests say loudly why they skip")]
 #![allow(clippy::missing_panics_doc, reason = "test support: panicking is how it reports failure")]
 
+pub mod capture;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,

@@ -8,135 +8,19 @@
 //! (`scripts/test.sh` installs it when missing); without it the test fails under CI.
 #![allow(clippy::print_stderr, reason = "the test reports its seed and figures")]
 
-use std::process::Command;
+use std::{collections::BTreeSet, path::Path, process::Command};
 
-use palisade_compiler::capture::parse::parse;
-
-/// xorshift64*: enough for generating text, replayable from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-}
-
-const ADDRS: &[&str] = &["10.0.0.1", "192.168.1.20", "::1", "2001:db8::5", "::ffff:10.0.0.1", "10.1", "10", "10.1.2"];
-const NETS: &[&str] = &["10.0.0.0/8", "10.1", "192.168", "2001:db8::/32", "10.1.2.3/16", "10.1.0.0 mask 255.255.0.0"];
-const PORTS: &[&str] = &["22", "80", "443", "0x50", "010", "65535", "70000"];
-const MACS: &[&str] = &["00:11:22:33:44:55", "0:1b:21:a:b:c", "00-11-22-33-44-55"];
-const SIMPLE: &[&str] = &[
-    "ip",
-    "ip6",
-    "arp",
-    "rarp",
-    "tcp",
-    "udp",
-    "icmp",
-    "icmp6",
-    "sctp",
-    "vlan",
-    "vlan 10",
-    "less 100",
-    "greater 64",
-    "proto 17",
-    "ip proto \\tcp",
-    "ip6 proto 6",
-    "ether proto \\ip",
-    "ether proto 0x86dd",
-    "ip proto tcp",
-    "ip[6:2] & 0x1fff = 0",
-    "tcp[tcpflags] & (tcp-syn|tcp-ack) != 0",
-    "len >= 60",
-    "icmp[icmptype] = icmp-echo",
-    "ip[0] & 0xf > 5",
-    "ether[12:2] = 0x800",
-    "ip[0:3] = 1",
-    "udp[8:2] != 0",
-];
-
-fn primitive(r: &mut Rng) -> String {
-    let dir = r.pick(&["", "", "src ", "dst ", "src or dst ", "src and dst "]);
-    match r.below(8) {
-        0 => format!("{}{dir}host {}", r.pick(&["", "", "ip ", "ip6 ", "arp "]), r.pick(ADDRS)),
-        1 => format!("{}{dir}net {}", r.pick(&["", "", "ip ", "ip6 "]), r.pick(NETS)),
-        2 => format!("{}{dir}port {}", r.pick(&["", "tcp ", "udp ", "sctp ", "ip "]), r.pick(PORTS)),
-        3 => format!("{}{dir}portrange {}-{}", r.pick(&["", "tcp ", "udp "]), r.pick(PORTS), r.pick(PORTS)),
-        4 => format!("ether {dir}host {}", r.pick(MACS)),
-        5 => format!("{dir}{}", r.pick(ADDRS)),
-        // A bare ID: repeats the previous qualifiers (or is an error at the start).
-        6 => r.pick(&[ADDRS, PORTS].concat()).to_owned(),
-        _ => r.pick(SIMPLE).to_owned(),
-    }
-}
-
-fn expression(r: &mut Rng, depth: usize) -> String {
-    let mut out = String::new();
-    let terms = 1 + r.below(4);
-    for i in 0..terms {
-        if i > 0 {
-            out.push_str(r.pick(&[" and ", " or ", " && ", " || "]));
-        }
-        if r.below(4) == 0 {
-            out.push_str(r.pick(&["not ", "! "]));
-        }
-        if depth < 3 && r.below(4) == 0 {
-            out.push('(');
-            out.push_str(&expression(r, depth + 1));
-            out.push(')');
-        } else {
-            out.push_str(&primitive(r));
-        }
-    }
-    out
-}
-
-/// Breaks an expression now and then: a token dropped, doubled or a stray one inserted.
-fn maybe_broken(r: &mut Rng, text: String) -> String {
-    if r.below(5) != 0 {
-        return text;
-    }
-    let mut words: Vec<String> = text.split(' ').map(str::to_owned).collect();
-    let at = r.below(words.len());
-    match r.below(3) {
-        0 => {
-            words.remove(at);
-        }
-        1 => words.insert(at, words[at].clone()),
-        _ => words.insert(at, r.pick(&["and", "or", "not", "(", ")", "host", "port", "42"]).to_owned()),
-    }
-    words.join(" ")
-}
-
-/// An empty Ethernet capture file, so tcpdump compiles for `DLT_EN10MB` without an interface.
-fn empty_pcap(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut header = Vec::new();
-    header.extend_from_slice(&0xa1b2_c3d4_u32.to_le_bytes());
-    header.extend_from_slice(&2_u16.to_le_bytes());
-    header.extend_from_slice(&4_u16.to_le_bytes());
-    header.extend_from_slice(&[0; 8]);
-    header.extend_from_slice(&262_144_u32.to_le_bytes());
-    header.extend_from_slice(&1_u32.to_le_bytes());
-    let path = dir.join("empty.pcap");
-    std::fs::write(&path, header).expect("write the capture file");
-    path
-}
+use palisade_agent::capture::offline::{Engine, Filter, read_frames};
+use palisade_compiler::capture::{DEFAULT_SNAPLEN, Target, compile, parse::parse};
+use palisade_integration::{
+    capture::{Rng, empty_pcap, expression, frame, maybe_broken, write_pcap},
+    kernel_tests_enabled,
+};
 
 /// Whether libpcap compiles `text` (`tcpdump -O -d -r EMPTY EXPR`). `-O` turns the optimizer
 /// off: with it, tcpdump also fails for expressions it proves match nothing ("expression
 /// rejects all packets", e.g. `src 10 and 20`), which parsed fine.
-fn libpcap_accepts(file: &std::path::Path, text: &str) -> bool {
+fn libpcap_accepts(file: &Path, text: &str) -> bool {
     let out = Command::new("tcpdump").args(["-O", "-d", "-r"]).arg(file).arg(text).output().expect("tcpdump runs");
     out.status.success() || String::from_utf8_lossy(&out.stderr).contains("expression rejects all packets")
 }
@@ -176,4 +60,228 @@ fn the_parser_accepts_exactly_what_libpcap_compiles() {
     }
     eprintln!("capture language differential: {accepted} accepted and {rejected} rejected by both, 0 mismatches");
     assert!(accepted > cases / 5 && rejected > cases / 10, "the run covered both sides: {accepted} / {rejected}");
+}
+
+/// Expressions every run checks: each primitive and qualifier, libpcap's quirks (`vlan`
+/// shifting what follows it, loads past the end rejecting the packet, 32-bit index wrap), and
+/// the seed's "IPv4 TCP to port N that is not a fragment".
+const CORPUS: &[&str] = &[
+    "ip and tcp and dst port 22 and ip[6:2] & 0x1fff = 0",
+    "ip and tcp dst port 80",
+    "tcp port 80",
+    "udp port 53 or icmp6",
+    "port 80",
+    "src port 443",
+    "src and dst port 80",
+    "portrange 20-80",
+    "tcp src portrange 1-1024",
+    "sctp port 80",
+    "host 10.0.0.1",
+    "src host 10.0.0.1 and dst host 192.168.1.20",
+    "host 10.1",
+    "host 10",
+    "net 10.1",
+    "net 10.0.0.0/8",
+    "src net 192.168 and not dst net 10",
+    "net 10.1.0.0 mask 255.255.0.0",
+    "ip host 10.0.0.1",
+    "arp host 10.0.0.1",
+    "rarp host 10.0.0.1",
+    "host ::1",
+    "ip6 net 2001:db8::/32",
+    "net ::/0",
+    "host ::ffff:10.0.0.1",
+    "src or dst host 2001:db8::5",
+    "src and dst net 2001:db8::/32",
+    "ether host 00:11:22:33:44:55",
+    "ether src 00:11:22:33:44:55 and not ether dst 00:1b:21:0a:0b:0c",
+    "ether proto 0x86dd",
+    "ether proto 0x9100",
+    "ip",
+    "ip6",
+    "arp",
+    "rarp",
+    "tcp",
+    "udp",
+    "icmp",
+    "icmp6",
+    "sctp",
+    "proto 17",
+    "ip proto 44",
+    "ip6 proto 6",
+    "ip proto 300",
+    "vlan",
+    "vlan 10",
+    "vlan and ip",
+    "vlan 10 and vlan 20 and tcp",
+    "vlan or ip",
+    "not vlan and tcp port 80",
+    "ip or vlan and ip",
+    "vlan and host 10.0.0.1",
+    "vlan and ether host 00:11:22:33:44:55",
+    "less 60",
+    "greater 100",
+    "len > 64 and len < 200",
+    "ip[0] & 0xf > 5",
+    "tcp[tcpflags] & (tcp-syn|tcp-ack) != 0",
+    "tcp[13] = 2",
+    "icmp[icmptype] = icmp-echo",
+    "icmp6[0] = 128",
+    "udp[0:2] = 53",
+    "ip6[6] = 44",
+    "ip[100] = 1 or tcp",
+    "not ip[40:4] = 0",
+    "ether[0] & 1 = 0 or len > 10",
+    "ether[60] = 0",
+    "tcp[100:4] = 0 or udp",
+    "ip[2:2] / (ip[1] & 0x10) > 2",
+    "ip[2:2] % 3 = 1",
+    "ip[0] << ip[1] = 0",
+    "ip[9] >> (ip[8] & 0x3f) = 0",
+    "(-ip[0]) > 100",
+    "ip[0] > -100",
+    "ip[6:2] * 3 + 1 > ip[2:2] ^ 0xff | 4",
+    "ip[0xfffffff2] = 0",
+    "ether[0xfffffffe:2] = 0",
+    "tcp[0xffffffff] = 1",
+    "arp[7] = 2",
+    "ip6[40] = 6 and not ip6 proto 6",
+];
+
+/// The frames (by index) `tcpdump -r FILE -w OUT EXPR` keeps, with libpcap's optimizer
+/// (`optimize`, as operators run it) or without (`-O`). `Ok(None)`: the expression does not
+/// compile that way but does the other way (the optimizer folds a division by a constant
+/// zero the parser cannot see).
+fn libpcap_keeps(file: &Path, out: &Path, text: &str, optimize: bool) -> Result<Option<BTreeSet<u64>>, String> {
+    let mut cmd = Command::new("tcpdump");
+    if !optimize {
+        cmd.arg("-O");
+    }
+    let run = cmd.arg("-r").arg(file).arg("-w").arg(out).arg(text).output().expect("tcpdump runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    if !run.status.success() {
+        if stderr.contains("expression rejects all packets") {
+            return Ok(Some(BTreeSet::new()));
+        }
+        if optimize && libpcap_accepts(file, text) {
+            return Ok(None);
+        }
+        return Err(stderr.into_owned());
+    }
+    let mut kept = BTreeSet::new();
+    read_frames(std::fs::File::open(out).expect("tcpdump's output"), |f| {
+        kept.insert(f.timestamp.as_secs());
+        Ok(())
+    })
+    .expect("read tcpdump's output");
+    Ok(Some(kept))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[test]
+fn compiled_filters_accept_exactly_the_packets_libpcap_accepts() {
+    if Command::new("tcpdump").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "tcpdump is required (scripts/test.sh installs it)");
+        eprintln!("SKIPPED capture filter differential: no tcpdump (apt-get install tcpdump)");
+        return;
+    }
+    let kernel = kernel_tests_enabled("capture filters in BPF_PROG_TEST_RUN");
+    let cases: usize = std::env::var("PALISADE_CAPTURE_FILTER_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let seed: u64 = std::env::var("PALISADE_CAPTURE_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
+    });
+    let mut r = Rng(seed);
+    let frames: Vec<(Vec<u8>, u32)> = (0..500).map(|_| frame(&mut r)).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("frames.pcap");
+    write_pcap(&file, &frames);
+    let out = dir.path().join("kept.pcap");
+    eprintln!(
+        "capture filter differential: {} fixed + {cases} random expressions over {} frames, PALISADE_CAPTURE_SEED={seed}, kernel engine: {kernel}",
+        CORPUS.len(),
+        frames.len()
+    );
+    // Random expressions that compile (the language differential covers the refusals).
+    let mut random = Vec::new();
+    for _ in 0..cases * 20 {
+        if random.len() == cases {
+            break;
+        }
+        let text = expression(&mut r, 0);
+        if compile(&text, Target::File, DEFAULT_SNAPLEN).is_ok() {
+            random.push(text);
+        }
+    }
+    let (mut checked, mut optimizer_only, mut kept_some, mut interpreted, mut optimizer_differs) = (0, 0, 0, 0_u64, 0);
+    for (i, text) in CORPUS.iter().map(|s| (*s).to_owned()).chain(random).enumerate() {
+        let fixed = i < CORPUS.len();
+        let program = match compile(&text, Target::File, DEFAULT_SNAPLEN) {
+            Ok(p) => p,
+            Err(e) if !fixed => {
+                // The language differential holds these refusals to libpcap's.
+                let _ = e;
+                continue;
+            }
+            Err(e) => panic!("{text:?} does not compile: {e}"),
+        };
+        let plain = libpcap_keeps(&file, &out, &text, false)
+            .unwrap_or_else(|e| panic!("seed {seed}: we compile {text:?} but libpcap does not: {e}"))
+            .expect("-O compiles what the parser accepts");
+        let optimized = match libpcap_keeps(&file, &out, &text, true) {
+            Ok(Some(kept)) => kept,
+            Ok(None) => {
+                optimizer_only += 1;
+                continue;
+            }
+            Err(e) => panic!("seed {seed}: we compile {text:?} but optimized libpcap does not: {e}"),
+        };
+        // Where libpcap's optimizer changes libpcap's own answer — it drops a load past the
+        // end of a short frame when the load's outcome cannot matter — the unoptimized answer
+        // (every test in text order) is the one we give; everywhere else both agree with us.
+        optimizer_differs += plain.symmetric_difference(&optimized).count();
+        let theirs = plain;
+        let mut engines = vec![Filter::new(program.clone(), Target::File, Engine::Interpreter).expect("interpreter")];
+        if kernel {
+            engines.push(
+                Filter::new(program, Target::File, Engine::Kernel)
+                    .unwrap_or_else(|e| panic!("seed {seed}: the kernel refuses {text:?}: {e}")),
+            );
+        }
+        for (n, engine) in engines.iter().enumerate() {
+            for (index, (data, wire)) in frames.iter().enumerate() {
+                let verdict = engine.run(index as u64, data, *wire).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+                if n == 1 && verdict.engine == Engine::Interpreter {
+                    interpreted += 1;
+                }
+                let ours = verdict.keep != 0;
+                let libpcap = theirs.contains(&(index as u64));
+                assert_eq!(
+                    ours,
+                    libpcap,
+                    "seed {seed}: {text:?} on frame {index} ({} of {wire} bytes: {}), {:?} engine: ours {ours}, libpcap {libpcap}",
+                    data.len(),
+                    hex(data),
+                    verdict.engine,
+                );
+            }
+        }
+        checked += 1;
+        if !theirs.is_empty() && theirs.len() < frames.len() {
+            kept_some += 1;
+        }
+    }
+    eprintln!(
+        "capture filter differential: {checked} expressions agree on every frame ({kept_some} kept some but not all), \
+         {optimizer_only} refused only by libpcap's optimizer, {optimizer_differs} (expression, frame) pairs where \
+         libpcap's optimizer changes its own answer, {interpreted} frame runs outside BPF_PROG_TEST_RUN's sizes"
+    );
+    assert!(checked + optimizer_only >= CORPUS.len() + cases, "enough random expressions compiled: {checked}");
+    assert!(kept_some > checked / 3, "the frames exercise the filters: {kept_some} of {checked} split them");
 }

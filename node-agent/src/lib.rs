@@ -4,6 +4,7 @@
 
 pub mod backlog;
 pub mod btf;
+pub mod capture;
 pub mod cgroups;
 pub mod events;
 pub mod flows;

@@ -355,15 +355,26 @@ pub fn trial_load(prog_type: u32, expected_attach_type: u32, attach_btf_id: u32,
 
 /// Loads encoded instructions as a program of `prog_type` and closes it.
 pub fn trial_load_insns(prog_type: u32, expected_attach_type: u32, attach_btf_id: u32, insns: &[u8]) -> io::Result<()> {
+    prog_load(prog_type, expected_attach_type, attach_btf_id, insns, &mut []).map(drop)
+}
+
+/// `BPF_PROG_LOAD`; the verifier's log goes to `log` when it is not empty.
+fn prog_load(
+    prog_type: u32,
+    expected_attach_type: u32,
+    attach_btf_id: u32,
+    insns: &[u8],
+    log: &mut [u8],
+) -> io::Result<OwnedFd> {
     let license = c"GPL";
     let mut attr = ProgLoadAttr {
         prog_type,
         insn_cnt: (insns.len() / 8) as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 0,
-        log_size: 0,
-        log_buf: 0,
+        log_level: u32::from(!log.is_empty()),
+        log_size: log.len() as u32,
+        log_buf: if log.is_empty() { 0 } else { log.as_mut_ptr() as u64 },
         kern_version: 0,
         prog_flags: 0,
         prog_name: *b"palisade_probe\0\0",
@@ -379,9 +390,100 @@ pub fn trial_load_insns(prog_type: u32, expected_attach_type: u32, attach_btf_id
         attach_btf_id,
     };
     let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
-    // SAFETY: the kernel returned a new fd we own; closing it unloads the probe.
-    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    Ok(())
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_PROG_TYPE_SOCKET_FILTER`.
+pub const PROG_SOCKET_FILTER: u32 = 1;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+#[repr(C)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// A socket filter the verifier refused, with its log.
+#[derive(Debug, thiserror::Error)]
+#[error("the kernel refused the socket filter: {source}{}", if log.is_empty() { String::new() } else { format!("\n{log}") })]
+pub struct SocketFilterRefused {
+    /// What `BPF_PROG_LOAD` returned.
+    #[source]
+    pub source: io::Error,
+    /// The verifier's log (its last lines).
+    pub log: String,
+}
+
+/// What one `BPF_PROG_TEST_RUN` reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestRun {
+    /// The program's return value (of the last repetition).
+    pub retval: u32,
+    /// Mean nanoseconds per repetition, as the kernel measured it.
+    pub duration_ns: u32,
+}
+
+impl ProgFd {
+    /// Loads `insns` as a socket filter (`BPF_PROG_TYPE_SOCKET_FILTER`).
+    pub fn load_socket_filter(insns: &[u8]) -> Result<Self, SocketFilterRefused> {
+        prog_load(PROG_SOCKET_FILTER, 0, 0, insns, &mut []).map(Self).or_else(|first| {
+            // Again with the log, only to explain the refusal.
+            let mut log = vec![0_u8; 1 << 20];
+            match prog_load(PROG_SOCKET_FILTER, 0, 0, insns, &mut log) {
+                Ok(fd) => Ok(Self(fd)),
+                Err(source) => {
+                    let text = String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(log.len())])
+                        .into_owned();
+                    let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                    let log = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+                    Err(SocketFilterRefused {
+                        source: if source.raw_os_error().is_some() { source } else { first },
+                        log,
+                    })
+                }
+            }
+        })
+    }
+
+    /// Runs the program `repeat` times over `data` with context `ctx`
+    /// (`BPF_PROG_TEST_RUN`); for a socket filter the context is a `struct __sk_buff` prefix.
+    pub fn test_run(&self, data: &[u8], ctx: &[u8], repeat: u32) -> io::Result<TestRun> {
+        let mut attr = TestRunAttr {
+            prog_fd: self.0.as_raw_fd() as u32,
+            retval: 0,
+            data_size_in: data.len() as u32,
+            data_size_out: 0,
+            data_in: data.as_ptr() as u64,
+            data_out: 0,
+            repeat,
+            duration: 0,
+            ctx_size_in: ctx.len() as u32,
+            ctx_size_out: 0,
+            ctx_in: if ctx.is_empty() { 0 } else { ctx.as_ptr() as u64 },
+            ctx_out: 0,
+            flags: 0,
+            cpu: 0,
+            batch_size: 0,
+            _pad: 0,
+        };
+        bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+        Ok(TestRun { retval: attr.retval, duration_ns: attr.duration })
+    }
 }
 
 #[repr(C)]

@@ -47,6 +47,11 @@ pub fn disassemble(program: &Program) -> String {
     out
 }
 
+/// `imm - SKF_LL_OFF` when `imm` is in the link-layer range.
+fn ll_offset(imm: i32) -> Option<i32> {
+    (-0x20_0000..-0x10_0000).contains(&imm).then(|| imm + 0x20_0000)
+}
+
 /// Renders one instruction without its slot number. `next` is the following slot, needed for
 /// the second half of an `ld_imm64`; a map load without a known name prints as `map[fd:N]`.
 pub fn disassemble_insn(i: &Insn, next: Option<&Insn>) -> String {
@@ -202,10 +207,15 @@ fn ld(i: &Insn, next: Option<&Insn>, map: Option<&str>) -> Option<String> {
                 _ => None,
             }
         }
-        MODE_ABS if size != Size::DW && i.dst == 0 && i.src == 0 && i.off == 0 => {
-            Some(format!("r0 = *({} *)skb[{}]", size_name(size), i.imm))
-        }
+        // Offsets from SKF_LL_OFF (-0x200000) address the link-layer header: `skb[ll + N]`.
+        MODE_ABS if size != Size::DW && i.dst == 0 && i.src == 0 && i.off == 0 => match ll_offset(i.imm) {
+            Some(n) => Some(format!("r0 = *({} *)skb[ll + {n}]", size_name(size))),
+            None => Some(format!("r0 = *({} *)skb[{}]", size_name(size), i.imm)),
+        },
         MODE_IND if size != Size::DW && i.dst == 0 && valid_reg(i.src) && i.off == 0 => {
+            if let Some(n) = ll_offset(i.imm) {
+                return Some(format!("r0 = *({} *)skb[ll + r{} + {n}]", size_name(size), i.src));
+            }
             let sign = if i.imm < 0 { '-' } else { '+' };
             Some(format!("r0 = *({} *)skb[r{} {sign} {}]", size_name(size), i.src, i.imm.unsigned_abs()))
         }
@@ -315,6 +325,8 @@ mod tests {
         assert_eq!(one(st(Size::W, R10, -4, 7)), "*(u32 *)(r10 - 4) = 7");
         assert_eq!(one(ld_abs(Size::H, 12)), "r0 = *(u16 *)skb[12]");
         assert_eq!(one(ld_abs(Size::W, -0x10_0000 + 12)), "r0 = *(u32 *)skb[-1048564]");
+        assert_eq!(one(ld_abs(Size::H, -0x20_0000 + 12)), "r0 = *(u16 *)skb[ll + 12]");
+        assert_eq!(one(ld_ind(Size::B, 8, -0x20_0000 + 14)), "r0 = *(u8 *)skb[ll + r8 + 14]");
         assert_eq!(one(ld_ind(Size::B, R1, 4)), "r0 = *(u8 *)skb[r1 + 4]");
         assert_eq!(one(ld_ind(Size::B, R1, -0x10_0000)), "r0 = *(u8 *)skb[r1 - 1048576]");
     }

@@ -13,8 +13,12 @@
 //!
 //! Supported: every ALU/ALU64 operation and byte swap, every jump, `ld_imm64` of constants
 //! and map references, `LDX`/`ST`/`STX` memory access of every width, and the helpers
-//! [`crate::bpf::insn::helper`] names. Not supported (a [`Fault::Unsupported`]): legacy packet
-//! loads (`LD_ABS`/`LD_IND`), atomics, calls to other helpers.
+//! [`crate::bpf::insn::helper`] names, and the legacy packet loads (`LD_ABS`/`LD_IND`) of
+//! socket filters over the packet [`Run::packet`] sets, as an `AF_PACKET` socket presents it:
+//! offset 0 and `SKF_LL_OFF` both address the link-layer header, a load past the end ends the
+//! run with r0 = 0, as the kernel's does. Not supported (a [`Fault::Unsupported`]): the
+//! `SKF_NET_OFF` and ancillary (`SKF_AD_OFF`) ranges, atomics other than add, calls to other
+//! helpers.
 
 use std::collections::HashMap;
 
@@ -28,8 +32,8 @@ use crate::bpf::{
     asm::Program,
     insn::{
         ATOMIC_ADD, Alu, BPF_PSEUDO_MAP_FD, CLASS_ALU, CLASS_ALU64, CLASS_JMP, CLASS_JMP32, CLASS_LD, CLASS_LDX,
-        CLASS_ST, CLASS_STX, Insn, Jmp, MODE_ATOMIC, MODE_IMM, MODE_MEM, OP_CALL, OP_END, OP_EXIT, OP_JA, SRC_X, Size,
-        helper,
+        CLASS_ST, CLASS_STX, Insn, Jmp, MODE_ABS, MODE_ATOMIC, MODE_IMM, MODE_IND, MODE_MEM, OP_CALL, OP_END, OP_EXIT,
+        OP_JA, SRC_X, Size, helper,
     },
 };
 
@@ -320,7 +324,14 @@ pub struct Run<'m> {
     task: Task,
     /// `bpf_d_path`: the path of the `struct path` at each address.
     paths: HashMap<u64, Vec<u8>>,
+    /// What `LD_ABS`/`LD_IND` read: the frame from its link-layer header.
+    packet: Vec<u8>,
 }
+
+/// `SKF_LL_OFF`: a packet load offset from here addresses the link-layer header.
+pub const SKF_LL_OFF: i32 = -0x20_0000;
+/// `SKF_NET_OFF`: from here, the network header.
+pub const SKF_NET_OFF: i32 = -0x10_0000;
 
 fn ptr(region: usize, offset: usize) -> u64 {
     ((region as u64 + 1) << 32) | offset as u64
@@ -339,7 +350,12 @@ impl<'m> Run<'m> {
                 key: Vec::new(),
             }))
             .collect();
-        Self { maps, regions, task, paths: HashMap::new() }
+        Self { maps, regions, task, paths: HashMap::new(), packet: Vec::new() }
+    }
+
+    /// Sets the frame `LD_ABS`/`LD_IND` read (from its link-layer header).
+    pub fn packet(&mut self, frame: &[u8]) {
+        self.packet = frame.to_vec();
     }
 
     /// Places read-only memory (a context, a kernel struct) and returns its address.
@@ -355,16 +371,7 @@ impl<'m> Run<'m> {
 
     /// Runs `program` with r1 = `ctx` until it exits.
     pub fn exec(mut self, program: &Program, ctx: u64) -> Result<Outcome, Fault> {
-        let maps_at: HashMap<usize, usize> = program
-            .relocations
-            .iter()
-            .map(|r| {
-                self.maps
-                    .index(&r.map)
-                    .map(|m| (r.slot, m))
-                    .ok_or(Fault::Map { slot: r.slot, what: format!("no map named {}", r.map) })
-            })
-            .collect::<Result<_, _>>()?;
+        let maps_at = self.map_slots(program)?;
         let mut reg = [0_u64; 11];
         reg[1] = ctx;
         reg[10] = ptr(0, STACK_SIZE);
@@ -422,6 +429,14 @@ impl<'m> Run<'m> {
                     pc += 2;
                     continue;
                 }
+                CLASS_LD if matches!(i.code & 0xe0, MODE_ABS | MODE_IND) && i.code & 0x18 != Size::DW.code() => {
+                    match self.packet_load(pc, &i, &reg, ctx)? {
+                        Some(value) => reg[0] = value,
+                        // Past the end: the rewritten load returns 0 from the program.
+                        None => return Ok(Outcome { ret: 0, records, steps }),
+                    }
+                    reg[1..=5].fill(CLOBBERED);
+                }
                 CLASS_LDX if i.code & 0xe0 == MODE_MEM => {
                     let size = Size::from_code(i.code).bytes() as usize;
                     let bytes = self.read(pc, reg[src].wrapping_add(i64::from(i.off) as u64), size)?;
@@ -451,6 +466,39 @@ impl<'m> Run<'m> {
             pc = next;
         }
         Err(Fault::Steps)
+    }
+
+    /// The map each relocated `ld_imm64` slot loads.
+    fn map_slots(&self, program: &Program) -> Result<HashMap<usize, usize>, Fault> {
+        program
+            .relocations
+            .iter()
+            .map(|r| {
+                self.maps
+                    .index(&r.map)
+                    .map(|m| (r.slot, m))
+                    .ok_or(Fault::Map { slot: r.slot, what: format!("no map named {}", r.map) })
+            })
+            .collect()
+    }
+
+    /// `LD_ABS`/`LD_IND`: the big-endian value, or `None` past the end of the packet.
+    fn packet_load(&self, slot: usize, i: &Insn, reg: &[u64; 11], ctx: u64) -> Result<Option<u64>, Fault> {
+        // The verifier's rewrite: r2 = src + imm in 64 bits; the helper takes an int.
+        if reg[6] != ctx {
+            return Err(Fault::Unsupported { slot, what: "packet load without r6 = context".to_owned() });
+        }
+        let base = if i.code & 0xe0 == MODE_IND { reg[usize::from(i.src & 0x0f)] } else { 0 };
+        let offset = base.wrapping_add(i64::from(i.imm) as u64) as i32;
+        let at = if offset >= 0 {
+            offset as usize
+        } else if (SKF_LL_OFF..SKF_NET_OFF).contains(&offset) {
+            (offset - SKF_LL_OFF) as usize
+        } else {
+            return Err(Fault::Unsupported { slot, what: format!("packet load at offset {offset}") });
+        };
+        let size = Size::from_code(i.code).bytes() as usize;
+        Ok(self.packet.get(at..at.saturating_add(size)).map(|b| b.iter().fold(0, |v, b| (v << 8) | u64::from(*b))))
     }
 
     fn locate(&self, slot: usize, addr: u64, size: usize) -> Result<(usize, usize), Fault> {

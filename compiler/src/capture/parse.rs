@@ -749,8 +749,33 @@ impl Parser {
             if prec < min {
                 return Ok(left);
             }
+            let column = self.column();
             self.pos += 1;
             let right = self.arith(prec + 1)?;
+            // libpcap checks the first instruction of the right operand, a constant load for
+            // a literal and for an accessor whose index starts with one: `x / ip[0]` is a
+            // "division by zero" there, and `x << ip[40]` a shift by more than 31 bits.
+            match (op, first_constant(&right)) {
+                (ArOp::Div, Some(0)) => {
+                    return Err(err(
+                        column,
+                        "division by zero (libpcap's check: the divisor starts with the constant 0)",
+                    ));
+                }
+                (ArOp::Mod, Some(0)) => {
+                    return Err(err(
+                        column,
+                        "modulus by zero (libpcap's check: the divisor starts with the constant 0)",
+                    ));
+                }
+                (ArOp::Shl | ArOp::Shr, Some(k)) if k > 31 => {
+                    return Err(err(
+                        column,
+                        format!("shift by more than 31 bits (libpcap's check: the shift starts with the constant {k})"),
+                    ));
+                }
+                _ => {}
+            }
             left = Arith::Bin(op, left.into(), right.into());
         }
     }
@@ -934,6 +959,16 @@ impl Parser {
     }
 }
 
+/// The constant libpcap's code for `a` starts by loading, if it starts with one.
+fn first_constant(a: &Arith) -> Option<u32> {
+    match a {
+        Arith::Num(k) => Some(*k),
+        Arith::Len => None,
+        Arith::Load { offset, .. } => first_constant(offset),
+        Arith::Neg(a) | Arith::Bin(_, a, _) => first_constant(a),
+    }
+}
+
 fn join(and: bool, left: Expr, right: Expr) -> Expr {
     if and { Expr::And(left.into(), right.into()) } else { Expr::Or(left.into(), right.into()) }
 }
@@ -1113,6 +1148,11 @@ fn ethertype(w: &str, column: usize) -> Result<u32, ParseError> {
         return Ok(n);
     }
     match number(w) {
+        // libpcap reads an 802.2 LLC header for these (a length, not a type, is in the
+        // Ethernet header); that framing is not part of this language.
+        Some(n) if n <= 1500 => {
+            Err(err(column, format!("ether proto {n}: values up to 1500 are 802.3 lengths (LLC SAPs), not supported")))
+        }
         Some(n) => Ok(n),
         None => Err(err(column, format!("unknown ethertype {w:?} (a number, or \\ip, \\ip6, \\arp, \\rarp)"))),
     }

@@ -1,0 +1,140 @@
+//! `palisade capture`: packet capture filters. `capture filter` runs a compiled filter over a
+//! capture file with no server — the `tcpdump -r` of Palisade, for trying an expression before
+//! it goes to the fleet — in the kernel (`BPF_PROG_TEST_RUN`, as root) or in the compiler's
+//! interpreter (any user); both run the same instructions.
+
+use std::{io::Write as _, path::PathBuf};
+
+use anyhow::Context as _;
+use palisade_agent::capture::offline::{self, Engine, Filter, Output, Summary};
+use palisade_compiler::capture::{CompileError, DEFAULT_SNAPLEN, Target, compile};
+
+/// `palisade capture ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum CaptureCommand {
+    /// Run a filter over a capture file (pcap or pcapng, Ethernet) and print, count or write
+    /// the frames it accepts. No server needed.
+    Filter(FilterArgs),
+}
+
+/// Which engine runs an offline filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    /// The kernel as root, the interpreter otherwise.
+    Auto,
+    /// `BPF_PROG_TEST_RUN` (needs root or `CAP_BPF`).
+    Kernel,
+    /// The compiler's interpreter.
+    Interpreter,
+}
+
+/// `palisade capture filter`.
+#[derive(Debug, clap::Args)]
+pub struct FilterArgs {
+    /// The filter expression, in pcap-filter syntax (docs/capture.md); several words are
+    /// joined with spaces, as tcpdump does.
+    #[arg(required = true, num_args = 1..)]
+    expression: Vec<String>,
+    /// The capture file to read.
+    #[arg(short = 'r', long = "read")]
+    read: PathBuf,
+    /// Write the accepted frames to this pcap file (`-` for standard output).
+    #[arg(short = 'w', long = "write")]
+    write: Option<PathBuf>,
+    /// Print only how many frames the filter accepted.
+    #[arg(long)]
+    count: bool,
+    /// Which engine runs the filter.
+    #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
+    engine: EngineArg,
+    /// Bytes kept of each accepted frame (what the filter returns), 1 to 262144.
+    #[arg(short = 's', long = "snaplen", default_value_t = DEFAULT_SNAPLEN)]
+    snaplen: u32,
+    /// Print the compiled program instead of running it.
+    #[arg(short = 'd', long)]
+    disassemble: bool,
+}
+
+/// The expression with a caret under the column an error names.
+fn pointed(text: &str, e: &CompileError) -> String {
+    let caret = " ".repeat(e.column().saturating_sub(1).min(text.len()));
+    format!("error: capture filter: {e}\n  {text}\n  {caret}^")
+}
+
+pub fn run(command: CaptureCommand) -> anyhow::Result<()> {
+    let CaptureCommand::Filter(args) = command;
+    if args.snaplen == 0 || args.snaplen > DEFAULT_SNAPLEN {
+        anyhow::bail!("error: --snaplen {}: must be 1 to {DEFAULT_SNAPLEN}", args.snaplen);
+    }
+    let text = args.expression.join(" ");
+    let program = compile(&text, Target::File, args.snaplen).map_err(|e| anyhow::anyhow!(pointed(&text, &e)))?;
+    if args.disassemble {
+        print!("{}", palisade_compiler::bpf::disasm::disassemble(&program));
+        return Ok(());
+    }
+    let engine = match args.engine {
+        EngineArg::Auto => Engine::for_this_process(),
+        EngineArg::Kernel => Engine::Kernel,
+        EngineArg::Interpreter => Engine::Interpreter,
+    };
+    let filter = Filter::new(program, Target::File, engine).context("error: capture filter")?;
+    let input = std::fs::File::open(&args.read).with_context(|| format!("error: -r {}", args.read.display()))?;
+    let summary = match &args.write {
+        Some(path) if path.as_os_str() == "-" => {
+            let mut out = Output::new(std::io::stdout().lock())?;
+            let summary = offline::filter_file(&filter, input, Some(&mut out))?;
+            out.finish()?.flush()?;
+            summary
+        }
+        Some(path) => {
+            let file = std::fs::File::create(path).with_context(|| format!("error: -w {}", path.display()))?;
+            let mut out = Output::new(std::io::BufWriter::new(file))?;
+            let summary = offline::filter_file(&filter, input, Some(&mut out))?;
+            out.finish()?.flush()?;
+            summary
+        }
+        None if args.count => offline::filter_file::<std::io::Sink>(&filter, input, None)?,
+        None => list(&filter, input)?,
+    };
+    if args.count {
+        println!("{}", summary.accepted);
+    }
+    report(&summary, engine);
+    Ok(())
+}
+
+/// Prints one line per accepted frame: index, time, captured and wire length.
+fn list(filter: &Filter, input: std::fs::File) -> anyhow::Result<Summary> {
+    let mut summary = Summary::default();
+    let mut out = std::io::stdout().lock();
+    offline::read_frames(input, |frame| {
+        let verdict = filter.run(summary.packets, &frame.data, frame.wire_len)?;
+        if verdict.keep != 0 {
+            summary.accepted += 1;
+            let _ = writeln!(
+                out,
+                "{}\t{}.{:09}\t{} of {} bytes",
+                summary.packets,
+                frame.timestamp.as_secs(),
+                frame.timestamp.subsec_nanos(),
+                frame.data.len().min(verdict.keep as usize),
+                frame.wire_len
+            );
+        }
+        summary.packets += 1;
+        Ok(())
+    })?;
+    Ok(summary)
+}
+
+fn report(summary: &Summary, engine: Engine) {
+    let how = match engine {
+        Engine::Kernel if summary.interpreted > 0 => format!(
+            "kernel (BPF_PROG_TEST_RUN); {} frames it does not take ran in the interpreter",
+            summary.interpreted
+        ),
+        Engine::Kernel => "kernel (BPF_PROG_TEST_RUN)".to_owned(),
+        Engine::Interpreter => "interpreter".to_owned(),
+    };
+    eprintln!("{} of {} frames accepted; engine: {how}", summary.accepted, summary.packets);
+}

@@ -1,0 +1,684 @@
+//! Capture expressions → eBPF socket filters, with libpcap's meaning for Ethernet frames.
+//!
+//! Each primitive is lowered, in the order the text names them, to the tests libpcap's
+//! `gencode.c` makes — the same loads at the same offsets, in the same order — and the
+//! boolean structure becomes short-circuit jumps. Order matters because a load past the end of
+//! the frame ends a classic filter with "reject" however the expression is nested; eBPF's
+//! legacy packet loads (`LD_ABS`/`LD_IND`, rewritten by the verifier into helper calls that
+//! return 0 from the program when out of range) behave the same way, so they are what this
+//! emits. Two further libpcap behaviours are kept on purpose: `vlan` shifts the link-layer
+//! type and payload offsets of every primitive that follows it in the text (not only those it
+//! is `and`ed with), and arithmetic is unsigned 32-bit with a division by zero rejecting the
+//! packet and a shift by 32 or more giving 0, while an accessor's index plus its header offset
+//! does not wrap (`ip[0xfffffff2]` is past the end, not byte 0).
+//!
+//! Every test runs in text order, as in libpcap's unoptimized program (`tcpdump -O`). Its
+//! optimizer agrees except on frames too short for some load: there it sometimes drops a load
+//! whose outcome cannot change the answer (`net ::/0` compares nothing; in `not (arp host A
+//! and ip6)` an ARP frame's answer does not depend on A), so a short frame the unoptimized
+//! program rejects may pass. Such a frame gets the unoptimized answer here.
+
+use crate::bpf::{
+    asm::{Asm, AsmError, Label, Program},
+    insn::{self, Alu, Jmp, R0, R1, R6, R7, R8, R9, R10, Size},
+    interp::SKF_LL_OFF,
+};
+
+use super::parse::{ArOp, Arith, Dir, Expr, Family, Layer, Prim, Rel, Transport};
+
+/// Most instruction slots a capture program may have.
+pub const MAX_SLOTS: usize = 65_536;
+/// Nesting of arithmetic sub-expressions that need a stack slot (4 bytes each).
+const MAX_SPILLS: usize = 128;
+/// Largest packet index a variable load may use: beyond any frame (and below the kernel's
+/// negative-offset ranges, which a wrapped index must not reach).
+const MAX_INDEX: i32 = 0xf_ffff;
+
+/// Ethernet header offsets (before any VLAN tag).
+const OFF_LINKTYPE: u32 = 12;
+const OFF_NL: u32 = 14;
+
+const ETHERTYPE_IP: u32 = 0x0800;
+const ETHERTYPE_ARP: u32 = 0x0806;
+const ETHERTYPE_REVARP: u32 = 0x8035;
+const ETHERTYPE_IPV6: u32 = 0x86dd;
+const VLAN_TPIDS: [u32; 3] = [0x8100, 0x88a8, 0x9100];
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+const IPPROTO_SCTP: u32 = 132;
+const IPPROTO_FRAGMENT: u32 = 44;
+const IPPROTO_ICMPV6: u32 = 58;
+
+/// `struct __sk_buff` fields read.
+const SKB_LEN: i16 = 0;
+const SKB_VLAN_PRESENT: i16 = 20;
+const SKB_VLAN_TCI: i16 = 24;
+/// `__sk_buff.cb[0]`: where a file run passes the frame's length on the wire.
+pub const SKB_CB0: usize = 48;
+/// Size of `struct __sk_buff` (what `BPF_PROG_TEST_RUN` takes as context).
+pub const SKB_SIZE: usize = 192;
+
+/// Where a program runs, which decides how it sees the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Frames from a capture file, run by `BPF_PROG_TEST_RUN` (or the interpreter): loads are
+    /// relative to the link-layer header (`SKF_LL_OFF`, because the kernel's test run pulls the
+    /// Ethernet header off the data), VLAN tags are read from the frame and the length on the
+    /// wire comes from `__sk_buff.cb[0]` (a file's frame may be cut short of it).
+    File,
+    /// A live `AF_PACKET` socket: loads are relative to the frame, the kernel has moved the
+    /// outer VLAN tag into `__sk_buff` (the first `vlan` reads it there and shifts nothing) and
+    /// the length is `__sk_buff.len`.
+    Live,
+}
+
+/// What the generator can refuse (the parser has already checked the language).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodegenError {
+    /// The program would be larger than [`MAX_SLOTS`].
+    #[error("the filter needs {slots} instructions, more than the {MAX_SLOTS} allowed")]
+    TooLarge {
+        /// Slots needed.
+        slots: usize,
+    },
+    /// Arithmetic nested deeper than the stack allows.
+    #[error("arithmetic is nested too deeply (more than {MAX_SPILLS} pending operands)")]
+    TooDeep,
+    /// An assembler invariant failed (a bug, reported rather than panicking).
+    #[error(transparent)]
+    Asm(#[from] AsmError),
+}
+
+/// Generates the socket filter for `expr`: it returns `snaplen` for a packet that matches, 0
+/// otherwise.
+pub fn generate(expr: &Expr, target: Target, snaplen: u32) -> Result<Program, CodegenError> {
+    let mut asm = Asm::new();
+    let reject = asm.label();
+    let mut g = Gen { asm, target, reject, shift: 0, live_vlan_used: false, spills: 0 };
+    g.asm.push(insn::mov64_reg(R6, R1));
+    g.expr_false(expr, reject)?;
+    g.asm.push(insn::mov32_imm(R0, snaplen as i32));
+    g.asm.push(insn::exit());
+    g.asm.bind(reject);
+    g.asm.push(insn::mov64_imm(R0, 0));
+    g.asm.push(insn::exit());
+    if g.asm.len() > MAX_SLOTS {
+        return Err(CodegenError::TooLarge { slots: g.asm.len() });
+    }
+    Ok(g.asm.finish()?)
+}
+
+/// A packet load.
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    /// At a constant offset from the link-layer header.
+    Abs(Size, u32),
+    /// At a constant offset from the IPv4 payload (after `4 * (ip[0] & 0xf)` bytes), network
+    /// header at the given link offset.
+    Ip4Payload { size: Size, nl: u32, off: u32 },
+    /// A `__sk_buff` field.
+    Skb(i16),
+}
+
+/// A test: `(load & mask) op value`.
+#[derive(Debug, Clone, Copy)]
+struct Cmp {
+    load: Load,
+    mask: u32,
+    op: Rel,
+    value: u32,
+}
+
+/// The tests a primitive lowers to.
+enum Cond<'e> {
+    Test(Cmp),
+    /// Always true.
+    True,
+    And(Vec<Cond<'e>>),
+    Or(Vec<Cond<'e>>),
+    /// `a REL b` over arithmetic with the current offsets (its protocol guards come before it
+    /// in an `And`).
+    Rel(Rel, &'e Arith, &'e Arith, u32),
+}
+
+struct Gen {
+    asm: Asm,
+    target: Target,
+    /// Returns 0: where a false expression, a division by zero and a wild index go.
+    reject: Label,
+    /// Bytes the `vlan` primitives seen so far add to the link-type and payload offsets.
+    shift: u32,
+    /// Whether a live program's first `vlan` (read from `__sk_buff`) has been used.
+    live_vlan_used: bool,
+    /// Stack slots in use by pending arithmetic operands.
+    spills: usize,
+}
+
+fn test(load: Load, op: Rel, value: u32) -> Cond<'static> {
+    Cond::Test(Cmp { load, mask: u32::MAX, op, value })
+}
+
+fn masked(load: Load, mask: u32, value: u32) -> Cond<'static> {
+    Cond::Test(Cmp { load, mask, op: Rel::Eq, value })
+}
+
+fn either<'e>(dir: Dir, src: Cond<'e>, dst: Cond<'e>) -> Cond<'e> {
+    match dir {
+        Dir::Src => src,
+        Dir::Dst => dst,
+        Dir::Either => Cond::Or(vec![src, dst]),
+        Dir::Both => Cond::And(vec![src, dst]),
+    }
+}
+
+impl Gen {
+    fn linktype(&self, ethertype: u32) -> Cond<'static> {
+        test(Load::Abs(Size::H, OFF_LINKTYPE + self.shift), Rel::Eq, ethertype)
+    }
+
+    fn nl(&self) -> u32 {
+        OFF_NL + self.shift
+    }
+
+    /// A load at `off` from the network header.
+    fn net(&self, size: Size, off: u32) -> Load {
+        Load::Abs(size, self.nl() + off)
+    }
+
+    /// `ip[6:2] & 0x1fff = 0`: not a later fragment.
+    fn first_fragment(&self) -> Cond<'static> {
+        masked(self.net(Size::H, 6), 0x1fff, 0)
+    }
+
+    /// libpcap's `gen_proto` for IPv4 (`ip proto N`, no fragment check).
+    fn proto4(&self, n: u32) -> Cond<'static> {
+        Cond::And(vec![self.linktype(ETHERTYPE_IP), test(self.net(Size::B, 9), Rel::Eq, n)])
+    }
+
+    /// `ip6 proto N`: the next header directly or behind one fragment header.
+    fn proto6(&self, n: u32) -> Cond<'static> {
+        Cond::And(vec![
+            self.linktype(ETHERTYPE_IPV6),
+            Cond::Or(vec![
+                test(self.net(Size::B, 6), Rel::Eq, n),
+                Cond::And(vec![
+                    test(self.net(Size::B, 6), Rel::Eq, IPPROTO_FRAGMENT),
+                    test(self.net(Size::B, 40), Rel::Eq, n),
+                ]),
+            ]),
+        ])
+    }
+
+    fn proto(&self, family: Family, n: u32) -> Cond<'static> {
+        match family {
+            Family::Ip => self.proto4(n),
+            Family::Ip6 => self.proto6(n),
+            _ => Cond::Or(vec![self.proto4(n), self.proto6(n)]),
+        }
+    }
+
+    /// An IPv4 address (under `mask`) at `src`/`dst` offsets of a protocol's header.
+    fn hostop(&self, ethertype: u32, (src, dst): (u32, u32), dir: Dir, addr: u32, mask: u32) -> Cond<'static> {
+        let one = |off| Cond::And(vec![self.linktype(ethertype), masked(self.net(Size::W, off), mask, addr)]);
+        either(dir, one(src), one(dst))
+    }
+
+    fn host4(&self, family: Family, dir: Dir, addr: u32, mask: u32) -> Cond<'static> {
+        const IP: (u32, u32) = (12, 16);
+        const ARP: (u32, u32) = (14, 24);
+        match family {
+            Family::Ip => self.hostop(ETHERTYPE_IP, IP, dir, addr, mask),
+            Family::Arp => self.hostop(ETHERTYPE_ARP, ARP, dir, addr, mask),
+            Family::Rarp => self.hostop(ETHERTYPE_REVARP, ARP, dir, addr, mask),
+            Family::Any | Family::Ip6 => Cond::Or(vec![
+                self.hostop(ETHERTYPE_IP, IP, dir, addr, mask),
+                self.hostop(ETHERTYPE_ARP, ARP, dir, addr, mask),
+                self.hostop(ETHERTYPE_REVARP, ARP, dir, addr, mask),
+            ]),
+        }
+    }
+
+    fn host6(&self, dir: Dir, addr: u128, mask: u128) -> Cond<'static> {
+        let one = |off: u32| {
+            let mut tests = vec![self.linktype(ETHERTYPE_IPV6)];
+            for word in 0..4_u32 {
+                let shift = 96 - 32 * word;
+                let (a, m) = ((addr >> shift) as u32, (mask >> shift) as u32);
+                tests.push(masked(self.net(Size::W, off + 4 * word), m, a));
+            }
+            Cond::And(tests)
+        };
+        either(dir, one(8), one(24))
+    }
+
+    fn port4(&self, transport: Transport, dir: Dir, first: u16, last: u16) -> Cond<'static> {
+        let atom = |off| {
+            let load = Load::Ip4Payload { size: Size::H, nl: self.nl(), off };
+            range(load, first, last)
+        };
+        let op = |proto| {
+            Cond::And(vec![
+                test(self.net(Size::B, 9), Rel::Eq, proto),
+                self.first_fragment(),
+                either(dir, atom(0), atom(2)),
+            ])
+        };
+        Cond::And(vec![self.linktype(ETHERTYPE_IP), transports(transport, op)])
+    }
+
+    fn port6(&self, transport: Transport, dir: Dir, first: u16, last: u16) -> Cond<'static> {
+        let atom = |off: u32| range(self.net(Size::H, 40 + off), first, last);
+        let op = |proto| Cond::And(vec![test(self.net(Size::B, 6), Rel::Eq, proto), either(dir, atom(0), atom(2))]);
+        Cond::And(vec![self.linktype(ETHERTYPE_IPV6), transports(transport, op)])
+    }
+
+    /// Lowers a primitive at the current offsets (and moves them, for `vlan`).
+    fn prim(&mut self, p: &Prim) -> Cond<'static> {
+        match *p {
+            Prim::Host { family, dir, addr } => match addr {
+                std::net::IpAddr::V4(a) => self.host4(family, dir, a.to_bits(), u32::MAX),
+                std::net::IpAddr::V6(a) => self.host6(dir, a.to_bits(), u128::MAX),
+            },
+            Prim::Net { family, dir, net } => match net {
+                ipnet::IpNet::V4(n) => self.host4(family, dir, n.network().to_bits(), n.netmask().to_bits()),
+                ipnet::IpNet::V6(n) => self.host6(dir, n.network().to_bits(), n.netmask().to_bits()),
+            },
+            Prim::Port { transport, dir, first, last } => {
+                Cond::Or(vec![self.port4(transport, dir, first, last), self.port6(transport, dir, first, last)])
+            }
+            Prim::EtherHost { dir, mac } => {
+                // libpcap compares the last four bytes, then the first two.
+                let one = |off: u32| {
+                    Cond::And(vec![
+                        test(
+                            Load::Abs(Size::W, off + 2),
+                            Rel::Eq,
+                            u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]),
+                        ),
+                        test(Load::Abs(Size::H, off), Rel::Eq, u32::from(u16::from_be_bytes([mac[0], mac[1]]))),
+                    ])
+                };
+                either(dir, one(6), one(0))
+            }
+            Prim::EtherProto(n) => self.linktype(n),
+            Prim::Proto { family, number } => self.proto(family, number),
+            Prim::Vlan(id) => {
+                if self.target == Target::Live && !self.live_vlan_used {
+                    self.live_vlan_used = true;
+                    let present = test(Load::Skb(SKB_VLAN_PRESENT), Rel::Ne, 0);
+                    return match id {
+                        None => present,
+                        Some(id) => Cond::And(vec![
+                            present,
+                            Cond::Test(Cmp {
+                                load: Load::Skb(SKB_VLAN_TCI),
+                                mask: 0x0fff,
+                                op: Rel::Eq,
+                                value: u32::from(id),
+                            }),
+                        ]),
+                    };
+                }
+                let tpid = Cond::Or(VLAN_TPIDS.iter().map(|&t| self.linktype(t)).collect());
+                let cond = match id {
+                    None => tpid,
+                    Some(id) => Cond::And(vec![tpid, masked(self.net(Size::H, 0), 0x0fff, u32::from(id))]),
+                };
+                self.shift += 4;
+                cond
+            }
+        }
+    }
+
+    /// The protocol checks libpcap puts before a relation's loads, in its order.
+    fn guards(&self, a: &Arith, out: &mut Vec<Cond<'_>>) {
+        match a {
+            Arith::Num(_) | Arith::Len => {}
+            Arith::Neg(a) => self.guards(a, out),
+            Arith::Bin(_, a, b) => {
+                self.guards(a, out);
+                self.guards(b, out);
+            }
+            Arith::Load { layer, offset, .. } => match layer {
+                Layer::Ether => self.guards(offset, out),
+                Layer::Ip | Layer::Ip6 | Layer::Arp => {
+                    self.guards(offset, out);
+                    out.push(self.linktype(match layer {
+                        Layer::Ip => ETHERTYPE_IP,
+                        Layer::Ip6 => ETHERTYPE_IPV6,
+                        _ => ETHERTYPE_ARP,
+                    }));
+                }
+                Layer::Tcp | Layer::Udp | Layer::Icmp => {
+                    out.push(self.linktype(ETHERTYPE_IP));
+                    self.guards(offset, out);
+                    out.push(match layer {
+                        Layer::Tcp => self.proto(Family::Any, IPPROTO_TCP),
+                        Layer::Udp => self.proto(Family::Any, IPPROTO_UDP),
+                        _ => self.proto4(1),
+                    });
+                    out.push(self.first_fragment());
+                }
+                Layer::Icmp6 => {
+                    self.guards(offset, out);
+                    out.push(self.linktype(ETHERTYPE_IPV6));
+                    out.push(test(self.net(Size::B, 6), Rel::Eq, IPPROTO_ICMPV6));
+                }
+            },
+        }
+    }
+
+    fn lower<'e>(&mut self, e: &'e Expr) -> Option<Cond<'e>> {
+        match e {
+            Expr::Prim(p) => Some(self.prim(p)),
+            Expr::Rel(rel, a, b) => {
+                let mut all: Vec<Cond<'e>> = Vec::new();
+                self.guards(a, &mut all);
+                self.guards(b, &mut all);
+                all.push(Cond::Rel(*rel, a, b, self.nl()));
+                Some(Cond::And(all))
+            }
+            _ => None,
+        }
+    }
+
+    /// Jumps to `f` when `e` is false, falls through when true.
+    fn expr_false(&mut self, expr: &Expr, no: Label) -> Result<(), CodegenError> {
+        match expr {
+            Expr::And(left, right) => {
+                self.expr_false(left, no)?;
+                self.expr_false(right, no)
+            }
+            Expr::Or(left, right) => {
+                let yes = self.asm.label();
+                self.expr_true(left, yes)?;
+                self.expr_false(right, no)?;
+                self.asm.bind(yes);
+                Ok(())
+            }
+            Expr::Not(inner) => self.expr_true(inner, no),
+            _ => {
+                let cond = self.lower(expr).unwrap_or(Cond::True);
+                self.cond_false(&cond, no)
+            }
+        }
+    }
+
+    /// Jumps to `t` when `e` is true, falls through when false.
+    fn expr_true(&mut self, expr: &Expr, yes: Label) -> Result<(), CodegenError> {
+        match expr {
+            Expr::And(left, right) => {
+                let no = self.asm.label();
+                self.expr_false(left, no)?;
+                self.expr_true(right, yes)?;
+                self.asm.bind(no);
+                Ok(())
+            }
+            Expr::Or(left, right) => {
+                self.expr_true(left, yes)?;
+                self.expr_true(right, yes)
+            }
+            Expr::Not(inner) => self.expr_false(inner, yes),
+            _ => {
+                let cond = self.lower(expr).unwrap_or(Cond::True);
+                self.cond_true(&cond, yes)
+            }
+        }
+    }
+
+    fn cond_false(&mut self, c: &Cond<'_>, f: Label) -> Result<(), CodegenError> {
+        match c {
+            Cond::True => {}
+            Cond::Test(cmp) => {
+                self.load(cmp);
+                self.jump(rel_jmps(cmp.op).1, cmp, f);
+            }
+            Cond::And(all) => {
+                for c in all {
+                    self.cond_false(c, f)?;
+                }
+            }
+            Cond::Or(any) => {
+                let Some((last, rest)) = any.split_last() else {
+                    self.asm.ja(f);
+                    return Ok(());
+                };
+                let t = self.asm.label();
+                for c in rest {
+                    self.cond_true(c, t)?;
+                }
+                self.cond_false(last, f)?;
+                self.asm.bind(t);
+            }
+            Cond::Rel(rel, a, b, nl) => {
+                self.relation(a, b, *nl)?;
+                self.asm.jmp32_reg(rel_jmps(*rel).1, R8, R9, f);
+            }
+        }
+        Ok(())
+    }
+
+    fn cond_true(&mut self, c: &Cond<'_>, t: Label) -> Result<(), CodegenError> {
+        match c {
+            Cond::True => self.asm.ja(t),
+            Cond::Test(cmp) => {
+                self.load(cmp);
+                self.jump(rel_jmps(cmp.op).0, cmp, t);
+            }
+            Cond::And(all) => {
+                let Some((last, rest)) = all.split_last() else {
+                    self.asm.ja(t);
+                    return Ok(());
+                };
+                let f = self.asm.label();
+                for c in rest {
+                    self.cond_false(c, f)?;
+                }
+                self.cond_true(last, t)?;
+                self.asm.bind(f);
+            }
+            Cond::Or(any) => {
+                for c in any {
+                    self.cond_true(c, t)?;
+                }
+            }
+            Cond::Rel(rel, a, b, nl) => {
+                self.relation(a, b, *nl)?;
+                self.asm.jmp32_reg(rel_jmps(*rel).0, R8, R9, t);
+            }
+        }
+        Ok(())
+    }
+
+    fn jump(&mut self, op: Jmp, cmp: &Cmp, to: Label) {
+        self.asm.jmp32_imm(op, R0, cmp.value as i32, to);
+    }
+
+    /// `r0 = load & mask`.
+    fn load(&mut self, cmp: &Cmp) {
+        match cmp.load {
+            Load::Abs(size, off) => self.asm.push(insn::ld_abs(size, self.offset(off))),
+            Load::Ip4Payload { size, nl, off } => {
+                self.ip4_header_length(nl);
+                self.asm.push(insn::mov64_reg(R7, R0));
+                self.asm.push(insn::ld_ind(size, R7, self.offset(nl + off)));
+            }
+            Load::Skb(field) => self.asm.push(insn::ldx(Size::W, R0, R6, field)),
+        }
+        if cmp.mask != u32::MAX {
+            self.asm.push(insn::alu32_imm(Alu::And, R0, cmp.mask as i32));
+        }
+    }
+
+    /// `r0 = 4 * (ip[0] & 0xf)`, libpcap's `ldxb 4*([nl]&0xf)`.
+    fn ip4_header_length(&mut self, nl: u32) {
+        self.asm.push(insn::ld_abs(Size::B, self.offset(nl)));
+        self.asm.push(insn::alu32_imm(Alu::And, R0, 0xf));
+        self.asm.push(insn::alu32_imm(Alu::Lsh, R0, 2));
+    }
+
+    /// A constant frame offset as the target's loads take it.
+    fn offset(&self, off: u32) -> i32 {
+        match self.target {
+            Target::File => SKF_LL_OFF + off as i32,
+            Target::Live => off as i32,
+        }
+    }
+
+    /// r8 = a, r9 = b.
+    fn relation(&mut self, a: &Arith, b: &Arith, nl: u32) -> Result<(), CodegenError> {
+        self.arith(a, nl)?;
+        if let Arith::Num(n) = b {
+            self.asm.push(insn::mov32_imm(R9, *n as i32));
+            return Ok(());
+        }
+        let slot = self.spill()?;
+        self.arith(b, nl)?;
+        self.asm.push(insn::mov64_reg(R9, R8));
+        self.unspill(slot);
+        Ok(())
+    }
+
+    fn spill(&mut self) -> Result<i16, CodegenError> {
+        if self.spills == MAX_SPILLS {
+            return Err(CodegenError::TooDeep);
+        }
+        self.spills += 1;
+        let off = -4 * self.spills as i16;
+        self.asm.push(insn::stx(Size::W, R10, R8, off));
+        Ok(off)
+    }
+
+    fn unspill(&mut self, off: i16) {
+        self.asm.push(insn::ldx(Size::W, R8, R10, off));
+        self.spills -= 1;
+    }
+
+    /// r8 = the value of `a` (32 bits); may clobber r0–r5, r7 and r9.
+    fn arith(&mut self, a: &Arith, nl: u32) -> Result<(), CodegenError> {
+        match a {
+            Arith::Num(n) => self.asm.push(insn::mov32_imm(R8, *n as i32)),
+            Arith::Len => {
+                let field = match self.target {
+                    Target::File => SKB_CB0 as i16,
+                    Target::Live => SKB_LEN,
+                };
+                self.asm.push(insn::ldx(Size::W, R8, R6, field));
+            }
+            Arith::Neg(a) => {
+                self.arith(a, nl)?;
+                self.asm.push(insn::alu32_imm(Alu::Neg, R8, 0));
+            }
+            Arith::Bin(op, a, b) => {
+                self.arith(a, nl)?;
+                if let Arith::Num(n) = **b
+                    && !matches!(op, ArOp::Div | ArOp::Mod | ArOp::Shl | ArOp::Shr)
+                {
+                    self.asm.push(insn::alu32_imm(ar_alu(*op), R8, n as i32));
+                    return Ok(());
+                }
+                let slot = self.spill()?;
+                self.arith(b, nl)?;
+                self.asm.push(insn::mov64_reg(R9, R8));
+                self.unspill(slot);
+                self.binary(*op);
+            }
+            Arith::Load { layer, offset, size } => {
+                self.arith(offset, nl)?;
+                let size = match size {
+                    1 => Size::B,
+                    2 => Size::H,
+                    _ => Size::W,
+                };
+                let base = match layer {
+                    Layer::Ether => 0,
+                    Layer::Ip | Layer::Ip6 | Layer::Arp => nl,
+                    Layer::Icmp6 => nl + 40,
+                    Layer::Tcp | Layer::Udp | Layer::Icmp => {
+                        // libpcap adds the header length in the 32-bit accumulator.
+                        self.ip4_header_length(nl);
+                        self.asm.push(insn::alu32_reg(Alu::Add, R8, R0));
+                        nl
+                    }
+                };
+                // The index plus the header offset does not wrap: libpcap's `ld [x + k]`
+                // rejects the packet when x + k is past the end, however large x is.
+                if base != 0 {
+                    self.asm.push(insn::alu64_imm(Alu::Add, R8, base as i32));
+                }
+                self.asm.jmp_imm(Jmp::Jgt, R8, MAX_INDEX, self.reject);
+                self.asm.push(insn::ld_ind(size, R8, self.offset(0)));
+                self.asm.push(insn::mov64_reg(R8, R0));
+            }
+        }
+        Ok(())
+    }
+
+    /// r8 = r8 op r9, with libpcap's rules for division by zero and wide shifts.
+    fn binary(&mut self, op: ArOp) {
+        match op {
+            ArOp::Div | ArOp::Mod => self.asm.jmp32_imm(Jmp::Jeq, R9, 0, self.reject),
+            ArOp::Shl | ArOp::Shr => {
+                let ok = self.asm.label();
+                let done = self.asm.label();
+                self.asm.jmp32_imm(Jmp::Jlt, R9, 32, ok);
+                self.asm.push(insn::mov32_imm(R8, 0));
+                self.asm.ja(done);
+                self.asm.bind(ok);
+                self.asm.push(insn::alu32_reg(ar_alu(op), R8, R9));
+                self.asm.bind(done);
+                return;
+            }
+            _ => {}
+        }
+        self.asm.push(insn::alu32_reg(ar_alu(op), R8, R9));
+    }
+}
+
+/// `first <= load <= last`, or `load == first` for a single port.
+fn range(load: Load, first: u16, last: u16) -> Cond<'static> {
+    if first == last {
+        test(load, Rel::Eq, u32::from(first))
+    } else {
+        Cond::And(vec![test(load, Rel::Ge, u32::from(first)), test(load, Rel::Le, u32::from(last))])
+    }
+}
+
+fn transports(transport: Transport, op: impl Fn(u32) -> Cond<'static>) -> Cond<'static> {
+    match transport {
+        Transport::Tcp => op(IPPROTO_TCP),
+        Transport::Udp => op(IPPROTO_UDP),
+        Transport::Sctp => op(IPPROTO_SCTP),
+        Transport::Any => Cond::Or(vec![op(IPPROTO_TCP), op(IPPROTO_UDP), op(IPPROTO_SCTP)]),
+    }
+}
+
+/// The jump taken when `rel` holds, and the one taken when it does not.
+fn rel_jmps(rel: Rel) -> (Jmp, Jmp) {
+    match rel {
+        Rel::Eq => (Jmp::Jeq, Jmp::Jne),
+        Rel::Ne => (Jmp::Jne, Jmp::Jeq),
+        Rel::Lt => (Jmp::Jlt, Jmp::Jge),
+        Rel::Le => (Jmp::Jle, Jmp::Jgt),
+        Rel::Gt => (Jmp::Jgt, Jmp::Jle),
+        Rel::Ge => (Jmp::Jge, Jmp::Jlt),
+    }
+}
+
+fn ar_alu(op: ArOp) -> Alu {
+    match op {
+        ArOp::Add => Alu::Add,
+        ArOp::Sub => Alu::Sub,
+        ArOp::Mul => Alu::Mul,
+        ArOp::Div => Alu::Div,
+        ArOp::Mod => Alu::Mod,
+        ArOp::And => Alu::And,
+        ArOp::Or => Alu::Or,
+        ArOp::Xor => Alu::Xor,
+        ArOp::Shl => Alu::Lsh,
+        ArOp::Shr => Alu::Rsh,
+    }
+}
+
+#[cfg(test)]
+mod tests;

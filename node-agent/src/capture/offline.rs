@@ -1,0 +1,342 @@
+//! `palisade capture filter`: the `tcpdump -r` of Palisade. A compiled filter (target
+//! [`Target::File`]) runs over every frame of a pcap or pcapng file and the frames it accepts
+//! are counted or written out, cut to the length the filter returned.
+//!
+//! Two engines run the same instructions: the kernel's (`BPF_PROG_TEST_RUN`, root) and the
+//! compiler's interpreter (any user). `BPF_PROG_TEST_RUN` only takes frames from 14 bytes up
+//! to about a page, and an IPv4 or IPv6 frame only with its whole fixed IP header; the kernel
+//! engine probes the size range once and hands the frames it cannot take to the interpreter,
+//! counting them in [`Summary::interpreted`].
+
+use std::{
+    io::{self, Read, Write},
+    time::Duration,
+};
+
+use palisade_compiler::{
+    bpf::{
+        asm::Program,
+        interp::{Fault, Maps, Run, Task},
+    },
+    capture::codegen::{SKB_CB0, SKB_SIZE, Target},
+};
+use pcap_file::{
+    DataLink,
+    pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter},
+    pcapng::{Block, PcapNgReader},
+};
+
+use crate::sys::{ProgFd, SocketFilterRefused};
+
+/// Largest frame read from a file: a bound on what a hostile file can make us allocate.
+pub const MAX_FRAME: usize = 256 * 1024;
+
+/// Which machine runs the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The compiler's interpreter: no privileges needed.
+    Interpreter,
+    /// The kernel, through `BPF_PROG_TEST_RUN` (needs root or `CAP_BPF`).
+    Kernel,
+}
+
+impl Engine {
+    /// The kernel when running as root, the interpreter otherwise.
+    pub fn for_this_process() -> Engine {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 { Engine::Kernel } else { Engine::Interpreter }
+    }
+}
+
+/// Why an offline run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// The filter was not compiled for capture files.
+    #[error("the filter was compiled for live sockets, not for capture files")]
+    WrongTarget,
+    /// The kernel refused the program.
+    #[error(transparent)]
+    Refused(#[from] SocketFilterRefused),
+    /// `BPF_PROG_TEST_RUN` failed.
+    #[error("BPF_PROG_TEST_RUN of frame {index} ({len} bytes): {source}")]
+    TestRun {
+        /// 0-based frame index.
+        index: u64,
+        /// Its length.
+        len: usize,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The interpreter stopped.
+    #[error("frame {index}: the interpreter stopped: {fault}")]
+    Fault {
+        /// 0-based frame index.
+        index: u64,
+        /// Why.
+        fault: Fault,
+    },
+    /// The input is not a capture file this reads.
+    #[error("reading the capture: {0}")]
+    Read(String),
+    /// A link type the filter language has no framing for.
+    #[error("link type {0:?} is not supported (Ethernet only so far)")]
+    LinkType(DataLink),
+    /// Writing the output failed.
+    #[error("writing the capture: {0}")]
+    Write(String),
+}
+
+/// A filter ready to run over frames.
+#[derive(Debug)]
+pub struct Filter {
+    program: Program,
+    kernel: Option<Kernel>,
+}
+
+#[derive(Debug)]
+struct Kernel {
+    prog: ProgFd,
+    /// Frame lengths `BPF_PROG_TEST_RUN` takes.
+    sizes: std::ops::Range<usize>,
+}
+
+impl Kernel {
+    /// Whether `BPF_PROG_TEST_RUN` takes `frame`: a length in [`Kernel::sizes`], and (Linux
+    /// 6.18, measured) an IPv4 or IPv6 ethertype only with the whole fixed IP header present.
+    fn takes(&self, frame: &[u8]) -> bool {
+        let ethertype = frame.get(12..14).map(|t| u16::from_be_bytes([t[0], t[1]]));
+        let needs = match ethertype {
+            Some(0x0800) => 14 + 20,
+            Some(0x86dd) => 14 + 40,
+            _ => 0,
+        };
+        self.sizes.contains(&frame.len()) && frame.len() >= needs
+    }
+}
+
+/// How one frame fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// The filter's return value: 0 rejects, otherwise the bytes to keep.
+    pub keep: u32,
+    /// Which engine ran it.
+    pub engine: Engine,
+}
+
+impl Filter {
+    /// Prepares `program` (compiled for [`Target::File`]) for `engine`.
+    pub fn new(program: Program, target: Target, engine: Engine) -> Result<Filter, OfflineError> {
+        if target != Target::File {
+            return Err(OfflineError::WrongTarget);
+        }
+        let kernel = match engine {
+            Engine::Interpreter => None,
+            Engine::Kernel => {
+                let prog = ProgFd::load_socket_filter(&program.bytes())?;
+                let sizes = test_run_sizes(&prog);
+                Some(Kernel { prog, sizes })
+            }
+        };
+        Ok(Filter { program, kernel })
+    }
+
+    /// Runs the filter over one frame of `wire_len` bytes on the wire (`frame` may be shorter).
+    pub fn run(&self, index: u64, frame: &[u8], wire_len: u32) -> Result<Verdict, OfflineError> {
+        let ctx = context(wire_len.max(frame.len() as u32));
+        if let Some(k) = &self.kernel
+            && k.takes(frame)
+        {
+            let run = k.prog.test_run(frame, &ctx, 1).map_err(|source| OfflineError::TestRun {
+                index,
+                len: frame.len(),
+                source,
+            })?;
+            return Ok(Verdict { keep: run.retval, engine: Engine::Kernel });
+        }
+        let keep = interpret(&self.program, frame, &ctx).map_err(|fault| OfflineError::Fault { index, fault })?;
+        Ok(Verdict { keep, engine: Engine::Interpreter })
+    }
+
+    /// Mean nanoseconds per run of the kernel program over `frame`, `repeat` times
+    /// (`BPF_PROG_TEST_RUN`'s own clock); `None` for the interpreter.
+    pub fn kernel_cost(&self, frame: &[u8], wire_len: u32, repeat: u32) -> Option<io::Result<u32>> {
+        let k = self.kernel.as_ref()?;
+        Some(k.prog.test_run(frame, &context(wire_len), repeat).map(|r| r.duration_ns))
+    }
+}
+
+/// The `struct __sk_buff` a file run passes: the length on the wire in `cb[0]`.
+pub fn context(wire_len: u32) -> Vec<u8> {
+    let mut ctx = vec![0_u8; SKB_SIZE];
+    ctx[SKB_CB0..SKB_CB0 + 4].copy_from_slice(&wire_len.to_ne_bytes());
+    ctx
+}
+
+/// Runs `program` in the interpreter over `frame` with context `ctx`.
+pub fn interpret(program: &Program, frame: &[u8], ctx: &[u8]) -> Result<u32, Fault> {
+    let mut maps = Maps::default();
+    let mut run = Run::new(&mut maps, Task::default());
+    let ctx = run.object(ctx.to_vec());
+    run.packet(frame);
+    Ok(run.exec(program, ctx)?.ret as u32)
+}
+
+/// The frame lengths this kernel's `BPF_PROG_TEST_RUN` accepts for a socket filter: from the
+/// Ethernet header's 14 bytes up to a page less the skb's head- and tailroom, found by asking.
+fn test_run_sizes(prog: &ProgFd) -> std::ops::Range<usize> {
+    let frame = vec![0_u8; 65_536];
+    let ctx = context(0);
+    let takes = |n: usize| prog.test_run(&frame[..n], &ctx, 1).is_ok();
+    let (mut lo, mut hi) = (14_usize, 65_536_usize);
+    if !takes(lo) {
+        return 0..0;
+    }
+    while lo + 1 < hi {
+        let mid = usize::midpoint(lo, hi);
+        if takes(mid) { lo = mid } else { hi = mid }
+    }
+    14..lo + 1
+}
+
+/// What a run over a file counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Frames read.
+    pub packets: u64,
+    /// Frames the filter accepted.
+    pub accepted: u64,
+    /// Frames the kernel engine could not take and the interpreter ran.
+    pub interpreted: u64,
+}
+
+/// One frame of a capture file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Capture time.
+    pub timestamp: Duration,
+    /// Length on the wire.
+    pub wire_len: u32,
+    /// The captured bytes (possibly fewer).
+    pub data: Vec<u8>,
+}
+
+/// Reads every frame of a pcap or pcapng file of Ethernet frames, calling `each` in order.
+pub fn read_frames(
+    input: impl Read,
+    mut each: impl FnMut(&Frame) -> Result<(), OfflineError>,
+) -> Result<(), OfflineError> {
+    let mut input = io::BufReader::new(input);
+    let mut magic = [0_u8; 4];
+    let peek = io::BufRead::fill_buf(&mut input).map_err(|e| OfflineError::Read(e.to_string()))?;
+    if peek.len() < 4 {
+        return Err(OfflineError::Read("the file is shorter than a capture header".to_owned()));
+    }
+    magic.copy_from_slice(&peek[..4]);
+    if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
+        let mut reader = PcapNgReader::new(input).map_err(|e| OfflineError::Read(e.to_string()))?;
+        while let Some(block) = reader.next_block() {
+            let (block, state) = block.map_err(|e| OfflineError::Read(e.to_string()))?;
+            match block {
+                Block::EnhancedPacket(p) => {
+                    let link = state.interfaces().get(p.interface_id as usize).map(|i| i.linktype);
+                    match link {
+                        Some(DataLink::ETHERNET) => {}
+                        Some(other) => return Err(OfflineError::LinkType(other)),
+                        None => {
+                            return Err(OfflineError::Read(format!(
+                                "packet of undeclared interface {}",
+                                p.interface_id
+                            )));
+                        }
+                    }
+                    check_size(p.data.len())?;
+                    each(&Frame { timestamp: p.timestamp, wire_len: p.original_len, data: p.data.to_vec() })?;
+                }
+                Block::SimplePacket(_) | Block::Packet(_) => {
+                    return Err(OfflineError::Read(
+                        "pcapng simple/obsolete packet blocks are not supported".to_owned(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        return Ok(());
+    }
+    let mut reader = PcapReader::new(input).map_err(|e| OfflineError::Read(e.to_string()))?;
+    let link = reader.header().datalink;
+    if link != DataLink::ETHERNET {
+        return Err(OfflineError::LinkType(link));
+    }
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet.map_err(|e| OfflineError::Read(e.to_string()))?;
+        check_size(packet.data().len())?;
+        each(&Frame { timestamp: packet.timestamp(), wire_len: packet.orig_len(), data: packet.data().to_vec() })?;
+    }
+    Ok(())
+}
+
+fn check_size(n: usize) -> Result<(), OfflineError> {
+    if n > MAX_FRAME {
+        return Err(OfflineError::Read(format!("a {n}-byte frame; at most {MAX_FRAME} are read")));
+    }
+    Ok(())
+}
+
+/// A pcap writer for accepted frames (Ethernet, nanosecond timestamps).
+pub struct Output<W: Write> {
+    writer: PcapWriter<W>,
+}
+
+impl<W: Write> Output<W> {
+    /// Writes the file header.
+    pub fn new(w: W) -> Result<Self, OfflineError> {
+        let header = PcapHeader {
+            snaplen: MAX_FRAME as u32,
+            datalink: DataLink::ETHERNET,
+            ts_resolution: pcap_file::pcap::PcapTsResolution::NanoSecond,
+            ..PcapHeader::default()
+        };
+        let writer = PcapWriter::with_header(w, header).map_err(|e| OfflineError::Write(e.to_string()))?;
+        Ok(Self { writer })
+    }
+
+    /// Writes `frame`, cut to `keep` bytes.
+    pub fn write(&mut self, frame: &Frame, keep: u32) -> Result<(), OfflineError> {
+        let data = &frame.data[..frame.data.len().min(keep as usize)];
+        let packet = PcapPacket::new(frame.timestamp, frame.wire_len.max(data.len() as u32), data)
+            .map_err(|e| OfflineError::Write(e.to_string()))?;
+        self.writer.write_packet(&packet).map_err(|e| OfflineError::Write(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Flushes and returns the writer.
+    pub fn finish(mut self) -> Result<W, OfflineError> {
+        self.writer.flush().map_err(|e| OfflineError::Write(e.to_string()))?;
+        Ok(self.writer.into_inner())
+    }
+}
+
+/// Runs `filter` over every frame of `input`, writing the accepted ones to `output`.
+pub fn filter_file<W: Write>(
+    filter: &Filter,
+    input: impl Read,
+    mut output: Option<&mut Output<W>>,
+) -> Result<Summary, OfflineError> {
+    let mut summary = Summary::default();
+    read_frames(input, |frame| {
+        let verdict = filter.run(summary.packets, &frame.data, frame.wire_len)?;
+        summary.packets += 1;
+        if verdict.engine == Engine::Interpreter && filter.kernel.is_some() {
+            summary.interpreted += 1;
+        }
+        if verdict.keep != 0 {
+            summary.accepted += 1;
+            if let Some(out) = output.as_deref_mut() {
+                out.write(frame, verdict.keep)?;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(summary)
+}

@@ -146,6 +146,14 @@ const CORPUS: &[&str] = &[
     "tcp[0xffffffff] = 1",
     "arp[7] = 2",
     "ip6[40] = 6 and not ip6 proto 6",
+    "host 10.0.0.1 or host 192.168.1.20 or host 10.0.0.2 or host 10.1.2.3 or host 172.16.0.1",
+    "not (host 10.0.0.9 or host 192.168.1.20 or host 10.0.0.2 or host 10.1.2.3 or host 0.0.0.10 or host 1.2.3.4)",
+    "src host 10.0.0.1 or 192.168.1.20 or 10.0.0.2 or 10.1.2.3 or 172.16.0.1 or 10.1.0.5",
+    "tcp and (dst host 10.0.0.1 or dst host 10.0.0.2 or dst host 10.1.0.5 or dst host 192.168.7.7)",
+    "arp host 10.0.0.1 or arp host 10.0.0.2 or arp host 10.1.2.3 or arp host 192.168.1.20",
+    "ip host 9.9.9.9 or ip host 10.0.0.2 or ip host 10.1.2.3 or ip host 192.168.1.20 or udp",
+    "vlan and (host 10.0.0.1 or host 10.0.0.2 or host 10.1.2.3 or host 192.168.1.20)",
+    "host 10.0.0.1 or host 10.0.0.2 or net 10.1.2.3/32 or host 10.1.0.5 or host ::1 or host 192.168.1.20",
 ];
 
 /// The frames (by index) `tcpdump -r FILE -w OUT EXPR` keeps, with libpcap's optimizer
@@ -175,6 +183,32 @@ fn libpcap_keeps(file: &Path, out: &Path, text: &str, optimize: bool) -> Result<
     })
     .expect("read tcpdump's output");
     Ok(Some(kept))
+}
+
+/// A long `or` of IPv4 hosts (what becomes a set), sometimes negated or and-ed.
+fn host_chain(r: &mut Rng) -> String {
+    const HOSTS: &[&str] = &[
+        "10.0.0.1",
+        "192.168.1.20",
+        "10.1.2.3",
+        "10.1.0.5",
+        "0.0.0.10",
+        "10.0.0.2",
+        "192.168.7.7",
+        "9.9.9.9",
+        "1.2.3.4",
+    ];
+    let prefix = format!("{}{}host ", r.pick(&["", "", "ip ", "arp "]), r.pick(&["", "", "src ", "dst "]));
+    let n = 4 + r.below(8);
+    let hosts: Vec<String> = (0..n)
+        .map(|i| format!("{}{}", if i == 0 || r.below(2) == 0 { prefix.as_str() } else { "" }, r.pick(HOSTS)))
+        .collect();
+    let chain = hosts.join(" or ");
+    match r.below(4) {
+        0 => format!("not ({chain})"),
+        1 => format!("{} and ({chain})", r.pick(&["tcp", "vlan", "udp port 53", "ip"])),
+        _ => chain,
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -214,7 +248,7 @@ fn compiled_filters_accept_exactly_the_packets_libpcap_accepts() {
         if random.len() == cases {
             break;
         }
-        let text = expression(&mut r, 0);
+        let text = if r.below(8) == 0 { host_chain(&mut r) } else { expression(&mut r, 0) };
         if compile(&text, Target::File, DEFAULT_SNAPLEN).is_ok() {
             random.push(text);
         }

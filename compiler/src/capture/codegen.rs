@@ -18,6 +18,8 @@
 //! and ip6)` an ARP frame's answer does not depend on A), so a short frame the unoptimized
 //! program rejects may pass. Such a frame gets the unoptimized answer here.
 
+use std::collections::HashMap;
+
 use crate::bpf::{
     asm::{Asm, AsmError, Label, Program},
     insn::{self, Alu, Jmp, R0, R1, R6, R7, R8, R9, R10, Size},
@@ -94,7 +96,16 @@ pub enum CodegenError {
 pub fn generate(expr: &Expr, target: Target, snaplen: u32) -> Result<Program, CodegenError> {
     let mut asm = Asm::new();
     let reject = asm.label();
-    let mut g = Gen { asm, target, reject, shift: 0, live_vlan_used: false, spills: 0 };
+    let mut g = Gen {
+        asm,
+        target,
+        reject,
+        shift: 0,
+        live_vlan_used: false,
+        spills: 0,
+        regs: Regs::UNKNOWN,
+        regs_at: HashMap::new(),
+    };
     g.asm.push(insn::mov64_reg(R6, R1));
     g.expr_false(expr, reject)?;
     g.asm.push(insn::mov32_imm(R0, snaplen as i32));
@@ -152,6 +163,51 @@ struct Gen {
     live_vlan_used: bool,
     /// Stack slots in use by pending arithmetic operands.
     spills: usize,
+    /// What the registers hold here, so the same bytes are not loaded twice.
+    regs: Regs,
+    /// What they hold on the jumps to each label not bound yet.
+    regs_at: HashMap<Label, Regs>,
+}
+
+/// What one register holds at a point of the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Val {
+    /// No path reaches here (after an unconditional jump).
+    Unreachable,
+    /// Something else.
+    Unknown,
+    /// `load(size, off) & mask`.
+    Holds(Size, u32, u32),
+    /// `4 * (ip[0] & 0xf)` of the IPv4 header at this offset.
+    HeaderLength(u32),
+}
+
+impl Val {
+    fn merge(self, other: Val) -> Val {
+        match (self, other) {
+            (Val::Unreachable, x) | (x, Val::Unreachable) => x,
+            (a, b) if a == b => a,
+            _ => Val::Unknown,
+        }
+    }
+}
+
+/// The registers a test's value can be found in: r0 (the last load), r7 (the IPv4 header
+/// length) and r9 (the link-layer type). Loads clobber r0–r5 only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Regs {
+    r0: Val,
+    r7: Val,
+    r9: Val,
+}
+
+impl Regs {
+    const UNKNOWN: Regs = Regs { r0: Val::Unknown, r7: Val::Unknown, r9: Val::Unknown };
+    const UNREACHABLE: Regs = Regs { r0: Val::Unreachable, r7: Val::Unreachable, r9: Val::Unreachable };
+
+    fn merge(self, o: Regs) -> Regs {
+        Regs { r0: self.r0.merge(o.r0), r7: self.r7.merge(o.r7), r9: self.r9.merge(o.r9) }
+    }
 }
 
 fn test(load: Load, op: Rel, value: u32) -> Cond<'static> {
@@ -389,11 +445,18 @@ impl Gen {
                 self.expr_false(left, no)?;
                 self.expr_false(right, no)
             }
+            Expr::Or(..) if has_host_run(expr) => {
+                let yes = self.asm.label();
+                self.or_chain_true(expr, yes)?;
+                self.ja(no);
+                self.bind(yes);
+                Ok(())
+            }
             Expr::Or(left, right) => {
                 let yes = self.asm.label();
                 self.expr_true(left, yes)?;
                 self.expr_false(right, no)?;
-                self.asm.bind(yes);
+                self.bind(yes);
                 Ok(())
             }
             Expr::Not(inner) => self.expr_true(inner, no),
@@ -411,9 +474,10 @@ impl Gen {
                 let no = self.asm.label();
                 self.expr_false(left, no)?;
                 self.expr_true(right, yes)?;
-                self.asm.bind(no);
+                self.bind(no);
                 Ok(())
             }
+            Expr::Or(..) if has_host_run(expr) => self.or_chain_true(expr, yes),
             Expr::Or(left, right) => {
                 self.expr_true(left, yes)?;
                 self.expr_true(right, yes)
@@ -426,12 +490,96 @@ impl Gen {
         }
     }
 
+    /// An `or` chain with runs of IPv4 hosts (same protocols and direction): the first host
+    /// of a run is tested as libpcap tests it — the same loads, so a frame too short for them
+    /// is rejected at the same point — and the rest as one set, a binary search over the
+    /// addresses on the values those loads gave. Jumps to `yes` when true.
+    fn or_chain_true(&mut self, expr: &Expr, yes: Label) -> Result<(), CodegenError> {
+        let items = or_chain(expr);
+        let mut i = 0;
+        while i < items.len() {
+            let run = host_run(&items[i..]);
+            if run >= SET_MIN
+                && let Some((family, dir, _)) = host4(items[i])
+            {
+                self.expr_true(items[i], yes)?;
+                let mut addrs: Vec<u32> = items[i + 1..i + run].iter().filter_map(|e| host4(e).map(|h| h.2)).collect();
+                addrs.sort_unstable();
+                addrs.dedup();
+                self.host_set_true(family, dir, &addrs, yes);
+                i += run;
+            } else {
+                self.expr_true(items[i], yes)?;
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Jumps to `yes` when the frame's IPv4 (ARP, RARP) address in `dir` is in `addrs`.
+    fn host_set_true(&mut self, family: Family, dir: Dir, addrs: &[u32], yes: Label) {
+        const IP: (u32, u32, u32) = (ETHERTYPE_IP, 12, 16);
+        const ARP: (u32, u32, u32) = (ETHERTYPE_ARP, 14, 24);
+        const RARP: (u32, u32, u32) = (ETHERTYPE_REVARP, 14, 24);
+        let families: &[(u32, u32, u32)] = match family {
+            Family::Ip => &[IP],
+            Family::Arp => &[ARP],
+            Family::Rarp => &[RARP],
+            Family::Any | Family::Ip6 => &[IP, ARP, RARP],
+        };
+        for &(ethertype, src, dst) in families {
+            let skip = self.asm.label();
+            let linktype = Cmp {
+                load: Load::Abs(Size::H, OFF_LINKTYPE + self.shift),
+                mask: u32::MAX,
+                op: Rel::Eq,
+                value: ethertype,
+            };
+            let reg = self.load(&linktype);
+            self.jump(Jmp::Jne, reg, &linktype, skip);
+            let offsets: &[u32] = match dir {
+                Dir::Src => &[src],
+                Dir::Dst => &[dst],
+                Dir::Either | Dir::Both => &[src, dst],
+            };
+            for &off in offsets {
+                let word = Cmp { load: self.net(Size::W, off), mask: u32::MAX, op: Rel::Eq, value: 0 };
+                let reg = self.load(&word);
+                self.search(reg, addrs, yes);
+            }
+            self.bind(skip);
+        }
+    }
+
+    /// A binary search for the value in `reg` among sorted `values`: jumps to `yes` on a hit,
+    /// falls through on a miss.
+    fn search(&mut self, reg: u8, values: &[u32], yes: Label) {
+        if values.len() <= 4 {
+            for &v in values {
+                self.to(yes);
+                self.asm.jmp32_imm(Jmp::Jeq, reg, v as i32, yes);
+            }
+            return;
+        }
+        let mid = values.len() / 2;
+        let (right, miss) = (self.asm.label(), self.asm.label());
+        self.to(yes);
+        self.asm.jmp32_imm(Jmp::Jeq, reg, values[mid] as i32, yes);
+        self.to(right);
+        self.asm.jmp32_imm(Jmp::Jgt, reg, values[mid] as i32, right);
+        self.search(reg, &values[..mid], yes);
+        self.ja(miss);
+        self.bind(right);
+        self.search(reg, &values[mid + 1..], yes);
+        self.bind(miss);
+    }
+
     fn cond_false(&mut self, c: &Cond<'_>, f: Label) -> Result<(), CodegenError> {
         match c {
             Cond::True => {}
             Cond::Test(cmp) => {
-                self.load(cmp);
-                self.jump(rel_jmps(cmp.op).1, cmp, f);
+                let reg = self.load(cmp);
+                self.jump(rel_jmps(cmp.op).1, reg, cmp, f);
             }
             Cond::And(all) => {
                 for c in all {
@@ -440,7 +588,7 @@ impl Gen {
             }
             Cond::Or(any) => {
                 let Some((last, rest)) = any.split_last() else {
-                    self.asm.ja(f);
+                    self.ja(f);
                     return Ok(());
                 };
                 let t = self.asm.label();
@@ -448,11 +596,12 @@ impl Gen {
                     self.cond_true(c, t)?;
                 }
                 self.cond_false(last, f)?;
-                self.asm.bind(t);
+                self.bind(t);
             }
             Cond::Rel(rel, a, b, nl) => {
                 self.relation(a, b, *nl)?;
-                self.asm.jmp32_reg(rel_jmps(*rel).1, R8, R9, f);
+                self.to(f);
+                self.asm.jmp32_reg(rel_jmps(*rel).1, R8, R0, f);
             }
         }
         Ok(())
@@ -460,14 +609,14 @@ impl Gen {
 
     fn cond_true(&mut self, c: &Cond<'_>, t: Label) -> Result<(), CodegenError> {
         match c {
-            Cond::True => self.asm.ja(t),
+            Cond::True => self.ja(t),
             Cond::Test(cmp) => {
-                self.load(cmp);
-                self.jump(rel_jmps(cmp.op).0, cmp, t);
+                let reg = self.load(cmp);
+                self.jump(rel_jmps(cmp.op).0, reg, cmp, t);
             }
             Cond::And(all) => {
                 let Some((last, rest)) = all.split_last() else {
-                    self.asm.ja(t);
+                    self.ja(t);
                     return Ok(());
                 };
                 let f = self.asm.label();
@@ -475,7 +624,7 @@ impl Gen {
                     self.cond_false(c, f)?;
                 }
                 self.cond_true(last, t)?;
-                self.asm.bind(f);
+                self.bind(f);
             }
             Cond::Or(any) => {
                 for c in any {
@@ -484,23 +633,68 @@ impl Gen {
             }
             Cond::Rel(rel, a, b, nl) => {
                 self.relation(a, b, *nl)?;
-                self.asm.jmp32_reg(rel_jmps(*rel).0, R8, R9, t);
+                self.to(t);
+                self.asm.jmp32_reg(rel_jmps(*rel).0, R8, R0, t);
             }
         }
         Ok(())
     }
 
-    fn jump(&mut self, op: Jmp, cmp: &Cmp, to: Label) {
-        self.asm.jmp32_imm(op, R0, cmp.value as i32, to);
+    /// Notes what the registers hold on a jump to `label` about to be emitted.
+    fn to(&mut self, label: Label) {
+        let here = self.regs;
+        let at = self.regs_at.entry(label).or_insert(Regs::UNREACHABLE);
+        *at = at.merge(here);
     }
 
-    /// `r0 = load & mask`.
-    fn load(&mut self, cmp: &Cmp) {
+    fn ja(&mut self, label: Label) {
+        self.to(label);
+        self.asm.ja(label);
+        self.regs = Regs::UNREACHABLE;
+    }
+
+    fn bind(&mut self, label: Label) {
+        self.asm.bind(label);
+        let jumps = self.regs_at.remove(&label).unwrap_or(Regs::UNREACHABLE);
+        self.regs = self.regs.merge(jumps);
+    }
+
+    fn jump(&mut self, op: Jmp, reg: u8, cmp: &Cmp, to: Label) {
+        self.to(to);
+        self.asm.jmp32_imm(op, reg, cmp.value as i32, to);
+    }
+
+    /// Puts `load & mask` in a register, unless one holds it already, and names it.
+    fn load(&mut self, cmp: &Cmp) -> u8 {
         match cmp.load {
-            Load::Abs(size, off) => self.asm.push(insn::ld_abs(size, self.offset(off))),
+            Load::Abs(size, off) => {
+                let wanted = Val::Holds(size, off, cmp.mask);
+                if self.regs.r9 == wanted {
+                    return R9;
+                }
+                if self.regs.r0 == wanted {
+                    return R0;
+                }
+                if self.regs.r0 != Val::Holds(size, off, u32::MAX) {
+                    self.asm.push(insn::ld_abs(size, self.offset(off)));
+                }
+                if cmp.mask != u32::MAX {
+                    self.asm.push(insn::alu32_imm(Alu::And, R0, cmp.mask as i32));
+                }
+                self.regs.r0 = wanted;
+                if size == Size::H && off == OFF_LINKTYPE + self.shift && cmp.mask == u32::MAX {
+                    // The link-layer type is what most tests start with: keep it.
+                    self.asm.push(insn::mov64_reg(R9, R0));
+                    self.regs.r9 = wanted;
+                }
+                return R0;
+            }
             Load::Ip4Payload { size, nl, off } => {
-                self.ip4_header_length(nl);
-                self.asm.push(insn::mov64_reg(R7, R0));
+                if self.regs.r7 != Val::HeaderLength(nl) {
+                    self.ip4_header_length(nl);
+                    self.asm.push(insn::mov64_reg(R7, R0));
+                    self.regs.r7 = Val::HeaderLength(nl);
+                }
                 self.asm.push(insn::ld_ind(size, R7, self.offset(nl + off)));
             }
             Load::Skb(field) => self.asm.push(insn::ldx(Size::W, R0, R6, field)),
@@ -508,6 +702,8 @@ impl Gen {
         if cmp.mask != u32::MAX {
             self.asm.push(insn::alu32_imm(Alu::And, R0, cmp.mask as i32));
         }
+        self.regs.r0 = Val::Unknown;
+        R0
     }
 
     /// `r0 = 4 * (ip[0] & 0xf)`, libpcap's `ldxb 4*([nl]&0xf)`.
@@ -525,16 +721,17 @@ impl Gen {
         }
     }
 
-    /// r8 = a, r9 = b.
+    /// r8 = a, r0 = b.
     fn relation(&mut self, a: &Arith, b: &Arith, nl: u32) -> Result<(), CodegenError> {
+        self.regs.r0 = Val::Unknown;
         self.arith(a, nl)?;
         if let Arith::Num(n) = b {
-            self.asm.push(insn::mov32_imm(R9, *n as i32));
+            self.asm.push(insn::mov32_imm(R0, *n as i32));
             return Ok(());
         }
         let slot = self.spill()?;
         self.arith(b, nl)?;
-        self.asm.push(insn::mov64_reg(R9, R8));
+        self.asm.push(insn::mov64_reg(R0, R8));
         self.unspill(slot);
         Ok(())
     }
@@ -554,7 +751,7 @@ impl Gen {
         self.spills -= 1;
     }
 
-    /// r8 = the value of `a` (32 bits); may clobber r0–r5, r7 and r9.
+    /// r8 = the value of `a` (32 bits); clobbers r0–r5 (never the cache registers r7, r9).
     fn arith(&mut self, a: &Arith, nl: u32) -> Result<(), CodegenError> {
         match a {
             Arith::Num(n) => self.asm.push(insn::mov32_imm(R8, *n as i32)),
@@ -579,7 +776,7 @@ impl Gen {
                 }
                 let slot = self.spill()?;
                 self.arith(b, nl)?;
-                self.asm.push(insn::mov64_reg(R9, R8));
+                self.asm.push(insn::mov64_reg(R0, R8));
                 self.unspill(slot);
                 self.binary(*op);
             }
@@ -614,25 +811,76 @@ impl Gen {
         Ok(())
     }
 
-    /// r8 = r8 op r9, with libpcap's rules for division by zero and wide shifts.
+    /// r8 = r8 op r0, with libpcap's rules for division by zero and wide shifts.
     fn binary(&mut self, op: ArOp) {
         match op {
-            ArOp::Div | ArOp::Mod => self.asm.jmp32_imm(Jmp::Jeq, R9, 0, self.reject),
+            ArOp::Div | ArOp::Mod => self.asm.jmp32_imm(Jmp::Jeq, R0, 0, self.reject),
             ArOp::Shl | ArOp::Shr => {
                 let ok = self.asm.label();
                 let done = self.asm.label();
-                self.asm.jmp32_imm(Jmp::Jlt, R9, 32, ok);
+                self.asm.jmp32_imm(Jmp::Jlt, R0, 32, ok);
                 self.asm.push(insn::mov32_imm(R8, 0));
                 self.asm.ja(done);
                 self.asm.bind(ok);
-                self.asm.push(insn::alu32_reg(ar_alu(op), R8, R9));
+                self.asm.push(insn::alu32_reg(ar_alu(op), R8, R0));
                 self.asm.bind(done);
                 return;
             }
             _ => {}
         }
-        self.asm.push(insn::alu32_reg(ar_alu(op), R8, R9));
+        self.asm.push(insn::alu32_reg(ar_alu(op), R8, R0));
     }
+}
+
+/// Runs of IPv4 hosts at least this long become a set.
+const SET_MIN: usize = 4;
+
+/// The members of a left-nested `or` chain, in text order.
+fn or_chain(e: &Expr) -> Vec<&Expr> {
+    match e {
+        Expr::Or(a, b) => {
+            let mut items = or_chain(a);
+            items.push(b);
+            items
+        }
+        _ => vec![e],
+    }
+}
+
+/// An exact IPv4 host test (`host A`, `net A/32`) that is not `src and dst`.
+fn host4(e: &Expr) -> Option<(Family, Dir, u32)> {
+    match e {
+        Expr::Prim(Prim::Host { family, dir, addr: std::net::IpAddr::V4(a) }) if *dir != Dir::Both => {
+            Some((*family, *dir, a.to_bits()))
+        }
+        Expr::Prim(Prim::Net { family, dir, net: ipnet::IpNet::V4(n) })
+            if *dir != Dir::Both && n.prefix_len() == 32 =>
+        {
+            Some((*family, *dir, n.network().to_bits()))
+        }
+        _ => None,
+    }
+}
+
+/// How many items from the first are IPv4 hosts with its protocols and direction.
+fn host_run(items: &[&Expr]) -> usize {
+    let Some((family, dir, _)) = items.first().and_then(|e| host4(e)) else { return 0 };
+    items.iter().take_while(|e| host4(e).is_some_and(|(f, d, _)| f == family && d == dir)).count()
+}
+
+fn has_host_run(expr: &Expr) -> bool {
+    let (mut key, mut run) = (None, 0);
+    for e in or_chain(expr) {
+        match host4(e) {
+            Some((f, d, _)) if key == Some((f, d)) => run += 1,
+            Some((f, d, _)) => (key, run) = (Some((f, d)), 1),
+            None => (key, run) = (None, 0),
+        }
+        if run >= SET_MIN {
+            return true;
+        }
+    }
+    false
 }
 
 /// `first <= load <= last`, or `load == first` for a single port.

@@ -5,6 +5,7 @@
 #![allow(clippy::missing_panics_doc, reason = "test support: panicking is how it reports failure")]
 
 pub mod capture;
+pub mod cbpf;
 
 use std::{
     path::{Path, PathBuf},

@@ -125,3 +125,28 @@ fn flow_ingest_reports_rows_per_second_and_stores_every_row() {
     assert!(rate("insert_flows") > 0.0 && rate("PostgreSQL alone") > 0.0, "{stdout}");
     assert!(stdout.contains("ratio ours / PostgreSQL alone"), "{stdout}");
 }
+
+/// `capture-bench` at 10 hosts: both programs load and run in the kernel and every figure of
+/// the row is printed (ratios against libpcap's program in the same run).
+#[test]
+fn capture_bench_reports_compile_and_per_packet_figures() {
+    if !palisade_integration::kernel_tests_enabled("capture-bench") {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_capture-bench"))
+        .args(["--hosts", "10", "--repeat", "1000", "--rounds", "1"])
+        .output()
+        .expect("capture-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    let row = stdout.lines().find(|l| l.starts_with("| 10 |")).unwrap_or_else(|| panic!("{stdout}"));
+    let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+    assert_eq!(cells.len(), 11, "{row}");
+    assert!(cells[1].ends_with(" ms") && cells[2].ends_with(" ms"), "{row}");
+    for cell in [cells[5], cells[6], cells[8], cells[9]] {
+        assert!(cell.parse::<u32>().is_ok_and(|ns| ns > 0), "a per-packet figure in {cell:?}: {row}");
+    }
+    for cell in [cells[7], cells[10]] {
+        assert!(cell.parse::<f64>().is_ok_and(|r| r > 0.0), "a ratio in {cell:?}: {row}");
+    }
+}

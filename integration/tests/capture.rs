@@ -10,10 +10,11 @@
 
 use std::{collections::BTreeSet, path::Path, process::Command};
 
-use palisade_agent::capture::offline::{Engine, Filter, read_frames};
+use palisade_agent::capture::offline::{Engine, Filter, context, interpret, read_frames};
 use palisade_compiler::capture::{DEFAULT_SNAPLEN, Target, compile, parse::parse};
 use palisade_integration::{
     capture::{Rng, empty_pcap, expression, frame, maybe_broken, write_pcap},
+    cbpf::{parse_ddd, translate},
     kernel_tests_enabled,
 };
 
@@ -211,6 +212,18 @@ fn host_chain(r: &mut Rng) -> String {
     }
 }
 
+/// The capture bench measures libpcap's optimized program translated to eBPF: it must keep
+/// what tcpdump keeps.
+fn translated_libpcap_keeps(file: &Path, text: &str, frames: &[(Vec<u8>, u32)], kept: &BTreeSet<u64>) {
+    let ddd = Command::new("tcpdump").args(["-ddd", "-r"]).arg(file).arg(text).output().expect("tcpdump -ddd");
+    let classic = parse_ddd(&String::from_utf8_lossy(&ddd.stdout)).expect("-ddd output");
+    let translated = translate(&classic).expect("translates");
+    for (index, (data, wire)) in frames.iter().enumerate() {
+        let keep = interpret(&translated, data, &context(*wire)).expect("libpcap's program runs");
+        assert_eq!(keep != 0, kept.contains(&(index as u64)), "{text:?}: translated libpcap, frame {index}");
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::new(), |mut s, b| {
@@ -280,6 +293,9 @@ fn compiled_filters_accept_exactly_the_packets_libpcap_accepts() {
         // end of a short frame when the load's outcome cannot matter — the unoptimized answer
         // (every test in text order) is the one we give; everywhere else both agree with us.
         optimizer_differs += plain.symmetric_difference(&optimized).count();
+        if fixed {
+            translated_libpcap_keeps(&file, &text, &frames, &optimized);
+        }
         let theirs = plain;
         let mut engines = vec![Filter::new(program.clone(), Target::File, Engine::Interpreter).expect("interpreter")];
         if kernel {

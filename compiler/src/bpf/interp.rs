@@ -15,8 +15,8 @@
 //! and map references, `LDX`/`ST`/`STX` memory access of every width, and the helpers
 //! [`crate::bpf::insn::helper`] names, and the legacy packet loads (`LD_ABS`/`LD_IND`) of
 //! socket filters over the packet [`Run::packet`] sets, as an `AF_PACKET` socket presents it:
-//! offset 0 and `SKF_LL_OFF` both address the link-layer header, a load past the end ends the
-//! run with r0 = 0, as the kernel's does. Not supported (a [`Fault::Unsupported`]): the
+//! offset 0 and `SKF_LL_OFF` both address the link-layer header, a load past the end (or
+//! below `SKF_LL_OFF`) ends the run with r0 = 0, as the kernel's does. Not supported (a [`Fault::Unsupported`]): the
 //! `SKF_NET_OFF` and ancillary (`SKF_AD_OFF`) ranges, atomics other than add, calls to other
 //! helpers.
 
@@ -494,6 +494,9 @@ impl<'m> Run<'m> {
             offset as usize
         } else if (SKF_LL_OFF..SKF_NET_OFF).contains(&offset) {
             (offset - SKF_LL_OFF) as usize
+        } else if offset < SKF_LL_OFF {
+            // Below every range: the kernel's load fails, and so the program returns 0.
+            return Ok(None);
         } else {
             return Err(Fault::Unsupported { slot, what: format!("packet load at offset {offset}") });
         };

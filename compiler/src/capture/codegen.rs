@@ -192,21 +192,24 @@ impl Val {
     }
 }
 
-/// The registers a test's value can be found in: r0 (the last load), r7 (the IPv4 header
-/// length) and r9 (the link-layer type). Loads clobber r0–r5 only.
+/// The registers a test's value can be found in: r0 (the last load), r8 (the load before,
+/// outside arithmetic), r7 (the IPv4 header length) and r9 (the link-layer type). Loads
+/// clobber r0–r5 only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Regs {
     r0: Val,
     r7: Val,
+    r8: Val,
     r9: Val,
 }
 
 impl Regs {
-    const UNKNOWN: Regs = Regs { r0: Val::Unknown, r7: Val::Unknown, r9: Val::Unknown };
-    const UNREACHABLE: Regs = Regs { r0: Val::Unreachable, r7: Val::Unreachable, r9: Val::Unreachable };
+    const UNKNOWN: Regs = Regs { r0: Val::Unknown, r7: Val::Unknown, r8: Val::Unknown, r9: Val::Unknown };
+    const UNREACHABLE: Regs =
+        Regs { r0: Val::Unreachable, r7: Val::Unreachable, r8: Val::Unreachable, r9: Val::Unreachable };
 
     fn merge(self, o: Regs) -> Regs {
-        Regs { r0: self.r0.merge(o.r0), r7: self.r7.merge(o.r7), r9: self.r9.merge(o.r9) }
+        Regs { r0: self.r0.merge(o.r0), r7: self.r7.merge(o.r7), r8: self.r8.merge(o.r8), r9: self.r9.merge(o.r9) }
     }
 }
 
@@ -493,20 +496,20 @@ impl Gen {
     /// An `or` chain with runs of IPv4 hosts (same protocols and direction): the first host
     /// of a run is tested as libpcap tests it — the same loads, so a frame too short for them
     /// is rejected at the same point — and the rest as one set, a binary search over the
-    /// addresses on the values those loads gave. Jumps to `yes` when true.
+    /// addresses on the values those loads gave (the protocols' order does not matter: one
+    /// link-layer type at most matches). Jumps to `yes` when true.
     fn or_chain_true(&mut self, expr: &Expr, yes: Label) -> Result<(), CodegenError> {
         let items = or_chain(expr);
         let mut i = 0;
         while i < items.len() {
             let run = host_run(&items[i..]);
             if run >= SET_MIN
-                && let Some((family, dir, _)) = host4(items[i])
+                && let Some((family, dir, first)) = host4(items[i])
             {
-                self.expr_true(items[i], yes)?;
-                let mut addrs: Vec<u32> = items[i + 1..i + run].iter().filter_map(|e| host4(e).map(|h| h.2)).collect();
-                addrs.sort_unstable();
-                addrs.dedup();
-                self.host_set_true(family, dir, &addrs, yes);
+                let mut rest: Vec<u32> = items[i + 1..i + run].iter().filter_map(|e| host4(e).map(|h| h.2)).collect();
+                rest.sort_unstable();
+                rest.dedup();
+                self.host_run_true(family, dir, first, &rest, yes);
                 i += run;
             } else {
                 self.expr_true(items[i], yes)?;
@@ -516,8 +519,10 @@ impl Gen {
         Ok(())
     }
 
-    /// Jumps to `yes` when the frame's IPv4 (ARP, RARP) address in `dir` is in `addrs`.
-    fn host_set_true(&mut self, family: Family, dir: Dir, addrs: &[u32], yes: Label) {
+    /// Jumps to `yes` when the frame's IPv4 (ARP, RARP) address in `dir` is `first` —
+    /// tested as libpcap tests the first host of the run, the same loads in the same order —
+    /// or one of `rest`, searched among the values those loads gave.
+    fn host_run_true(&mut self, family: Family, dir: Dir, first: u32, rest: &[u32], yes: Label) {
         const IP: (u32, u32, u32) = (ETHERTYPE_IP, 12, 16);
         const ARP: (u32, u32, u32) = (ETHERTYPE_ARP, 14, 24);
         const RARP: (u32, u32, u32) = (ETHERTYPE_REVARP, 14, 24);
@@ -542,10 +547,15 @@ impl Gen {
                 Dir::Dst => &[dst],
                 Dir::Either | Dir::Both => &[src, dst],
             };
+            let word = |g: &Self, off| Cmp { load: g.net(Size::W, off), mask: u32::MAX, op: Rel::Eq, value: first };
             for &off in offsets {
-                let word = Cmp { load: self.net(Size::W, off), mask: u32::MAX, op: Rel::Eq, value: 0 };
-                let reg = self.load(&word);
-                self.search(reg, addrs, yes);
+                let cmp = word(self, off);
+                let reg = self.load(&cmp);
+                self.jump(Jmp::Jeq, reg, &cmp, yes);
+            }
+            for &off in offsets {
+                let reg = self.load(&word(self, off));
+                self.search(reg, rest, yes);
             }
             self.bind(skip);
         }
@@ -675,7 +685,15 @@ impl Gen {
                 if self.regs.r0 == wanted {
                     return R0;
                 }
+                if self.regs.r8 == wanted {
+                    return R8;
+                }
                 if self.regs.r0 != Val::Holds(size, off, u32::MAX) {
+                    // Keep the value being replaced: host tests alternate two words.
+                    if matches!(self.regs.r0, Val::Holds(_, _, u32::MAX)) && self.regs.r8 != self.regs.r0 {
+                        self.asm.push(insn::mov64_reg(R8, R0));
+                        self.regs.r8 = self.regs.r0;
+                    }
                     self.asm.push(insn::ld_abs(size, self.offset(off)));
                 }
                 if cmp.mask != u32::MAX {
@@ -724,6 +742,7 @@ impl Gen {
     /// r8 = a, r0 = b.
     fn relation(&mut self, a: &Arith, b: &Arith, nl: u32) -> Result<(), CodegenError> {
         self.regs.r0 = Val::Unknown;
+        self.regs.r8 = Val::Unknown;
         self.arith(a, nl)?;
         if let Arith::Num(n) = b {
             self.asm.push(insn::mov32_imm(R0, *n as i32));
@@ -751,7 +770,8 @@ impl Gen {
         self.spills -= 1;
     }
 
-    /// r8 = the value of `a` (32 bits); clobbers r0–r5 (never the cache registers r7, r9).
+    /// r8 = the value of `a` (32 bits); clobbers r0–r5 (never the cache registers r7, r9;
+    /// [`Gen::relation`] forgets r8's).
     fn arith(&mut self, a: &Arith, nl: u32) -> Result<(), CodegenError> {
         match a {
             Arith::Num(n) => self.asm.push(insn::mov32_imm(R8, *n as i32)),

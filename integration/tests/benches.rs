@@ -150,3 +150,25 @@ fn capture_bench_reports_compile_and_per_packet_figures() {
         assert!(cell.parse::<f64>().is_ok_and(|r| r > 0.0), "a ratio in {cell:?}: {row}");
     }
 }
+
+/// `capture-worker flood` for a second: frames are kept, and the figures are printed.
+#[test]
+fn capture_flood_keeps_frames_and_reports_its_rate() {
+    if !palisade_integration::kernel_tests_enabled("capture-worker flood") {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_capture-worker"))
+        .args(["flood", "udp port 53", "1"])
+        .output()
+        .expect("capture-worker runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    let kept: u64 = stdout
+        .split("kept ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(kept > 1000, "{stdout}");
+    assert!(stdout.contains("ring drops") && stdout.contains("per 100k kept/s"), "{stdout}");
+}

@@ -439,6 +439,11 @@ pub struct TestRun {
 }
 
 impl ProgFd {
+    /// The raw descriptor, for `SO_ATTACH_BPF` (borrowed: `self` keeps owning it).
+    pub fn as_raw(&self) -> i32 {
+        self.0.as_raw_fd()
+    }
+
     /// Loads `insns` as a socket filter (`BPF_PROG_TYPE_SOCKET_FILTER`).
     pub fn load_socket_filter(insns: &[u8]) -> Result<Self, SocketFilterRefused> {
         prog_load(PROG_SOCKET_FILTER, 0, 0, insns, &mut []).map(Self).or_else(|first| {

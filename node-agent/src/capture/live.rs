@@ -1,0 +1,329 @@
+//! Live capture: an `AF_PACKET` socket on one interface, our compiled filter attached
+//! (`SO_ATTACH_BPF`, [`Target::Live`]), and a `TPACKET_V3` memory-mapped receive ring, so a
+//! busy link costs a wake-up per block of packets rather than a syscall per packet.
+//!
+//! The socket is created with protocol 0 — it receives nothing — until the filter and the ring
+//! are in place and it is bound to the interface, so no unfiltered packet is ever queued. The
+//! kernel strips an 802.1Q/802.1ad tag into packet metadata before taps see the frame; the
+//! ring reports it and [`Capture::next_block`] puts it back, so what is written is the frame as
+//! it was on the wire. Blocking calls: run them on a dedicated thread.
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    ptr::NonNull,
+    sync::atomic::{Ordering, fence},
+    time::Duration,
+};
+
+use palisade_compiler::{bpf::asm::Program, capture::Target};
+
+use crate::{
+    capture::offline::Frame,
+    sys::{ProgFd, SocketFilterRefused},
+};
+
+const SOL_PACKET: libc::c_int = 263;
+const PACKET_VERSION: libc::c_int = 10;
+const PACKET_RX_RING: libc::c_int = 5;
+const PACKET_STATISTICS: libc::c_int = 6;
+const TPACKET_V3: libc::c_int = 2;
+const SO_ATTACH_BPF: libc::c_int = 50;
+const ETH_P_ALL: u16 = 0x0003;
+const TP_STATUS_KERNEL: u32 = 0;
+const TP_STATUS_USER: u32 = 1;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
+
+/// `struct tpacket_req3`.
+#[repr(C)]
+struct Req3 {
+    block_size: u32,
+    block_nr: u32,
+    frame_size: u32,
+    frame_nr: u32,
+    retire_blk_tov: u32,
+    sizeof_priv: u32,
+    feature_req_word: u32,
+}
+
+/// `struct tpacket_stats_v3`.
+#[repr(C)]
+#[derive(Default)]
+struct StatsV3 {
+    packets: u32,
+    drops: u32,
+    freeze_q_cnt: u32,
+}
+
+/// Ring geometry.
+#[derive(Debug, Clone, Copy)]
+pub struct Ring {
+    /// Bytes per block (a multiple of the page size).
+    pub block_size: u32,
+    /// Blocks.
+    pub blocks: u32,
+    /// How long the kernel fills a block before handing it over anyway.
+    pub timeout: Duration,
+}
+
+impl Default for Ring {
+    /// 8 blocks of 1 MiB, handed over after 20 ms at the latest.
+    fn default() -> Self {
+        Ring { block_size: 1 << 20, blocks: 8, timeout: Duration::from_millis(20) }
+    }
+}
+
+/// Why a capture could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// The filter was compiled for files.
+    #[error("the filter was compiled for capture files, not live sockets")]
+    WrongTarget,
+    /// The kernel refused the program.
+    #[error(transparent)]
+    Refused(#[from] SocketFilterRefused),
+    /// A socket call failed.
+    #[error("{what}: {source}")]
+    Socket {
+        /// Which call.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn check(what: &'static str, ret: libc::c_int) -> Result<(), LiveError> {
+    if ret < 0 { Err(LiveError::Socket { what, source: io::Error::last_os_error() }) } else { Ok(()) }
+}
+
+fn setsockopt<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+    what: &'static str,
+) -> Result<(), LiveError> {
+    // SAFETY: `value` is a live `T` of the size passed, as the option expects.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    check(what, ret)
+}
+
+/// Counters the socket keeps (`PACKET_STATISTICS`, reset by each read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets the filter accepted (kept or dropped).
+    pub accepted: u64,
+    /// Of those, dropped because the ring was full.
+    pub dropped: u64,
+}
+
+/// A capture on one interface.
+#[derive(Debug)]
+pub struct Capture {
+    fd: OwnedFd,
+    /// The filter, attached; kept so the program lives as long as the socket.
+    _filter: ProgFd,
+    ring: NonNull<u8>,
+    ring_len: usize,
+    block_size: usize,
+    blocks: usize,
+    next: usize,
+}
+
+// SAFETY: the ring mapping is owned by this value alone and only touched through `&mut self`.
+unsafe impl Send for Capture {}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made by `open` with this length and nothing refers to it.
+        unsafe { libc::munmap(self.ring.as_ptr().cast(), self.ring_len) };
+    }
+}
+
+impl Capture {
+    /// Starts capturing on interface `ifindex` the frames `program` (compiled for
+    /// [`Target::Live`]) accepts.
+    pub fn open(ifindex: u32, program: &Program, target: Target, ring: Ring) -> Result<Capture, LiveError> {
+        if target != Target::Live {
+            return Err(LiveError::WrongTarget);
+        }
+        let filter = ProgFd::load_socket_filter(&program.bytes())?;
+        // SAFETY: plain socket(2); protocol 0 receives nothing until bind names one.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        check("socket(AF_PACKET)", raw)?;
+        // SAFETY: socket returned a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let prog_fd: libc::c_int = filter.as_raw();
+        setsockopt(&fd, libc::SOL_SOCKET, SO_ATTACH_BPF, &prog_fd, "SO_ATTACH_BPF")?;
+        setsockopt(&fd, SOL_PACKET, PACKET_VERSION, &TPACKET_V3, "PACKET_VERSION")?;
+        let frame_size = 2048;
+        let req = Req3 {
+            block_size: ring.block_size,
+            block_nr: ring.blocks,
+            frame_size,
+            frame_nr: ring.block_size / frame_size * ring.blocks,
+            retire_blk_tov: ring.timeout.as_millis().clamp(1, 1000) as u32,
+            sizeof_priv: 0,
+            feature_req_word: 0,
+        };
+        setsockopt(&fd, SOL_PACKET, PACKET_RX_RING, &req, "PACKET_RX_RING")?;
+        let ring_len = ring.block_size as usize * ring.blocks as usize;
+        // SAFETY: maps the ring the kernel just allocated for this socket; checked below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ring_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(LiveError::Socket { what: "mmap(PACKET_RX_RING)", source: io::Error::last_os_error() });
+        }
+        let ring_ptr = NonNull::new(map.cast::<u8>())
+            .ok_or(LiveError::Socket { what: "mmap(PACKET_RX_RING)", source: io::Error::other("null mapping") })?;
+        let capture = Capture {
+            fd,
+            _filter: filter,
+            ring: ring_ptr,
+            ring_len,
+            block_size: ring.block_size as usize,
+            blocks: ring.blocks as usize,
+            next: 0,
+        };
+        // SAFETY: an all-zero sockaddr_ll is valid; the fields set are the ones bind reads.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ETH_P_ALL.to_be();
+        addr.sll_ifindex = ifindex as i32;
+        // SAFETY: `addr` is a sockaddr_ll of the size passed.
+        let ret = unsafe {
+            libc::bind(
+                capture.fd.as_raw_fd(),
+                std::ptr::from_ref(&addr).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        check("bind(AF_PACKET)", ret)?;
+        Ok(capture)
+    }
+
+    #[expect(
+        clippy::cast_ptr_alignment,
+        reason = "the ring is page-aligned and the kernel keeps block and packet headers 16-byte aligned (TPACKET_ALIGNMENT)"
+    )]
+    fn word(&self, at: usize) -> u32 {
+        // SAFETY: `at + 4` lies inside the ring (callers bound it by the block and its
+        // packets' offsets, which the kernel keeps inside the block).
+        unsafe { self.ring.as_ptr().add(at).cast::<u32>().read_volatile() }
+    }
+
+    #[expect(
+        clippy::cast_ptr_alignment,
+        reason = "the ring is page-aligned and the kernel keeps block and packet headers 16-byte aligned (TPACKET_ALIGNMENT)"
+    )]
+    fn half(&self, at: usize) -> u16 {
+        // SAFETY: as `word`.
+        unsafe { self.ring.as_ptr().add(at).cast::<u16>().read_volatile() }
+    }
+
+    /// Waits up to `timeout` for the next block of packets and hands each one, VLAN tag put
+    /// back, to `each`; returns how many there were (0: nothing arrived in time).
+    pub fn next_block(&mut self, timeout: Duration, mut each: impl FnMut(&Frame)) -> io::Result<usize> {
+        let block = self.next * self.block_size;
+        if self.word(block + 8) & TP_STATUS_USER == 0 {
+            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN | libc::POLLERR, revents: 0 };
+            // SAFETY: one valid pollfd.
+            let ret = unsafe { libc::poll(&raw mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+            if ret < 0 {
+                let e = io::Error::last_os_error();
+                return if e.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
+            }
+            if self.word(block + 8) & TP_STATUS_USER == 0 {
+                return Ok(0);
+            }
+        }
+        // The block's contents are the kernel's until its status says user; read them after.
+        fence(Ordering::Acquire);
+        let count = self.word(block + 12) as usize;
+        let mut at = block + self.word(block + 16) as usize;
+        let end = block + self.block_size;
+        for _ in 0..count {
+            if at + 48 > end {
+                break;
+            }
+            let (next, sec, nsec) = (self.word(at), self.word(at + 4), self.word(at + 8));
+            let (snap, len, status) = (self.word(at + 12) as usize, self.word(at + 16), self.word(at + 20));
+            let mac = usize::from(self.half(at + 24));
+            if at + mac + snap > end {
+                break;
+            }
+            // SAFETY: [at + mac, at + mac + snap) is inside this block (checked above).
+            let bytes = unsafe { std::slice::from_raw_parts(self.ring.as_ptr().add(at + mac), snap) };
+            let mut data = Vec::with_capacity(snap + 4);
+            let mut wire_len = len;
+            if status & TP_STATUS_VLAN_VALID != 0 && bytes.len() >= 12 {
+                let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 { self.half(at + 36) } else { 0x8100 };
+                let tci = self.word(at + 32) as u16;
+                data.extend_from_slice(&bytes[..12]);
+                data.extend_from_slice(&tpid.to_be_bytes());
+                data.extend_from_slice(&tci.to_be_bytes());
+                data.extend_from_slice(&bytes[12..]);
+                wire_len += 4;
+            } else {
+                data.extend_from_slice(bytes);
+            }
+            each(&Frame { timestamp: Duration::new(u64::from(sec), nsec), wire_len, data });
+            if next == 0 {
+                break;
+            }
+            at += next as usize;
+        }
+        // Hand the block back; the kernel reads the status after our reads are done.
+        fence(Ordering::Release);
+        self.release(block);
+        self.next = (self.next + 1) % self.blocks;
+        Ok(count)
+    }
+
+    #[expect(
+        clippy::cast_ptr_alignment,
+        reason = "the ring is page-aligned and the kernel keeps block and packet headers 16-byte aligned (TPACKET_ALIGNMENT)"
+    )]
+    fn release(&mut self, block: usize) {
+        // SAFETY: the status word of a block inside the ring.
+        unsafe { self.ring.as_ptr().add(block + 8).cast::<u32>().write_volatile(TP_STATUS_KERNEL) };
+    }
+
+    /// The socket's counters since the last call.
+    pub fn counters(&self) -> io::Result<Counters> {
+        let mut stats = StatsV3::default();
+        let mut len = size_of::<StatsV3>() as libc::socklen_t;
+        // SAFETY: `stats` and `len` are live and sized for tpacket_stats_v3.
+        let ret = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                SOL_PACKET,
+                PACKET_STATISTICS,
+                std::ptr::from_mut(&mut stats).cast(),
+                &raw mut len,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Counters { accepted: u64::from(stats.packets), dropped: u64::from(stats.drops) })
+    }
+}

@@ -7,12 +7,13 @@ use std::{io::Write as _, path::PathBuf};
 
 use anyhow::Context as _;
 use palisade_agent::capture::offline::{self, Engine, Filter, Output, Summary};
-use palisade_compiler::capture::{CompileError, DEFAULT_SNAPLEN, Target, compile};
+use palisade_compiler::capture::{CompileError, DEFAULT_SNAPLEN, Link, Target, compile_for};
 
 /// `palisade capture ...`.
 #[derive(Debug, clap::Subcommand)]
 pub enum CaptureCommand {
-    /// Run a filter over a capture file (pcap or pcapng, Ethernet) and print, count or write
+    /// Run a filter over a capture file (pcap or pcapng; Ethernet or `LINUX_SLL2`, what
+    /// `tcpdump -i any` writes) and print, count or write
     /// the frames it accepts. No server needed.
     Filter(FilterArgs),
 }
@@ -67,7 +68,11 @@ pub fn run(command: CaptureCommand) -> anyhow::Result<()> {
         anyhow::bail!("error: --snaplen {}: must be 1 to {DEFAULT_SNAPLEN}", args.snaplen);
     }
     let text = args.expression.join(" ");
-    let program = compile(&text, Target::File, args.snaplen).map_err(|e| anyhow::anyhow!(pointed(&text, &e)))?;
+    let open = || std::fs::File::open(&args.read).with_context(|| format!("error: -r {}", args.read.display()));
+    // The filter is compiled for the file's framing (Ethernet, or LINUX_SLL2 from `any`).
+    let link = offline::file_link(open()?)?.unwrap_or(Link::Ethernet);
+    let program =
+        compile_for(&text, Target::File, link, args.snaplen).map_err(|e| anyhow::anyhow!(pointed(&text, &e)))?;
     if args.disassemble {
         print!("{}", palisade_compiler::bpf::disasm::disassemble(&program));
         return Ok(());
@@ -77,18 +82,18 @@ pub fn run(command: CaptureCommand) -> anyhow::Result<()> {
         EngineArg::Kernel => Engine::Kernel,
         EngineArg::Interpreter => Engine::Interpreter,
     };
-    let filter = Filter::new(program, Target::File, engine).context("error: capture filter")?;
-    let input = std::fs::File::open(&args.read).with_context(|| format!("error: -r {}", args.read.display()))?;
+    let filter = Filter::for_link(program, Target::File, link, engine).context("error: capture filter")?;
+    let input = open()?;
     let summary = match &args.write {
         Some(path) if path.as_os_str() == "-" => {
-            let mut out = Output::new(std::io::stdout().lock())?;
+            let mut out = Output::for_link(std::io::stdout().lock(), link)?;
             let summary = offline::filter_file(&filter, input, Some(&mut out))?;
             out.finish()?.flush()?;
             summary
         }
         Some(path) => {
             let file = std::fs::File::create(path).with_context(|| format!("error: -w {}", path.display()))?;
-            let mut out = Output::new(std::io::BufWriter::new(file))?;
+            let mut out = Output::for_link(std::io::BufWriter::new(file), link)?;
             let summary = offline::filter_file(&filter, input, Some(&mut out))?;
             out.finish()?.flush()?;
             summary
@@ -108,6 +113,7 @@ fn list(filter: &Filter, input: std::fs::File) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
     let mut out = std::io::stdout().lock();
     offline::read_frames(input, |frame| {
+        filter.check_link(summary.packets, frame)?;
         let verdict = filter.run(summary.packets, &frame.data, frame.wire_len)?;
         if verdict.keep != 0 {
             summary.accepted += 1;

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use palisade_integration::capture::{Rng, frame, write_pcap};
+use palisade_integration::capture::{Rng, frame, sll2_frame, write_pcap, write_pcap_link};
 
 fn tcpdump_count(file: &std::path::Path, expr: &str) -> usize {
     let out = Command::new("tcpdump").args(["-n", "-r"]).arg(file).arg(expr).output().expect("tcpdump runs");
@@ -58,6 +58,31 @@ fn capture_filter_writes_what_tcpdump_reads_back_with_its_count() {
             .expect("palisade runs");
         assert_eq!(String::from_utf8_lossy(&count.stdout).trim(), expected.to_string(), "{engine}: --count");
     }
+
+    // A `tcpdump -i any` file (LINUX_SLL2): the filter is compiled for its framing, the
+    // output keeps it, and what SLL2 has no fields for is refused.
+    let any = dir.path().join("any.pcap");
+    let frames: Vec<_> = (0..300).map(|_| sll2_frame(&mut r)).collect();
+    write_pcap_link(&any, 276, &frames);
+    let sll2_out = dir.path().join("any-out.pcap");
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["capture", "filter", "ip6 or udp", "-r"])
+        .arg(&any)
+        .arg("-w")
+        .arg(&sll2_out)
+        .output()
+        .expect("palisade runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected = tcpdump_count(&any, "ip6 or udp");
+    assert!(expected > 0, "the SLL2 frames split");
+    assert_eq!(tcpdump_count(&sll2_out, "ip6 or udp"), expected, "SLL2 frames written as SLL2");
+    let vlan = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["capture", "filter", "tcp and vlan", "-r"])
+        .arg(&any)
+        .output()
+        .expect("palisade runs");
+    let stderr = String::from_utf8_lossy(&vlan.stderr);
+    assert!(!vlan.status.success() && stderr.contains("column 9") && stderr.contains("LINUX_SLL2"), "{stderr}");
 
     let refused = dir.path().join("refused.pcap");
     let bad = Command::new(env!("CARGO_BIN_EXE_palisade"))

@@ -13,6 +13,27 @@ pub use codegen::Target;
 
 use crate::bpf::asm::Program;
 
+/// The link-layer framing a filter reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Ethernet (`DLT_EN10MB`), with VLAN tags.
+    Ethernet,
+    /// Linux cooked capture v2 (`DLT_LINUX_SLL2`), what the `any` pseudo-interface records: a
+    /// 20-byte header (protocol, interface index, ARPHRD type, packet type, address) before
+    /// the network layer, no Ethernet addresses and no VLAN tags.
+    LinuxSll2,
+}
+
+impl Link {
+    /// The pcap link-layer type number.
+    pub fn dlt(self) -> u32 {
+        match self {
+            Link::Ethernet => 1,
+            Link::LinuxSll2 => 276,
+        }
+    }
+}
+
 /// libpcap's default snap length, what a matching packet returns unless told otherwise.
 pub const DEFAULT_SNAPLEN: u32 = 262_144;
 
@@ -37,9 +58,14 @@ impl CompileError {
     }
 }
 
-/// Compiles `text` into a socket filter for `target` that returns `snaplen` for a packet it
-/// accepts and 0 for one it does not.
+/// Compiles `text` into a socket filter for Ethernet frames and `target` that returns
+/// `snaplen` for a packet it accepts and 0 for one it does not.
 pub fn compile(text: &str, target: Target, snaplen: u32) -> Result<Program, CompileError> {
-    let expr = parse::parse(text)?;
-    Ok(codegen::generate(&expr, target, snaplen)?)
+    compile_for(text, target, Link::Ethernet, snaplen)
+}
+
+/// [`compile`] for frames of `link`.
+pub fn compile_for(text: &str, target: Target, link: Link, snaplen: u32) -> Result<Program, CompileError> {
+    let expr = parse::parse_for(text, link)?;
+    Ok(codegen::generate(&expr, target, link, snaplen)?)
 }

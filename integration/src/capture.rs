@@ -317,7 +317,15 @@ pub fn frame(r: &mut Rng) -> (Vec<u8>, u32) {
         let vid: u16 = [10_u16, 0, 4095, 20].get(r.below(5)).copied().unwrap_or_else(|| r.below(4096) as u16);
         f.extend((vid | (r.below(8) as u16) << 13).to_be_bytes());
     }
-    let (ethertype, payload): (u16, Vec<u8>) = match r.below(20) {
+    let (ethertype, payload) = payload(r);
+    f.extend(ethertype.to_be_bytes());
+    f.extend(payload);
+    truncate_now_and_then(r, f)
+}
+
+/// A network-layer packet and its ethertype.
+fn payload(r: &mut Rng) -> (u16, Vec<u8>) {
+    match r.below(20) {
         0..=7 => (0x0800, ipv4(r)),
         8..=13 => (0x86dd, ipv6(r)),
         14 | 15 => (0x0806, arp(r)),
@@ -327,9 +335,11 @@ pub fn frame(r: &mut Rng) -> (Vec<u8>, u32) {
             let n = r.below(60);
             r.bytes(n)
         }),
-    };
-    f.extend(ethertype.to_be_bytes());
-    f.extend(payload);
+    }
+}
+
+/// The frame and its length on the wire, cut short 15 % of the time.
+fn truncate_now_and_then(r: &mut Rng, mut f: Vec<u8>) -> (Vec<u8>, u32) {
     let wire = f.len() as u32;
     if r.chance(15) {
         let keep = 1 + r.below(f.len() - 1);
@@ -338,16 +348,38 @@ pub fn frame(r: &mut Rng) -> (Vec<u8>, u32) {
     (f, wire)
 }
 
+/// A random `LINUX_SLL2` frame (what `tcpdump -i any` records): protocol, reserved,
+/// interface index, `ARPHRD_ETHER`, packet type, address length and an 8-byte address field,
+/// then the network layer; sometimes truncated.
+pub fn sll2_frame(r: &mut Rng) -> (Vec<u8>, u32) {
+    let (protocol, payload) = payload(r);
+    let mut f = protocol.to_be_bytes().to_vec();
+    f.extend([0, 0]);
+    f.extend((1 + r.below(8) as u32).to_be_bytes());
+    f.extend(1_u16.to_be_bytes());
+    f.push(r.below(5) as u8);
+    f.push(6);
+    f.extend(r.mac());
+    f.extend([0, 0]);
+    f.extend(payload);
+    truncate_now_and_then(r, f)
+}
+
 /// Writes Ethernet `frames` (data, length on the wire) to a pcap file, frame `i` stamped at
 /// second `i` so a filtered copy names which frames passed.
 pub fn write_pcap(path: &std::path::Path, frames: &[(Vec<u8>, u32)]) {
+    write_pcap_link(path, 1, frames);
+}
+
+/// [`write_pcap`] with link-layer type `dlt`.
+pub fn write_pcap_link(path: &std::path::Path, dlt: u32, frames: &[(Vec<u8>, u32)]) {
     let mut out = Vec::new();
     out.extend(0xa1b2_c3d4_u32.to_le_bytes());
     out.extend(2_u16.to_le_bytes());
     out.extend(4_u16.to_le_bytes());
     out.extend([0; 8]);
     out.extend(262_144_u32.to_le_bytes());
-    out.extend(1_u32.to_le_bytes());
+    out.extend(dlt.to_le_bytes());
     for (i, (data, wire)) in frames.iter().enumerate() {
         out.extend((i as u32).to_le_bytes());
         out.extend(0_u32.to_le_bytes());

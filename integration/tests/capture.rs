@@ -11,9 +11,9 @@
 use std::{collections::BTreeSet, path::Path, process::Command};
 
 use palisade_agent::capture::offline::{Engine, Filter, context, interpret, read_frames};
-use palisade_compiler::capture::{DEFAULT_SNAPLEN, Target, compile, parse::parse};
+use palisade_compiler::capture::{DEFAULT_SNAPLEN, Link, Target, compile, compile_for, parse::parse};
 use palisade_integration::{
-    capture::{Rng, empty_pcap, expression, frame, maybe_broken, write_pcap},
+    capture::{Rng, empty_pcap, expression, frame, maybe_broken, sll2_frame, write_pcap, write_pcap_link},
     cbpf::{parse_ddd, translate},
     kernel_tests_enabled,
 };
@@ -232,6 +232,107 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// One link type's side of the differential: frames, their file, and what the run counted.
+struct Side {
+    link: Link,
+    frames: Vec<(Vec<u8>, u32)>,
+    file: std::path::PathBuf,
+    checked: usize,
+    refused_by_both: usize,
+    kept_some: usize,
+    interpreted: u64,
+    optimizer_differs: usize,
+    optimizer_only: usize,
+}
+
+impl Side {
+    fn new(dir: &Path, link: Link, frames: Vec<(Vec<u8>, u32)>) -> Side {
+        let file = dir.join(format!("frames-{}.pcap", link.dlt()));
+        write_pcap_link(&file, link.dlt(), &frames);
+        Side {
+            link,
+            frames,
+            file,
+            checked: 0,
+            refused_by_both: 0,
+            kept_some: 0,
+            interpreted: 0,
+            optimizer_differs: 0,
+            optimizer_only: 0,
+        }
+    }
+
+    /// Holds `text` to libpcap over this side's frames, in every engine.
+    fn check(&mut self, text: &str, fixed: bool, kernel: bool, out: &Path, seed: u64) {
+        let program = match compile_for(text, Target::File, self.link, DEFAULT_SNAPLEN) {
+            Ok(p) => p,
+            Err(e) => {
+                // Refused for this framing (`vlan`, `ether host` on LINUX_SLL2): so is it by
+                // libpcap. Other refusals are the language differential's.
+                if self.link != Link::Ethernet {
+                    assert!(
+                        !libpcap_accepts(&self.file, text),
+                        "{text:?}: libpcap compiles it for {:?}, we say {e}",
+                        self.link
+                    );
+                    self.refused_by_both += 1;
+                }
+                assert!(!fixed || self.link != Link::Ethernet, "{text:?} does not compile: {e}");
+                return;
+            }
+        };
+        let plain = libpcap_keeps(&self.file, out, text, false)
+            .unwrap_or_else(|e| {
+                panic!("seed {seed}: we compile {text:?} for {:?} but libpcap does not: {e}", self.link)
+            })
+            .expect("-O compiles what the parser accepts");
+        let Some(optimized) = libpcap_keeps(&self.file, out, text, true)
+            .unwrap_or_else(|e| panic!("seed {seed}: we compile {text:?} but optimized libpcap does not: {e}"))
+        else {
+            self.optimizer_only += 1;
+            return;
+        };
+        // Where libpcap's optimizer changes libpcap's own answer — it drops a load past the
+        // end of a short frame when the load's outcome cannot matter — the unoptimized answer
+        // (every test in text order) is the one we give; everywhere else both agree with us.
+        self.optimizer_differs += plain.symmetric_difference(&optimized).count();
+        if fixed {
+            translated_libpcap_keeps(&self.file, text, &self.frames, &optimized);
+        }
+        let mut engines =
+            vec![Filter::for_link(program.clone(), Target::File, self.link, Engine::Interpreter).expect("interpreter")];
+        if kernel {
+            engines.push(
+                Filter::for_link(program, Target::File, self.link, Engine::Kernel)
+                    .unwrap_or_else(|e| panic!("seed {seed}: the kernel refuses {text:?}: {e}")),
+            );
+        }
+        for (n, engine) in engines.iter().enumerate() {
+            for (index, (data, wire)) in self.frames.iter().enumerate() {
+                let verdict = engine.run(index as u64, data, *wire).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+                if n == 1 && verdict.engine == Engine::Interpreter {
+                    self.interpreted += 1;
+                }
+                let ours = verdict.keep != 0;
+                let libpcap = plain.contains(&(index as u64));
+                assert_eq!(
+                    ours,
+                    libpcap,
+                    "seed {seed}: {text:?} on {:?} frame {index} ({} of {wire} bytes: {}), {:?} engine: ours {ours}, libpcap {libpcap}",
+                    self.link,
+                    data.len(),
+                    hex(data),
+                    verdict.engine,
+                );
+            }
+        }
+        self.checked += 1;
+        if !plain.is_empty() && plain.len() < self.frames.len() {
+            self.kept_some += 1;
+        }
+    }
+}
+
 #[test]
 fn compiled_filters_accept_exactly_the_packets_libpcap_accepts() {
     if Command::new("tcpdump").arg("--version").output().is_err() {
@@ -245,17 +346,18 @@ fn compiled_filters_accept_exactly_the_packets_libpcap_accepts() {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
     });
     let mut r = Rng(seed);
-    let frames: Vec<(Vec<u8>, u32)> = (0..500).map(|_| frame(&mut r)).collect();
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("frames.pcap");
-    write_pcap(&file, &frames);
+    let ethernet = (0..500).map(|_| frame(&mut r)).collect();
+    let sll2 = (0..300).map(|_| sll2_frame(&mut r)).collect();
+    let mut sides = [Side::new(dir.path(), Link::Ethernet, ethernet), Side::new(dir.path(), Link::LinuxSll2, sll2)];
     let out = dir.path().join("kept.pcap");
     eprintln!(
-        "capture filter differential: {} fixed + {cases} random expressions over {} frames, PALISADE_CAPTURE_SEED={seed}, kernel engine: {kernel}",
-        CORPUS.len(),
-        frames.len()
+        "capture filter differential: {} fixed + {cases} random expressions over 500 Ethernet and 300 LINUX_SLL2 frames, \
+         PALISADE_CAPTURE_SEED={seed}, kernel engine: {kernel}",
+        CORPUS.len()
     );
-    // Random expressions that compile (the language differential covers the refusals).
+    // Random expressions that compile for Ethernet (the language differential covers the
+    // refusals).
     let mut random = Vec::new();
     for _ in 0..cases * 20 {
         if random.len() == cases {
@@ -266,74 +368,33 @@ fn compiled_filters_accept_exactly_the_packets_libpcap_accepts() {
             random.push(text);
         }
     }
-    let (mut checked, mut optimizer_only, mut kept_some, mut interpreted, mut optimizer_differs) = (0, 0, 0, 0_u64, 0);
     for (i, text) in CORPUS.iter().map(|s| (*s).to_owned()).chain(random).enumerate() {
-        let fixed = i < CORPUS.len();
-        let program = match compile(&text, Target::File, DEFAULT_SNAPLEN) {
-            Ok(p) => p,
-            Err(e) if !fixed => {
-                // The language differential holds these refusals to libpcap's.
-                let _ = e;
-                continue;
-            }
-            Err(e) => panic!("{text:?} does not compile: {e}"),
-        };
-        let plain = libpcap_keeps(&file, &out, &text, false)
-            .unwrap_or_else(|e| panic!("seed {seed}: we compile {text:?} but libpcap does not: {e}"))
-            .expect("-O compiles what the parser accepts");
-        let optimized = match libpcap_keeps(&file, &out, &text, true) {
-            Ok(Some(kept)) => kept,
-            Ok(None) => {
-                optimizer_only += 1;
-                continue;
-            }
-            Err(e) => panic!("seed {seed}: we compile {text:?} but optimized libpcap does not: {e}"),
-        };
-        // Where libpcap's optimizer changes libpcap's own answer — it drops a load past the
-        // end of a short frame when the load's outcome cannot matter — the unoptimized answer
-        // (every test in text order) is the one we give; everywhere else both agree with us.
-        optimizer_differs += plain.symmetric_difference(&optimized).count();
-        if fixed {
-            translated_libpcap_keeps(&file, &text, &frames, &optimized);
-        }
-        let theirs = plain;
-        let mut engines = vec![Filter::new(program.clone(), Target::File, Engine::Interpreter).expect("interpreter")];
-        if kernel {
-            engines.push(
-                Filter::new(program, Target::File, Engine::Kernel)
-                    .unwrap_or_else(|e| panic!("seed {seed}: the kernel refuses {text:?}: {e}")),
-            );
-        }
-        for (n, engine) in engines.iter().enumerate() {
-            for (index, (data, wire)) in frames.iter().enumerate() {
-                let verdict = engine.run(index as u64, data, *wire).unwrap_or_else(|e| panic!("{text:?}: {e}"));
-                if n == 1 && verdict.engine == Engine::Interpreter {
-                    interpreted += 1;
-                }
-                let ours = verdict.keep != 0;
-                let libpcap = theirs.contains(&(index as u64));
-                assert_eq!(
-                    ours,
-                    libpcap,
-                    "seed {seed}: {text:?} on frame {index} ({} of {wire} bytes: {}), {:?} engine: ours {ours}, libpcap {libpcap}",
-                    data.len(),
-                    hex(data),
-                    verdict.engine,
-                );
-            }
-        }
-        checked += 1;
-        if !theirs.is_empty() && theirs.len() < frames.len() {
-            kept_some += 1;
+        for side in &mut sides {
+            side.check(&text, i < CORPUS.len(), kernel, &out, seed);
         }
     }
-    eprintln!(
-        "capture filter differential: {checked} expressions agree on every frame ({kept_some} kept some but not all), \
-         {optimizer_only} refused only by libpcap's optimizer, {optimizer_differs} (expression, frame) pairs where \
-         libpcap's optimizer changes its own answer, {interpreted} frame runs outside BPF_PROG_TEST_RUN's sizes"
-    );
-    assert!(checked + optimizer_only >= CORPUS.len() + cases, "enough random expressions compiled: {checked}");
-    assert!(kept_some > checked / 3, "the frames exercise the filters: {kept_some} of {checked} split them");
+    for side in &sides {
+        eprintln!(
+            "capture filter differential, {:?}: {} expressions agree on every frame ({} kept some but not all), {} refused \
+             for this framing by both, {} refused only by libpcap's optimizer, {} (expression, frame) pairs where libpcap's \
+             optimizer changes its own answer, {} frame runs outside BPF_PROG_TEST_RUN's sizes",
+            side.link,
+            side.checked,
+            side.kept_some,
+            side.refused_by_both,
+            side.optimizer_only,
+            side.optimizer_differs,
+            side.interpreted,
+        );
+        assert!(
+            side.kept_some > side.checked / 3,
+            "the frames exercise the filters: {} of {}",
+            side.kept_some,
+            side.checked
+        );
+    }
+    assert!(sides[0].checked + sides[0].optimizer_only >= CORPUS.len() + cases, "enough random expressions compiled");
+    assert!(sides[1].checked > cases / 2 && sides[1].refused_by_both > 0, "LINUX_SLL2 covered both ways");
 }
 
 /// Runs `capture-worker replay` (its own network namespace, a veth pair) and returns the

@@ -26,7 +26,10 @@ use crate::bpf::{
     interp::SKF_LL_OFF,
 };
 
-use super::parse::{ArOp, Arith, Dir, Expr, Family, Layer, Prim, Rel, Transport};
+use super::{
+    Link,
+    parse::{ArOp, Arith, Dir, Expr, Family, Layer, Prim, Rel, Transport},
+};
 
 /// Most instruction slots a capture program may have.
 pub const MAX_SLOTS: usize = 65_536;
@@ -36,9 +39,14 @@ const MAX_SPILLS: usize = 128;
 /// negative-offset ranges, which a wrapped index must not reach).
 const MAX_INDEX: i32 = 0xf_ffff;
 
-/// Ethernet header offsets (before any VLAN tag).
-const OFF_LINKTYPE: u32 = 12;
-const OFF_NL: u32 = 14;
+/// Where the link-layer type and the network layer start (Ethernet before any VLAN tag;
+/// `LINUX_SLL2`'s protocol field and 20-byte header).
+const fn offsets(link: Link) -> (u32, u32) {
+    match link {
+        Link::Ethernet => (12, 14),
+        Link::LinuxSll2 => (0, 20),
+    }
+}
 
 const ETHERTYPE_IP: u32 = 0x0800;
 const ETHERTYPE_ARP: u32 = 0x0806;
@@ -86,6 +94,9 @@ pub enum CodegenError {
     /// Arithmetic nested deeper than the stack allows.
     #[error("arithmetic is nested too deeply (more than {MAX_SPILLS} pending operands)")]
     TooDeep,
+    /// Not built for this combination.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// An assembler invariant failed (a bug, reported rather than panicking).
     #[error(transparent)]
     Asm(#[from] AsmError),
@@ -93,12 +104,20 @@ pub enum CodegenError {
 
 /// Generates the socket filter for `expr`: it returns `snaplen` for a packet that matches, 0
 /// otherwise.
-pub fn generate(expr: &Expr, target: Target, snaplen: u32) -> Result<Program, CodegenError> {
+pub fn generate(expr: &Expr, target: Target, link: Link, snaplen: u32) -> Result<Program, CodegenError> {
+    if target == Target::Live && link != Link::Ethernet {
+        return Err(CodegenError::Unsupported(
+            "live capture on the any pseudo-interface (LINUX_SLL2) is not built yet",
+        ));
+    }
+    let (off_linktype, off_nl) = offsets(link);
     let mut asm = Asm::new();
     let reject = asm.label();
     let mut g = Gen {
         asm,
         target,
+        off_linktype,
+        off_nl,
         reject,
         shift: 0,
         live_vlan_used: false,
@@ -155,6 +174,10 @@ enum Cond<'e> {
 struct Gen {
     asm: Asm,
     target: Target,
+    /// Where the link-layer type is, before VLAN shifts.
+    off_linktype: u32,
+    /// Where the network layer starts, before VLAN shifts.
+    off_nl: u32,
     /// Returns 0: where a false expression, a division by zero and a wild index go.
     reject: Label,
     /// Bytes the `vlan` primitives seen so far add to the link-type and payload offsets.
@@ -232,11 +255,11 @@ fn either<'e>(dir: Dir, src: Cond<'e>, dst: Cond<'e>) -> Cond<'e> {
 
 impl Gen {
     fn linktype(&self, ethertype: u32) -> Cond<'static> {
-        test(Load::Abs(Size::H, OFF_LINKTYPE + self.shift), Rel::Eq, ethertype)
+        test(Load::Abs(Size::H, self.off_linktype + self.shift), Rel::Eq, ethertype)
     }
 
     fn nl(&self) -> u32 {
-        OFF_NL + self.shift
+        self.off_nl + self.shift
     }
 
     /// A load at `off` from the network header.
@@ -535,7 +558,7 @@ impl Gen {
         for &(ethertype, src, dst) in families {
             let skip = self.asm.label();
             let linktype = Cmp {
-                load: Load::Abs(Size::H, OFF_LINKTYPE + self.shift),
+                load: Load::Abs(Size::H, self.off_linktype + self.shift),
                 mask: u32::MAX,
                 op: Rel::Eq,
                 value: ethertype,
@@ -700,7 +723,7 @@ impl Gen {
                     self.asm.push(insn::alu32_imm(Alu::And, R0, cmp.mask as i32));
                 }
                 self.regs.r0 = wanted;
-                if size == Size::H && off == OFF_LINKTYPE + self.shift && cmp.mask == u32::MAX {
+                if size == Size::H && off == self.off_linktype + self.shift && cmp.mask == u32::MAX {
                     // The link-layer type is what most tests start with: keep it.
                     self.asm.push(insn::mov64_reg(R9, R0));
                     self.regs.r9 = wanted;

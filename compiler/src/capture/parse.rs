@@ -440,6 +440,7 @@ enum Kind {
 
 struct Parser {
     toks: Vec<Token>,
+    link: crate::capture::Link,
     pos: usize,
     end: usize,
     last: Option<(Kind, Dir)>,
@@ -451,6 +452,12 @@ struct Parser {
 /// # Errors
 /// The first problem found, with its column.
 pub fn parse(text: &str) -> Result<Expr, ParseError> {
+    parse_for(text, crate::capture::Link::Ethernet)
+}
+
+/// [`parse`] for frames of `link`: on `LINUX_SLL2` captures `ether host` and `vlan` are
+/// errors, as in libpcap (there are no Ethernet addresses or tags to test).
+pub fn parse_for(text: &str, link: crate::capture::Link) -> Result<Expr, ParseError> {
     if text.len() > MAX_EXPRESSION {
         return Err(err(MAX_EXPRESSION + 1, format!("the expression is longer than {MAX_EXPRESSION} bytes")));
     }
@@ -458,7 +465,7 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
     if toks.is_empty() {
         return Err(err(1, "the expression is empty (to capture everything, leave the filter out)"));
     }
-    let mut p = Parser { toks, pos: 0, end: text.len() + 1, last: None, depth: 0 };
+    let mut p = Parser { toks, link, pos: 0, end: text.len() + 1, last: None, depth: 0 };
     let expr = p.expr()?;
     if let Some(t) = p.peek() {
         return Err(err(t.column, format!("unexpected {}", describe(&t.tok))));
@@ -679,6 +686,12 @@ impl Parser {
                 Ok(Expr::Rel(rel, Arith::Len, Arith::Num(n)))
             }
             "vlan" => {
+                if self.link != crate::capture::Link::Ethernet {
+                    return Err(err(
+                        self.column(),
+                        "vlan: LINUX_SLL2 captures (the any pseudo-interface) have no VLAN tags to test",
+                    ));
+                }
                 self.pos += 1;
                 let id = match self.peek_word() {
                     Some(w) if w.bytes().all(|b| b.is_ascii_digit()) || w.starts_with("0x") => {
@@ -950,6 +963,12 @@ impl Parser {
                 let (first, last) = port_range(&id, column)?;
                 let (first, last) = (first.min(last), first.max(last));
                 Prim::Port { transport, dir, first, last }
+            }
+            Kind::EtherHost if self.link != crate::capture::Link::Ethernet => {
+                return Err(err(
+                    column,
+                    "ether host: LINUX_SLL2 captures (the any pseudo-interface) have no Ethernet addresses",
+                ));
             }
             Kind::EtherHost => Prim::EtherHost { dir, mac: mac(&id, column)? },
             Kind::Proto(family) => Prim::Proto { family, number: protocol_number(&id, column)? },

@@ -16,7 +16,10 @@ use std::{
     time::Duration,
 };
 
-use palisade_compiler::{bpf::asm::Program, capture::Target};
+use palisade_compiler::{
+    bpf::asm::Program,
+    capture::{Link, Target},
+};
 
 use crate::{
     capture::offline::Frame,
@@ -285,7 +288,7 @@ impl Capture {
             } else {
                 data.extend_from_slice(bytes);
             }
-            each(&Frame { timestamp: Duration::new(u64::from(sec), nsec), wire_len, data });
+            each(&Frame { link: Link::Ethernet, timestamp: Duration::new(u64::from(sec), nsec), wire_len, data });
             if next == 0 {
                 break;
             }

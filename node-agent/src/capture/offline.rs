@@ -18,7 +18,10 @@ use palisade_compiler::{
         asm::Program,
         interp::{Fault, Maps, Run, Task},
     },
-    capture::codegen::{SKB_CB0, SKB_SIZE, Target},
+    capture::{
+        Link,
+        codegen::{SKB_CB0, SKB_SIZE, Target},
+    },
 };
 use pcap_file::{
     DataLink,
@@ -80,8 +83,18 @@ pub enum OfflineError {
     #[error("reading the capture: {0}")]
     Read(String),
     /// A link type the filter language has no framing for.
-    #[error("link type {0:?} is not supported (Ethernet only so far)")]
+    #[error("link type {0:?} is not supported (Ethernet and LINUX_SLL2 are)")]
     LinkType(DataLink),
+    /// A frame of another link type than the filter was compiled for.
+    #[error("frame {index} is {frame:?}, the filter was compiled for {filter:?}")]
+    LinkMismatch {
+        /// 0-based frame index.
+        index: u64,
+        /// The frame's.
+        frame: Link,
+        /// The filter's.
+        filter: Link,
+    },
     /// Writing the output failed.
     #[error("writing the capture: {0}")]
     Write(String),
@@ -91,6 +104,7 @@ pub enum OfflineError {
 #[derive(Debug)]
 pub struct Filter {
     program: Program,
+    link: Link,
     kernel: Option<Kernel>,
 }
 
@@ -125,8 +139,13 @@ pub struct Verdict {
 }
 
 impl Filter {
-    /// Prepares `program` (compiled for [`Target::File`]) for `engine`.
+    /// Prepares `program` (compiled for [`Target::File`] and Ethernet) for `engine`.
     pub fn new(program: Program, target: Target, engine: Engine) -> Result<Filter, OfflineError> {
+        Self::for_link(program, target, Link::Ethernet, engine)
+    }
+
+    /// [`Filter::new`] for a program compiled for frames of `link`.
+    pub fn for_link(program: Program, target: Target, link: Link, engine: Engine) -> Result<Filter, OfflineError> {
         if target != Target::File {
             return Err(OfflineError::WrongTarget);
         }
@@ -138,7 +157,7 @@ impl Filter {
                 Some(Kernel { prog, sizes })
             }
         };
-        Ok(Filter { program, kernel })
+        Ok(Filter { program, link, kernel })
     }
 
     /// Runs the filter over one frame of `wire_len` bytes on the wire (`frame` may be shorter).
@@ -156,6 +175,15 @@ impl Filter {
         }
         let keep = interpret(&self.program, frame, &ctx).map_err(|fault| OfflineError::Fault { index, fault })?;
         Ok(Verdict { keep, engine: Engine::Interpreter })
+    }
+
+    /// Refuses a frame of another link type than the filter's.
+    pub fn check_link(&self, index: u64, frame: &Frame) -> Result<(), OfflineError> {
+        if frame.link == self.link {
+            Ok(())
+        } else {
+            Err(OfflineError::LinkMismatch { index, frame: frame.link, filter: self.link })
+        }
     }
 
     /// Mean nanoseconds per run of the kernel program over `frame`, `repeat` times
@@ -213,6 +241,8 @@ pub struct Summary {
 /// One frame of a capture file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
+    /// Its framing.
+    pub link: Link,
     /// Capture time.
     pub timestamp: Duration,
     /// Length on the wire.
@@ -221,7 +251,30 @@ pub struct Frame {
     pub data: Vec<u8>,
 }
 
-/// Reads every frame of a pcap or pcapng file of Ethernet frames, calling `each` in order.
+fn link_of(link: DataLink) -> Result<Link, OfflineError> {
+    match link {
+        DataLink::ETHERNET => Ok(Link::Ethernet),
+        DataLink::LINUX_SLL2 => Ok(Link::LinuxSll2),
+        other => Err(OfflineError::LinkType(other)),
+    }
+}
+
+/// The link type of a capture file's first interface (what to compile a filter for).
+pub fn file_link(input: impl Read) -> Result<Option<Link>, OfflineError> {
+    let mut link = None;
+    let result = read_frames(input, |f| {
+        link = Some(f.link);
+        Err(OfflineError::Read(String::new()))
+    });
+    match (result, link) {
+        (_, Some(l)) => Ok(Some(l)),
+        (Ok(()), None) => Ok(None),
+        (Err(e), None) => Err(e),
+    }
+}
+
+/// Reads every frame of a pcap or pcapng file of Ethernet or `LINUX_SLL2` frames, calling
+/// `each` in order.
 pub fn read_frames(
     input: impl Read,
     mut each: impl FnMut(&Frame) -> Result<(), OfflineError>,
@@ -239,19 +292,12 @@ pub fn read_frames(
             let (block, state) = block.map_err(|e| OfflineError::Read(e.to_string()))?;
             match block {
                 Block::EnhancedPacket(p) => {
-                    let link = state.interfaces().get(p.interface_id as usize).map(|i| i.linktype);
-                    match link {
-                        Some(DataLink::ETHERNET) => {}
-                        Some(other) => return Err(OfflineError::LinkType(other)),
-                        None => {
-                            return Err(OfflineError::Read(format!(
-                                "packet of undeclared interface {}",
-                                p.interface_id
-                            )));
-                        }
-                    }
+                    let Some(link) = state.interfaces().get(p.interface_id as usize).map(|i| i.linktype) else {
+                        return Err(OfflineError::Read(format!("packet of undeclared interface {}", p.interface_id)));
+                    };
+                    let link = link_of(link)?;
                     check_size(p.data.len())?;
-                    each(&Frame { timestamp: p.timestamp, wire_len: p.original_len, data: p.data.to_vec() })?;
+                    each(&Frame { link, timestamp: p.timestamp, wire_len: p.original_len, data: p.data.to_vec() })?;
                 }
                 Block::SimplePacket(_) | Block::Packet(_) => {
                     return Err(OfflineError::Read(
@@ -264,14 +310,16 @@ pub fn read_frames(
         return Ok(());
     }
     let mut reader = PcapReader::new(input).map_err(|e| OfflineError::Read(e.to_string()))?;
-    let link = reader.header().datalink;
-    if link != DataLink::ETHERNET {
-        return Err(OfflineError::LinkType(link));
-    }
+    let link = link_of(reader.header().datalink)?;
     while let Some(packet) = reader.next_packet() {
         let packet = packet.map_err(|e| OfflineError::Read(e.to_string()))?;
         check_size(packet.data().len())?;
-        each(&Frame { timestamp: packet.timestamp(), wire_len: packet.orig_len(), data: packet.data().to_vec() })?;
+        each(&Frame {
+            link,
+            timestamp: packet.timestamp(),
+            wire_len: packet.orig_len(),
+            data: packet.data().to_vec(),
+        })?;
     }
     Ok(())
 }
@@ -283,17 +331,22 @@ fn check_size(n: usize) -> Result<(), OfflineError> {
     Ok(())
 }
 
-/// A pcap writer for accepted frames (Ethernet, nanosecond timestamps).
+/// A pcap writer for accepted frames (nanosecond timestamps).
 pub struct Output<W: Write> {
     writer: PcapWriter<W>,
 }
 
 impl<W: Write> Output<W> {
-    /// Writes the file header.
+    /// Writes the header of an Ethernet capture file.
     pub fn new(w: W) -> Result<Self, OfflineError> {
+        Self::for_link(w, Link::Ethernet)
+    }
+
+    /// Writes the header of a capture file of `link` frames.
+    pub fn for_link(w: W, link: Link) -> Result<Self, OfflineError> {
         let header = PcapHeader {
             snaplen: MAX_FRAME as u32,
-            datalink: DataLink::ETHERNET,
+            datalink: DataLink::from(link.dlt()),
             ts_resolution: pcap_file::pcap::PcapTsResolution::NanoSecond,
             ..PcapHeader::default()
         };
@@ -325,6 +378,7 @@ pub fn filter_file<W: Write>(
 ) -> Result<Summary, OfflineError> {
     let mut summary = Summary::default();
     read_frames(input, |frame| {
+        filter.check_link(summary.packets, frame)?;
         let verdict = filter.run(summary.packets, &frame.data, frame.wire_len)?;
         summary.packets += 1;
         if verdict.engine == Engine::Interpreter && filter.kernel.is_some() {

@@ -155,6 +155,10 @@ const CORPUS: &[&str] = &[
     "ip host 9.9.9.9 or ip host 10.0.0.2 or ip host 10.1.2.3 or ip host 192.168.1.20 or udp",
     "vlan and (host 10.0.0.1 or host 10.0.0.2 or host 10.1.2.3 or host 192.168.1.20)",
     "host 10.0.0.1 or host 10.0.0.2 or net 10.1.2.3/32 or host 10.1.0.5 or host ::1 or host 192.168.1.20",
+    "port 22 or port 80 or port 443 or port 53 or port 8",
+    "not (tcp dst port 80 or 443 or 22 or 1024 or 10)",
+    "udp src port 53 or 7 or 20 or 65535 or 8 or tcp",
+    "ip6 and (port 80 or port 22 or port 53 or port 443)",
 ];
 
 /// The frames (by index) `tcpdump -r FILE -w OUT EXPR` keeps, with libpcap's optimizer
@@ -186,8 +190,8 @@ fn libpcap_keeps(file: &Path, out: &Path, text: &str, optimize: bool) -> Result<
     Ok(Some(kept))
 }
 
-/// A long `or` of IPv4 hosts (what becomes a set), sometimes negated or and-ed.
-fn host_chain(r: &mut Rng) -> String {
+/// A long `or` of IPv4 hosts or of ports (what becomes a set), sometimes negated or and-ed.
+fn set_chain(r: &mut Rng) -> String {
     const HOSTS: &[&str] = &[
         "10.0.0.1",
         "192.168.1.20",
@@ -199,12 +203,18 @@ fn host_chain(r: &mut Rng) -> String {
         "9.9.9.9",
         "1.2.3.4",
     ];
-    let prefix = format!("{}{}host ", r.pick(&["", "", "ip ", "arp "]), r.pick(&["", "", "src ", "dst "]));
+    const PORTS: &[&str] = &["22", "80", "443", "53", "8", "10", "1024", "65535", "20", "7"];
+    let dir = r.pick(&["", "", "src ", "dst "]);
+    let (prefix, values) = if r.below(2) == 0 {
+        (format!("{}{dir}port ", r.pick(&["", "", "tcp ", "udp ", "sctp "])), PORTS)
+    } else {
+        (format!("{}{dir}host ", r.pick(&["", "", "ip ", "arp "])), HOSTS)
+    };
     let n = 4 + r.below(8);
-    let hosts: Vec<String> = (0..n)
-        .map(|i| format!("{}{}", if i == 0 || r.below(2) == 0 { prefix.as_str() } else { "" }, r.pick(HOSTS)))
+    let members: Vec<String> = (0..n)
+        .map(|i| format!("{}{}", if i == 0 || r.below(2) == 0 { prefix.as_str() } else { "" }, r.pick(values)))
         .collect();
-    let chain = hosts.join(" or ");
+    let chain = members.join(" or ");
     match r.below(4) {
         0 => format!("not ({chain})"),
         1 => format!("{} and ({chain})", r.pick(&["tcp", "vlan", "udp port 53", "ip"])),
@@ -363,7 +373,7 @@ fn compiled_filters_accept_exactly_the_packets_libpcap_accepts() {
         if random.len() == cases {
             break;
         }
-        let text = if r.below(8) == 0 { host_chain(&mut r) } else { expression(&mut r, 0) };
+        let text = if r.below(8) == 0 { set_chain(&mut r) } else { expression(&mut r, 0) };
         if compile(&text, Target::File, DEFAULT_SNAPLEN).is_ok() {
             random.push(text);
         }

@@ -203,6 +203,15 @@ enum Val {
     Holds(Size, u32, u32),
     /// `4 * (ip[0] & 0xf)` of the IPv4 header at this offset.
     HeaderLength(u32),
+    /// A load at `off` from the IPv4 payload of the header at `nl`.
+    Payload(Size, u32, u32),
+}
+
+impl Val {
+    /// Whether this is a raw loaded value worth keeping in r8 when r0 is reloaded.
+    fn is_raw_load(self) -> bool {
+        matches!(self, Val::Holds(_, _, u32::MAX) | Val::Payload(..))
+    }
 }
 
 impl Val {
@@ -471,7 +480,7 @@ impl Gen {
                 self.expr_false(left, no)?;
                 self.expr_false(right, no)
             }
-            Expr::Or(..) if has_host_run(expr) => {
+            Expr::Or(..) if has_set_run(expr) => {
                 let yes = self.asm.label();
                 self.or_chain_true(expr, yes)?;
                 self.ja(no);
@@ -503,7 +512,7 @@ impl Gen {
                 self.bind(no);
                 Ok(())
             }
-            Expr::Or(..) if has_host_run(expr) => self.or_chain_true(expr, yes),
+            Expr::Or(..) if has_set_run(expr) => self.or_chain_true(expr, yes),
             Expr::Or(left, right) => {
                 self.expr_true(left, yes)?;
                 self.expr_true(right, yes)
@@ -525,14 +534,17 @@ impl Gen {
         let items = or_chain(expr);
         let mut i = 0;
         while i < items.len() {
-            let run = host_run(&items[i..]);
+            let run = run_length(&items[i..]);
             if run >= SET_MIN
-                && let Some((family, dir, first)) = host4(items[i])
+                && let Some((key, first)) = member(items[i])
             {
-                let mut rest: Vec<u32> = items[i + 1..i + run].iter().filter_map(|e| host4(e).map(|h| h.2)).collect();
+                let mut rest: Vec<u32> = items[i + 1..i + run].iter().filter_map(|e| member(e).map(|m| m.1)).collect();
                 rest.sort_unstable();
                 rest.dedup();
-                self.host_run_true(family, dir, first, &rest, yes);
+                match key {
+                    RunKey::Host(family, dir) => self.host_run_true(family, dir, first, &rest, yes),
+                    RunKey::Port(transport, dir) => self.port_run_true(transport, dir, first, &rest, yes),
+                }
                 i += run;
             } else {
                 self.expr_true(items[i], yes)?;
@@ -540,6 +552,63 @@ impl Gen {
             }
         }
         Ok(())
+    }
+
+    /// Jumps to `yes` when a TCP/UDP/SCTP port of the frame in `dir` is `first` — tested as
+    /// libpcap tests `port first`: IPv4 (first fragments) then IPv6, each transport's
+    /// protocol, then the ports — or one of `rest`, searched among the ports those loads gave.
+    fn port_run_true(&mut self, transport: Transport, dir: Dir, first: u32, rest: &[u32], yes: Label) {
+        let protos: &[u32] = match transport {
+            Transport::Tcp => &[IPPROTO_TCP],
+            Transport::Udp => &[IPPROTO_UDP],
+            Transport::Sctp => &[IPPROTO_SCTP],
+            Transport::Any => &[IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP],
+        };
+        let offsets: &[u32] = match dir {
+            Dir::Src => &[0],
+            Dir::Dst => &[2],
+            Dir::Either | Dir::Both => &[0, 2],
+        };
+        for v6 in [false, true] {
+            let skip = self.asm.label();
+            let ethertype = if v6 { ETHERTYPE_IPV6 } else { ETHERTYPE_IP };
+            let linktype = Cmp {
+                load: Load::Abs(Size::H, self.off_linktype + self.shift),
+                mask: u32::MAX,
+                op: Rel::Eq,
+                value: ethertype,
+            };
+            let reg = self.load(&linktype);
+            self.jump(Jmp::Jne, reg, &linktype, skip);
+            for &proto in protos {
+                let next = self.asm.label();
+                let nh =
+                    Cmp { load: self.net(Size::B, if v6 { 6 } else { 9 }), mask: u32::MAX, op: Rel::Eq, value: proto };
+                let reg = self.load(&nh);
+                self.jump(Jmp::Jne, reg, &nh, next);
+                if !v6 {
+                    let frag = Cmp { load: self.net(Size::H, 6), mask: 0x1fff, op: Rel::Eq, value: 0 };
+                    let reg = self.load(&frag);
+                    self.jump(Jmp::Jne, reg, &frag, next);
+                }
+                let port = |g: &Self, off: u32| {
+                    let load =
+                        if v6 { g.net(Size::H, 40 + off) } else { Load::Ip4Payload { size: Size::H, nl: g.nl(), off } };
+                    Cmp { load, mask: u32::MAX, op: Rel::Eq, value: first }
+                };
+                for &off in offsets {
+                    let cmp = port(self, off);
+                    let reg = self.load(&cmp);
+                    self.jump(Jmp::Jeq, reg, &cmp, yes);
+                }
+                for &off in offsets {
+                    let reg = self.load(&port(self, off));
+                    self.search(reg, rest, yes);
+                }
+                self.bind(next);
+            }
+            self.bind(skip);
+        }
     }
 
     /// Jumps to `yes` when the frame's IPv4 (ARP, RARP) address in `dir` is `first` —
@@ -712,11 +781,7 @@ impl Gen {
                     return R8;
                 }
                 if self.regs.r0 != Val::Holds(size, off, u32::MAX) {
-                    // Keep the value being replaced: host tests alternate two words.
-                    if matches!(self.regs.r0, Val::Holds(_, _, u32::MAX)) && self.regs.r8 != self.regs.r0 {
-                        self.asm.push(insn::mov64_reg(R8, R0));
-                        self.regs.r8 = self.regs.r0;
-                    }
+                    self.keep_r0();
                     self.asm.push(insn::ld_abs(size, self.offset(off)));
                 }
                 if cmp.mask != u32::MAX {
@@ -730,14 +795,20 @@ impl Gen {
                 }
                 return R0;
             }
-            Load::Ip4Payload { size, nl, off } => {
-                if self.regs.r7 != Val::HeaderLength(nl) {
-                    self.ip4_header_length(nl);
-                    self.asm.push(insn::mov64_reg(R7, R0));
-                    self.regs.r7 = Val::HeaderLength(nl);
+            Load::Ip4Payload { size, nl, off } if cmp.mask == u32::MAX => {
+                let wanted = Val::Payload(size, nl, off);
+                if self.regs.r0 == wanted {
+                    return R0;
                 }
-                self.asm.push(insn::ld_ind(size, R7, self.offset(nl + off)));
+                if self.regs.r8 == wanted {
+                    return R8;
+                }
+                self.keep_r0();
+                self.ip4_payload(size, nl, off);
+                self.regs.r0 = wanted;
+                return R0;
             }
+            Load::Ip4Payload { size, nl, off } => self.ip4_payload(size, nl, off),
             Load::Skb(field) => self.asm.push(insn::ldx(Size::W, R0, R6, field)),
         }
         if cmp.mask != u32::MAX {
@@ -745,6 +816,25 @@ impl Gen {
         }
         self.regs.r0 = Val::Unknown;
         R0
+    }
+
+    /// Before r0 is reloaded: keep a raw loaded value in r8 (host and port tests alternate
+    /// two values, source and destination).
+    fn keep_r0(&mut self) {
+        if self.regs.r0.is_raw_load() && self.regs.r8 != self.regs.r0 {
+            self.asm.push(insn::mov64_reg(R8, R0));
+            self.regs.r8 = self.regs.r0;
+        }
+    }
+
+    /// `r0 = load(size) at nl + 4 * (ip[0] & 0xf) + off`, the header length kept in r7.
+    fn ip4_payload(&mut self, size: Size, nl: u32, off: u32) {
+        if self.regs.r7 != Val::HeaderLength(nl) {
+            self.ip4_header_length(nl);
+            self.asm.push(insn::mov64_reg(R7, R0));
+            self.regs.r7 = Val::HeaderLength(nl);
+        }
+        self.asm.push(insn::ld_ind(size, R7, self.offset(nl + off)));
     }
 
     /// `r0 = 4 * (ip[0] & 0xf)`, libpcap's `ldxb 4*([nl]&0xf)`.
@@ -890,33 +980,45 @@ fn or_chain(e: &Expr) -> Vec<&Expr> {
     }
 }
 
-/// An exact IPv4 host test (`host A`, `net A/32`) that is not `src and dst`.
-fn host4(e: &Expr) -> Option<(Family, Dir, u32)> {
+/// What a run of set members shares: IPv4 hosts of the same protocols and direction, or
+/// single ports of the same transport and direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunKey {
+    Host(Family, Dir),
+    Port(Transport, Dir),
+}
+
+/// An exact IPv4 host test (`host A`, `net A/32`) or a single-port test (`port P`), not
+/// `src and dst`: its run key and value.
+fn member(e: &Expr) -> Option<(RunKey, u32)> {
     match e {
         Expr::Prim(Prim::Host { family, dir, addr: std::net::IpAddr::V4(a) }) if *dir != Dir::Both => {
-            Some((*family, *dir, a.to_bits()))
+            Some((RunKey::Host(*family, *dir), a.to_bits()))
         }
         Expr::Prim(Prim::Net { family, dir, net: ipnet::IpNet::V4(n) })
             if *dir != Dir::Both && n.prefix_len() == 32 =>
         {
-            Some((*family, *dir, n.network().to_bits()))
+            Some((RunKey::Host(*family, *dir), n.network().to_bits()))
+        }
+        Expr::Prim(Prim::Port { transport, dir, first, last }) if *dir != Dir::Both && first == last => {
+            Some((RunKey::Port(*transport, *dir), u32::from(*first)))
         }
         _ => None,
     }
 }
 
-/// How many items from the first are IPv4 hosts with its protocols and direction.
-fn host_run(items: &[&Expr]) -> usize {
-    let Some((family, dir, _)) = items.first().and_then(|e| host4(e)) else { return 0 };
-    items.iter().take_while(|e| host4(e).is_some_and(|(f, d, _)| f == family && d == dir)).count()
+/// How many items from the first are members of its run.
+fn run_length(items: &[&Expr]) -> usize {
+    let Some((key, _)) = items.first().and_then(|e| member(e)) else { return 0 };
+    items.iter().take_while(|e| member(e).is_some_and(|(k, _)| k == key)).count()
 }
 
-fn has_host_run(expr: &Expr) -> bool {
+fn has_set_run(expr: &Expr) -> bool {
     let (mut key, mut run) = (None, 0);
     for e in or_chain(expr) {
-        match host4(e) {
-            Some((f, d, _)) if key == Some((f, d)) => run += 1,
-            Some((f, d, _)) => (key, run) = (Some((f, d)), 1),
+        match member(e) {
+            Some((k, _)) if key == Some(k) => run += 1,
+            Some((k, _)) => (key, run) = (Some(k), 1),
             None => (key, run) = (None, 0),
         }
         if run >= SET_MIN {

@@ -159,6 +159,9 @@ const CORPUS: &[&str] = &[
     "not (tcp dst port 80 or 443 or 22 or 1024 or 10)",
     "udp src port 53 or 7 or 20 or 65535 or 8 or tcp",
     "ip6 and (port 80 or port 22 or port 53 or port 443)",
+    "net 10.0.0.0/8 or net 192.168.1.0/24 or host 172.16.0.1 or net 10.1.0.0/16 or net 0.0.0.0/32",
+    "not (src net 10.0.0.0/30 or src net 192.168.0.0/16 or src host 9.9.9.9 or src net 128.0.0.0/1)",
+    "portrange 20-80 or port 443 or portrange 1000-2000 or port 53 or portrange 60000-65535",
 ];
 
 /// The frames (by index) `tcpdump -r FILE -w OUT EXPR` keeps, with libpcap's optimizer
@@ -212,7 +215,20 @@ fn set_chain(r: &mut Rng) -> String {
     };
     let n = 4 + r.below(8);
     let members: Vec<String> = (0..n)
-        .map(|i| format!("{}{}", if i == 0 || r.below(2) == 0 { prefix.as_str() } else { "" }, r.pick(values)))
+        .map(|i| {
+            // Now and then a network or a port range in the run.
+            if r.below(4) == 0 {
+                return if values == PORTS {
+                    format!("{dir}portrange {}", r.pick(&["20-80", "1-10", "443-1024", "53-53", "60000-65535"]))
+                } else {
+                    format!(
+                        "{dir}net {}",
+                        r.pick(&["10.0.0.0/8", "10.1", "192.168.1.0/24", "10.0.0.0/30", "0.0.0.0/1", "172.16.0.0/12"])
+                    )
+                };
+            }
+            format!("{}{}", if i == 0 || r.below(2) == 0 { prefix.as_str() } else { "" }, r.pick(values))
+        })
         .collect();
     let chain = members.join(" or ");
     match r.below(4) {

@@ -538,9 +538,7 @@ impl Gen {
             if run >= SET_MIN
                 && let Some((key, first)) = member(items[i])
             {
-                let mut rest: Vec<u32> = items[i + 1..i + run].iter().filter_map(|e| member(e).map(|m| m.1)).collect();
-                rest.sort_unstable();
-                rest.dedup();
+                let rest = merged(items[i + 1..i + run].iter().filter_map(|e| member(e).map(|m| m.1)).collect());
                 match key {
                     RunKey::Host(family, dir) => self.host_run_true(family, dir, first, &rest, yes),
                     RunKey::Port(transport, dir) => self.port_run_true(transport, dir, first, &rest, yes),
@@ -557,7 +555,7 @@ impl Gen {
     /// Jumps to `yes` when a TCP/UDP/SCTP port of the frame in `dir` is `first` — tested as
     /// libpcap tests `port first`: IPv4 (first fragments) then IPv6, each transport's
     /// protocol, then the ports — or one of `rest`, searched among the ports those loads gave.
-    fn port_run_true(&mut self, transport: Transport, dir: Dir, first: u32, rest: &[u32], yes: Label) {
+    fn port_run_true(&mut self, transport: Transport, dir: Dir, first: (u32, u32), rest: &[(u32, u32)], yes: Label) {
         let protos: &[u32] = match transport {
             Transport::Tcp => &[IPPROTO_TCP],
             Transport::Udp => &[IPPROTO_UDP],
@@ -594,12 +592,11 @@ impl Gen {
                 let port = |g: &Self, off: u32| {
                     let load =
                         if v6 { g.net(Size::H, 40 + off) } else { Load::Ip4Payload { size: Size::H, nl: g.nl(), off } };
-                    Cmp { load, mask: u32::MAX, op: Rel::Eq, value: first }
+                    Cmp { load, mask: u32::MAX, op: Rel::Eq, value: 0 }
                 };
                 for &off in offsets {
-                    let cmp = port(self, off);
-                    let reg = self.load(&cmp);
-                    self.jump(Jmp::Jeq, reg, &cmp, yes);
+                    let reg = self.load(&port(self, off));
+                    self.interval(reg, first, yes);
                 }
                 for &off in offsets {
                     let reg = self.load(&port(self, off));
@@ -614,7 +611,7 @@ impl Gen {
     /// Jumps to `yes` when the frame's IPv4 (ARP, RARP) address in `dir` is `first` —
     /// tested as libpcap tests the first host of the run, the same loads in the same order —
     /// or one of `rest`, searched among the values those loads gave.
-    fn host_run_true(&mut self, family: Family, dir: Dir, first: u32, rest: &[u32], yes: Label) {
+    fn host_run_true(&mut self, family: Family, dir: Dir, first: (u32, u32), rest: &[(u32, u32)], yes: Label) {
         const IP: (u32, u32, u32) = (ETHERTYPE_IP, 12, 16);
         const ARP: (u32, u32, u32) = (ETHERTYPE_ARP, 14, 24);
         const RARP: (u32, u32, u32) = (ETHERTYPE_REVARP, 14, 24);
@@ -639,11 +636,11 @@ impl Gen {
                 Dir::Dst => &[dst],
                 Dir::Either | Dir::Both => &[src, dst],
             };
-            let word = |g: &Self, off| Cmp { load: g.net(Size::W, off), mask: u32::MAX, op: Rel::Eq, value: first };
+            let word = |g: &Self, off| Cmp { load: g.net(Size::W, off), mask: u32::MAX, op: Rel::Eq, value: 0 };
             for &off in offsets {
-                let cmp = word(self, off);
-                let reg = self.load(&cmp);
-                self.jump(Jmp::Jeq, reg, &cmp, yes);
+                let reg = self.load(&word(self, off));
+                // `(w & mask) == net` is `w` in the network's range: the same load, one test.
+                self.interval(reg, first, yes);
             }
             for &off in offsets {
                 let reg = self.load(&word(self, off));
@@ -653,26 +650,44 @@ impl Gen {
         }
     }
 
-    /// A binary search for the value in `reg` among sorted `values`: jumps to `yes` on a hit,
-    /// falls through on a miss.
-    fn search(&mut self, reg: u8, values: &[u32], yes: Label) {
-        if values.len() <= 4 {
-            for &v in values {
-                self.to(yes);
-                self.asm.jmp32_imm(Jmp::Jeq, reg, v as i32, yes);
+    /// Jumps to `yes` when the value in `reg` is in `lo..=hi`; falls through otherwise.
+    fn interval(&mut self, reg: u8, (lo, hi): (u32, u32), yes: Label) {
+        self.to(yes);
+        if lo == hi {
+            self.asm.jmp32_imm(Jmp::Jeq, reg, lo as i32, yes);
+            return;
+        }
+        if lo == 0 {
+            self.asm.jmp32_imm(Jmp::Jle, reg, hi as i32, yes);
+            return;
+        }
+        let below = self.asm.label();
+        self.to(below);
+        self.asm.jmp32_imm(Jmp::Jlt, reg, lo as i32, below);
+        self.asm.jmp32_imm(Jmp::Jle, reg, hi as i32, yes);
+        self.bind(below);
+    }
+
+    /// A binary search for the value in `reg` among sorted, disjoint `intervals`: jumps to
+    /// `yes` on a hit, falls through on a miss.
+    fn search(&mut self, reg: u8, intervals: &[(u32, u32)], yes: Label) {
+        if intervals.len() <= 3 {
+            for &iv in intervals {
+                self.interval(reg, iv, yes);
             }
             return;
         }
-        let mid = values.len() / 2;
-        let (right, miss) = (self.asm.label(), self.asm.label());
+        let mid = intervals.len() / 2;
+        let (lo, hi) = intervals[mid];
+        let (left, miss) = (self.asm.label(), self.asm.label());
+        self.to(left);
+        self.asm.jmp32_imm(Jmp::Jlt, reg, lo as i32, left);
         self.to(yes);
-        self.asm.jmp32_imm(Jmp::Jeq, reg, values[mid] as i32, yes);
-        self.to(right);
-        self.asm.jmp32_imm(Jmp::Jgt, reg, values[mid] as i32, right);
-        self.search(reg, &values[..mid], yes);
+        self.asm.jmp32_imm(Jmp::Jle, reg, hi as i32, yes);
+        self.search(reg, &intervals[mid + 1..], yes);
         self.ja(miss);
-        self.bind(right);
-        self.search(reg, &values[mid + 1..], yes);
+        self.bind(left);
+        self.search(reg, &intervals[..mid], yes);
         self.bind(miss);
     }
 
@@ -965,7 +980,7 @@ impl Gen {
     }
 }
 
-/// Runs of IPv4 hosts at least this long become a set.
+/// Runs of IPv4 hosts/networks or ports at least this long become a set.
 const SET_MIN: usize = 4;
 
 /// The members of a left-nested `or` chain, in text order.
@@ -980,31 +995,42 @@ fn or_chain(e: &Expr) -> Vec<&Expr> {
     }
 }
 
-/// What a run of set members shares: IPv4 hosts of the same protocols and direction, or
-/// single ports of the same transport and direction.
+/// What a run of set members shares: IPv4 hosts and networks of the same protocols and
+/// direction, or ports and port ranges of the same transport and direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RunKey {
     Host(Family, Dir),
     Port(Transport, Dir),
 }
 
-/// An exact IPv4 host test (`host A`, `net A/32`) or a single-port test (`port P`), not
-/// `src and dst`: its run key and value.
-fn member(e: &Expr) -> Option<(RunKey, u32)> {
+/// An IPv4 host or network test (`host A`, `net N`) or a port test (`port P`, `portrange
+/// A-B`), not `src and dst`: its run key and the interval of values it accepts.
+fn member(e: &Expr) -> Option<(RunKey, (u32, u32))> {
     match e {
         Expr::Prim(Prim::Host { family, dir, addr: std::net::IpAddr::V4(a) }) if *dir != Dir::Both => {
-            Some((RunKey::Host(*family, *dir), a.to_bits()))
+            Some((RunKey::Host(*family, *dir), (a.to_bits(), a.to_bits())))
         }
-        Expr::Prim(Prim::Net { family, dir, net: ipnet::IpNet::V4(n) })
-            if *dir != Dir::Both && n.prefix_len() == 32 =>
-        {
-            Some((RunKey::Host(*family, *dir), n.network().to_bits()))
+        Expr::Prim(Prim::Net { family, dir, net: ipnet::IpNet::V4(n) }) if *dir != Dir::Both => {
+            Some((RunKey::Host(*family, *dir), (n.network().to_bits(), n.broadcast().to_bits())))
         }
-        Expr::Prim(Prim::Port { transport, dir, first, last }) if *dir != Dir::Both && first == last => {
-            Some((RunKey::Port(*transport, *dir), u32::from(*first)))
+        Expr::Prim(Prim::Port { transport, dir, first, last }) if *dir != Dir::Both => {
+            Some((RunKey::Port(*transport, *dir), (u32::from(*first), u32::from(*last))))
         }
         _ => None,
     }
+}
+
+/// Sorted, disjoint intervals covering `intervals`.
+fn merged(mut intervals: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    intervals.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::with_capacity(intervals.len());
+    for (lo, hi) in intervals {
+        match out.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
 }
 
 /// How many items from the first are members of its run.

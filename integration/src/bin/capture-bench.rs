@@ -46,8 +46,11 @@ struct Args {
     rounds: usize,
 }
 
+/// The `i`th host: 10.x.y.z, scattered (an odd multiplier is a bijection on 24 bits), so no
+/// two are adjacent and the set cannot collapse into a few ranges.
 fn host(i: usize) -> String {
-    format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
+    let v = (i as u32).wrapping_mul(0x9e37_79b1) & 0xff_ffff;
+    format!("10.{}.{}.{}", v >> 16, (v >> 8) & 0xff, v & 0xff)
 }
 
 fn hosts(n: usize) -> String {
@@ -86,6 +89,11 @@ fn ms(d: Duration) -> String {
 fn main() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
     let dir = tempfile::tempdir()?;
+    // The "miss" frame's 10.200.0.1 must not be one of the hosts.
+    anyhow::ensure!(
+        (1..=*args.hosts.iter().max().unwrap_or(&0)).all(|i| host(i) != "10.200.0.1"),
+        "miss address is a host"
+    );
     let empty = empty_pcap(dir.path());
     let empty = empty.to_str().context("temp path")?;
     let (_, start) = tcpdump(&["-d", "-r", empty], "ip")?;

@@ -56,10 +56,22 @@ pub struct FilterArgs {
     disassemble: bool,
 }
 
-/// The expression with a caret under the column an error names.
+/// The expression (up to 40 characters each side of the column, for a long one) with a caret
+/// under the column an error names.
 fn pointed(text: &str, e: &CompileError) -> String {
-    let caret = " ".repeat(e.column().saturating_sub(1).min(text.len()));
-    format!("error: capture filter: {e}\n  {text}\n  {caret}^")
+    const SIDE: usize = 40;
+    let at = e.column().saturating_sub(1).min(text.len());
+    let mut start = at.saturating_sub(SIDE);
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut end = (at + SIDE).min(text.len());
+    while !text.is_char_boundary(end) {
+        end += 1;
+    }
+    let (before, after) = (if start > 0 { "…" } else { "" }, if end < text.len() { "…" } else { "" });
+    let caret = " ".repeat(text[start..at].chars().count() + before.chars().count());
+    format!("error: capture filter: {e}\n  {before}{}{after}\n  {caret}^", &text[start..end])
 }
 
 pub fn run(command: CaptureCommand) -> anyhow::Result<()> {
@@ -82,7 +94,8 @@ pub fn run(command: CaptureCommand) -> anyhow::Result<()> {
         EngineArg::Kernel => Engine::Kernel,
         EngineArg::Interpreter => Engine::Interpreter,
     };
-    let filter = Filter::for_link(program, Target::File, link, engine).context("error: capture filter")?;
+    let filter = Filter::for_link(program, Target::File, link, engine)
+        .map_err(|e| anyhow::anyhow!("error: capture filter: {e}"))?;
     let input = open()?;
     let summary = match &args.write {
         Some(path) if path.as_os_str() == "-" => {
@@ -115,6 +128,9 @@ fn list(filter: &Filter, input: std::fs::File) -> anyhow::Result<Summary> {
     offline::read_frames(input, |frame| {
         filter.check_link(summary.packets, frame)?;
         let verdict = filter.run(summary.packets, &frame.data, frame.wire_len)?;
+        if verdict.engine == Engine::Interpreter && filter.uses_kernel() {
+            summary.interpreted += 1;
+        }
         if verdict.keep != 0 {
             summary.accepted += 1;
             let _ = writeln!(

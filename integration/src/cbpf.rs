@@ -61,6 +61,32 @@ fn alu(code: u16) -> anyhow::Result<Alu> {
     })
 }
 
+/// A classic ALU instruction; returns whether it may jump to `reject` (a division by X = 0).
+fn alu_insn(a: &mut Asm, code: u16, k: u32, reject: Label) -> anyhow::Result<bool> {
+    let op = alu(code)?;
+    if code & 0x08 == 0 {
+        a.push(insn::alu32_imm(op, R0, k as i32));
+        return Ok(false);
+    }
+    if matches!(op, Alu::Lsh | Alu::Rsh) {
+        // libpcap's bpf_filter: a shift by 32 or more gives 0.
+        let (shift, done) = (a.label(), a.label());
+        a.jmp32_imm(Jmp::Jlt, R7, 32, shift);
+        a.push(insn::mov32_imm(R0, 0));
+        a.ja(done);
+        a.bind(shift);
+        a.push(insn::alu32_reg(op, R0, R7));
+        a.bind(done);
+        return Ok(false);
+    }
+    let divides = matches!(op, Alu::Div | Alu::Mod);
+    if divides {
+        a.jmp32_imm(Jmp::Jeq, R7, 0, reject);
+    }
+    a.push(insn::alu32_reg(op, R0, R7));
+    Ok(divides)
+}
+
 /// Translates a classic program for capture files (loads relative to `SKF_LL_OFF`, `len`
 /// from `__sk_buff.cb[0]`, as [`palisade_compiler::capture::Target::File`]).
 pub fn translate(program: &[Classic]) -> anyhow::Result<Program> {
@@ -69,7 +95,9 @@ pub fn translate(program: &[Classic]) -> anyhow::Result<Program> {
     let reject = a.label();
     let mut rejects = false;
     a.push(insn::mov64_reg(R6, R1));
-    // Scratch memory starts zeroed, as the kernel's conversion leaves it.
+    // A, X and scratch memory start zeroed, as the kernel's conversion leaves them.
+    a.push(insn::mov64_imm(R0, 0));
+    a.push(insn::mov64_imm(R7, 0));
     for k in 0..16 {
         a.push(insn::st(Size::W, R10, scratch(k), 0));
     }
@@ -84,12 +112,19 @@ pub fn translate(program: &[Classic]) -> anyhow::Result<Program> {
         let target = |off: u8| labels[(pc + 1 + usize::from(off)).min(program.len())];
         match c.code {
             0x00 => a.push(insn::mov32_imm(R0, c.k as i32)),
+            0x20 | 0x28 | 0x30 | 0x40 | 0x48 | 0x50 if c.k > 0xf_ffff => {
+                // Past any frame (and past the link-layer offset range): reject.
+                a.ja(reject);
+                rejects = true;
+            }
             0x20 | 0x28 | 0x30 => a.push(insn::ld_abs(size(c.code), ll(c.k))),
             0x40 | 0x48 | 0x50 => {
                 // x + k past any frame rejects (without wrapping into another offset range).
-                a.jmp_imm(Jmp::Jgt, R7, 0xf_ffff, reject);
+                a.push(insn::mov64_reg(R8, R7));
+                a.push(insn::alu64_imm(Alu::Add, R8, c.k as i32));
+                a.jmp_imm(Jmp::Jgt, R8, 0xf_ffff, reject);
                 rejects = true;
-                a.push(insn::ld_ind(size(c.code), R7, ll(c.k)));
+                a.push(insn::ld_ind(size(c.code), R8, ll(0)));
             }
             0x80 => a.push(insn::ldx(Size::W, R0, R6, SKB_CB0 as i16)),
             0x60 => a.push(insn::ldx(Size::W, R0, R10, scratch(c.k))),
@@ -108,29 +143,7 @@ pub fn translate(program: &[Classic]) -> anyhow::Result<Program> {
             0x02 => a.push(insn::stx(Size::W, R10, R0, scratch(c.k))),
             0x03 => a.push(insn::stx(Size::W, R10, R7, scratch(c.k))),
             0x84 => a.push(insn::alu32_imm(Alu::Neg, R0, 0)),
-            code if code & 0x07 == 0x04 => {
-                let op = alu(code)?;
-                if code & 0x08 != 0 {
-                    if matches!(op, Alu::Div | Alu::Mod) {
-                        a.jmp32_imm(Jmp::Jeq, R7, 0, reject);
-                        rejects = true;
-                    }
-                    if matches!(op, Alu::Lsh | Alu::Rsh) {
-                        // libpcap's bpf_filter: a shift by 32 or more gives 0.
-                        let (shift, done) = (a.label(), a.label());
-                        a.jmp32_imm(Jmp::Jlt, R7, 32, shift);
-                        a.push(insn::mov32_imm(R0, 0));
-                        a.ja(done);
-                        a.bind(shift);
-                        a.push(insn::alu32_reg(op, R0, R7));
-                        a.bind(done);
-                        continue;
-                    }
-                    a.push(insn::alu32_reg(op, R0, R7));
-                } else {
-                    a.push(insn::alu32_imm(op, R0, c.k as i32));
-                }
-            }
+            code if code & 0x07 == 0x04 => rejects |= alu_insn(&mut a, code, c.k, reject)?,
             0x05 => a.ja(labels[(pc + 1 + c.k as usize).min(program.len())]),
             code if code & 0x07 == 0x05 => {
                 let op = match code & 0xf0 {

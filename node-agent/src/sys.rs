@@ -451,15 +451,17 @@ impl ProgFd {
             let mut log = vec![0_u8; 1 << 20];
             match prog_load(PROG_SOCKET_FILTER, 0, 0, insns, &mut log) {
                 Ok(fd) => Ok(Self(fd)),
-                Err(source) => {
+                Err(again) => {
                     let text = String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(log.len())])
                         .into_owned();
                     let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                    let log = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
-                    Err(SocketFilterRefused {
-                        source: if source.raw_os_error().is_some() { source } else { first },
-                        log,
-                    })
+                    let mut log = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+                    // Since Linux 6.4 a log that fills the buffer turns the error into ENOSPC:
+                    // the first attempt's error is the verifier's.
+                    if again.raw_os_error() == Some(libc::ENOSPC) {
+                        log.push_str("\n(verifier log truncated)");
+                    }
+                    Err(SocketFilterRefused { source: first, log })
                 }
             }
         })

@@ -82,6 +82,34 @@ impl Program {
         count
     }
 
+    /// The most conditional jumps on one path from the first slot to an exit, for a program
+    /// whose jumps all go forward (`None` otherwise): the verifier keeps one pending state per
+    /// conditional jump on the path it walks and gives up past 8192 ("the sequence of 8193
+    /// jumps is too complex"), so this is what to hold to that limit. Linear in the program.
+    pub fn longest_path_jumps(&self) -> Option<u64> {
+        let n = self.insns.len();
+        let mut most = vec![0_u64; n + 1];
+        for slot in (0..n).rev() {
+            let i = self.insns[slot];
+            let width = if i.is_wide() { 2 } else { 1 };
+            let next = most.get(slot + width).copied().unwrap_or(0);
+            let target = || {
+                let t = slot as i64 + 1 + i64::from(i.off);
+                usize::try_from(t).ok().filter(|&t| t > slot && t <= n)
+            };
+            most[slot] = if i.code == insn::CLASS_JMP | insn::OP_EXIT {
+                0
+            } else if i.is_conditional_jump() {
+                1 + next.max(most[target()?])
+            } else if i.is_branch() {
+                most[target()?]
+            } else {
+                next
+            };
+        }
+        most.first().copied()
+    }
+
     /// Number of instruction slots.
     pub fn len(&self) -> usize {
         self.insns.len()

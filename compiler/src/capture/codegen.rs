@@ -31,8 +31,11 @@ use super::{
     parse::{ArOp, Arith, Dir, Expr, Family, Layer, Prim, Rel, Transport},
 };
 
-/// Most instruction slots a capture program may have.
-pub const MAX_SLOTS: usize = 65_536;
+/// Most instruction slots a capture program may have: every jump then fits the 16-bit
+/// offset (the kernel would take more, but not with our forward jumps to one exit).
+pub const MAX_SLOTS: usize = 32_767;
+/// Conditional jumps on one path the verifier follows (`BPF_COMPLEXITY_LIMIT_JMP_SEQ`).
+pub const MAX_PATH_JUMPS: u64 = 8192;
 /// Nesting of arithmetic sub-expressions that need a stack slot (4 bytes each).
 const MAX_SPILLS: usize = 128;
 /// Largest packet index a variable load may use: beyond any frame (and below the kernel's
@@ -86,10 +89,20 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodegenError {
     /// The program would be larger than [`MAX_SLOTS`].
-    #[error("the filter needs {slots} instructions, more than the {MAX_SLOTS} allowed")]
+    #[error(
+        "the filter needs {slots} instructions, more than the {MAX_SLOTS} allowed (long `or` runs of IPv4 hosts, networks and ports cost little; other primitives, IPv6 hosts among them, cost about 20 each)"
+    )]
     TooLarge {
         /// Slots needed.
         slots: usize,
+    },
+    /// More conditional jumps on one path than the verifier follows.
+    #[error(
+        "the filter has a path through {jumps} tests, more than the {MAX_PATH_JUMPS} the kernel's verifier follows (long `or` runs of IPv4 hosts, networks and ports are searched; runs of other primitives, IPv6 hosts among them, are tested one by one)"
+    )]
+    TooManyTests {
+        /// Conditional jumps on the longest path.
+        jumps: u64,
     },
     /// Arithmetic nested deeper than the stack allows.
     #[error("arithmetic is nested too deeply (more than {MAX_SPILLS} pending operands)")]
@@ -135,7 +148,14 @@ pub fn generate(expr: &Expr, target: Target, link: Link, snaplen: u32) -> Result
     if g.asm.len() > MAX_SLOTS {
         return Err(CodegenError::TooLarge { slots: g.asm.len() });
     }
-    Ok(g.asm.finish()?)
+    let program = g.asm.finish()?;
+    // Caught here rather than by the verifier on a node ("the sequence of 8193 jumps is too
+    // complex"); every jump we emit goes forward.
+    let jumps = program.longest_path_jumps().unwrap_or_else(|| program.max_path_jumps());
+    if jumps > MAX_PATH_JUMPS {
+        return Err(CodegenError::TooManyTests { jumps });
+    }
+    Ok(program)
 }
 
 /// A packet load.
@@ -475,54 +495,77 @@ impl Gen {
 
     /// Jumps to `f` when `e` is false, falls through when true.
     fn expr_false(&mut self, expr: &Expr, no: Label) -> Result<(), CodegenError> {
-        match expr {
-            Expr::And(left, right) => {
-                self.expr_false(left, no)?;
-                self.expr_false(right, no)
-            }
-            Expr::Or(..) if has_set_run(expr) => {
-                let yes = self.asm.label();
-                self.or_chain_true(expr, yes)?;
-                self.ja(no);
-                self.bind(yes);
-                Ok(())
-            }
-            Expr::Or(left, right) => {
-                let yes = self.asm.label();
-                self.expr_true(left, yes)?;
-                self.expr_false(right, no)?;
-                self.bind(yes);
-                Ok(())
-            }
-            Expr::Not(inner) => self.expr_true(inner, no),
-            _ => {
-                let cond = self.lower(expr).unwrap_or(Cond::True);
-                self.cond_false(&cond, no)
-            }
-        }
+        self.jump_if(expr, false, no)
     }
 
     /// Jumps to `t` when `e` is true, falls through when false.
     fn expr_true(&mut self, expr: &Expr, yes: Label) -> Result<(), CodegenError> {
-        match expr {
-            Expr::And(left, right) => {
-                let no = self.asm.label();
-                self.expr_false(left, no)?;
-                self.expr_true(right, yes)?;
-                self.bind(no);
-                Ok(())
-            }
-            Expr::Or(..) if has_set_run(expr) => self.or_chain_true(expr, yes),
-            Expr::Or(left, right) => {
-                self.expr_true(left, yes)?;
-                self.expr_true(right, yes)
-            }
-            Expr::Not(inner) => self.expr_false(inner, yes),
-            _ => {
-                let cond = self.lower(expr).unwrap_or(Cond::True);
-                self.cond_true(&cond, yes)
+        self.jump_if(expr, true, yes)
+    }
+
+    /// Jumps to `label` when `expr` is `want`, falls through otherwise. `and`/`or` associate
+    /// left, so a long expression is a long left spine: it is walked with a loop (each level's
+    /// right operand, a term or a parenthesized group, is emitted on the way back up), and
+    /// recursion only follows parentheses and `not`, which the parser bounds.
+    fn jump_if(&mut self, expr: &Expr, want: bool, label: Label) -> Result<(), CodegenError> {
+        struct Level<'e> {
+            right: &'e Expr,
+            want: bool,
+            label: Label,
+            bind: Option<Label>,
+        }
+        let mut levels = Vec::new();
+        let (mut node, mut want, mut label) = (expr, want, label);
+        let mut top_of_or = true;
+        loop {
+            match node {
+                Expr::Or(..) if top_of_or && has_set_run(node) => {
+                    if want {
+                        self.or_chain_true(node, label)?;
+                    } else {
+                        let yes = self.asm.label();
+                        self.or_chain_true(node, yes)?;
+                        self.ja(label);
+                        self.bind(yes);
+                    }
+                    break;
+                }
+                Expr::Or(left, right) | Expr::And(left, right) => {
+                    let or = matches!(node, Expr::Or(..));
+                    // `a or b` jumps when true as a does, then b; `a and b` jumps when false
+                    // likewise; the other two need a label of their own past b.
+                    if or == want {
+                        levels.push(Level { right, want, label, bind: None });
+                    } else {
+                        let own = self.asm.label();
+                        levels.push(Level { right, want, label, bind: Some(own) });
+                        (want, label) = (!want, own);
+                    }
+                    top_of_or = !or;
+                    node = left;
+                }
+                Expr::Not(inner) => {
+                    self.jump_if(inner, !want, label)?;
+                    break;
+                }
+                _ => {
+                    let cond = self.lower(node).unwrap_or(Cond::True);
+                    if want {
+                        self.cond_true(&cond, label)?;
+                    } else {
+                        self.cond_false(&cond, label)?;
+                    }
+                    break;
+                }
             }
         }
+        for level in levels.into_iter().rev() {
+            self.jump_if(level.right, level.want, level.label)?;
+            if let Some(own) = level.bind {
+                self.bind(own);
+            }
+        }
+        Ok(())
     }
 
     /// An `or` chain with runs of IPv4 hosts (same protocols and direction): the first host
@@ -985,14 +1028,15 @@ const SET_MIN: usize = 4;
 
 /// The members of a left-nested `or` chain, in text order.
 fn or_chain(e: &Expr) -> Vec<&Expr> {
-    match e {
-        Expr::Or(a, b) => {
-            let mut items = or_chain(a);
-            items.push(b);
-            items
-        }
-        _ => vec![e],
+    let mut items = Vec::new();
+    let mut node = e;
+    while let Expr::Or(left, right) = node {
+        items.push(&**right);
+        node = left;
     }
+    items.push(node);
+    items.reverse();
+    items
 }
 
 /// What a run of set members shares: IPv4 hosts and networks of the same protocols and

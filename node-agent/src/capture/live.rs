@@ -12,7 +12,7 @@ use std::{
     io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     ptr::NonNull,
-    sync::atomic::{Ordering, fence},
+    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
@@ -86,6 +86,15 @@ pub enum LiveError {
     /// The kernel refused the program.
     #[error(transparent)]
     Refused(#[from] SocketFilterRefused),
+    /// The interface is not an Ethernet one (the programs read Ethernet framing), or is 0
+    /// (every interface).
+    #[error("interface {ifindex}: {why}")]
+    Interface {
+        /// The interface index.
+        ifindex: u32,
+        /// Why it cannot be captured on.
+        why: String,
+    },
     /// A socket call failed.
     #[error("{what}: {source}")]
     Socket {
@@ -95,6 +104,39 @@ pub enum LiveError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Refuses interface 0 and interfaces whose hardware type is not Ethernet (`SIOCGIFHWADDR`).
+fn ethernet(ifindex: u32) -> Result<(), LiveError> {
+    let refuse = |why: String| LiveError::Interface { ifindex, why };
+    if ifindex == 0 {
+        return Err(refuse("capturing on every interface (`any`) is not built yet".to_owned()));
+    }
+    // SAFETY: plain socket(2) for the ioctls below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    check("socket(AF_INET)", raw)?;
+    // SAFETY: a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: an all-zero ifreq is valid; SIOCGIFNAME reads ifr_ifindex and writes ifr_name,
+    // SIOCGIFHWADDR reads ifr_name and writes ifr_hwaddr.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_ifru.ifru_ifindex = ifindex as i32;
+    // SAFETY: as above.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFNAME, &raw mut req) } < 0 {
+        return Err(refuse(format!("no such interface ({})", io::Error::last_os_error())));
+    }
+    // SAFETY: as above.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &raw mut req) } < 0 {
+        return Err(refuse(format!("SIOCGIFHWADDR: {}", io::Error::last_os_error())));
+    }
+    // SAFETY: SIOCGIFHWADDR filled ifr_hwaddr.
+    let family = unsafe { req.ifr_ifru.ifru_hwaddr.sa_family };
+    if family != libc::ARPHRD_ETHER {
+        return Err(refuse(format!(
+            "hardware type {family} is not Ethernet; only Ethernet interfaces are captured so far"
+        )));
+    }
+    Ok(())
 }
 
 fn check(what: &'static str, ret: libc::c_int) -> Result<(), LiveError> {
@@ -160,6 +202,7 @@ impl Capture {
         if target != Target::Live {
             return Err(LiveError::WrongTarget);
         }
+        ethernet(ifindex)?;
         let filter = ProgFd::load_socket_filter(&program.bytes())?;
         // SAFETY: plain socket(2); protocol 0 receives nothing until bind names one.
         let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -174,7 +217,10 @@ impl Capture {
             block_size: ring.block_size,
             block_nr: ring.blocks,
             frame_size,
-            frame_nr: ring.block_size / frame_size * ring.blocks,
+            frame_nr: (ring.block_size / frame_size).checked_mul(ring.blocks).ok_or(LiveError::Socket {
+                what: "PACKET_RX_RING",
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            })?,
             retire_blk_tov: ring.timeout.as_millis().clamp(1, 1000) as u32,
             sizeof_priv: 0,
             feature_req_word: 0,
@@ -233,6 +279,15 @@ impl Capture {
         unsafe { self.ring.as_ptr().add(at).cast::<u32>().read_volatile() }
     }
 
+    /// The block's status word, with the acquire that makes the kernel's writes to the block
+    /// visible once it says "user".
+    fn status(&self, block: usize) -> u32 {
+        // SAFETY: the status word of a block inside the ring, 4-byte aligned (blocks start at
+        // multiples of the page-sized block size); the kernel writes it concurrently, hence
+        // the atomic access.
+        unsafe { AtomicU32::from_ptr(self.ring.as_ptr().add(block + 8).cast()) }.load(Ordering::Acquire)
+    }
+
     #[expect(
         clippy::cast_ptr_alignment,
         reason = "the ring is page-aligned and the kernel keeps block and packet headers 16-byte aligned (TPACKET_ALIGNMENT)"
@@ -246,7 +301,7 @@ impl Capture {
     /// back, to `each`; returns how many there were (0: nothing arrived in time).
     pub fn next_block(&mut self, timeout: Duration, mut each: impl FnMut(&Frame)) -> io::Result<usize> {
         let block = self.next * self.block_size;
-        if self.word(block + 8) & TP_STATUS_USER == 0 {
+        if self.status(block) & TP_STATUS_USER == 0 {
             let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN | libc::POLLERR, revents: 0 };
             // SAFETY: one valid pollfd.
             let ret = unsafe { libc::poll(&raw mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
@@ -254,12 +309,10 @@ impl Capture {
                 let e = io::Error::last_os_error();
                 return if e.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
             }
-            if self.word(block + 8) & TP_STATUS_USER == 0 {
+            if self.status(block) & TP_STATUS_USER == 0 {
                 return Ok(0);
             }
         }
-        // The block's contents are the kernel's until its status says user; read them after.
-        fence(Ordering::Acquire);
         let count = self.word(block + 12) as usize;
         let mut at = block + self.word(block + 16) as usize;
         let end = block + self.block_size;
@@ -294,20 +347,16 @@ impl Capture {
             }
             at += next as usize;
         }
-        // Hand the block back; the kernel reads the status after our reads are done.
-        fence(Ordering::Release);
+        // Hand the block back, after every read of it.
         self.release(block);
         self.next = (self.next + 1) % self.blocks;
         Ok(count)
     }
 
-    #[expect(
-        clippy::cast_ptr_alignment,
-        reason = "the ring is page-aligned and the kernel keeps block and packet headers 16-byte aligned (TPACKET_ALIGNMENT)"
-    )]
     fn release(&mut self, block: usize) {
-        // SAFETY: the status word of a block inside the ring.
-        unsafe { self.ring.as_ptr().add(block + 8).cast::<u32>().write_volatile(TP_STATUS_KERNEL) };
+        // SAFETY: as `status`.
+        unsafe { AtomicU32::from_ptr(self.ring.as_ptr().add(block + 8).cast()) }
+            .store(TP_STATUS_KERNEL, Ordering::Release);
     }
 
     /// The socket's counters since the last call.

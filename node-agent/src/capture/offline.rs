@@ -177,6 +177,11 @@ impl Filter {
         Ok(Verdict { keep, engine: Engine::Interpreter })
     }
 
+    /// Whether frames go to the kernel (those it cannot take still run in the interpreter).
+    pub fn uses_kernel(&self) -> bool {
+        self.kernel.is_some()
+    }
+
     /// Refuses a frame of another link type than the filter's.
     pub fn check_link(&self, index: u64, frame: &Frame) -> Result<(), OfflineError> {
         if frame.link == self.link {
@@ -381,7 +386,7 @@ pub fn filter_file<W: Write>(
         filter.check_link(summary.packets, frame)?;
         let verdict = filter.run(summary.packets, &frame.data, frame.wire_len)?;
         summary.packets += 1;
-        if verdict.engine == Engine::Interpreter && filter.kernel.is_some() {
+        if verdict.engine == Engine::Interpreter && filter.uses_kernel() {
             summary.interpreted += 1;
         }
         if verdict.keep != 0 {

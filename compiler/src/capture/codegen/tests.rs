@@ -88,3 +88,24 @@ fn live_programs_read_the_stripped_vlan_tag_from_the_skb() {
     r.packet(&frame);
     assert_eq!(r.exec(&program, addr).expect("runs").ret, 96);
 }
+
+#[test]
+fn the_longest_expressions_compile_on_a_small_stack() {
+    // 64 KiB of alternating `and`/`or` is ~9,000 nested operators: the parser, the code
+    // generator and the tree's drop must not recurse that deep on a 2 MiB thread (tokio's
+    // worker size) — they either compile it or refuse it.
+    let alternating: Vec<&str> = (0..9_000).map(|i| if i % 2 == 0 { "ip or" } else { "ip and" }).collect();
+    let mut alternating = alternating.join(" ");
+    alternating.push_str(" ip");
+    let chain = vec!["ip"; 16_000].join(" or ");
+    let chain = &chain[..chain.len().min(65_530)];
+    let chain = chain.trim_end_matches(|c: char| c != 'p').to_owned();
+    for text in [alternating, chain] {
+        let worker = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || compile(&text, Target::File, 96).map(|p| p.len()).map_err(|e| e.to_string()))
+            .expect("spawn");
+        let result = worker.join().expect("no stack overflow");
+        assert!(result.is_ok() || result.as_ref().is_err_and(|e| e.contains("tests")), "{result:?}");
+    }
+}

@@ -3,7 +3,10 @@
 //! it goes to the fleet — in the kernel (`BPF_PROG_TEST_RUN`, as root) or in the compiler's
 //! interpreter (any user); both run the same instructions.
 
-use std::{io::Write as _, path::PathBuf};
+use std::{
+    io::{Read as _, Write as _},
+    path::PathBuf,
+};
 
 use anyhow::Context as _;
 use palisade_agent::capture::offline::{self, Engine, Filter, Output, Summary};
@@ -80,9 +83,16 @@ pub fn run(command: CaptureCommand) -> anyhow::Result<()> {
         anyhow::bail!("error: --snaplen {}: must be 1 to {DEFAULT_SNAPLEN}", args.snaplen);
     }
     let text = args.expression.join(" ");
-    let open = || std::fs::File::open(&args.read).with_context(|| format!("error: -r {}", args.read.display()));
-    // The filter is compiled for the file's framing (Ethernet, or LINUX_SLL2 from `any`).
-    let link = offline::file_link(open()?)?.unwrap_or(Link::Ethernet);
+    // The filter is compiled for the file's framing (Ethernet, or LINUX_SLL2 from `any`),
+    // read from its first bytes, which are then read again from memory: `-r` may be a pipe.
+    let mut file = std::fs::File::open(&args.read).with_context(|| format!("error: -r {}", args.read.display()))?;
+    let mut prefix = Vec::with_capacity(64 * 1024);
+    (&mut file)
+        .take(64 * 1024)
+        .read_to_end(&mut prefix)
+        .with_context(|| format!("error: -r {}", args.read.display()))?;
+    let link = offline::sniff_link(&prefix)?.unwrap_or(Link::Ethernet);
+    let input = std::io::Cursor::new(prefix).chain(file);
     let program =
         compile_for(&text, Target::File, link, args.snaplen).map_err(|e| anyhow::anyhow!(pointed(&text, &e)))?;
     if args.disassemble {
@@ -96,7 +106,6 @@ pub fn run(command: CaptureCommand) -> anyhow::Result<()> {
     };
     let filter = Filter::for_link(program, Target::File, link, engine)
         .map_err(|e| anyhow::anyhow!("error: capture filter: {e}"))?;
-    let input = open()?;
     let summary = match &args.write {
         Some(path) if path.as_os_str() == "-" => {
             let mut out = Output::for_link(std::io::stdout().lock(), link)?;
@@ -122,7 +131,7 @@ pub fn run(command: CaptureCommand) -> anyhow::Result<()> {
 }
 
 /// Prints one line per accepted frame: index, time, captured and wire length.
-fn list(filter: &Filter, input: std::fs::File) -> anyhow::Result<Summary> {
+fn list(filter: &Filter, input: impl std::io::Read) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
     let mut out = std::io::stdout().lock();
     offline::read_frames(input, |frame| {

@@ -6,10 +6,21 @@ use std::process::Command;
 
 use palisade_integration::capture::{Rng, frame, sll2_frame, write_pcap, write_pcap_link};
 
+/// How many frames `tcpdump -r FILE -w - EXPR` keeps (records of its pcap output, not lines
+/// of its text: some frames print on several).
 fn tcpdump_count(file: &std::path::Path, expr: &str) -> usize {
-    let out = Command::new("tcpdump").args(["-n", "-r"]).arg(file).arg(expr).output().expect("tcpdump runs");
+    let out =
+        Command::new("tcpdump").args(["-r"]).arg(file).args(["-w", "-"]).arg(expr).output().expect("tcpdump runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().count()
+    let pcap = out.stdout;
+    let (mut at, mut records) = (24, 0);
+    while at + 16 <= pcap.len() {
+        let caplen = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
+        at += 16 + caplen;
+        records += 1;
+    }
+    assert_eq!(at, pcap.len(), "whole records");
+    records
 }
 
 #[test]
@@ -83,6 +94,18 @@ fn capture_filter_writes_what_tcpdump_reads_back_with_its_count() {
         .expect("palisade runs");
     let stderr = String::from_utf8_lossy(&vlan.stderr);
     assert!(!vlan.status.success() && stderr.contains("column 9") && stderr.contains("LINUX_SLL2"), "{stderr}");
+
+    // A pipe: `-r /dev/stdin` reads the file once (its header sniffed from memory).
+    let mut piped = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["capture", "filter", "ip6 or udp", "--count", "-r", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("palisade runs");
+    let bytes = std::fs::read(&any).expect("the SLL2 file");
+    std::io::Write::write_all(&mut piped.stdin.take().expect("stdin"), &bytes).expect("pipe the file");
+    let piped = piped.wait_with_output().expect("palisade finishes");
+    assert_eq!(String::from_utf8_lossy(&piped.stdout).trim(), expected.to_string(), "a piped file");
 
     let refused = dir.path().join("refused.pcap");
     let bad = Command::new(env!("CARGO_BIN_EXE_palisade"))

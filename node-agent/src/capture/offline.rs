@@ -264,18 +264,44 @@ fn link_of(link: DataLink) -> Result<Link, OfflineError> {
     }
 }
 
-/// The link type of a capture file's first interface (what to compile a filter for).
-pub fn file_link(input: impl Read) -> Result<Option<Link>, OfflineError> {
-    let mut link = None;
-    let result = read_frames(input, |f| {
-        link = Some(f.link);
-        Err(OfflineError::Read(String::new()))
-    });
-    match (result, link) {
-        (_, Some(l)) => Ok(Some(l)),
-        (Ok(()), None) => Ok(None),
-        (Err(e), None) => Err(e),
-    }
+/// The link type of a capture file's first interface (what to compile a filter for), from
+/// the file's first bytes: the pcap header, or the pcapng section header and the first
+/// interface description within `prefix`. `None`: no interface is declared there.
+pub fn sniff_link(prefix: &[u8]) -> Result<Option<Link>, OfflineError> {
+    let word = |at: usize, little: bool| -> Option<u32> {
+        let b: [u8; 4] = prefix.get(at..at + 4)?.try_into().ok()?;
+        Some(if little { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) })
+    };
+    let short = || OfflineError::Read("the file is shorter than a capture header".to_owned());
+    let magic = word(0, true).ok_or_else(short)?;
+    let link = match magic {
+        0xa1b2_c3d4 | 0xa1b2_3c4d | 0xd4c3_b2a1 | 0x4d3c_b2a1 => {
+            let little = matches!(magic, 0xa1b2_c3d4 | 0xa1b2_3c4d);
+            // The link type is the low 16 bits (the rest can carry FCS details).
+            word(20, little).ok_or_else(short)? & 0xffff
+        }
+        0x0a0d_0d0a => {
+            let little = word(8, true).ok_or_else(short)? == 0x1a2b_3c4d;
+            let mut at = word(4, little).ok_or_else(short)? as usize;
+            loop {
+                let (Some(kind), Some(len)) = (word(at, little), word(at + 4, little)) else { return Ok(None) };
+                if kind == 1 {
+                    let b = prefix.get(at + 8..at + 10).ok_or_else(short)?;
+                    break u32::from(if little {
+                        u16::from_le_bytes([b[0], b[1]])
+                    } else {
+                        u16::from_be_bytes([b[0], b[1]])
+                    });
+                }
+                if len < 12 {
+                    return Err(OfflineError::Read(format!("a pcapng block of {len} bytes")));
+                }
+                at += len as usize;
+            }
+        }
+        other => return Err(OfflineError::Read(format!("not a pcap or pcapng file (magic {other:#010x})"))),
+    };
+    link_of(DataLink::from(link)).map(Some)
 }
 
 /// Reads every frame of a pcap or pcapng file of Ethernet or `LINUX_SLL2` frames, calling
@@ -398,4 +424,48 @@ pub fn filter_file<W: Write>(
         Ok(())
     })?;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pcap_file::{
+        DataLink,
+        pcapng::{
+            PcapNgWriter,
+            blocks::{enhanced_packet::EnhancedPacketBlock, interface_description::InterfaceDescriptionBlock},
+        },
+    };
+
+    use super::{Frame, Link, read_frames, sniff_link};
+
+    #[test]
+    fn pcapng_files_are_read_with_their_link_type_and_wire_lengths() {
+        let mut writer = PcapNgWriter::new(Vec::new()).expect("writer");
+        writer.write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::LINUX_SLL2, 0)).expect("idb");
+        for (i, len) in [(1_u64, 40_u32), (2, 60)] {
+            let data = vec![i as u8; 30];
+            let block = EnhancedPacketBlock {
+                interface_id: 0,
+                timestamp: Duration::from_secs(i),
+                original_len: len,
+                data: data.into(),
+                options: vec![],
+            };
+            writer.write_pcapng_block(block).expect("epb");
+        }
+        let bytes = writer.into_inner();
+        assert_eq!(sniff_link(&bytes).expect("sniffs"), Some(Link::LinuxSll2));
+        let mut frames: Vec<Frame> = Vec::new();
+        read_frames(&bytes[..], |f| {
+            frames.push(f.clone());
+            Ok(())
+        })
+        .expect("reads");
+        assert_eq!(frames.len(), 2);
+        assert!(frames.iter().all(|f| f.link == Link::LinuxSll2 && f.data.len() == 30));
+        assert_eq!((frames[0].wire_len, frames[1].timestamp), (40, Duration::from_secs(2)));
+        assert!(sniff_link(b"not a capture file").is_err());
+    }
 }

@@ -34,6 +34,7 @@ const TPACKET_V3: libc::c_int = 2;
 const SO_ATTACH_BPF: libc::c_int = 50;
 const ETH_P_ALL: u16 = 0x0003;
 const TP_STATUS_KERNEL: u32 = 0;
+const PACKET_OUTGOING: u8 = 4;
 const TP_STATUS_USER: u32 = 1;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
 const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
@@ -106,8 +107,9 @@ pub enum LiveError {
     },
 }
 
-/// Refuses interface 0 and interfaces whose hardware type is not Ethernet (`SIOCGIFHWADDR`).
-fn ethernet(ifindex: u32) -> Result<(), LiveError> {
+/// Refuses interface 0 and interfaces whose hardware type is not Ethernet or loopback
+/// (`SIOCGIFHWADDR`); says whether it is the loopback.
+fn ethernet(ifindex: u32) -> Result<bool, LiveError> {
     let refuse = |why: String| LiveError::Interface { ifindex, why };
     if ifindex == 0 {
         return Err(refuse("capturing on every interface (`any`) is not built yet".to_owned()));
@@ -131,12 +133,13 @@ fn ethernet(ifindex: u32) -> Result<(), LiveError> {
     }
     // SAFETY: SIOCGIFHWADDR filled ifr_hwaddr.
     let family = unsafe { req.ifr_ifru.ifru_hwaddr.sa_family };
-    if family != libc::ARPHRD_ETHER {
+    // Loopback frames carry an Ethernet header too (zero addresses), as libpcap treats them.
+    if family != libc::ARPHRD_ETHER && family != libc::ARPHRD_LOOPBACK {
         return Err(refuse(format!(
-            "hardware type {family} is not Ethernet; only Ethernet interfaces are captured so far"
+            "hardware type {family} is not Ethernet or loopback; only those are captured so far"
         )));
     }
-    Ok(())
+    Ok(family == libc::ARPHRD_LOOPBACK)
 }
 
 fn check(what: &'static str, ret: libc::c_int) -> Result<(), LiveError> {
@@ -183,6 +186,9 @@ pub struct Capture {
     block_size: usize,
     blocks: usize,
     next: usize,
+    /// On the loopback every packet passes twice, leaving and arriving; the leaving copy is
+    /// skipped, as libpcap does.
+    loopback: bool,
 }
 
 // SAFETY: the ring mapping is owned by this value alone and only touched through `&mut self`.
@@ -202,7 +208,7 @@ impl Capture {
         if target != Target::Live {
             return Err(LiveError::WrongTarget);
         }
-        ethernet(ifindex)?;
+        let loopback = ethernet(ifindex)?;
         let filter = ProgFd::load_socket_filter(&program.bytes())?;
         // SAFETY: plain socket(2); protocol 0 receives nothing until bind names one.
         let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -251,6 +257,7 @@ impl Capture {
             block_size: ring.block_size as usize,
             blocks: ring.blocks as usize,
             next: 0,
+            loopback,
         };
         // SAFETY: an all-zero sockaddr_ll is valid; the fields set are the ones bind reads.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -323,8 +330,18 @@ impl Capture {
             let (next, sec, nsec) = (self.word(at), self.word(at + 4), self.word(at + 8));
             let (snap, len, status) = (self.word(at + 12) as usize, self.word(at + 16), self.word(at + 20));
             let mac = usize::from(self.half(at + 24));
-            if at + mac + snap > end {
+            if at + mac + snap > end || mac < 68 {
                 break;
+            }
+            // The sockaddr_ll after the 48-byte header: its packet type at byte 10.
+            // SAFETY: inside this packet's slot (checked above: the frame starts past it).
+            let pkttype = unsafe { self.ring.as_ptr().add(at + 58).read_volatile() };
+            if self.loopback && pkttype == PACKET_OUTGOING {
+                if next == 0 {
+                    break;
+                }
+                at += next as usize;
+                continue;
             }
             // SAFETY: [at + mac, at + mac + snap) is inside this block (checked above).
             let bytes = unsafe { std::slice::from_raw_parts(self.ring.as_ptr().add(at + mac), snap) };

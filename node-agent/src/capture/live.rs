@@ -305,7 +305,8 @@ impl Capture {
     }
 
     /// Waits up to `timeout` for the next block of packets and hands each one, VLAN tag put
-    /// back, to `each`; returns how many there were (0: nothing arrived in time).
+    /// back, to `each`; returns how many the block held, the loopback's skipped leaving copies
+    /// included (0: nothing arrived in time).
     pub fn next_block(&mut self, timeout: Duration, mut each: impl FnMut(&Frame)) -> io::Result<usize> {
         let block = self.next * self.block_size;
         if self.status(block) & TP_STATUS_USER == 0 {

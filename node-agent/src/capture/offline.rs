@@ -269,7 +269,7 @@ fn link_of(link: DataLink) -> Result<Link, OfflineError> {
 /// interface description within `prefix`. `None`: no interface is declared there.
 pub fn sniff_link(prefix: &[u8]) -> Result<Option<Link>, OfflineError> {
     let word = |at: usize, little: bool| -> Option<u32> {
-        let b: [u8; 4] = prefix.get(at..at + 4)?.try_into().ok()?;
+        let b: [u8; 4] = prefix.get(at..at.checked_add(4)?)?.try_into().ok()?;
         Some(if little { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) })
     };
     let short = || OfflineError::Read("the file is shorter than a capture header".to_owned());
@@ -284,9 +284,12 @@ pub fn sniff_link(prefix: &[u8]) -> Result<Option<Link>, OfflineError> {
             let little = word(8, true).ok_or_else(short)? == 0x1a2b_3c4d;
             let mut at = word(4, little).ok_or_else(short)? as usize;
             loop {
-                let (Some(kind), Some(len)) = (word(at, little), word(at + 4, little)) else { return Ok(None) };
+                let (Some(kind), Some(len)) = (word(at, little), word(at.saturating_add(4), little)) else {
+                    return Ok(None);
+                };
                 if kind == 1 {
-                    let b = prefix.get(at + 8..at + 10).ok_or_else(short)?;
+                    // An interface block cut by the end of the prefix: not known from here.
+                    let Some(b) = prefix.get(at + 8..at + 10) else { return Ok(None) };
                     break u32::from(if little {
                         u16::from_le_bytes([b[0], b[1]])
                     } else {
@@ -296,7 +299,7 @@ pub fn sniff_link(prefix: &[u8]) -> Result<Option<Link>, OfflineError> {
                 if len < 12 {
                     return Err(OfflineError::Read(format!("a pcapng block of {len} bytes")));
                 }
-                at += len as usize;
+                at = at.saturating_add(len as usize);
             }
         }
         other => return Err(OfflineError::Read(format!("not a pcap or pcapng file (magic {other:#010x})"))),
@@ -467,5 +470,8 @@ mod tests {
         assert!(frames.iter().all(|f| f.link == Link::LinuxSll2 && f.data.len() == 30));
         assert_eq!((frames[0].wire_len, frames[1].timestamp), (40, Duration::from_secs(2)));
         assert!(sniff_link(b"not a capture file").is_err());
+        // A prefix that cuts the interface block: not known yet, not an error.
+        let shb = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
+        assert_eq!(sniff_link(&bytes[..shb + 9]).expect("cut is not an error"), None);
     }
 }

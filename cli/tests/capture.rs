@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use palisade_integration::capture::{Rng, frame, sll2_frame, write_pcap, write_pcap_link};
+use palisade_integration::capture::{Rng, frame, sll2_frame, tcpdump_available, write_pcap, write_pcap_link};
 
 /// How many frames `tcpdump -r FILE -w - EXPR` keeps (records of its pcap output, not lines
 /// of its text: some frames print on several).
@@ -25,9 +25,7 @@ fn tcpdump_count(file: &std::path::Path, expr: &str) -> usize {
 
 #[test]
 fn capture_filter_writes_what_tcpdump_reads_back_with_its_count() {
-    if Command::new("tcpdump").arg("--version").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "tcpdump is required (scripts/test.sh installs it)");
-        eprintln!("SKIPPED capture filter CLI: no tcpdump");
+    if !tcpdump_available("capture filter CLI") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,6 +1,17 @@
 //! Random capture filter expressions and packets, for the differential tests against libpcap
 //! (`tests/capture.rs`).
 
+/// Whether tcpdump, the oracle, is installed; under `CI=true` its absence fails `test`
+/// (`scripts/test.sh` installs Debian's package).
+pub fn tcpdump_available(test: &str) -> bool {
+    if std::process::Command::new("tcpdump").arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "{test}: tcpdump is required (scripts/test.sh installs it)");
+    eprintln!("SKIPPED {test}: no tcpdump (apt-get install tcpdump)");
+    false
+}
+
 /// xorshift64*: enough for generating text, replayable from the seed.
 pub struct Rng(pub u64);
 

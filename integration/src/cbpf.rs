@@ -45,20 +45,12 @@ fn scratch(k: u32) -> i16 {
     -4 * (16 - k as i16)
 }
 
+/// A classic ALU operation: the same opcode bits as eBPF's, without `mov`/`arsh`.
 fn alu(code: u16) -> anyhow::Result<Alu> {
-    Ok(match code & 0xf0 {
-        0x00 => Alu::Add,
-        0x10 => Alu::Sub,
-        0x20 => Alu::Mul,
-        0x30 => Alu::Div,
-        0x40 => Alu::Or,
-        0x50 => Alu::And,
-        0x60 => Alu::Lsh,
-        0x70 => Alu::Rsh,
-        0x90 => Alu::Mod,
-        0xa0 => Alu::Xor,
-        other => anyhow::bail!("classic ALU op {other:#x}"),
-    })
+    match Alu::from_code(code as u8) {
+        Some(Alu::Mov | Alu::Arsh) | None => anyhow::bail!("classic ALU op {:#x}", code & 0xf0),
+        Some(op) => Ok(op),
+    }
 }
 
 /// A classic ALU instruction; returns whether it may jump to `reject` (a division by X = 0).
@@ -146,12 +138,9 @@ pub fn translate(program: &[Classic]) -> anyhow::Result<Program> {
             code if code & 0x07 == 0x04 => rejects |= alu_insn(&mut a, code, c.k, reject)?,
             0x05 => a.ja(labels[(pc + 1 + c.k as usize).min(program.len())]),
             code if code & 0x07 == 0x05 => {
-                let op = match code & 0xf0 {
-                    0x10 => Jmp::Jeq,
-                    0x20 => Jmp::Jgt,
-                    0x30 => Jmp::Jge,
-                    0x40 => Jmp::Jset,
-                    other => anyhow::bail!("classic jump {other:#x}"),
+                // Classic jumps share eBPF's opcode bits; only these four exist.
+                let Some(op @ (Jmp::Jeq | Jmp::Jgt | Jmp::Jge | Jmp::Jset)) = Jmp::from_code(code as u8) else {
+                    anyhow::bail!("classic jump {:#x}", code & 0xf0)
                 };
                 if code & 0x08 != 0 {
                     a.jmp32_reg(op, R0, R7, target(c.jt));

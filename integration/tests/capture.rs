@@ -13,7 +13,9 @@ use std::{collections::BTreeSet, path::Path, process::Command};
 use palisade_agent::capture::offline::{Engine, Filter, context, interpret, read_frames};
 use palisade_compiler::capture::{DEFAULT_SNAPLEN, Link, Target, compile, compile_for, parse::parse};
 use palisade_integration::{
-    capture::{Rng, empty_pcap, expression, frame, maybe_broken, sll2_frame, write_pcap, write_pcap_link},
+    capture::{
+        Rng, empty_pcap, expression, frame, maybe_broken, sll2_frame, tcpdump_available, write_pcap, write_pcap_link,
+    },
     cbpf::{parse_ddd, translate},
     kernel_tests_enabled,
 };
@@ -28,9 +30,7 @@ fn libpcap_accepts(file: &Path, text: &str) -> bool {
 
 #[test]
 fn the_parser_accepts_exactly_what_libpcap_compiles() {
-    if Command::new("tcpdump").arg("--version").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "tcpdump is required (scripts/test.sh installs it)");
-        eprintln!("SKIPPED capture language differential: no tcpdump (apt-get install tcpdump)");
+    if !tcpdump_available("capture language differential") {
         return;
     }
     let cases: usize = std::env::var("PALISADE_CAPTURE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
@@ -361,9 +361,7 @@ impl Side {
 
 #[test]
 fn compiled_filters_accept_exactly_the_packets_libpcap_accepts() {
-    if Command::new("tcpdump").arg("--version").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "tcpdump is required (scripts/test.sh installs it)");
-        eprintln!("SKIPPED capture filter differential: no tcpdump (apt-get install tcpdump)");
+    if !tcpdump_available("capture filter differential") {
         return;
     }
     let kernel = kernel_tests_enabled("capture filters in BPF_PROG_TEST_RUN");

@@ -139,7 +139,7 @@ pub fn generate(expr: &Expr, target: Target, link: Link, snaplen: u32) -> Result
         regs_at: HashMap::new(),
     };
     g.asm.push(insn::mov64_reg(R6, R1));
-    g.expr_false(expr, reject)?;
+    g.jump_if(expr, false, reject)?;
     g.asm.push(insn::mov32_imm(R0, snaplen as i32));
     g.asm.push(insn::exit());
     g.asm.bind(reject);
@@ -182,8 +182,6 @@ struct Cmp {
 /// The tests a primitive lowers to.
 enum Cond<'e> {
     Test(Cmp),
-    /// Always true.
-    True,
     And(Vec<Cond<'e>>),
     Or(Vec<Cond<'e>>),
     /// `a REL b` over arithmetic with the current offsets (its protocol guards come before it
@@ -479,28 +477,13 @@ impl Gen {
         }
     }
 
-    fn lower<'e>(&mut self, e: &'e Expr) -> Option<Cond<'e>> {
-        match e {
-            Expr::Prim(p) => Some(self.prim(p)),
-            Expr::Rel(rel, a, b) => {
-                let mut all: Vec<Cond<'e>> = Vec::new();
-                self.guards(a, &mut all);
-                self.guards(b, &mut all);
-                all.push(Cond::Rel(*rel, a, b, self.nl()));
-                Some(Cond::And(all))
-            }
-            _ => None,
-        }
-    }
-
-    /// Jumps to `f` when `e` is false, falls through when true.
-    fn expr_false(&mut self, expr: &Expr, no: Label) -> Result<(), CodegenError> {
-        self.jump_if(expr, false, no)
-    }
-
-    /// Jumps to `t` when `e` is true, falls through when false.
-    fn expr_true(&mut self, expr: &Expr, yes: Label) -> Result<(), CodegenError> {
-        self.jump_if(expr, true, yes)
+    /// A relation's tests: libpcap's protocol guards for its accessors, then the comparison.
+    fn relation_cond<'e>(&self, rel: Rel, a: &'e Arith, b: &'e Arith) -> Cond<'e> {
+        let mut all: Vec<Cond<'e>> = Vec::new();
+        self.guards(a, &mut all);
+        self.guards(b, &mut all);
+        all.push(Cond::Rel(rel, a, b, self.nl()));
+        Cond::And(all)
     }
 
     /// Jumps to `label` when `expr` is `want`, falls through otherwise. `and`/`or` associate
@@ -548,13 +531,14 @@ impl Gen {
                     self.jump_if(inner, !want, label)?;
                     break;
                 }
-                _ => {
-                    let cond = self.lower(node).unwrap_or(Cond::True);
-                    if want {
-                        self.cond_true(&cond, label)?;
-                    } else {
-                        self.cond_false(&cond, label)?;
-                    }
+                Expr::Prim(p) => {
+                    let cond = self.prim(p);
+                    self.cond(&cond, want, label)?;
+                    break;
+                }
+                Expr::Rel(rel, a, b) => {
+                    let cond = self.relation_cond(*rel, a, b);
+                    self.cond(&cond, want, label)?;
                     break;
                 }
             }
@@ -588,7 +572,7 @@ impl Gen {
                 }
                 i += run;
             } else {
-                self.expr_true(items[i], yes)?;
+                self.jump_if(items[i], true, yes)?;
                 i += 1;
             }
         }
@@ -734,67 +718,40 @@ impl Gen {
         self.bind(miss);
     }
 
-    fn cond_false(&mut self, c: &Cond<'_>, f: Label) -> Result<(), CodegenError> {
+    /// Jumps to `label` when `c` is `want`, falls through otherwise (as [`Gen::jump_if`]).
+    fn cond(&mut self, c: &Cond<'_>, want: bool, label: Label) -> Result<(), CodegenError> {
+        let pick = |(yes, no): (Jmp, Jmp)| if want { yes } else { no };
         match c {
-            Cond::True => {}
             Cond::Test(cmp) => {
                 let reg = self.load(cmp);
-                self.jump(rel_jmps(cmp.op).1, reg, cmp, f);
+                self.jump(pick(rel_jmps(cmp.op)), reg, cmp, label);
             }
-            Cond::And(all) => {
-                for c in all {
-                    self.cond_false(c, f)?;
-                }
-            }
-            Cond::Or(any) => {
-                let Some((last, rest)) = any.split_last() else {
-                    self.ja(f);
-                    return Ok(());
-                };
-                let t = self.asm.label();
-                for c in rest {
-                    self.cond_true(c, t)?;
-                }
-                self.cond_false(last, f)?;
-                self.bind(t);
-            }
-            Cond::Rel(rel, a, b, nl) => {
-                self.relation(a, b, *nl)?;
-                self.to(f);
-                self.asm.jmp32_reg(rel_jmps(*rel).1, R8, R0, f);
-            }
-        }
-        Ok(())
-    }
-
-    fn cond_true(&mut self, c: &Cond<'_>, t: Label) -> Result<(), CodegenError> {
-        match c {
-            Cond::True => self.ja(t),
-            Cond::Test(cmp) => {
-                let reg = self.load(cmp);
-                self.jump(rel_jmps(cmp.op).0, reg, cmp, t);
-            }
-            Cond::And(all) => {
+            Cond::And(all) | Cond::Or(all) => {
+                let or = matches!(c, Cond::Or(..));
                 let Some((last, rest)) = all.split_last() else {
-                    self.ja(t);
+                    // An empty `and` is true, an empty `or` false.
+                    if or != want {
+                        self.ja(label);
+                    }
                     return Ok(());
                 };
-                let f = self.asm.label();
-                for c in rest {
-                    self.cond_false(c, f)?;
-                }
-                self.cond_true(last, t)?;
-                self.bind(f);
-            }
-            Cond::Or(any) => {
-                for c in any {
-                    self.cond_true(c, t)?;
+                if or == want {
+                    for c in all {
+                        self.cond(c, want, label)?;
+                    }
+                } else {
+                    let own = self.asm.label();
+                    for c in rest {
+                        self.cond(c, !want, own)?;
+                    }
+                    self.cond(last, want, label)?;
+                    self.bind(own);
                 }
             }
             Cond::Rel(rel, a, b, nl) => {
                 self.relation(a, b, *nl)?;
-                self.to(t);
-                self.asm.jmp32_reg(rel_jmps(*rel).0, R8, R0, t);
+                self.to(label);
+                self.asm.jmp32_reg(pick(rel_jmps(*rel)), R8, R0, label);
             }
         }
         Ok(())

@@ -200,8 +200,8 @@ impl Filter {
 }
 
 /// The `struct __sk_buff` a file run passes: the length on the wire in `cb[0]`.
-pub fn context(wire_len: u32) -> Vec<u8> {
-    let mut ctx = vec![0_u8; SKB_SIZE];
+pub fn context(wire_len: u32) -> [u8; SKB_SIZE] {
+    let mut ctx = [0_u8; SKB_SIZE];
     ctx[SKB_CB0..SKB_CB0 + 4].copy_from_slice(&wire_len.to_ne_bytes());
     ctx
 }

@@ -79,14 +79,20 @@ fn division_by_zero_at_run_time_rejects_and_wide_shifts_give_zero() {
 fn live_programs_read_the_stripped_vlan_tag_from_the_skb() {
     let program = compile("vlan 10 and tcp", Target::Live, 96).expect("compiles");
     let frame = tcp_frame(80, None);
-    let mut ctx = vec![0_u8; SKB_SIZE];
-    ctx[20..24].copy_from_slice(&1_u32.to_ne_bytes());
-    ctx[24..28].copy_from_slice(&(0x2000_u32 | 0x0a).to_ne_bytes());
-    let mut maps = Maps::default();
-    let mut r = Run::new(&mut maps, Task::default());
-    let addr = r.object(ctx);
-    r.packet(&frame);
-    assert_eq!(r.exec(&program, addr).expect("runs").ret, 96);
+    // (vlan_present, vlan_tci) in `__sk_buff`: VLAN 10 matches; VLAN 20 and no tag do not.
+    let run = |present: u32, tci: u32| {
+        let mut ctx = vec![0_u8; SKB_SIZE];
+        ctx[20..24].copy_from_slice(&present.to_ne_bytes());
+        ctx[24..28].copy_from_slice(&tci.to_ne_bytes());
+        let mut maps = Maps::default();
+        let mut r = Run::new(&mut maps, Task::default());
+        let addr = r.object(ctx);
+        r.packet(&frame);
+        r.exec(&program, addr).expect("runs").ret
+    };
+    assert_eq!(run(1, 0x2000 | 0x0a), 96);
+    assert_eq!(run(1, 0x2000 | 0x14), 0);
+    assert_eq!(run(0, 0), 0);
 }
 
 #[test]

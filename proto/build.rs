@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "palisade/v1/policy.proto",
     "palisade/v1/event.proto",
     "palisade/v1/flow.proto",
+    "palisade/v1/capture.proto",
     "palisade/v1/agent.proto",
     "palisade/v1/node.proto",
     "palisade/v1/bundle.proto",

@@ -56,7 +56,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         _ => {}
     }
     let cli = match cli {
-        Cli { command: Command::Capture(command), .. } => return crate::capture::run(command),
+        Cli { command: Command::Capture(command), .. } if command.is_offline() => return crate::capture::run(command),
         cli => cli,
     };
     let ca = match cli.ca_cert.as_deref() {
@@ -82,7 +82,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explain(args) => crate::explain::run(&channel, args).await,
         Command::Flows(args) => crate::flows::run(&channel, args).await,
         Command::Version { output } => version(&channel, output).await,
-        Command::Completions { .. } | Command::Capture(_) => Ok(()),
+        Command::Capture(command) => crate::capture::run_online(&channel, command).await,
+        Command::Completions { .. } => Ok(()),
         Command::Token(TokenCommand::List { output }) => tokens(&channel, output).await,
         Command::Token(TokenCommand::Revoke { name }) => revoke_token(&channel, &name).await,
         Command::Events { policy, node, verdict, limit, follow, output } => {
@@ -253,7 +254,7 @@ async fn get(channel: &Conn, name: &str, output: Format, revision: Option<u64>) 
     Ok(())
 }
 
-fn parse_selector(selector: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn parse_selector(selector: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     selector
         .iter()
         .map(|s| match s.split_once('=') {

@@ -143,8 +143,9 @@ enum Command {
     /// What a node's kernel would decide for an operation, and why: every policy in the
     /// node's bundle with its own outcome, the verdict and the event it would report.
     Explain(explain::ExplainArgs),
-    /// Packet capture filters: `capture filter EXPR -r IN.pcap [-w OUT.pcap] [--count]` runs
-    /// one over a capture file, without a server.
+    /// Packet capture: `capture filter EXPR -r IN.pcap [-w OUT.pcap] [--count]` runs a filter
+    /// over a capture file, without a server; `capture start|list|status|stop|get|delete`
+    /// run capture sessions on the fleet.
     #[command(subcommand)]
     Capture(capture::CaptureCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).

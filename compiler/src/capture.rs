@@ -64,6 +64,15 @@ pub fn compile(text: &str, target: Target, snaplen: u32) -> Result<Program, Comp
     compile_for(text, target, Link::Ethernet, snaplen)
 }
 
+/// The filter of a capture with no expression: every packet, cut to `snaplen` (libpcap's
+/// empty filter).
+pub fn accept_all(snaplen: u32) -> Result<Program, CompileError> {
+    let mut asm = crate::bpf::asm::Asm::new();
+    asm.push(crate::bpf::insn::mov32_imm(0, snaplen as i32));
+    asm.push(crate::bpf::insn::exit());
+    Ok(asm.finish().map_err(codegen::CodegenError::from)?)
+}
+
 /// [`compile`] for frames of `link`.
 pub fn compile_for(text: &str, target: Target, link: Link, snaplen: u32) -> Result<Program, CompileError> {
     let expr = parse::parse_for(text, link)?;

@@ -173,6 +173,7 @@ fn start_sim(index: usize, urls: Vec<String>, pki: &Path, key: &str, shutdown: &
         heartbeat: Duration::from_secs(30),
         stats: Arc::new(palisade_agent::stats::EventCounters::default()),
         metrics: palisade_agent::metrics::AgentMetrics::new(),
+        captures: None,
     };
     // Nothing reports on its own here; a closed queue is never selected.
     let (_, reports) = mpsc::channel(1);

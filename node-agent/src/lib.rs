@@ -326,6 +326,7 @@ impl Agent {
         let (flows_tx, flows_rx) = mpsc::channel(256);
         let (enforcing_tx, enforcing) = watch::channel(None);
         let (reports_tx, reports) = mpsc::channel(16);
+        let (captures_tx, captures_rx) = mpsc::channel(64);
         let tracker = TaskTracker::new();
         let stop = shutdown.clone();
         // Network policy goes through BPF-LSM where the kernel allows it, else cgroup hooks.
@@ -373,6 +374,7 @@ impl Agent {
             failsafe_ports: config.failsafe_ports.iter().map(|&p| u32::from(p)).collect(),
             heartbeat: Duration::from_secs(config.heartbeat_seconds.max(1)),
             metrics: metrics.clone(),
+            captures: Some(captures_tx),
         };
         let apply = move |bundle: v1::Bundle| {
             let commands = commands.clone();
@@ -385,6 +387,7 @@ impl Agent {
         // Say hello only after adoption, so the hello names the bundle the kernel runs.
         ready.await.map_err(|_| StartError::Datapath)?;
         tracker.spawn(sync::run_sync(sync, apply, enforcing.clone(), reports, shutdown.clone()));
+        tracker.spawn(capture::session::run(server.clone(), node_name.clone(), captures_rx, shutdown.clone()));
         spawn_reporters(&tracker, &config, server, node_name, (events_rx, flows_rx), &stats, &shutdown);
         if let Some(listener) = metrics_listener {
             tracker.spawn(serve_metrics(listener, metrics, stats.clone(), shutdown.clone()));

@@ -63,6 +63,8 @@ pub struct SyncClient {
     pub stats: Arc<EventCounters>,
     /// Where the stream's state is shown.
     pub metrics: Arc<crate::metrics::AgentMetrics>,
+    /// Where capture orders go (`crate::capture::session`); `None`: they are ignored.
+    pub captures: Option<mpsc::Sender<v1::CaptureOrder>>,
 }
 
 /// Largest bundle content the agent accepts, whole or in parts.
@@ -382,6 +384,20 @@ where
                 Some(bundle)
             }
             Some(sync_response::Message::BundlePart(part)) => parts.add(part)?,
+            Some(sync_response::Message::Capture(order)) => {
+                let id = order.id;
+                if let Some(captures) = &client.captures {
+                    if captures.try_send(order).is_err() {
+                        tracing::warn!(
+                            capture = id,
+                            "capture orders arrive faster than they are taken; one was dropped"
+                        );
+                    }
+                } else {
+                    tracing::warn!(capture = id, "capture order ignored: captures are off on this agent");
+                }
+                None
+            }
             Some(sync_response::Message::Heartbeat(_)) | None => None,
         };
         let Some(bundle) = bundle else { continue };

@@ -137,3 +137,25 @@ pub fn with_token(channel: Channel, token: Option<&str>) -> Result<Connection, C
     };
     Ok(InterceptedService::new(channel, Bearer(bearer)))
 }
+
+/// Downloads capture `id` in `format` (a `CaptureFormat`), writing each chunk to `out` as it
+/// arrives; the bytes written. The file is complete only when this returns `Ok`.
+///
+/// # Errors
+/// The server's status for the call or a chunk, or `out`'s write error as `INTERNAL`.
+pub async fn download_capture(
+    channel: &Connection,
+    id: u64,
+    format: crate::v1::CaptureFormat,
+    out: &mut dyn std::io::Write,
+) -> Result<u64, Status> {
+    let mut client = crate::v1::capture_service_client::CaptureServiceClient::new(channel.clone());
+    let request = crate::v1::DownloadCaptureRequest { id, format: format as i32 };
+    let mut stream = client.download_capture(request).await?.into_inner();
+    let mut written = 0;
+    while let Some(chunk) = stream.message().await? {
+        out.write_all(&chunk.data).map_err(|e| Status::internal(format!("writing the capture: {e}")))?;
+        written += chunk.data.len() as u64;
+    }
+    Ok(written)
+}

@@ -1,6 +1,7 @@
 //! gRPC service implementations: convert requests, call the store, map errors.
 
 pub mod agent;
+pub mod capture;
 pub mod event;
 pub mod explain;
 pub mod flow;

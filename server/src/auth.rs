@@ -78,6 +78,16 @@ impl Auth {
     /// name. A missing, unknown or revoked token is `UNAUTHENTICATED`; a token whose role is
     /// below `needs` is `PERMISSION_DENIED`.
     pub async fn check<T>(&self, request: &Request<T>, needs: Role) -> Result<String, Status> {
+        self.check_for(request, needs, false).await
+    }
+
+    /// [`Self::check`] for `CaptureService`: the token must also have been created with
+    /// `--capture`, or be an admin's (packets reveal what policies never show).
+    pub async fn check_capture<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        self.check_for(request, Role::Viewer, true).await
+    }
+
+    async fn check_for<T>(&self, request: &Request<T>, needs: Role, capture: bool) -> Result<String, Status> {
         let Some(store) = &self.tokens else { return Ok(crate::api::actor(request)) };
         let value = request
             .metadata()
@@ -100,6 +110,12 @@ impl Auth {
                 token.name,
                 token.role.as_str(),
                 needs.as_str()
+            )));
+        }
+        if capture && !token.capture && token.role != Role::Admin {
+            return Err(Status::permission_denied(format!(
+                "token {:?} may not capture packets: create one with `palisade-server token create --capture`",
+                token.name
             )));
         }
         Ok(token.name)

@@ -42,6 +42,9 @@ pub enum ApiError {
     /// The operation is valid but cannot be carried out in the current state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A bounded resource (the server's capture storage) is full.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The operation is part of the API but not built yet.
     #[error("{0} is not implemented yet")]
     Unimplemented(&'static str),
@@ -83,6 +86,7 @@ impl From<ApiError> for Status {
             ApiError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
             ApiError::RevisionMismatch { .. } => Status::aborted(e.to_string()),
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ApiError::Unimplemented(_) => Status::unimplemented(e.to_string()),
             ApiError::Database(ref source) if is_unavailable(source) => {
                 tracing::warn!(error = %source, "database unavailable");

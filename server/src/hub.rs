@@ -24,8 +24,8 @@ use tokio::sync::watch;
 use crate::{
     error::ApiError,
     store::{
-        EVENTS_CHANNEL, EventQuery, FLOW_RECORDS_CHANNEL, FLOW_WATCH_CHANNEL, FLOWS_CHANNEL, FlowQuery,
-        GENERATION_CHANNEL, Store, decode_relayed,
+        CAPTURES_CHANNEL, EVENTS_CHANNEL, EventQuery, FLOW_RECORDS_CHANNEL, FLOW_WATCH_CHANNEL, FLOWS_CHANNEL,
+        FlowQuery, GENERATION_CHANNEL, Store, decode_relayed,
     },
 };
 
@@ -48,6 +48,9 @@ const SUBSCRIBER_BUFFER: usize = 4096;
 /// Events read per catch-up query.
 const CATCH_UP_BATCH: u32 = 1000;
 
+/// What every node still capturing, or yet to start a capture, must be told: node → orders.
+pub type CaptureOrders = std::collections::BTreeMap<String, Vec<v1::CaptureOrder>>;
+
 /// Broadcasts stored events to live subscribers.
 #[derive(Clone, Debug)]
 pub struct EventHub {
@@ -56,6 +59,7 @@ pub struct EventHub {
     /// Node filter ("" for every node) → when a watcher last asked for its records.
     record_watches: Arc<Mutex<HashMap<String, Instant>>>,
     generation: watch::Receiver<u64>,
+    captures: watch::Receiver<Arc<CaptureOrders>>,
 }
 
 impl EventHub {
@@ -63,14 +67,22 @@ impl EventHub {
     pub async fn start(store: Store, shutdown: CancellationToken, tracker: &TaskTracker) -> Result<Self, ApiError> {
         let mut listener = PgListener::connect_with(store.pool()).await?;
         listener
-            .listen_all([EVENTS_CHANNEL, GENERATION_CHANNEL, FLOWS_CHANNEL, FLOW_RECORDS_CHANNEL, FLOW_WATCH_CHANNEL])
+            .listen_all([
+                EVENTS_CHANNEL,
+                GENERATION_CHANNEL,
+                FLOWS_CHANNEL,
+                FLOW_RECORDS_CHANNEL,
+                FLOW_WATCH_CHANNEL,
+                CAPTURES_CHANNEL,
+            ])
             .await?;
         let last = (store.max_event_id().await?, store.max_flow_id().await?);
         let (sender, _) = broadcast::channel(SUBSCRIBER_BUFFER);
         let (flows, _) = broadcast::channel(SUBSCRIBER_BUFFER);
         let (generation_tx, generation) = watch::channel(store.generation().await?);
-        let hub = Self { sender, flows, record_watches: Arc::default(), generation };
-        tracker.spawn(run(store, listener, hub.clone(), generation_tx, last, shutdown));
+        let (captures_tx, captures) = watch::channel(Arc::new(store.capture_orders().await?));
+        let hub = Self { sender, flows, record_watches: Arc::default(), generation, captures };
+        tracker.spawn(run(store, listener, hub.clone(), (generation_tx, captures_tx), last, shutdown));
         Ok(hub)
     }
 
@@ -102,6 +114,11 @@ impl EventHub {
         self.generation.clone()
     }
 
+    /// The capture orders of every node, updated as captures start, stop and end.
+    pub fn capture_orders(&self) -> watch::Receiver<Arc<CaptureOrders>> {
+        self.captures.clone()
+    }
+
     /// A receiver of every event stored from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<v1::DecisionEvent>> {
         self.sender.subscribe()
@@ -112,7 +129,7 @@ async fn run(
     store: Store,
     mut listener: PgListener,
     hub: EventHub,
-    generation: watch::Sender<u64>,
+    (generation, captures): (watch::Sender<u64>, watch::Sender<Arc<CaptureOrders>>),
     (mut last, mut last_flow): (i64, i64),
     shutdown: CancellationToken,
 ) {
@@ -167,6 +184,20 @@ async fn run(
                     });
                 }
                 Err(error) => tracing::warn!(%error, "cannot read the policy generation"),
+            }
+        }
+        if only(CAPTURES_CHANNEL) {
+            match store.capture_orders().await {
+                Ok(orders) => {
+                    captures.send_if_modified(|current| {
+                        let moved = **current != orders;
+                        if moved {
+                            *current = Arc::new(orders);
+                        }
+                        moved
+                    });
+                }
+                Err(error) => tracing::warn!(%error, "cannot read the capture orders"),
             }
         }
     }

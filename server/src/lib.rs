@@ -20,10 +20,11 @@ use std::{net::SocketAddr, time::Duration};
 use palisade_proto::{
     FILE_DESCRIPTOR_SET,
     v1::{
-        agent_service_server::AgentServiceServer, event_service_server::EventServiceServer,
-        explain_service_server::ExplainServiceServer, flow_service_server::FlowServiceServer,
-        node_service_server::NodeServiceServer, policy_service_server::PolicyServiceServer,
-        rollout_service_server::RolloutServiceServer, token_service_server::TokenServiceServer,
+        agent_service_server::AgentServiceServer, capture_service_server::CaptureServiceServer,
+        event_service_server::EventServiceServer, explain_service_server::ExplainServiceServer,
+        flow_service_server::FlowServiceServer, node_service_server::NodeServiceServer,
+        policy_service_server::PolicyServiceServer, rollout_service_server::RolloutServiceServer,
+        token_service_server::TokenServiceServer,
     },
 };
 use sqlx::{PgPool, postgres::PgPoolOptions};
@@ -36,8 +37,8 @@ pub use store::MIGRATOR;
 
 use crate::{
     api::{
-        agent::AgentApi, event::EventApi, explain::ExplainApi, flow::FlowApi, node::NodeApi, policy::PolicyApi,
-        rollout::RolloutApi, token::TokenApi,
+        agent::AgentApi, capture::CaptureApi, event::EventApi, explain::ExplainApi, flow::FlowApi, node::NodeApi,
+        policy::PolicyApi, rollout::RolloutApi, token::TokenApi,
     },
     hub::EventHub,
     store::Store,
@@ -153,6 +154,11 @@ pub struct Config {
     /// given).
     #[arg(long, env = "PALISADE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Bytes of captured packets the server stores over every capture; a capture that would
+    /// exceed it expires the oldest finished captures first, and stops ("quota") if that is
+    /// not enough.
+    #[arg(long, env = "PALISADE_CAPTURE_QUOTA", default_value_t = api::capture::DEFAULT_QUOTA)]
+    pub capture_quota: u64,
 }
 
 impl Config {
@@ -194,6 +200,7 @@ impl Config {
             flow_rate: ratelimit::EventRate { per_second: self.flow_rate, burst: self.flow_burst },
             flow_retention: self.flow_retention,
             metrics_listener: None,
+            capture_quota: self.capture_quota,
         }
     }
 
@@ -269,6 +276,31 @@ async fn maintain_events(store: Store, events: Retention, flows: Retention, shut
     }
 }
 
+/// How often the server gives up on capture nodes that stopped reporting.
+const CAPTURE_EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Finishes captures past their deadline whose nodes never reported their end, until
+/// shutdown.
+async fn expire_captures(store: Store, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(CAPTURE_EXPIRY_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.expire_captures().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(captures = n, "captures past their deadline finished"),
+            Err(error) => tracing::warn!(%error, "cannot expire captures; will retry"),
+        }
+    }
+}
+
+/// The periodic upkeep: event and flow partitions, overdue captures.
+async fn maintain(store: Store, events: Retention, flows: Retention, shutdown: CancellationToken) {
+    tokio::join!(maintain_events(store.clone(), events, flows, shutdown.clone()), expire_captures(store, shutdown));
+}
+
 /// `palisade-server`: serve (the default), or a tool.
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -309,6 +341,9 @@ pub enum TokenTool {
         /// Unique name: the audit log's actor for calls made with the token.
         #[arg(long)]
         name: String,
+        /// The token may also start and download packet captures (admin tokens always may).
+        #[arg(long)]
+        capture: bool,
         /// PostgreSQL connection URL.
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
@@ -318,6 +353,16 @@ pub enum TokenTool {
 /// Creates token `name` with `role` in the database at `database_url` (migrating it first)
 /// and returns its secret, which is stored only as a hash.
 pub async fn create_token(database_url: &str, name: &str, role: auth::Role) -> Result<String, ServeError> {
+    create_token_capturing(database_url, name, role, false).await
+}
+
+/// [`create_token`], saying whether the token may capture packets.
+pub async fn create_token_capturing(
+    database_url: &str,
+    name: &str,
+    role: auth::Role,
+    capture: bool,
+) -> Result<String, ServeError> {
     validate::node_name("--name", name).map_err(|v| {
         ServeError::Invalid(v.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "))
     })?;
@@ -330,7 +375,7 @@ pub async fn create_token(database_url: &str, name: &str, role: auth::Role) -> R
     MIGRATOR.run(&pool).await.map_err(ServeError::Migrate)?;
     let secret = auth::new_secret();
     Store::new(pool)
-        .create_token(name, role, &auth::secret_hash(&secret))
+        .create_token_capturing(name, role, capture, &auth::secret_hash(&secret))
         .await
         .map_err(|e| ServeError::Invalid(e.to_string()))?;
     Ok(secret)
@@ -463,6 +508,8 @@ pub struct Options {
     pub flow_retention: Retention,
     /// Where `/metrics` is served (`--metrics-listen`); `None`: not served.
     pub metrics_listener: Option<MetricsListener>,
+    /// Bytes of captured packets stored over every capture (`--capture-quota`).
+    pub capture_quota: u64,
 }
 
 /// A bound listener for the metrics endpoint, shareable so [`Options`] stays `Clone` (tests
@@ -509,6 +556,7 @@ impl Default for Options {
             flow_rate: ratelimit::EventRate::FLOWS,
             flow_retention: Retention(Some(Duration::from_hours(7 * 24))),
             metrics_listener: None,
+            capture_quota: api::capture::DEFAULT_QUOTA,
         }
     }
 }
@@ -527,6 +575,7 @@ impl std::fmt::Debug for Options {
             .field("flow_rate", &self.flow_rate)
             .field("flow_retention", &self.flow_retention)
             .field("metrics_listener", &self.metrics_listener)
+            .field("capture_quota", &self.capture_quota)
             .finish()
     }
 }
@@ -548,6 +597,7 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
         EventServiceServer::<EventApi>::NAME,
         FlowServiceServer::<FlowApi>::NAME,
         TokenServiceServer::<TokenApi>::NAME,
+        CaptureServiceServer::<CaptureApi>::NAME,
     ] {
         health.set_service_status(service, status).await;
     }
@@ -578,6 +628,24 @@ async fn watch_database(store: Store, health: tonic_health::server::HealthReport
     }
 }
 
+/// Serves `/metrics` on `listener` until `shutdown`.
+fn serve_metrics(
+    listener: &MetricsListener,
+    metrics: &std::sync::Arc<metrics::ServerMetrics>,
+    store: &Store,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), ServeError> {
+    let listener = listener.tokio().map_err(ServeError::Metrics)?;
+    let (scraped, store) = (metrics.clone(), store.clone());
+    let refresh: palisade_metrics::Refresh = std::sync::Arc::new(move || {
+        let (metrics, store) = (scraped.clone(), store.clone());
+        Box::pin(async move { metrics.refresh(&store).await })
+    });
+    tracker.spawn(palisade_metrics::serve(listener, metrics.registry(), refresh, shutdown.clone()));
+    Ok(())
+}
+
 /// [`serve`] with options.
 pub async fn serve_with(
     pool: PgPool,
@@ -593,16 +661,10 @@ pub async fn serve_with(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, true).await;
     tracker.spawn(watch_database(store.clone(), health.clone(), shutdown.clone()));
-    tracker.spawn(maintain_events(store.clone(), options.event_retention, options.flow_retention, shutdown.clone()));
+    tracker.spawn(maintain(store.clone(), options.event_retention, options.flow_retention, shutdown.clone()));
     let metrics = metrics::ServerMetrics::new();
     if let Some(listener) = &options.metrics_listener {
-        let listener = listener.tokio().map_err(ServeError::Metrics)?;
-        let (scraped, store) = (metrics.clone(), store.clone());
-        let refresh: palisade_metrics::Refresh = std::sync::Arc::new(move || {
-            let (metrics, store) = (scraped.clone(), store.clone());
-            Box::pin(async move { metrics.refresh(&store).await })
-        });
-        tracker.spawn(palisade_metrics::serve(listener, metrics.registry(), refresh, shutdown.clone()));
+        serve_metrics(listener, &metrics, &store, &tracker, &shutdown)?;
     }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -648,6 +710,7 @@ pub async fn serve_with(
                     .requiring_identity(require_identity)
                     .limiting_events(ratelimit::EventLimiter::new(options.event_rate))
                     .with_flows(hub.clone(), ratelimit::EventLimiter::new(options.flow_rate))
+                    .with_captures(hub.capture_orders(), options.capture_quota)
                     .with_metrics(metrics),
             )
             .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES),
@@ -656,6 +719,12 @@ pub async fn serve_with(
         .add_service(ExplainServiceServer::new(ExplainApi::new(store.clone(), auth.clone())))
         .add_service(RolloutServiceServer::new(RolloutApi::new(store.clone(), auth.clone(), &signer, require_identity)))
         .add_service(TokenServiceServer::new(TokenApi::new(store.clone(), auth.clone())))
+        .add_service(CaptureServiceServer::new(CaptureApi::new(
+            store.clone(),
+            auth.clone(),
+            shutdown.clone(),
+            options.capture_quota,
+        )))
         .add_service(FlowServiceServer::new(FlowApi::new(store.clone(), hub.clone(), shutdown.clone(), auth.clone())))
         .add_service(EventServiceServer::new(EventApi::new(store, hub, shutdown.clone(), auth)))
         .serve_with_incoming_shutdown(incoming(listener), signal);

@@ -7,12 +7,20 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = palisade_server::Cli::parse();
-    if let Some(palisade_server::Tool::Token(palisade_server::TokenTool::Create { role, name, database_url })) =
-        cli.command
+    if let Some(palisade_server::Tool::Token(palisade_server::TokenTool::Create {
+        role,
+        name,
+        capture,
+        database_url,
+    })) = cli.command
     {
         let role = palisade_server::auth::Role::parse(&role).ok_or_else(|| anyhow::anyhow!("--role {role}"))?;
-        let secret = palisade_server::create_token(&database_url, &name, role).await?;
-        eprintln!("created token {name:?} with role {}; its secret (shown once, stored only hashed):", role.as_str());
+        let secret = palisade_server::create_token_capturing(&database_url, &name, role, capture).await?;
+        let may = if capture { ", allowed to capture packets" } else { "" };
+        eprintln!(
+            "created token {name:?} with role {}{may}; its secret (shown once, stored only hashed):",
+            role.as_str()
+        );
         println!("{secret}");
         return Ok(());
     }

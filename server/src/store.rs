@@ -9,6 +9,7 @@ macro_rules! dynamic_sql {
 }
 
 mod batch;
+mod captures;
 mod events;
 mod flows;
 mod nodes;
@@ -18,6 +19,7 @@ mod tokens;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+pub use captures::{CAPTURES_CHANNEL, NewCapture, Progress, Source};
 pub use events::EventQuery;
 pub use flows::{FlowQuery, decode_relayed};
 pub use nodes::{NodeContext, Reported};

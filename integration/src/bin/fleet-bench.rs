@@ -483,6 +483,13 @@ impl AgentService for RawServer {
     ) -> Result<tonic::Response<v1::ReportFlowsResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("raw baseline"))
     }
+
+    async fn report_capture(
+        &self,
+        _: tonic::Request<tonic::Streaming<v1::ReportCaptureRequest>>,
+    ) -> Result<tonic::Response<v1::ReportCaptureResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("raw baseline"))
+    }
 }
 
 async fn raw_server(port: u16, agents: usize, rounds: usize, bundle: PathBuf) -> anyhow::Result<()> {

@@ -29,6 +29,10 @@ pub const MAX_EVENTS_PER_MESSAGE: usize = 10_000;
 pub const MAX_FLOWS_PER_MESSAGE: usize = 10_000;
 /// Longest error text stored from a NACK.
 const MAX_NACK_ERROR: usize = 64 * 1024;
+/// Most packet data in one `ReportCapture` message (agents send at most 1 MiB).
+pub const MAX_CAPTURE_MESSAGE_BYTES: usize = 4 << 20;
+/// Longest error text stored from a capture's end.
+const MAX_CAPTURE_ERROR: usize = 4096;
 
 /// Serves agents.
 #[derive(Debug, Clone)]
@@ -47,6 +51,9 @@ pub struct AgentApi {
     /// Which nodes' flow records live watchers want; `None`: flows are refused.
     hub: Option<crate::hub::EventHub>,
     metrics: Arc<ServerMetrics>,
+    /// Capture orders to hand agents, and the server's capture storage quota; `None`:
+    /// captures are refused.
+    captures: Option<(watch::Receiver<Arc<crate::hub::CaptureOrders>>, u64)>,
 }
 
 impl AgentApi {
@@ -70,7 +77,16 @@ impl AgentApi {
             flow_limiter: crate::ratelimit::EventLimiter::new(crate::ratelimit::EventRate::UNLIMITED),
             hub: None,
             metrics: ServerMetrics::new(),
+            captures: None,
         }
+    }
+
+    /// Hands agents the capture orders `orders` holds and stores what they capture, up to
+    /// `quota` bytes over every capture.
+    #[must_use]
+    pub fn with_captures(mut self, orders: watch::Receiver<Arc<crate::hub::CaptureOrders>>, quota: u64) -> Self {
+        self.captures = Some((orders, quota));
+        self
     }
 
     /// Records events, connections and apply→ACK delays in `metrics`.
@@ -137,6 +153,8 @@ struct Session {
     /// The newest generation pushed because policy changed, and when this server first saw
     /// the change it carries (for the apply→ACK histogram).
     awaiting: Option<(u64, Instant)>,
+    /// Capture orders sent on this stream (id, stop), so each is sent once per stream.
+    sent_orders: Vec<(u64, bool)>,
 }
 
 impl Session {
@@ -197,6 +215,26 @@ impl Session {
         Ok(())
     }
 
+    /// Sends the node's capture orders it was not sent yet on this stream.
+    async fn send_orders(&mut self, orders: &crate::hub::CaptureOrders) -> Result<(), ()> {
+        let mine = orders.get(&self.node).map_or(&[][..], Vec::as_slice);
+        if mine.is_empty() && self.sent_orders.is_empty() {
+            return Ok(());
+        }
+        let mut sent = Vec::with_capacity(mine.len());
+        for order in mine {
+            let key = (order.id, order.stop);
+            if !self.sent_orders.contains(&key) {
+                tracing::info!(node = self.node, capture = order.id, stop = order.stop, "capture order");
+                let message = v1::SyncResponse { message: Some(v1::sync_response::Message::Capture(order.clone())) };
+                self.outbound.send(Box::new(Ok(message))).await.map_err(drop)?;
+            }
+            sent.push(key);
+        }
+        self.sent_orders = sent;
+        Ok(())
+    }
+
     /// The agent acknowledged `generation`.
     fn acknowledged(&mut self, generation: u64) {
         if let Some((awaited, since)) = self.awaiting
@@ -245,7 +283,7 @@ fn is_digest(digest: &str) -> bool {
 async fn drive(
     mut session: Session,
     mut inbound: Streaming<v1::SyncRequest>,
-    mut generation: watch::Receiver<u64>,
+    (mut generation, mut orders): (watch::Receiver<u64>, Option<watch::Receiver<Arc<crate::hub::CaptureOrders>>>),
     shutdown: CancellationToken,
 ) {
     let store = session.store.clone();
@@ -258,6 +296,12 @@ async fn drive(
     // and this task lives (idle) as long as the agent stays connected.
     if Box::pin(session.push()).await.is_err() {
         return;
+    }
+    if let Some(orders) = &mut orders {
+        let current = orders.borrow_and_update().clone();
+        if Box::pin(session.send_orders(&current)).await.is_err() {
+            return;
+        }
     }
     loop {
         let retry_at = session.retry.map(|(at, _)| at);
@@ -279,6 +323,13 @@ async fn drive(
             }
             changed = generation.changed() => {
                 if changed.is_err() || Box::pin(session.policy_changed(Instant::now())).await.is_err() { break; }
+                continue;
+            }
+            current = changed_orders(&mut orders) => {
+                match current {
+                    Some(current) => if Box::pin(session.send_orders(&current)).await.is_err() { break; },
+                    None => orders = None,
+                }
                 continue;
             }
             m = inbound.message() => m,
@@ -336,6 +387,46 @@ async fn drive(
         tracing::warn!(node, %error, "could not mark node disconnected");
     }
     tracing::info!(node, "agent disconnected");
+}
+
+/// The capture orders once they change; `None` when they never will again (and never, when
+/// there are none to watch).
+async fn changed_orders(
+    orders: &mut Option<watch::Receiver<Arc<crate::hub::CaptureOrders>>>,
+) -> Option<Arc<crate::hub::CaptureOrders>> {
+    match orders {
+        Some(orders) => match orders.changed().await {
+            Ok(()) => Some(orders.borrow_and_update().clone()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Checks one `ReportCapture` message's bounds; its end, if it is the last.
+fn check_capture_report(message: &v1::ReportCaptureRequest) -> Result<Option<(String, String, bool)>, ApiError> {
+    use crate::error::Violation;
+    let mut v = Vec::new();
+    let data: usize = message.packets.iter().map(|p| p.data.len()).sum();
+    if data > MAX_CAPTURE_MESSAGE_BYTES {
+        v.push(Violation::new(
+            "packets",
+            format!("{data} bytes in one message, the limit is {MAX_CAPTURE_MESSAGE_BYTES}"),
+        ));
+    }
+    if let Some(i) = message.packets.iter().position(|p| p.data.len() as u64 > u64::from(p.wire_length)) {
+        v.push(Violation::new(format!("packets[{i}].data"), "is longer than the packet's wire_length"));
+    }
+    v.extend(check_text("stop_reason", &message.stop_reason, 32));
+    v.extend(check_text("error", &message.error, MAX_CAPTURE_ERROR));
+    if !v.is_empty() {
+        return Err(ApiError::Invalid(v));
+    }
+    let ended = message.failed || !message.stop_reason.is_empty();
+    Ok(ended.then(|| {
+        let reason = if message.stop_reason.is_empty() { "error".to_owned() } else { message.stop_reason.clone() };
+        (reason, message.error.clone(), message.failed)
+    }))
 }
 
 /// Most failsafe ports and server endpoints a hello may carry.
@@ -555,8 +646,10 @@ impl AgentService for AgentApi {
             sent: hello.bundle_digest,
             metrics: self.metrics.clone(),
             awaiting: None,
+            sent_orders: Vec::new(),
         };
-        self.tracker.spawn(drive(session, inbound, self.generation.clone(), self.shutdown.clone()));
+        let orders = self.captures.as_ref().map(|(orders, _)| orders.clone());
+        self.tracker.spawn(drive(session, inbound, (self.generation.clone(), orders), self.shutdown.clone()));
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(ReceiverStream::new(receiver), |item| *item))))
     }
 
@@ -676,6 +769,35 @@ impl AgentService for AgentApi {
         }
         let records_wanted = node.as_deref().is_some_and(|n| hub.records_wanted(n));
         Ok(Response::new(v1::ReportFlowsResponse { accepted, rate_limited, records_wanted }))
+    }
+
+    async fn report_capture(
+        &self,
+        request: Request<Streaming<v1::ReportCaptureRequest>>,
+    ) -> Result<Response<v1::ReportCaptureResponse>, Status> {
+        let Some((_, quota)) = &self.captures else {
+            return Err(Status::unimplemented("this server does not take captures"));
+        };
+        let identity = tls::node_identity(&request, self.require_identity)?;
+        let mut inbound = request.into_inner();
+        let (mut node, mut capture, mut accepted) = (None, None, 0);
+        while let Some(message) = inbound.message().await? {
+            let node = stream_node(&mut node, &message.node_name, identity.as_deref())?;
+            match capture {
+                Some(id) if id != message.capture_id => {
+                    return Err(ApiError::invalid("capture_id", format!("this stream reports capture {id}")).into());
+                }
+                Some(_) => {}
+                None => capture = Some(message.capture_id),
+            }
+            let end = check_capture_report(&message)?;
+            let progress = crate::store::Progress { seen: message.packets_seen, dropped: message.packets_dropped, end };
+            accepted += self
+                .store
+                .report_capture(&node, message.capture_id, message.interface, message.packets, &progress, *quota)
+                .await?;
+        }
+        Ok(Response::new(v1::ReportCaptureResponse { accepted }))
     }
 }
 

@@ -25,6 +25,7 @@ from ._connection import Pem
 from .errors import ConnectError
 from .v1 import (
     agent_pb2_grpc,
+    capture_pb2_grpc,
     event_pb2,
     event_pb2_grpc,
     flow_pb2,
@@ -108,6 +109,7 @@ class AsyncClient:
         self.policies = policy_pb2_grpc.PolicyServiceStub(channel)
         self.events = event_pb2_grpc.EventServiceStub(channel)
         self.flows = flow_pb2_grpc.FlowServiceStub(channel)
+        self.captures = capture_pb2_grpc.CaptureServiceStub(channel)
         self.nodes = node_pb2_grpc.NodeServiceStub(channel)
         self.tokens = token_pb2_grpc.TokenServiceStub(channel)
         self.agent = agent_pb2_grpc.AgentServiceStub(channel)

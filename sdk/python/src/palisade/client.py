@@ -15,6 +15,7 @@ from . import _connection, _requests
 from ._connection import Pem
 from .v1 import (
     agent_pb2_grpc,
+    capture_pb2_grpc,
     event_pb2,
     event_pb2_grpc,
     flow_pb2,
@@ -99,7 +100,8 @@ def _channel(settings: _connection.Settings) -> grpc.Channel:
 class Client:
     """A connection to a Palisade server.
 
-    The generated stubs are attributes (`policies`, `events`, `flows`, `nodes`, `tokens`,
+    The generated stubs are attributes (`policies`, `events`, `flows`, `captures`, `nodes`,
+    `tokens`,
     `agent`):
     every RPC is available on them with the messages of `palisade.v1`, and every call carries
     the token. Close the client (or use it as a context manager) to release the channel.
@@ -111,6 +113,7 @@ class Client:
         self.policies = policy_pb2_grpc.PolicyServiceStub(channel)
         self.events = event_pb2_grpc.EventServiceStub(channel)
         self.flows = flow_pb2_grpc.FlowServiceStub(channel)
+        self.captures = capture_pb2_grpc.CaptureServiceStub(channel)
         self.nodes = node_pb2_grpc.NodeServiceStub(channel)
         self.tokens = token_pb2_grpc.TokenServiceStub(channel)
         self.agent = agent_pb2_grpc.AgentServiceStub(channel)

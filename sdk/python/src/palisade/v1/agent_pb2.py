@@ -23,11 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from . import capture_pb2 as palisade_dot_v1_dot_capture__pb2
 from . import event_pb2 as palisade_dot_v1_dot_event__pb2
 from . import flow_pb2 as palisade_dot_v1_dot_flow__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17palisade/v1/agent.proto\x12\x0bpalisade.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17palisade/v1/event.proto\x1a\x16palisade/v1/flow.proto\"\xbf\x01\n\x0bSyncRequest\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.palisade.v1.AgentHelloH\x00\x12%\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x16.palisade.v1.BundleAckH\x00\x12\'\n\x04nack\x18\x03 \x01(\x0b\x32\x17.palisade.v1.BundleNackH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.palisade.v1.HeartbeatH\x00\x42\t\n\x07message\"\x9d\x01\n\x0cSyncResponse\x12%\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x13.palisade.v1.BundleH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.palisade.v1.HeartbeatH\x00\x12.\n\x0b\x62undle_part\x18\x03 \x01(\x0b\x32\x17.palisade.v1.BundlePartH\x00\x42\t\n\x07message\"X\n\nBundlePart\x12#\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x13.palisade.v1.Bundle\x12\x14\n\x0c\x63ontent_size\x18\x02 \x01(\x04\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"\xf9\x02\n\nAgentHello\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x33\n\x06labels\x18\x02 \x03(\x0b\x32#.palisade.v1.AgentHello.LabelsEntry\x12-\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x1b.palisade.v1.KernelFeatures\x12\x15\n\rbundle_digest\x18\x04 \x01(\t\x12\x19\n\x11\x62undle_generation\x18\x05 \x01(\x04\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x18\n\x10server_endpoints\x18\x07 \x03(\t\x12\x16\n\x0e\x66\x61ilsafe_ports\x18\x08 \x03(\r\x12,\n\x0b\x65vent_stats\x18\t \x01(\x0b\x32\x17.palisade.v1.EventStats\x12\x1c\n\x14\x61\x63\x63\x65pts_bundle_parts\x18\n \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe0\x02\n\nEventStats\x12\x12\n\nqueue_full\x18\x01 \x01(\x04\x12\x14\n\x0c\x62\x61\x63klog_full\x18\x02 \x01(\x04\x12\x13\n\x0bundecodable\x18\x03 \x01(\x04\x12\x0f\n\x07pending\x18\x04 \x01(\x04\x12\x11\n\tdelivered\x18\x05 \x01(\x04\x12\x11\n\tring_full\x18\x06 \x01(\x04\x12\x15\n\rpending_bytes\x18\x07 \x01(\x04\x12\x16\n\x0e\x66lows_recorded\x18\x08 \x01(\x04\x12\x15\n\rflows_dropped\x18\t \x01(\x04\x12\x17\n\x0f\x66lows_untracked\x18\n \x01(\x04\x12\x14\n\x0ctune_refused\x18\x0b \x01(\x04\x12\x16\n\x0e\x66lows_reported\x18\x0c \x01(\x04\x12\x1a\n\x12\x66lows_backlog_full\x18\r \x01(\x04\x12\x1c\n\x14\x66low_records_dropped\x18\x0e \x01(\x04\x12\x15\n\rflows_pending\x18\x0f \x01(\x04\"\xd7\x02\n\x0eKernelFeatures\x12\x16\n\x0ekernel_release\x18\x01 \x01(\t\x12\x0f\n\x07\x62pf_lsm\x18\x02 \x01(\x08\x12\x18\n\x10\x63group_sock_addr\x18\x03 \x01(\x08\x12\x10\n\x08sock_ops\x18\x04 \x01(\x08\x12\x15\n\rsocket_filter\x18\x05 \x01(\x08\x12\x13\n\x0bring_buffer\x18\x06 \x01(\x08\x12\x0b\n\x03\x62tf\x18\x07 \x01(\x08\x12\x13\n\x0blink_update\x18\x08 \x01(\x08\x12@\n\x0b\x62tf_offsets\x18\t \x03(\x0b\x32+.palisade.v1.KernelFeatures.BtfOffsetsEntry\x12\x15\n\rbpf_lsm_paths\x18\n \x01(\x08\x12\x16\n\x0etcp_congestion\x18\x0b \x03(\t\x1a\x31\n\x0f\x42tfOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x8d\x01\n\x06\x42undle\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x0c\n\x04node\x18\x05 \x01(\t\x12-\n\tissued_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"/\n\tBundleAck\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"?\n\nBundleNack\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"f\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0b\x65vent_stats\x18\x02 \x01(\x0b\x32\x17.palisade.v1.EventStats\"T\n\x13ReportEventsRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12*\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1a.palisade.v1.DecisionEvent\">\n\x14ReportEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x12\x14\n\x0crate_limited\x18\x02 \x01(\x04\"\x81\x01\n\x12ReportFlowsRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12.\n\naggregates\x18\x02 \x03(\x0b\x32\x1a.palisade.v1.FlowAggregate\x12(\n\x07records\x18\x03 \x03(\x0b\x32\x17.palisade.v1.FlowRecord\"U\n\x13ReportFlowsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x12\x14\n\x0crate_limited\x18\x02 \x01(\x04\x12\x16\n\x0erecords_wanted\x18\x03 \x01(\x08\x32\xfa\x01\n\x0c\x41gentService\x12?\n\x04Sync\x12\x18.palisade.v1.SyncRequest\x1a\x19.palisade.v1.SyncResponse(\x01\x30\x01\x12U\n\x0cReportEvents\x12 .palisade.v1.ReportEventsRequest\x1a!.palisade.v1.ReportEventsResponse(\x01\x12R\n\x0bReportFlows\x12\x1f.palisade.v1.ReportFlowsRequest\x1a .palisade.v1.ReportFlowsResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17palisade/v1/agent.proto\x12\x0bpalisade.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19palisade/v1/capture.proto\x1a\x17palisade/v1/event.proto\x1a\x16palisade/v1/flow.proto\"\xbf\x01\n\x0bSyncRequest\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.palisade.v1.AgentHelloH\x00\x12%\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x16.palisade.v1.BundleAckH\x00\x12\'\n\x04nack\x18\x03 \x01(\x0b\x32\x17.palisade.v1.BundleNackH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.palisade.v1.HeartbeatH\x00\x42\t\n\x07message\"\xcb\x01\n\x0cSyncResponse\x12%\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x13.palisade.v1.BundleH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.palisade.v1.HeartbeatH\x00\x12.\n\x0b\x62undle_part\x18\x03 \x01(\x0b\x32\x17.palisade.v1.BundlePartH\x00\x12,\n\x07\x63\x61pture\x18\x04 \x01(\x0b\x32\x19.palisade.v1.CaptureOrderH\x00\x42\t\n\x07message\"X\n\nBundlePart\x12#\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x13.palisade.v1.Bundle\x12\x14\n\x0c\x63ontent_size\x18\x02 \x01(\x04\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"\xf9\x02\n\nAgentHello\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x33\n\x06labels\x18\x02 \x03(\x0b\x32#.palisade.v1.AgentHello.LabelsEntry\x12-\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x1b.palisade.v1.KernelFeatures\x12\x15\n\rbundle_digest\x18\x04 \x01(\t\x12\x19\n\x11\x62undle_generation\x18\x05 \x01(\x04\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x18\n\x10server_endpoints\x18\x07 \x03(\t\x12\x16\n\x0e\x66\x61ilsafe_ports\x18\x08 \x03(\r\x12,\n\x0b\x65vent_stats\x18\t \x01(\x0b\x32\x17.palisade.v1.EventStats\x12\x1c\n\x14\x61\x63\x63\x65pts_bundle_parts\x18\n \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe0\x02\n\nEventStats\x12\x12\n\nqueue_full\x18\x01 \x01(\x04\x12\x14\n\x0c\x62\x61\x63klog_full\x18\x02 \x01(\x04\x12\x13\n\x0bundecodable\x18\x03 \x01(\x04\x12\x0f\n\x07pending\x18\x04 \x01(\x04\x12\x11\n\tdelivered\x18\x05 \x01(\x04\x12\x11\n\tring_full\x18\x06 \x01(\x04\x12\x15\n\rpending_bytes\x18\x07 \x01(\x04\x12\x16\n\x0e\x66lows_recorded\x18\x08 \x01(\x04\x12\x15\n\rflows_dropped\x18\t \x01(\x04\x12\x17\n\x0f\x66lows_untracked\x18\n \x01(\x04\x12\x14\n\x0ctune_refused\x18\x0b \x01(\x04\x12\x16\n\x0e\x66lows_reported\x18\x0c \x01(\x04\x12\x1a\n\x12\x66lows_backlog_full\x18\r \x01(\x04\x12\x1c\n\x14\x66low_records_dropped\x18\x0e \x01(\x04\x12\x15\n\rflows_pending\x18\x0f \x01(\x04\"\xd7\x02\n\x0eKernelFeatures\x12\x16\n\x0ekernel_release\x18\x01 \x01(\t\x12\x0f\n\x07\x62pf_lsm\x18\x02 \x01(\x08\x12\x18\n\x10\x63group_sock_addr\x18\x03 \x01(\x08\x12\x10\n\x08sock_ops\x18\x04 \x01(\x08\x12\x15\n\rsocket_filter\x18\x05 \x01(\x08\x12\x13\n\x0bring_buffer\x18\x06 \x01(\x08\x12\x0b\n\x03\x62tf\x18\x07 \x01(\x08\x12\x13\n\x0blink_update\x18\x08 \x01(\x08\x12@\n\x0b\x62tf_offsets\x18\t \x03(\x0b\x32+.palisade.v1.KernelFeatures.BtfOffsetsEntry\x12\x15\n\rbpf_lsm_paths\x18\n \x01(\x08\x12\x16\n\x0etcp_congestion\x18\x0b \x03(\t\x1a\x31\n\x0f\x42tfOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x8d\x01\n\x06\x42undle\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x0c\n\x04node\x18\x05 \x01(\t\x12-\n\tissued_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"/\n\tBundleAck\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"?\n\nBundleNack\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"f\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0b\x65vent_stats\x18\x02 \x01(\x0b\x32\x17.palisade.v1.EventStats\"T\n\x13ReportEventsRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12*\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1a.palisade.v1.DecisionEvent\">\n\x14ReportEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x12\x14\n\x0crate_limited\x18\x02 \x01(\x04\"\x81\x01\n\x12ReportFlowsRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12.\n\naggregates\x18\x02 \x03(\x0b\x32\x1a.palisade.v1.FlowAggregate\x12(\n\x07records\x18\x03 \x03(\x0b\x32\x17.palisade.v1.FlowRecord\"U\n\x13ReportFlowsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x12\x14\n\x0crate_limited\x18\x02 \x01(\x04\x12\x16\n\x0erecords_wanted\x18\x03 \x01(\x08\x32\xd4\x02\n\x0c\x41gentService\x12?\n\x04Sync\x12\x18.palisade.v1.SyncRequest\x1a\x19.palisade.v1.SyncResponse(\x01\x30\x01\x12U\n\x0cReportEvents\x12 .palisade.v1.ReportEventsRequest\x1a!.palisade.v1.ReportEventsResponse(\x01\x12R\n\x0bReportFlows\x12\x1f.palisade.v1.ReportFlowsRequest\x1a .palisade.v1.ReportFlowsResponse(\x01\x12X\n\rReportCapture\x12!.palisade.v1.ReportCaptureRequest\x1a\".palisade.v1.ReportCaptureResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,38 +39,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTHELLO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_KERNELFEATURES_BTFOFFSETSENTRY']._loaded_options = None
   _globals['_KERNELFEATURES_BTFOFFSETSENTRY']._serialized_options = b'8\001'
-  _globals['_SYNCREQUEST']._serialized_start=123
-  _globals['_SYNCREQUEST']._serialized_end=314
-  _globals['_SYNCRESPONSE']._serialized_start=317
-  _globals['_SYNCRESPONSE']._serialized_end=474
-  _globals['_BUNDLEPART']._serialized_start=476
-  _globals['_BUNDLEPART']._serialized_end=564
-  _globals['_AGENTHELLO']._serialized_start=567
-  _globals['_AGENTHELLO']._serialized_end=944
-  _globals['_AGENTHELLO_LABELSENTRY']._serialized_start=899
-  _globals['_AGENTHELLO_LABELSENTRY']._serialized_end=944
-  _globals['_EVENTSTATS']._serialized_start=947
-  _globals['_EVENTSTATS']._serialized_end=1299
-  _globals['_KERNELFEATURES']._serialized_start=1302
-  _globals['_KERNELFEATURES']._serialized_end=1645
-  _globals['_KERNELFEATURES_BTFOFFSETSENTRY']._serialized_start=1596
-  _globals['_KERNELFEATURES_BTFOFFSETSENTRY']._serialized_end=1645
-  _globals['_BUNDLE']._serialized_start=1648
-  _globals['_BUNDLE']._serialized_end=1789
-  _globals['_BUNDLEACK']._serialized_start=1791
-  _globals['_BUNDLEACK']._serialized_end=1838
-  _globals['_BUNDLENACK']._serialized_start=1840
-  _globals['_BUNDLENACK']._serialized_end=1903
-  _globals['_HEARTBEAT']._serialized_start=1905
-  _globals['_HEARTBEAT']._serialized_end=2007
-  _globals['_REPORTEVENTSREQUEST']._serialized_start=2009
-  _globals['_REPORTEVENTSREQUEST']._serialized_end=2093
-  _globals['_REPORTEVENTSRESPONSE']._serialized_start=2095
-  _globals['_REPORTEVENTSRESPONSE']._serialized_end=2157
-  _globals['_REPORTFLOWSREQUEST']._serialized_start=2160
-  _globals['_REPORTFLOWSREQUEST']._serialized_end=2289
-  _globals['_REPORTFLOWSRESPONSE']._serialized_start=2291
-  _globals['_REPORTFLOWSRESPONSE']._serialized_end=2376
-  _globals['_AGENTSERVICE']._serialized_start=2379
-  _globals['_AGENTSERVICE']._serialized_end=2629
+  _globals['_SYNCREQUEST']._serialized_start=150
+  _globals['_SYNCREQUEST']._serialized_end=341
+  _globals['_SYNCRESPONSE']._serialized_start=344
+  _globals['_SYNCRESPONSE']._serialized_end=547
+  _globals['_BUNDLEPART']._serialized_start=549
+  _globals['_BUNDLEPART']._serialized_end=637
+  _globals['_AGENTHELLO']._serialized_start=640
+  _globals['_AGENTHELLO']._serialized_end=1017
+  _globals['_AGENTHELLO_LABELSENTRY']._serialized_start=972
+  _globals['_AGENTHELLO_LABELSENTRY']._serialized_end=1017
+  _globals['_EVENTSTATS']._serialized_start=1020
+  _globals['_EVENTSTATS']._serialized_end=1372
+  _globals['_KERNELFEATURES']._serialized_start=1375
+  _globals['_KERNELFEATURES']._serialized_end=1718
+  _globals['_KERNELFEATURES_BTFOFFSETSENTRY']._serialized_start=1669
+  _globals['_KERNELFEATURES_BTFOFFSETSENTRY']._serialized_end=1718
+  _globals['_BUNDLE']._serialized_start=1721
+  _globals['_BUNDLE']._serialized_end=1862
+  _globals['_BUNDLEACK']._serialized_start=1864
+  _globals['_BUNDLEACK']._serialized_end=1911
+  _globals['_BUNDLENACK']._serialized_start=1913
+  _globals['_BUNDLENACK']._serialized_end=1976
+  _globals['_HEARTBEAT']._serialized_start=1978
+  _globals['_HEARTBEAT']._serialized_end=2080
+  _globals['_REPORTEVENTSREQUEST']._serialized_start=2082
+  _globals['_REPORTEVENTSREQUEST']._serialized_end=2166
+  _globals['_REPORTEVENTSRESPONSE']._serialized_start=2168
+  _globals['_REPORTEVENTSRESPONSE']._serialized_end=2230
+  _globals['_REPORTFLOWSREQUEST']._serialized_start=2233
+  _globals['_REPORTFLOWSREQUEST']._serialized_end=2362
+  _globals['_REPORTFLOWSRESPONSE']._serialized_start=2364
+  _globals['_REPORTFLOWSRESPONSE']._serialized_end=2449
+  _globals['_AGENTSERVICE']._serialized_start=2452
+  _globals['_AGENTSERVICE']._serialized_end=2792
 # @@protoc_insertion_point(module_scope)

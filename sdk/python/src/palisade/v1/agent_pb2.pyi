@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from . import capture_pb2 as _capture_pb2
 from . import event_pb2 as _event_pb2
 from . import flow_pb2 as _flow_pb2
 from google.protobuf.internal import containers as _containers
@@ -24,14 +25,16 @@ class SyncRequest(_message.Message):
     def __init__(self, hello: _Optional[_Union[AgentHello, _Mapping]] = ..., ack: _Optional[_Union[BundleAck, _Mapping]] = ..., nack: _Optional[_Union[BundleNack, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
 class SyncResponse(_message.Message):
-    __slots__ = ("bundle", "heartbeat", "bundle_part")
+    __slots__ = ("bundle", "heartbeat", "bundle_part", "capture")
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_PART_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_FIELD_NUMBER: _ClassVar[int]
     bundle: Bundle
     heartbeat: Heartbeat
     bundle_part: BundlePart
-    def __init__(self, bundle: _Optional[_Union[Bundle, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., bundle_part: _Optional[_Union[BundlePart, _Mapping]] = ...) -> None: ...
+    capture: _capture_pb2.CaptureOrder
+    def __init__(self, bundle: _Optional[_Union[Bundle, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., bundle_part: _Optional[_Union[BundlePart, _Mapping]] = ..., capture: _Optional[_Union[_capture_pb2.CaptureOrder, _Mapping]] = ...) -> None: ...
 
 class BundlePart(_message.Message):
     __slots__ = ("bundle", "content_size", "content")

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from . import agent_pb2 as palisade_dot_v1_dot_agent__pb2
+from . import capture_pb2 as palisade_dot_v1_dot_capture__pb2
 
 GRPC_GENERATED_VERSION = '1.82.1'
 GRPC_VERSION = grpc.__version__
@@ -50,6 +51,11 @@ class AgentServiceStub:
                 request_serializer=palisade_dot_v1_dot_agent__pb2.ReportFlowsRequest.SerializeToString,
                 response_deserializer=palisade_dot_v1_dot_agent__pb2.ReportFlowsResponse.FromString,
                 _registered_method=True)
+        self.ReportCapture = channel.stream_unary(
+                '/palisade.v1.AgentService/ReportCapture',
+                request_serializer=palisade_dot_v1_dot_capture__pb2.ReportCaptureRequest.SerializeToString,
+                response_deserializer=palisade_dot_v1_dot_capture__pb2.ReportCaptureResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -80,6 +86,15 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportCapture(self, request_iterator, context):
+        """The packets of one capture (CaptureOrder) from one interface, and its end. The first
+        message must name the node. RESOURCE_EXHAUSTED when the server's capture storage is
+        full: the agent stops that capture.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +112,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ReportFlows,
                     request_deserializer=palisade_dot_v1_dot_agent__pb2.ReportFlowsRequest.FromString,
                     response_serializer=palisade_dot_v1_dot_agent__pb2.ReportFlowsResponse.SerializeToString,
+            ),
+            'ReportCapture': grpc.stream_unary_rpc_method_handler(
+                    servicer.ReportCapture,
+                    request_deserializer=palisade_dot_v1_dot_capture__pb2.ReportCaptureRequest.FromString,
+                    response_serializer=palisade_dot_v1_dot_capture__pb2.ReportCaptureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +201,33 @@ class AgentService:
             '/palisade.v1.AgentService/ReportFlows',
             palisade_dot_v1_dot_agent__pb2.ReportFlowsRequest.SerializeToString,
             palisade_dot_v1_dot_agent__pb2.ReportFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportCapture(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/palisade.v1.AgentService/ReportCapture',
+            palisade_dot_v1_dot_capture__pb2.ReportCaptureRequest.SerializeToString,
+            palisade_dot_v1_dot_capture__pb2.ReportCaptureResponse.FromString,
             options,
             channel_credentials,
             insecure,

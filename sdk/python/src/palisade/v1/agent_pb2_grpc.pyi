@@ -11,6 +11,7 @@ client stream so a burst of events never delays a bundle.
 from collections import abc as _abc
 from grpc import aio as _aio
 from . import agent_pb2 as _agent_pb2
+from . import capture_pb2 as _capture_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -49,6 +50,11 @@ class AgentServiceStub:
     """Flow aggregates of closed TCP connections (`connections.observe`) and, while a live
     watcher asks for them, per-connection records. The first message must name the node.
     """
+    ReportCapture: _grpc.StreamUnaryMultiCallable[_capture_pb2.ReportCaptureRequest, _capture_pb2.ReportCaptureResponse]
+    """The packets of one capture (CaptureOrder) from one interface, and its end. The first
+    message must name the node. RESOURCE_EXHAUSTED when the server's capture storage is
+    full: the agent stops that capture.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -65,6 +71,11 @@ class AgentServiceAsyncStub(AgentServiceStub):
     ReportFlows: _aio.StreamUnaryMultiCallable[_agent_pb2.ReportFlowsRequest, _agent_pb2.ReportFlowsResponse]  # type: ignore[assignment]
     """Flow aggregates of closed TCP connections (`connections.observe`) and, while a live
     watcher asks for them, per-connection records. The first message must name the node.
+    """
+    ReportCapture: _aio.StreamUnaryMultiCallable[_capture_pb2.ReportCaptureRequest, _capture_pb2.ReportCaptureResponse]  # type: ignore[assignment]
+    """The packets of one capture (CaptureOrder) from one interface, and its end. The first
+    message must name the node. RESOURCE_EXHAUSTED when the server's capture storage is
+    full: the agent stops that capture.
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -97,6 +108,17 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agent_pb2.ReportFlowsResponse, _abc.Awaitable[_agent_pb2.ReportFlowsResponse]]:
         """Flow aggregates of closed TCP connections (`connections.observe`) and, while a live
         watcher asks for them, per-connection records. The first message must name the node.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportCapture(
+        self,
+        request_iterator: _MaybeAsyncIterator[_capture_pb2.ReportCaptureRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_capture_pb2.ReportCaptureResponse, _abc.Awaitable[_capture_pb2.ReportCaptureResponse]]:
+        """The packets of one capture (CaptureOrder) from one interface, and its end. The first
+        message must name the node. RESOURCE_EXHAUSTED when the server's capture storage is
+        full: the agent stops that capture.
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

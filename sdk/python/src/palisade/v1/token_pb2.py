@@ -25,25 +25,25 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17palisade/v1/token.proto\x12\x0bpalisade.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x01\n\x05Token\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x04role\x18\x02 \x01(\x0e\x32\x11.palisade.v1.Role\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x13\n\x11ListTokensRequest\"8\n\x12ListTokensResponse\x12\"\n\x06tokens\x18\x01 \x03(\x0b\x32\x12.palisade.v1.Token\"\"\n\x12RevokeTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x13RevokeTokenResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.palisade.v1.Token*N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x0f\n\x0bROLE_EDITOR\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xaf\x01\n\x0cTokenService\x12M\n\nListTokens\x12\x1e.palisade.v1.ListTokensRequest\x1a\x1f.palisade.v1.ListTokensResponse\x12P\n\x0bRevokeToken\x12\x1f.palisade.v1.RevokeTokenRequest\x1a .palisade.v1.RevokeTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17palisade/v1/token.proto\x12\x0bpalisade.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x01\n\x05Token\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x04role\x18\x02 \x01(\x0e\x32\x11.palisade.v1.Role\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63\x61pture\x18\x05 \x01(\x08\"\x13\n\x11ListTokensRequest\"8\n\x12ListTokensResponse\x12\"\n\x06tokens\x18\x01 \x03(\x0b\x32\x12.palisade.v1.Token\"\"\n\x12RevokeTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x13RevokeTokenResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.palisade.v1.Token*N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x0f\n\x0bROLE_EDITOR\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xaf\x01\n\x0cTokenService\x12M\n\nListTokens\x12\x1e.palisade.v1.ListTokensRequest\x1a\x1f.palisade.v1.ListTokensResponse\x12P\n\x0bRevokeToken\x12\x1f.palisade.v1.RevokeTokenRequest\x1a .palisade.v1.RevokeTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'palisade.v1.token_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=399
-  _globals['_ROLE']._serialized_end=477
+  _globals['_ROLE']._serialized_start=416
+  _globals['_ROLE']._serialized_end=494
   _globals['_TOKEN']._serialized_start=74
-  _globals['_TOKEN']._serialized_end=224
-  _globals['_LISTTOKENSREQUEST']._serialized_start=226
-  _globals['_LISTTOKENSREQUEST']._serialized_end=245
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=247
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=303
-  _globals['_REVOKETOKENREQUEST']._serialized_start=305
-  _globals['_REVOKETOKENREQUEST']._serialized_end=339
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=341
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=397
-  _globals['_TOKENSERVICE']._serialized_start=480
-  _globals['_TOKENSERVICE']._serialized_end=655
+  _globals['_TOKEN']._serialized_end=241
+  _globals['_LISTTOKENSREQUEST']._serialized_start=243
+  _globals['_LISTTOKENSREQUEST']._serialized_end=262
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=264
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=320
+  _globals['_REVOKETOKENREQUEST']._serialized_start=322
+  _globals['_REVOKETOKENREQUEST']._serialized_end=356
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=358
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=414
+  _globals['_TOKENSERVICE']._serialized_start=497
+  _globals['_TOKENSERVICE']._serialized_end=672
 # @@protoc_insertion_point(module_scope)

@@ -3,7 +3,7 @@
 //! datagrams its filter names, among everything else the loopback carries (this test's gRPC
 //! and PostgreSQL traffic included), and a veth pair into a network namespace this test
 //! creates carries the rest; the downloaded file is read back by `tcpdump -r`. A second
-//! capture stops itself at its packet limit.
+//! capture stops itself at its packet limit, across a server restart.
 
 use std::{net::UdpSocket, process::Command, time::Duration};
 
@@ -126,7 +126,11 @@ async fn a_fleet_capture_keeps_exactly_the_matching_packets_and_tcpdump_reads_th
     }
     let veth = Veth::new();
     let cg = TestCgroup::new("capture-sessions");
-    let server = EmbeddedServer::start(pool).await.expect("server");
+    // Open capture streams hold a stopping server for its grace period.
+    let grace = Duration::from_millis(500);
+    let options = palisade_server::Options { shutdown_grace: grace, ..palisade_server::Options::default() };
+    let signer = options.signer.clone();
+    let mut server = EmbeddedServer::start_with(pool.clone(), options).await.expect("server");
     let channel = server.admin().await;
     let state = tempfile::tempdir().expect("tempdir");
     let node = format!("cap-{}", std::process::id());
@@ -197,7 +201,8 @@ async fn a_fleet_capture_keeps_exactly_the_matching_packets_and_tcpdump_reads_th
     let want: Vec<usize> = (0..150).map(|i| 14 + 20 + 8 + 20 + i * 7).filter(|&l| l < 200).collect();
     assert_eq!(lengths, want, "loopback datagrams whole and in order");
 
-    // A capture that stops itself: 10 packets, then "packets".
+    // A capture that stops itself at 10 packets ("packets"), across a server restart: the
+    // agent's stream reconnects and what it kept arrives.
     let limited = client
         .clone()
         .start_capture(start(format!("udp dst port {port}"), &["lo"], 10))
@@ -210,7 +215,11 @@ async fn a_fleet_capture_keeps_exactly_the_matching_packets_and_tcpdump_reads_th
         c.nodes.iter().all(|n| n.state == v1::CaptureNodeState::Running as i32)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (addr, secured) = (server.addr(), server.secured());
+    server.stop().await.expect("stop");
+    let options = palisade_server::Options { signer, shutdown_grace: grace, ..palisade_server::Options::default() };
+    server = EmbeddedServer::restart_on(pool, addr, options, secured).await.expect("restart");
+    let client = CaptureServiceClient::new(server.admin().await);
     for _ in 0..50 {
         sender.send_to(&[1; 32], ("127.0.0.1", port)).expect("send");
     }

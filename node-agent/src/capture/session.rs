@@ -311,38 +311,30 @@ async fn run_one(
     let (batches_tx, mut batches) = mpsc::channel(QUEUED_BATCHES);
     let (threads, failed) = start_threads(&order, shared, limits, deadline, &batches_tx);
     drop(batches_tx);
-    let (messages, stream) = mpsc::channel::<v1::ReportCaptureRequest>(4);
-    let call = tokio::spawn(report(server.clone(), stream));
-    let mut first = true;
-    let mut message = |interface: u32, packets: Vec<v1::CapturedPacket>| {
-        let node_name = if std::mem::take(&mut first) { node.to_owned() } else { String::new() };
-        v1::ReportCaptureRequest {
-            node_name,
-            capture_id: id,
-            interface,
-            packets,
-            packets_seen: seen_since(&order.interfaces, &base),
-            packets_dropped: shared.dropped.load(Ordering::Acquire),
-            ..Default::default()
-        }
+    let mut uploader = Uploader { server: server.clone(), stream: None, give_up: deadline + GIVE_UP_AFTER };
+    let message = |interface: u32, packets: Vec<v1::CapturedPacket>| v1::ReportCaptureRequest {
+        // Every message names the node: after a reconnect it is the first of a new stream.
+        node_name: node.to_owned(),
+        capture_id: id,
+        interface,
+        packets,
+        packets_seen: seen_since(&order.interfaces, &base),
+        packets_dropped: shared.dropped.load(Ordering::Acquire),
+        ..Default::default()
     };
     // Says the capture started, so the server shows it running before the first packet.
-    let mut open = messages.send(message(0, Vec::new())).await.is_ok();
-    if !open {
-        shared.stop("error", "cannot reach the server".to_owned());
-    }
+    let mut open = uploader.send(message(0, Vec::new()), shared, shutdown).await;
     loop {
         let batch = tokio::select! {
-            () = shutdown.cancelled() => {
+            () = shutdown.cancelled(), if !shared.stopped() => {
                 shared.stop("agent", String::new());
                 continue;
             }
             batch = batches.recv() => batch,
         };
         let Some((interface, packets)) = batch else { break };
-        if open && messages.send(message(interface, packets)).await.is_err() {
-            open = false;
-            shared.stop("error", "the server ended the capture stream".to_owned());
+        if open {
+            open = uploader.send(message(interface, packets), shared, shutdown).await;
         }
     }
     for thread in threads {
@@ -355,18 +347,89 @@ async fn run_one(
     last.error = error;
     last.failed = failed;
     if open {
-        let _ = messages.send(last).await;
+        uploader.send(last, shared, shutdown).await;
     }
-    drop(messages);
-    match call.await {
-        Ok(Ok(response)) => tracing::info!(
+    match uploader.finish().await {
+        Some(Ok(response)) => tracing::info!(
             capture = id,
             reason,
             kept = shared.kept.load(Ordering::Acquire),
             stored = response.get_ref().accepted,
             "capture finished"
         ),
-        Ok(Err(status)) => tracing::warn!(capture = id, reason, %status, "capture ended by the server"),
-        Err(e) => tracing::warn!(capture = id, error = %e, "capture stream task failed"),
+        Some(Err(status)) => tracing::warn!(capture = id, reason, %status, "capture ended by the server"),
+        None => tracing::warn!(capture = id, reason, "capture ended without reaching the server"),
+    }
+}
+
+/// How long past its deadline a capture keeps trying to reach the server with what it has.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+
+type ReportCall = tokio::task::JoinHandle<Result<tonic::Response<v1::ReportCaptureResponse>, tonic::Status>>;
+
+/// The `ReportCapture` stream of one capture, opened again when the connection breaks.
+struct Uploader {
+    server: Server,
+    stream: Option<(mpsc::Sender<v1::ReportCaptureRequest>, ReportCall)>,
+    give_up: Instant,
+}
+
+/// Whether a failed `ReportCapture` is worth repeating: the transport failed, the server did
+/// not refuse.
+fn transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+    )
+}
+
+impl Uploader {
+    /// Sends `message`, reconnecting with backoff while the server is unreachable; false once
+    /// the capture must stop (the server refused it, or it stayed away too long), with the
+    /// capture stopped and why.
+    async fn send(
+        &mut self,
+        mut message: v1::ReportCaptureRequest,
+        shared: &Shared,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let (sender, _) = self.stream.get_or_insert_with(|| {
+                let (sender, stream) = mpsc::channel(4);
+                (sender, tokio::spawn(report(self.server.clone(), stream)))
+            });
+            match sender.send(message).await {
+                Ok(()) => return true,
+                Err(mpsc::error::SendError(unsent)) => message = unsent,
+            }
+            let ended = match self.stream.take() {
+                Some((_, call)) => call.await.ok().and_then(Result::err),
+                None => None,
+            };
+            match ended {
+                Some(status) if !transient(&status) => {
+                    shared.stop("error", format!("the server ended the capture: {}", status.message()));
+                    return false;
+                }
+                other => {
+                    let why = other.map_or_else(|| "the stream closed".to_owned(), |s| s.message().to_owned());
+                    if Instant::now() + backoff > self.give_up || shutdown.is_cancelled() {
+                        shared.stop("error", format!("cannot reach the server: {why}"));
+                        return false;
+                    }
+                    tracing::debug!(capture = message.capture_id, why, ?backoff, "capture stream lost; reconnecting");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Closes the stream; the server's answer, if a stream was open.
+    async fn finish(self) -> Option<Result<tonic::Response<v1::ReportCaptureResponse>, tonic::Status>> {
+        let (sender, call) = self.stream?;
+        drop(sender);
+        call.await.ok()
     }
 }

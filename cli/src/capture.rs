@@ -89,7 +89,8 @@ pub struct StartArgs {
     /// Interface to capture on (repeatable or comma-separated), for example lo or eth0.
     #[arg(short = 'i', long = "interface", value_delimiter = ',', required = true)]
     interfaces: Vec<String>,
-    /// How long each node captures (`30s`, `5m`, `1h`; at most 24h). Required.
+    /// How long the capture runs from now (`30s`, `5m`, `1h`; at most 24h); every node stops
+    /// by then. Required.
     #[arg(long, value_parser = crate::rollout::parse_duration)]
     duration: std::time::Duration,
     /// Packets each node keeps at most. Required.

@@ -230,5 +230,41 @@ async fn a_fleet_capture_keeps_exactly_the_matching_packets_and_tcpdump_reads_th
     let file = dir.path().join("limited.pcapng");
     std::fs::write(&file, download(&server, limited.id, v1::CaptureFormat::Pcapng).await).expect("write");
     assert_eq!(tcpdump_count(&file, ""), 10);
+
+    // On `any`: every interface, cooked (LINUX_SLL2) frames; each loopback datagram once.
+    let cooked = client
+        .clone()
+        .start_capture(start(format!("udp dst port {port} and greater 60"), &["any"], 10_000))
+        .await
+        .expect("start on any")
+        .into_inner()
+        .capture
+        .expect("capture");
+    capture_when(&client, cooked.id, "the capture on any to run", |c| {
+        c.nodes.iter().all(|n| n.state == v1::CaptureNodeState::Running as i32)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..60_usize {
+        // 20 + 8 + 12 + i bytes of IPv4, 60 + i with the cooked header `len` counts (as in
+        // the file): kept by `greater 60`; the 2-byte datagrams below (50) are not.
+        sender.send_to(&vec![3; 12 + i], ("127.0.0.1", port)).expect("send");
+    }
+    for _ in 0..20 {
+        sender.send_to(&[4; 2], ("127.0.0.1", port)).expect("send short");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client.clone().stop_capture(v1::StopCaptureRequest { id: cooked.id }).await.expect("stop");
+    let done = capture_when(&client, cooked.id, "the capture on any to finish", |c| {
+        c.state == v1::CaptureState::Finished as i32
+    })
+    .await;
+    assert_eq!(done.nodes[0].packets_kept, 60, "each datagram once, the short ones not: {done:?}");
+    let file = dir.path().join("any.pcap");
+    std::fs::write(&file, download(&server, cooked.id, v1::CaptureFormat::Pcap).await).expect("write");
+    assert_eq!(tcpdump_count(&file, ""), 60, "tcpdump reads the LINUX_SLL2 pcap");
+    assert_eq!(tcpdump_count(&file, &format!("udp dst port {port} and greater 60")), 60);
+    let out = Command::new("tcpdump").args(["-r"]).arg(&file).output().expect("tcpdump");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LINUX_SLL2"), "link type LINUX_SLL2");
     drop((wanted, other, outside));
 }

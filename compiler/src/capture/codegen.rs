@@ -81,7 +81,9 @@ pub enum Target {
     File,
     /// A live `AF_PACKET` socket: loads are relative to the frame, the kernel has moved the
     /// outer VLAN tag into `__sk_buff` (the first `vlan` reads it there and shifts nothing) and
-    /// the length is `__sk_buff.len`.
+    /// the length is `__sk_buff.len`. With [`Link::LinuxSll2`], the `any` pseudo-interface
+    /// (a `SOCK_DGRAM` socket): the packet starts at its network header, the cooked header's
+    /// protocol is `__sk_buff.protocol` and `len` counts the 20-byte header, as in the file.
     Live,
 }
 
@@ -118,11 +120,6 @@ pub enum CodegenError {
 /// Generates the socket filter for `expr`: it returns `snaplen` for a packet that matches, 0
 /// otherwise.
 pub fn generate(expr: &Expr, target: Target, link: Link, snaplen: u32) -> Result<Program, CodegenError> {
-    if target == Target::Live && link != Link::Ethernet {
-        return Err(CodegenError::Unsupported(
-            "live capture on the any pseudo-interface (LINUX_SLL2) is not built yet",
-        ));
-    }
     let (off_linktype, off_nl) = offsets(link);
     let mut asm = Asm::new();
     let reject = asm.label();
@@ -137,9 +134,14 @@ pub fn generate(expr: &Expr, target: Target, link: Link, snaplen: u32) -> Result
         spills: 0,
         regs: Regs::UNKNOWN,
         regs_at: HashMap::new(),
+        cooked: target == Target::Live && link == Link::LinuxSll2,
+        unsupported: None,
     };
     g.asm.push(insn::mov64_reg(R6, R1));
     g.jump_if(expr, false, reject)?;
+    if let Some(why) = g.unsupported {
+        return Err(CodegenError::Unsupported(why));
+    }
     g.asm.push(insn::mov32_imm(R0, snaplen as i32));
     g.asm.push(insn::exit());
     g.asm.bind(reject);
@@ -208,7 +210,19 @@ struct Gen {
     regs: Regs,
     /// What they hold on the jumps to each label not bound yet.
     regs_at: HashMap<Label, Regs>,
+    /// A live socket on `any` (`SOCK_DGRAM`): the program sees the packet from its network
+    /// header, the `LINUX_SLL2` header the capture is written with does not exist yet. Its
+    /// protocol field is `__sk_buff.protocol`; no other byte of it can be read.
+    cooked: bool,
+    /// Set when the expression needs what this target cannot do.
+    unsupported: Option<&'static str>,
 }
+
+/// `__sk_buff.protocol`: the packet's protocol (network byte order), what a cooked header's
+/// first field says.
+const SKB_PROTOCOL: i16 = 16;
+/// What a live program on `any` cannot read.
+const COOKED_LINK_BYTES: &str = "live capture on `any` reads only the protocol of the LINUX_SLL2 header (the kernel hands the socket the packet from its network header); link-layer accessors are not available there";
 
 /// What one register holds at a point of the program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -797,7 +811,17 @@ impl Gen {
                 }
                 if self.regs.r0 != Val::Holds(size, off, u32::MAX) {
                     self.keep_r0();
-                    self.asm.push(insn::ld_abs(size, self.offset(off)));
+                    if self.cooked && off < self.off_nl {
+                        if size == Size::H && off == self.off_linktype {
+                            self.asm.push(insn::ldx(Size::W, R0, R6, SKB_PROTOCOL));
+                            self.asm.push(insn::endian_be(R0, 16));
+                        } else {
+                            self.unsupported = Some(COOKED_LINK_BYTES);
+                        }
+                    } else {
+                        let at = self.offset(off);
+                        self.asm.push(insn::ld_abs(size, at));
+                    }
                 }
                 if cmp.mask != u32::MAX {
                     self.asm.push(insn::alu32_imm(Alu::And, R0, cmp.mask as i32));
@@ -849,20 +873,29 @@ impl Gen {
             self.asm.push(insn::mov64_reg(R7, R0));
             self.regs.r7 = Val::HeaderLength(nl);
         }
-        self.asm.push(insn::ld_ind(size, R7, self.offset(nl + off)));
+        let at = self.offset(nl + off);
+        self.asm.push(insn::ld_ind(size, R7, at));
     }
 
     /// `r0 = 4 * (ip[0] & 0xf)`, libpcap's `ldxb 4*([nl]&0xf)`.
     fn ip4_header_length(&mut self, nl: u32) {
-        self.asm.push(insn::ld_abs(Size::B, self.offset(nl)));
+        let at = self.offset(nl);
+        self.asm.push(insn::ld_abs(Size::B, at));
         self.asm.push(insn::alu32_imm(Alu::And, R0, 0xf));
         self.asm.push(insn::alu32_imm(Alu::Lsh, R0, 2));
     }
 
-    /// A constant frame offset as the target's loads take it.
-    fn offset(&self, off: u32) -> i32 {
+    /// A constant frame offset as the target's loads take it (on `any`, past the cooked
+    /// header: the packet starts at its network header).
+    fn offset(&mut self, off: u32) -> i32 {
         match self.target {
             Target::File => SKF_LL_OFF + off as i32,
+            Target::Live if self.cooked => {
+                if off < self.off_nl {
+                    self.unsupported = Some(COOKED_LINK_BYTES);
+                }
+                off as i32 - self.off_nl as i32
+            }
             Target::Live => off as i32,
         }
     }
@@ -909,6 +942,10 @@ impl Gen {
                     Target::Live => SKB_LEN,
                 };
                 self.asm.push(insn::ldx(Size::W, R8, R6, field));
+                if self.cooked {
+                    // The length of the packet as written: its cooked header included.
+                    self.asm.push(insn::alu32_imm(Alu::Add, R8, self.off_nl as i32));
+                }
             }
             Arith::Neg(a) => {
                 self.arith(a, nl)?;
@@ -936,6 +973,10 @@ impl Gen {
                     _ => Size::W,
                 };
                 let base = match layer {
+                    Layer::Ether if self.cooked => {
+                        self.unsupported = Some(COOKED_LINK_BYTES);
+                        0
+                    }
                     Layer::Ether => 0,
                     Layer::Ip | Layer::Ip6 | Layer::Arp => nl,
                     Layer::Icmp6 => nl + 40,
@@ -952,7 +993,9 @@ impl Gen {
                     self.asm.push(insn::alu64_imm(Alu::Add, R8, base as i32));
                 }
                 self.asm.jmp_imm(Jmp::Jgt, R8, MAX_INDEX, self.reject);
-                self.asm.push(insn::ld_ind(size, R8, self.offset(0)));
+                // On `any` the base includes the cooked header the packet does not have.
+                let at = if self.cooked { -(self.off_nl as i32) } else { self.offset(0) };
+                self.asm.push(insn::ld_ind(size, R8, at));
                 self.asm.push(insn::mov64_reg(R8, R0));
             }
         }

@@ -4,6 +4,9 @@
 //!
 //! - `capture-worker replay EXPR IN.pcap OUT.pcap`: injects every frame of IN (whole frames
 //!   only: a truncated one goes out as what was captured of it) and writes the captured ones.
+//! - `capture-worker any EXPR IN.pcap OUT.pcap`: the same, captured on `any` (every
+//!   interface of the namespace, a `LINUX_SLL2` capture: each frame is seen leaving one end
+//!   and arriving at the other); an empty EXPR keeps every packet.
 //! - `capture-worker loopback EXPR N`: sends N UDP datagrams to 127.0.0.1 port 53 and N to
 //!   port 54 over `lo`, captures with EXPR on `lo` and prints how many frames it kept (and
 //!   how many of them are to port 53).
@@ -24,7 +27,7 @@ use palisade_agent::capture::{
     live::{Capture, Ring},
     offline::{Frame, Output, read_frames},
 };
-use palisade_compiler::capture::{DEFAULT_SNAPLEN, Target, compile};
+use palisade_compiler::capture::{DEFAULT_SNAPLEN, Link, Target, accept_all, compile, compile_for};
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let status = std::process::Command::new("ip").args(args).status().context("ip")?;
@@ -97,15 +100,24 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-fn replay(expr: &str, input: &str, output: &str) -> anyhow::Result<()> {
+fn replay(expr: &str, input: &str, output: &str, any: bool) -> anyhow::Result<()> {
     let mut frames = Vec::new();
     read_frames(std::fs::File::open(input)?, |f| {
         frames.push(f.data.clone());
         Ok(())
     })?;
-    let program = compile(expr, Target::Live, DEFAULT_SNAPLEN)?;
     let (tx, rx) = namespace()?;
-    let mut capture = Capture::open(rx, &program, Target::Live, Ring::default())?;
+    let (mut capture, link) = if any {
+        let program = if expr.is_empty() {
+            accept_all(DEFAULT_SNAPLEN)?
+        } else {
+            compile_for(expr, Target::Live, Link::LinuxSll2, DEFAULT_SNAPLEN)?
+        };
+        (Capture::open_any(&program, Ring::default())?, Link::LinuxSll2)
+    } else {
+        let program = compile(expr, Target::Live, DEFAULT_SNAPLEN)?;
+        (Capture::open(rx, &program, Target::Live, Ring::default())?, Link::Ethernet)
+    };
     let out = sender(tx)?;
     let mut sent = 0;
     for frame in &frames {
@@ -122,7 +134,7 @@ fn replay(expr: &str, input: &str, output: &str) -> anyhow::Result<()> {
         }
     }
     let counters = capture.counters()?;
-    let mut w = Output::new(std::io::BufWriter::new(std::fs::File::create(output)?))?;
+    let mut w = Output::for_link(std::io::BufWriter::new(std::fs::File::create(output)?), link)?;
     for f in &captured {
         w.write(f, DEFAULT_SNAPLEN)?;
     }
@@ -212,9 +224,12 @@ fn flood(expr: &str, seconds: u64) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["replay", expr, input, output] => replay(expr, input, output),
+        ["replay", expr, input, output] => replay(expr, input, output, false),
+        ["any", expr, input, output] => replay(expr, input, output, true),
         ["flood", expr, seconds] => flood(expr, seconds.parse()?),
         ["loopback", expr, n] => loopback(expr, n.parse()?),
-        _ => anyhow::bail!("usage: capture-worker replay EXPR IN.pcap OUT.pcap | loopback EXPR N | flood EXPR SECONDS"),
+        _ => anyhow::bail!(
+            "usage: capture-worker replay|any EXPR IN.pcap OUT.pcap | loopback EXPR N | flood EXPR SECONDS"
+        ),
     }
 }

@@ -166,6 +166,23 @@ fn setsockopt<T>(
     check(what, ret)
 }
 
+/// Length of a `LINUX_SLL2` header.
+const SLL2_HEADER: usize = 20;
+
+/// The `LINUX_SLL2` frame of a packet the kernel reported with `sll` (a `sockaddr_ll`) and
+/// network-layer `bytes`: protocol, reserved, interface index, ARPHRD type, packet type,
+/// address length, 8 address bytes (all big-endian), then the packet.
+fn sll2(sll: &[u8], bytes: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(SLL2_HEADER + bytes.len());
+    data.extend_from_slice(&sll[2..4]);
+    data.extend_from_slice(&[0, 0]);
+    data.extend_from_slice(&u32::from_ne_bytes([sll[4], sll[5], sll[6], sll[7]]).to_be_bytes());
+    data.extend_from_slice(&u16::from_ne_bytes([sll[8], sll[9]]).to_be_bytes());
+    data.extend_from_slice(&sll[10..20]);
+    data.extend_from_slice(bytes);
+    data
+}
+
 /// Counters the socket keeps (`PACKET_STATISTICS`, reset by each read).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -189,6 +206,9 @@ pub struct Capture {
     /// On the loopback every packet passes twice, leaving and arriving; the leaving copy is
     /// skipped, as libpcap does.
     loopback: bool,
+    /// On `any` (a `SOCK_DGRAM` socket on every interface): the loopback's index, whose
+    /// leaving copies are skipped, and packets are written with a `LINUX_SLL2` header.
+    any: Option<u32>,
 }
 
 // SAFETY: the ring mapping is owned by this value alone and only touched through `&mut self`.
@@ -209,9 +229,31 @@ impl Capture {
             return Err(LiveError::WrongTarget);
         }
         let loopback = ethernet(ifindex)?;
+        Self::open_socket(ifindex, program, ring, loopback, None)
+    }
+
+    /// Starts capturing on every interface (`any`) the packets `program` (compiled for
+    /// [`Target::Live`] and [`Link::LinuxSll2`]) accepts; they are handed on with a
+    /// `LINUX_SLL2` header built from what the kernel reports, as libpcap writes them. VLAN
+    /// tags the kernel stripped are not put back (libpcap does not either on `any`).
+    pub fn open_any(program: &Program, ring: Ring) -> Result<Capture, LiveError> {
+        let name = c"lo";
+        // SAFETY: a NUL-terminated name.
+        let lo = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        Self::open_socket(0, program, ring, false, Some(lo))
+    }
+
+    fn open_socket(
+        ifindex: u32,
+        program: &Program,
+        ring: Ring,
+        loopback: bool,
+        any: Option<u32>,
+    ) -> Result<Capture, LiveError> {
         let filter = ProgFd::load_socket_filter(&program.bytes())?;
+        let kind = if any.is_some() { libc::SOCK_DGRAM } else { libc::SOCK_RAW };
         // SAFETY: plain socket(2); protocol 0 receives nothing until bind names one.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        let raw = unsafe { libc::socket(libc::AF_PACKET, kind | libc::SOCK_CLOEXEC, 0) };
         check("socket(AF_PACKET)", raw)?;
         // SAFETY: socket returned a new descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -258,6 +300,7 @@ impl Capture {
             blocks: ring.blocks as usize,
             next: 0,
             loopback,
+            any,
         };
         // SAFETY: an all-zero sockaddr_ll is valid; the fields set are the ones bind reads.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -346,6 +389,24 @@ impl Capture {
             }
             // SAFETY: [at + mac, at + mac + snap) is inside this block (checked above).
             let bytes = unsafe { std::slice::from_raw_parts(self.ring.as_ptr().add(at + mac), snap) };
+            if let Some(lo) = self.any {
+                // SAFETY: the sockaddr_ll at at + 48, inside this packet's slot (mac >= 68).
+                let sll = unsafe { std::slice::from_raw_parts(self.ring.as_ptr().add(at + 48), 20) };
+                let ifindex = u32::from_ne_bytes([sll[4], sll[5], sll[6], sll[7]]);
+                if !(ifindex == lo && pkttype == PACKET_OUTGOING) {
+                    each(&Frame {
+                        link: Link::LinuxSll2,
+                        timestamp: Duration::new(u64::from(sec), nsec),
+                        wire_len: len + SLL2_HEADER as u32,
+                        data: sll2(sll, bytes),
+                    });
+                }
+                if next == 0 {
+                    break;
+                }
+                at += next as usize;
+                continue;
+            }
             let mut data = Vec::with_capacity(snap + 4);
             let mut wire_len = len;
             if status & TP_STATUS_VLAN_VALID != 0 && bytes.len() >= 12 {

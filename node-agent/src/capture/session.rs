@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use palisade_compiler::capture::Target;
+use palisade_compiler::capture::{Link, Target};
 use palisade_proto::v1::{self, agent_service_client::AgentServiceClient};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -143,11 +143,18 @@ fn interface_counters() -> HashMap<String, (u64, u64)> {
         .collect()
 }
 
-/// Packets `interfaces` carried since `base`: received plus sent, received only on a
-/// loopback (where every packet is both).
+/// Packets `interfaces` (`any`: every interface) carried since `base`: received plus sent,
+/// received only on a loopback (where every packet is both).
 fn seen_since(interfaces: &[String], base: &HashMap<String, (u64, u64)>) -> u64 {
     let now = interface_counters();
-    interfaces
+    let every: Vec<String>;
+    let names = if interfaces.iter().any(|i| i == "any") {
+        every = now.keys().cloned().collect();
+        &every
+    } else {
+        interfaces
+    };
+    names
         .iter()
         .map(|name| {
             let (rx, tx) = now.get(name).copied().unwrap_or_default();
@@ -158,14 +165,22 @@ fn seen_since(interfaces: &[String], base: &HashMap<String, (u64, u64)>) -> u64 
         .sum()
 }
 
-/// Compiles the order's filter and opens a socket per interface.
+/// Compiles the order's filter and opens a socket per interface (`any`: one socket on every
+/// interface, cooked frames).
 fn open(order: &v1::CaptureOrder) -> Result<Vec<Capture>, String> {
+    let any = order.interfaces.iter().any(|i| i == "any");
+    let link = if any { Link::LinuxSll2 } else { Link::Ethernet };
     let program = if order.expression.is_empty() {
         palisade_compiler::capture::accept_all(order.snap_length)
     } else {
-        palisade_compiler::capture::compile(&order.expression, Target::Live, order.snap_length)
+        palisade_compiler::capture::compile_for(&order.expression, Target::Live, link, order.snap_length)
     }
     .map_err(|e| format!("the filter does not compile on this agent: {e}"))?;
+    if any {
+        return Capture::open_any(&program, Ring::default())
+            .map(|c| vec![c])
+            .map_err(|e: live::LiveError| format!("interface \"any\": {e}"));
+    }
     order
         .interfaces
         .iter()

@@ -10,7 +10,7 @@ use std::{
 };
 
 use futures::Stream;
-use palisade_compiler::capture::{DEFAULT_SNAPLEN, Target};
+use palisade_compiler::capture::{DEFAULT_SNAPLEN, Link, Target};
 use palisade_proto::v1::{self, capture_service_server::CaptureService};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -61,8 +61,6 @@ impl CaptureApi {
 fn interface_problem(name: &str) -> Option<String> {
     if name.is_empty() {
         Some("must not be empty".into())
-    } else if name == "any" {
-        Some("capturing on `any` (every interface) is not built yet; name the interfaces".into())
     } else if name.len() > 15 {
         Some(format!("{name:?} is longer than the kernel's 15 bytes"))
     } else if name == "."
@@ -86,8 +84,11 @@ pub fn check_start(request: &v1::StartCaptureRequest, quota: u64) -> Result<NewC
         }
         n => n,
     };
+    // `any` is a cooked (LINUX_SLL2) capture of every interface; it stands alone.
+    let any = request.interfaces.iter().any(|i| i == "any");
+    let link = if any { Link::LinuxSll2 } else { Link::Ethernet };
     if !request.expression.is_empty()
-        && let Err(e) = palisade_compiler::capture::compile(&request.expression, Target::Live, snap_length)
+        && let Err(e) = palisade_compiler::capture::compile_for(&request.expression, Target::Live, link, snap_length)
     {
         let message = e.to_string();
         let message =
@@ -104,6 +105,8 @@ pub fn check_start(request: &v1::StartCaptureRequest, quota: u64) -> Result<NewC
             "interfaces",
             format!("{} interfaces, the limit is {MAX_INTERFACES}", request.interfaces.len()),
         ));
+    } else if any && request.interfaces.len() > 1 {
+        v.push(Violation::new("interfaces", "`any` captures every interface already; name it alone"));
     } else {
         let mut seen = BTreeSet::new();
         for (i, name) in request.interfaces.iter().enumerate() {
@@ -314,12 +317,22 @@ impl Writer {
         use pcap_file::pcapng::blocks::interface_description::{
             InterfaceDescriptionBlock, InterfaceDescriptionOption as Opt, InterfaceTsResolution,
         };
+        let link = |source: &Source| {
+            if source.interface_name == "any" { pcap_file::DataLink::LINUX_SLL2 } else { pcap_file::DataLink::ETHERNET }
+        };
         let buffer = Buffer::default();
         let file = match format {
             Format::Pcap => {
+                let datalink = sources.first().map_or(pcap_file::DataLink::ETHERNET, link);
+                if sources.iter().any(|s| link(s) != datalink) {
+                    return Err(Status::failed_precondition(
+                        "this capture mixes `any` (LINUX_SLL2) and Ethernet interfaces; classic pcap holds one link \
+                         type: download it as pcapng",
+                    ));
+                }
                 let header = pcap_file::pcap::PcapHeader {
                     snaplen: snap_length,
-                    datalink: pcap_file::DataLink::ETHERNET,
+                    datalink,
                     ..pcap_file::pcap::PcapHeader::default()
                 };
                 File::Pcap(pcap_file::pcap::PcapWriter::with_header(buffer.clone(), header).map_err(write_error)?)
@@ -330,7 +343,7 @@ impl Writer {
                 for source in sources {
                     let name = format!("{}@{}", source.interface_name, source.node);
                     let block = InterfaceDescriptionBlock {
-                        linktype: pcap_file::DataLink::ETHERNET,
+                        linktype: link(source),
                         snaplen: snap_length,
                         options: vec![
                             Opt::IfName(Cow::Owned(name)),
@@ -474,12 +487,19 @@ mod tests {
         r.snap_length = 262_145;
         assert!(fields(&r)[0].starts_with("snap_length: 262145 is above"));
         let mut r = request();
-        r.interfaces = vec!["any".into(), "eth/0".into(), "lo".into(), "lo".into(), "sixteen-bytes-xx".into()];
+        r.interfaces = vec!["eth/0".into(), "lo".into(), "lo".into(), "sixteen-bytes-xx".into()];
         let f = fields(&r);
-        assert_eq!(f.len(), 4, "{f:?}");
-        assert!(f[0].starts_with("interfaces[0]: capturing on `any`"));
-        assert!(f[1].starts_with("interfaces[1]:") && f[2].starts_with("interfaces[3]:"));
-        assert!(f[3].starts_with("interfaces[4]:"));
+        assert_eq!(f.len(), 3, "{f:?}");
+        assert!(f[0].starts_with("interfaces[0]:") && f[1].starts_with("interfaces[2]:"));
+        assert!(f[2].starts_with("interfaces[3]:"));
+        r.interfaces = vec!["any".into(), "lo".into()];
+        assert_eq!(fields(&r), ["interfaces: `any` captures every interface already; name it alone"]);
+        // On `any` the expression is compiled for cooked frames: `vlan` is refused there.
+        r.interfaces = vec!["any".into()];
+        r.expression = "vlan and udp".into();
+        assert!(fields(&r)[0].starts_with("expression: column 1:"), "{:?}", fields(&r));
+        r.expression = "udp port 53".into();
+        assert!(fields(&r).is_empty());
         let mut r = request();
         r.interfaces.clear();
         assert!(fields(&r)[0].starts_with("interfaces: name at least one"));

@@ -268,6 +268,10 @@ fn node_state(state: i32) -> &'static str {
     }
 }
 
+/// Columns of a capture's row ([`capture_row`]).
+const CAPTURE_HEADERS: &[&str] =
+    &["ID", "STATE", "NODES DONE", "KEPT", "STORED", "INTERFACES", "CREATED", "EXPRESSION"];
+
 fn capture_row(c: &v1::Capture) -> Vec<String> {
     let state = if c.state == v1::CaptureState::Finished as i32 { "finished" } else { "running" };
     vec![
@@ -289,8 +293,7 @@ fn print_capture(output: crate::output::Output, capture: &v1::Capture) {
         crate::output::print_value(output, &crate::output::json("palisade.v1.Capture", capture));
         return;
     }
-    let mut listing =
-        Listing::new(output, &["ID", "STATE", "NODES DONE", "KEPT", "STORED", "INTERFACES", "CREATED", "EXPRESSION"]);
+    let mut listing = Listing::new(output, CAPTURE_HEADERS);
     listing.push("palisade.v1.Capture", capture, capture_row(capture));
     listing.finish();
     let mut nodes = Listing::new(output, &["NODE", "STATE", "SEEN", "KEPT", "DROPPED", "BYTES", "STOPPED BY", "ERROR"]);
@@ -319,10 +322,7 @@ pub async fn run_online(channel: &palisade_proto::client::Connection, command: C
         CaptureCommand::Filter(_) => anyhow::bail!("error: capture filter runs without a server"),
         CaptureCommand::Start(args) => start(&mut client, args).await,
         CaptureCommand::List { output } => {
-            let mut listing = crate::output::Listing::new(
-                output,
-                &["ID", "STATE", "NODES DONE", "KEPT", "STORED", "INTERFACES", "CREATED", "EXPRESSION"],
-            );
+            let mut listing = crate::output::Listing::new(output, CAPTURE_HEADERS);
             let mut page_token = String::new();
             loop {
                 let page = client

@@ -129,7 +129,7 @@ fn replay(expr: &str, input: &str, output: &str, any: bool) -> anyhow::Result<()
     let mut captured: Vec<Frame> = Vec::new();
     let mut idle = Instant::now();
     while idle.elapsed() < Duration::from_millis(300) {
-        if capture.next_block(Duration::from_millis(50), |f| captured.push(f.clone()))? > 0 {
+        if capture.next_block(Duration::from_millis(50), |f| captured.push(f))? > 0 {
             idle = Instant::now();
         }
     }
@@ -160,7 +160,7 @@ fn loopback(expr: &str, n: usize) -> anyhow::Result<()> {
     let mut kept = Vec::new();
     let mut idle = Instant::now();
     while idle.elapsed() < Duration::from_millis(300) {
-        if capture.next_block(Duration::from_millis(50), |f| kept.push(f.clone()))? > 0 {
+        if capture.next_block(Duration::from_millis(50), |f| kept.push(f))? > 0 {
             idle = Instant::now();
         }
     }

@@ -350,7 +350,7 @@ impl Capture {
     /// Waits up to `timeout` for the next block of packets and hands each one, VLAN tag put
     /// back, to `each`; returns how many the block held, the loopback's skipped leaving copies
     /// included (0: nothing arrived in time).
-    pub fn next_block(&mut self, timeout: Duration, mut each: impl FnMut(&Frame)) -> io::Result<usize> {
+    pub fn next_block(&mut self, timeout: Duration, mut each: impl FnMut(Frame)) -> io::Result<usize> {
         let block = self.next * self.block_size;
         if self.status(block) & TP_STATUS_USER == 0 {
             let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN | libc::POLLERR, revents: 0 };
@@ -394,7 +394,7 @@ impl Capture {
                 let sll = unsafe { std::slice::from_raw_parts(self.ring.as_ptr().add(at + 48), 20) };
                 let ifindex = u32::from_ne_bytes([sll[4], sll[5], sll[6], sll[7]]);
                 if !(ifindex == lo && pkttype == PACKET_OUTGOING) {
-                    each(&Frame {
+                    each(Frame {
                         link: Link::LinuxSll2,
                         timestamp: Duration::new(u64::from(sec), nsec),
                         wire_len: len + SLL2_HEADER as u32,
@@ -420,7 +420,7 @@ impl Capture {
             } else {
                 data.extend_from_slice(bytes);
             }
-            each(&Frame { link: Link::Ethernet, timestamp: Duration::new(u64::from(sec), nsec), wire_len, data });
+            each(Frame { link: Link::Ethernet, timestamp: Duration::new(u64::from(sec), nsec), wire_len, data });
             if next == 0 {
                 break;
             }

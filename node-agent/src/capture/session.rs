@@ -225,7 +225,7 @@ fn read_interface(
             if shared.admit(frame.data.len() as u64, limits) {
                 let timestamp_ns = u64::try_from(frame.timestamp.as_nanos()).unwrap_or(u64::MAX);
                 batch_bytes += frame.data.len();
-                batch.push(v1::CapturedPacket { timestamp_ns, wire_length: frame.wire_len, data: frame.data.clone() });
+                batch.push(v1::CapturedPacket { timestamp_ns, wire_length: frame.wire_len, data: frame.data });
                 oldest.get_or_insert_with(Instant::now);
             }
         });
@@ -266,7 +266,8 @@ fn start_threads(
     let id = order.id;
     let mut threads = Vec::new();
     if shared.stopped() {
-        return (threads, false);
+        // Refused before it started (the agent runs too many captures already).
+        return (threads, true);
     }
     match open(order) {
         Ok(captures) => {
